@@ -1,0 +1,66 @@
+// Validation of Python buffers before they reach a kernel. Every pointer handed to a kernel is
+// checked here for dtype, rank, extents and strides, so a bad call raises a Python exception that
+// names the argument instead of reading out of bounds.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <vector>
+
+#include "common.h"
+
+namespace symkern::buffers {
+
+namespace py = pybind11;
+
+[[noreturn]] inline void fail(const std::string& arg, const std::string& what) {
+  throw py::value_error("symkern._C: argument '" + arg + "' " + what);
+}
+
+inline std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// A typed view of a numpy buffer: data pointer, extents and strides in ELEMENTS (not bytes).
+template <class T>
+struct View {
+  T* data = nullptr;
+  std::vector<index_t> shape;
+  std::vector<index_t> stride;
+  index_t size(int d) const { return shape[d]; }
+};
+
+// Checks dtype (exactly T: no silent casts), rank, optional extents (-1 = any), element-aligned
+// strides and, for outputs, writeability. Returns a view with element strides.
+template <class T>
+View<T> view(const py::array& a, const std::string& arg, int ndim,
+             const std::vector<index_t>& expected_shape = {}, bool writable = false) {
+  if (!py::isinstance<py::array_t<T>>(a) || !a.dtype().is(py::dtype::of<T>()))
+    fail(arg, "must have dtype " + std::string(py::str(py::dtype::of<T>())) + ", got " +
+                  std::string(py::str(a.dtype())));
+  if (a.ndim() != ndim)
+    fail(arg, "must be " + std::to_string(ndim) + "-dimensional, got shape " + shape_str(a));
+  View<T> v;
+  v.data = static_cast<T*>(const_cast<void*>(a.data()));
+  for (int d = 0; d < ndim; ++d) {
+    const index_t n = a.shape(d);
+    if (d < static_cast<int>(expected_shape.size()) && expected_shape[d] >= 0 &&
+        n != expected_shape[d])
+      fail(arg, "has extent " + std::to_string(n) + " in dimension " + std::to_string(d) +
+                    ", expected " + std::to_string(expected_shape[d]) + " (shape " +
+                    shape_str(a) + ")");
+    const index_t byte_stride = a.strides(d);
+    if (byte_stride % static_cast<index_t>(sizeof(T)) != 0)
+      fail(arg, "has a stride that is not a whole number of elements");
+    v.shape.push_back(n);
+    v.stride.push_back(byte_stride / static_cast<index_t>(sizeof(T)));
+  }
+  if (writable && !a.writeable()) fail(arg, "must be writable");
+  return v;
+}
+
+}  // namespace symkern::buffers

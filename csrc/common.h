@@ -1,0 +1,59 @@
+// symkern C++ core: shared helpers. Knows nothing of torch or Python: kernels take raw pointers,
+// int64 extents and int64 element strides, so one wheel serves every torch version.
+#pragma once
+
+#include <cstdint>
+#include <algorithm>
+
+#ifdef SYMKERN_WITH_OPENMP
+#include <omp.h>
+#endif
+
+namespace symkern {
+
+using index_t = std::int64_t;  // every extent, stride and offset: tensors may exceed 2^31 elements
+
+inline bool openmp_enabled() {
+#ifdef SYMKERN_WITH_OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+inline int max_threads() {
+#ifdef SYMKERN_WITH_OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+// Run body(begin, end) over [0, n) split into contiguous chunks, one chunk per thread.
+// Chunks (rather than one call per index) let the body keep per-thread scratch and vectorise its
+// inner loop. Work smaller than `grain` items stays on the calling thread: spawning a team costs
+// microseconds, more than a small kernel.
+template <class Body>
+inline void parallel_for(index_t n, index_t grain, Body&& body) {
+  if (n <= 0) return;
+#ifdef SYMKERN_WITH_OPENMP
+  const index_t max_chunks = std::max<index_t>(1, n / std::max<index_t>(grain, 1));
+  const int threads = static_cast<int>(std::min<index_t>(omp_get_max_threads(), max_chunks));
+  if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+    {
+      const index_t t = omp_get_thread_num();
+      const index_t nt = omp_get_num_threads();
+      const index_t begin = n * t / nt;
+      const index_t end = n * (t + 1) / nt;
+      if (begin < end) body(begin, end);
+    }
+    return;
+  }
+#else
+  (void)grain;
+#endif
+  body(index_t{0}, n);
+}
+
+}  // namespace symkern

@@ -1,0 +1,48 @@
+"""Build the torch-free C++ core `symkern._C` (pybind11 + raw buffers).
+
+Everything else (metadata, dependencies, entry points) lives in pyproject.toml.
+Environment knobs:
+  SYMKERN_OPENMP=0      build without OpenMP even when the compiler supports it.
+  SYMKERN_NATIVE=1      add -march=native (fast local builds; the wheel is then not portable).
+  SYMKERN_BUILD_JOBS=N  parallel compile jobs (default: all cores).
+"""
+
+import os
+import sys
+from glob import glob
+
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext, has_flag
+from setuptools import setup
+
+ParallelCompile("SYMKERN_BUILD_JOBS", default=0).install()
+
+
+class SymkernBuildExt(build_ext):
+    """Adds OpenMP only when the compiler accepts it, so the build never fails for lack of it."""
+
+    def build_extensions(self) -> None:
+        want_openmp = os.environ.get("SYMKERN_OPENMP", "1") != "0"
+        native = os.environ.get("SYMKERN_NATIVE", "0") == "1"
+        for ext in self.extensions:
+            if sys.platform != "win32":
+                ext.extra_compile_args += ["-O3", "-fno-math-errno"]
+                if native and has_flag(self.compiler, "-march=native"):
+                    ext.extra_compile_args.append("-march=native")
+            if want_openmp and sys.platform != "win32" and has_flag(self.compiler, "-fopenmp"):
+                ext.extra_compile_args.append("-fopenmp")
+                ext.extra_link_args.append("-fopenmp")
+                ext.define_macros.append(("SYMKERN_WITH_OPENMP", "1"))
+        super().build_extensions()
+
+
+ext_modules = [
+    Pybind11Extension(
+        "symkern._C",
+        sorted(glob("csrc/*.cpp")),
+        include_dirs=["csrc"],
+        depends=sorted(glob("csrc/*.h")),
+        cxx_std=17,
+    )
+]
+
+setup(ext_modules=ext_modules, cmdclass={"build_ext": SymkernBuildExt})

@@ -1,0 +1,321 @@
+"""Backend selection: which implementation of an op runs on which inputs.
+
+Three backends, in ``auto`` priority order:
+
+========  =====================================================================================
+cpp       the torch-free C++ extension ``symkern._C`` (CPU tensors; OpenMP, vectorised loops)
+triton    Triton kernels (CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1`` and only
+          when forced, because the interpreter is a testing tool ~1000x slower than compiled code)
+torch     the pure-torch reference (every device, float64-capable)
+========  =====================================================================================
+
+An op registers one implementation per backend with :func:`register_kernel`. For a call, every
+backend answers :meth:`Backend.not_supported_reasons` (empty list = can run it):
+
+* ``backend="auto"`` (default) takes the first backend in priority order with no reasons. If none
+  fits, :class:`NoBackendError` lists every backend's reasons.
+* ``backend="<name>"`` or the environment variable ``SYMKERN_BACKEND=<name>`` forces one. A forced
+  backend that cannot run raises :class:`BackendUnavailableError` with its reasons — it never
+  falls back.
+* Never a silent fallback: when ``auto`` lands on the torch reference for CPU tensors because the
+  C++ extension is missing, a :class:`ReferenceFallbackWarning` is emitted once per op, and
+  ``symkern info`` shows why ``cpp`` is unavailable.
+
+A kernel that is not written yet is simply not registered, and the backend says so in its reasons
+("no 'cpp' kernel for op 'x' is implemented").
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = [
+    "BACKEND_PRIORITY",
+    "Backend",
+    "BackendUnavailableError",
+    "Kernel",
+    "NoBackendError",
+    "ReferenceFallbackWarning",
+    "backend_status",
+    "get_backend",
+    "register_kernel",
+    "select_kernel",
+    "triton_interpreter_enabled",
+]
+
+BACKEND_PRIORITY: tuple[str, ...] = ("cpp", "triton", "torch")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class BackendUnavailableError(RuntimeError):
+    """A forced backend (``backend=`` or ``SYMKERN_BACKEND``) cannot run this call."""
+
+
+class NoBackendError(RuntimeError):
+    """No backend can run this call; the message lists every backend's reasons."""
+
+
+class ReferenceFallbackWarning(UserWarning):
+    """``auto`` chose the slow torch reference for CPU tensors because ``cpp`` is unavailable."""
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One backend's implementation of one op.
+
+    ``dtypes``: floating dtypes the kernel accepts. ``check``: optional extra constraint, called
+    with the call's inputs, returning reasons it cannot run them (e.g. an unsupported group kind).
+    """
+
+    op: str
+    backend: str
+    fn: Callable[..., Any]
+    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+    check: Callable[[Mapping[str, Any]], list[str]] | None = None
+
+
+_KERNELS: dict[tuple[str, str], Kernel] = {}
+
+
+def register_kernel(
+    op: str,
+    backend: str,
+    *,
+    dtypes: Iterable[torch.dtype] = FLOAT_DTYPES,
+    check: Callable[[Mapping[str, Any]], list[str]] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register ``fn`` as ``backend``'s implementation of ``op``."""
+    if backend not in BACKEND_PRIORITY:
+        raise ValueError(f"backend must be one of {BACKEND_PRIORITY}, got {backend!r}")
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        key = (op, backend)
+        if key in _KERNELS and _KERNELS[key].fn is not fn:
+            raise RuntimeError(f"a {backend!r} kernel for op {op!r} is already registered")
+        _KERNELS[key] = Kernel(op, backend, fn, tuple(dtypes), check)
+        return fn
+
+    return decorator
+
+
+def triton_interpreter_enabled() -> bool:
+    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _tensors(inputs: Mapping[str, Any]) -> list[tuple[str, torch.Tensor]]:
+    return [(k, v) for k, v in inputs.items() if isinstance(v, torch.Tensor)]
+
+
+class Backend:
+    """A place kernels run. Subclasses say when they are usable at all and for which tensors."""
+
+    name: str = ""
+    # modules whose import registers this backend's kernels (imported lazily, on first dispatch)
+    kernel_modules: tuple[str, ...] = ()
+
+    def availability_reasons(self) -> list[str]:
+        """Why this backend cannot run anything on this machine (empty = available)."""
+        return []
+
+    def device_reasons(self, device: torch.device, *, forced: bool) -> list[str]:
+        """Why this backend cannot run on tensors of ``device``."""
+        return []
+
+    def not_supported_reasons(
+        self, op: str, inputs: Mapping[str, Any], *, forced: bool = False
+    ) -> list[str]:
+        """Every reason this backend cannot run ``op`` on ``inputs`` (empty list = it can)."""
+        reasons = self.availability_reasons()
+        if reasons:
+            return reasons
+        kernel = _KERNELS.get((op, self.name))
+        if kernel is None:
+            return [f"no {self.name!r} kernel for op {op!r} is implemented"]
+        for arg, t in _tensors(inputs):
+            for r in self.device_reasons(t.device, forced=forced):
+                reasons.append(f"{arg}: {r}")
+            if t.is_floating_point() and t.dtype not in kernel.dtypes:
+                allowed = ", ".join(str(d).removeprefix("torch.") for d in kernel.dtypes)
+                reasons.append(f"{arg}: dtype {t.dtype} not supported (supports {allowed})")
+        if kernel.check is not None and not reasons:
+            reasons.extend(kernel.check(inputs))
+        return sorted(set(reasons), key=reasons.index)
+
+    def kernel(self, op: str) -> Kernel:
+        return _KERNELS[(op, self.name)]
+
+    def has_kernel(self, op: str) -> bool:
+        """Whether this backend registered an implementation of ``op``."""
+        return (op, self.name) in _KERNELS
+
+
+class TorchBackend(Backend):
+    """Pure-torch reference: every device, float64-capable; also the correctness oracle."""
+
+    name = "torch"
+
+
+class CppBackend(Backend):
+    """The C++ extension ``symkern._C``: CPU tensors only."""
+
+    name = "cpp"
+
+    def __init__(self) -> None:
+        self._import_error: str | None = None
+        self._checked = False
+
+    def extension(self) -> Any:
+        import symkern._C as ext  # noqa: PLC0415 — optional compiled module
+
+        return ext
+
+    def availability_reasons(self) -> list[str]:
+        if not self._checked:
+            self._checked = True
+            try:
+                self.extension()
+            except ImportError as e:  # built without a compiler, or a broken build
+                self._import_error = (
+                    f"C++ extension symkern._C is not importable ({e}); reinstall symkern with "
+                    "a C++17 compiler (pip install -e .)"
+                )
+        return [self._import_error] if self._import_error else []
+
+    def device_reasons(self, device: torch.device, *, forced: bool) -> list[str]:
+        return [] if device.type == "cpu" else [f"tensor on {device}; cpp runs CPU tensors only"]
+
+
+class TritonBackend(Backend):
+    """Triton kernels: CUDA tensors, or CPU tensors under the interpreter when forced."""
+
+    name = "triton"
+
+    def availability_reasons(self) -> list[str]:
+        try:
+            importlib.import_module("triton")
+        except ImportError as e:
+            return [f"triton is not installed ({e})"]
+        if not torch.cuda.is_available() and not triton_interpreter_enabled():
+            return ["no CUDA device, and TRITON_INTERPRET=1 is not set"]
+        return []
+
+    def device_reasons(self, device: torch.device, *, forced: bool) -> list[str]:
+        if device.type == "cuda":
+            return []
+        if device.type == "cpu" and triton_interpreter_enabled():
+            if forced:
+                return []
+            return [
+                "CPU tensors run through the Triton interpreter (a testing tool) only when "
+                "forced with backend='triton'"
+            ]
+        return [f"tensor on {device}; triton runs CUDA tensors (CPU only with TRITON_INTERPRET=1)"]
+
+
+_BACKENDS: dict[str, Backend] = {
+    "cpp": CppBackend(),
+    "triton": TritonBackend(),
+    "torch": TorchBackend(),
+}
+# Kernel modules are imported on first use so `import symkern` stays light (no triton import).
+_KERNEL_MODULES: dict[str, tuple[str, ...]] = {
+    "torch": ("symkern.backends.reference",),
+    "cpp": ("symkern.backends.cpp", "symkern.backends.cpp_particles"),
+    "triton": ("symkern.backends.triton",),
+}
+_loaded: set[str] = set()
+_warned_fallback: set[str] = set()
+
+
+def _load_kernels(name: str) -> None:
+    if name in _loaded:
+        return
+    _loaded.add(name)
+    if _BACKENDS[name].availability_reasons():
+        return  # e.g. no triton: nothing to import, the reasons say why
+    for module in _KERNEL_MODULES[name]:
+        importlib.import_module(module)
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKEND_PRIORITY}, got {name!r}")
+    _load_kernels(name)
+    return _BACKENDS[name]
+
+
+def _requested_backend(backend: str) -> str:
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    if backend == "auto":
+        backend = os.environ.get("SYMKERN_BACKEND", "auto").strip() or "auto"
+    if backend != "auto" and backend not in _BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKEND_PRIORITY}, got {backend!r}")
+    return backend
+
+
+def select_kernel(op: str, inputs: Mapping[str, Any], backend: str = "auto") -> Kernel:
+    """The kernel that runs ``op`` on ``inputs`` under the documented selection rules."""
+    requested = _requested_backend(backend)
+    if requested != "auto":
+        chosen = get_backend(requested)
+        reasons = chosen.not_supported_reasons(op, inputs, forced=True)
+        if reasons:
+            raise BackendUnavailableError(
+                f"backend {requested!r} was forced for op {op!r} but cannot run it: "
+                + "; ".join(reasons)
+            )
+        return chosen.kernel(op)
+
+    all_reasons: dict[str, list[str]] = {}
+    for name in BACKEND_PRIORITY:
+        be = get_backend(name)
+        reasons = be.not_supported_reasons(op, inputs)
+        if not reasons:
+            if name == "torch":
+                _warn_if_reference_fallback(op, inputs, all_reasons.get("cpp", []))
+            return be.kernel(op)
+        all_reasons[name] = reasons
+    detail = "\n".join(f"  {n}: " + "; ".join(r) for n, r in all_reasons.items())
+    raise NoBackendError(f"no backend can run op {op!r} on these inputs:\n{detail}")
+
+
+def _warn_if_reference_fallback(op: str, inputs: Mapping[str, Any], cpp_reasons: list[str]) -> None:
+    on_cpu = all(t.device.type == "cpu" for _, t in _tensors(inputs))
+    if not on_cpu or op in _warned_fallback:
+        return
+    if _BACKENDS["cpp"].availability_reasons():
+        _warned_fallback.add(op)
+        warnings.warn(
+            f"symkern: op {op!r} runs on the slow torch reference because the cpp backend is "
+            f"unavailable: {'; '.join(cpp_reasons)}. Run `symkern info` for details.",
+            ReferenceFallbackWarning,
+            stacklevel=4,
+        )
+
+
+@dataclass
+class BackendStatus:
+    name: str
+    available: bool
+    reasons: list[str] = field(default_factory=list)
+    ops: list[str] = field(default_factory=list)
+
+
+def backend_status() -> list[BackendStatus]:
+    """For each backend in priority order: available or not (and why), and its registered ops."""
+    out = []
+    for name in BACKEND_PRIORITY:
+        be = get_backend(name)
+        reasons = be.availability_reasons()
+        ops = sorted(op for (op, b) in _KERNELS if b == name)
+        out.append(BackendStatus(name, not reasons, reasons, ops))
+    return out

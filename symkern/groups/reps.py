@@ -1,0 +1,543 @@
+"""Orthogonal representations of finite groups.
+
+Action convention (shared by every kernel in symkern):
+
+* :class:`PermRep`: the element with permutation array ``perm`` (int64, ``(D,)``)
+  acts as ``rho(g) x = x[..., perm]``; its matrix has ``M[i, perm[i]] = 1``.
+* :class:`SignedPermRep`: ``(perm, sign)`` acts as ``rho(g) x = sign * x[..., perm]``;
+  ``M[i, perm[i]] = sign[i]`` with ``sign`` in {+1, -1}.
+* :class:`MatrixRep`: dense orthogonal ``(D, D)`` matrices, ``rho(g) x = M x``.
+
+Products: ``rho(a) rho(b)`` has permutation ``perm_b[perm_a]`` and sign
+``sign_a * sign_b[perm_a]``.
+
+Tensor products act on index pairs flattened row-major, ``(i, j) -> i * D2 + j``;
+direct sums put the second block after the first (offset ``D1``).  The
+conjugation action ``z -> g z g^T`` on ``D x D`` matrices flattened row-major
+is exactly ``tensor_power(2)``: ``vec(g z g^T) = (g (x) g) vec(z)``.
+
+Every representation belongs to a :class:`~symkern.groups.group.Group`; its
+generator images correspond one-to-one to the group's defining generators, so
+images of all elements are obtained by composing generator images along the
+group's BFS tree (correct also for non-faithful representations).  The caller of
+the public constructors ``PermRep(group, ...)`` etc. is responsible for the
+images defining a homomorphism; the module-level constructors in
+:mod:`symkern.groups.constructors` always do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _native as nat
+from ._native import GroupTooLargeError, check_dense_dim
+from .group import ContinuousGroup, Group, _join_kind, evaluate_words, normalize_words
+from .orbits import orbit_labels as _orbit_labels
+
+__all__ = [
+    "Representation",
+    "PermRep",
+    "SignedPermRep",
+    "MatrixRep",
+    "direct_product",
+    "NULLSPACE_RTOL",
+]
+
+#: Relative tolerance of the null-space rank cut: singular values
+#: ``<= NULLSPACE_RTOL * max(1, s_max)`` count as zero (the stacked matrices are
+#: differences of orthogonal matrices / skew Lie-algebra images with O(1) entries).
+NULLSPACE_RTOL = 1e-9
+#: Tolerance on the character-formula mean being an integer.
+CHARACTER_TOL = 1e-6
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k: tensor_power expects an integer k >= 1, got {k!r}")
+    return int(k)
+
+
+def _round_mean(mean: float, what: str) -> int:
+    r = round(mean)
+    if abs(mean - r) > CHARACTER_TOL:
+        raise RuntimeError(
+            f"{what}: character mean {mean!r} is not within {CHARACTER_TOL} of an integer; "
+            "the generator images probably do not define a representation of the group"
+        )
+    return int(r)
+
+
+class Representation:
+    """Base class: a linear orthogonal action of ``group`` on ``R^dim``.
+
+    Attributes:
+        group: the :class:`Group` (or :class:`ContinuousGroup`) acting.
+        dim: ``D``, the dimension of the representation space.
+        name: human-readable name.
+        is_finite: whether the group is finite.
+    """
+
+    group: Group
+    dim: int
+    name: str
+
+    def __init__(self, group: Group, dim: int, name: str, node: tuple) -> None:
+        self.group = group
+        self.dim = int(dim)
+        self.name = name
+        self._node = node
+        self._cache: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, dim={self.dim}, group={self.group.name!r})"
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def is_finite(self) -> bool:
+        return self.group.is_finite
+
+    @property
+    def n_generators(self) -> int:
+        """Number of discrete generators (same as the group's)."""
+        return self.group.n_generators
+
+    def order(self) -> int:
+        """``|G|`` (exact int); raises ValueError for continuous groups."""
+        return self.group.order()
+
+    def generator_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """Dense generator images ``(n_generators, D, D)`` (ValueError if D > 4096)."""
+        raise NotImplementedError
+
+    def lie_algebra_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """Images ``d rho(A)`` of a Lie-algebra basis, ``(m, D, D)``; ``m = 0`` if finite."""
+        return torch.zeros((0, self.dim, self.dim), dtype=dtype)
+
+    # ------------------------------------------------------------------ combinations
+    def _check_same_group(self, other: Any, what: str) -> None:
+        if not isinstance(other, Representation):
+            raise ValueError(f"{what}: other must be a Representation, got {type(other).__name__}")
+        if self.group is not other.group:
+            raise ValueError(
+                f"{what}: both representations must belong to the same Group object "
+                f"(got {self.group.name!r} and {other.group.name!r}); use direct_product() "
+                "for reps of different groups"
+            )
+
+    def tensor_product(self, other: Representation) -> Representation:
+        """``rho_1 (x) rho_2`` on ``R^{D1 * D2}`` (index ``(i, j) -> i * D2 + j``)."""
+        self._check_same_group(other, "tensor_product")
+        return self._combine(other, "tensor")
+
+    def direct_sum(self, other: Representation) -> Representation:
+        """``rho_1 (+) rho_2`` on ``R^{D1 + D2}`` (second block offset by ``D1``)."""
+        self._check_same_group(other, "direct_sum")
+        return self._combine(other, "sum")
+
+    def tensor_power(self, k: int) -> Representation:
+        """``T(k) = rho^{(x) k}`` on ``R^{D^k}``, flattened row-major over index k-tuples."""
+        k = _check_k(k)
+        out = self
+        for _ in range(k - 1):
+            out = out._combine(self, "tensor")
+        if k > 1:
+            out.name = f"T{k}({self.name})"
+        return out
+
+    def conjugation(self) -> Representation:
+        """``z -> g z g^T`` on ``D x D`` matrices flattened row-major (== ``tensor_power(2)``)."""
+        return self.tensor_power(2)
+
+    def _combine(self, other: Representation, op: str) -> Representation:
+        raise NotImplementedError
+
+    def restrict(self, words: Sequence[Sequence[int]]) -> Representation:
+        """Restriction to the subgroup generated by ``words``.
+
+        Each subgroup generator is a word: a list of generator indices ``i`` (generator
+        ``i``) or ``-i-1`` (its inverse); ``[a, b]`` means ``g_a * g_b``.  The subgroup is
+        ``self.group.subgroup(words)``, cached so that restricting several reps of the
+        same group with the same words gives reps of the *same* subgroup object (so they
+        can be combined).  Example: ``symmetric(4).restrict([[1]])`` is the cyclic
+        subgroup generated by the 4-cycle (order 4).
+        """
+        raise ValueError(f"restrict: not supported for {type(self).__name__}")
+
+    # ------------------------------------------------------------------ elements
+    def elements(self) -> Iterator[Any]:
+        """Images of all group elements (BFS order) in this rep's native form."""
+        raise ValueError(f"elements: not available for {type(self).__name__}")
+
+    def element_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """Dense images of all group elements, ``(|G|, D, D)``."""
+        raise ValueError(f"element_matrices: not available for {type(self).__name__}")
+
+    def character(self) -> torch.Tensor:
+        """``tr rho(g)`` for all elements in ``elements()`` order, float64 ``(|G|,)``."""
+        raise ValueError(f"character: not available for {type(self).__name__}")
+
+    def fixed_dim(self, method: str = "auto") -> int:
+        """``dim E^G`` where ``E^G = {z : rho(g) z = z for all g}``."""
+        raise NotImplementedError
+
+    def _nullspace_dim(self) -> int:
+        """Null-space dimension of the stacked ``(M_g - I)`` and ``d rho(A)`` (SVD).
+
+        A singular value ``s`` counts as zero when ``s <= NULLSPACE_RTOL * max(1, s_max)``.
+        """
+        D = self.dim
+        check_dense_dim(D, "fixed_dim(method='nullspace')")
+        eye = torch.eye(D, dtype=torch.float64)
+        blocks = [m - eye for m in self.generator_matrices(torch.float64)]
+        blocks += list(self.lie_algebra_matrices(torch.float64))
+        if not blocks:
+            return D
+        s = torch.linalg.svdvals(torch.cat(blocks, 0))
+        tol = NULLSPACE_RTOL * max(1.0, float(s.max()) if s.numel() else 0.0)
+        return D - int((s > tol).sum())
+
+    # ------------------------------------------------------------------ integration
+    def quadrature(self, degree: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weights (m,), mats (m, D, D))`` integrating matrix coefficients exactly."""
+        raise NotImplementedError
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
+    ) -> torch.Tensor:
+        """``n`` uniformly (Haar) random elements as ``(n, D, D)`` matrices."""
+        raise NotImplementedError
+
+
+# =============================================================================== finite reps
+class _FiniteRep(Representation):
+    """Shared machinery of PermRep / SignedPermRep / MatrixRep.
+
+    ``_node`` is ``("base",)`` (generator images stored), ``("tensor", a, b)`` or
+    ``("sum", a, b)``; generator images of composite reps are built lazily and the
+    character uses the node (product / sum of characters), so e.g. the character
+    of ``T(k)`` of a permutation rep never touches ``D^k``-sized arrays.
+    """
+
+    _kind = "perm"
+
+    @classmethod
+    def _make(cls, group: Group, dim: int, name: str, node: tuple, gens: Any = None) -> _FiniteRep:
+        obj = cls.__new__(cls)
+        Representation.__init__(obj, group, dim, name, node)
+        if gens is not None:
+            obj._cache["gens"] = gens
+        return obj
+
+    def _native_gens(self) -> Any:
+        """Generator images in native form (cached)."""
+        if "gens" not in self._cache:
+            op, a, b = self._node
+            kind = self._kind
+            ga = nat.to_kind(a._kind, a._native_gens(), kind)
+            gb = nat.to_kind(b._kind, b._native_gens(), kind)
+            self._cache["gens"] = (
+                nat.kron(kind, ga, gb) if op == "tensor" else nat.dsum(kind, ga, gb)
+            )
+        return self._cache["gens"]
+
+    def _combine(self, other: Representation, op: str) -> Representation:
+        kind = _join_kind(self._kind, other._kind)  # type: ignore[attr-defined]
+        D = self.dim * other.dim if op == "tensor" else self.dim + other.dim
+        if kind == "matrix":
+            check_dense_dim(D, "tensor_product" if op == "tensor" else "direct_sum")
+        sym = "(x)" if op == "tensor" else "(+)"
+        return _CLASSES[kind]._make(
+            self.group, D, f"{self.name}{sym}{other.name}", (op, self, other)
+        )
+
+    def generator_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        check_dense_dim(self.dim, "generator_matrices")
+        return nat.to_matrices(self._kind, self._native_gens(), dtype)
+
+    def to_matrix_rep(self) -> MatrixRep:
+        """The same representation (same group object) as a dense :class:`MatrixRep`."""
+        check_dense_dim(self.dim, "to_matrix_rep")
+        return MatrixRep._make(
+            self.group,
+            self.dim,
+            f"mat({self.name})",
+            ("base",),
+            nat.to_matrices(self._kind, self._native_gens(), torch.float64),
+        )
+
+    # -------------------------------------------------------------- restriction
+    def restrict(self, words: Sequence[Sequence[int]]) -> Representation:
+        w = normalize_words(words, self.n_generators)
+        sub = self.group.subgroup(w)
+        return self._restrict_to(sub, w, {})
+
+    restrict.__doc__ = Representation.restrict.__doc__
+
+    def _restrict_to(self, sub: Group, words: tuple, memo: dict) -> Representation:
+        if id(self) in memo:
+            return memo[id(self)]
+        if self._node[0] == "base":
+            gens = evaluate_words(self._kind, self._native_gens(), self.dim, words)
+            out = type(self)._make(sub, self.dim, f"{self.name}|{sub.name}", ("base",), gens)
+        else:
+            op, a, b = self._node
+            ra, rb = a._restrict_to(sub, words, memo), b._restrict_to(sub, words, memo)
+            out = ra._combine(rb, op)
+        memo[id(self)] = out
+        return out
+
+    # -------------------------------------------------------------- elements
+    def _level_batches(self) -> Iterator[Any]:
+        """Native batches of element images, one per BFS level (bounded memory)."""
+        tree = self.group._enumerate()
+        kind, gens = self._kind, self._native_gens()
+        starts = tree.level_starts
+        prev = nat.identity(kind, self.dim, 1)
+        yield prev
+        for lvl in range(1, len(starts) - 1):
+            s, e = int(starts[lvl]), int(starts[lvl + 1])
+            par = tree.parent[s:e] - starts[lvl - 1]
+            cur = nat.compose(kind, nat.take(kind, prev, par), nat.take(kind, gens, tree.gen[s:e]))
+            yield cur
+            prev = cur
+
+    def elements(self) -> Iterator[Any]:
+        """Images of all elements in BFS order (``group.elements()`` order).
+
+        PermRep yields int64 ``perm`` arrays ``(D,)``; SignedPermRep yields
+        ``(perm, sign)``; MatrixRep yields float64 ``(D, D)`` tensors.  Raises
+        :class:`GroupTooLargeError` if the group exceeds its enumeration limit.
+        """
+        for batch in self._level_batches():
+            yield from nat.items(self._kind, batch)
+
+    def element_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """Dense ``(|G|, D, D)`` images of all elements, ``elements()`` order."""
+        check_dense_dim(self.dim, "element_matrices")
+        n = self.order()
+        if n * self.dim * self.dim > nat.MAX_ELEMENT_ENTRIES:
+            raise ValueError(
+                f"element_matrices: |G| * D^2 = {n} * {self.dim}^2 exceeds the limit "
+                f"{nat.MAX_ELEMENT_ENTRIES} entries"
+            )
+        return torch.cat([nat.to_matrices(self._kind, b, dtype) for b in self._level_batches()])
+
+    def character(self) -> torch.Tensor:
+        """``tr rho(g)`` in ``elements()`` order, float64 ``(|G|,)``.
+
+        Perm: number of fixed points; signed: sum of signs at fixed points; tensor
+        product: product of characters; direct sum: sum of characters.
+        """
+        if "character" not in self._cache:
+            node = self._node
+            if node[0] == "base":
+                ch = torch.as_tensor(
+                    np.concatenate([nat.traces(self._kind, b) for b in self._level_batches()]),
+                    dtype=torch.float64,
+                )
+            elif node[0] == "tensor":
+                ch = node[1].character() * node[2].character()
+            else:
+                ch = node[1].character() + node[2].character()
+            self._cache["character"] = ch
+        return self._cache["character"].clone()
+
+    def _character_fixed_dim(self) -> int:
+        ch = self.character()
+        return _round_mean(float(ch.sum()) / ch.numel(), f"fixed_dim of {self.name}")
+
+    def fixed_dim(self, method: str = "auto") -> int:
+        """``dim E^G``.
+
+        Methods: ``"orbits"`` (perm / signed reps: number of orbits, minus signed orbits
+        containing some ``+e_i`` and ``-e_i``; works for non-enumerable groups),
+        ``"character"`` (``(1/|G|) sum_g tr rho(g)``, needs enumeration),
+        ``"nullspace"`` (SVD of the stacked ``M_g - I`` over generators, D <= 4096),
+        ``"auto"`` (orbits for perm reps; character if enumerable else nullspace for
+        matrix reps).
+        """
+        if method == "auto":
+            method = self._auto_fixed_method()
+        if method == "orbits":
+            if self._kind == "matrix":
+                raise ValueError("method: 'orbits' needs a PermRep or SignedPermRep")
+            labels, rel = self.orbit_labels()  # type: ignore[attr-defined]
+            return int(((labels == np.arange(self.dim)) & (rel != 0)).sum())
+        if method in ("character", "quadrature"):
+            return self._character_fixed_dim()
+        if method == "nullspace":
+            return self._nullspace_dim()
+        raise ValueError(
+            f"method: expected 'auto', 'orbits', 'character' or 'nullspace', got {method!r}"
+        )
+
+    def _auto_fixed_method(self) -> str:
+        return "orbits"
+
+    # -------------------------------------------------------------- integration
+    def quadrature(self, degree: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uniform weights ``1/|G|`` over ``element_matrices()`` (exact for any degree)."""
+        mats = self.element_matrices()
+        return torch.full((mats.shape[0],), 1.0 / mats.shape[0], dtype=torch.float64), mats
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
+    ) -> torch.Tensor:
+        """``n`` uniformly random elements (with replacement) as ``(n, D, D)`` matrices."""
+        mats = self.element_matrices(dtype)
+        idx = torch.randint(mats.shape[0], (int(n),), generator=generator)
+        return mats[idx]
+
+
+class PermRep(_FiniteRep):
+    """Permutation representation: ``rho(g) x = x[..., perm]``, ``M[i, perm[i]] = 1``.
+
+    Args:
+        group: the group; ``perms[i]`` is the image of its ``i``-th generator.
+        perms: int64 ``(n_generators, D)`` permutation arrays.
+        name: optional name.
+        dim: D, needed only when the group has no generators.
+    """
+
+    _kind = "perm"
+
+    def __init__(
+        self, group: Group, perms: Any, name: str | None = None, dim: int | None = None
+    ) -> None:
+        p = nat.validate_perms(perms, "perms", dim)
+        _check_n_gens(group, p.shape[0], "perms")
+        Representation.__init__(self, group, p.shape[1], name or group.name, ("base",))
+        self._cache["gens"] = p
+
+    def permutations(self) -> np.ndarray:
+        """Generator permutation arrays, int64 ``(n_generators, D)`` (cached, read-only).
+
+        For tensor powers / products this is the action on flattened index tuples.
+        """
+        p = self._native_gens()
+        p.flags.writeable = False
+        return p
+
+    def orbit_labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(labels, rel_sign)`` of :func:`symkern.groups.orbits.orbit_labels` (cached)."""
+        if "orbits" not in self._cache:
+            self._cache["orbits"] = _orbit_labels(self.permutations(), None)
+        return self._cache["orbits"]
+
+
+class SignedPermRep(_FiniteRep):
+    """Signed permutation rep: ``rho(g) x = sign * x[..., perm]``, ``M[i, perm[i]] = sign[i]``.
+
+    Args:
+        group: the group; ``(perms[i], signs[i])`` is the image of generator ``i``.
+        perms: int64 ``(n_generators, D)``; signs: float ``(n_generators, D)`` of +-1.
+    """
+
+    _kind = "signed"
+
+    def __init__(
+        self, group: Group, perms: Any, signs: Any, name: str | None = None, dim: int | None = None
+    ) -> None:
+        p = nat.validate_perms(perms, "perms", dim)
+        s = nat.validate_signs(signs, p.shape, "signs")
+        _check_n_gens(group, p.shape[0], "perms")
+        Representation.__init__(self, group, p.shape[1], name or group.name, ("base",))
+        self._cache["gens"] = (p, s)
+
+    def permutations(self) -> np.ndarray:
+        """Generator permutation arrays, int64 ``(n_generators, D)`` (cached, read-only)."""
+        p = self._native_gens()[0]
+        p.flags.writeable = False
+        return p
+
+    def signs(self) -> np.ndarray:
+        """Generator signs, float64 ``(n_generators, D)`` of +-1 (cached, read-only)."""
+        s = self._native_gens()[1]
+        s.flags.writeable = False
+        return s
+
+    def orbit_labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(labels, rel_sign)``; ``rel_sign == 0`` on orbits that average to zero (cached)."""
+        if "orbits" not in self._cache:
+            self._cache["orbits"] = _orbit_labels(self.permutations(), self.signs())
+        return self._cache["orbits"]
+
+
+class MatrixRep(_FiniteRep):
+    """Dense orthogonal representation of a finite group (``D <= 4096``).
+
+    Args:
+        group: the group; ``matrices[i]`` is the image of generator ``i``.
+        matrices: float ``(n_generators, D, D)`` orthogonal matrices.
+    """
+
+    _kind = "matrix"
+
+    def __init__(
+        self, group: Group, matrices: Any, name: str | None = None, dim: int | None = None
+    ) -> None:
+        m = nat.validate_matrices(matrices, "matrices", dim)
+        _check_n_gens(group, m.shape[0], "matrices")
+        Representation.__init__(self, group, m.shape[1], name or group.name, ("base",))
+        self._cache["gens"] = m
+
+    def _auto_fixed_method(self) -> str:
+        try:
+            n = self.order()
+        except (GroupTooLargeError, RecursionError):
+            return "nullspace"
+        return "character" if n <= self.group.max_order else "nullspace"
+
+
+_CLASSES = {"perm": PermRep, "signed": SignedPermRep, "matrix": MatrixRep}
+
+
+def _check_n_gens(group: Group, k: int, name: str) -> None:
+    if not isinstance(group, Group) or isinstance(group, ContinuousGroup):
+        raise ValueError(
+            f"group: expected a finite symkern.groups.Group, got {type(group).__name__}"
+        )
+    if k != group.n_generators:
+        raise ValueError(
+            f"{name}: got {k} generator images but group {group.name!r} has "
+            f"{group.n_generators} generators"
+        )
+
+
+def direct_product(
+    rep_a: Representation, rep_b: Representation, mode: str = "sum"
+) -> Representation:
+    """Representation of the product group ``A x B`` built from reps of ``A`` and ``B``.
+
+    The product group (``rep_a.group.direct_product(rep_b.group)``, cached per pair)
+    has generators ``(a_i, 1)`` followed by ``(1, b_j)``.  ``mode="sum"`` acts on
+    ``V_a (+) V_b`` (images ``rho_a(a_i) (+) I`` and ``I (+) rho_b(b_j)``),
+    ``mode="tensor"`` on ``V_a (x) V_b`` (``rho_a(a_i) (x) I``, ``I (x) rho_b(b_j)``).
+    Finite groups only.  Result kind: perm/perm -> PermRep, perm/signed -> SignedPermRep,
+    anything with a MatrixRep -> MatrixRep.
+    """
+    if mode not in ("sum", "tensor"):
+        raise ValueError(f"mode: expected 'sum' or 'tensor', got {mode!r}")
+    for nm, r in (("rep_a", rep_a), ("rep_b", rep_b)):
+        if not isinstance(r, _FiniteRep):
+            raise ValueError(
+                f"{nm}: direct_product needs a finite-group representation, got {type(r).__name__}"
+            )
+    group = rep_a.group.direct_product(rep_b.group)
+    kind = _join_kind(rep_a._kind, rep_b._kind)
+    Da, Db = rep_a.dim, rep_b.dim
+    ga = nat.to_kind(rep_a._kind, rep_a._native_gens(), kind)
+    gb = nat.to_kind(rep_b._kind, rep_b._native_gens(), kind)
+    ia = nat.identity(kind, Da, rep_b.n_generators)
+    ib = nat.identity(kind, Db, rep_a.n_generators)
+    op = nat.dsum if mode == "sum" else nat.kron
+    D = Da + Db if mode == "sum" else Da * Db
+    if kind == "matrix":
+        check_dense_dim(D, "direct_product")
+    gens = nat.concat(kind, [op(kind, ga, ib), op(kind, ia, gb)])
+    sym = "(+)" if mode == "sum" else "(x)"
+    return _CLASSES[kind]._make(group, D, f"{rep_a.name}{sym}{rep_b.name}", ("base",), gens)

@@ -1,0 +1,133 @@
+"""Test and benchmark helpers: one tolerance table, the float64-reference comparison, and the list
+of (backend, device) pairs this machine can run.
+
+Every kernel is checked against a reference computed in float64::
+
+    ref = reference_fn(x.double())            # the math, in float64
+    out = kernel(x)                           # any backend, any dtype
+    assert_close(out, ref)                    # tolerance from out.dtype
+
+The error measure is elementwise ``|out - ref| <= atol * scale + rtol * |ref|`` with
+``scale = max|ref|`` by default (so sums with cancellation are judged against the size of the
+data, not of a near-zero entry). Where the exact result can be zero (a projection onto a trivial
+subspace), pass the size of the inputs as ``scale``: the float64 reference is then rounding noise
+(~1e-17) and only the inputs say what "small" means. NaN in ``out`` fails unless it sits where
+``ref`` has NaN too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from symkern.backends.registry import (
+    BACKEND_PRIORITY,
+    get_backend,
+    triton_interpreter_enabled,
+)
+
+__all__ = ["TOLERANCES", "BackendCase", "assert_close", "backend_cases", "tolerance"]
+
+# (rtol, atol relative to max|ref|) per dtype of the value under test.
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-10, 1e-12),
+    torch.float32: (2e-5, 2e-6),
+    torch.float16: (5e-3, 1e-3),
+    torch.bfloat16: (3e-2, 8e-3),
+}
+
+
+def tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    """(rtol, atol) for values computed in ``dtype``."""
+    if dtype not in TOLERANCES:
+        raise ValueError(f"no tolerance for dtype {dtype}; known: {list(TOLERANCES)}")
+    return TOLERANCES[dtype]
+
+
+def assert_close(
+    actual: torch.Tensor,
+    reference: torch.Tensor,
+    *,
+    dtype: torch.dtype | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    scale: float | None = None,
+    msg: str = "",
+) -> None:
+    """Assert ``actual`` matches a float64 ``reference`` within the tolerance of ``dtype``.
+
+    ``dtype`` defaults to ``actual.dtype`` (the precision the kernel computed in). ``scale``
+    defaults to max|reference| (see the module docstring). Shapes must match exactly. Raises
+    AssertionError with the worst element's position and the error ratio.
+    """
+    if not isinstance(actual, torch.Tensor) or not isinstance(reference, torch.Tensor):
+        raise TypeError("assert_close compares two tensors")
+    if reference.dtype != torch.float64:
+        raise ValueError(f"reference must be float64 (the oracle), got {reference.dtype}")
+    if actual.shape != reference.shape:
+        raise AssertionError(
+            f"{msg}shape {tuple(actual.shape)} != reference {tuple(reference.shape)}"
+        )
+    d_rtol, d_atol = tolerance(dtype or actual.dtype)
+    rtol = d_rtol if rtol is None else rtol
+    atol = d_atol if atol is None else atol
+    a = actual.detach().to(device="cpu", dtype=torch.float64)
+    r = reference.detach().to("cpu")
+    if a.numel() == 0:
+        return
+    nan_a, nan_r = torch.isnan(a), torch.isnan(r)
+    if not torch.equal(nan_a, nan_r):
+        bad = (nan_a != nan_r).nonzero()[0].tolist()
+        raise AssertionError(
+            f"{msg}NaN mismatch at {bad}: actual {a[tuple(bad)]}, ref {r[tuple(bad)]}"
+        )
+    finite = ~nan_r
+    if scale is None:
+        scale = r[finite].abs().max().item() if finite.any() else 0.0
+    allowed = atol * scale + rtol * r.abs()
+    err = (a - r).abs()
+    excess = torch.where(finite, err - allowed, torch.zeros_like(err))
+    if (excess > 0).any():
+        worst = excess.argmax()
+        idx = tuple(int(i) for i in torch.unravel_index(worst, excess.shape))
+        raise AssertionError(
+            f"{msg}mismatch at {idx}: actual {a[idx].item():.10g}, reference {r[idx].item():.10g}, "
+            f"|err| {err[idx].item():.3g} > allowed {allowed[idx].item():.3g} "
+            f"(rtol={rtol:g}, atol={atol:g} x max|ref|={scale:.3g}); "
+            f"{int((excess > 0).sum())} of {excess.numel()} elements out of tolerance"
+        )
+
+
+@dataclass(frozen=True)
+class BackendCase:
+    """One (backend, device) pair available on this machine, for parametrising tests/bench."""
+
+    backend: str
+    device: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.backend}-{self.device}"
+
+
+def backend_cases(include_reference: bool = True) -> list[BackendCase]:
+    """Every (backend, device) pair this machine can run, in priority order.
+
+    CPU: cpp when the extension imports; triton when ``TRITON_INTERPRET=1``; torch.
+    CUDA (when present): triton and torch.
+    """
+    cases = []
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        for name in BACKEND_PRIORITY:
+            if name == "torch" and not include_reference:
+                continue
+            if get_backend(name).availability_reasons():
+                continue
+            if name == "cpp" and device != "cpu":
+                continue
+            if name == "triton" and device == "cpu" and not triton_interpreter_enabled():
+                continue
+            cases.append(BackendCase(name, device))
+    return cases

@@ -1,0 +1,201 @@
+"""Backend selection (DESIGN.md §3): auto order, forcing, loud failures, no silent fallback."""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import symkern
+from symkern.backends import registry
+from symkern.backends.registry import (
+    BackendUnavailableError,
+    NoBackendError,
+    ReferenceFallbackWarning,
+    register_kernel,
+    select_kernel,
+)
+
+
+@pytest.fixture
+def test_ops():
+    """Register throw-away ops whose kernels say which backend ran; unregister afterwards."""
+    added = []
+
+    def add(op, backend, **kw):
+        def fn(*args):
+            return backend
+
+        register_kernel(op, backend, **kw)(fn)
+        added.append((op, backend))
+
+    yield add
+    for key in added:
+        registry._KERNELS.pop(key, None)
+    registry._warned_fallback.clear()
+
+
+@pytest.fixture
+def no_forcing(monkeypatch):
+    monkeypatch.delenv("SYMKERN_BACKEND", raising=False)
+
+
+def test_auto_prefers_cpp_for_cpu_tensors(test_ops, no_forcing):
+    for b in ("cpp", "torch"):
+        test_ops("_t_auto", b)
+    kernel = select_kernel("_t_auto", {"x": torch.randn(3)})
+    assert kernel.backend == "cpp"
+    assert kernel.fn() == "cpp"
+
+
+def test_auto_skips_backend_without_kernel_and_says_so(test_ops, no_forcing):
+    test_ops("_t_only_torch", "torch")
+    assert select_kernel("_t_only_torch", {"x": torch.randn(3)}).backend == "torch"
+    reasons = registry.get_backend("cpp").not_supported_reasons("_t_only_torch", {})
+    assert reasons == ["no 'cpp' kernel for op '_t_only_torch' is implemented"]
+
+
+def test_auto_does_not_pick_triton_interpreter_for_cpu(test_ops, no_forcing, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    for b in ("triton", "torch"):
+        test_ops("_t_interp", b)
+    assert select_kernel("_t_interp", {"x": torch.randn(3)}).backend == "torch"
+    assert select_kernel("_t_interp", {"x": torch.randn(3)}, backend="triton").backend == "triton"
+
+
+def test_forced_backend_that_cannot_run_fails_loudly(test_ops, no_forcing):
+    test_ops("_t_forced", "torch")
+    with pytest.raises(BackendUnavailableError, match="'cpp' was forced.*no 'cpp' kernel"):
+        select_kernel("_t_forced", {"x": torch.randn(3)}, backend="cpp")
+
+
+def test_forced_backend_wrong_device_fails_loudly(test_ops, no_forcing):
+    for b in ("cpp", "torch"):
+        test_ops("_t_device", b)
+    x = torch.empty(3, device="meta")
+    with pytest.raises(BackendUnavailableError, match="x: tensor on meta; cpp runs CPU tensors"):
+        select_kernel("_t_device", {"x": x}, backend="cpp")
+
+
+def test_forced_triton_without_interpreter_or_gpu_fails(test_ops, no_forcing, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU makes triton available")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    test_ops("_t_triton", "triton")
+    with pytest.raises(BackendUnavailableError, match="no CUDA device"):
+        select_kernel("_t_triton", {"x": torch.randn(3)}, backend="triton")
+
+
+def test_env_var_forces_backend(test_ops, monkeypatch):
+    for b in ("cpp", "torch"):
+        test_ops("_t_env", b)
+    monkeypatch.setenv("SYMKERN_BACKEND", "torch")
+    assert select_kernel("_t_env", {"x": torch.randn(3)}).backend == "torch"
+    # an explicit backend= argument wins over the environment
+    assert select_kernel("_t_env", {"x": torch.randn(3)}, backend="cpp").backend == "cpp"
+
+
+def test_unknown_backend_name_rejected(test_ops, monkeypatch):
+    test_ops("_t_name", "torch")
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
+        select_kernel("_t_name", {}, backend="cuda")
+    monkeypatch.setenv("SYMKERN_BACKEND", "fortran")
+    with pytest.raises(ValueError, match="'fortran'"):
+        select_kernel("_t_name", {})
+
+
+def test_no_backend_lists_every_reason(test_ops, no_forcing):
+    test_ops("_t_none", "cpp", dtypes=(torch.float32,))
+    with pytest.raises(NoBackendError) as err:
+        select_kernel("_t_none", {"x": torch.randn(3, dtype=torch.float64)})
+    msg = str(err.value)
+    assert "cpp: x: dtype torch.float64 not supported (supports float32)" in msg
+    assert "torch: no 'torch' kernel for op '_t_none'" in msg
+    assert "triton:" in msg
+
+
+def test_kernel_check_reasons_reported(test_ops, no_forcing):
+    register_kernel("_t_check", "cpp", check=lambda inputs: ["rank too high"])(lambda: "cpp")
+    test_ops("_t_check", "torch")
+    try:
+        assert select_kernel("_t_check", {"x": torch.randn(2)}).backend == "torch"
+        with pytest.raises(BackendUnavailableError, match="rank too high"):
+            select_kernel("_t_check", {"x": torch.randn(2)}, backend="cpp")
+    finally:
+        registry._KERNELS.pop(("_t_check", "cpp"))
+
+
+def test_reference_fallback_warns_once_when_extension_missing(test_ops, no_forcing, monkeypatch):
+    for b in ("cpp", "torch"):
+        test_ops("_t_fallback", b)
+    monkeypatch.setattr(
+        registry._BACKENDS["cpp"], "availability_reasons", lambda: ["extension missing (test)"]
+    )
+    with pytest.warns(ReferenceFallbackWarning, match="extension missing"):
+        assert select_kernel("_t_fallback", {"x": torch.randn(2)}).backend == "torch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        select_kernel("_t_fallback", {"x": torch.randn(2)})  # second call: silent
+
+
+def test_register_rejects_unknown_backend_and_double_registration(test_ops):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        register_kernel("_t_reg", "cuda")
+    test_ops("_t_reg", "torch")
+    with pytest.raises(RuntimeError, match="already registered"):
+        register_kernel("_t_reg", "torch")(lambda: None)
+
+
+def test_cpp_extension_is_built():
+    """The install (pip install -e .) must build symkern._C; a broken build must not pass quietly
+    as a slower reference run. Set SYMKERN_ALLOW_NO_CPP=1 only on machines without a compiler."""
+    if os.environ.get("SYMKERN_ALLOW_NO_CPP") == "1":
+        pytest.skip("SYMKERN_ALLOW_NO_CPP=1")
+    assert registry.get_backend("cpp").availability_reasons() == []
+    build = registry.get_backend("cpp").extension().build_info()
+    assert build["max_threads"] >= 1 and isinstance(build["openmp"], bool)
+
+
+def test_info_reports_backends():
+    data = symkern.info()
+    assert data["symkern"] == symkern.__version__
+    names = [b["name"] for b in data["backends"]]
+    assert names == ["cpp", "triton", "torch"]
+    torch_be = data["backends"][-1]
+    assert torch_be["available"] and torch_be["reasons"] == []
+    for b in data["backends"]:
+        assert b["available"] == (not b["reasons"])
+
+
+def test_cli_info_runs():
+    out = subprocess.run(
+        [sys.executable, "-m", "symkern.cli", "info", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    data = json.loads(out.stdout)
+    assert {b["name"] for b in data["backends"]} == {"cpp", "triton", "torch"}
+    human = subprocess.run(
+        [sys.executable, "-m", "symkern.cli", "info"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert "backends (auto priority order):" in human.stdout
+    assert "OpenMP:" in human.stdout and "triton:" in human.stdout
+
+
+def test_cli_unknown_experiment_is_an_error():
+    out = subprocess.run(
+        [sys.executable, "-m", "symkern.cli", "run", "no-such-thing"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "invalid choice" in out.stderr

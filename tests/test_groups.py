@@ -1,0 +1,884 @@
+"""Tests for symkern.groups: group axioms, orders, fixed-space dimensions, reps, validation."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import symkern.groups as G
+from symkern.groups import GroupTooLargeError
+from symkern.groups import _native as nat
+from symkern.groups.orbits import orbit_labels
+from symkern.groups.schreier_sims import schreier_sims_order
+
+HYP = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+SMALL_CONSTRUCTORS = {
+    "cyclic5": lambda: G.cyclic(5),
+    "cyclic1": lambda: G.cyclic(1),
+    "dihedral4": lambda: G.dihedral(4),
+    "dihedral5": lambda: G.dihedral(5),
+    "symmetric1": lambda: G.symmetric(1),
+    "symmetric2": lambda: G.symmetric(2),
+    "symmetric4": lambda: G.symmetric(4),
+    "alternating3": lambda: G.alternating(3),
+    "alternating4": lambda: G.alternating(4),
+    "alternating5": lambda: G.alternating(5),
+    "sign_flips3": lambda: G.sign_flips(3),
+    "hyperoctahedral2": lambda: G.hyperoctahedral(2),
+    "hyperoctahedral3": lambda: G.hyperoctahedral(3),
+    "c2_swap": lambda: G.c2_swap(),
+    "perm_rep": lambda: G.perm_rep([[1, 2, 0, 3], [0, 1, 3, 2]]),
+    "signed_perm_rep": lambda: G.signed_perm_rep([[1, 0]], [[1.0, -1.0]]),
+    "matrix_rep": lambda: G.matrix_rep(G.dihedral(4).generator_matrices()),
+    "direct_product": lambda: G.direct_product(G.cyclic(3), G.sign_flips(2), "sum"),
+}
+
+BELL = [1, 2, 5, 15, 52]
+
+
+def _random_perm_gens(draw_perms: list[list[int]]) -> np.ndarray:
+    return np.asarray(draw_perms, dtype=np.int64)
+
+
+@st.composite
+def perm_gens(draw, max_points: int = 7, max_gens: int = 3):
+    n = draw(st.integers(1, max_points))
+    k = draw(st.integers(1, max_gens))
+    return np.asarray([draw(st.permutations(list(range(n)))) for _ in range(k)], dtype=np.int64)
+
+
+@st.composite
+def signed_gens(draw, max_points: int = 5, max_gens: int = 3):
+    p = draw(perm_gens(max_points, max_gens))
+    s = np.asarray(
+        [[draw(st.sampled_from([1.0, -1.0])) for _ in range(p.shape[1])] for _ in range(p.shape[0])]
+    )
+    return p, s
+
+
+# ----------------------------------------------------------------------------- group axioms
+def _as_matrices(rep):
+    return rep.element_matrices()
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_CONSTRUCTORS))
+def test_group_axioms(name):
+    rep = SMALL_CONSTRUCTORS[name]()
+    mats = _as_matrices(rep)
+    n = mats.shape[0]
+    assert n == rep.order() == rep.group.order()
+    keys = set(nat.keys("matrix", mats))
+    assert len(keys) == n, "elements must be distinct in the (faithful) defining rep"
+    eye = torch.eye(rep.dim, dtype=torch.float64)
+    assert nat.keys("matrix", eye[None])[0] in keys, "identity missing"
+    # closure: all products a @ b
+    prods = (mats[:, None] @ mats[None, :]).reshape(-1, rep.dim, rep.dim)
+    assert set(nat.keys("matrix", prods)) <= keys, "not closed under products"
+    # inverses (orthogonal: transpose)
+    assert set(nat.keys("matrix", mats.transpose(1, 2))) <= keys, "inverses missing"
+    # native elements agree with element_matrices and the group's BFS enumeration
+    assert len(list(rep.elements())) == n == len(rep.group.elements())
+
+
+def test_elements_native_forms_and_bfs_tree():
+    rep = G.hyperoctahedral(2)
+    els = list(rep.elements())
+    assert all(
+        isinstance(e, tuple) and e[0].dtype == np.int64 and e[1].dtype == np.float64 for e in els
+    )
+    mats = rep.element_matrices()
+    for (p, s), m in zip(els, mats, strict=True):
+        x = torch.randn(2, dtype=torch.float64)
+        assert torch.allclose(m @ x, torch.as_tensor(s) * x[torch.as_tensor(p)])
+    parent, gen = rep.group.bfs_tree()
+    gm = rep.generator_matrices()
+    assert parent[0] == -1 and gen[0] == -1
+    for e in range(1, len(parent)):
+        assert torch.equal(mats[e], mats[parent[e]] @ gm[gen[e]])
+    perm_els = list(G.symmetric(3).elements())
+    assert all(p.dtype == np.int64 and p.shape == (3,) for p in perm_els)
+    mat_els = list(G.matrix_rep(G.cyclic(3).generator_matrices()).elements())
+    assert all(isinstance(m, torch.Tensor) and m.shape == (3, 3) for m in mat_els)
+
+
+def test_perm_convention():
+    rep = G.perm_rep([[2, 0, 1]])
+    M = rep.generator_matrices()[0]
+    x = torch.tensor([10.0, 20.0, 30.0], dtype=torch.float64)
+    assert torch.equal(M @ x, x[[2, 0, 1]])
+    assert M[0, 2] == 1 and M[1, 0] == 1 and M[2, 1] == 1
+    s = G.signed_perm_rep([[1, 0]], [[-1.0, 1.0]])
+    Ms = s.generator_matrices()[0]
+    assert torch.equal(Ms, torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64))
+
+
+# ----------------------------------------------------------------------------- orders
+def test_known_orders():
+    assert G.symmetric(5).order() == 120
+    assert G.alternating(5).order() == 60
+    assert G.dihedral(8).order() == 16
+    assert G.hyperoctahedral(3).order() == 48
+    assert G.cyclic(7).order() == 7
+    assert G.sign_flips(5).order() == 32
+    assert G.c2_swap().order() == 2
+    assert isinstance(G.symmetric(30).order(), int) and G.symmetric(30).order() == math.factorial(
+        30
+    )
+    assert G.alternating(100).order() == math.factorial(100) // 2
+
+
+def test_schreier_sims_matches_formulas():
+    # perm_rep has no formula: the order comes from Schreier-Sims.
+    assert G.perm_rep(G.symmetric(7).permutations()).order() == 5040
+    assert G.perm_rep(G.alternating(8).permutations()).order() == math.factorial(8) // 2
+    assert G.perm_rep(G.alternating(20).permutations()).order() == math.factorial(20) // 2
+    # A_30 via Schreier-Sims (~0.2 s); A_100 takes ~16 s with this pure-numpy implementation,
+    # so alternating(100) is checked through its formula in test_known_orders.
+    assert G.perm_rep(G.alternating(30).permutations()).order() == math.factorial(30) // 2
+    assert G.perm_rep(G.dihedral(9).permutations()).order() == 18
+    # signed: via the action on the 2D points
+    H = G.hyperoctahedral(4)
+    assert G.signed_perm_rep(H.permutations(), H.signs()).order() == 2**4 * 24
+    assert G.signed_perm_rep(np.tile(np.arange(6), (6, 1)), 1 - 2 * np.eye(6)).order() == 64
+    # trivial generators
+    assert schreier_sims_order(np.arange(5)[None]) == 1
+    # Mathieu group M11 on 11 points (order 7920).
+    m11 = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0], [0, 1, 6, 9, 5, 3, 10, 2, 8, 4, 7]]
+    assert G.perm_rep(m11).order() == 7920
+
+
+@HYP
+@given(perm_gens())
+def test_schreier_sims_equals_bfs(gens):
+    rep = G.perm_rep(gens)
+    n_bfs = len(rep.group.elements())
+    assert schreier_sims_order(gens) == n_bfs
+    assert rep.order() == n_bfs
+
+
+@HYP
+@given(signed_gens())
+def test_signed_schreier_sims_equals_bfs(gs):
+    p, s = gs
+    rep = G.signed_perm_rep(p, s)
+    fresh = G.signed_perm_rep(p, s)
+    assert rep.order() == len(fresh.group.elements())
+
+
+def test_matrix_group_bfs_order_and_limit():
+    # rotation by 2 pi / 7 and a reflection: dihedral group of order 14
+    t = 2 * math.pi / 7
+    rot = torch.tensor(
+        [[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]], dtype=torch.float64
+    )
+    refl = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    rep = G.matrix_rep(torch.stack([rot, refl]))
+    assert rep.order() == 14
+    assert rep.fixed_dim() == 0
+    big = G.matrix_rep(G.symmetric(9).generator_matrices())
+    big.group.max_order = 1000
+    with pytest.raises(GroupTooLargeError, match="enumeration limit"):
+        big.order()
+    # not enumerable -> nullspace path still works
+    assert big.fixed_dim() == 1
+
+
+def test_group_too_large_to_enumerate():
+    with pytest.raises(GroupTooLargeError):
+        next(iter(G.symmetric(10).elements()))
+    with pytest.raises(GroupTooLargeError):
+        G.alternating(100).tensor_power(2).character()
+    assert issubclass(GroupTooLargeError, ValueError)
+
+
+# ----------------------------------------------------------------------------- fixed_dim
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_bell_numbers_orbits(k):
+    assert G.symmetric(5).tensor_power(k).fixed_dim() == BELL[k - 1]
+
+
+@pytest.mark.parametrize("n,k", [(3, 1), (3, 2), (3, 3), (4, 4), (5, 5)])
+def test_bell_numbers_character_agrees(n, k):
+    T = G.symmetric(n).tensor_power(k)
+    via_orbits = T.fixed_dim("orbits")
+    via_char = T.fixed_dim("character")
+    assert via_orbits == via_char
+    if n >= k:
+        assert via_char == BELL[k - 1]
+
+
+def test_small_nullspace_path_agrees():
+    T = G.symmetric(3).tensor_power(3)
+    assert T.fixed_dim("nullspace") == T.fixed_dim("orbits") == 5
+    assert G.hyperoctahedral(2).tensor_power(2).fixed_dim("nullspace") == 1
+
+
+@pytest.mark.parametrize("n", [4, 5, 6])
+def test_alternating_t2(n):
+    T = G.alternating(n).tensor_power(2)
+    assert T.fixed_dim() == 2
+    assert T.fixed_dim("character") == 2
+
+
+def test_alternating_100_t2_fast():
+    T = G.alternating(100).tensor_power(2)
+    t0 = time.perf_counter()
+    assert T.fixed_dim() == 2
+    assert T.dim == 10_000
+    assert time.perf_counter() - t0 < 5.0  # generous sanity bound, not a benchmark
+
+
+def test_orbit_labels_speed_targets():
+    p = G.alternating(100).tensor_power(2).permutations()
+    q = G.symmetric(5).tensor_power(5).permutations()
+    best_a = best_s = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        la, _ = orbit_labels(p, None)
+        best_a = min(best_a, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ls, _ = orbit_labels(q, None)
+        best_s = min(best_s, time.perf_counter() - t0)
+    assert len(np.unique(la)) == 2 and len(np.unique(ls)) == 52
+    # targets are 20 ms / 10 ms; assert 10x slack so loaded CI machines do not flake
+    assert best_a < 0.2 and best_s < 0.1
+
+
+def test_more_fixed_dims():
+    assert G.symmetric(5).tensor_power(3).fixed_dim() == 5
+    assert G.hyperoctahedral(3).tensor_power(2).fixed_dim() == 1
+    assert G.hyperoctahedral(3).tensor_power(2).fixed_dim("character") == 1
+    assert G.c2_swap().conjugation().fixed_dim() == 2
+    assert G.c2_swap().conjugation().fixed_dim("character") == 2
+    for n in (1, 3, 6):
+        assert G.sign_flips(n).fixed_dim() == 0
+        assert G.sign_flips(n).fixed_dim("character") == 0
+        assert G.cyclic(n).fixed_dim() == 1
+    assert G.sign_flips(3).tensor_power(2).fixed_dim() == 3  # diagonal entries
+    assert G.dihedral(6).tensor_power(2).fixed_dim() == G.dihedral(6).tensor_power(2).fixed_dim(
+        "character"
+    )
+
+
+def test_conjugation_is_tensor_power_2():
+    r = G.dihedral(5)
+    c, t = r.conjugation(), r.tensor_power(2)
+    assert np.array_equal(c.permutations(), t.permutations())
+    # z -> g z g^T, flattened row-major
+    g = r.generator_matrices()[0]
+    z = torch.randn(5, 5, dtype=torch.float64)
+    assert torch.allclose(c.generator_matrices()[0] @ z.reshape(-1), (g @ z @ g.T).reshape(-1))
+    m = G.matrix_rep(r.generator_matrices())
+    mc = m.conjugation()
+    assert isinstance(mc, G.MatrixRep)
+    assert torch.allclose(mc.generator_matrices()[0] @ z.reshape(-1), (g @ z @ g.T).reshape(-1))
+
+
+def test_conjugation_of_minus_identity_is_non_faithful():
+    rep = G.matrix_rep(-torch.eye(3, dtype=torch.float64)[None])
+    assert rep.order() == 2
+    conj = rep.conjugation()
+    ch = conj.character()
+    assert ch.tolist() == [9.0, 9.0]  # (tr g)^2 and the image of -I is the identity
+    assert conj.fixed_dim() == 9 and conj.fixed_dim("nullspace") == 9
+    assert torch.equal(conj.element_matrices()[1], torch.eye(9, dtype=torch.float64))
+
+
+@HYP
+@given(perm_gens(max_points=6))
+def test_character_formula_equals_orbit_count(gens):
+    rep = G.perm_rep(gens)
+    assert rep.fixed_dim("character") == rep.fixed_dim("orbits")
+    T = rep.tensor_power(2)
+    assert T.fixed_dim("character") == T.fixed_dim("orbits")
+
+
+@HYP
+@given(signed_gens())
+def test_signed_character_equals_orbit_rule(gs):
+    p, s = gs
+    rep = G.signed_perm_rep(p, s)
+    assert rep.fixed_dim("character") == rep.fixed_dim("orbits") == rep.fixed_dim("nullspace")
+
+
+@HYP
+@given(perm_gens(max_points=5))
+def test_matrix_rep_from_perm_rep_agrees(gens):
+    rep = G.perm_rep(gens)
+    m = G.matrix_rep(rep.generator_matrices())
+    assert m.order() == rep.order()
+    assert m.fixed_dim() == rep.fixed_dim()
+    assert m.fixed_dim("nullspace") == rep.fixed_dim()
+
+
+def test_character_perm_and_power():
+    rep = G.symmetric(4)
+    ch = rep.character()
+    fixed = torch.tensor(
+        [float((p == np.arange(4)).sum()) for p in rep.elements()], dtype=torch.float64
+    )
+    assert torch.equal(ch, fixed)
+    assert torch.equal(rep.tensor_power(3).character(), ch**3)
+    # dense check of the tensor-power character
+    assert torch.allclose(
+        rep.tensor_power(2).character(),
+        torch.diagonal(rep.tensor_power(2).element_matrices(), dim1=1, dim2=2).sum(1),
+    )
+    s = rep.direct_sum(rep.tensor_power(2))
+    assert torch.equal(s.character(), ch + ch**2)
+    assert s.fixed_dim() == 1 + 2 == s.fixed_dim("character")
+    # signed: sum of signs at fixed points
+    h = G.hyperoctahedral(2)
+    sc = h.character()
+    dense = torch.diagonal(h.element_matrices(), dim1=1, dim2=2).sum(1)
+    assert torch.equal(sc, dense)
+
+
+def test_large_power_character_never_materialises():
+    # D = 5**9 ~ 2e6: the character must come from the base character only
+    T = G.symmetric(5).tensor_power(9)
+    ch = T.character()
+    assert ch.shape == (120,) and float(ch[0]) == 5.0**9
+    assert "gens" not in T._cache
+
+
+# ----------------------------------------------------------------------------- products
+def test_tensor_product_and_direct_sum_kinds():
+    p = G.symmetric(3)
+    pp = p.tensor_product(p)
+    assert isinstance(pp, G.PermRep) and pp.dim == 9
+    assert np.array_equal(
+        pp.permutations()[0],
+        (p.permutations()[0][:, None] * 3 + p.permutations()[0][None, :]).ravel(),
+    )
+    ps = p.direct_sum(p)
+    assert isinstance(ps, G.PermRep) and ps.dim == 6
+    assert np.array_equal(
+        ps.permutations()[1], np.concatenate([p.permutations()[1], p.permutations()[1] + 3])
+    )
+    h = G.hyperoctahedral(2)
+    assert isinstance(h.tensor_product(h), G.SignedPermRep)
+    assert isinstance(h.direct_sum(h), G.SignedPermRep)
+    m = G.matrix_rep(p.generator_matrices())
+    mm = p.to_matrix_rep()
+    assert isinstance(p.tensor_product(mm), G.MatrixRep)
+    assert isinstance(mm.direct_sum(p), G.MatrixRep)
+    assert p.tensor_product(mm).fixed_dim() == 2
+    assert torch.allclose(p.tensor_product(mm).generator_matrices(), pp.generator_matrices())
+    so = G.so3()
+    assert isinstance(so.tensor_product(so), G.ContinuousRep)
+    assert isinstance(so.direct_sum(so), G.ContinuousRep)
+    with pytest.raises(ValueError, match="same Group"):
+        p.tensor_product(m)  # m lives on a different (matrix) group object
+
+
+def test_direct_product():
+    a, b = G.cyclic(3), G.symmetric(3)
+    s = G.direct_product(a, b, "sum")
+    t = G.direct_product(a, b, mode="tensor")
+    assert s.group is t.group
+    assert s.order() == 18 == len(list(s.elements()))
+    assert s.dim == 6 and t.dim == 9
+    assert s.fixed_dim() == 2 == s.fixed_dim("character")
+    assert t.fixed_dim() == 1 == t.fixed_dim("character")
+    assert s.n_generators == a.n_generators + b.n_generators
+    gm = s.generator_matrices()
+    assert torch.equal(gm[0][:3, :3], a.generator_matrices()[0]) and torch.equal(
+        gm[0][3:, 3:], torch.eye(3, dtype=torch.float64)
+    )
+    # mixed kinds
+    h = G.direct_product(G.sign_flips(2), G.cyclic(2), "tensor")
+    assert isinstance(h, G.SignedPermRep) and h.order() == 8 and h.fixed_dim() == 0
+    mm = G.direct_product(G.matrix_rep(a.generator_matrices()), b, "sum")
+    assert isinstance(mm, G.MatrixRep) and mm.order() == 18 and mm.fixed_dim() == 2
+    with pytest.raises(ValueError, match="mode"):
+        G.direct_product(a, b, "kron")
+    with pytest.raises(ValueError, match="finite"):
+        G.direct_product(G.so2(), b)
+
+
+def test_restrict():
+    s4 = G.symmetric(4)
+    c4 = s4.restrict([[1]])  # subgroup generated by the 4-cycle
+    assert c4.order() == 4 and c4.fixed_dim() == 1
+    a4 = s4.restrict([[0, 1], [1, 0]])  # two 3-cycles
+    assert a4.order() == 12
+    assert a4.tensor_power(2).fixed_dim() == 2 == a4.tensor_power(2).fixed_dim("character")
+    # same words -> same subgroup object, so restricted reps can be combined
+    t = s4.tensor_power(2).restrict([[0, 1], [1, 0]])
+    assert t.group is a4.group
+    assert a4.tensor_product(a4).fixed_dim() == t.fixed_dim() == 2
+    # inverses and restriction of a non-faithful (conjugation) rep of a matrix group
+    assert s4.restrict([[-2, -2]]).order() == 2
+    rep = G.matrix_rep(-torch.eye(2, dtype=torch.float64)[None])
+    assert rep.conjugation().restrict([[0]]).fixed_dim() == 4
+    with pytest.raises(ValueError, match="words"):
+        s4.restrict([[5]])
+    with pytest.raises(ValueError, match="words"):
+        s4.restrict([1])
+    with pytest.raises(ValueError, match="restrict"):
+        G.so2().restrict([[0]])
+
+
+# ----------------------------------------------------------------------------- continuous
+@pytest.mark.parametrize("ctor,det", [(G.so2, 1.0), (G.so3, 1.0)])
+def test_sample_orthogonal_det1(ctor, det):
+    rep = ctor()
+    gen = torch.Generator().manual_seed(0)
+    mats = rep.sample(64, generator=gen)
+    D = rep.dim
+    assert mats.shape == (64, D, D)
+    assert torch.allclose(
+        mats @ mats.transpose(1, 2), torch.eye(D, dtype=torch.float64).expand(64, D, D), atol=1e-12
+    )
+    assert torch.allclose(
+        torch.linalg.det(mats), torch.full((64,), det, dtype=torch.float64), atol=1e-12
+    )
+    # T(2) samples are kron products of defining samples with the same generator seed
+    t2 = rep.tensor_power(2).sample(4, generator=torch.Generator().manual_seed(1))
+    g = rep.sample(4, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(t2, torch.stack([torch.kron(x, x) for x in g]))
+
+
+def test_o2_sample_has_both_components_and_haar_moments():
+    gen = torch.Generator().manual_seed(0)
+    mats = G.o2().sample(4000, generator=gen)
+    dets = torch.linalg.det(mats)
+    assert torch.allclose(dets.abs(), torch.ones_like(dets))
+    frac = float((dets < 0).double().mean())
+    assert 0.4 < frac < 0.6
+    # Haar mean of rho(g) on the defining rep is 0 (no fixed vectors)
+    assert mats.mean(0).abs().max() < 0.1
+    so3 = G.so3().sample(4000, generator=gen)
+    assert so3.mean(0).abs().max() < 0.1
+
+
+def test_continuous_fixed_dims():
+    assert G.so2().tensor_power(2).fixed_dim() == 2
+    assert G.so3().tensor_power(2).fixed_dim() == 1
+    assert G.o2().tensor_power(2).fixed_dim() == 1
+    assert G.o2().fixed_dim() == 0
+    assert G.so2().fixed_dim() == 0
+    assert G.so3().tensor_power(3).fixed_dim() == 1  # epsilon_ijk
+    assert G.o2().tensor_power(3).fixed_dim() == 0
+    assert G.so2().tensor_power(4).fixed_dim() == 6  # C(4, 2)
+    assert [G.so2().tensor_power(k).fixed_dim("quadrature") for k in range(1, 7)] == [
+        0,
+        2,
+        0,
+        6,
+        0,
+        20,
+    ]
+    assert [G.so3().tensor_power(k).fixed_dim("quadrature") for k in range(1, 7)] == [
+        0,
+        1,
+        1,
+        3,
+        6,
+        15,
+    ]
+    assert G.so3().tensor_power(4).fixed_dim() == 3
+    assert G.so3().direct_sum(G.so3().tensor_power(2)).fixed_dim() == 1
+    # character path without dense matrices, beyond the dense limit (D = 3^8 = 6561)
+    assert G.so3().tensor_power(8).fixed_dim("quadrature") == 91  # Riordan number R(8)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: G.so2().tensor_power(2),
+        lambda: G.so3().tensor_power(2),
+        lambda: G.o2().tensor_power(2),
+        lambda: G.so3().tensor_power(3),
+        lambda: G.so2().tensor_power(4),
+        lambda: G.so3().tensor_power(4),
+        lambda: G.o2().direct_sum(G.o2().tensor_power(2)),
+        lambda: G.so3().tensor_product(G.so3().direct_sum(G.so3().tensor_power(2))),
+    ],
+)
+def test_quadrature_character_matches_nullspace(make):
+    rep = make()
+    w, mats = rep.quadrature(rep.degree)
+    assert abs(float(w.sum()) - 1.0) < 1e-12
+    assert mats.shape == (w.shape[0], rep.dim, rep.dim)
+    assert rep.fixed_dim("quadrature") == rep.fixed_dim("nullspace")
+    # the exact Haar average of rho(g) is the orthogonal projector onto E^G
+    P = (w[:, None, None] * mats).sum(0)
+    assert torch.allclose(P @ P, P, atol=1e-10) and torch.allclose(P, P.T, atol=1e-10)
+    assert abs(float(torch.trace(P)) - rep.fixed_dim()) < 1e-9
+    # and a higher-degree rule gives the same average (all coefficients integrated exactly)
+    w2, m2 = rep.quadrature(rep.degree + 3)
+    assert torch.allclose((w2[:, None, None] * m2).sum(0), P, atol=1e-10)
+
+
+def test_quadrature_values():
+    w, m = G.so3().tensor_power(2).quadrature(2)
+    assert abs(float((w * torch.diagonal(m, dim1=1, dim2=2).sum(1)).sum()) - 1.0) < 1e-12
+    w, m = G.so2().tensor_power(2).quadrature(2)
+    assert abs(float((w * torch.diagonal(m, dim1=1, dim2=2).sum(1)).sum()) - 2.0) < 1e-12
+    # trig polynomials of degree < m are integrated exactly by m equispaced angles
+    for m_pts in (1, 3, 6):
+        w, mats = G.so2().quadrature(m_pts - 1)
+        assert w.shape == (m_pts,)
+        theta = torch.atan2(mats[:, 1, 0], mats[:, 0, 0])
+        for k in range(1, m_pts):
+            assert abs(float((w * torch.cos(k * theta)).sum())) < 1e-12
+            assert abs(float((w * torch.sin(k * theta)).sum())) < 1e-12
+        # degree m is NOT integrated exactly (cos(m theta) = 1 at the nodes)
+        assert abs(float((w * torch.cos(m_pts * theta)).sum()) - 1.0) < 1e-12
+    w, mats = G.o2().quadrature(3)
+    assert w.shape == (8,) and (torch.linalg.det(mats) < 0).sum() == 4
+    # SO(3) rule: 3-d sizes from the spec (M^2 * (degree // 2 + 1))
+    w, mats = G.so3().quadrature(4)
+    assert w.shape == (5 * 5 * 3,)
+
+
+def test_continuous_lie_algebra_and_generators():
+    J = G.so2().lie_algebra_matrices()
+    assert torch.equal(J, torch.tensor([[[0.0, -1.0], [1.0, 0.0]]], dtype=torch.float64))
+    L = G.so3().lie_algebra_matrices()
+    assert L.shape == (3, 3, 3) and torch.allclose(L, -L.transpose(1, 2))
+    # [L_x, L_y] = L_z
+    assert torch.allclose(L[0] @ L[1] - L[1] @ L[0], L[2])
+    assert G.so2().generator_matrices().shape == (0, 2, 2)
+    assert G.so3().generator_matrices().shape == (0, 3, 3)
+    assert torch.equal(
+        G.o2().generator_matrices()[0], torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    )
+    # derivation rule for T(2)
+    t2 = G.so3().tensor_power(2)
+    dL = t2.lie_algebra_matrices()
+    eye = torch.eye(3, dtype=torch.float64)
+    assert torch.allclose(dL[2], torch.kron(L[2], eye) + torch.kron(eye, L[2]))
+    # d/dt rho(exp(tA)) at 0 == d rho(A)
+    h = 1e-6
+    g = torch.linalg.matrix_exp(h * L[0])
+    fd = (t2.matrix_of(g) - t2.matrix_of(torch.linalg.matrix_exp(-h * L[0]))) / (2 * h)
+    assert torch.allclose(fd, dL[0], atol=1e-8)
+    # finite groups: no Lie algebra
+    assert G.symmetric(3).lie_algebra_matrices().shape == (0, 3, 3)
+    assert (
+        t2.degree == 2
+        and G.so3().direct_sum(t2).degree == 2
+        and t2.tensor_product(G.so3()).degree == 3
+    )
+
+
+def test_character_of_matches_dense_trace():
+    rep = G.o2().tensor_power(2).direct_sum(G.o2())
+    g = G.o2().sample(5, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(
+        rep.character_of(g), torch.diagonal(rep.matrix_of(g), dim1=1, dim2=2).sum(1)
+    )
+
+
+def test_matrix_of():
+    rep = G.so3().direct_sum(G.so3().tensor_power(2))
+    g = G.so3().sample(3, generator=torch.Generator().manual_seed(3))
+    m = rep.matrix_of(g)
+    assert m.shape == (3, 12, 12)
+    assert torch.allclose(m[0][:3, :3], g[0]) and torch.allclose(
+        m[0][3:, 3:], torch.kron(g[0], g[0])
+    )
+    assert torch.allclose(rep.matrix_of(g[1]), m[1])
+    with pytest.raises(ValueError, match="g"):
+        rep.matrix_of(torch.eye(2))
+
+
+def test_continuous_meaningless_methods_raise():
+    r = G.so3()
+    for f in (
+        r.order,
+        r.character,
+        r.element_matrices,
+        lambda: list(r.elements()),
+        r.group.elements,
+    ):
+        with pytest.raises(ValueError, match="infinite"):
+            f()
+    assert r.is_finite is False and r.group.is_finite is False and G.symmetric(3).is_finite
+
+
+def test_finite_quadrature_and_sample():
+    rep = G.dihedral(5).tensor_power(2)
+    w, mats = rep.quadrature()
+    assert w.shape == (10,) and abs(float(w.sum()) - 1) < 1e-12
+    assert (
+        abs(float((w * torch.diagonal(mats, dim1=1, dim2=2).sum(1)).sum()) - rep.fixed_dim())
+        < 1e-12
+    )
+    s = rep.sample(7, generator=torch.Generator().manual_seed(0))
+    keys = set(nat.keys("matrix", mats))
+    assert s.shape == (7, 25, 25) and set(nat.keys("matrix", s)) <= keys
+
+
+# ----------------------------------------------------------------------------- API surface
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: G.symmetric(3),
+        lambda: G.hyperoctahedral(2),
+        lambda: G.symmetric(3).to_matrix_rep(),
+        lambda: G.so2(),
+    ],
+)
+def test_common_api(make):
+    rep = make()
+    for attr in (
+        "dim",
+        "group",
+        "is_finite",
+        "n_generators",
+        "order",
+        "generator_matrices",
+        "lie_algebra_matrices",
+        "elements",
+        "element_matrices",
+        "character",
+        "fixed_dim",
+        "tensor_power",
+        "tensor_product",
+        "direct_sum",
+        "conjugation",
+        "restrict",
+        "quadrature",
+        "sample",
+    ):
+        assert hasattr(rep, attr), attr
+    gm = rep.generator_matrices(dtype=torch.float32)
+    assert gm.dtype == torch.float32 and gm.shape == (rep.n_generators, rep.dim, rep.dim)
+    assert rep.lie_algebra_matrices().shape[1:] == (rep.dim, rep.dim)
+
+
+def test_defining_rep():
+    for rep in (
+        G.symmetric(4),
+        G.hyperoctahedral(2),
+        G.matrix_rep(G.cyclic(3).generator_matrices()),
+        G.so3(),
+    ):
+        d = rep.group.defining_rep()
+        assert d is rep.group.defining_rep() and d.group is rep.group and type(d) is type(rep)
+        assert torch.equal(d.generator_matrices(), rep.generator_matrices())
+    w, mats = G.so3().tensor_power(2).group.defining_rep().quadrature(2)
+    assert mats.shape[1:] == (3, 3)
+
+
+def test_permutations_and_signs_cached():
+    r = G.symmetric(4).tensor_power(2)
+    p = r.permutations()
+    assert p.shape == (2, 16) and p.dtype == np.int64 and p is r.permutations()
+    h = G.hyperoctahedral(3)
+    assert h.signs().shape == (3, 3) and h.signs().dtype == np.float64 and h.signs() is h.signs()
+    assert r.orbit_labels() is r.orbit_labels()
+
+
+# ----------------------------------------------------------------------------- orbit_labels
+def test_orbit_labels_signed_semantics():
+    # x -> (-x1, -x0, -x2, x3): coordinates 0 <-> 1 with a sign, 2 flipped onto itself, 3 fixed
+    perms = np.array([[1, 0, 2, 3]])
+    signs = np.array([[-1.0, -1.0, -1.0, 1.0]])
+    labels, rel = orbit_labels(perms, signs)
+    assert labels.tolist() == [0, 0, 2, 3]
+    assert rel.tolist() == [1.0, -1.0, 0.0, 1.0]
+    # check rel sign definition: some g maps e_0 to rel[1] * e_1
+    M = G.signed_perm_rep(perms, signs).element_matrices()
+    e0 = torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)
+    imgs = [(m @ e0) for m in M]
+    assert any(
+        torch.allclose(v, rel[1] * torch.tensor([0, 1.0, 0, 0], dtype=torch.float64)) for v in imgs
+    )
+    # x -> (x1, -x0) has order 4 and squares to -I: the orbit {e0, e1} averages to zero
+    labels, rel = orbit_labels(np.array([[1, 0]]), np.array([[1.0, -1.0]]))
+    assert labels.tolist() == [0, 0] and rel.tolist() == [0.0, 0.0]
+
+
+@HYP
+@given(signed_gens(max_points=5))
+def test_orbit_labels_against_element_orbits(gs):
+    p, s = gs
+    rep = G.signed_perm_rep(p, s)
+    labels, rel = orbit_labels(p, s)
+    D = p.shape[1]
+    assert (labels <= np.arange(D)).all() and (labels[labels] == labels).all()
+    mats = rep.element_matrices().numpy()
+    for i in range(D):
+        r = labels[i]
+        # images of e_r: column r of each element matrix, rows where it is nonzero
+        imgs = {(int(np.flatnonzero(m[:, r])[0]), float(m[:, r].sum())) for m in mats}
+        orbit = sorted({j for j, _ in imgs})
+        assert labels[orbit].tolist() == [r] * len(orbit) and i in orbit
+        both = any((j, 1.0) in imgs and (j, -1.0) in imgs for j in orbit)
+        if both:
+            assert rel[i] == 0
+        else:
+            assert (i, float(rel[i])) in imgs
+    assert rep.fixed_dim("orbits") == int(((labels == np.arange(D)) & (rel != 0)).sum())
+
+
+def test_orbit_labels_unsigned_canonical():
+    labels, rel = orbit_labels(np.array([[0, 3, 2, 4, 1], [0, 1, 2, 3, 4]]), None)
+    assert labels.tolist() == [0, 1, 2, 1, 1] and (rel == 1).all()
+    labels, _ = orbit_labels(np.zeros((0, 3), dtype=np.int64), None)
+    assert labels.tolist() == [0, 1, 2]
+
+
+# ----------------------------------------------------------------------------- trivial group
+def test_empty_generators_trivial_group():
+    r = G.perm_rep([], dim=3)
+    assert r.order() == 1 and r.dim == 3 and r.n_generators == 0
+    assert r.fixed_dim() == 3 == r.fixed_dim("character") == r.fixed_dim("nullspace")
+    assert r.generator_matrices().shape == (0, 3, 3)
+    assert G.matrix_rep([], dim=2).order() == 1
+    assert G.signed_perm_rep([], [], dim=2).fixed_dim() == 2
+    with pytest.raises(ValueError, match="perms.*dim"):
+        G.perm_rep([])
+    with pytest.raises(ValueError, match="matrices.*dim"):
+        G.matrix_rep([])
+
+
+# ----------------------------------------------------------------------------- validation
+@pytest.mark.parametrize(
+    "perms,match",
+    [
+        ([[0, 0, 1]], "perms.*not a permutation"),
+        ([[0, 1, 3]], r"perms.*\[0, 3\)"),
+        ([[0, -1, 1]], r"perms.*\[0, 3\)"),
+        (np.array([[0.0, 1.0, 2.0]]), "perms.*integer dtype"),
+        (np.array([True, False])[None], "perms.*integer dtype"),
+        ([0, 1, 2], "perms.*2-D"),
+        ([[[0, 1]]], "perms.*2-D"),
+        ([[0, 1], [0, 1, 2]], "perms.*same dimension"),
+    ],
+)
+def test_bad_perms(perms, match):
+    with pytest.raises(ValueError, match=match):
+        G.perm_rep(perms)
+
+
+def test_bad_signs():
+    with pytest.raises(ValueError, match="signs.*\\+1 or -1"):
+        G.signed_perm_rep([[1, 0]], [[1.0, 0.5]])
+    with pytest.raises(ValueError, match="signs.*shape"):
+        G.signed_perm_rep([[1, 0]], [[1.0, -1.0, 1.0]])
+    with pytest.raises(ValueError, match="signs.*shape"):
+        G.signed_perm_rep([[1, 0], [0, 1]], [[1.0, -1.0]])
+    with pytest.raises(ValueError, match="perms.*not a permutation"):
+        G.signed_perm_rep([[1, 1]], [[1.0, -1.0]])
+
+
+def test_bad_matrices():
+    with pytest.raises(ValueError, match="matrices.*orthogonal"):
+        G.matrix_rep(torch.tensor([[[1.0, 0.1], [0.0, 1.0]]]))
+    with pytest.raises(ValueError, match="matrices.*orthogonal"):
+        G.matrix_rep(torch.eye(2)[None] * (1 + 1e-6))
+    G.matrix_rep(torch.eye(2, dtype=torch.float64)[None] * (1 + 1e-12))  # within tolerance
+    with pytest.raises(ValueError, match="matrices.*square"):
+        G.matrix_rep(torch.zeros(1, 2, 3))
+    with pytest.raises(ValueError, match="matrices.*same dimension"):
+        G.matrix_rep([torch.eye(2), torch.eye(3)])
+    with pytest.raises(ValueError, match="matrices.*ndim"):
+        G.matrix_rep(torch.eye(2))
+
+
+def test_generator_count_mismatch():
+    g = G.symmetric(3).group
+    with pytest.raises(ValueError, match="perms.*generators"):
+        G.PermRep(g, [[0, 1, 2]])
+    with pytest.raises(ValueError, match="matrices.*generators"):
+        G.MatrixRep(g, torch.eye(3, dtype=torch.float64)[None])
+
+
+def test_named_groups_are_canonical():
+    assert G.cyclic(3).group is G.cyclic(3).group
+    assert G.symmetric(4).group is G.symmetric(4).group is not G.alternating(4).group
+    assert G.hyperoctahedral(3).group is G.hyperoctahedral(3).group
+    s = G.cyclic(3).direct_sum(G.cyclic(3))
+    assert s.fixed_dim() == 2 and s.order() == 3
+    # but generic constructors always make a new group
+    p = G.symmetric(3).permutations()
+    assert G.perm_rep(p).group is not G.perm_rep(p).group
+
+
+def test_different_groups_rejected():
+    p = G.symmetric(3).permutations()
+    a, b = G.perm_rep(p), G.perm_rep(p)
+    with pytest.raises(ValueError, match="same Group"):
+        a.tensor_product(b)
+    with pytest.raises(ValueError, match="same Group"):
+        a.direct_sum(b)
+    with pytest.raises(ValueError, match="same Group"):
+        G.so2().tensor_product(G.o2())
+    # the Lie groups are singletons: separate so3() calls combine
+    assert G.so3().group is G.so3().group
+    assert G.so3().tensor_product(G.so3()).fixed_dim() == 1
+    assert a.tensor_product(a).dim == 9
+
+
+@pytest.mark.parametrize("k", [0, -1, 1.5, True])
+def test_bad_tensor_power(k):
+    with pytest.raises(ValueError, match="k"):
+        G.symmetric(3).tensor_power(k)
+
+
+@pytest.mark.parametrize(
+    "ctor,bad",
+    [
+        (G.cyclic, 0),
+        (G.dihedral, 2),
+        (G.symmetric, 0),
+        (G.alternating, 2),
+        (G.sign_flips, 0),
+        (G.hyperoctahedral, 0),
+        (G.symmetric, 2.0),
+        (G.cyclic, -3),
+    ],
+)
+def test_bad_n(ctor, bad):
+    with pytest.raises(ValueError, match="n"):
+        ctor(bad)
+
+
+def test_dense_dimension_guard():
+    T = G.symmetric(5).tensor_power(6)  # D = 15625
+    with pytest.raises(ValueError, match="D=15625"):
+        T.generator_matrices()
+    with pytest.raises(ValueError, match="D=15625"):
+        T.element_matrices()
+    with pytest.raises(ValueError, match="D=15625"):
+        T.to_matrix_rep()
+    # partitions of 6 labelled slots into <= 5 blocks: Bell(6) - 1 (orbit path, no dense matrices)
+    assert T.fixed_dim() == 202
+    with pytest.raises(ValueError, match="D=6561"):
+        G.so3().tensor_power(8).lie_algebra_matrices()
+    with pytest.raises(ValueError, match="element_matrices"):
+        G.symmetric(8).tensor_power(3).element_matrices()  # 40320 * 512^2 entries
+
+
+def test_bad_fixed_dim_method():
+    with pytest.raises(ValueError, match="method"):
+        G.symmetric(3).fixed_dim("magic")
+    with pytest.raises(ValueError, match="method"):
+        G.symmetric(3).to_matrix_rep().fixed_dim("orbits")
+    with pytest.raises(ValueError, match="method"):
+        G.so2().fixed_dim("orbits")
+    with pytest.raises(ValueError, match="degree"):
+        G.so2().quadrature(-1)
+
+
+def test_trivial_rep_of_a_group():
+    g = G.dihedral(5).group
+    triv = g.trivial_rep(3)
+    assert triv.group is g and triv.dim == 3 and triv.fixed_dim() == 3
+    assert torch.equal(triv.element_matrices()[-1], torch.eye(3, dtype=torch.float64))
+    assert len(list(triv.elements())) == g.order() == 10
+    with pytest.raises(ValueError, match="dim must be a positive int"):
+        g.trivial_rep(0)
