@@ -1,0 +1,238 @@
+"""Orbit averaging of a permutation representation: symkern cpp vs torch, against the copy floor.
+
+Every case builds its group as explicit permutation arrays (numpy), its orbits with the cpp
+``orbit_labels`` kernel (checked against the numpy reference ``symkern.groups.orbits``), and the
+plan with ``make_orbit_plan``; it then times, on the same x in the same run:
+
+* ``symkern``       the cpp ``orbit_mean`` kernel (forced through the registry)
+* ``naive``         ``x[:, perms].mean(1)`` over ALL |G| element permutations — materialises
+                    B x |G| x D (4.8 GB for S5 at full size, PERF.md's measured baseline); only
+                    where that fits in ``NAIVE_MAX_BYTES``
+* ``torch_index_add`` the best torch formulation (orbit ids + index_add: the reference kernel)
+* ``copy_into_fresh_tensor``  ``torch.empty_like(x).copy_(x)``: the floor for an op returning a
+                    new tensor (allocation + first-touch page faults included, like symkern's call)
+* ``kernel_into_preallocated_out`` the same C++ kernel writing into a reused buffer
+* the copy floor (conftest: copy into a reused buffer; ``ratio_vs_copy_floor``)
+
+Cases: S5 permuting 5 blocks of 200 (|G| = 120), one swap of 2 blocks of 500 (|G| = 2), S7
+permuting 7 blocks of 143 (|G| = 5040): D ~ 1000 and K ~ 143-500 throughout, so the cpp time
+should not depend on |G|. And T(2) of Alt(100) (D = 10_000, two large interleaved orbits: the
+diagonal and the off-diagonal) for the interleaved-orbit path.
+
+Full size: x = 1e4 x 1e3 fp32 (T(2) Alt(100): 1e3 x 1e4). ``--benchmark-disable``: small shapes.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("symkern._C")
+
+from symkern.backends.reference.orbit import orbit_mean as torch_orbit_mean  # noqa: E402
+from symkern.backends.registry import select_kernel  # noqa: E402
+from symkern.groups.orbits import orbit_labels as numpy_orbit_labels  # noqa: E402
+from symkern.ops.plans import make_orbit_plan  # noqa: E402
+
+NAIVE_MAX_BYTES = 6e9  # the S5 full-size naive gather (4.8 GB) fits; S7's (200 GB) does not
+
+
+def _cpp(op: str):
+    return select_kernel(op, {}, "cpp").fn
+
+
+def _fresh_copy(x: torch.Tensor):
+    """The copy floor for an op that returns a NEW tensor: allocation + first-touch included."""
+    return lambda: torch.empty_like(x).copy_(x)
+
+
+def _prealloc_kernel(x: torch.Tensor, plan):
+    """The bare C++ kernel writing into a reused output (no allocation / page faults): comparable
+    with the copy floor, which also reuses its destination."""
+    import symkern._C as ext
+
+    out = torch.empty_like(x)
+    args = [
+        t.numpy() for t in (plan.orbit_id, plan.coef, plan.inv_size, plan.order, plan.seg_start)
+    ]
+    return lambda: ext.orbit_mean(x.numpy(), *args, out.numpy())
+
+
+def block_perm(sigma: tuple[int, ...], block: int) -> np.ndarray:
+    """Coordinate permutation moving block b to block sigma[b] (position within a block kept)."""
+    n = len(sigma)
+    p = np.empty(n * block, dtype=np.int64)
+    for b, s in enumerate(sigma):
+        p[b * block : (b + 1) * block] = s * block + np.arange(block)
+    return p
+
+
+def block_group(n_blocks: int, block: int, order: str) -> tuple[np.ndarray, np.ndarray]:
+    """(generators, all elements) of S_n (order='sym') or a swap (order='swap') on blocks."""
+    if order == "swap":
+        gens = [block_perm((1, 0), block)]
+        elems = [block_perm((0, 1), block), gens[0]]
+        return np.stack(gens), np.stack(elems)
+    n = n_blocks
+    transposition = tuple([1, 0] + list(range(2, n)))
+    cycle = tuple(list(range(1, n)) + [0])
+    gens = np.stack([block_perm(transposition, block), block_perm(cycle, block)])
+    elems = np.stack([block_perm(s, block) for s in itertools.permutations(range(n))])
+    return gens, elems
+
+
+def alternating_t2_generators(n: int) -> np.ndarray:
+    """Generators of Alt(n) acting on index pairs (i, j) -> i * n + j (tensor square)."""
+    c3 = np.arange(n)
+    c3[[0, 1, 2]] = [1, 2, 0]
+    big = np.arange(n)
+    if n % 2:  # (0 1 ... n-1) is even for odd n
+        big = np.roll(np.arange(n), -1)
+    else:  # (1 2 ... n-1) is an (n-1)-cycle, even for even n
+        big[1:] = np.roll(np.arange(1, n), -1)
+    return np.stack([(p[:, None] * n + p[None, :]).ravel() for p in (c3, big)]).astype(np.int64)
+
+
+def _plan_from_generators(gens: np.ndarray, dtype: torch.dtype):
+    labels, rel = _cpp("orbit_labels")(gens, None)
+    ref_labels, ref_rel = numpy_orbit_labels(gens, None)
+    np.testing.assert_array_equal(labels, ref_labels)
+    np.testing.assert_array_equal(rel, ref_rel)
+    return make_orbit_plan(labels, rel, dtype)
+
+
+def _x(B: int, D: int, dtype=torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(B, D, generator=g, dtype=torch.float64).add_(0.5).to(dtype)
+
+
+def _check_close(out: torch.Tensor, ref: torch.Tensor, rtol: float = 2e-5) -> None:
+    err = (out.double() - ref.double()).abs().max().item()
+    scale = ref.abs().max().item()
+    assert err <= rtol * scale, f"max error {err:.3g} > {rtol:g} x max|ref| = {rtol * scale:.3g}"
+
+
+BLOCK_CASES = {
+    # name: (n_blocks, block, kind, full B, smoke block size)
+    "S5_blocks_G120": (5, 200, "sym", 10_000, 20),
+    "swap_blocks_G2": (2, 500, "swap", 10_000, 50),
+    "S7_blocks_G5040": (7, 143, "sym", 10_000, 5),
+}
+
+
+@pytest.mark.parametrize("case", list(BLOCK_CASES))
+def test_orbit_mean_block_perm(compare, smoke, case):
+    n_blocks, block, kind, B, smoke_block = BLOCK_CASES[case]
+    if smoke:
+        block, B = smoke_block, 64
+    gens, elems = block_group(n_blocks, block, kind)
+    G, D = elems.shape
+    plan = _plan_from_generators(gens, torch.float32)
+    x = _x(B, D)
+    cpp_mean = _cpp("orbit_mean")
+    perms = torch.from_numpy(elems)
+
+    naive_bytes = B * G * D * x.element_size()
+    naive_ok = naive_bytes <= NAIVE_MAX_BYTES
+
+    def check():
+        out = cpp_mean(x, plan)
+        _check_close(out, torch_orbit_mean(x.double(), plan_f64))
+        rows = x[: min(B, 16)]  # the naive group sum, on a few rows (exact definition of the mean)
+        _check_close(out[: rows.shape[0]], rows.double()[:, perms].mean(1))
+
+    plan_f64 = make_orbit_plan(*_cpp("orbit_labels")(gens, None), torch.float64)
+    baselines = {
+        "torch_index_add": lambda: torch_orbit_mean(x, plan),
+        "copy_into_fresh_tensor": _fresh_copy(x),
+        "kernel_into_preallocated_out": _prealloc_kernel(x, plan),
+    }
+    if naive_ok:
+        baselines["naive_gather_mean"] = lambda: x[:, perms].mean(1)
+    compare.benchmark.extra_info.update(
+        group_order=G, D=D, B=B, n_orbits=plan.n_orbits, naive_timed=naive_ok,
+        naive_bytes=float(naive_bytes),
+    )
+    compare(
+        lambda: cpp_mean(x, plan),
+        baselines=baselines,
+        floor_of=x,
+        check=check,
+        bytes_moved=2 * x.nbytes,
+    )
+
+
+def test_orbit_mean_t2_alternating(compare, smoke):
+    """T(2) of Alt(100): D = 10_000, K = 2 interleaved orbits (diagonal / off-diagonal)."""
+    n, B = (12, 64) if smoke else (100, 1_000)
+    gens = alternating_t2_generators(n)
+    plan = _plan_from_generators(gens, torch.float32)
+    assert plan.n_orbits == 2
+    x = _x(B, n * n)
+    cpp_mean = _cpp("orbit_mean")
+    plan_f64 = make_orbit_plan(*_cpp("orbit_labels")(gens, None), torch.float64)
+
+    def check():
+        _check_close(cpp_mean(x, plan), torch_orbit_mean(x.double(), plan_f64))
+
+    compare.benchmark.extra_info.update(D=n * n, B=B, n_orbits=plan.n_orbits)
+    compare(
+        lambda: cpp_mean(x, plan),
+        baselines={
+            "torch_index_add": lambda: torch_orbit_mean(x, plan),
+            "copy_into_fresh_tensor": _fresh_copy(x),
+            "kernel_into_preallocated_out": _prealloc_kernel(x, plan),
+        },
+        floor_of=x,
+        check=check,
+        bytes_moved=2 * x.nbytes,
+    )
+
+
+def tensor_power_generators(gens: np.ndarray, power: int) -> np.ndarray:
+    """Generators of a perm rep acting on index tuples (i_1, ..., i_p), row-major."""
+    n = gens.shape[1]
+    out = []
+    for p in gens:
+        t = p
+        for _ in range(power - 1):
+            t = (t[:, None] * n + p[None, :]).ravel()
+        out.append(t)
+    return np.stack(out).astype(np.int64)
+
+
+def _sym_generators(n: int) -> np.ndarray:
+    transposition = np.arange(n)
+    transposition[[0, 1]] = [1, 0]
+    return np.stack([transposition, np.roll(np.arange(n), -1)]).astype(np.int64)
+
+
+LABEL_CASES = {
+    # name: (full generators, smoke generators); PERF.md target <= 2 ms for both
+    "T2_Alt100_D10000_G2": (lambda: alternating_t2_generators(100),
+                            lambda: alternating_t2_generators(12)),
+    "T5_S5_D3125_G2": (lambda: tensor_power_generators(_sym_generators(5), 5),
+                       lambda: tensor_power_generators(_sym_generators(3), 3)),
+}
+
+
+@pytest.mark.parametrize("case", list(LABEL_CASES))
+def test_orbit_labels_speed(compare, smoke, case):
+    """Union-find over the generators vs the numpy reference (vectorised pointer jumping)."""
+    gens = LABEL_CASES[case][1 if smoke else 0]()
+    cpp_labels = _cpp("orbit_labels")
+
+    def check():
+        a, b = cpp_labels(gens, None), numpy_orbit_labels(gens, None)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+    compare.benchmark.extra_info.update(D=gens.shape[1], n_generators=gens.shape[0], target_ms=2.0)
+    compare(
+        lambda: cpp_labels(gens, None),
+        baselines={"numpy_reference": lambda: numpy_orbit_labels(gens, None)},
+        check=check,
+    )

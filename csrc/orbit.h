@@ -1,0 +1,157 @@
+// Orbit kernels of a (signed) permutation representation: orbit labels by union-find, and the
+// orbit mean (the Reynolds operator) of a batch of vectors in O(B·D) whatever |G| is.
+// Torch-free: raw pointers, int64 extents and int64 ELEMENT strides (see buffers.h).
+#pragma once
+
+#include <string>
+
+#include "common.h"
+
+// Function multiversioning for the hot loops. The wheel stays portable (baseline x86-64, no
+// -march=native): each hot row loop is compiled twice, once plain and once with
+// __attribute__((target("avx2,fma"))), and the AVX2+FMA version is picked at run time when the CPU
+// has both (use_avx2()). The target attribute goes on thin wrappers; the template bodies they call
+// are force-inlined, so each copy is vectorised for its own ISA. (GCC 12's
+// target_clones("arch=x86-64-v3") resolves by CPU *model* and picks the default clone on AMD Zen 4,
+// hence this explicit dispatch.)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(SYMKERN_NO_MULTIVERSION)
+#define SYMKERN_MULTIVERSION 1
+#define SYMKERN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define SYMKERN_MULTIVERSION 0
+#define SYMKERN_TARGET_AVX2
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define SYMKERN_INLINE inline __attribute__((always_inline))
+#define SYMKERN_RESTRICT __restrict__
+#else
+#define SYMKERN_INLINE inline
+#define SYMKERN_RESTRICT
+#endif
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#include <atomic>
+#include <cstdint>
+
+namespace symkern {
+
+// Rows [0, n) cut into blocks of `block` rows that the threads take from a shared counter
+// (dynamic scheduling). Unlike one fixed chunk per thread, a thread that shares its core with
+// another process simply takes fewer blocks instead of holding up the whole call. make_worker()
+// runs once per thread and returns the per-block callable (so per-thread scratch is allocated once
+// per thread); fewer than 2 * grain rows stay on the calling thread.
+template <class MakeWorker>
+inline void parallel_row_blocks(index_t n, index_t block, index_t grain, MakeWorker&& make_worker) {
+  if (n <= 0) return;
+  block = std::max<index_t>(1, block);
+  const index_t nblocks = (n + block - 1) / block;
+  const index_t teams =
+      std::min<index_t>({static_cast<index_t>(max_threads()), nblocks,
+                         std::max<index_t>(1, n / std::max<index_t>(grain, 1))});
+  std::atomic<index_t> next{0};
+  parallel_for(teams, 1, [&](index_t, index_t) {
+    auto work = make_worker();
+    for (index_t b = next.fetch_add(1, std::memory_order_relaxed); b < nblocks;
+         b = next.fetch_add(1, std::memory_order_relaxed))
+      work(b * block, std::min(n, (b + 1) * block));
+  });
+}
+
+// Ask the kernel for transparent huge pages on a large output buffer before its first write.
+// A fresh output from torch.empty is a new mmap: with 4 KB pages, first-touch page faults cost
+// more than the kernel itself (measured on this KVM guest: a fresh 40 MB torch.empty + copy_ takes
+// 15-16 ms against 3.5 ms for a copy into a reused buffer; with MADV_HUGEPAGE 6 ms). Only the
+// 2 MB-aligned interior of [p, p + bytes) is advised; advisory only (errors ignored, contents and
+// ownership unchanged); Linux only, and only for buffers of at least kHugeAdviseBytes.
+constexpr index_t kHugeAdviseBytes = index_t{8} << 20;
+
+inline void advise_huge_pages(void* p, index_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (p == nullptr || bytes < kHugeAdviseBytes) return;
+  const std::uintptr_t huge = std::uintptr_t{1} << 21;
+  const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(p) + huge - 1) & ~(huge - 1);
+  const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(p) + bytes) & ~(huge - 1);
+  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+// True when the AVX2+FMA versions of the hot loops run: the CPU has AVX2 and FMA, the build has
+// the multiversioned code, and the environment variable SYMKERN_NO_AVX2 is not "1" (read once;
+// for benchmarking the baseline path).
+bool use_avx2();
+}  // namespace symkern
+
+namespace symkern::orbit {
+
+// ---------------------------------------------------------------------------------------------
+// orbit_labels
+// ---------------------------------------------------------------------------------------------
+
+// Returns "" when every entry of perms (G, D) lies in [0, D), else a description of the first
+// offending entry. Strides in elements. (Rows are meant to be permutations; any map of 0..D-1
+// into itself is accepted, as by the numpy reference.)
+std::string check_perms(const index_t* perms, index_t G, index_t D, index_t s0, index_t s1);
+
+// Returns "" when every entry of signs (G, D) is exactly +1 or -1.
+std::string check_signs(const double* signs, index_t G, index_t D, index_t s0, index_t s1);
+
+// Orbits of the group generated by G signed permutations of D coordinates. Generator g maps
+// coordinate i to perm[g, i] with sign signs[g, i] (signs == nullptr: all +1); each such pair is an
+// undirected edge of the generator graph, whose connected components are the orbits.
+//   labels[i]   = smallest coordinate of i's orbit
+//   rel_sign[i] = sign of i relative to that smallest coordinate (product of signs along a path),
+//                 0 for every coordinate of an orbit that contains a cycle of sign -1.
+// Inputs must be validated (check_perms / check_signs) first. O(G·D·α(D)).
+void orbit_labels(const index_t* perms, index_t G, index_t D, index_t p0, index_t p1,
+                  const double* signs, index_t s0, index_t s1, index_t* labels, double* rel_sign);
+
+// ---------------------------------------------------------------------------------------------
+// orbit_mean
+// ---------------------------------------------------------------------------------------------
+
+// How a row is swept. All variants are O(D) per row and give the same result up to rounding.
+enum class MeanVariant : int {
+  Auto = 0,     // choose from the plan's shape (see choose_variant in orbit.cpp)
+  Scatter = 1,  // acc[id[i]] += coef[i] x[i]; out[j] = c[j] acc[id[j]]        (scalar)
+  Sorted = 2,   // per orbit, gather x[order[p]] with 4 independent accumulators (no store->load
+                // chain through one accumulator, whatever the orbit interleaving)
+  Runs = 3,     // the coordinate axis cut into runs where orbit_id is constant (a reduction) or
+                // increases by one (a vector add into acc[base:base+len]); vectorised
+  Masked = 4,   // <= 8 orbits interleaved anyhow: 8-lane vectors, one accumulator per orbit fed
+                // through lane masks, then per-lane blends (falls back to Auto for more orbits)
+};
+
+// out[b, j] = coef[j] * inv_size[id[j]] * sum_{i : id[i] = id[j]} coef[i] x[b, i].
+// x: (B, D) with element strides (xs0, xs1), any (including 0 and non-unit column stride).
+// out: (B, D) with row stride os0 and unit column stride. Plan arrays are contiguous:
+// orbit_id, coef, order (D,), inv_size (K,), seg_start (K + 1,); orbit_id in [0, K).
+// Returns the variant that ran.
+template <class T>
+MeanVariant orbit_mean(const T* x, index_t B, index_t D, index_t xs0, index_t xs1,
+                       const index_t* orbit_id, const T* coef, const T* inv_size, index_t K,
+                       const index_t* order, const index_t* seg_start, T* out, index_t os0,
+                       MeanVariant variant = MeanVariant::Auto);
+
+extern template MeanVariant orbit_mean<float>(const float*, index_t, index_t, index_t, index_t,
+                                              const index_t*, const float*, const float*, index_t,
+                                              const index_t*, const index_t*, float*, index_t,
+                                              MeanVariant);
+extern template MeanVariant orbit_mean<double>(const double*, index_t, index_t, index_t, index_t,
+                                               const index_t*, const double*, const double*,
+                                               index_t, const index_t*, const index_t*, double*,
+                                               index_t, MeanVariant);
+
+// Returns "" when the plan arrays are consistent (orbit_id in [0, K), seg_start monotone from 0
+// to D, order a permutation grouping coordinates by orbit_id). O(D + K).
+std::string check_plan(const index_t* orbit_id, index_t D, index_t K, const index_t* order,
+                       const index_t* seg_start);
+
+}  // namespace symkern::orbit

@@ -1,0 +1,187 @@
+"""Fixed-point subspaces E^G = {z : ρ(g) z = z ∀g}: an orthonormal basis, and projection onto it.
+
+* (Signed) permutation reps, tensor powers included: the basis is the orbit indicators
+  Σ_{i∈O} s_i e_i / √|O| over the orbits O that do not contain a coordinate and its negative —
+  exact, O(D), never a D×D matrix. Projection = the orbit mean (:mod:`symkern.ops.orbit`).
+* Finite matrix reps: eigenvectors of the Reynolds operator (1/|G|) Σ_g M_g with eigenvalue 1 when
+  G is enumerable, otherwise the null space of the stacked (M_g − I) over generators.
+* Compact continuous groups: the null space of (M_g − I) over discrete generators and of dρ(A) over
+  Lie-algebra generators.
+* Projection for matrix / continuous reps: Q (Qᵀ x), two skinny products (the
+  ``symkern::project_lowrank`` op), never a dense D×D projector.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from symkern.backends.registry import select_kernel
+from symkern.groups import Representation
+from symkern.ops._common import (
+    as_rows,
+    check_float_tensor,
+    check_rep,
+    from_rows,
+    normalize_dim,
+    rep_cache,
+    resolve_backend,
+)
+from symkern.ops.orbit import _is_perm_like, _rows_orbit_mean, orbit_plan
+
+__all__ = ["fixed_point_basis", "project_fixed"]
+
+# Enumerate the group for the Reynolds eigh only when it is cheap: |G|·D² multiply-adds.
+_REYNOLDS_ENUMERATION_LIMIT = 5e7
+# A dense (D, k) basis of a permutation rep above this many entries is almost surely a mistake
+# (project_fixed / orbits never need it).
+_DENSE_BASIS_LIMIT = 5e7
+# Relative tolerance of the null-space / eigenvalue cut (matrices are orthogonal: O(1) entries).
+_NULLSPACE_RTOL = 1e-9
+
+
+def _perm_basis(rep: Representation) -> torch.Tensor:
+    plan = orbit_plan(rep, torch.float64, torch.device("cpu"))
+    starts = plan.order[plan.seg_start[:-1]]
+    alive = plan.coef[starts] != 0  # orbits that do not average to zero
+    k = int(alive.sum())
+    if rep.dim * k > _DENSE_BASIS_LIMIT:
+        raise ValueError(
+            f"a dense fixed-point basis would be {rep.dim} x {k} ({rep.dim * k:.2e} entries); use "
+            "symkern.orbits(rep) for the structured basis or symkern.project_fixed(x, rep) to "
+            "project without it"
+        )
+    column = torch.full((plan.n_orbits,), -1, dtype=torch.int64)
+    column[alive] = torch.arange(k)
+    col_of_coord = column[plan.orbit_id]
+    keep = col_of_coord >= 0
+    basis = torch.zeros(rep.dim, k, dtype=torch.float64)
+    coords = torch.arange(rep.dim)[keep]
+    basis[coords, col_of_coord[keep]] = plan.coef[keep] * plan.inv_size[plan.orbit_id[keep]].sqrt()
+    return basis
+
+
+def _eigh_fixed(sym: torch.Tensor, target: float) -> torch.Tensor:
+    """Eigenvectors of a symmetric PSD-ish matrix with eigenvalue within tolerance of ``target``."""
+    evals, evecs = torch.linalg.eigh(sym)
+    tol = _NULLSPACE_RTOL * max(1.0, evals.abs().max().item()) * sym.shape[0]
+    return evecs[:, (evals - target).abs() <= max(tol, 1e-7)].contiguous()
+
+
+def _matrix_basis(rep: Representation) -> torch.Tensor:
+    D = rep.dim
+    if rep.is_finite:
+        try:
+            order = rep.order()
+        except ValueError:  # too large to know or enumerate: use the generator null space
+            order = math.inf
+        if order * D * D <= _REYNOLDS_ENUMERATION_LIMIT:
+            reynolds = rep.element_matrices(dtype=torch.float64).mean(0)
+            # Symmetrise away rounding: the exact Reynolds operator of an orthogonal rep is
+            # symmetric since M_{g^-1} = M_gᵀ.
+            return _eigh_fixed(0.5 * (reynolds + reynolds.T), 1.0)
+    eye = torch.eye(D, dtype=torch.float64)
+    constraints = [m - eye for m in rep.generator_matrices(dtype=torch.float64)]
+    constraints += list(rep.lie_algebra_matrices(dtype=torch.float64))
+    if not constraints:
+        return eye
+    gram = sum(c.T @ c for c in constraints)  # PSD; its null space is E^G
+    return _eigh_fixed(gram, 0.0)
+
+
+def fixed_point_basis(rep: Representation) -> torch.Tensor:
+    """An orthonormal basis of E^G = {z ∈ R^D : ρ(g) z = z ∀g} as a (D, k) float64 CPU tensor.
+
+    k = dim E^G (k = 0 gives a (D, 0) tensor). Cached per representation: the first call on
+    T(2) of Alt(100) (D = 10⁴) or T(5) of S5 (D = 3125) takes milliseconds, later calls are free.
+    For permutation reps the columns are signed orbit indicators / √|orbit|, ordered by the
+    orbit's smallest coordinate; for matrix reps any orthonormal basis of E^G.
+
+    Example::
+
+        >>> Q = symkern.fixed_point_basis(symkern.groups.c2_swap().conjugation())
+        >>> Q.shape   # E^G = {[[a, b], [b, a]]}
+        torch.Size([4, 2])
+    """
+    check_rep(rep)
+    cache = rep_cache(rep)
+    if "basis" not in cache:
+        basis = _perm_basis(rep) if _is_perm_like(rep) else _matrix_basis(rep)
+        basis.requires_grad_(False)
+        cache["basis"] = basis
+    return cache["basis"]
+
+
+def _basis_on(rep: Representation, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    cache = rep_cache(rep)
+    key = ("basis", dtype, str(device))
+    if key not in cache:
+        cache[key] = fixed_point_basis(rep).to(device=device, dtype=dtype).contiguous()
+    return cache[key]
+
+
+# --- the registered op: symkern::project_lowrank -------------------------------------------------
+
+
+@torch.library.custom_op("symkern::project_lowrank", mutates_args=())
+def _project_lowrank_op(x: torch.Tensor, basis: torch.Tensor, backend: str) -> torch.Tensor:
+    kernel = select_kernel("project_lowrank", {"x": x, "basis": basis}, backend)
+    return kernel.fn(x, basis)
+
+
+@_project_lowrank_op.register_fake
+def _(x, basis, backend):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def _project_lowrank_setup(ctx, inputs, output):
+    _, basis, backend = inputs
+    ctx.save_for_backward(basis)
+    ctx.backend = backend
+
+
+def _project_lowrank_backward(ctx, grad):
+    # Q Qᵀ is symmetric: the vector-Jacobian product is the projection of the gradient. The basis
+    # is a constant of the representation (no gradient).
+    (basis,) = ctx.saved_tensors
+    return _project_lowrank_op(grad.contiguous(), basis, ctx.backend), None, None
+
+
+_project_lowrank_op.register_autograd(
+    _project_lowrank_backward, setup_context=_project_lowrank_setup
+)
+
+
+def reynolds(x: torch.Tensor, rep: Representation, dim: int, backend: str) -> torch.Tensor:
+    """The orthogonal projection onto E^G along ``dim`` (= the Reynolds operator)."""
+    if _is_perm_like(rep):
+        return _rows_orbit_mean(x, rep, dim, backend)
+    dim = normalize_dim(x, dim, rep.dim)
+    rows, moved_shape = as_rows(x, dim)
+    basis = _basis_on(rep, x.dtype, x.device)
+    backend = resolve_backend("project_lowrank", {"x": rows, "basis": basis}, backend)
+    return from_rows(_project_lowrank_op(rows, basis, backend), moved_shape, dim)
+
+
+def project_fixed(
+    x: torch.Tensor, rep: Representation, dim: int = -1, backend: str = "auto"
+) -> torch.Tensor:
+    """Orthogonal projection P_{E^G} x along ``dim``.
+
+    For an orthogonal representation this is the same operator as the Reynolds average
+    :func:`symkern.orbit_average`; it is computed the same way: a signed orbit mean for
+    permutation reps (O(B·D), memory-bound), Q (Qᵀ x) for matrix / continuous reps with the cached
+    basis Q (D, k) (O(B·D·k), never a D×D projector).
+
+    Args / returns / backends / NaN semantics: as :func:`symkern.orbit_average`.
+
+    Example::
+
+        >>> rep = symkern.groups.c2_swap().conjugation()          # z ↦ P z Pᵀ on 2×2 matrices
+        >>> symkern.project_fixed(torch.tensor([1., 2., 3., 4.]), rep)
+        tensor([2.5000, 2.5000, 2.5000, 2.5000])
+    """
+    check_float_tensor(x)
+    check_rep(rep)
+    return reynolds(x, rep, dim, backend)

@@ -1,0 +1,401 @@
+"""Orbit averaging (the Reynolds operator), coordinate orbits, feature averaging, augmentation.
+
+For a finite group G acting orthogonally on R^D by ρ, the Reynolds operator
+
+    R x = (1/|G|) Σ_g ρ(g) x
+
+is the orthogonal projection onto the fixed-point subspace E^G = {z : ρ(g) z = z ∀g}.
+
+* Permutation and signed-permutation reps (and their tensor powers): R x is, for every coordinate
+  j, the signed mean over the orbit O(j) of j (see :class:`symkern.ops.plans.OrbitPlan`). Orbits
+  come from the generators by union-find, so the cost is O(B·D) whatever |G| is; no D×D matrix
+  and no enumeration of G.
+* Matrix reps and compact continuous groups: R x = Q Qᵀ x with Q an orthonormal basis of E^G
+  (:func:`symkern.fixed_point_basis`), two skinny products.
+
+NaN semantics: the result is the formula in IEEE arithmetic. For permutation reps a NaN in
+x[..., i] makes the output NaN on the whole orbit of i (including a zero orbit) and nowhere else;
+for matrix reps a NaN anywhere in a row makes that row's output NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from symkern.backends.registry import select_kernel
+from symkern.groups import PermRep, Representation, SignedPermRep
+from symkern.ops._common import (
+    as_rows,
+    check_float_tensor,
+    check_rep,
+    from_rows,
+    normalize_dim,
+    rep_cache,
+    resolve_backend,
+)
+from symkern.ops.plans import OrbitPlan, make_orbit_plan
+
+__all__ = ["Orbit", "augment", "orbit_average", "orbits", "symmetrize"]
+
+
+class Orbit(NamedTuple):
+    """One coordinate orbit: ``indices`` (int64, ascending from the smallest member) and ``signs``
+    (float64, ±1 relative to the smallest member; all 0 when the orbit contains a coordinate and
+    its own negative, so that it averages to zero — ``vanishes`` is then True)."""
+
+    indices: torch.Tensor
+    signs: torch.Tensor
+
+    @property
+    def vanishes(self) -> bool:
+        return bool((self.signs == 0).all())
+
+
+def _is_perm_like(rep: Representation) -> bool:
+    return isinstance(rep, PermRep | SignedPermRep)
+
+
+def _orbit_labels(rep: Representation, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """(labels, rel_sign) of a (signed) permutation rep, by union-find over its generators."""
+    cache = rep_cache(rep)
+    if "orbit_labels" not in cache:
+        perms = np.ascontiguousarray(rep.permutations(), dtype=np.int64)
+        signs = (
+            np.ascontiguousarray(rep.signs(), dtype=np.float64)
+            if isinstance(rep, SignedPermRep)
+            else None
+        )
+        kernel = select_kernel("orbit_labels", {"perms": perms, "signs": signs}, backend)
+        cache["orbit_labels"] = kernel.fn(perms, signs)
+    return cache["orbit_labels"]
+
+
+def orbits(rep: Representation) -> list[Orbit]:
+    """The coordinate orbits of a permutation or signed-permutation representation.
+
+    Returns a list of :class:`Orbit`, ordered by smallest member. Computed from the generators by
+    union-find (C++ backend when available) in O(D · #generators); cached per representation.
+
+    Example::
+
+        >>> [o.indices.tolist() for o in orbits(symkern.groups.cyclic(3).direct_sum(...))]
+    """
+    check_rep(rep)
+    if not _is_perm_like(rep):
+        raise TypeError(
+            f"orbits() needs a permutation or signed-permutation representation, got "
+            f"{type(rep).__name__}; for matrix reps use fixed_point_basis()"
+        )
+    plan = orbit_plan(rep, torch.float64, torch.device("cpu"))
+    out = []
+    bounds = plan.seg_start.tolist()
+    for o in range(plan.n_orbits):
+        idx = plan.order[bounds[o] : bounds[o + 1]]
+        out.append(Orbit(idx.clone(), plan.coef[idx].clone()))
+    return out
+
+
+def orbit_plan(rep: Representation, dtype: torch.dtype, device: torch.device) -> OrbitPlan:
+    """The cached :class:`OrbitPlan` of a (signed) permutation rep on ``device`` in ``dtype``."""
+    cache = rep_cache(rep)
+    key = ("orbit_plan", dtype, str(device))
+    if key not in cache:
+        labels, rel_sign = _orbit_labels(rep)
+        cache[key] = make_orbit_plan(labels, rel_sign, dtype, device)
+    return cache[key]
+
+
+# --- the registered op: symkern::orbit_mean ------------------------------------------------------
+# Plan tensors travel as explicit arguments so torch.compile / opcheck see a pure tensor op. The
+# backend is chosen inside (at run time, from the real tensors); "auto" follows the registry rules.
+
+
+@torch.library.custom_op("symkern::orbit_mean", mutates_args=())
+def _orbit_mean_op(
+    x: torch.Tensor,
+    orbit_id: torch.Tensor,
+    coef: torch.Tensor,
+    inv_size: torch.Tensor,
+    order: torch.Tensor,
+    seg_start: torch.Tensor,
+    backend: str,
+) -> torch.Tensor:
+    plan = OrbitPlan(x.shape[1], inv_size.shape[0], orbit_id, coef, inv_size, order, seg_start)
+    kernel = select_kernel("orbit_mean", {"x": x}, backend)
+    return kernel.fn(x, plan)
+
+
+@_orbit_mean_op.register_fake
+def _(x, orbit_id, coef, inv_size, order, seg_start, backend):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def _orbit_mean_setup(ctx, inputs, output):
+    _, *plan_tensors, backend = inputs
+    ctx.save_for_backward(*plan_tensors)
+    ctx.backend = backend
+
+
+def _orbit_mean_backward(ctx, grad):
+    # The Reynolds operator is symmetric (P = Pᵀ), so the vector-Jacobian product is P itself.
+    plan_tensors = ctx.saved_tensors
+    return (_orbit_mean_op(grad.contiguous(), *plan_tensors, ctx.backend),) + (None,) * 6
+
+
+_orbit_mean_op.register_autograd(_orbit_mean_backward, setup_context=_orbit_mean_setup)
+
+
+def apply_orbit_mean(rows: torch.Tensor, plan: OrbitPlan, backend: str) -> torch.Tensor:
+    """The orbit mean of (B, D) ``rows`` with a plan already on their device and dtype."""
+    backend = resolve_backend("orbit_mean", {"x": rows}, backend)
+    return _orbit_mean_op(
+        rows, plan.orbit_id, plan.coef, plan.inv_size, plan.order, plan.seg_start, backend
+    )
+
+
+def orbit_average(
+    x: torch.Tensor, rep: Representation, dim: int = -1, backend: str = "auto"
+) -> torch.Tensor:
+    """Reynolds operator (1/|G|) Σ_g ρ(g) x along ``dim``.
+
+    Args:
+        x: floating tensor of any shape with ``x.shape[dim] == rep.dim``; any strides.
+        rep: a finite or compact group representation of dimension D.
+        dim: the axis ρ acts on; every other axis is a batch axis.
+        backend: ``"auto"`` or one of ``"cpp"``, ``"triton"``, ``"torch"`` (forced: fails loudly
+            if it cannot run). ``SYMKERN_BACKEND`` overrides ``"auto"``.
+
+    Returns a tensor of x's shape, dtype and device. Differentiable (the operator is symmetric, so
+    its backward is itself); traceable by ``torch.compile(fullgraph=True)``.
+
+    Cost: O(B·D) for (signed) permutation reps whatever |G| is; O(B·D·k) for matrix and
+    continuous reps with k = dim E^G. Same operator as :func:`symkern.project_fixed`.
+
+    Example::
+
+        >>> G = symkern.groups.symmetric(5)
+        >>> symkern.orbit_average(torch.arange(5.0), G)   # every coordinate becomes the mean, 2.0
+    """
+    check_float_tensor(x)
+    check_rep(rep)
+    from symkern.ops.fixed_point import reynolds  # noqa: PLC0415 — fixed_point imports this module
+
+    return reynolds(x, rep, dim, backend)
+
+
+# --- feature averaging and data augmentation -----------------------------------------------------
+
+
+def _element_images(rep: Representation, x: torch.Tensor, elements: list) -> torch.Tensor:
+    """ρ(g) x for every element: (n_elements, *x.shape), acting on x's last axis."""
+    if isinstance(rep, SignedPermRep):
+        perms = torch.as_tensor(np.stack([p for p, _ in elements]), device=x.device)
+        signs = torch.as_tensor(np.stack([s for _, s in elements]), device=x.device, dtype=x.dtype)
+        return x[..., perms].movedim(-2, 0) * signs.view(-1, *([1] * (x.dim() - 1)), x.shape[-1])
+    if isinstance(rep, PermRep):
+        perms = torch.as_tensor(np.stack(elements), device=x.device)
+        return x[..., perms].movedim(-2, 0)
+    mats = torch.stack([torch.as_tensor(m) for m in elements]).to(device=x.device, dtype=x.dtype)
+    return torch.einsum("gij,...j->g...i", mats, x)
+
+
+def _per_sample_images(rep: Representation, x: torch.Tensor, elements: list) -> torch.Tensor:
+    """ρ(g_b) x_b for (B, D) x and one element per row: (B, D)."""
+    if isinstance(rep, SignedPermRep):
+        perms = torch.as_tensor(np.stack([p for p, _ in elements]), device=x.device)
+        signs = torch.as_tensor(np.stack([s for _, s in elements]), device=x.device, dtype=x.dtype)
+        return torch.gather(x, 1, perms) * signs
+    if isinstance(rep, PermRep):
+        perms = torch.as_tensor(np.stack(elements), device=x.device)
+        return torch.gather(x, 1, perms)
+    mats = torch.stack([torch.as_tensor(m) for m in elements]).to(device=x.device, dtype=x.dtype)
+    return torch.einsum("bij,bj->bi", mats, x)
+
+
+def _element_inverse_images(rep: Representation, y: torch.Tensor, elements: list) -> torch.Tensor:
+    """ρ(g)^{-1} y_g for stacked y: (n_elements, ..., D_out). ρ is orthogonal, so ρ^{-1} = ρᵀ."""
+    if isinstance(rep, SignedPermRep):
+        inv = torch.as_tensor(np.stack([np.argsort(p) for p, _ in elements]), device=y.device)
+        signs = torch.as_tensor(np.stack([s for _, s in elements]), device=y.device, dtype=y.dtype)
+        # ρ(g) y = s ⊙ y[perm]  ⇒  ρ(g)^{-1} y = (y / s)[perm^{-1}] = (s ⊙ y)[perm^{-1}]
+        signed = y * signs.view(signs.shape[0], *([1] * (y.dim() - 2)), signs.shape[1])
+        return torch.gather(
+            signed, -1, inv.view(inv.shape[0], *([1] * (y.dim() - 2)), inv.shape[1]).expand_as(y)
+        )
+    if isinstance(rep, PermRep):
+        inv = torch.as_tensor(np.stack([np.argsort(p) for p in elements]), device=y.device)
+        return torch.gather(
+            y, -1, inv.view(inv.shape[0], *([1] * (y.dim() - 2)), inv.shape[1]).expand_as(y)
+        )
+    mats = torch.stack([torch.as_tensor(m) for m in elements]).to(device=y.device, dtype=y.dtype)
+    return torch.einsum("gji,g...j->g...i", mats, y)
+
+
+def _group_elements(
+    rep_in: Representation,
+    rep_out: Representation | None,
+    mode: str,
+    samples: int | None,
+    generator: torch.Generator | None,
+    degree: int | None = None,
+) -> tuple[list, list | None, torch.Tensor]:
+    """Paired element images in rep_in / rep_out, with their averaging weights."""
+    if rep_out is not None and rep_out.group is not rep_in.group:
+        raise ValueError("rep_in and rep_out must be representations of the same group object")
+    if mode == "exact":
+        if not rep_in.is_finite:
+            raise ValueError(
+                "mode='exact' needs a finite group; for a continuous group use mode='quadrature' "
+                "(exact for polynomial features up to the given degree) or mode='sample'"
+            )
+        elems_in = list(rep_in.elements())
+        elems_out = list(rep_out.elements()) if rep_out is not None else None
+        weights = torch.full((len(elems_in),), 1.0 / len(elems_in), dtype=torch.float64)
+        return elems_in, elems_out, weights
+    if mode == "quadrature":
+        if rep_in.is_finite:
+            raise ValueError("mode='quadrature' is for continuous groups; use mode='exact'")
+        if degree is None:  # exact for linear fn: the integrand's degree is deg ρ_in + deg ρ_out
+            degree = rep_in.degree + (rep_out.degree if rep_out is not None else 0)
+        base = rep_in.group.defining_rep()
+        weights, base_mats = base.quadrature(degree)
+    elif mode == "sample":
+        if samples is None or samples < 1:
+            raise ValueError(f"mode='sample' needs samples >= 1, got {samples}")
+        if rep_in.is_finite:
+            elems = list(rep_in.elements())
+            idx = torch.randint(len(elems), (samples,), generator=generator).tolist()
+            elems_in = [elems[i] for i in idx]
+            elems_out = None
+            if rep_out is not None:
+                all_out = list(rep_out.elements())
+                elems_out = [all_out[i] for i in idx]
+            return elems_in, elems_out, torch.full((samples,), 1.0 / samples, dtype=torch.float64)
+        base_mats = rep_in.group.defining_rep().sample(samples, generator=generator)
+        weights = torch.full((samples,), 1.0 / samples, dtype=torch.float64)
+    else:
+        raise ValueError(f"mode must be 'exact', 'sample' or 'quadrature', got {mode!r}")
+    elems_in = [rep_in.matrix_of(g) for g in base_mats]
+    elems_out = [rep_out.matrix_of(g) for g in base_mats] if rep_out is not None else None
+    return elems_in, elems_out, weights
+
+
+def symmetrize(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    rep_in: Representation,
+    rep_out: Representation | None = None,
+    mode: str = "exact",
+    samples: int | None = None,
+    generator: torch.Generator | None = None,
+    degree: int | None = None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Feature averaging: the G-equivariant (or invariant) version of ``fn``,
+
+        Q_G f(x) = (1/|G|) Σ_g ρ_out(g)^{-1} f(ρ_in(g) x)
+
+    (rep_out=None: invariant, Q_G f(x) = (1/|G|) Σ_g f(ρ_in(g) x)). ``fn`` maps (B, D_in) →
+    (B, ...) with the last output axis of size D_out when rep_out is given.
+
+    The whole orbit is evaluated in ONE call of ``fn`` on a (|G|·B, D_in) batch, never a Python
+    loop over group elements. Modes: ``"exact"`` (finite groups: every element, weight 1/|G|),
+    ``"sample"`` (``samples`` uniform / Haar elements — an unbiased estimate), ``"quadrature"``
+    (continuous groups: a Haar cubature that is exact when g ↦ ρ_out(g)^{-1} f(ρ_in(g)x) is a
+    polynomial in the entries of g of degree ≤ ``degree``; the default deg ρ_in + deg ρ_out makes
+    it exact for linear ``fn``).
+    Sampled elements are drawn once, when ``symmetrize`` is called, so the returned function is
+    deterministic.
+
+    Returns a callable (an nn.Module when ``fn`` is one, so its parameters are tracked).
+    """
+    check_rep(rep_in, "rep_in")
+    if rep_out is not None:
+        check_rep(rep_out, "rep_out")
+    elems_in, elems_out, weights = _group_elements(
+        rep_in, rep_out, mode, samples, generator, degree
+    )
+
+    def averaged(x: torch.Tensor) -> torch.Tensor:
+        check_float_tensor(x)
+        if x.dim() < 1 or x.shape[-1] != rep_in.dim:
+            raise ValueError(
+                f"x must have last axis of size rep_in.dim={rep_in.dim}, got shape {tuple(x.shape)}"
+            )
+        images = _element_images(rep_in, x, elems_in)  # (n, *batch, D_in)
+        n = images.shape[0]
+        y = fn(images.reshape(-1, rep_in.dim))
+        y = y.reshape(n, *x.shape[:-1], *y.shape[1:])
+        if rep_out is not None:
+            if y.shape[-1] != rep_out.dim:
+                raise ValueError(
+                    f"fn output has last axis {y.shape[-1]}, but rep_out acts on R^{rep_out.dim}"
+                )
+            y = _element_inverse_images(rep_out, y, elems_out)
+        w = weights.to(device=y.device, dtype=y.dtype).view(n, *([1] * (y.dim() - 1)))
+        return (w * y).sum(0)
+
+    if isinstance(fn, torch.nn.Module):
+        return _SymmetrizedModule(fn, averaged)
+    return averaged
+
+
+class _SymmetrizedModule(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module, averaged: Callable[[torch.Tensor], Any]):
+        super().__init__()
+        self.inner = inner
+        self._averaged = averaged
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._averaged(x)
+
+
+def augment(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rep_in: Representation,
+    rep_out: Representation | None = None,
+    mode: str = "orbit",
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Data augmentation: pairs (ρ_in(g) x_b, ρ_out(g) y_b).
+
+    ``mode="orbit"``: every element of a finite group, for every sample: returns (|G|·B, D_in) and
+    (|G|·B, ...), element-major (the first B rows are the identity's... in enumeration order).
+    ``mode="sample"``: one uniformly random element per sample (Haar for continuous groups):
+    returns (B, D_in), (B, ...). rep_out=None leaves y unchanged (invariant labels).
+    """
+    check_float_tensor(x)
+    check_rep(rep_in, "rep_in")
+    if x.dim() != 2 or x.shape[1] != rep_in.dim:
+        raise ValueError(f"x must be (B, {rep_in.dim}), got shape {tuple(x.shape)}")
+    if not isinstance(y, torch.Tensor) or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must be a tensor with {x.shape[0]} rows (one label per sample)")
+    if rep_out is not None:
+        check_rep(rep_out, "rep_out")
+        if y.dim() != 2 or y.shape[1] != rep_out.dim:
+            raise ValueError(f"y must be (B, {rep_out.dim}) for rep_out, got {tuple(y.shape)}")
+    if mode == "orbit":
+        elems_in, elems_out, _ = _group_elements(rep_in, rep_out, "exact", None, None)
+        xs = _element_images(rep_in, x, elems_in).reshape(-1, x.shape[1])
+        if rep_out is None:
+            ys = y.expand(len(elems_in), *y.shape).reshape(-1, *y.shape[1:])
+        else:
+            ys = _element_images(rep_out, y, elems_out).reshape(-1, y.shape[1])
+        return xs, ys
+    if mode == "sample":
+        elems_in, elems_out, _ = _group_elements(rep_in, rep_out, "sample", x.shape[0], generator)
+        xs = _per_sample_images(rep_in, x, elems_in)
+        ys = y if rep_out is None else _per_sample_images(rep_out, y, elems_out)
+        return xs, ys
+    raise ValueError(f"mode must be 'orbit' or 'sample', got {mode!r}")
+
+
+def _rows_orbit_mean(x: torch.Tensor, rep: Representation, dim: int, backend: str) -> torch.Tensor:
+    """orbit mean of x along dim for a (signed) permutation rep (used by reynolds)."""
+    dim = normalize_dim(x, dim, rep.dim)
+    rows, moved_shape = as_rows(x, dim)
+    plan = orbit_plan(rep, x.dtype, x.device)
+    return from_rows(apply_orbit_mean(rows, plan, backend), moved_shape, dim)

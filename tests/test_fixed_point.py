@@ -1,0 +1,157 @@
+"""fixed_point_basis: orthonormal, invariant, of the right dimension; symmetrize and augment."""
+
+import numpy as np
+import pytest
+import torch
+
+import symkern
+from symkern import groups, symmetrize
+from symkern.testing import assert_close
+
+KNOWN_DIMS = [
+    ("T2_Alt100", lambda: groups.alternating(100).tensor_power(2), 2),
+    ("T5_S5", lambda: groups.symmetric(5).tensor_power(5), 52),
+    ("T3_S5", lambda: groups.symmetric(5).tensor_power(3), 5),
+    ("B3_T2", lambda: groups.hyperoctahedral(3).tensor_power(2), 1),
+    ("C2_conj", lambda: groups.c2_swap().conjugation(), 2),
+    ("SO2_T2", lambda: groups.so2().tensor_power(2), 2),
+    ("SO3_T2", lambda: groups.so3().tensor_power(2), 1),
+    ("O2_T2", lambda: groups.o2().tensor_power(2), 1),
+    ("C4_matrix", lambda: groups.matrix_rep([[[0.0, -1.0], [1.0, 0.0]]]), 0),
+    (
+        "S3_matrix_T2",
+        lambda: groups.matrix_rep(groups.symmetric(3).generator_matrices()).tensor_power(2),
+        2,
+    ),
+]
+
+
+def _check_basis(rep, q, k):
+    assert q.shape == (rep.dim, k) and q.dtype == torch.float64
+    assert_close(q.T @ q, torch.eye(k, dtype=torch.float64))
+    # invariant: ρ(g) q = q for every generator, dρ(A) q = 0 for every Lie generator
+    if isinstance(rep, groups.PermRep | groups.SignedPermRep):
+        # structured check: ρ(g) q = sign ⊙ q[perm], no dense D×D matrix (D = 10⁴ here)
+        perms = rep.permutations()
+        signs = rep.signs() if isinstance(rep, groups.SignedPermRep) else np.ones(perms.shape)
+        for perm, sign in zip(perms, signs, strict=True):
+            assert_close(torch.tensor(sign)[:, None] * q[torch.tensor(perm)], q)
+    else:
+        for m in rep.generator_matrices(dtype=torch.float64):
+            assert_close(m @ q, q)
+        for a in rep.lie_algebra_matrices(dtype=torch.float64):
+            assert (a @ q).abs().max() <= 1e-10
+
+
+@pytest.mark.parametrize("name,factory,k", KNOWN_DIMS, ids=[n for n, _, _ in KNOWN_DIMS])
+def test_known_dimensions(name, factory, k):
+    rep = factory()
+    q = symkern.fixed_point_basis(rep)
+    _check_basis(rep, q, k)
+    assert q.shape[1] == rep.fixed_dim()
+    assert symkern.fixed_point_basis(rep) is q  # cached
+
+
+def test_c2_conjugation_basis_is_the_papers():
+    """E^G = {[[a, b], [b, a]]} with orthonormal basis {I/√2, P/√2} (SPEC_MEANFIELD)."""
+    q = symkern.fixed_point_basis(groups.c2_swap().conjugation())
+    s = 2**-0.5
+    expected = torch.tensor([[s, 0.0], [0.0, s], [0.0, s], [s, 0.0]], dtype=torch.float64)
+    assert_close(q @ q.T, expected @ expected.T)
+
+
+def test_matrix_rep_enumerated_and_nullspace_paths_agree():
+    """Reynolds eigh (enumerable) and generator null space give the same subspace."""
+    from symkern.ops import fixed_point as fp
+
+    rep = groups.matrix_rep(groups.symmetric(4).generator_matrices()).tensor_power(2)
+    q_eig = fp._matrix_basis(rep)
+    old = fp._REYNOLDS_ENUMERATION_LIMIT
+    try:
+        fp._REYNOLDS_ENUMERATION_LIMIT = 0
+        q_null = fp._matrix_basis(rep)
+    finally:
+        fp._REYNOLDS_ENUMERATION_LIMIT = old
+    assert q_eig.shape == q_null.shape == (16, 2)
+    assert_close(q_eig @ q_eig.T, q_null @ q_null.T)
+
+
+def test_empty_fixed_space_projects_to_zero(backend_case):
+    rep = groups.sign_flips(3)
+    x = torch.randn(4, 3, device=backend_case.device)
+    assert symkern.fixed_point_basis(rep).shape == (3, 0)
+    out = symkern.project_fixed(x, rep, backend=backend_case.backend)
+    assert torch.equal(out.cpu(), torch.zeros(4, 3))
+
+
+# --- symmetrize / augment ------------------------------------------------------------------------
+
+
+def test_symmetrize_invariant_mlp_is_invariant():
+    torch.manual_seed(0)
+    rep = groups.symmetric(4)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    calls = []
+    net.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
+    f = symmetrize(net, rep)
+    x = torch.randn(5, 4)
+    y = f(x)
+    assert calls == [(24 * 5, 4)]  # the whole orbit in one call, no loop over G
+    perm = torch.tensor([2, 0, 3, 1])
+    assert_close(f(x[:, perm]), y.double())
+    assert isinstance(f, torch.nn.Module) and len(list(f.parameters())) == 4
+
+
+def test_symmetrize_equivariant_and_matches_definition():
+    rep = groups.hyperoctahedral(3)
+    w = torch.randn(3, 3, dtype=torch.float64)
+
+    def fn(x):
+        return torch.tanh(x @ w.T)
+
+    f = symmetrize(fn, rep, rep)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    mats = rep.element_matrices()
+    expected = torch.stack([torch.tanh((x @ m.T) @ w.T) @ m for m in mats]).mean(0)
+    assert_close(f(x), expected)
+    for m in rep.generator_matrices():
+        assert_close(f(x @ m.T), f(x) @ m.T)
+
+
+def test_symmetrize_continuous_quadrature_is_exact_for_polynomials():
+    rep = groups.so2()
+    a = torch.randn(2, 2, dtype=torch.float64)
+
+    def fn(x):  # linear map: Q_G f = the projection of a onto the commutant of SO(2)
+        return x @ a.T
+
+    f = symmetrize(fn, rep, rep, mode="quadrature")
+    x = torch.randn(5, 2, dtype=torch.float64)
+    sym = (
+        a
+        + torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+        @ a
+        @ torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
+    ) / 2
+    assert_close(f(x), x @ sym.T)
+
+
+def test_augment_orbit_and_sample():
+    rep = groups.cyclic(4)
+    x = torch.randn(3, 4)
+    y = torch.randn(3, 1)
+    xs, ys = symkern.augment(x, y, rep, mode="orbit")
+    assert xs.shape == (12, 4) and ys.shape == (12, 1)
+    # every orbit image of every sample appears, labels unchanged (invariant)
+    for b in range(3):
+        rows = {tuple(xs[i].tolist()) for i in range(12) if ys[i].item() == y[b].item()}
+        assert rows == {tuple(torch.roll(x[b], s).tolist()) for s in range(4)}
+    g = torch.Generator().manual_seed(1)
+    xs1, ys1 = symkern.augment(x, y, rep, mode="sample", generator=g)
+    assert xs1.shape == x.shape and torch.equal(ys1, y)
+    for b in range(3):
+        assert any(torch.equal(xs1[b], torch.roll(x[b], s)) for s in range(4))
+    with pytest.raises(ValueError, match="mode must be"):
+        symkern.augment(x, y, rep, mode="all")
+    with pytest.raises(ValueError, match=r"x must be \(B, 4\)"):
+        symkern.augment(torch.randn(3, 5), y, rep)

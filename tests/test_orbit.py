@@ -1,0 +1,278 @@
+"""orbit_average / project_fixed on every backend vs the float64 group-sum reference.
+
+The oracle is the definition itself, (1/|G|) Σ_g ρ(g) x, summed over the enumerated group in
+float64 (or the exact Haar cubature for continuous groups) — independent of the orbit machinery
+the kernels use.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import symkern
+from symkern import groups
+from symkern.backends.registry import BackendUnavailableError
+from symkern.ops.fixed_point import _project_lowrank_op
+from symkern.ops.orbit import _orbit_mean_op, orbit_plan
+from symkern.testing import assert_close
+
+# name -> factory; small groups so the reference can enumerate them.
+REPS = {
+    "cyclic7": lambda: groups.cyclic(7),
+    "S5": lambda: groups.symmetric(5),
+    "D6": lambda: groups.dihedral(6),
+    "A5": lambda: groups.alternating(5),
+    "S4_T2": lambda: groups.symmetric(4).tensor_power(2),
+    "C3_sum_C3": lambda: _same_group_sum(),
+    "B3_signed": lambda: groups.hyperoctahedral(3),
+    "B2_T2_signed": lambda: groups.hyperoctahedral(2).tensor_power(2),
+    "flips4": lambda: groups.sign_flips(4),
+    "c2_conj": lambda: groups.c2_swap().conjugation(),
+    "C4_matrix": lambda: groups.matrix_rep([[[0.0, -1.0], [1.0, 0.0]]]),
+    "S3_matrix_T2": lambda: _s3_matrix().tensor_power(2),
+    "so2_T2": lambda: groups.so2().tensor_power(2),
+    "so3_T2": lambda: groups.so3().tensor_power(2),
+}
+
+
+def _same_group_sum():
+    c = groups.cyclic(3)
+    return c.direct_sum(c)
+
+
+def _s3_matrix():
+    gens = groups.symmetric(3).generator_matrices(dtype=torch.float64)
+    return groups.matrix_rep(gens)
+
+
+_rep_cache = {}
+
+
+def rep_named(name):
+    if name not in _rep_cache:
+        _rep_cache[name] = REPS[name]()
+    return _rep_cache[name]
+
+
+def reference_average(x: torch.Tensor, rep, dim: int = -1) -> torch.Tensor:
+    """(1/|G|) Σ_g ρ(g) x in float64 by explicit group sum (Haar cubature if continuous)."""
+    xd = x.detach().double().movedim(dim, -1)
+    if rep.is_finite:
+        mats = rep.element_matrices(dtype=torch.float64)
+        weights = torch.full((mats.shape[0],), 1.0 / mats.shape[0], dtype=torch.float64)
+    else:
+        weights, mats = rep.quadrature(rep.degree)
+    avg = torch.einsum("g,gij->ij", weights.double(), mats.double())
+    return (xd @ avg.T).movedim(-1, dim)
+
+
+def _x(shape, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) + 0.5).to(dtype).to(device)
+
+
+DTYPES = [torch.float32, torch.float64]
+
+
+@pytest.mark.parametrize("name", list(REPS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_group_sum(backend_case, name, dtype):
+    rep = rep_named(name)
+    for B in (1, 7, 129):
+        x = _x((B, rep.dim), dtype, backend_case.device, seed=B)
+        out = symkern.orbit_average(x, rep, backend=backend_case.backend)
+        assert out.shape == x.shape and out.dtype == dtype and out.device == x.device
+        ref = reference_average(x, rep)
+        scale = x.abs().max().item()  # E^G may be {0}: judge rounding against the input's size
+        assert_close(out, ref, scale=scale, msg=f"{name} B={B}: ")
+        out2 = symkern.project_fixed(x, rep, backend=backend_case.backend)
+        assert_close(out2, ref, scale=scale, msg=f"{name} B={B} project: ")
+
+
+@pytest.mark.parametrize("name", ["S5", "B3_signed", "c2_conj", "so3_T2"])
+def test_non_contiguous_and_batch_dims(backend_case, name):
+    rep = rep_named(name)
+    D = rep.dim
+    dev, be = backend_case.device, backend_case.backend
+
+    def check(out, x, dim=-1):
+        assert out.shape == x.shape
+        assert_close(out, reference_average(x, rep, dim), scale=x.abs().max().item())
+
+    # transposed view: rows are strided
+    xt = _x((D, 9), torch.float32, dev).T
+    assert not xt.is_contiguous()
+    check(symkern.orbit_average(xt, rep, backend=be), xt)
+    # every other column: element stride 2
+    xs = _x((5, 2 * D), torch.float32, dev)[:, ::2]
+    check(symkern.orbit_average(xs, rep, backend=be), xs)
+    # acting along a middle axis of a 3-D tensor
+    x3 = _x((3, D, 4), torch.float64, dev)
+    check(symkern.orbit_average(x3, rep, dim=1, backend=be), x3, dim=1)
+    # negative dim on a 1-D vector
+    v = _x((D,), torch.float64, dev)
+    check(symkern.project_fixed(v, rep, dim=-1, backend=be), v)
+
+
+@pytest.mark.parametrize("name", ["S5", "so2_T2"])
+def test_empty_batch(backend_case, name):
+    rep = rep_named(name)
+    x = torch.empty(0, rep.dim, device=backend_case.device)
+    out = symkern.orbit_average(x, rep, backend=backend_case.backend)
+    assert out.shape == (0, rep.dim)
+
+
+def test_large_group_time_independent_structure(backend_case):
+    """|G| = 100!/2: no enumeration possible; the orbit mean must still be exact."""
+    rep = groups.alternating(100).tensor_power(2)
+    x = _x((3, rep.dim), torch.float64, backend_case.device)
+    out = symkern.orbit_average(x, rep, backend=backend_case.backend)
+    m = x.view(3, 100, 100)
+    diag = torch.diagonal(m, dim1=1, dim2=2).mean(1)
+    off = (m.sum((1, 2)) - torch.diagonal(m, dim1=1, dim2=2).sum(1)) / (100 * 99)
+    expected = off[:, None, None].expand(3, 100, 100).clone()
+    expected[:, torch.arange(100), torch.arange(100)] = diag[:, None]
+    assert_close(out, expected.reshape(3, -1))
+
+
+def test_nan_propagates_within_its_orbit_only(backend_case):
+    rep = rep_named("B3_signed")  # one orbit
+    rep2 = groups.cyclic(3).direct_sum(groups.cyclic(3))  # two orbits {0,1,2}, {3,4,5}
+    for r in (rep, rep2):
+        x = _x((2, r.dim), torch.float32, backend_case.device)
+        x[0, 1] = float("nan")
+        out = symkern.orbit_average(x, r, backend=backend_case.backend).cpu()
+        nan_expected = torch.zeros(2, r.dim, dtype=torch.bool)
+        for o in symkern.orbits(r):
+            if 1 in o.indices.tolist():
+                nan_expected[0, o.indices] = True
+        assert torch.equal(torch.isnan(out), nan_expected)
+
+
+def test_nan_in_matrix_rep_poisons_its_row(backend_case):
+    rep = rep_named("c2_conj")
+    x = _x((3, 4), torch.float32, backend_case.device)
+    x[1, 2] = float("nan")
+    rep_m = groups.matrix_rep(rep.generator_matrices())
+    out = symkern.orbit_average(x, rep_m, backend=backend_case.backend).cpu()
+    assert torch.isnan(out[1]).all() and not torch.isnan(out[[0, 2]]).any()
+
+
+# --- properties ----------------------------------------------------------------------------------
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    name=st.sampled_from(["S5", "D6", "B3_signed", "S4_T2", "S3_matrix_T2", "so3_T2", "flips4"]),
+    seed=st.integers(0, 2**31 - 1),
+    backend=st.sampled_from(["cpp", "torch"]),
+)
+def test_projection_properties(name, seed, backend):
+    """P idempotent, self-adjoint, and invariant: ρ(g) P x = P x for every generator."""
+    rep = rep_named(name)
+    x = _x((4, rep.dim), torch.float64, "cpu", seed)
+    y = _x((4, rep.dim), torch.float64, "cpu", seed + 1)
+    px = symkern.project_fixed(x, rep, backend=backend)
+    py = symkern.project_fixed(y, rep, backend=backend)
+    assert_close(symkern.project_fixed(px, rep, backend=backend), px)
+    assert abs((px * y).sum() - (x * py).sum()) <= 1e-10 * x.norm() * y.norm()
+    for m in rep.generator_matrices(dtype=torch.float64):
+        assert_close(px @ m.T, px)
+    for a in rep.lie_algebra_matrices(dtype=torch.float64):
+        assert (px @ a.T).abs().max() <= 1e-10 * px.abs().max()
+
+
+# --- autograd, torch.library, torch.compile ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["B3_signed", "so2_T2"])
+def test_gradcheck(backend_case, name):
+    rep = rep_named(name)
+    x = _x((2, rep.dim), torch.float64, backend_case.device).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda t: symkern.orbit_average(t, rep, backend=backend_case.backend), (x,)
+    )
+
+
+def test_opcheck(backend_case):
+    be = backend_case.backend
+    rep = rep_named("B3_signed")
+    x = _x((5, rep.dim), torch.float64, backend_case.device).requires_grad_()
+    p = orbit_plan(rep, torch.float64, torch.device(backend_case.device))
+    torch.library.opcheck(
+        _orbit_mean_op, (x, p.orbit_id, p.coef, p.inv_size, p.order, p.seg_start, be)
+    )
+    q = symkern.fixed_point_basis(rep_named("so3_T2")).to(backend_case.device)
+    x9 = _x((5, 9), torch.float64, backend_case.device).requires_grad_()
+    torch.library.opcheck(_project_lowrank_op, (x9, q, be))
+
+
+def test_torch_compile_fullgraph():
+    rep_p, rep_m = rep_named("S5"), rep_named("so3_T2")
+    x, z = _x((6, 5), torch.float32, "cpu"), _x((6, 9), torch.float32, "cpu")
+    symkern.orbit_average(x, rep_p)  # build the cached plans outside the traced region
+    symkern.project_fixed(z, rep_m)
+
+    def f(x, z):
+        return symkern.orbit_average(x * 2, rep_p).sum() + symkern.project_fixed(z, rep_m).sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    assert_close(compiled(x, z).reshape(1), f(x, z).double().reshape(1))
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def test_bad_inputs_raise_clear_errors():
+    rep = rep_named("S5")
+    with pytest.raises(ValueError, match=r"x has size 4 along dim=1 .* acts on R\^5"):
+        symkern.orbit_average(torch.randn(3, 4), rep)
+    with pytest.raises(TypeError, match="x must have a floating dtype.*int64"):
+        symkern.orbit_average(torch.ones(3, 5, dtype=torch.int64), rep)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        symkern.project_fixed(np.ones((3, 5)), rep)
+    with pytest.raises(TypeError, match="rep must be a symkern.groups Representation"):
+        symkern.orbit_average(torch.randn(3, 5), "S5")
+    with pytest.raises(ValueError, match="dim=2 is out of range"):
+        symkern.orbit_average(torch.randn(3, 5), rep, dim=2)
+    with pytest.raises(BackendUnavailableError, match="cpp runs CPU tensors only"):
+        symkern.orbit_average(torch.empty(3, 5, device="meta"), rep, backend="cpp")
+    with pytest.raises(TypeError, match="orbits\\(\\) needs a permutation"):
+        symkern.orbits(rep_named("so2_T2"))
+
+
+# --- orbits --------------------------------------------------------------------------------------
+
+
+def test_orbits_structure():
+    rep = groups.symmetric(3).tensor_power(2)
+    orbs = symkern.orbits(rep)
+    assert [o.indices.tolist() for o in orbs] == [[0, 4, 8], [1, 2, 3, 5, 6, 7]]
+    assert all(not o.vanishes and torch.all(o.signs == 1) for o in orbs)
+    signed = symkern.orbits(groups.sign_flips(3))
+    assert len(signed) == 3 and all(o.vanishes for o in signed)
+    b2 = symkern.orbits(groups.hyperoctahedral(2).tensor_power(2))
+    # B2 on pairs: the diagonal {00, 11} survives, the off-diagonal {01, 10} vanishes (sign flips)
+    assert sorted((o.indices.tolist(), o.vanishes) for o in b2) == [([0, 3], False), ([1, 2], True)]
+
+
+def test_orbits_cpp_matches_numpy_reference():
+    from symkern.backends.registry import select_kernel
+
+    for rep in (groups.alternating(9).tensor_power(2), groups.hyperoctahedral(4).tensor_power(2)):
+        perms = np.ascontiguousarray(rep.permutations())
+        signs = np.ascontiguousarray(rep.signs()) if hasattr(rep, "signs") else None
+        ref = select_kernel("orbit_labels", {}, "torch").fn(perms, signs)
+        fast = select_kernel("orbit_labels", {}, "cpp").fn(perms, signs)
+        np.testing.assert_array_equal(ref[0], fast[0])
+        np.testing.assert_array_equal(ref[1], fast[1])
+
+
+def test_plan_orbit_sizes_sum_to_dim():
+    rep = groups.symmetric(5).tensor_power(3)
+    p = orbit_plan(rep, torch.float32, torch.device("cpu"))
+    assert p.n_orbits == 5 and math.isclose(float((1 / p.inv_size).sum()), 125.0)
