@@ -1,0 +1,298 @@
+// Python bindings of the particle engine (csrc/particles.*), called from bindings.cpp's module.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "buffers.h"
+#include "common.h"
+#include "particles.h"
+
+namespace symkern {
+
+namespace particles_bind {
+
+namespace py = pybind11;
+namespace sb = symkern::buffers;
+
+// A C-contiguous view (the particle kernels index with plain row-major offsets).
+template <class T>
+sb::View<T> cview(const py::array& a, const std::string& arg, int ndim,
+                  const std::vector<index_t>& shape, bool writable = false) {
+  auto v = sb::view<T>(a, arg, ndim, shape, writable);
+  index_t expect = 1;
+  for (int d = ndim - 1; d >= 0; --d) {
+    if (v.shape[d] > 1 && v.stride[d] != expect) sb::fail(arg, "must be C-contiguous");
+    expect *= v.shape[d];
+  }
+  return v;
+}
+
+inline bool is_dtype(const py::array& a, py::dtype dt) { return a.dtype().is(dt); }
+
+inline index_t unit_D(int unit_code, index_t c, index_t d) {
+  if (unit_code == 0) return c * d;
+  if (unit_code == 1) return c + d + 1;
+  sb::fail("unit_code", "must be 0 (matrix unit) or 1 (standard unit)");
+}
+
+template <class T>
+void steps_typed(const py::array& theta, int unit_code, int activation_code, index_t c,
+                 index_t d, index_t batch, double sigma_pi, std::uint64_t seed,
+                 const py::array& run_ids, const py::array& alpha, const py::array& tau,
+                 const py::array& beta, const py::array& scheme, const py::array& project_noise,
+                 const py::array& teacher, const py::array& teacher_w, const py::array& rho_x,
+                 const py::array& rho_y, const py::object& x_data, const py::object& y_data,
+                 const py::array& proj, std::int64_t step0, std::int64_t steps,
+                 std::int64_t snapshot_every, py::array& theta_out, py::array& snaps,
+                 py::array& losses) {
+  if (c < 1 || d < 1) sb::fail("c/d", "must be >= 1");
+  if (activation_code < 0 || activation_code > 2)
+    sb::fail("activation_code", "must be 0 (tanh), 1 (sigmoid) or 2 (relu)");
+  const index_t D = unit_D(unit_code, c, d);
+  if (batch < 1) sb::fail("batch", "must be >= 1");
+  if (steps < 0) sb::fail("steps", "must be >= 0");
+  if (step0 < 0) sb::fail("step0", "must be >= 0");
+  if (snapshot_every < 1) sb::fail("snapshot_every", "must be >= 1");
+  const auto th = cview<T>(theta, "theta", 3, {-1, -1, D});
+  const index_t R = th.shape[0], N = th.shape[1];
+  if (R < 1 || N < 1) sb::fail("theta", "must have R >= 1 runs and N >= 1 particles");
+  const index_t S = steps / snapshot_every;
+  const auto rid = cview<std::int64_t>(run_ids, "run_ids", 1, {R});
+  const auto al = cview<T>(alpha, "alpha", 1, {R});
+  const auto ta = cview<T>(tau, "tau", 1, {R});
+  const auto be = cview<T>(beta, "beta", 1, {R});
+  const auto sc = cview<std::int32_t>(scheme, "scheme", 1, {R});
+  const auto pn = cview<std::int32_t>(project_noise, "project_noise", 1, {R});
+  const auto tc = cview<T>(teacher, "teacher", 3, {R, -1, D});
+  const index_t M = tc.shape[1];
+  const auto tw = cview<T>(teacher_w, "teacher_w", 2, {R, M});
+  const auto rx = cview<T>(rho_x, "rho_x", 3, {-1, d, d});
+  const index_t G = rx.shape[0];
+  if (G < 1) sb::fail("rho_x", "must hold at least one group element");
+  const auto ry = cview<T>(rho_y, "rho_y", 3, {G, c, c});
+  const auto pj = cview<T>(proj, "proj", 2, {D, D});
+  const auto to = cview<T>(theta_out, "theta_out", 3, {R, N, D}, true);
+  const auto sn = cview<T>(snaps, "snapshots", 4, {R, S, N, D}, true);
+  const auto lo = cview<T>(losses, "losses", 2, {R, S}, true);
+  if (G > (index_t{1} << 31)) sb::fail("rho_x", "group too large");
+  for (index_t r = 0; r < R; ++r) {
+    if (sc.data[r] < 0 || sc.data[r] > 4) sb::fail("scheme", "codes must be in 0..4");
+    if (rid.data[r] < 0) sb::fail("run_ids", "must be non-negative");
+  }
+  particles::Problem<T> p;
+  p.unit_code = unit_code;
+  p.activation_code = activation_code;
+  p.c = c;
+  p.d = d;
+  p.D = D;
+  p.batch = batch;
+  p.G = G;
+  p.M = M;
+  p.sigma_pi = sigma_pi;
+  p.seed = seed;
+  p.run_ids = rid.data;
+  p.alpha = al.data;
+  p.tau = ta.data;
+  p.beta = be.data;
+  p.scheme = sc.data;
+  p.project_noise = pn.data;
+  p.teacher = tc.data;
+  p.teacher_w = tw.data;
+  p.rho_x = rx.data;
+  p.rho_y = ry.data;
+  p.proj = pj.data;
+  if (x_data.is_none() != y_data.is_none()) sb::fail("x_data", "and y_data must be given together");
+  if (!x_data.is_none()) {
+    const auto xd = cview<T>(x_data.cast<py::array>(), "x_data", 4, {steps, R, batch, d});
+    const auto yd = cview<T>(y_data.cast<py::array>(), "y_data", 4, {steps, R, batch, c});
+    p.x_data = xd.data;
+    p.y_data = yd.data;
+  }
+  py::gil_scoped_release nogil;
+  particles::particle_steps<T>(p, th.data, R, N, to.data, sn.data, lo.data, step0, steps,
+                               snapshot_every);
+}
+
+}  // namespace particles_bind
+
+// Registers the particle-engine functions on symkern._C. Each validates its buffers and
+// releases the GIL around the kernel, like every binding in bindings.cpp.
+inline void bind_particles(pybind11::module_& m) {
+  namespace py = pybind11;
+  namespace sb = symkern::buffers;
+  namespace pb = particles_bind;
+
+  m.def(
+      "particle_steps",
+      [](const py::array& theta, int unit_code, int activation_code, index_t c, index_t d,
+         index_t batch, double sigma_pi, std::uint64_t seed, const py::array& run_ids,
+         const py::array& alpha, const py::array& tau, const py::array& beta,
+         const py::array& scheme, const py::array& project_noise, const py::array& teacher,
+         const py::array& teacher_w, const py::array& rho_x, const py::array& rho_y,
+         const py::array& proj, const py::object& x_data, const py::object& y_data,
+         std::int64_t step0, std::int64_t steps, std::int64_t snapshot_every,
+         py::array& theta_out, py::array& snapshots, py::array& losses) {
+        if (pb::is_dtype(theta, py::dtype::of<float>()))
+          return pb::steps_typed<float>(theta, unit_code, activation_code, c, d, batch, sigma_pi,
+                                        seed, run_ids, alpha, tau, beta, scheme, project_noise,
+                                        teacher, teacher_w, rho_x, rho_y, x_data, y_data, proj,
+                                        step0, steps, snapshot_every, theta_out, snapshots,
+                                        losses);
+        if (pb::is_dtype(theta, py::dtype::of<double>()))
+          return pb::steps_typed<double>(theta, unit_code, activation_code, c, d, batch,
+                                         sigma_pi, seed, run_ids, alpha, tau, beta, scheme,
+                                         project_noise, teacher, teacher_w, rho_x, rho_y, x_data,
+                                         y_data, proj, step0, steps, snapshot_every, theta_out,
+                                         snapshots, losses);
+        sb::fail("theta", "must have dtype float32 or float64, got " +
+                              std::string(py::str(theta.dtype())));
+      },
+      py::arg("theta"), py::arg("unit_code"), py::arg("activation_code"), py::arg("c"),
+      py::arg("d"), py::arg("batch"), py::arg("sigma_pi"), py::arg("seed"), py::arg("run_ids"),
+      py::arg("alpha"), py::arg("tau"), py::arg("beta"), py::arg("scheme"),
+      py::arg("project_noise"), py::arg("teacher"), py::arg("teacher_w"), py::arg("rho_x"),
+      py::arg("rho_y"), py::arg("proj"), py::arg("x_data"), py::arg("y_data"), py::arg("step0"),
+      py::arg("steps"), py::arg("snapshot_every"), py::arg("theta_out"), py::arg("snapshots"),
+      py::arg("losses"),
+      "Multi-step particle SGD / Langevin (symkern/meanfield/problem.py). All arrays C-contiguous;\n"
+      "floats of theta's dtype (float32/float64); run_ids int64, scheme and project_noise int32.\n"
+      "theta (R, N, D) -> fills theta_out (R, N, D), snapshots (R, S, N, D), losses (R, S),\n"
+      "S = steps // snapshot_every.");
+
+  m.def(
+      "particle_forward",
+      [](const py::array& x, const py::array& theta, int unit_code, int activation_code,
+         index_t c, index_t d) -> py::array {
+        auto run = [&](auto tag) -> py::array {
+          using T = decltype(tag);
+          if (activation_code < 0 || activation_code > 2)
+            sb::fail("activation_code", "must be 0, 1 or 2");
+          const index_t D = pb::unit_D(unit_code, c, d);
+          const auto xv = pb::cview<T>(x, "x", 2, {-1, d});
+          const auto tv = pb::cview<T>(theta, "theta", 2, {-1, D});
+          const index_t B = xv.shape[0], N = tv.shape[0];
+          if (N < 1) sb::fail("theta", "must hold at least one particle");
+          py::array_t<T> out({B, c});
+          T* op = out.mutable_data();
+          {
+            py::gil_scoped_release nogil;
+            particles::particle_forward<T>(xv.data, B, tv.data, N, unit_code, activation_code, c,
+                                           d, op);
+          }
+          return out;
+        };
+        if (pb::is_dtype(x, py::dtype::of<float>())) return run(float{});
+        if (pb::is_dtype(x, py::dtype::of<double>())) return run(double{});
+        sb::fail("x", "must have dtype float32 or float64, got " + std::string(py::str(x.dtype())));
+      },
+      py::arg("x"), py::arg("theta"), py::arg("unit_code"), py::arg("activation_code"),
+      py::arg("c"), py::arg("d"),
+      "Fused particle model Phi (B, c) = (1/N) sum_i sigma*(x_b, theta_i); x (B, d), theta (N, D),\n"
+      "C-contiguous float32/float64. No B x N buffer is kept.");
+
+  m.def(
+      "particle_forward_backward",
+      [](const py::array& x, const py::array& theta, int unit_code, int activation_code,
+         index_t c, index_t d, const py::array& g_phi, bool need_theta,
+         bool need_x) -> py::tuple {
+        auto run = [&](auto tag) -> py::tuple {
+          using T = decltype(tag);
+          if (activation_code < 0 || activation_code > 2)
+            sb::fail("activation_code", "must be 0, 1 or 2");
+          const index_t D = pb::unit_D(unit_code, c, d);
+          const auto xv = pb::cview<T>(x, "x", 2, {-1, d});
+          const auto tv = pb::cview<T>(theta, "theta", 2, {-1, D});
+          const index_t B = xv.shape[0], N = tv.shape[0];
+          if (N < 1) sb::fail("theta", "must hold at least one particle");
+          const auto gv = pb::cview<T>(g_phi, "g_phi", 2, {B, c});
+          py::object gt = py::none(), gx = py::none();
+          T* gtp = nullptr;
+          T* gxp = nullptr;
+          if (need_theta) {
+            py::array_t<T> a({N, D});
+            gtp = a.mutable_data();
+            gt = a;
+          }
+          if (need_x) {
+            py::array_t<T> a({B, d});
+            gxp = a.mutable_data();
+            gx = a;
+          }
+          {
+            py::gil_scoped_release nogil;
+            particles::particle_forward_backward<T>(xv.data, B, tv.data, N, unit_code,
+                                                    activation_code, c, d, gv.data, gtp, gxp);
+          }
+          return py::make_tuple(gt, gx);
+        };
+        if (pb::is_dtype(x, py::dtype::of<float>())) return run(float{});
+        if (pb::is_dtype(x, py::dtype::of<double>())) return run(double{});
+        sb::fail("x", "must have dtype float32 or float64, got " + std::string(py::str(x.dtype())));
+      },
+      py::arg("x"), py::arg("theta"), py::arg("unit_code"), py::arg("activation_code"),
+      py::arg("c"), py::arg("d"), py::arg("g_phi"), py::arg("need_theta") = true,
+      py::arg("need_x") = true,
+      "Backward of particle_forward: given g_phi = dL/dPhi (B, c) returns (grad_theta (N, D) or\n"
+      "None, grad_x (B, d) or None). Recomputes activations per particle tile (no B x N buffer).");
+
+  m.def(
+      "philox4x32",
+      [](const py::array& counters, std::uint32_t k0, std::uint32_t k1) {
+        const auto cv = pb::cview<std::uint32_t>(counters, "counters", 2, {-1, 4});
+        const index_t n = cv.shape[0];
+        py::array_t<std::uint32_t> out({n, index_t{4}});
+        std::uint32_t* op = out.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          particles::philox4x32_batch(cv.data, n, k0, k1, op);
+        }
+        return out;
+      },
+      py::arg("counters"), py::arg("k0"), py::arg("k1"),
+      "Philox4x32-10: counters uint32 (n, 4) -> uint32 (n, 4) (csrc/philox.h).");
+
+  m.def(
+      "philox_normals",
+      [](std::uint64_t seed, std::uint32_t run_id, std::uint32_t step, std::uint32_t stream,
+         index_t n) {
+        if (n < 0) sb::fail("n", "must be >= 0");
+        py::array_t<double> out(n);
+        double* op = out.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          particles::normals_batch(seed, run_id, step, stream, n, op);
+        }
+        return out;
+      },
+      py::arg("seed"), py::arg("run_id"), py::arg("step"), py::arg("stream"), py::arg("n"),
+      "The normals of symkern.meanfield.rng.normal for one run (float64, (n,)), as the kernels "
+      "draw them.");
+
+  m.def(
+      "particle_activation_errors",
+      [](double lo, double hi, index_t n) {
+        double e[4];
+        {
+          py::gil_scoped_release nogil;
+          particles::activation_errors(lo, hi, n, e);
+        }
+        py::dict out;
+        out["sigmoid_abs"] = e[0];
+        out["sigmoid_rel"] = e[1];
+        out["tanh_abs"] = e[2];
+        out["tanh_rel"] = e[3];
+        return out;
+      },
+      py::arg("lo") = -30.0, py::arg("hi") = 30.0, py::arg("n") = 2000001,
+      "Max error of the float32 fast sigmoid / tanh against double libm on n points of [lo, hi].");
+
+  m.def("particle_isa", &particles::isa_name,
+        "Instruction-set variant the particle kernels run (avx512, avx2 or baseline).");
+}
+
+}  // namespace symkern

@@ -1,0 +1,912 @@
+"""Triton kernels for ``particle_steps``: many SGD / Langevin steps of many mean-field runs.
+
+Math (the contract is :mod:`symkern.meanfield.problem`; the oracle is
+:mod:`symkern.backends.reference.particles`). Run r has N particles θ_i ∈ R^D of one unit,
+Φ_θ(x) = (1/N) Σ_i σ*(x, θ_i). Per absolute step t every run
+
+1. draws its batch in-kernel: x_b = σ_π·normal(STREAM_DATA, index b·d + k) and
+   y_b = Σ_m w_m σ*(x_b, teacher_m) (or reads x_data[t - step0, r], y_data[t - step0, r]);
+2. forms its scheme's samples and particles: data copies x_ab = R_ab x_b, y_ab = ρ̂ y_b
+   (DA: a = g over the whole group, B_eff = B·|G|; DA-sample: one g_b = randint(STREAM_AUGMENT, b);
+   otherwise R = I, B_eff = B) and particle copies T_f θ_i (FA: T_f = M_g for every g, n_f = |G|;
+   EA: T = P; otherwise T = I);
+3. forward: Φ_a(x) = (1/(N n_f)) Σ_i Σ_f σ*(x_ab, T_f θ_i), residual e_ab = 2(Φ_a − y_ab)/B_eff,
+   loss ℓ = (1/B_eff) Σ ‖Φ_a − y_ab‖²;
+4. backward, written out analytically (no autograd): per particle
+   g_i = (1/n_f) Σ_f T_fᵀ Σ_{a,b} J_σ(x_ab, T_f θ_i)ᵀ e_ab with
+   matrix unit (z ∈ R^{c×d}, σ*_k = s_k = sigmoid(Σ_j z_kj x_j)):  ∂σ*_k/∂z_kj = s_k(1 − s_k) x_j;
+   standard unit (z = (a, w, b), σ*_k = a_k act(u), u = w·x + b):  ∂_a_k = act(u) e_k,
+   ∂_w = (Σ_k a_k e_k) act'(u) x, ∂_b = (Σ_k a_k e_k) act'(u)   (relu' = 1[u > 0]);
+5. update  θ_i ← θ_i − (α/N)[g_i + 2τ T_rᵀ T_r θ_i] + sqrt(2βα/N) ξ_i  (T_r = P for EA, else I),
+   ξ_i = normal(STREAM_NOISE, index i·D + k), replaced by P ξ_i for EA runs and project_noise runs;
+6. every ``snapshot_every`` steps θ and ℓ are recorded.
+
+Shapes: theta (R, N, D) float32 / float64 → theta_out (R, N, D), snapshots (R, S, N, D),
+losses (R, S), S = steps // snapshot_every. Random numbers: Triton's Philox4x32-10 with key
+(seed lo32, seed hi32) and counter (index, step, run_id, stream), bit-identical to
+:mod:`symkern.meanfield.rng`; uniforms, normals and Box–Muller are evaluated in the particles'
+dtype (the reference evaluates them in float64 and rounds), so float32 differs by rounding only.
+
+Design
+------
+**Fused multi-step kernel** (``path="fused"``; the paper regime, N ≲ 5000, D = 4, B = 20). ONE
+program per run, all R runs in one launch, and the loop over all ``steps`` inside the kernel, so
+a run's particles stay L1/L2-resident for the whole call and no launch is paid per step. Per step
+the program generates its batch and labels in registers, then
+
+* forward: for each data copy a, a loop over particle blocks (BLOCK_N particles × D) accumulates
+  Φ_a (B, c) in registers (for FA an inner runtime loop over the |G| particle copies: the N·|G|
+  symmetrised particles are never materialised); the expanded inputs x_a and residuals e_a go to a
+  tiny per-run scratch (R, |G|, B, ·) that stays in L1;
+* backward: a loop over particle blocks that accumulates the gradient over data and particle
+  copies in registers and writes the updated block (and its snapshot) in place.
+
+Scheme and project_noise are runtime values per run (runtime trip counts n_a, n_f and runtime
+branches), so one launch mixes every scheme; the unit kind, activation, c, d and D are
+``tl.constexpr``. Inputs are kept "expanded" to the parameter layout (x̃ (B, D): x_{m mod d} for
+the matrix unit; (0_c, x, 1) for the standard unit) so every unit's products are
+(B, BLOCK_N, D) broadcasts reduced in registers. The whole batch lives on chip: B·D ≤
+``FUSED_MAX_BD``; |G| ≤ ``MAX_GROUP`` (runtime loops, so the cap only bounds the scratch and the
+O(|G|) cost per step). Precision: every product and sum in the particles' dtype (fp32 or fp64,
+no TF32).
+
+**Two-pass step** (``path="two_pass"``; the GPU regime: standard unit, every run vanilla, no
+projected noise, N up to ~1e6, B up to ~1e4, D ≤ 256). Per step four launches, no B×N buffer:
+
+1. data: x̃ (R, B, D) expanded inputs and y (R, B, c) labels (in-kernel RNG + teacher);
+2. forward: grid (run, batch block, split of N); Z = X̃ Θᵀ with ``tl.dot`` (the bias rides in the
+   constant column of X̃), H = act(Z), partial Φ += H A; partials (R, SPLIT, B, c) are summed
+   deterministically by
+3. residual: one program per run: e = 2(Φ − y)/B, ℓ;
+4. backward + update: grid (run, particle block); recompute Z, H, act'(Z) per batch block
+   (FlashAttention-style), accumulate ∂a = Hᵀ E and ∂(w, b) = ((E Aᵀ) ⊙ act'(Z))ᵀ X̃ in registers,
+   then write θ ← θ − (α/N)(g + 2τθ) + sqrt(2βα/N) ξ in place.
+
+Precision of the two-pass path: float32 products on a GPU use TF32 tensor cores (10-bit
+mantissa inputs, fp32 accumulation; ~1e-3 relative error of Z for d = 100) unless
+``allow_tf32=False``; float64, and everything under the interpreter, use IEEE products.
+The launcher picks it automatically when the problem qualifies and N·B ≥ ``TWO_PASS_MIN_NB``;
+``path=`` forces either path (tests use it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.random import philox_impl
+
+from symkern.backends.registry import register_kernel, triton_interpreter_enabled
+from symkern.meanfield.problem import SCHEMES, ParticleProblem
+
+__all__ = ["FUSED_MAX_BD", "MAX_GROUP", "TWO_PASS_MIN_NB", "particle_steps_triton"]
+
+MAX_GROUP = 256  # |G| cap of the fused kernel (scratch (R, |G|, B, D) and O(|G|) work per step)
+FUSED_MAX_BD = 8192  # the fused kernel keeps the whole batch (B × D, padded) on chip
+TWO_PASS_MAX_D = 256  # the two-pass kernel keeps a (BLOCK_N, D) gradient tile in registers
+TWO_PASS_MIN_NB = 1 << 20  # auto: N·B at or above this uses the two-pass path (when eligible)
+
+_STREAM_DATA = tl.constexpr(0)  # symkern.meanfield.rng.STREAM_DATA
+_STREAM_NOISE = tl.constexpr(1)  # rng.STREAM_NOISE
+_STREAM_AUGMENT = tl.constexpr(2)  # rng.STREAM_AUGMENT
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels: helpers
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _philox01(idx, t, run, STREAM: tl.constexpr, k0, k1):
+    # counter (index, step, run_id, stream), key (seed lo, seed hi): the first two output words
+    c0 = idx.to(tl.uint32)
+    zero = tl.zeros_like(c0)
+    c1 = zero + t.to(tl.uint32)
+    c2 = zero + run.to(tl.uint32)
+    c3 = zero + STREAM
+    o0, o1, _, _ = philox_impl(c0, c1, c2, c3, k0, k1)
+    return o0, o1
+
+
+@triton.jit
+def _uniform(o, DT: tl.constexpr):
+    return ((o >> 8).to(DT) + 0.5) * 5.9604644775390625e-08  # 2^-24
+
+
+@triton.jit
+def _normal(idx, t, run, STREAM: tl.constexpr, k0, k1, DT: tl.constexpr):
+    o0, o1 = _philox01(idx, t, run, STREAM, k0, k1)
+    u1 = _uniform(o0, DT)
+    u2 = _uniform(o1, DT)
+    return tl.math.sqrt(-2.0 * tl.math.log(u1)) * tl.math.cos(6.283185307179586 * u2)
+
+
+@triton.jit
+def _sigmoid(u):
+    return 1.0 / (1.0 + tl.math.exp(-u))
+
+
+@triton.jit
+def _act(u, ACT: tl.constexpr):
+    # (act(u), act'(u)); tanh through exp(-2|u|) (no tanh in tl.math): absolute error ~ 1 ulp
+    if ACT == 0:
+        em = tl.math.exp(-2.0 * tl.math.abs(u))
+        th = (1.0 - em) / (1.0 + em)
+        h = tl.where(u < 0, -th, th)
+        hp = 1.0 - h * h
+    elif ACT == 1:
+        h = _sigmoid(u)
+        hp = h * (1.0 - h)
+    else:
+        h = tl.maximum(u, 0.0)
+        hp = tl.where(u > 0, 1.0, 0.0).to(u.dtype)
+    return h, hp
+
+
+@triton.jit
+def _expand_x(
+    x2, rho_ptr, gb, use_rho, B,
+    UNIT: tl.constexpr, C: tl.constexpr, DIN: tl.constexpr, D: tl.constexpr,
+    B_BLK: tl.constexpr, DIN_BLK: tl.constexpr, D_BLK: tl.constexpr,
+):  # fmt: skip
+    # x2 (B_BLK, DIN_BLK) → x̃ (B_BLK, D_BLK) in parameter layout, transformed by ρ_{g_b} when
+    # use_rho: x̃[b, m] = Σ_j S[b, m, j] x[b, j]
+    m = tl.arange(0, D_BLK)
+    j = tl.arange(0, DIN_BLK)
+    b = tl.arange(0, B_BLK)
+    if UNIT == 0:
+        i = m % DIN
+        valid = m < D
+    else:
+        i = m - C
+        valid = (m >= C) & (m < C + DIN)
+    sel_mask = valid[None, :, None] & (j < DIN)[None, None, :]
+    # use_rho: int32 scalar, broadcast before it meets a mask (scalar-bool & tensor-bool masks
+    # come out with a non-bool dtype under the interpreter)
+    flag = tl.zeros((B_BLK, D_BLK, DIN_BLK), dtype=tl.int32) + use_rho
+    load_mask = sel_mask & (b < B)[:, None, None] & (flag != 0)
+    offs = gb[:, None, None] * (DIN * DIN) + i[None, :, None] * DIN + j[None, None, :]
+    s = tl.load(rho_ptr + offs, mask=load_mask, other=0.0).to(x2.dtype)
+    ident = sel_mask & (j[None, None, :] == i[None, :, None]) & (flag == 0)
+    s = tl.where(ident, 1.0, s)
+    xt = tl.sum(s * x2[:, None, :], axis=2)
+    if UNIT == 1:
+        xt = tl.where((m == C + DIN)[None, :], 1.0, xt)
+    return xt
+
+
+@triton.jit
+def _select_a(th, C_BLK: tl.constexpr, D_BLK: tl.constexpr):
+    # columns k < C of th (N_BLK, D_BLK) as (N_BLK, C_BLK) (zero columns past D)
+    m = tl.arange(0, D_BLK)
+    k = tl.arange(0, C_BLK)
+    sel = m[None, None, :] == k[None, :, None]
+    return tl.sum(tl.where(sel, th[:, None, :], 0.0), axis=2)
+
+
+@triton.jit
+def _phi_block(
+    xt, th, wts,
+    UNIT: tl.constexpr, ACT: tl.constexpr, C: tl.constexpr, DIN: tl.constexpr,
+    C_BLK: tl.constexpr, D_BLK: tl.constexpr,
+):  # fmt: skip
+    # Σ_n wts[n] σ*(x_b, θ_n): xt (B_BLK, D_BLK), th (N_BLK, D_BLK), wts (N_BLK,) → (B_BLK, C_BLK)
+    m = tl.arange(0, D_BLK)
+    k = tl.arange(0, C_BLK)
+    prod = xt[:, None, :] * th[None, :, :]
+    if UNIT == 0:
+        phi = tl.zeros((xt.shape[0], C_BLK), dtype=xt.dtype)
+        for kk in tl.static_range(C):
+            pre = tl.sum(tl.where((m // DIN == kk)[None, None, :], prod, 0.0), axis=2)
+            col = tl.sum(_sigmoid(pre) * wts[None, :], axis=1)
+            phi += tl.where((k == kk)[None, :], col[:, None], 0.0)
+    else:
+        u = tl.sum(prod, axis=2)
+        h, _ = _act(u, ACT)
+        a = _select_a(th, C_BLK, D_BLK)
+        phi = tl.sum((h * wts[None, :])[:, :, None] * a[None, :, :], axis=1)
+    return phi
+
+
+@triton.jit
+def _grad_block(
+    xt, e, th,
+    UNIT: tl.constexpr, ACT: tl.constexpr, C: tl.constexpr, DIN: tl.constexpr,
+    C_BLK: tl.constexpr, D_BLK: tl.constexpr,
+):  # fmt: skip
+    # Σ_b J_σ(x_b, θ_n)ᵀ e_b: xt (B_BLK, D_BLK), e (B_BLK, C_BLK), th (N_BLK, D_BLK)
+    # → (N_BLK, D_BLK)
+    m = tl.arange(0, D_BLK)
+    k = tl.arange(0, C_BLK)
+    prod = xt[:, None, :] * th[None, :, :]
+    if UNIT == 0:
+        dpre = tl.zeros(prod.shape, dtype=prod.dtype)
+        for kk in tl.static_range(C):
+            sel = (m // DIN == kk)[None, None, :]
+            pre = tl.sum(tl.where(sel, prod, 0.0), axis=2)
+            s = _sigmoid(pre)
+            ek = tl.sum(tl.where((k == kk)[None, :], e, 0.0), axis=1)
+            dp = ek[:, None] * (s * (1.0 - s))
+            dpre += tl.where(sel, dp[:, :, None], 0.0)
+        grad = tl.sum(dpre * xt[:, None, :], axis=0)
+    else:
+        u = tl.sum(prod, axis=2)
+        h, hp = _act(u, ACT)
+        a = _select_a(th, C_BLK, D_BLK)
+        s = tl.sum(e[:, None, :] * a[None, :, :], axis=2)  # (B, N): Σ_k a_k e_k
+        q = s * hp
+        grad = tl.sum(q[:, :, None] * xt[:, None, :], axis=0)  # w and b columns (x̃ = 0 on a)
+        ga = tl.sum(h[:, :, None] * e[:, None, :], axis=0)  # (N, C_BLK)
+        sel = m[None, None, :] == k[None, :, None]
+        grad += tl.sum(tl.where(sel, ga[:, :, None], 0.0), axis=1)
+    return grad
+
+
+@triton.jit
+def _apply_rows(th, T):
+    # θ_n ↦ T θ_n for the rows of th (N_BLK, D_BLK), T (D_BLK, D_BLK):
+    # out[n, p] = Σ_q T[p, q] th[n, q]
+    return tl.sum(th[:, None, :] * T[None, :, :], axis=2)
+
+
+@triton.jit
+def _apply_rows_t(g, T):
+    # g_n ↦ Tᵀ g_n: out[n, q] = Σ_p T[p, q] g[n, p]
+    return tl.sum(g[:, :, None] * T[None, :, :], axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels: fused multi-step (one program per run)
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["N", "M", "G", "step0", "steps", "snap_every", "k0", "k1", "T_data"])
+def _particle_steps_fused_kernel(
+    theta_ptr,  # (R, N, D), updated in place
+    snap_ptr,  # (R, S, N, D)
+    loss_ptr,  # (R, S)
+    run_ptr,  # (R,) int32: run_id mod 2^32
+    alpha_ptr, tau_ptr, beta_ptr,  # (R,)
+    scheme_ptr,  # (R,) int32
+    projn_ptr,  # (R,) int32: 1 = project the noise
+    teacher_ptr,  # (R, M, D)
+    tw_ptr,  # (R, M)
+    rho_x_ptr,  # (G, d, d)
+    rho_y_ptr,  # (G, c, c)
+    mz_ptr,  # (G, D, D)
+    proj_ptr,  # (D, D)
+    xdata_ptr,  # (T, R, B, d) or dummy
+    ydata_ptr,  # (T, R, B, c) or dummy
+    sx_ptr,  # scratch (R, G, B_BLK, D_BLK)
+    se_ptr,  # scratch (R, G, B_BLK, C_BLK)
+    R, N, M, G, B, T_data,
+    step0, steps, snap_every, S,
+    k0, k1, sig_ptr,
+    UNIT: tl.constexpr, ACT: tl.constexpr, C: tl.constexpr, DIN: tl.constexpr, D: tl.constexpr,
+    B_BLK: tl.constexpr, DIN_BLK: tl.constexpr, C_BLK: tl.constexpr, D_BLK: tl.constexpr,
+    N_BLK: tl.constexpr, M_BLK: tl.constexpr, HAS_DATA: tl.constexpr,
+):  # fmt: skip
+    r = tl.program_id(0)
+    r64 = r.to(tl.int64)
+    DT = theta_ptr.dtype.element_ty
+    key0 = k0.to(tl.uint32)
+    key1 = k1.to(tl.uint32)
+    run = tl.load(run_ptr + r)
+    alpha = tl.load(alpha_ptr + r).to(DT)
+    tau = tl.load(tau_ptr + r).to(DT)
+    beta = tl.load(beta_ptr + r).to(DT)
+    scheme = tl.load(scheme_ptr + r)
+    is_ea = scheme == 4
+    project = (tl.load(projn_ptr + r) != 0) | is_ea
+    step_n = alpha / N
+    noise_scale = tl.math.sqrt(2.0 * beta * alpha / N)
+    use_rho = ((scheme == 1) | (scheme == 2)).to(tl.int32)
+    no_rho = scheme * 0
+    n_a = tl.where(scheme == 1, G, 1)
+    n_f = tl.where(scheme == 3, G, 1)
+    b_eff = (B * n_a).to(DT)
+
+    bi = tl.arange(0, B_BLK)
+    ji = tl.arange(0, DIN_BLK)
+    ci = tl.arange(0, C_BLK)
+    mi = tl.arange(0, D_BLK)
+    ni = tl.arange(0, N_BLK)
+    b_ok = bi < B
+    m_ok = mi < D
+    dd_mask = m_ok[:, None] & m_ok[None, :]
+    P = tl.load(proj_ptr + mi[:, None] * D + mi[None, :], mask=dd_mask, other=0.0).to(DT)
+
+    th_base = theta_ptr + r64 * N * D
+    sx_base = sx_ptr + r64 * G * (B_BLK * D_BLK)
+    se_base = se_ptr + r64 * G * (B_BLK * C_BLK)
+    bd_offs = bi[:, None] * D_BLK + mi[None, :]
+    bc_offs = bi[:, None] * C_BLK + ci[None, :]
+    bc_mask = b_ok[:, None] & (ci < C)[None, :]
+
+    for ls in range(0, steps):
+        t = step0 + ls
+        # ---- data of this step: x (B, d), y (B, c)
+        if HAS_DATA:
+            xo = ((ls * R + r).to(tl.int64) * B + bi[:, None]) * DIN + ji[None, :]
+            x2 = tl.load(xdata_ptr + xo, mask=b_ok[:, None] & (ji < DIN)[None, :], other=0.0)
+            x2 = x2.to(DT)
+            yo = ((ls * R + r).to(tl.int64) * B + bi[:, None]) * C + ci[None, :]
+            y = tl.load(ydata_ptr + yo, mask=bc_mask, other=0.0).to(DT)
+        else:
+            xidx = (bi[:, None] * DIN + ji[None, :]).to(tl.uint32)
+            x2 = tl.load(sig_ptr).to(DT) * _normal(xidx, t, run, _STREAM_DATA, key0, key1, DT)
+            x2 = tl.where(b_ok[:, None] & (ji < DIN)[None, :], x2, 0.0)
+            xt0 = _expand_x(x2, rho_x_ptr, bi, no_rho, B, UNIT, C, DIN, D, B_BLK, DIN_BLK, D_BLK)
+            y = tl.zeros((B_BLK, C_BLK), dtype=DT)
+            for mb in range(0, M, M_BLK):
+                mm = mb + tl.arange(0, M_BLK)
+                mm_ok = mm < M
+                tt = tl.load(
+                    teacher_ptr + (r64 * M + mm[:, None]) * D + mi[None, :],
+                    mask=mm_ok[:, None] & m_ok[None, :], other=0.0,
+                ).to(DT)  # fmt: skip
+                tw = tl.load(tw_ptr + r64 * M + mm, mask=mm_ok, other=0.0).to(DT)
+                y += _phi_block(xt0, tt, tw, UNIT, ACT, C, DIN, C_BLK, D_BLK)
+            y = tl.where(bc_mask, y, 0.0)
+        # sampled group elements (DA-sample): g_b = (o0 · |G|) >> 32
+        o0, _ = _philox01(bi.to(tl.uint32), t, run, _STREAM_AUGMENT, key0, key1)
+        g_rand = ((o0.to(tl.uint64) * G) >> 32).to(tl.int32)
+
+        # ---- forward over every data copy a
+        loss = tl.zeros((B_BLK,), dtype=DT)
+        for a in range(0, n_a):
+            gb = tl.where(scheme == 1, a, tl.where(scheme == 2, g_rand, 0))
+            xt = _expand_x(x2, rho_x_ptr, gb, use_rho, B, UNIT, C, DIN, D, B_BLK, DIN_BLK, D_BLK)
+            ya = y
+            if use_rho != 0:
+                ry = tl.load(
+                    rho_y_ptr + gb[:, None, None] * (C * C) + ci[None, :, None] * C
+                    + ci[None, None, :],
+                    mask=b_ok[:, None, None] & (ci < C)[None, :, None] & (ci < C)[None, None, :],
+                    other=0.0,
+                ).to(DT)  # fmt: skip
+                ya = tl.sum(ry * y[:, None, :], axis=2)
+            phi = tl.zeros((B_BLK, C_BLK), dtype=DT)
+            for nb in range(0, N, N_BLK):
+                nn = nb + ni
+                n_ok = nn < N
+                th = tl.load(
+                    th_base + nn[:, None] * D + mi[None, :],
+                    mask=n_ok[:, None] & m_ok[None, :], other=0.0,
+                )  # fmt: skip
+                if is_ea:
+                    th = _apply_rows(th, P)
+                wts = tl.where(n_ok, 1.0 / (N * n_f).to(DT), 0.0).to(DT)
+                for f in range(0, n_f):
+                    thf = th
+                    if scheme == 3:
+                        Mf = tl.load(
+                            mz_ptr + f * (D * D) + mi[:, None] * D + mi[None, :],
+                            mask=dd_mask, other=0.0,
+                        ).to(DT)  # fmt: skip
+                        thf = _apply_rows(th, Mf)
+                    phi += _phi_block(xt, thf, wts, UNIT, ACT, C, DIN, C_BLK, D_BLK)
+            diff = tl.where(bc_mask, phi - ya, 0.0)
+            loss += tl.sum(diff * diff, axis=1) / b_eff
+            tl.store(sx_base + a * (B_BLK * D_BLK) + bd_offs, xt)
+            tl.store(se_base + a * (B_BLK * C_BLK) + bc_offs, 2.0 * diff / b_eff)
+        tl.debug_barrier()
+
+        # ---- backward + update, block by block
+        is_snap = (((ls + 1) % snap_every) == 0) * 1  # int32 (a python int under the interpreter)
+        s_idx = (ls + 1) // snap_every - 1
+        for nb in range(0, N, N_BLK):
+            nn = nb + ni
+            n_ok = nn < N
+            nd_mask = n_ok[:, None] & m_ok[None, :]
+            nd_offs = nn[:, None] * D + mi[None, :]
+            th = tl.load(th_base + nd_offs, mask=nd_mask, other=0.0)
+            grad = tl.zeros((N_BLK, D_BLK), dtype=DT)
+            for f in range(0, n_f):
+                # M_f is read for every scheme (one D×D tile, L1-resident) so that it is defined
+                # on both sides of the runtime branches below
+                Mf = tl.load(
+                    mz_ptr + f * (D * D) + mi[:, None] * D + mi[None, :],
+                    mask=dd_mask, other=0.0,
+                ).to(DT)  # fmt: skip
+                thf = th
+                if is_ea:
+                    thf = _apply_rows(th, P)
+                if scheme == 3:
+                    thf = _apply_rows(th, Mf)
+                gf = tl.zeros((N_BLK, D_BLK), dtype=DT)
+                for a in range(0, n_a):
+                    xt = tl.load(sx_base + a * (B_BLK * D_BLK) + bd_offs)
+                    e = tl.load(se_base + a * (B_BLK * C_BLK) + bc_offs)
+                    gf += _grad_block(xt, e, thf, UNIT, ACT, C, DIN, C_BLK, D_BLK)
+                if is_ea:
+                    gf = _apply_rows_t(gf, P)
+                if scheme == 3:
+                    gf = _apply_rows_t(gf, Mf)
+                grad += gf
+            grad = grad / n_f.to(DT)
+            reg = th
+            if is_ea:
+                reg = _apply_rows_t(_apply_rows(th, P), P)
+            xi = _normal(
+                (nn[:, None] * D + mi[None, :]).to(tl.uint32), t, run, _STREAM_NOISE,
+                key0, key1, DT,
+            )  # fmt: skip
+            if project:
+                xi = _apply_rows(tl.where(nd_mask, xi, 0.0), P)
+            new = th - step_n * (grad + 2.0 * tau * reg) + noise_scale * xi
+            tl.store(th_base + nd_offs, new, mask=nd_mask)
+            snap_off = (r64 * S + s_idx) * N * D
+            snap_mask = nd_mask & ((tl.zeros((N_BLK, D_BLK), dtype=tl.int32) + is_snap) != 0)
+            tl.store(snap_ptr + snap_off + nd_offs, new, mask=snap_mask)
+        if is_snap != 0:
+            tl.store(loss_ptr + r64 * S + s_idx, tl.sum(loss, axis=0))
+        tl.debug_barrier()
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels: two-pass step (standard unit, vanilla; grid over particle and batch blocks)
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["M", "t", "ls", "k0", "k1"])
+def _tp_data_kernel(
+    xt_ptr,  # out (R, B, D): expanded inputs (0_c, x, 1)
+    y_ptr,  # out (R, B, C)
+    run_ptr, teacher_ptr, tw_ptr, xdata_ptr, ydata_ptr,
+    R, M, B, t, ls, k0, k1, sig_ptr,
+    ACT: tl.constexpr, C: tl.constexpr, DIN: tl.constexpr, D: tl.constexpr,
+    BB: tl.constexpr, C_BLK: tl.constexpr, D_BLK: tl.constexpr, M_BLK: tl.constexpr,
+    HAS_DATA: tl.constexpr,
+):  # fmt: skip
+    r = tl.program_id(0)
+    pb = tl.program_id(1)
+    r64 = r.to(tl.int64)
+    DT = xt_ptr.dtype.element_ty
+    bi = pb * BB + tl.arange(0, BB)
+    mi = tl.arange(0, D_BLK)
+    ci = tl.arange(0, C_BLK)
+    b_ok = bi < B
+    xcol = (mi >= C) & (mi < C + DIN)
+    x_mask = b_ok[:, None] & xcol[None, :]
+    bc_mask = b_ok[:, None] & (ci < C)[None, :]
+    if HAS_DATA:
+        xo = ((ls * R + r).to(tl.int64) * B + bi[:, None]) * DIN + (mi - C)[None, :]
+        xt = tl.load(xdata_ptr + xo, mask=x_mask, other=0.0).to(DT)
+        yo = ((ls * R + r).to(tl.int64) * B + bi[:, None]) * C + ci[None, :]
+        y = tl.load(ydata_ptr + yo, mask=bc_mask, other=0.0).to(DT)
+    else:
+        run = tl.load(run_ptr + r)
+        idx = (bi[:, None] * DIN + (mi - C)[None, :]).to(tl.uint32)
+        xt = tl.load(sig_ptr).to(DT) * _normal(
+            idx, t, run, _STREAM_DATA, k0.to(tl.uint32), k1.to(tl.uint32), DT
+        )
+        xt = tl.where(x_mask, xt, 0.0)
+    xt = tl.where((mi == C + DIN)[None, :], 1.0, xt)
+    if not HAS_DATA:
+        y = tl.zeros((BB, C_BLK), dtype=DT)
+        for mb in range(0, M, M_BLK):
+            mm = mb + tl.arange(0, M_BLK)
+            mm_ok = mm < M
+            tt = tl.load(
+                teacher_ptr + (r64 * M + mm[:, None]) * D + mi[None, :],
+                mask=mm_ok[:, None] & (mi < D)[None, :], other=0.0,
+            ).to(DT)  # fmt: skip
+            tw = tl.load(tw_ptr + r64 * M + mm, mask=mm_ok, other=0.0).to(DT)
+            y += _phi_block(xt, tt, tw, 1, ACT, C, DIN, C_BLK, D_BLK)
+    tl.store(xt_ptr + (r64 * B + bi[:, None]) * D + mi[None, :], xt,
+             mask=b_ok[:, None] & (mi < D)[None, :])  # fmt: skip
+    tl.store(y_ptr + (r64 * B + bi[:, None]) * C + ci[None, :], y, mask=bc_mask)
+
+
+@triton.jit
+def _tp_forward_kernel(
+    theta_ptr,  # (R, N, D)
+    xt_ptr,  # (R, B, D)
+    part_ptr,  # out (R, SPLIT, B, C): partial Σ_n act(z_bn) a_n
+    N, B, n_bblk,
+    ACT: tl.constexpr, C: tl.constexpr, D: tl.constexpr, SPLIT: tl.constexpr,
+    BB: tl.constexpr, BN: tl.constexpr, C_BLK: tl.constexpr, D_BLK: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    sp = pid % SPLIT
+    rb = pid // SPLIT
+    pb = rb % n_bblk
+    r64 = (rb // n_bblk).to(tl.int64)
+    DT = theta_ptr.dtype.element_ty
+    bi = pb * BB + tl.arange(0, BB)
+    mi = tl.arange(0, D_BLK)
+    ci = tl.arange(0, C_BLK)
+    b_ok = bi < B
+    m_ok = mi < D
+    xt = tl.load(xt_ptr + (r64 * B + bi[:, None]) * D + mi[None, :],
+                 mask=b_ok[:, None] & m_ok[None, :], other=0.0)  # fmt: skip
+    th_base = theta_ptr + r64 * N * D
+    phi = tl.zeros((BB, C_BLK), dtype=DT)
+    for nb in range(sp * BN, N, SPLIT * BN):
+        nn = (nb + tl.arange(0, BN)).to(tl.int64)
+        n_ok = nn < N
+        th = tl.load(th_base + nn[:, None] * D + mi[None, :],
+                     mask=n_ok[:, None] & m_ok[None, :], other=0.0)  # fmt: skip
+        a = tl.load(th_base + nn[:, None] * D + ci[None, :],
+                    mask=n_ok[:, None] & (ci < C)[None, :], other=0.0)  # fmt: skip
+        z = tl.dot(xt, tl.trans(th), input_precision=PRECISION, out_dtype=DT)
+        h, _ = _act(z, ACT)
+        phi += tl.dot(h, a, input_precision=PRECISION, out_dtype=DT)
+    tl.store(part_ptr + ((r64 * SPLIT + sp) * B + bi[:, None]) * C + ci[None, :], phi,
+             mask=b_ok[:, None] & (ci < C)[None, :])  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["s_idx"])
+def _tp_residual_kernel(
+    part_ptr,  # (R, SPLIT, B, C)
+    y_ptr,  # (R, B, C)
+    e_ptr,  # out (R, B, C): 2(Φ − y)/B
+    loss_ptr,  # out (R, S)
+    N, B, S, s_idx,
+    C: tl.constexpr, SPLIT: tl.constexpr, BB: tl.constexpr, C_BLK: tl.constexpr,
+):  # fmt: skip
+    r64 = tl.program_id(0).to(tl.int64)
+    DT = e_ptr.dtype.element_ty
+    ci = tl.arange(0, C_BLK)
+    acc = tl.zeros((BB, C_BLK), dtype=DT)
+    for b0 in range(0, B, BB):
+        bi = b0 + tl.arange(0, BB)
+        mask = (bi < B)[:, None] & (ci < C)[None, :]
+        phi = tl.zeros((BB, C_BLK), dtype=DT)
+        for sp in range(SPLIT):
+            phi += tl.load(part_ptr + ((r64 * SPLIT + sp) * B + bi[:, None]) * C + ci[None, :],
+                           mask=mask, other=0.0)  # fmt: skip
+        y = tl.load(y_ptr + (r64 * B + bi[:, None]) * C + ci[None, :], mask=mask, other=0.0)
+        diff = tl.where(mask, phi / N - y, 0.0)
+        acc += diff * diff
+        tl.store(e_ptr + (r64 * B + bi[:, None]) * C + ci[None, :], 2.0 * diff / B, mask=mask)
+    if s_idx >= 0:
+        tl.store(loss_ptr + r64 * S + s_idx, tl.sum(tl.sum(acc, axis=1), axis=0) / B)
+
+
+@triton.jit(do_not_specialize=["t", "s_idx", "k0", "k1"])
+def _tp_backward_kernel(
+    theta_ptr,  # (R, N, D), updated in place
+    snap_ptr,  # (R, S, N, D)
+    xt_ptr,  # (R, B, D)
+    e_ptr,  # (R, B, C)
+    run_ptr, alpha_ptr, tau_ptr, beta_ptr,
+    N, B, S, s_idx, n_nblk, t, k0, k1,
+    ACT: tl.constexpr, C: tl.constexpr, D: tl.constexpr,
+    BB: tl.constexpr, BN: tl.constexpr, C_BLK: tl.constexpr, D_BLK: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    pn = pid % n_nblk
+    r = pid // n_nblk
+    r64 = r.to(tl.int64)
+    DT = theta_ptr.dtype.element_ty
+    nn = (pn * BN + tl.arange(0, BN)).to(tl.int64)
+    mi = tl.arange(0, D_BLK)
+    ci = tl.arange(0, C_BLK)
+    n_ok = nn < N
+    m_ok = mi < D
+    c_ok = ci < C
+    th_base = theta_ptr + r64 * N * D
+    nd_offs = nn[:, None] * D + mi[None, :]
+    nc_offs = nn[:, None] * D + ci[None, :]
+    nd_mask = n_ok[:, None] & m_ok[None, :]
+    nc_mask = n_ok[:, None] & c_ok[None, :]
+    th = tl.load(th_base + nd_offs, mask=nd_mask, other=0.0)
+    a = tl.load(th_base + nc_offs, mask=nc_mask, other=0.0)
+    g_wb = tl.zeros((BN, D_BLK), dtype=DT)
+    g_a = tl.zeros((BN, C_BLK), dtype=DT)
+    for b0 in range(0, B, BB):
+        bi = b0 + tl.arange(0, BB)
+        b_ok = bi < B
+        xt = tl.load(xt_ptr + (r64 * B + bi[:, None]) * D + mi[None, :],
+                     mask=b_ok[:, None] & m_ok[None, :], other=0.0)  # fmt: skip
+        e = tl.load(e_ptr + (r64 * B + bi[:, None]) * C + ci[None, :],
+                    mask=b_ok[:, None] & c_ok[None, :], other=0.0)  # fmt: skip
+        z = tl.dot(xt, tl.trans(th), input_precision=PRECISION, out_dtype=DT)  # (BB, BN)
+        h, hp = _act(z, ACT)
+        h = tl.where(b_ok[:, None], h, 0.0)
+        g_a += tl.dot(tl.trans(h), e, input_precision=PRECISION, out_dtype=DT)
+        s = tl.dot(e, tl.trans(a), input_precision=PRECISION, out_dtype=DT)  # Σ_k e_bk a_nk
+        q = s * hp
+        g_wb += tl.dot(tl.trans(q), xt, input_precision=PRECISION, out_dtype=DT)
+    run = tl.load(run_ptr + r)
+    alpha = tl.load(alpha_ptr + r).to(DT)
+    tau = tl.load(tau_ptr + r).to(DT)
+    beta = tl.load(beta_ptr + r).to(DT)
+    step_n = alpha / N
+    noise_scale = tl.math.sqrt(2.0 * beta * alpha / N)
+    key0 = k0.to(tl.uint32)
+    key1 = k1.to(tl.uint32)
+    # (w, b) columns m >= C: x̃ is 0 on the a columns, so g_wb is exactly their gradient there
+    xi = _normal(nd_offs.to(tl.uint32), t, run, _STREAM_NOISE, key0, key1, DT)
+    new = th - step_n * (g_wb + 2.0 * tau * th) + noise_scale * xi
+    wb_mask = nd_mask & (mi >= C)[None, :]
+    tl.store(th_base + nd_offs, new, mask=wb_mask)
+    xi_a = _normal(nc_offs.to(tl.uint32), t, run, _STREAM_NOISE, key0, key1, DT)
+    new_a = a - step_n * (g_a + 2.0 * tau * a) + noise_scale * xi_a
+    tl.store(th_base + nc_offs, new_a, mask=nc_mask)
+    if s_idx >= 0:
+        snap_base = snap_ptr + (r64 * S + s_idx) * N * D
+        tl.store(snap_base + nd_offs, new, mask=wb_mask)
+        tl.store(snap_base + nc_offs, new_a, mask=nc_mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# launcher
+# ---------------------------------------------------------------------------------------------
+
+_P2 = triton.next_power_of_2
+
+
+def _group_size(problem: ParticleProblem) -> int:
+    return int(problem.rho_x.shape[0])
+
+
+def _two_pass_reasons(problem: ParticleProblem) -> list[str]:
+    reasons = []
+    if problem.unit_code != 1:
+        reasons.append("the two-pass kernel supports the standard unit only")
+    if bool((problem.scheme != SCHEMES["vanilla"]).any()):
+        reasons.append("the two-pass kernel supports the vanilla scheme only")
+    if bool(problem.project_noise.any()):
+        reasons.append("the two-pass kernel does not project the noise (project_noise runs)")
+    if problem.D > TWO_PASS_MAX_D:
+        reasons.append(f"the two-pass kernel supports D <= {TWO_PASS_MAX_D}, got D = {problem.D}")
+    return reasons
+
+
+def _fused_reasons(problem: ParticleProblem) -> list[str]:
+    reasons = []
+    G = _group_size(problem)
+    if G > MAX_GROUP:
+        reasons.append(
+            f"the fused particle kernel supports groups of at most {MAX_GROUP} elements "
+            f"(got |G| = {G}); use the cpp or torch backend"
+        )
+    bd = _P2(problem.batch) * _P2(problem.D)
+    if bd > FUSED_MAX_BD:
+        reasons.append(
+            f"the fused particle kernel keeps the whole batch on chip: needs padded B·D <= "
+            f"{FUSED_MAX_BD}, got B = {problem.batch}, D = {problem.D} (the two-pass kernel "
+            "handles large batches for the standard unit with vanilla, unprojected runs)"
+        )
+    if problem.unit_code == 0 and problem.c > 64:
+        reasons.append(
+            f"the fused kernel unrolls the c outputs of the matrix unit: c <= 64, got {problem.c}"
+        )
+    return reasons
+
+
+def _auto_two_pass(problem: ParticleProblem, N: int) -> bool:
+    return not _two_pass_reasons(problem) and (
+        N * problem.batch >= TWO_PASS_MIN_NB or bool(_fused_reasons(problem))
+    )
+
+
+def _check_inputs(theta: torch.Tensor, problem: ParticleProblem, steps: int, snapshot_every: int):
+    if theta.ndim != 3:
+        raise ValueError(f"theta must be (R, N, D), got shape {tuple(theta.shape)}")
+    R, N, D = theta.shape
+    if theta.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"theta must be float32 or float64, got {theta.dtype}")
+    if problem.unit_code not in (0, 1):
+        raise ValueError(f"unit_code must be 0 (matrix) or 1 (standard), got {problem.unit_code}")
+    if problem.unit_code == 1 and problem.activation_code not in (0, 1, 2):
+        raise ValueError(f"activation_code must be 0, 1 or 2, got {problem.activation_code}")
+    want_d = problem.c * problem.d if problem.unit_code == 0 else problem.c + problem.d + 1
+    if D != problem.D or D != want_d:
+        raise ValueError(f"theta has D = {D}, the problem's unit has D = {want_d}")
+    if problem.n_runs != R:
+        raise ValueError(f"theta has R = {R} runs, the problem has {problem.n_runs}")
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if not isinstance(snapshot_every, int) or snapshot_every < 1:
+        raise ValueError(f"snapshot_every must be a positive int, got {snapshot_every!r}")
+    G = _group_size(problem)
+    if G < 1:
+        raise ValueError("the problem needs at least one group element (the identity)")
+    c, d = problem.c, problem.d
+    shapes = {
+        "alpha": (R,), "tau": (R,), "beta": (R,), "scheme": (R,), "project_noise": (R,),
+        "teacher_w": (R, problem.teacher.shape[1]), "teacher": (R, problem.teacher.shape[1], D),
+        "rho_x": (G, d, d), "rho_y": (G, c, c), "m_z": (G, D, D), "proj": (D, D),
+    }  # fmt: skip
+    for name, shape in shapes.items():
+        tens = getattr(problem, name)
+        if tuple(tens.shape) != shape:
+            raise ValueError(f"problem.{name} must have shape {shape}, got {tuple(tens.shape)}")
+    if (problem.x_data is None) != (problem.y_data is None):
+        raise ValueError("x_data and y_data must be given together")
+    if problem.x_data is not None:
+        B = problem.batch
+        if problem.x_data.ndim != 4 or tuple(problem.x_data.shape[1:]) != (R, B, d):
+            raise ValueError(
+                f"x_data must be (T, {R}, {B}, {d}), got {tuple(problem.x_data.shape)}"
+            )
+        T = problem.x_data.shape[0]
+        if tuple(problem.y_data.shape) != (T, R, B, c):
+            raise ValueError(
+                f"y_data must be ({T}, {R}, {B}, {c}), got {tuple(problem.y_data.shape)}"
+            )
+        if T < steps:
+            raise ValueError(f"x_data holds {T} steps, fewer than steps = {steps}")
+
+
+def _f(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype).contiguous()
+
+
+def particle_steps_triton(
+    theta: torch.Tensor,
+    problem: ParticleProblem,
+    step0: int,
+    steps: int,
+    snapshot_every: int,
+    *,
+    path: str = "auto",
+    block_n: int | None = None,
+    block_b: int | None = None,
+    split: int | None = None,
+    allow_tf32: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``steps`` particle SGD/Langevin steps from absolute step ``step0`` (see module docstring).
+
+    theta (R, N, D) float32/float64 → (theta_out (R, N, D), snapshots (R, S, N, D), losses (R, S))
+    with S = steps // snapshot_every. ``path``: "auto", "fused" (one program per run, all steps in
+    one launch) or "two_pass" (standard unit, vanilla, unprojected noise; grid over particle and
+    batch blocks, four launches per step). ``block_n`` / ``block_b`` / ``split`` override tile
+    sizes (tests keep interpreter grids small); ``allow_tf32`` lets the two-pass path use TF32
+    tensor cores for float32 on a GPU.
+
+    Example::
+
+        out, snaps, losses = particle_steps_triton(theta, problem, 0, 100, 20)
+    """
+    _check_inputs(theta, problem, steps, snapshot_every)
+    if path not in ("auto", "fused", "two_pass"):
+        raise ValueError(f"path must be 'auto', 'fused' or 'two_pass', got {path!r}")
+    R, N, D = theta.shape
+    dtype, dev = theta.dtype, theta.device
+    S = steps // snapshot_every
+    out = theta.detach().to(dtype).contiguous().clone()
+    snaps = torch.empty((R, S, N, D), dtype=dtype, device=dev)
+    losses = torch.empty((R, S), dtype=dtype, device=dev)
+    if R == 0 or N == 0 or steps == 0:
+        losses.fill_(float("nan"))  # N = 0: Φ is an empty mean, as in the reference
+        return out, snaps, losses
+    if path == "auto":
+        path = "two_pass" if _auto_two_pass(problem, N) else "fused"
+    reasons = _two_pass_reasons(problem) if path == "two_pass" else _fused_reasons(problem)
+    if reasons:
+        raise ValueError(
+            f"particle_steps path {path!r} cannot run this problem: " + "; ".join(reasons)
+        )
+
+    seed = int(problem.seed)
+    k0, k1 = seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF
+    runs = (problem.run_ids.to(torch.int64) & 0xFFFFFFFF).to(torch.int64)
+    runs = torch.where(runs >= 2**31, runs - 2**32, runs).to(torch.int32).to(dev).contiguous()
+    alpha, tau, beta = (_f(getattr(problem, n), dtype).to(dev) for n in ("alpha", "tau", "beta"))
+    teacher = _f(problem.teacher, dtype)
+    tw = _f(problem.teacher_w, dtype)
+    M = teacher.shape[1]
+    has_data = problem.x_data is not None
+    xdata = _f(problem.x_data, dtype) if has_data else out
+    ydata = _f(problem.y_data, dtype) if has_data else out
+    T_data = int(problem.x_data.shape[0]) if has_data else 0
+    B, c, d = problem.batch, problem.c, problem.d
+    C_BLK, D_BLK, DIN_BLK = _P2(c), _P2(D), _P2(d)
+    M_BLK = min(_P2(max(M, 1)), 16)
+    # σ_π through memory: a Python float kernel argument would be rounded to float32
+    sig = torch.tensor([float(problem.sigma_pi)], dtype=dtype, device=dev)
+
+    if path == "fused":
+        G = _group_size(problem)
+        B_BLK = _P2(B)
+        if block_n is None:
+            block_n = max(1, min(_P2(N), 4096 // (B_BLK * D_BLK), 128))
+        N_BLK = _P2(block_n)
+        sx = torch.empty((R, G, B_BLK, D_BLK), dtype=dtype, device=dev)
+        se = torch.empty((R, G, B_BLK, C_BLK), dtype=dtype, device=dev)
+        _particle_steps_fused_kernel[(R,)](
+            out, snaps, losses, runs, alpha, tau, beta,
+            problem.scheme.to(torch.int32).to(dev).contiguous(),
+            problem.project_noise.to(torch.int32).to(dev).contiguous(),
+            teacher, tw, _f(problem.rho_x, dtype), _f(problem.rho_y, dtype), _f(problem.m_z, dtype),
+            _f(problem.proj, dtype), xdata, ydata, sx, se,
+            R, N, M, G, B, T_data, int(step0), steps, snapshot_every, S,
+            k0, k1, sig,
+            UNIT=problem.unit_code, ACT=problem.activation_code, C=c, DIN=d, D=D,
+            B_BLK=B_BLK, DIN_BLK=DIN_BLK, C_BLK=C_BLK, D_BLK=D_BLK, N_BLK=N_BLK, M_BLK=M_BLK,
+            HAS_DATA=has_data, num_warps=4,
+        )  # fmt: skip
+        return out, snaps, losses
+
+    # ---- two-pass path
+    interp = triton_interpreter_enabled() or dev.type != "cuda"
+    precision = "tf32" if (dtype == torch.float32 and allow_tf32 and not interp) else "ieee"
+    D_BLK2 = max(16, D_BLK)
+    C_BLK2 = max(16, C_BLK)
+    BB = _P2(block_b) if block_b else 64
+    BN = _P2(block_n) if block_n else 64
+    BB, BN = max(16, BB), max(16, BN)
+    n_bblk = triton.cdiv(B, BB)
+    n_nblk = triton.cdiv(N, BN)
+    if split is None:
+        target = 4 * (
+            torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 1
+        )
+        split = max(1, min(n_nblk, triton.cdiv(target, R * n_bblk)))
+    SPLIT = max(1, min(int(split), n_nblk))
+    xt = torch.empty((R, B, D), dtype=dtype, device=dev)
+    y = torch.empty((R, B, c), dtype=dtype, device=dev)
+    e = torch.empty((R, B, c), dtype=dtype, device=dev)
+    part = torch.empty((R, SPLIT, B, c), dtype=dtype, device=dev)
+    nw = 4 if dev.type != "cuda" else 8
+    for ls in range(steps):
+        t = int(step0) + ls
+        s_idx = (ls + 1) // snapshot_every - 1 if (ls + 1) % snapshot_every == 0 else -1
+        _tp_data_kernel[(R, n_bblk)](
+            xt, y, runs, teacher, tw, xdata, ydata, R, M, B, t, ls, k0, k1, sig,
+            ACT=problem.activation_code, C=c, DIN=d, D=D, BB=BB, C_BLK=C_BLK, D_BLK=D_BLK,
+            M_BLK=min(M_BLK, 4), HAS_DATA=has_data,
+        )  # fmt: skip
+        _tp_forward_kernel[(R * n_bblk * SPLIT,)](
+            out, xt, part, N, B, n_bblk,
+            ACT=problem.activation_code, C=c, D=D, SPLIT=SPLIT, BB=BB, BN=BN, C_BLK=C_BLK2,
+            D_BLK=D_BLK2, PRECISION=precision, num_warps=nw,
+        )  # fmt: skip
+        _tp_residual_kernel[(R,)](
+            part, y, e, losses, N, B, S, s_idx, C=c, SPLIT=SPLIT, BB=min(_P2(B), 1024),
+            C_BLK=C_BLK,
+        )  # fmt: skip
+        _tp_backward_kernel[(R * n_nblk,)](
+            out, snaps, xt, e, runs, alpha, tau, beta, N, B, S, s_idx, n_nblk, t, k0, k1,
+            ACT=problem.activation_code, C=c, D=D, BB=BB, BN=BN, C_BLK=C_BLK2, D_BLK=D_BLK2,
+            PRECISION=precision, num_warps=nw,
+        )  # fmt: skip
+    return out, snaps, losses
+
+
+# ---------------------------------------------------------------------------------------------
+# public entry point (registry)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check(inputs: Mapping[str, Any]) -> list[str]:
+    problem = inputs.get("problem")
+    theta = inputs.get("theta")
+    if not isinstance(problem, ParticleProblem):
+        return ["particle_steps needs a ParticleProblem"]
+    reasons = []
+    N = int(theta.shape[1]) if isinstance(theta, torch.Tensor) and theta.ndim == 3 else 1
+    if not _auto_two_pass(problem, N):
+        reasons += _fused_reasons(problem)
+    if isinstance(theta, torch.Tensor):
+        for name in ("alpha", "tau", "beta", "teacher", "rho_x", "m_z", "proj", "x_data"):
+            tens = getattr(problem, name)
+            if isinstance(tens, torch.Tensor) and tens.device != theta.device:
+                reasons.append(f"problem.{name} is on {tens.device}, theta on {theta.device}")
+    return reasons
+
+
+@register_kernel("particle_steps", "triton", dtypes=(torch.float32, torch.float64), check=_check)
+def particle_steps(
+    theta: torch.Tensor,
+    problem: ParticleProblem,
+    step0: int,
+    steps: int,
+    snapshot_every: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """θ (R, N, D) → (θ_out (R, N, D), snapshots (R, S, N, D), losses (R, S)), S = steps // K.
+
+    ``steps`` particle SGD/Langevin steps of every run from absolute step ``step0``, with the
+    scheme, teacher and noise of :mod:`symkern.meanfield.problem` (see the module docstring).
+    """
+    return particle_steps_triton(theta, problem, step0, steps, snapshot_every)

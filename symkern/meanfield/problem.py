@@ -1,0 +1,83 @@
+"""The particle-training problem every backend's ``particle_steps`` kernel receives.
+
+R independent runs share one call; run r has N particles θ[r] ∈ R^{N×D} of one unit and is
+trained by the particle SGD of SPEC_MEANFIELD.md. Per step t (absolute step index):
+
+1. data: x_b = σ_π · normal(seed, run_ids[r], t, STREAM_DATA, index b·d + k) for b < B, k < d;
+   y_b = Σ_m w[r, m] σ*(x_b, teacher[r, m])  (teacher weights w; 0 pads a smaller teacher).
+   Or, when ``x_data``/``y_data`` are given, x_b = x_data[t - step0, r, b], y_b likewise.
+2. the scheme's data loss ℓ_r (square loss ‖ŷ − y‖², averaged over the scheme's samples):
+
+   ======  ==========  =====================================================================
+   code    scheme      ℓ_r
+   ======  ==========  =====================================================================
+   0       vanilla     (1/B) Σ_b ‖Φ_θ(x_b) − y_b‖²
+   1       DA          (1/(B|G|)) Σ_b Σ_g ‖Φ_θ(ρ_g x_b) − ρ̂_g y_b‖²    (full orbit)
+   2       DA-sample   (1/B) Σ_b ‖Φ_θ(ρ_{g_b} x_b) − ρ̂_{g_b} y_b‖²,
+                       g_b = randint(seed, run_ids[r], t, STREAM_AUGMENT, index b, |G|)
+   3       FA          (1/B) Σ_b ‖Φ_{θ^G}(x_b) − y_b‖², θ^G = the N|G| particles M_g θ_i
+   4       EA          (1/B) Σ_b ‖Φ_{Pθ}(x_b) − y_b‖², P = projection onto E^G
+   ======  ==========  =====================================================================
+
+3. the update, with L_r = ℓ_r + τ_r (1/N) Σ_i ‖θ̃_i‖² (θ̃ = Pθ for EA, θ otherwise):
+
+       θ ← θ − α_r ∇_θ L_r + sqrt(2 β_r α_r / N) ξ,
+       ξ[i, k] = normal(seed, run_ids[r], t, STREAM_NOISE, index i·D + k),
+       ξ ← ξ Pᵀ for EA and for runs with project_noise[r] (SI runs).
+
+   Per particle this is θ_i ← θ_i − s_N[(1/B) Σ_b ∇_z σ*ᵀ ∇ℓ + τ ∇r(θ_i)] + sqrt(2β s_N) ξ_i with
+   s_N = α/N: the 1/N sits in L.
+4. every ``snapshot_every`` steps (after the update): θ and ℓ_r of that step are recorded.
+
+Group data (finite groups only): ρ_g (G, d, d), ρ̂_g (G, c, c), M_g (G, D, D) for every element,
+and the projector P (D, D) = (1/|G|) Σ_g M_g.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["SCHEMES", "ParticleProblem"]
+
+SCHEMES = {"vanilla": 0, "DA": 1, "DA-sample": 2, "FA": 3, "EA": 4}
+
+
+@dataclass(frozen=True)
+class ParticleProblem:
+    """Everything but the particles. Tensors on the particles' device; floats in their dtype.
+
+    Shapes: R runs, M teacher particles (padded), G group elements, D = unit.D.
+    """
+
+    unit_code: int  # 0 matrix unit, 1 standard unit
+    activation_code: int  # standard unit: 0 tanh, 1 sigmoid, 2 relu
+    c: int
+    d: int
+    D: int
+    batch: int
+    sigma_pi: float
+    seed: int
+    run_ids: torch.Tensor  # int64 (R,): RNG identity of each run
+    alpha: torch.Tensor  # (R,)
+    tau: torch.Tensor  # (R,)
+    beta: torch.Tensor  # (R,)
+    scheme: torch.Tensor  # int32 (R,): codes of SCHEMES
+    project_noise: torch.Tensor  # bool (R,)
+    teacher: torch.Tensor  # (R, M, D)
+    teacher_w: torch.Tensor  # (R, M)
+    rho_x: torch.Tensor  # (G, d, d)
+    rho_y: torch.Tensor  # (G, c, c)
+    m_z: torch.Tensor  # (G, D, D)
+    proj: torch.Tensor  # (D, D)
+    x_data: torch.Tensor | None = None  # (T, R, B, d) user-supplied inputs, or None
+    y_data: torch.Tensor | None = None  # (T, R, B, c)
+
+    @property
+    def n_runs(self) -> int:
+        return int(self.run_ids.shape[0])
+
+    @property
+    def group_size(self) -> int:
+        return int(self.rho_x.shape[0])

@@ -1,0 +1,75 @@
+"""Teacher networks: a particle set of the same unit that labels the data, y = Φ_teacher(x).
+
+The paper's three teachers for the matrix unit and G = C2 (SPEC_MEANFIELD.md):
+
+* arbitrary: 5 particles, 0.5 × the rows of a fixed 5×4 matrix (each row a 2×2 matrix);
+* WI (weakly invariant): those 5 plus their images P θ Pᵀ — an equivariant teacher;
+* SI (strongly invariant): 5 particles in E^G = span{I/√2, P/√2}.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from symkern.meanfield.units import MatrixUnit, Unit
+
+__all__ = ["Teacher"]
+
+_ARBITRARY_ROWS = [
+    [-1.0, 0.0, 0.0, 0.5],
+    [0.5, 1.0, 0.0, 1.0],
+    [-0.5, 0.3, 1.0, 0.0],
+    [0.0, -1.0, -0.5, 1.0],
+    [0.7, -0.7, 0.5, 0.7],
+]
+_SI_COORDS = [[1.0, 0.0], [0.5, 1.0], [-0.5, 0.3], [0.0, -1.0], [0.7, 0.7]]
+
+
+class Teacher:
+    """y = Σ_m w_m σ*(x, θ*_m) with particles θ* (M, D) and weights w (M,) (default 1/M)."""
+
+    def __init__(self, unit: Unit, particles: torch.Tensor, weights: torch.Tensor | None = None,
+                 name: str = "teacher"):  # fmt: skip
+        particles = torch.as_tensor(particles, dtype=torch.float64)
+        if particles.dim() != 2:
+            raise ValueError(f"particles must be (M, D), got {tuple(particles.shape)}")
+        unit.check_theta(particles, "particles")
+        M = particles.shape[0]
+        weights = torch.full((M,), 1.0 / M, dtype=torch.float64) if weights is None else weights
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        if weights.shape != (M,):
+            raise ValueError(f"weights must be ({M},), got {tuple(weights.shape)}")
+        self.unit, self.particles, self.weights, self.name = unit, particles, weights, name
+
+    def __repr__(self) -> str:
+        return f"Teacher({self.name!r}, M={self.particles.shape[0]}, {self.unit!r})"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Labels (..., B, c) for inputs x (..., B, d)."""
+        th = self.particles.to(x)
+        feats = self.unit.features(x, th)  # (..., B, M, c)
+        return torch.einsum("...bmc,m->...bc", feats, self.weights.to(x))
+
+    def symmetrized(self, m_z: torch.Tensor, name: str | None = None) -> Teacher:
+        """The WI teacher: every particle's images M_g θ*, weights split evenly (G·M atoms)."""
+        imgs = torch.einsum("gij,mj->gmi", m_z.double(), self.particles).reshape(-1, self.unit.D)
+        w = (self.weights / m_z.shape[0]).repeat(m_z.shape[0])
+        return Teacher(self.unit, imgs, w, name or f"{self.name}-WI")
+
+    @classmethod
+    def paper(cls, kind: str) -> Teacher:
+        """The paper's teachers for the matrix unit (c = d = 2) and C2: 'arbitrary', 'WI', 'SI'."""
+        unit = MatrixUnit(2, 2)
+        arbitrary = 0.5 * torch.tensor(_ARBITRARY_ROWS, dtype=torch.float64)
+        if kind == "arbitrary":
+            return cls(unit, arbitrary, name="arbitrary")
+        if kind == "WI":
+            swap = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+            images = (swap @ arbitrary.view(-1, 2, 2) @ swap.T).reshape(-1, 4)
+            return cls(unit, torch.cat([arbitrary, images]), name="WI")
+        if kind == "SI":
+            s = 2.0**-0.5
+            basis = torch.tensor([[s, 0.0, 0.0, s], [0.0, s, s, 0.0]], dtype=torch.float64)
+            coords = 0.5 * torch.tensor(_SI_COORDS, dtype=torch.float64)
+            return cls(unit, coords @ basis, name="SI")
+        raise ValueError(f"kind must be 'arbitrary', 'WI' or 'SI', got {kind!r}")

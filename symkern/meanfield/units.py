@@ -1,0 +1,129 @@
+"""Mean-field units σ*(x, z) and their parameter actions (SPEC_MEANFIELD.md).
+
+A particle model is Φ_θ(x) = (1/N) Σ_i σ*(x, θ_i) with x ∈ R^d, output in R^c and one particle's
+parameters θ_i ∈ R^D (flattened). A group acts on X by ρ_g, on Y by ρ̂_g and on Z by M_g; the unit
+is *jointly equivariant* when σ*(ρ_g x, M_g z) = ρ̂_g σ*(x, z). :meth:`Unit.param_action` gives
+the M_g that makes each unit jointly equivariant for orthogonal ρ, ρ̂.
+
+Units (the integer ``code`` is what the compiled kernels receive):
+
+* :class:`MatrixUnit` (code 0): z ∈ R^{c×d} (row-major, D = c·d), σ*(x, z) = sigmoid(z x)
+  elementwise. M_g z = ρ̂_g z ρ_gᵀ, i.e. M_g = ρ̂_g ⊗ ρ_g on row-major vec(z).
+* :class:`StandardUnit` (code 1): z = (a, w, b) with a ∈ R^c, w ∈ R^d, b ∈ R (D = c + d + 1),
+  σ*(x, z) = a · act(w·x + b), act ∈ {tanh (0), sigmoid (1), relu (2)}.
+  M_g (a, w, b) = (ρ̂_g a, ρ_g w, b).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["ACTIVATIONS", "MatrixUnit", "StandardUnit", "Unit"]
+
+ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "relu": 2}
+_ACT_FN = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}
+
+
+def _check_pos_int(v, name: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return v
+
+
+class Unit:
+    """Base class. ``c``: output dim, ``d``: input dim, ``D``: parameters per particle."""
+
+    code: int = -1
+    activation: str = "sigmoid"
+    c: int
+    d: int
+
+    @property
+    def D(self) -> int:  # noqa: N802 — the papers' name
+        raise NotImplementedError
+
+    @property
+    def activation_code(self) -> int:
+        return ACTIVATIONS[self.activation]
+
+    def features(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """σ*(x_b, θ_i) for every pair: x (..., B, d), θ (..., N, D) → (..., B, N, c)."""
+        raise NotImplementedError
+
+    def output(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """Φ_θ(x) = (1/N) Σ_i σ*(x, θ_i): x (..., B, d), θ (..., N, D) → (..., B, c)."""
+        return self.features(x, theta).mean(-2)
+
+    def param_action(self, rho_x: torch.Tensor, rho_y: torch.Tensor) -> torch.Tensor:
+        """M_g (G, D, D) from ρ_g (G, d, d), ρ̂_g (G, c, c): makes the unit jointly equivariant."""
+        raise NotImplementedError
+
+    def check_theta(self, theta: torch.Tensor, name: str = "theta") -> None:
+        if not isinstance(theta, torch.Tensor) or not theta.is_floating_point():
+            raise TypeError(f"{name} must be a floating torch.Tensor")
+        if theta.shape[-1] != self.D:
+            raise ValueError(
+                f"{name} has {theta.shape[-1]} parameters per particle (last axis), but "
+                f"{self!r} has D = {self.D}"
+            )
+
+
+class MatrixUnit(Unit):
+    """σ*(x, z) = sigmoid(z x), z ∈ R^{c×d} flattened row-major (the paper's experiment unit)."""
+
+    code = 0
+
+    def __init__(self, c: int = 2, d: int = 2):
+        self.c = _check_pos_int(c, "c")
+        self.d = _check_pos_int(d, "d")
+
+    def __repr__(self) -> str:
+        return f"MatrixUnit(c={self.c}, d={self.d})"
+
+    @property
+    def D(self) -> int:  # noqa: N802
+        return self.c * self.d
+
+    def features(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        z = theta.reshape(*theta.shape[:-1], self.c, self.d)
+        return torch.sigmoid(torch.einsum("...nkd,...bd->...bnk", z, x))
+
+    def param_action(self, rho_x: torch.Tensor, rho_y: torch.Tensor) -> torch.Tensor:
+        # vec(ρ̂ z ρᵀ) = (ρ̂ ⊗ ρ) vec(z) for row-major vec
+        g = rho_x.shape[0]
+        return torch.einsum("gij,gkl->gikjl", rho_y, rho_x).reshape(g, self.D, self.D)
+
+
+class StandardUnit(Unit):
+    """σ*(x, z) = a · act(w·x + b) with z = (a ∈ R^c, w ∈ R^d, b ∈ R)."""
+
+    code = 1
+
+    def __init__(self, d: int, c: int = 1, activation: str = "tanh"):
+        self.d = _check_pos_int(d, "d")
+        self.c = _check_pos_int(c, "c")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
+
+    def __repr__(self) -> str:
+        return f"StandardUnit(d={self.d}, c={self.c}, activation={self.activation!r})"
+
+    @property
+    def D(self) -> int:  # noqa: N802
+        return self.c + self.d + 1
+
+    def features(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        a = theta[..., : self.c]
+        w = theta[..., self.c : self.c + self.d]
+        b = theta[..., self.c + self.d]
+        pre = torch.einsum("...nd,...bd->...bn", w, x) + b.unsqueeze(-2)
+        return _ACT_FN[self.activation](pre).unsqueeze(-1) * a.unsqueeze(-3)
+
+    def param_action(self, rho_x: torch.Tensor, rho_y: torch.Tensor) -> torch.Tensor:
+        g = rho_x.shape[0]
+        m = torch.zeros(g, self.D, self.D, dtype=rho_x.dtype, device=rho_x.device)
+        m[:, : self.c, : self.c] = rho_y
+        m[:, self.c : self.c + self.d, self.c : self.c + self.d] = rho_x
+        m[:, -1, -1] = 1.0
+        return m

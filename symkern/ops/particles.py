@@ -1,0 +1,242 @@
+"""Batched particle training for mean-field shallow networks: particle_steps, particle_step.
+
+R independent runs (seeds × schemes × teachers × hyperparameters) advance together, T steps per
+call, with the data, teacher labels, Langevin noise and sampled group elements drawn from the
+counter-based Philox stream of :mod:`symkern.meanfield.rng` — so every backend produces the same
+trajectory (up to float rounding) and a run's trajectory does not depend on what it is batched
+with. The math of one step is in :mod:`symkern.meanfield.problem`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from symkern.backends.registry import select_kernel
+from symkern.groups import Representation
+from symkern.meanfield.problem import SCHEMES, ParticleProblem
+from symkern.meanfield.units import Unit
+
+__all__ = ["ParticleStepsResult", "group_matrices", "particle_step", "particle_steps"]
+
+
+class ParticleStepsResult(NamedTuple):
+    """``theta`` (R, N, D) after the last step; ``snapshots`` (R, S, N, D) after every
+    ``snapshot_every``-th step; ``losses`` (R, S) the data loss ℓ_r of those steps."""
+
+    theta: torch.Tensor
+    snapshots: torch.Tensor
+    losses: torch.Tensor
+
+
+def group_matrices(
+    unit: Unit,
+    group: Representation | tuple[Representation, Representation] | None,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ρ_x (G,d,d), ρ̂_y (G,c,c), M_z (G,D,D), P (D,D)) for a finite group acting on X and Y.
+
+    ``group``: one representation acting on both X and Y (needs d == c), or a pair
+    (rep_x, rep_y) of representations of the same group, or None (the trivial group).
+    """
+    if group is None:
+        rho_x = torch.eye(unit.d, dtype=torch.float64)[None]
+        rho_y = torch.eye(unit.c, dtype=torch.float64)[None]
+    else:
+        rep_x, rep_y = group if isinstance(group, tuple) else (group, group)
+        for rep, name, want, what in ((rep_x, "rep_x", unit.d, "inputs x"),
+                                      (rep_y, "rep_y", unit.c, "outputs y")):  # fmt: skip
+            if not isinstance(rep, Representation):
+                raise TypeError(f"group: {name} must be a symkern.groups Representation")
+            if not rep.is_finite:
+                raise ValueError(f"group: {name} must be a finite group (fused particle kernels)")
+            if rep.dim != want:
+                raise ValueError(
+                    f"group: {name} acts on R^{rep.dim}, but the unit's {what} live in R^{want} "
+                    f"({unit!r})"
+                )
+        if rep_x.group is not rep_y.group:
+            raise ValueError("group: rep_x and rep_y must represent the same group object")
+        rho_x = rep_x.element_matrices(dtype=torch.float64)
+        rho_y = rep_y.element_matrices(dtype=torch.float64)
+    m_z = unit.param_action(rho_x, rho_y)
+    proj = m_z.mean(0)  # the Reynolds operator on Z = orthogonal projection onto E^G
+    return tuple(t.to(device=device, dtype=dtype).contiguous() for t in (rho_x, rho_y, m_z, proj))
+
+
+def _per_run(value, R: int, name: str, dtype, device, *, nonneg: bool = True) -> torch.Tensor:
+    t = torch.as_tensor(value, dtype=torch.float64)
+    if t.dim() == 0:
+        t = t.expand(R)
+    if t.shape != (R,):
+        raise ValueError(
+            f"{name} must be a scalar or have one value per run ({R}), got {tuple(t.shape)}"
+        )
+    if not torch.isfinite(t).all() or (nonneg and (t < 0).any()):
+        raise ValueError(f"{name} must be finite and >= 0, got {t.tolist()}")
+    return t.to(device=device, dtype=dtype).contiguous()
+
+
+def _schemes(scheme: str | Sequence[str], R: int, device) -> torch.Tensor:
+    names = [scheme] * R if isinstance(scheme, str) else list(scheme)
+    if len(names) != R:
+        raise ValueError(f"scheme must be one name or one per run ({R}), got {len(names)}")
+    bad = [s for s in names if s not in SCHEMES]
+    if bad:
+        raise ValueError(f"scheme must be one of {list(SCHEMES)}, got {bad[0]!r}")
+    return torch.tensor([SCHEMES[s] for s in names], dtype=torch.int32, device=device)
+
+
+def particle_steps(
+    theta: torch.Tensor,
+    unit: Unit,
+    *,
+    teacher: torch.Tensor | None = None,
+    teacher_weights: torch.Tensor | None = None,
+    group: Representation | tuple[Representation, Representation] | None = None,
+    scheme: str | Sequence[str] = "vanilla",
+    alpha: float | torch.Tensor = 50.0,
+    tau: float | torch.Tensor = 1e-4,
+    beta: float | torch.Tensor = 1e-6,
+    batch: int = 20,
+    sigma_pi: float = 4.0,
+    seed: int = 0,
+    run_ids: torch.Tensor | None = None,
+    step0: int = 0,
+    steps: int = 1,
+    snapshot_every: int | None = None,
+    project_noise: bool | Sequence[bool] = False,
+    x_data: torch.Tensor | None = None,
+    y_data: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> ParticleStepsResult:
+    """Advance R runs of N particles by ``steps`` steps of particle SGD / Langevin dynamics.
+
+    θ_i ← θ_i − (α/N)[(1/B) Σ_b ∇_z σ*(x_b, θ_i)ᵀ ∇ℓ(Φ_θ(x_b), y_b) + τ ∇r(θ_i)]
+          + sqrt(2 β α / N) ξ_i,                ℓ = ‖ŷ − y‖², r = ‖z‖²
+
+    with a fresh batch x_b ~ N(0, σ_π² I), y_b = teacher(x_b) every step (or ``x_data`` /
+    ``y_data`` of shapes (steps, R, B, d) / (steps, R, B, c)), and the scheme's symmetrisation
+    (see :mod:`symkern.meanfield.problem`).
+
+    Args:
+        theta: (R, N, D) particles, N ≥ 1, finite; float32 or float64. Not modified.
+        unit: a :class:`~symkern.meanfield.units.Unit` (D = unit.D).
+        teacher: (M, D) or (R, M, D) teacher particles (same unit); ``teacher_weights`` (M,) or
+            (R, M), default 1/M (a zero weight pads a smaller teacher).
+        group: finite group acting on X and Y (a rep, or (rep_x, rep_y)); needed by DA,
+            DA-sample, FA, EA and projected noise.
+        scheme: "vanilla", "DA", "DA-sample", "FA" or "EA", or one per run.
+        alpha, tau, beta: step size, weight decay, temperature — scalars or one per run (≥ 0).
+        seed, run_ids: the RNG identity of each run (run_ids default 0..R−1); step0: absolute
+            index of the first step (so a resumed run continues the same stream).
+        snapshot_every: record θ and the loss every K steps (default: at the last step only).
+        project_noise: project ξ onto E^G (SI runs); bool or one per run. EA always projects.
+        backend: "auto", "cpp", "triton" or "torch".
+
+    Returns a :class:`ParticleStepsResult`. Autograd does not flow through multi-step calls.
+    """
+    if not isinstance(theta, torch.Tensor) or not theta.is_floating_point():
+        raise TypeError("theta must be a floating torch.Tensor of shape (R, N, D)")
+    if theta.dim() != 3:
+        raise ValueError(f"theta must have shape (R, N, D), got {tuple(theta.shape)}")
+    R, N, D = theta.shape
+    if R < 1 or N < 1:
+        raise ValueError(f"theta must have R >= 1 runs and N >= 1 particles, got R={R}, N={N}")
+    unit.check_theta(theta)
+    if not torch.isfinite(theta).all():
+        raise ValueError("theta contains NaN or inf; particle training would only propagate it")
+    for v, name in ((steps, "steps"), (batch, "batch")):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if not isinstance(step0, int) or step0 < 0:
+        raise ValueError(f"step0 must be a non-negative int, got {step0!r}")
+    snapshot_every = steps if snapshot_every is None else snapshot_every
+    if not isinstance(snapshot_every, int) or snapshot_every < 1:
+        raise ValueError(f"snapshot_every must be a positive int, got {snapshot_every!r}")
+    if not (isinstance(sigma_pi, int | float) and sigma_pi > 0):
+        raise ValueError(f"sigma_pi must be a positive number, got {sigma_pi!r}")
+    dtype, device = theta.dtype, theta.device
+
+    schemes = _schemes(scheme, R, device)
+    needs_group = bool((schemes != SCHEMES["vanilla"]).any())
+    noise_proj = torch.as_tensor(project_noise, dtype=torch.bool).expand(R).to(device)
+    if (needs_group or noise_proj.any()) and group is None:
+        raise ValueError("group is required for the DA, DA-sample, FA and EA schemes and for "
+                         "projected noise")  # fmt: skip
+    rho_x, rho_y, m_z, proj = group_matrices(unit, group, dtype, device)
+
+    if (teacher is None) == (x_data is None):
+        raise ValueError("give exactly one of teacher (labels drawn in-kernel) or x_data/y_data")
+    if teacher is not None:
+        teacher = torch.as_tensor(teacher, dtype=dtype, device=device)
+        if teacher.dim() == 2:
+            teacher = teacher.expand(R, *teacher.shape)
+        if teacher.dim() != 3 or teacher.shape[0] != R or teacher.shape[2] != D:
+            raise ValueError(
+                f"teacher must be (M, {D}) or ({R}, M, {D}), got {tuple(teacher.shape)}"
+            )
+        M = teacher.shape[1]
+        w = torch.full((M,), 1.0 / M) if teacher_weights is None else teacher_weights
+        w = torch.as_tensor(w, dtype=dtype, device=device)
+        w = w.expand(R, M) if w.dim() == 1 else w
+        if w.shape != (R, M):
+            raise ValueError(f"teacher_weights must be ({M},) or ({R}, {M}), got {tuple(w.shape)}")
+        teacher, w = teacher.contiguous(), w.contiguous()
+    else:
+        if y_data is None:
+            raise ValueError("x_data needs y_data")
+        want_x, want_y = (steps, R, batch, unit.d), (steps, R, batch, unit.c)
+        if tuple(x_data.shape) != want_x or tuple(y_data.shape) != want_y:
+            raise ValueError(
+                f"x_data / y_data must be {want_x} / {want_y}, got {tuple(x_data.shape)} / "
+                f"{tuple(y_data.shape)}"
+            )
+        x_data = x_data.to(device=device, dtype=dtype).contiguous()
+        y_data = y_data.to(device=device, dtype=dtype).contiguous()
+        teacher = theta.new_zeros(R, 1, D)
+        w = theta.new_zeros(R, 1)
+
+    run_ids = torch.arange(R) if run_ids is None else torch.as_tensor(run_ids)
+    if run_ids.shape != (R,) or run_ids.is_floating_point() or (run_ids < 0).any():
+        raise ValueError(f"run_ids must be {R} non-negative integers")
+    if not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}")
+
+    problem = ParticleProblem(
+        unit_code=unit.code,
+        activation_code=unit.activation_code,
+        c=unit.c,
+        d=unit.d,
+        D=D,
+        batch=batch,
+        sigma_pi=float(sigma_pi),
+        seed=seed,
+        run_ids=run_ids.to(device=device, dtype=torch.int64).contiguous(),
+        alpha=_per_run(alpha, R, "alpha", dtype, device),
+        tau=_per_run(tau, R, "tau", dtype, device),
+        beta=_per_run(beta, R, "beta", dtype, device),
+        scheme=schemes,
+        project_noise=noise_proj.contiguous(),
+        teacher=teacher,
+        teacher_w=w,
+        rho_x=rho_x,
+        rho_y=rho_y,
+        m_z=m_z,
+        proj=proj,
+        x_data=x_data,
+        y_data=y_data,
+    )
+    kernel = select_kernel("particle_steps", {"theta": theta, "problem": problem}, backend)
+    out = kernel.fn(theta.detach().contiguous(), problem, step0, steps, snapshot_every)
+    return ParticleStepsResult(*out)
+
+
+def particle_step(theta: torch.Tensor, unit: Unit, **kwargs) -> ParticleStepsResult:
+    """One step of :func:`particle_steps` (``steps=1``)."""
+    if "steps" in kwargs:
+        raise TypeError("particle_step takes no steps argument; use particle_steps")
+    return particle_steps(theta, unit, steps=1, **kwargs)

@@ -1,0 +1,244 @@
+"""Particle engine: every backend vs the float64 reference, RNG, theory checks, bad input."""
+
+import pytest
+import torch
+
+import symkern
+from symkern import groups
+from symkern.backends.registry import select_kernel
+from symkern.meanfield import MatrixUnit, ParticleTrainer, StandardUnit, Teacher, rng
+from symkern.meanfield.trainer import initial_particles
+from symkern.ops.particles import group_matrices
+from symkern.testing import assert_close
+
+SCHEMES = ["vanilla", "DA", "DA-sample", "FA", "EA"]
+
+
+def reference_kernel():
+    return select_kernel("particle_steps", {}, "torch").fn
+
+
+def _problem_args(unit, group, R, scheme, teacher, alpha=(20.0, 50.0)):
+    return dict(
+        unit=unit,
+        teacher=teacher,
+        group=group,
+        scheme=scheme,
+        alpha=torch.linspace(*alpha, R),
+        tau=1e-3,
+        beta=1e-4,  # large enough that the noise matters over 100 steps
+        batch=5,
+        sigma_pi=2.0,
+        seed=2024,
+        project_noise=[r % 2 == 1 for r in range(R)],
+    )
+
+
+def _matrix_case(R, N, scheme, alpha=(20.0, 50.0)):
+    unit = MatrixUnit(2, 2)
+    teacher = Teacher.paper("arbitrary").particles
+    theta = initial_particles(R, N, unit.D, seed=7)
+    return theta, _problem_args(unit, groups.c2_swap(), R, scheme, teacher, alpha)
+
+
+def _standard_case(R, N, scheme, activation):
+    unit = StandardUnit(d=3, c=2, activation=activation)
+    # α ≤ 1 here: with α = 5-10 the relu FA run diverges in the reference itself (θ ~ 1e61)
+    rep_x = groups.cyclic(3)
+    rep_y = rep_x.group.trivial_rep(2)  # invariant outputs
+    g = torch.Generator().manual_seed(3)
+    teacher = torch.randn(4, unit.D, generator=g, dtype=torch.float64)
+    theta = initial_particles(R, N, unit.D, seed=11, std=0.5)
+    return theta, _problem_args(unit, (rep_x, rep_y), R, scheme, teacher, alpha=(0.5, 1.0))
+
+
+def _run(theta, args, backend, dtype, steps, every):
+    return symkern.particle_steps(
+        theta.to(dtype), steps=steps, snapshot_every=every, backend=backend, **args
+    )
+
+
+def _compare(out, ref, dtype):
+    rtol, atol = {torch.float64: (1e-9, 1e-10), torch.float32: (2e-5, 2e-5)}[dtype]
+    assert_close(out.theta, ref.theta, rtol=rtol, atol=atol, msg="theta: ")
+    assert_close(out.snapshots, ref.snapshots, rtol=rtol, atol=atol, msg="snapshots: ")
+    assert_close(out.losses, ref.losses, rtol=rtol * 10, atol=atol, msg="losses: ")
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("N", [1, 7, 129])
+def test_one_step_matches_reference(particle_backend, scheme, N):
+    theta, args = _matrix_case(3, N, scheme)
+    ref = _run(theta, args, "torch", torch.float64, 1, 1)
+    for dtype in (torch.float64, torch.float32):
+        out = _run(theta.to(particle_backend.device), args, particle_backend.backend, dtype, 1, 1)
+        _compare(out, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_hundred_steps_match_reference(particle_backend, dtype):
+    """100 noisy steps, one run per scheme in ONE call (R = 5), same trajectory as the reference.
+
+    The per-particle step α/N is kept moderate (≤ ~7 in float64, ≤ ~2 in float32): with
+    α/N ≈ 17 the dynamics are chaotic and amplify rounding by ~1e7 over 100 steps (the float32
+    *reference* itself then drifts ~3e-2 from float64), which would test the dynamics, not the
+    kernel. One-step agreement is checked at α up to 50 above.
+    """
+    N = 3 if particle_backend.backend == "triton" else 13  # interpreter: ~80 ms per step
+    alpha = (10.0, 20.0) if dtype == torch.float64 else (2.0, 5.0)
+    theta, args = _matrix_case(5, N, SCHEMES, alpha)
+    ref = _run(theta, args, "torch", torch.float64, 100, 25)
+    assert ref.snapshots.shape == (5, 4, N, 4) and ref.losses.shape == (5, 4)
+    out = _run(theta, args, particle_backend.backend, dtype, 100, 25)
+    _compare(out, ref, dtype)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu"])
+@pytest.mark.parametrize("scheme", ["vanilla", "DA", "FA", "EA"])
+def test_standard_unit_matches_reference(particle_backend, activation, scheme):
+    theta, args = _standard_case(2, 7, scheme, activation)
+    steps = 4 if particle_backend.backend == "triton" else 20
+    ref = _run(theta, args, "torch", torch.float64, steps, 2)
+    out = _run(theta, args, particle_backend.backend, torch.float64, steps, 2)
+    _compare(out, ref, torch.float64)
+
+
+def test_mixed_schemes_in_one_call_equal_separate_calls():
+    """A run's trajectory depends on its (seed, run_id), not on what it is batched with."""
+    theta, args = _matrix_case(5, 9, SCHEMES)
+    together = _run(theta, args, "auto", torch.float64, 30, 30)
+    for r, scheme in enumerate(SCHEMES):
+        alone_args = dict(args, scheme=scheme, alpha=args["alpha"][r : r + 1],
+                          project_noise=args["project_noise"][r])  # fmt: skip
+        alone = symkern.particle_steps(
+            theta[r : r + 1], steps=30, snapshot_every=30, run_ids=torch.tensor([r]), **alone_args
+        )
+        assert_close(together.theta[r : r + 1], alone.theta.double())
+
+
+def test_resume_continues_the_same_trajectory():
+    theta, args = _matrix_case(2, 9, "vanilla")
+    full = _run(theta, args, "auto", torch.float64, 40, 40)
+    half = _run(theta, args, "auto", torch.float64, 20, 20)
+    rest = symkern.particle_steps(half.theta, steps=20, step0=20, **args)
+    assert_close(rest.theta, full.theta)
+
+
+# --- theory checks -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["DA", "FA", "EA"])
+def test_symmetric_schemes_keep_si_particles_in_fixed_space(scheme):
+    """Matrix unit, C2, symmetric data (the WI teacher), SI init: every particle stays in E^G to
+    ≤ 1e-6 relative over 1000 steps (with noise projected on E^G)."""
+    tr = ParticleTrainer(MatrixUnit(2, 2), scheme, groups.c2_swap(), dtype=torch.float64)
+    res = tr.run(n_particles=50, steps=1000, runs=2, seed=3, teacher=Teacher.paper("WI"))
+    theta = res.theta
+    off = (theta - theta @ tr.proj.T).norm(dim=-1) / theta.norm(dim=-1)
+    assert off.max() <= 1e-6
+    # and training did something: the particles moved
+    assert (res.theta - res.theta0).norm() > 1e-2 * res.theta0.norm()
+
+
+def test_vanilla_leaves_fixed_space_for_arbitrary_teacher():
+    """The counterpart that can fail the other way: without symmetrisation, SI particles leave."""
+    tr = ParticleTrainer(MatrixUnit(2, 2), "vanilla", groups.c2_swap(), dtype=torch.float64)
+    res = tr.run(n_particles=50, steps=1000, runs=1, seed=3, teacher=Teacher.paper("arbitrary"))
+    off = (res.theta - res.theta @ tr.proj.T).norm() / res.theta.norm()
+    assert off > 0.05
+
+
+@pytest.mark.parametrize(
+    "unit,rep_x,rep_y",
+    [
+        (MatrixUnit(2, 2), groups.c2_swap(), None),
+        (MatrixUnit(3, 3), groups.symmetric(3), None),
+        (MatrixUnit(2, 3), groups.cyclic(3), "trivial"),
+        (StandardUnit(3, 1, "tanh"), groups.cyclic(3), "trivial"),
+        (StandardUnit(4, 4, "relu"), groups.dihedral(4), None),
+        (StandardUnit(3, 3, "sigmoid"), groups.hyperoctahedral(3), None),
+    ],
+)
+def test_joint_equivariance(unit, rep_x, rep_y):
+    """σ*(ρ_g x, M_g z) = ρ̂_g σ*(x, z) for every element g."""
+    rep_y = rep_x if rep_y is None else rep_x.group.trivial_rep(unit.c)
+    rho_x, rho_y, m_z, _ = group_matrices(unit, (rep_x, rep_y), torch.float64, torch.device("cpu"))
+    x = torch.randn(6, unit.d, dtype=torch.float64)
+    z = torch.randn(5, unit.D, dtype=torch.float64)
+    base = unit.features(x, z)  # (B, N, c)
+    for g in range(rho_x.shape[0]):
+        lhs = unit.features(x @ rho_x[g].T, z @ m_z[g].T)
+        assert_close(lhs, base @ rho_y[g].T)
+    # and the check can fail: a wrong parameter action breaks it
+    if not torch.allclose(m_z[-1], torch.eye(unit.D, dtype=torch.float64)):
+        lhs = unit.features(x @ rho_x[-1].T, z)
+        assert not torch.allclose(lhs, base @ rho_y[-1].T)
+
+
+# --- RNG ---------------------------------------------------------------------------------------
+
+
+def test_philox_known_answers():
+    """Random123's published Philox4x32-10 test vectors."""
+    cases = [
+        ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+        ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+        (
+            (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+            (0xA4093822, 0x299F31D0),
+            (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+        ),
+    ]
+    for ctr, key, expected in cases:
+        out = rng.philox4x32(*(torch.tensor(c) for c in ctr), *key)
+        assert tuple(int(o) for o in out) == expected
+
+
+def test_normal_and_randint_streams():
+    z = rng.normal(5, torch.arange(4), step=3, stream=rng.STREAM_NOISE, n=50_000)
+    assert z.shape == (4, 50_000)
+    assert abs(z.mean()) < 0.01 and abs(z.var() - 1) < 0.02
+    assert z.abs().max() < 6.0  # Box–Muller on 24-bit uniforms caps |z| at ~5.9
+    # keyed by (index, step, run, stream): any change gives different numbers
+    z2 = rng.normal(5, torch.arange(4), step=4, stream=rng.STREAM_NOISE, n=50_000)
+    z3 = rng.normal(5, torch.arange(4), step=3, stream=rng.STREAM_DATA, n=50_000)
+    assert not torch.equal(z, z2) and not torch.equal(z, z3) and not torch.equal(z[0], z[1])
+    k = rng.randint(5, torch.arange(2), step=0, stream=rng.STREAM_AUGMENT, n=10_000, high=6)
+    assert k.min() == 0 and k.max() == 5
+    counts = torch.bincount(k.flatten(), minlength=6).double()
+    assert (counts / counts.mean() - 1).abs().max() < 0.1
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def test_bad_inputs_raise_clear_errors():
+    unit = MatrixUnit(2, 2)
+    teacher = Teacher.paper("SI").particles
+    ok = dict(teacher=teacher, group=groups.c2_swap(), scheme="DA")
+    theta = torch.randn(2, 5, 4)
+    with pytest.raises(ValueError, match="theta must have shape \\(R, N, D\\)"):
+        symkern.particle_steps(torch.randn(5, 4), unit, **ok)
+    with pytest.raises(ValueError, match="N >= 1 particles"):
+        symkern.particle_steps(torch.randn(2, 0, 4), unit, **ok)
+    with pytest.raises(ValueError, match="theta has 3 parameters per particle"):
+        symkern.particle_steps(torch.randn(2, 5, 3), unit, **ok)
+    for name in ("alpha", "beta", "tau"):
+        with pytest.raises(ValueError, match=f"{name} must be finite and >= 0"):
+            symkern.particle_steps(theta, unit, **ok, **{name: -1.0})
+    bad = theta.clone()
+    bad[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match="theta contains NaN"):
+        symkern.particle_steps(bad, unit, **ok)
+    with pytest.raises(
+        ValueError, match=r"rep_x acts on R\^3, but the unit's inputs x live in R\^2"
+    ):
+        symkern.particle_steps(theta, unit, teacher=teacher, group=groups.symmetric(3), scheme="DA")
+    with pytest.raises(ValueError, match="group is required"):
+        symkern.particle_steps(theta, unit, teacher=teacher, scheme="FA")
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        symkern.particle_steps(theta, unit, **dict(ok, scheme="augment"))
+    with pytest.raises(ValueError, match="teacher must be"):
+        symkern.particle_steps(theta, unit, **dict(ok, teacher=torch.randn(5, 3)))
+    with pytest.raises(ValueError, match="alpha must be a scalar or have one value per run"):
+        symkern.particle_steps(theta, unit, **ok, alpha=torch.ones(3))
