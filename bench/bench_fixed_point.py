@@ -15,7 +15,12 @@ writing into a reused output (comparable with the conftest copy floor, which reu
 
 Each case checks the result against float64 torch before timing; the harness (conftest.py)
 records every time, the speedups and the ratio to the copy floor in ``benchmark.extra_info``.
-(The fixed_point_basis timing cases are added separately.)
+``fixed_point_basis`` (cold: the representation is built inside the timed call, so no cache
+helps): T(2) of Alt(100) (D = 10⁴, dim 2) and T(5) of S5 (D = 3125, dim 52), target ≤ 10 ms
+each (PERF.md: EMLP 1.0.3 took 112 s and 18.3 s on this CPU; EMLP is not installed here, so
+those are quoted, not re-measured). Baseline measured in the same run where it fits in memory:
+the generic dense route a user would write — the null space of Σ_g (M_g − I)ᵀ(M_g − I) over the
+generators by eigh — on T(4) of S5 (D = 625).
 """
 
 from __future__ import annotations
@@ -130,3 +135,52 @@ def test_project_lowrank_particles(compare, smoke, k):
         bytes_moved=2 * x.nbytes,
         flops=4.0 * N * D * k,
     )
+
+
+BASIS_CASES = {
+    "T2_Alt100": (lambda: __import__("symkern").groups.alternating(100).tensor_power(2), 2),
+    "T5_S5": (lambda: __import__("symkern").groups.symmetric(5).tensor_power(5), 52),
+    "T4_S5": (lambda: __import__("symkern").groups.symmetric(5).tensor_power(4), 15),
+}
+
+
+def _dense_nullspace_basis(rep) -> torch.Tensor:
+    """The generic route: eigenvectors of Σ_g (M_g − I)ᵀ(M_g − I) with eigenvalue ~0."""
+    mats = rep.generator_matrices(dtype=torch.float64)
+    eye = torch.eye(rep.dim, dtype=torch.float64)
+    gram = sum((m - eye).T @ (m - eye) for m in mats)
+    evals, evecs = torch.linalg.eigh(gram)
+    return evecs[:, evals < 1e-9]
+
+
+@pytest.mark.parametrize("case", list(BASIS_CASES))
+def test_fixed_point_basis_speed(compare, smoke, case):
+    import symkern
+
+    make_rep, k = BASIS_CASES[case]
+    if smoke and case != "T4_S5":
+        make_rep = BASIS_CASES["T4_S5"][0]
+        k = BASIS_CASES["T4_S5"][1]
+
+    def cold_basis():
+        return symkern.fixed_point_basis(make_rep())
+
+    def check():
+        q = cold_basis()
+        assert q.shape[1] == k
+        assert torch.allclose(q.T @ q, torch.eye(k, dtype=torch.float64), atol=1e-12)
+
+    baselines = {}
+    if case == "T4_S5":
+        rep = make_rep()
+        q_dense = _dense_nullspace_basis(rep)
+        q = cold_basis()
+        assert q_dense.shape[1] == k
+        # same subspace: the projectors agree
+        assert torch.allclose(q_dense @ q_dense.T, q @ q.T, atol=1e-8)
+        baselines["dense_nullspace_eigh"] = lambda: _dense_nullspace_basis(rep)
+    info = compare(cold_basis, baselines=baselines, check=check, rounds=10)
+    if info and case != "T4_S5":
+        info_ms = info["symkern_ms"]
+        compare.benchmark.extra_info["target_ms"] = 10.0
+        compare.benchmark.extra_info["meets_target"] = bool(info_ms <= 10.0)

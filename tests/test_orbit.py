@@ -276,3 +276,15 @@ def test_plan_orbit_sizes_sum_to_dim():
     rep = groups.symmetric(5).tensor_power(3)
     p = orbit_plan(rep, torch.float32, torch.device("cpu"))
     assert p.n_orbits == 5 and math.isclose(float((1 / p.inv_size).sum()), 125.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", ["S5", "B3_signed", "so3_T2"])
+def test_half_precision_on_gpu(name, dtype):
+    """fp16 / bf16 only on a real GPU: the Triton interpreter computes bf16 wrongly."""
+    rep = rep_named(name)
+    x = _x((129, rep.dim), dtype, "cuda")
+    out = symkern.orbit_average(x, rep, backend="triton")
+    assert out.dtype == dtype
+    assert_close(out, reference_average(x, rep), scale=x.abs().max().item())
