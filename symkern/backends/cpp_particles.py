@@ -14,11 +14,13 @@ The registry imports this module only when ``symkern._C`` is importable. The ker
   particles M_g θ_i, never materialised. :func:`_check` verifies the premise (m_z is the unit's
   ``param_action`` of orthogonal ρ; for the matrix unit ρ̂ are permutations) and otherwise
   reports the call unsupported, so it goes to another backend;
-* OpenMP over runs (R ≥ threads or N < 2048); for fewer runs with large N the threads split each
-  run's particles and meet at one barrier per step;
+* OpenMP over runs. Splitting one run's particles across threads (one barrier per step) exists
+  but is off by default (``SYMKERN_PARTICLES_TEAM_MIN_N=2048`` enables it): on this shared
+  2-core machine the barrier cost milliseconds per step whenever the other core was busy;
 * activations: float64 uses std::exp / std::tanh; float32 uses vectorisable approximations with a
-  measured max error vs double libm of ≤ 1.2e-7 absolute / 2.4e-7 relative (sigmoid and tanh;
-  ``symkern._C.particle_activation_errors()`` re-measures it);
+  measured max error vs double libm on [-87, 87]: sigmoid ≤ 9.0e-8 absolute / 1.5e-7 relative,
+  tanh ≤ 9.2e-8 absolute / 1.9e-7 relative (``symkern._C.particle_activation_errors()``
+  re-measures it);
 * the kernel is compiled for AVX-512, AVX2+FMA and baseline x86-64 and picks one at run time
   (``symkern._C.particle_isa()``; ``SYMKERN_PARTICLES_ISA=avx2|baseline`` forces a lower one).
 
