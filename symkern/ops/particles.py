@@ -24,11 +24,13 @@ __all__ = ["ParticleStepsResult", "group_matrices", "particle_step", "particle_s
 
 class ParticleStepsResult(NamedTuple):
     """``theta`` (R, N, D) after the last step; ``snapshots`` (R, S, N, D) after every
-    ``snapshot_every``-th step; ``losses`` (R, S) the data loss ℓ_r of those steps."""
+    ``snapshot_every``-th step; ``losses`` (R, S) the data loss ℓ_r of those steps; ``backend``
+    the backend that ran the call."""
 
     theta: torch.Tensor
     snapshots: torch.Tensor
     losses: torch.Tensor
+    backend: str
 
 
 def group_matrices(
@@ -111,6 +113,7 @@ def particle_steps(
     project_noise: bool | Sequence[bool] = False,
     x_data: torch.Tensor | None = None,
     y_data: torch.Tensor | None = None,
+    projector: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> ParticleStepsResult:
     """Advance R runs of N particles by ``steps`` steps of particle SGD / Langevin dynamics.
@@ -135,6 +138,8 @@ def particle_steps(
             index of the first step (so a resumed run continues the same stream).
         snapshot_every: record θ and the loss every K steps (default: at the last step only).
         project_noise: project ξ onto E^G (SI runs); bool or one per run. EA always projects.
+        projector: (D, D) orthogonal projector used instead of P_{E^G} by EA and by projected
+            noise — e.g. a candidate subspace E_j in SI-subspace discovery (group may be None).
         backend: "auto", "cpp", "triton" or "torch".
 
     Returns a :class:`ParticleStepsResult`. Autograd does not flow through multi-step calls.
@@ -164,10 +169,17 @@ def particle_steps(
     schemes = _schemes(scheme, R, device)
     needs_group = bool((schemes != SCHEMES["vanilla"]).any())
     noise_proj = torch.as_tensor(project_noise, dtype=torch.bool).expand(R).to(device)
-    if (needs_group or noise_proj.any()) and group is None:
+    if (needs_group or (noise_proj.any() and projector is None)) and group is None:
         raise ValueError("group is required for the DA, DA-sample, FA and EA schemes and for "
-                         "projected noise")  # fmt: skip
+                         "projected noise (or pass projector=)")  # fmt: skip
     rho_x, rho_y, m_z, proj = group_matrices(unit, group, dtype, device)
+    if projector is not None:
+        p = torch.as_tensor(projector, dtype=torch.float64)
+        if p.shape != (D, D):
+            raise ValueError(f"projector must be ({D}, {D}), got {tuple(p.shape)}")
+        if not (torch.allclose(p, p.T, atol=1e-8) and torch.allclose(p @ p, p, atol=1e-8)):
+            raise ValueError("projector must be an orthogonal projector (symmetric, P @ P = P)")
+        proj = p.to(device=device, dtype=dtype).contiguous()
 
     if (teacher is None) == (x_data is None):
         raise ValueError("give exactly one of teacher (labels drawn in-kernel) or x_data/y_data")
@@ -232,7 +244,7 @@ def particle_steps(
     )
     kernel = select_kernel("particle_steps", {"theta": theta, "problem": problem}, backend)
     out = kernel.fn(theta.detach().contiguous(), problem, step0, steps, snapshot_every)
-    return ParticleStepsResult(*out)
+    return ParticleStepsResult(*out, kernel.backend)
 
 
 def particle_step(theta: torch.Tensor, unit: Unit, **kwargs) -> ParticleStepsResult:
