@@ -51,12 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     p_info.add_argument("--json", action="store_true", help="machine-readable output")
     p_run = sub.add_parser("run", help="run an experiment (options after NAME go to it)")
     p_run.add_argument("name", choices=sorted(EXPERIMENTS))
-    args, rest = parser.parse_known_args(argv)
+    # everything after NAME (its --help included) belongs to the experiment's own parser
+    p_run.add_argument("experiment_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
     if args.command == "info":
-        if rest:
-            parser.error(f"unrecognised arguments: {' '.join(rest)}")
         return _cmd_info(args)
-    return _cmd_run(args, rest)
+    return _cmd_run(args, args.experiment_args)
 
 
 if __name__ == "__main__":

@@ -123,12 +123,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
     """One ``--field-name`` flag per dataclass field (default: not given)."""
     for f in dataclasses.fields(cls):
         help_text = f.metadata.get("help", "")
+        has_factory = f.default_factory is not dataclasses.MISSING
+        default = f.default_factory() if has_factory else f.default
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             default=None,
             metavar="VALUE",
-            help=f"{help_text} (default: {f.default!r})" if help_text else argparse.SUPPRESS,
+            help=f"{help_text} (default: {default!r})" if help_text else argparse.SUPPRESS,
         )
 
 
