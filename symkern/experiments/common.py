@@ -36,6 +36,7 @@ import torch
 __all__ = [
     "atomic_save_npz",
     "atomic_write_json",
+    "config_field",
     "atomic_write_text",
     "build_config",
     "config_hash",
@@ -117,6 +118,15 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the config must be a table / object of parameters")
     return data
+
+
+def config_field(default, help_text: str):
+    """A dataclass field of an experiment Config with its --help text (lists get a factory)."""
+    if isinstance(default, list):
+        return dataclasses.field(
+            default_factory=lambda: list(default), metadata={"help": help_text}
+        )
+    return dataclasses.field(default=default, metadata={"help": help_text})
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:

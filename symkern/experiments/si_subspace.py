@@ -43,7 +43,7 @@ import io
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +63,7 @@ __all__ = ["Config", "PRESETS", "discover", "main", "principal_angles", "run"]
 GROUPS = ("c2", "s3")
 
 
-def _f(default, help_text: str):
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help_text})
-    return field(default=default, metadata={"help": help_text})
+_f = common.config_field  # one Config field with its --help text
 
 
 @dataclass

@@ -45,7 +45,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +70,7 @@ RESULTS_FORMAT = 1
 CRASH_ENV = "SYMKERN_TEST_KILL_AFTER_CELLS"
 
 
-def _f(default, help_text: str):
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help_text})
-    return field(default=default, metadata={"help": help_text})
+_f = common.config_field  # one Config field with its --help text
 
 
 @dataclass
@@ -455,8 +452,8 @@ def check_claims(
             claims.append(
                 {
                     "claim": f"arbitrary teacher, N={largest}: EA's test risk stays at the "
-                    "equivariant floor (>= 0.5 x risk of Q_G f*), far from the teacher's level 0 that "
-                    "vanilla approaches (vanilla <= 0.1 x EA)",
+                    "equivariant floor (>= 0.5 x risk of Q_G f*), far from the teacher's "
+                    "level 0 that vanilla approaches (vanilla <= 0.1 x EA)",
                     "value": {"EA": at["EA"], "vanilla": at["vanilla"], "equivariant_floor": f},
                     "holds": at["EA"] >= 0.5 * f and at["vanilla"] <= 0.1 * at["EA"],
                 }
