@@ -127,8 +127,9 @@ def test_project_lowrank_particles(compare, smoke, k):
             "torch_lowrank": lambda: (x @ q) @ q.T,
             "torch_dense_projector": lambda: x @ proj,
             "copy_into_fresh_tensor": _fresh_copy(x),
-            "kernel_into_preallocated_out": lambda: ext.project_lowrank(x.numpy(), q.numpy(),
-                                                                        out.numpy()),
+            "kernel_into_preallocated_out": lambda: ext.project_lowrank(
+                x.numpy(), q.numpy(), out.numpy()
+            ),
         },
         floor_of=x,
         check=check,

@@ -153,7 +153,11 @@ def test_orbit_mean_block_perm(compare, smoke, case):
     if naive_ok:
         baselines["naive_gather_mean"] = lambda: x[:, perms].mean(1)
     compare.benchmark.extra_info.update(
-        group_order=G, D=D, B=B, n_orbits=plan.n_orbits, naive_timed=naive_ok,
+        group_order=G,
+        D=D,
+        B=B,
+        n_orbits=plan.n_orbits,
+        naive_timed=naive_ok,
         naive_bytes=float(naive_bytes),
     )
     compare(
@@ -212,10 +216,14 @@ def _sym_generators(n: int) -> np.ndarray:
 
 LABEL_CASES = {
     # name: (full generators, smoke generators); PERF.md target <= 2 ms for both
-    "T2_Alt100_D10000_G2": (lambda: alternating_t2_generators(100),
-                            lambda: alternating_t2_generators(12)),
-    "T5_S5_D3125_G2": (lambda: tensor_power_generators(_sym_generators(5), 5),
-                       lambda: tensor_power_generators(_sym_generators(3), 3)),
+    "T2_Alt100_D10000_G2": (
+        lambda: alternating_t2_generators(100),
+        lambda: alternating_t2_generators(12),
+    ),
+    "T5_S5_D3125_G2": (
+        lambda: tensor_power_generators(_sym_generators(5), 5),
+        lambda: tensor_power_generators(_sym_generators(3), 3),
+    ),
 }
 
 

@@ -204,7 +204,9 @@ def test_cli_unknown_experiment_is_an_error():
 def test_cli_passes_options_after_name_to_the_experiment():
     out = subprocess.run(
         [sys.executable, "-m", "symkern.cli", "run", "teacher-student", "--help"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0
     assert "--resume" in out.stdout and "--preset" in out.stdout

@@ -96,7 +96,5 @@ def orbit_labels(perms: np.ndarray, signs: np.ndarray | None) -> tuple[np.ndarra
     if signs is not None:
         signs = np.asarray(signs, dtype=np.float64)
         if signs.shape != perms.shape:
-            raise ValueError(
-                f"signs: shape {signs.shape} does not match perms shape {perms.shape}"
-            )
+            raise ValueError(f"signs: shape {signs.shape} does not match perms shape {perms.shape}")
     return _C.orbit_labels(perms, signs)
