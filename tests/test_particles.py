@@ -8,7 +8,7 @@ from symkern import groups
 from symkern.backends.registry import select_kernel
 from symkern.meanfield import MatrixUnit, ParticleTrainer, StandardUnit, Teacher, rng
 from symkern.meanfield.trainer import initial_particles
-from symkern.ops.particles import group_matrices
+from symkern.ops.particles import group_matrices, particle_problem
 from symkern.testing import assert_close
 
 SCHEMES = ["vanilla", "DA", "DA-sample", "FA", "EA"]
@@ -242,3 +242,26 @@ def test_bad_inputs_raise_clear_errors():
         symkern.particle_steps(theta, unit, **dict(ok, teacher=torch.randn(5, 3)))
     with pytest.raises(ValueError, match="alpha must be a scalar or have one value per run"):
         symkern.particle_steps(theta, unit, **ok, alpha=torch.ones(3))
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_triton_two_pass_large_n_path(activation):
+    """The GPU large-N path (forward reduction, then a backward that recomputes activations: no
+    B x N buffer), forced at a tiny size so the interpreter can run it."""
+    from symkern.backends.registry import get_backend
+
+    if get_backend("triton").availability_reasons():
+        pytest.skip("; ".join(get_backend("triton").availability_reasons()))
+    from symkern.backends.triton.particles import particle_steps_triton
+
+    unit = StandardUnit(d=5, c=2, activation=activation)
+    g = torch.Generator().manual_seed(5)
+    teacher = torch.randn(3, unit.D, generator=g, dtype=torch.float64)
+    theta = initial_particles(2, 37, unit.D, seed=9, std=0.5)
+    args = dict(unit=unit, teacher=teacher, alpha=1.0, tau=1e-3, beta=1e-4, batch=19,
+                sigma_pi=1.0, seed=77, steps=3, snapshot_every=1)  # fmt: skip
+    ref = symkern.particle_steps(theta, backend="torch", **args)
+    problem = particle_problem(theta, **{k: v for k, v in args.items() if k != "snapshot_every"})
+    out = particle_steps_triton(theta, problem, 0, 3, 1, path="two_pass")
+    assert_close(out[0], ref.theta)
+    assert_close(out[2], ref.losses)

@@ -19,7 +19,13 @@ from symkern.groups import Representation
 from symkern.meanfield.problem import SCHEMES, ParticleProblem
 from symkern.meanfield.units import Unit
 
-__all__ = ["ParticleStepsResult", "group_matrices", "particle_step", "particle_steps"]
+__all__ = [
+    "ParticleStepsResult",
+    "group_matrices",
+    "particle_problem",
+    "particle_step",
+    "particle_steps",
+]
 
 
 class ParticleStepsResult(NamedTuple):
@@ -92,7 +98,7 @@ def _schemes(scheme: str | Sequence[str], R: int, device) -> torch.Tensor:
     return torch.tensor([SCHEMES[s] for s in names], dtype=torch.int32, device=device)
 
 
-def particle_steps(
+def particle_problem(
     theta: torch.Tensor,
     unit: Unit,
     *,
@@ -107,42 +113,18 @@ def particle_steps(
     sigma_pi: float = 4.0,
     seed: int = 0,
     run_ids: torch.Tensor | None = None,
-    step0: int = 0,
     steps: int = 1,
-    snapshot_every: int | None = None,
     project_noise: bool | Sequence[bool] = False,
     x_data: torch.Tensor | None = None,
     y_data: torch.Tensor | None = None,
     projector: torch.Tensor | None = None,
-    backend: str = "auto",
-) -> ParticleStepsResult:
-    """Advance R runs of N particles by ``steps`` steps of particle SGD / Langevin dynamics.
+) -> ParticleProblem:
+    """Validate the arguments of :func:`particle_steps` and build the
+    :class:`~symkern.meanfield.problem.ParticleProblem` every backend's kernel receives (group
+    matrices, per-run hyperparameters, teacher, projector) on theta's device and dtype.
 
-    θ_i ← θ_i − (α/N)[(1/B) Σ_b ∇_z σ*(x_b, θ_i)ᵀ ∇ℓ(Φ_θ(x_b), y_b) + τ ∇r(θ_i)]
-          + sqrt(2 β α / N) ξ_i,                ℓ = ‖ŷ − y‖², r = ‖z‖²
-
-    with a fresh batch x_b ~ N(0, σ_π² I), y_b = teacher(x_b) every step (or ``x_data`` /
-    ``y_data`` of shapes (steps, R, B, d) / (steps, R, B, c)), and the scheme's symmetrisation
-    (see :mod:`symkern.meanfield.problem`).
-
-    Args:
-        theta: (R, N, D) particles, N ≥ 1, finite; float32 or float64. Not modified.
-        unit: a :class:`~symkern.meanfield.units.Unit` (D = unit.D).
-        teacher: (M, D) or (R, M, D) teacher particles (same unit); ``teacher_weights`` (M,) or
-            (R, M), default 1/M (a zero weight pads a smaller teacher).
-        group: finite group acting on X and Y (a rep, or (rep_x, rep_y)); needed by DA,
-            DA-sample, FA, EA and projected noise.
-        scheme: "vanilla", "DA", "DA-sample", "FA" or "EA", or one per run.
-        alpha, tau, beta: step size, weight decay, temperature — scalars or one per run (≥ 0).
-        seed, run_ids: the RNG identity of each run (run_ids default 0..R−1); step0: absolute
-            index of the first step (so a resumed run continues the same stream).
-        snapshot_every: record θ and the loss every K steps (default: at the last step only).
-        project_noise: project ξ onto E^G (SI runs); bool or one per run. EA always projects.
-        projector: (D, D) orthogonal projector used instead of P_{E^G} by EA and by projected
-            noise — e.g. a candidate subspace E_j in SI-subspace discovery (group may be None).
-        backend: "auto", "cpp", "triton" or "torch".
-
-    Returns a :class:`ParticleStepsResult`. Autograd does not flow through multi-step calls.
+    ``steps`` is only used to check the shape of ``x_data`` / ``y_data``. Useful to call one
+    backend's kernel directly (tests, benchmarks) on exactly the problem the op would build.
     """
     if not isinstance(theta, torch.Tensor) or not theta.is_floating_point():
         raise TypeError("theta must be a floating torch.Tensor of shape (R, N, D)")
@@ -157,11 +139,6 @@ def particle_steps(
     for v, name in ((steps, "steps"), (batch, "batch")):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if not isinstance(step0, int) or step0 < 0:
-        raise ValueError(f"step0 must be a non-negative int, got {step0!r}")
-    snapshot_every = steps if snapshot_every is None else snapshot_every
-    if not isinstance(snapshot_every, int) or snapshot_every < 1:
-        raise ValueError(f"snapshot_every must be a positive int, got {snapshot_every!r}")
     if not (isinstance(sigma_pi, int | float) and sigma_pi > 0):
         raise ValueError(f"sigma_pi must be a positive number, got {sigma_pi!r}")
     dtype, device = theta.dtype, theta.device
@@ -218,7 +195,7 @@ def particle_steps(
     if not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}")
 
-    problem = ParticleProblem(
+    return ParticleProblem(
         unit_code=unit.code,
         activation_code=unit.activation_code,
         c=unit.c,
@@ -242,6 +219,73 @@ def particle_steps(
         x_data=x_data,
         y_data=y_data,
     )
+
+
+def particle_steps(
+    theta: torch.Tensor,
+    unit: Unit,
+    *,
+    teacher: torch.Tensor | None = None,
+    teacher_weights: torch.Tensor | None = None,
+    group: Representation | tuple[Representation, Representation] | None = None,
+    scheme: str | Sequence[str] = "vanilla",
+    alpha: float | torch.Tensor = 50.0,
+    tau: float | torch.Tensor = 1e-4,
+    beta: float | torch.Tensor = 1e-6,
+    batch: int = 20,
+    sigma_pi: float = 4.0,
+    seed: int = 0,
+    run_ids: torch.Tensor | None = None,
+    step0: int = 0,
+    steps: int = 1,
+    snapshot_every: int | None = None,
+    project_noise: bool | Sequence[bool] = False,
+    x_data: torch.Tensor | None = None,
+    y_data: torch.Tensor | None = None,
+    projector: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> ParticleStepsResult:
+    """Advance R runs of N particles by ``steps`` steps of particle SGD / Langevin dynamics.
+
+    θ_i ← θ_i − (α/N)[(1/B) Σ_b ∇_z σ*(x_b, θ_i)ᵀ ∇ℓ(Φ_θ(x_b), y_b) + τ ∇r(θ_i)]
+          + sqrt(2 β α / N) ξ_i,                ℓ = ‖ŷ − y‖², r = ‖z‖²
+
+    with a fresh batch x_b ~ N(0, σ_π² I), y_b = teacher(x_b) every step (or ``x_data`` /
+    ``y_data`` of shapes (steps, R, B, d) / (steps, R, B, c)), and the scheme's symmetrisation
+    (see :mod:`symkern.meanfield.problem`).
+
+    Args:
+        theta: (R, N, D) particles, N ≥ 1, finite; float32 or float64. Not modified.
+        unit: a :class:`~symkern.meanfield.units.Unit` (D = unit.D).
+        teacher: (M, D) or (R, M, D) teacher particles (same unit); ``teacher_weights`` (M,) or
+            (R, M), default 1/M (a zero weight pads a smaller teacher).
+        group: finite group acting on X and Y (a rep, or (rep_x, rep_y)); needed by DA,
+            DA-sample, FA, EA and projected noise.
+        scheme: "vanilla", "DA", "DA-sample", "FA" or "EA", or one per run.
+        alpha, tau, beta: step size, weight decay, temperature — scalars or one per run (≥ 0).
+        seed, run_ids: the RNG identity of each run (run_ids default 0..R−1); step0: absolute
+            index of the first step (so a resumed run continues the same stream).
+        snapshot_every: record θ and the loss every K steps (default: at the last step only).
+        project_noise: project ξ onto E^G (SI runs); bool or one per run. EA always projects.
+        projector: (D, D) orthogonal projector used instead of P_{E^G} by EA and by projected
+            noise — e.g. a candidate subspace E_j in SI-subspace discovery (group may be None).
+        backend: "auto", "cpp", "triton" or "torch".
+
+    Returns a :class:`ParticleStepsResult`. Autograd does not flow through multi-step calls.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not isinstance(step0, int) or step0 < 0:
+        raise ValueError(f"step0 must be a non-negative int, got {step0!r}")
+    snapshot_every = steps if snapshot_every is None else snapshot_every
+    if not isinstance(snapshot_every, int) or snapshot_every < 1:
+        raise ValueError(f"snapshot_every must be a positive int, got {snapshot_every!r}")
+    problem = particle_problem(
+        theta, unit, teacher=teacher, teacher_weights=teacher_weights, group=group,
+        scheme=scheme, alpha=alpha, tau=tau, beta=beta, batch=batch, sigma_pi=sigma_pi,
+        seed=seed, run_ids=run_ids, steps=steps, project_noise=project_noise,
+        x_data=x_data, y_data=y_data, projector=projector,
+    )  # fmt: skip
     kernel = select_kernel("particle_steps", {"theta": theta, "problem": problem}, backend)
     out = kernel.fn(theta.detach().contiguous(), problem, step0, steps, snapshot_every)
     return ParticleStepsResult(*out, kernel.backend)
