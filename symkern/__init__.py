@@ -25,7 +25,7 @@ from symkern.ops import (
     project_fixed,
     symmetrize,
 )
-from symkern.ops.particles import particle_step, particle_steps
+from symkern.ops.particles import model_output, particle_step, particle_steps
 
 __all__ = [
     "Orbit",
@@ -35,6 +35,7 @@ __all__ = [
     "groups",
     "info",
     "meanfield",
+    "model_output",
     "orbit_average",
     "orbits",
     "particle_step",

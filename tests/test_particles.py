@@ -265,3 +265,48 @@ def test_triton_two_pass_large_n_path(activation):
     out = particle_steps_triton(theta, problem, 0, 3, 1, path="two_pass")
     assert_close(out[0], ref.theta)
     assert_close(out[2], ref.losses)
+
+
+# --- the fused model output (autograd) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        MatrixUnit(2, 2),
+        MatrixUnit(3, 2),
+        StandardUnit(4, 2, "tanh"),
+        StandardUnit(3, 1, "sigmoid"),
+        StandardUnit(3, 2, "relu"),
+    ],  # fmt: skip
+    ids=repr,
+)
+def test_model_output_forward_and_gradients(backend_case, unit):
+    from symkern.backends.registry import get_backend
+    from symkern.ops.particles import model_output
+
+    if not get_backend(backend_case.backend).has_kernel("particle_forward"):
+        pytest.skip(f"no {backend_case.backend!r} kernel for op 'particle_forward' is implemented")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(7, unit.d, generator=g, dtype=torch.float64)
+    theta = torch.randn(13, unit.D, generator=g, dtype=torch.float64)
+    out = model_output(x, theta, unit, backend=backend_case.backend)
+    assert_close(out, unit.output(x, theta))
+    xg, tg = x.clone().requires_grad_(), theta.clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, b: model_output(a, b, unit, backend=backend_case.backend), (xg, tg)
+    )
+
+
+def test_model_output_bad_inputs():
+    from symkern.ops.particles import model_output
+
+    unit = MatrixUnit(2, 2)
+    with pytest.raises(ValueError, match="x must be 2-D with 2 columns"):
+        model_output(torch.randn(5, 3), torch.randn(4, 4), unit)
+    with pytest.raises(ValueError, match="theta must be 2-D with 4 columns"):
+        model_output(torch.randn(5, 2), torch.randn(4, 3), unit)
+    with pytest.raises(ValueError, match="at least one particle"):
+        model_output(torch.randn(5, 2), torch.randn(0, 4), unit)
+    with pytest.raises(TypeError, match="x must be a floating"):
+        model_output(torch.ones(5, 2, dtype=torch.int64), torch.randn(4, 4), unit)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ACTIVATIONS", "MatrixUnit", "StandardUnit", "Unit"]
+__all__ = ["ACTIVATIONS", "MatrixUnit", "StandardUnit", "Unit", "unit_from_codes"]
 
 ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "relu": 2}
 _ACT_FN = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}
@@ -127,3 +127,15 @@ class StandardUnit(Unit):
         m[:, self.c : self.c + self.d, self.c : self.c + self.d] = rho_x
         m[:, -1, -1] = 1.0
         return m
+
+
+def unit_from_codes(unit_code: int, activation_code: int, c: int, d: int) -> Unit:
+    """The unit the compiled kernels describe by integer codes (see the module docstring)."""
+    if unit_code == MatrixUnit.code:
+        return MatrixUnit(c, d)
+    if unit_code != StandardUnit.code:
+        raise ValueError(
+            f"unit_code must be {MatrixUnit.code} or {StandardUnit.code}, got {unit_code}"
+        )
+    act = {v: k for k, v in ACTIVATIONS.items()}[activation_code]
+    return StandardUnit(d, c, act)

@@ -17,11 +17,13 @@ import torch
 from symkern.backends.registry import select_kernel
 from symkern.groups import Representation
 from symkern.meanfield.problem import SCHEMES, ParticleProblem
-from symkern.meanfield.units import Unit
+from symkern.meanfield.units import Unit, unit_from_codes
+from symkern.ops._common import resolve_backend
 
 __all__ = [
     "ParticleStepsResult",
     "group_matrices",
+    "model_output",
     "particle_problem",
     "particle_step",
     "particle_steps",
@@ -296,3 +298,66 @@ def particle_step(theta: torch.Tensor, unit: Unit, **kwargs) -> ParticleStepsRes
     if "steps" in kwargs:
         raise TypeError("particle_step takes no steps argument; use particle_steps")
     return particle_steps(theta, unit, steps=1, **kwargs)
+
+
+# --- the fused model output with autograd: symkern::particle_forward -----------------------------
+
+
+@torch.library.custom_op("symkern::particle_forward", mutates_args=())
+def _particle_forward_op(
+    x: torch.Tensor, theta: torch.Tensor, unit_code: int, activation_code: int, c: int,
+    d: int, backend: str,
+) -> torch.Tensor:  # fmt: skip
+    unit = unit_from_codes(unit_code, activation_code, c, d)
+    kernel = select_kernel("particle_forward", {"x": x, "theta": theta}, backend)
+    return kernel.fn(x, theta, unit)
+
+
+@_particle_forward_op.register_fake
+def _(x, theta, unit_code, activation_code, c, d, backend):
+    return x.new_empty(x.shape[0], c)
+
+
+def _particle_forward_setup(ctx, inputs, output):
+    x, theta, *codes, backend = inputs
+    ctx.save_for_backward(x, theta)
+    ctx.codes, ctx.backend = codes, backend
+
+
+def _particle_forward_backward(ctx, grad_phi):
+    x, theta = ctx.saved_tensors
+    unit = unit_from_codes(*ctx.codes)
+    kernel = select_kernel("particle_forward_backward", {"x": x, "theta": theta}, ctx.backend)
+    grad_theta, grad_x = kernel.fn(x, theta, unit, grad_phi.contiguous())
+    return grad_x, grad_theta, None, None, None, None, None
+
+
+_particle_forward_op.register_autograd(
+    _particle_forward_backward, setup_context=_particle_forward_setup
+)
+
+
+def model_output(
+    x: torch.Tensor, theta: torch.Tensor, unit: Unit, backend: str = "auto"
+) -> torch.Tensor:
+    """The particle model Φ_θ(x) = (1/N) Σ_i σ*(x, θ_i), differentiable in x and θ.
+
+    x (B, d), theta (N, D) (float32 / float64, same device) → (B, c). Fused kernels never keep a
+    B×N activation buffer: the backward recomputes activations. Use it to plug a mean-field model
+    into your own training loop (first-order gradients; no double backward).
+    """
+    for t, name, width in ((x, "x", unit.d), (theta, "theta", unit.D)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating torch.Tensor")
+        if t.dim() != 2 or t.shape[1] != width:
+            raise ValueError(f"{name} must be 2-D with {width} columns for {unit!r}, got "
+                             f"{tuple(t.shape)}")  # fmt: skip
+    if theta.shape[0] < 1:
+        raise ValueError("theta must hold at least one particle")
+    if x.dtype != theta.dtype or x.device != theta.device:
+        raise ValueError("x and theta must share dtype and device")
+    backend = resolve_backend("particle_forward", {"x": x, "theta": theta}, backend)
+    return _particle_forward_op(
+        x.contiguous(), theta.contiguous(), unit.code, unit.activation_code, unit.c, unit.d,
+        backend,
+    )  # fmt: skip

@@ -13,14 +13,11 @@ import torch
 from symkern.backends.registry import register_kernel
 from symkern.meanfield import rng
 from symkern.meanfield.problem import SCHEMES, ParticleProblem
-from symkern.meanfield.units import ACTIVATIONS, MatrixUnit, StandardUnit, Unit
+from symkern.meanfield.units import Unit, unit_from_codes
 
 
 def unit_of(problem: ParticleProblem) -> Unit:
-    if problem.unit_code == MatrixUnit.code:
-        return MatrixUnit(problem.c, problem.d)
-    act = {v: k for k, v in ACTIVATIONS.items()}[problem.activation_code]
-    return StandardUnit(problem.d, problem.c, act)
+    return unit_from_codes(problem.unit_code, problem.activation_code, problem.c, problem.d)
 
 
 def step_data(problem: ParticleProblem, unit: Unit, t: int, local_t: int, dtype: torch.dtype):
@@ -109,3 +106,21 @@ def particle_steps(
     snap_t = torch.stack(snaps, 1) if S else theta.new_empty(R, 0, N, D)
     loss_t = torch.stack(losses, 1) if S else theta.new_empty(R, 0)
     return theta, snap_t, loss_t
+
+
+@register_kernel("particle_forward", "torch")
+def particle_forward(x: torch.Tensor, theta: torch.Tensor, unit: Unit) -> torch.Tensor:
+    """Φ_θ(x) = (1/N) Σ_i σ*(x, θ_i): x (B, d), θ (N, D) → (B, c) (the natural torch code)."""
+    return unit.output(x, theta)
+
+
+@register_kernel("particle_forward_backward", "torch")
+def particle_forward_backward(
+    x: torch.Tensor, theta: torch.Tensor, unit: Unit, grad_phi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(∂L/∂θ (N, D), ∂L/∂x (B, d)) from ∂L/∂Φ (B, c), by autograd through :meth:`Unit.output`."""
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        tg = theta.detach().requires_grad_(True)
+        gt, gx = torch.autograd.grad(unit.output(xg, tg), (tg, xg), grad_phi)
+    return gt, gx
