@@ -7,13 +7,15 @@ call by :mod:`symkern.backends.registry`:
 * :func:`fixed_point_basis`, :func:`project_fixed` — the fixed-point subspace E^G;
 * :func:`orbits`, :func:`symmetrize`, :func:`augment` — orbits, feature averaging, augmentation;
 * :func:`particle_steps` — batched multi-step particle SGD for mean-field networks
-  (:mod:`symkern.meanfield`).
+  (:mod:`symkern.meanfield`);
+* :mod:`symkern.mirror` — mirror symmetries (Ziyin): reflections, projections onto Oᵀθ = 0,
+  detection in torch models, DCS parametrisations, critical weight decay.
 
 Groups and representations live in :mod:`symkern.groups`. ``symkern.info()`` reports what this
 installation can run. Importing symkern imports torch and numpy only (no triton, no device query).
 """
 
-from symkern import groups, meanfield
+from symkern import groups, meanfield, mirror
 from symkern._version import __version__
 from symkern.info import info
 from symkern.ops import (
@@ -35,6 +37,7 @@ __all__ = [
     "groups",
     "info",
     "meanfield",
+    "mirror",
     "model_output",
     "orbit_average",
     "orbits",

@@ -1,0 +1,39 @@
+"""Mirror symmetries of losses and the constraints they induce (Ziyin, ICML 2024).
+
+See ``/work/shared/SPEC_MIRROR.md``. An O-mirror symmetric loss ℓ(θ) = ℓ((I − 2OOᵀ)θ) has
+symmetric solutions on Oᵀθ = 0; weight decay (convention ℓ + γ‖θ‖²) or gradient noise can make
+them attracting.
+
+* :class:`Mirror` — structured orthonormal O ∈ R^{d×k} (never a d×d matrix): reflect, project,
+  breaking, is_symmetric.
+* :mod:`symkern.mirror.detect` — permutation / sign-flip / rotation mirrors of torch models.
+* :class:`DCS`, :class:`GroupGateDCS`, :class:`LowRankDCS` — differentiable constraint by symmetry.
+* :func:`critical_decay`, :func:`noise_lyapunov`, :func:`sample_curvatures` — thresholds.
+
+Pure-torch layer; batched C++/Triton kernels can replace :meth:`Mirror.coefficients` and
+:meth:`Mirror.expand` later.
+"""
+
+from symkern.mirror import detect
+from symkern.mirror.core import Mirror
+from symkern.mirror.dcs import DCS, GroupGateDCS, LowRankDCS
+from symkern.mirror.thresholds import (
+    LanczosResult,
+    critical_decay,
+    noise_lyapunov,
+    projected_hessian_eigs,
+    sample_curvatures,
+)
+
+__all__ = [
+    "DCS",
+    "GroupGateDCS",
+    "LanczosResult",
+    "LowRankDCS",
+    "Mirror",
+    "critical_decay",
+    "detect",
+    "noise_lyapunov",
+    "projected_hessian_eigs",
+    "sample_curvatures",
+]

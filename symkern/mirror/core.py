@@ -1,0 +1,453 @@
+"""The :class:`Mirror` object: an orthonormal O ∈ R^{d×k} stored without any d×d matrix.
+
+Math (``/work/shared/SPEC_MIRROR.md``): the reflection is R_O = I − 2OOᵀ; a loss ℓ is O-mirror
+symmetric when ℓ(θ) = ℓ(R_O θ) for all θ, and its symmetric solutions satisfy Oᵀθ = 0.
+
+Storage ("sparse columns"): column j of O has at most ``s`` non-zeros, at flat coordinates
+``index[j, :]`` with values ``value[j, :]`` (``index``, ``value`` of shape (k, s)). Every structured
+mirror of the spec fits this layout with O(d) memory:
+
+=====================  ==========================================  ===
+constructor            column j                                    s
+=====================  ==========================================  ===
+``coordinates``        e_{idx_j}                                   1
+``rescaling_pairs``    e_{u_i} and e_{w_i} (two columns per pair)  1
+``neuron_swap``        (e_{p_j} − e_{q_j}) / √2                     2
+``householder``        Σ_h n_h e_{pos(r, h)} (one per row r)        H
+``dense``              O[:, j] (stored as a dense (d, k) matrix)   d
+=====================  ==========================================  ===
+
+With this layout c = Oᵀθ is a gather + weighted sum and O c a scatter-add (``index_add``), both
+differentiable and batched over leading dims of θ. A fused C++/Triton kernel can replace
+:meth:`Mirror.coefficients` / :meth:`Mirror.expand` without changing the API.
+
+Columns may carry a group id (``groups``, shape (k,)): e.g. one group per pair of
+:meth:`Mirror.rescaling_pairs`. :meth:`Mirror.split` returns one Mirror per group (each one is a
+mirror on its own when the loss has the per-group symmetry).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+__all__ = ["Mirror"]
+
+
+def _as_index(x, name: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer index tensor, got dtype {x.dtype}")
+        t = x.detach().to("cpu", torch.long).reshape(-1)
+    else:
+        try:
+            t = torch.as_tensor(list(x), dtype=torch.long).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name} must be a sequence of integers") from e
+    return t
+
+
+def _check_d(d, name: str = "d") -> int:
+    if isinstance(d, bool) or not isinstance(d, int):
+        raise TypeError(f"{name} must be an int, got {type(d).__name__}")
+    if d < 1:
+        raise ValueError(f"{name} must be >= 1, got {d}")
+    return d
+
+
+class Mirror:
+    """An orthonormal O ∈ R^{d×k} (k ≥ 1) and the ops of its reflection R_O = I − 2OOᵀ.
+
+    Build with the classmethods (:meth:`dense`, :meth:`coordinates`, :meth:`rescaling_pairs`,
+    :meth:`neuron_swap`, :meth:`householder`), not the constructor. All ops accept θ of shape
+    (..., d), any floating dtype/device, and are differentiable with autograd.
+
+    Attributes: ``d``, ``k``, ``index`` (k, s) long, ``value`` (k, s) float64, ``groups`` (k,) long,
+    ``kind`` (str), ``meta`` (dict, free-form provenance e.g. from :mod:`symkern.mirror.detect`).
+    """
+
+    def __init__(
+        self,
+        index: torch.Tensor,
+        value: torch.Tensor,
+        d: int,
+        *,
+        groups: torch.Tensor | None = None,
+        kind: str = "sparse",
+        dense: torch.Tensor | None = None,
+        meta: dict | None = None,
+        check: bool = True,
+        tol: float = 1e-10,
+    ):
+        self.d = _check_d(d)
+        if dense is not None:
+            self._dense = dense.detach().to("cpu", torch.float64)
+            self.index = None
+            self.value = None
+            k = self._dense.shape[1]
+        else:
+            self._dense = None
+            if index.ndim != 2 or value.shape != index.shape:
+                raise ValueError(
+                    f"index and value must both be (k, s); got {tuple(index.shape)}, "
+                    f"{tuple(value.shape)}"
+                )
+            self.index = index.to("cpu", torch.long).contiguous()
+            self.value = value.detach().to("cpu", torch.float64).contiguous()
+            k = index.shape[0]
+            if k == 0:
+                raise ValueError("a mirror needs at least one column (k >= 1)")
+            if self.index.numel() and (self.index.min() < 0 or self.index.max() >= self.d):
+                raise ValueError(f"index has coordinates outside [0, d={self.d})")
+        self.k = int(k)
+        if groups is None:
+            groups = torch.zeros(self.k, dtype=torch.long)
+        groups = _as_index(groups, "groups")
+        if groups.numel() != self.k:
+            raise ValueError(f"groups must have k={self.k} entries, got {groups.numel()}")
+        self.groups = groups
+        self.kind = kind
+        self.meta = dict(meta or {})
+        self._cache: dict = {}
+        if check and self._dense is None:
+            self._check_orthonormal(tol)
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def dense(cls, O: torch.Tensor, *, tol: float | None = None) -> Mirror:
+        """O given as a dense (d, k) matrix with orthonormal columns (for small k).
+
+        Raises ValueError naming ``O`` if ‖OᵀO − I‖_max > tol (default 1e-10 for float64 input,
+        1e-5 for lower precision) or k > d.
+        """
+        if not isinstance(O, torch.Tensor):
+            raise TypeError(f"O must be a torch.Tensor, got {type(O).__name__}")
+        if not O.dtype.is_floating_point:
+            raise TypeError(f"O must be a floating tensor, got dtype {O.dtype}")
+        if O.ndim != 2 or O.shape[1] < 1 or O.shape[0] < 1:
+            raise ValueError(f"O must have shape (d, k) with d, k >= 1, got {tuple(O.shape)}")
+        d, k = O.shape
+        if k > d:
+            raise ValueError(f"O has k={k} > d={d} columns: they cannot be orthonormal")
+        if not torch.isfinite(O).all():
+            raise ValueError("O contains non-finite values")
+        if tol is None:
+            tol = 1e-10 if O.dtype == torch.float64 else 1e-5
+        O64 = O.detach().to("cpu", torch.float64)
+        err = (O64.T @ O64 - torch.eye(k, dtype=torch.float64)).abs().max().item()
+        if err > tol:
+            raise ValueError(f"O must have orthonormal columns: max|OᵀO − I| = {err:.3g} > {tol:g}")
+        return cls(None, None, d, dense=O64, kind="dense", check=False)
+
+    @classmethod
+    def coordinates(cls, idx, d: int, *, groups=None) -> Mirror:
+        """O = [e_{idx_0}, …, e_{idx_{k−1}}]: the reflection flips the sign of the selected
+        coordinates; the constraint sets them to zero (O = I: ``idx = range(d)``).
+
+        ``groups`` (optional, (k,)) tags columns; default: each coordinate its own group.
+        """
+        d = _check_d(d)
+        idx = _as_index(idx, "idx")
+        if idx.numel() == 0:
+            raise ValueError("idx must select at least one coordinate")
+        if idx.min() < 0 or idx.max() >= d:
+            raise ValueError(f"idx must lie in [0, d={d}), got range [{idx.min()}, {idx.max()}]")
+        if torch.unique(idx).numel() != idx.numel():
+            raise ValueError("idx has repeated coordinates (columns would not be orthonormal)")
+        if groups is None:
+            groups = torch.arange(idx.numel())
+        return cls(
+            idx[:, None],
+            torch.ones(idx.numel(), 1, dtype=torch.float64),
+            d,
+            groups=groups,
+            kind="coordinates",
+        )
+
+    @classmethod
+    def rescaling_pairs(cls, u_idx, w_idx, d: int) -> Mirror:
+        """Mirror of the rescaling symmetry of θ = u ⊙ w: (u_i, w_i) → (−u_i, −w_i) for every pair.
+
+        O = [e_{u_0}, e_{w_0}, e_{u_1}, e_{w_1}, …] (k = 2 per pair; column 2i ↔ u_i, 2i+1 ↔ w_i),
+        group i = pair i. The constraint Oᵀθ = 0 is u_i = w_i = 0 (sparsity of u ⊙ w). One pair
+        alone is already a mirror of ℓ(u ⊙ w): use :meth:`split` for the per-pair mirrors.
+        """
+        d = _check_d(d)
+        u = _as_index(u_idx, "u_idx")
+        w = _as_index(w_idx, "w_idx")
+        if u.numel() != w.numel():
+            raise ValueError(
+                f"u_idx and w_idx must have equal length, got {u.numel()}, {w.numel()}"
+            )
+        if u.numel() == 0:
+            raise ValueError("u_idx must hold at least one pair")
+        for name, t in (("u_idx", u), ("w_idx", w)):
+            if t.min() < 0 or t.max() >= d:
+                raise ValueError(f"{name} must lie in [0, d={d})")
+        idx = torch.stack([u, w], 1).reshape(-1)
+        if torch.unique(idx).numel() != idx.numel():
+            raise ValueError("u_idx and w_idx must be distinct coordinates (no repeats)")
+        groups = torch.arange(u.numel()).repeat_interleave(2)
+        return cls(
+            idx[:, None],
+            torch.ones(idx.numel(), 1, dtype=torch.float64),
+            d,
+            groups=groups,
+            kind="rescaling_pairs",
+        )
+
+    @classmethod
+    def neuron_swap(cls, block_i, block_j, d: int) -> Mirror:
+        """Mirror of swapping two neurons' parameter blocks, θ[block_i] ↔ θ[block_j].
+
+        ``block_i[t]`` and ``block_j[t]`` are the flat coordinates of the same parameter of
+        neuron i and neuron j. O has one column (e_{block_i[t]} − e_{block_j[t]})/√2 per t, so
+        R_O swaps the blocks exactly and Oᵀθ = 0 ⟺ neuron i = neuron j.
+        """
+        d = _check_d(d)
+        a = _as_index(block_i, "block_i")
+        b = _as_index(block_j, "block_j")
+        if a.numel() != b.numel():
+            raise ValueError(
+                f"block_j must have the length of block_i ({a.numel()}), got {b.numel()}"
+            )
+        if a.numel() == 0:
+            raise ValueError("block_i must hold at least one coordinate")
+        for name, t in (("block_i", a), ("block_j", b)):
+            if t.min() < 0 or t.max() >= d:
+                raise ValueError(f"{name} must lie in [0, d={d})")
+        idx = torch.stack([a, b], 1)
+        if torch.unique(idx).numel() != idx.numel():
+            raise ValueError("block_i and block_j must be disjoint and without repeats")
+        r = 1.0 / math.sqrt(2.0)
+        val = torch.tensor([r, -r], dtype=torch.float64).expand(a.numel(), 2).clone()
+        return cls(idx, val, d, kind="neuron_swap")
+
+    @classmethod
+    def householder(cls, n: torch.Tensor, blocks: Sequence, d: int) -> Mirror:
+        """Rotation mirror on a hidden index: every block M gets M → M(I − 2nnᵀ) along its
+        hidden axis.
+
+        ``blocks``: sequence of ``(offset, shape, axis)``: a parameter stored row-major
+        (contiguous) at θ[offset : offset + prod(shape)], whose dimension ``axis`` is the hidden
+        index (``shape[axis] == len(n)``). For a factorisation M = U Wᵀ, U ∈ R^{m×h}, W ∈ R^{p×h}
+        stored as θ = [vec U, vec W]: ``blocks = [(0, (m, h), 1), (m*h, (p, h), 1)]``.
+
+        O has one column per "row" r of each block (all indices but ``axis``): Σ_h n_h e_{pos(r,h)};
+        so Oᵀθ = [U n; W n] and the constraint U n = W n = 0 means rank(U Wᵀ) ≤ h − 1. ``n`` must
+        be a unit vector (ValueError naming ``n`` otherwise).
+        """
+        d = _check_d(d)
+        if not isinstance(n, torch.Tensor):
+            raise TypeError(f"n must be a torch.Tensor, got {type(n).__name__}")
+        if n.ndim != 1 or n.numel() < 1 or not n.dtype.is_floating_point:
+            raise ValueError(f"n must be a 1-D floating vector, got shape {tuple(n.shape)}")
+        n64 = n.detach().to("cpu", torch.float64)
+        tol = 1e-10 if n.dtype == torch.float64 else 1e-5
+        if abs(n64.norm().item() - 1.0) > tol:
+            raise ValueError(f"n must be a unit vector, got ‖n‖ = {n64.norm().item():.6g}")
+        H = n64.numel()
+        if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence) or not blocks:
+            raise TypeError("blocks must be a non-empty sequence of (offset, shape, axis)")
+        idxs = []
+        for b in blocks:
+            try:
+                offset, shape, axis = b
+                shape = tuple(int(s) for s in shape)
+                offset, axis = int(offset), int(axis)
+            except (TypeError, ValueError) as e:
+                raise TypeError(
+                    f"each entry of blocks must be (offset, shape, axis), got {b!r}"
+                ) from e
+            if not shape:
+                raise ValueError(f"blocks: shape must have at least one axis, got {shape}")
+            if axis < 0:
+                axis += len(shape)
+            if not 0 <= axis < len(shape):
+                raise ValueError(f"blocks: axis {axis} out of range for shape {shape}")
+            if shape[axis] != H:
+                raise ValueError(
+                    f"blocks: shape {shape} has {shape[axis]} entries on axis {axis}, but n has {H}"
+                )
+            numel = math.prod(shape)
+            if offset < 0 or offset + numel > d:
+                raise ValueError(f"blocks: block at offset {offset} of size {numel} exceeds d={d}")
+            pos = offset + torch.arange(numel).view(shape).movedim(axis, -1).reshape(-1, H)
+            idxs.append(pos)
+        index = torch.cat(idxs, 0)
+        if torch.unique(index).numel() != index.numel():
+            raise ValueError("blocks overlap")
+        value = n64.expand(index.shape[0], H).clone()
+        return cls(index, value, d, kind="householder", meta={"n": n64, "blocks": list(blocks)})
+
+    # ------------------------------------------------------------------ validation
+    def _check_orthonormal(self, tol: float) -> None:
+        norms = (self.value**2).sum(1)
+        err = (norms - 1).abs().max().item()
+        if err > tol:
+            raise ValueError(f"O must have orthonormal columns: max|‖O_j‖² − 1| = {err:.3g}")
+        flat = self.index.reshape(-1)
+        if torch.unique(flat).numel() == flat.numel():
+            return  # disjoint supports: orthogonal
+        if self.k > 4096:
+            raise ValueError("columns of O with overlapping supports: k too large to check OᵀO")
+        Od = self.to_dense(torch.float64)
+        err = (Od.T @ Od - torch.eye(self.k, dtype=torch.float64)).abs().max().item()
+        if err > tol:
+            raise ValueError(f"O must have orthonormal columns: max|OᵀO − I| = {err:.3g}")
+
+    def _check_theta(self, theta) -> None:
+        if not isinstance(theta, torch.Tensor):
+            raise TypeError(f"theta must be a torch.Tensor, got {type(theta).__name__}")
+        if not theta.dtype.is_floating_point:
+            raise TypeError(f"theta must be a floating tensor, got dtype {theta.dtype}")
+        if theta.ndim < 1 or theta.shape[-1] != self.d:
+            raise ValueError(f"theta must have shape (..., d={self.d}), got {tuple(theta.shape)}")
+
+    def _tensors(self, like: torch.Tensor):
+        key = (like.dtype, like.device)
+        if key not in self._cache:
+            if self._dense is not None:
+                self._cache[key] = (self._dense.to(like.device, like.dtype),)
+            else:
+                self._cache[key] = (
+                    self.index.to(like.device),
+                    self.value.to(like.device, like.dtype),
+                    self.index.reshape(-1).to(like.device),
+                )
+        return self._cache[key]
+
+    # ------------------------------------------------------------------ ops
+    def coefficients(self, theta: torch.Tensor) -> torch.Tensor:
+        """c = Oᵀθ, shape (..., k). (The hot path; a fused kernel may replace it.)"""
+        self._check_theta(theta)
+        t = self._tensors(theta)
+        if self._dense is not None:
+            return theta @ t[0]
+        index, value, _ = t
+        return (theta[..., index] * value).sum(-1)
+
+    def expand(self, c: torch.Tensor) -> torch.Tensor:
+        """O c for c of shape (..., k) → (..., d)."""
+        if not isinstance(c, torch.Tensor):
+            raise TypeError(f"c must be a torch.Tensor, got {type(c).__name__}")
+        if c.ndim < 1 or c.shape[-1] != self.k:
+            raise ValueError(f"c must have shape (..., k={self.k}), got {tuple(c.shape)}")
+        t = self._tensors(c)
+        if self._dense is not None:
+            return c @ t[0].T
+        index, value, flat = t
+        src = (c[..., None] * value).reshape(*c.shape[:-1], value.numel())
+        out = c.new_zeros(*c.shape[:-1], self.d)
+        return out.index_add(-1, flat, src)
+
+    def reflect(self, theta: torch.Tensor) -> torch.Tensor:
+        """R_O θ = θ − 2 O(Oᵀθ), shape (..., d). An involution: reflect(reflect(θ)) = θ."""
+        return theta - 2 * self.expand(self.coefficients(theta))
+
+    def project(self, theta: torch.Tensor) -> torch.Tensor:
+        """θ_∥ = (I − OOᵀ)θ = θ − O(Oᵀθ): the orthogonal projection onto {Oᵀθ = 0}."""
+        return theta - self.expand(self.coefficients(theta))
+
+    def breaking(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c, ‖c‖) with c = Oᵀθ of shape (..., k) and its Euclidean norm (...,): how far θ is
+        from the constraint set (‖c‖ = distance to {Oᵀθ = 0})."""
+        c = self.coefficients(theta)
+        return c, torch.linalg.vector_norm(c, dim=-1)
+
+    def group_norms(self, theta: torch.Tensor) -> torch.Tensor:
+        """‖c_g‖ per column group g, shape (..., G) with G = groups.max() + 1."""
+        c = self.coefficients(theta)
+        G = int(self.groups.max()) + 1
+        sq = c.new_zeros(*c.shape[:-1], G).index_add(-1, self.groups.to(c.device), c * c)
+        return sq.sqrt()
+
+    def to_dense(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """O as a dense (d, k) tensor (for tests and small problems only)."""
+        if self._dense is not None:
+            return self._dense.to(dtype)
+        O = torch.zeros(self.d, self.k, dtype=torch.float64)
+        cols = torch.arange(self.k)[:, None].expand_as(self.index)
+        O[self.index.reshape(-1), cols.reshape(-1)] = self.value.reshape(-1)
+        return O.to(dtype)
+
+    def split(self) -> list[Mirror]:
+        """One Mirror per column group (e.g. per pair of :meth:`rescaling_pairs`)."""
+        out = []
+        for g in torch.unique(self.groups).tolist():
+            sel = (self.groups == g).nonzero().reshape(-1)
+            if self._dense is not None:
+                m = Mirror(
+                    None,
+                    None,
+                    self.d,
+                    dense=self._dense[:, sel],
+                    kind=self.kind,
+                    meta=self.meta,
+                    check=False,
+                )
+            else:
+                m = Mirror(
+                    self.index[sel],
+                    self.value[sel],
+                    self.d,
+                    kind=self.kind,
+                    meta=self.meta,
+                    check=False,
+                )
+            out.append(m)
+        return out
+
+    # ------------------------------------------------------------------ checks
+    def is_symmetric(
+        self,
+        loss: Callable[[torch.Tensor], torch.Tensor],
+        theta: torch.Tensor | None = None,
+        trials: int = 3,
+        *,
+        rtol: float = 1e-8,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> tuple[bool, float]:
+        """Numerical check of ℓ(θ) = ℓ(R_O θ).
+
+        ``loss`` maps a flat θ of shape (d,) to a scalar. Points: ``trials`` draws θ ~ N(0, I)
+        (in ``dtype``), or, when ``theta`` is given, θ itself plus ``trials − 1`` draws with the
+        same RMS as θ (floored at 1). Returns (max gap <= rtol, max gap) with the relative gap
+        |ℓ(θ) − ℓ(R_O θ)| / max(|ℓ(θ)|, |ℓ(R_O θ)|, 1e-30).
+        """
+        if not callable(loss):
+            raise TypeError("loss must be callable: theta (d,) -> scalar")
+        if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+            raise ValueError(f"trials must be an int >= 1, got {trials!r}")
+        if rtol < 0:
+            raise ValueError(f"rtol must be >= 0, got {rtol}")
+        points = []
+        if theta is not None:
+            self._check_theta(theta)
+            if theta.ndim != 1:
+                raise ValueError(f"theta must have shape (d={self.d},), got {tuple(theta.shape)}")
+            theta = theta.detach()
+            points.append(theta)
+            scale = max(theta.pow(2).mean().sqrt().item(), 1.0)
+            dtype, device = theta.dtype, theta.device
+        else:
+            scale, device = 1.0, "cpu"
+        while len(points) < trials:
+            z = torch.randn(self.d, generator=generator, dtype=torch.float64)
+            points.append((scale * z).to(device, dtype))
+        worst = 0.0
+        with torch.no_grad():
+            for p in points:
+                a = float(loss(p))
+                b = float(loss(self.reflect(p)))
+                gap = abs(a - b) / max(abs(a), abs(b), 1e-30)
+                if math.isnan(gap):
+                    gap = math.inf
+                worst = max(worst, gap)
+        return worst <= rtol, worst
+
+    def __repr__(self) -> str:
+        return f"Mirror(kind={self.kind!r}, d={self.d}, k={self.k})"

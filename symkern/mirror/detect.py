@@ -1,0 +1,311 @@
+"""Find mirror symmetries of a torch model, in the coordinates of
+``torch.nn.utils.parameters_to_vector(model.parameters())``, and verify each numerically.
+
+What is detected (only inside ``nn.Sequential`` containers, pattern ``Linear → [elementwise
+activations] → Linear``, hidden width h = first.out_features = second.in_features):
+
+* **permutation** (:func:`permutation_mirrors`): for any elementwise activation, swapping hidden
+  neurons i ↔ j (row i of W₁, b₁[i], column i of W₂) is a mirror → :meth:`Mirror.neuron_swap`,
+  one per pair i < j. Constraint: neuron i = neuron j.
+* **sign flip** (:func:`sign_flip_mirrors`): for an *odd* activation (Tanh, Hardtanh with
+  min = −max, Softsign, Tanhshrink, Identity, or none) (W₁[i], b₁[i], W₂[:, i]) → −(…) is a
+  mirror → :meth:`Mirror.coordinates` on that neuron's coordinates. Constraint: neuron i is dead
+  (sparsity). This is the λ = −1 member of the rescaling family (u, w) → (λu, w/λ).
+  **ReLU (and any non-odd activation) is not detected**: its rescaling symmetry holds only for
+  λ > 0, a continuous symmetry and not a reflection; SPEC_MIRROR's rescaling mirror is for u ⊙ w
+  parametrisations (build it with :meth:`Mirror.rescaling_pairs`).
+* **rotation** (:func:`rotation_mirrors`): with no activation in between (or only Identity), the
+  product W₂W₁ is invariant under W₁ → R W₁, b₁ → R b₁, W₂ → W₂ R for R = I − 2nnᵀ, any unit n ∈
+  R^h → :meth:`Mirror.householder`. For other layouts (e.g. attention scores x W_Q W_Kᵀ xᵀ, where
+  the hidden index is the output index of both W_Q and W_K) use :func:`hidden_index_mirror`.
+
+With ``loss`` given, each mirror is verified by :meth:`Mirror.is_symmetric` on random θ
+(float64); mirrors that fail are dropped (``on_fail="drop"``) or raise (``on_fail="raise"``).
+The measured gap is stored in ``mirror.meta["gap"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from symkern.mirror.core import Mirror
+
+__all__ = [
+    "find_mirrors",
+    "flat_loss",
+    "hidden_index_mirror",
+    "linear_pairs",
+    "param_layout",
+    "permutation_mirrors",
+    "rotation_mirrors",
+    "sign_flip_mirrors",
+]
+
+_ELEMENTWISE = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.GELU,
+    nn.SiLU,
+    nn.ELU,
+    nn.Softplus,
+    nn.Identity,
+    nn.Hardtanh,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.Mish,
+    nn.SELU,
+    nn.CELU,
+)
+
+
+def _is_odd(act: nn.Module) -> bool:
+    if isinstance(act, nn.Hardtanh):  # also ReLU6 (min 0): not odd
+        return act.min_val == -act.max_val
+    return isinstance(act, (nn.Tanh, nn.Identity, nn.Softsign, nn.Tanhshrink))
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def param_layout(model: nn.Module) -> dict[int, tuple[int, tuple[int, ...]]]:
+    """id(parameter) → (offset, shape) in parameters_to_vector(model.parameters())."""
+    _check_model(model)
+    out, off = {}, 0
+    for p in model.parameters():
+        out[id(p)] = (off, tuple(p.shape))
+        off += p.numel()
+    return out
+
+
+def _dim(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flat_loss(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """θ (d,) ↦ loss_fn(model_θ(inputs), targets), with θ in parameters_to_vector order.
+
+    Differentiable in θ (``torch.func.functional_call``); floating inputs/targets are cast to
+    θ's dtype. Raises ValueError naming ``theta`` for a θ of the wrong size.
+    """
+    _check_model(model)
+    if not callable(loss_fn):
+        raise TypeError("loss_fn must be callable: (output, target) -> scalar")
+    names, shapes, numels = [], [], []
+    seen = set()
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        names.append(name)
+        shapes.append(p.shape)
+        numels.append(p.numel())
+    d = sum(numels)
+
+    def f(theta: torch.Tensor) -> torch.Tensor:
+        if not isinstance(theta, torch.Tensor) or theta.shape != (d,):
+            shape = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
+            raise ValueError(f"theta must have shape (d={d},) for this model, got {shape}")
+        parts = torch.split(theta, numels)
+        params = {n: t.view(s) for n, t, s in zip(names, parts, shapes, strict=True)}
+        x = inputs.to(theta.dtype) if inputs.dtype.is_floating_point else inputs
+        y = targets.to(theta.dtype) if targets.dtype.is_floating_point else targets
+        out = torch.func.functional_call(model, params, (x,))
+        return loss_fn(out, y)
+
+    return f
+
+
+def linear_pairs(model: nn.Module) -> list[tuple[str, nn.Linear, list[nn.Module], nn.Linear]]:
+    """(name, first, activations, second) for each Linear → [elementwise]* → Linear inside any
+    nn.Sequential of the model."""
+    _check_model(model)
+    out = []
+    for sname, seq in model.named_modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        kids = list(seq.named_children())
+        for a, (na, m) in enumerate(kids):
+            if not isinstance(m, nn.Linear):
+                continue
+            acts = []
+            for nb, m2 in kids[a + 1 :]:
+                if isinstance(m2, nn.Linear):
+                    if m2.in_features == m.out_features:
+                        out.append((f"{sname}.{na}->{nb}".lstrip("."), m, acts, m2))
+                    break
+                if isinstance(m2, _ELEMENTWISE):
+                    acts.append(m2)
+                    continue
+                break
+    return out
+
+
+def _neuron_blocks(layout, first: nn.Linear, second: nn.Linear) -> list[torch.Tensor]:
+    """Flat coordinates of each hidden neuron: W₁[i, :], b₁[i], W₂[:, i] (same order for all i)."""
+    h = first.out_features
+    off1, _ = layout[id(first.weight)]
+    W1 = off1 + torch.arange(first.weight.numel()).view(h, -1)
+    parts = [W1]
+    if first.bias is not None:
+        offb, _ = layout[id(first.bias)]
+        parts.append((offb + torch.arange(h))[:, None])
+    off2, _ = layout[id(second.weight)]
+    W2 = off2 + torch.arange(second.weight.numel()).view(-1, h)
+    parts.append(W2.T)
+    blocks = torch.cat(parts, 1)
+    return [blocks[i] for i in range(h)]
+
+
+def _verify(mirrors, loss, on_fail, trials, generator, rtol):
+    if loss is None:
+        return mirrors
+    if on_fail not in ("drop", "raise"):
+        raise ValueError(f"on_fail must be 'drop' or 'raise', got {on_fail!r}")
+    kept = []
+    for m in mirrors:
+        ok, gap = m.is_symmetric(loss, trials=trials, generator=generator, rtol=rtol)
+        m.meta["gap"] = gap
+        m.meta["verified"] = ok
+        if ok:
+            kept.append(m)
+        elif on_fail == "raise":
+            raise ValueError(
+                f"detected mirror {m} ({m.meta}) is not a symmetry of loss: gap {gap:.3g}"
+            )
+    return kept
+
+
+def permutation_mirrors(
+    model: nn.Module,
+    loss=None,
+    *,
+    on_fail: str = "drop",
+    trials: int = 2,
+    rtol: float = 1e-8,
+    generator: torch.Generator | None = None,
+    max_pairs: int | None = None,
+) -> list[Mirror]:
+    """Neuron-swap mirrors for every pair i < j of every detected hidden layer (any elementwise
+    activation). ``max_pairs`` caps the number per layer (first pairs in lexicographic order)."""
+    layout, d = param_layout(model), _dim(model)
+    out = []
+    for name, first, _acts, second in linear_pairs(model):
+        blocks = _neuron_blocks(layout, first, second)
+        count = 0
+        for i in range(len(blocks)):
+            for j in range(i + 1, len(blocks)):
+                if max_pairs is not None and count >= max_pairs:
+                    break
+                m = Mirror.neuron_swap(blocks[i], blocks[j], d)
+                m.meta.update(symmetry="permutation", layer=name, neurons=(i, j))
+                out.append(m)
+                count += 1
+    return _verify(out, loss, on_fail, trials, generator, rtol)
+
+
+def sign_flip_mirrors(
+    model: nn.Module,
+    loss=None,
+    *,
+    on_fail: str = "drop",
+    trials: int = 2,
+    rtol: float = 1e-8,
+    generator: torch.Generator | None = None,
+) -> list[Mirror]:
+    """Per-neuron sign-flip mirrors (rescaling with λ = −1) for hidden layers whose activations
+    are all odd. ReLU layers yield none (see the module docstring)."""
+    layout, d = param_layout(model), _dim(model)
+    out = []
+    for name, first, acts, second in linear_pairs(model):
+        if not all(_is_odd(a) for a in acts):
+            continue
+        for i, blk in enumerate(_neuron_blocks(layout, first, second)):
+            m = Mirror.coordinates(blk, d, groups=torch.zeros(blk.numel(), dtype=torch.long))
+            m.meta.update(symmetry="sign_flip", layer=name, neuron=i)
+            out.append(m)
+    return _verify(out, loss, on_fail, trials, generator, rtol)
+
+
+def hidden_index_mirror(
+    model: nn.Module, params_axes: Sequence[tuple[torch.Tensor, int]], n: torch.Tensor
+) -> Mirror:
+    """Householder mirror acting on a shared hidden index: each (parameter, axis) gets
+    P → P reflected along ``axis`` by I − 2nnᵀ. E.g. W_Q W_Kᵀ with nn.Linear q, k:
+    ``[(q.weight, 0), (q.bias, 0), (k.weight, 0), (k.bias, 0)]``. Unverified: call
+    :meth:`Mirror.is_symmetric`."""
+    layout, d = param_layout(model), _dim(model)
+    blocks = []
+    for entry in params_axes:
+        try:
+            p, axis = entry
+        except (TypeError, ValueError) as e:
+            raise TypeError("params_axes must hold (parameter, axis) pairs") from e
+        if id(p) not in layout:
+            raise ValueError("params_axes: a parameter is not a parameter of model")
+        off, shape = layout[id(p)]
+        blocks.append((off, shape, axis))
+    m = Mirror.householder(n, blocks, d)
+    m.meta.update(symmetry="rotation")
+    return m
+
+
+def rotation_mirrors(
+    model: nn.Module,
+    loss=None,
+    *,
+    normals: Sequence[torch.Tensor] | None = None,
+    on_fail: str = "drop",
+    trials: int = 2,
+    rtol: float = 1e-8,
+    generator: torch.Generator | None = None,
+) -> list[Mirror]:
+    """Householder mirrors for Linear → [Identity]* → Linear (no nonlinearity). ``normals``: unit
+    vectors in R^h to use (default: one random unit n per site, drawn from ``generator``)."""
+    out = []
+    for name, first, acts, second in linear_pairs(model):
+        if not all(isinstance(a, nn.Identity) for a in acts):
+            continue
+        h = first.out_features
+        ns = normals
+        if ns is None:
+            z = torch.randn(h, generator=generator, dtype=torch.float64)
+            ns = [z / z.norm()]
+        pa = [(first.weight, 0)] + ([(first.bias, 0)] if first.bias is not None else [])
+        pa.append((second.weight, 1))
+        for n in ns:
+            m = hidden_index_mirror(model, pa, n)
+            m.meta.update(layer=name)
+            out.append(m)
+    return _verify(out, loss, on_fail, trials, generator, rtol)
+
+
+def find_mirrors(
+    model: nn.Module,
+    loss=None,
+    *,
+    on_fail: str = "drop",
+    trials: int = 2,
+    rtol: float = 1e-8,
+    generator: torch.Generator | None = None,
+    max_pairs: int | None = None,
+) -> dict[str, list[Mirror]]:
+    """All of the above: {"permutation": [...], "sign_flip": [...], "rotation": [...]}, each
+    verified against ``loss`` (θ (d,) → scalar, e.g. from :func:`flat_loss`) when given."""
+    kw = dict(on_fail=on_fail, trials=trials, rtol=rtol, generator=generator)
+    return {
+        "permutation": permutation_mirrors(model, loss, max_pairs=max_pairs, **kw),
+        "sign_flip": sign_flip_mirrors(model, loss, **kw),
+        "rotation": rotation_mirrors(model, loss, **kw),
+    }

@@ -1,0 +1,273 @@
+"""Thresholds for the constraint Oᵀθ = 0 (SPEC_MIRROR, items marked *inferred* there).
+
+Weight-decay convention throughout: ℓ_γ = ℓ + γ‖θ‖² (so the decay adds 2γ I to the Hessian; with
+the other convention ℓ + (γ/2)‖θ‖² every threshold below doubles).
+
+* :func:`critical_decay` — local threshold γ* = −½ λ_min(Oᵀ ∇²L(θ_∥) O) at the projected point
+  θ_∥ = (I − OOᵀ)θ: the symmetric point is stable along O iff γ > γ* (inferred). Computed by
+  Lanczos on O-projected Hessian-vector products (double backward), never a dense Hessian.
+* :func:`noise_lyapunov` — E log|1 − η(h + 2γ)| over sampled minibatch curvatures h: the 1-D
+  linearisation z ← (1 − η(h_t + 2γ)) z of z = Oᵀθ is attracted to 0 when it is < 0, even when
+  E[h] + 2γ < 0 (inferred; the paper's version is qualitative).
+* :func:`sample_curvatures` — the h_t of a loss at θ_∥ along one unit direction of span(O).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from symkern.mirror.core import Mirror
+
+__all__ = [
+    "LanczosResult",
+    "critical_decay",
+    "noise_lyapunov",
+    "projected_hessian_eigs",
+    "sample_curvatures",
+]
+
+
+def _check_mirror(mirror) -> None:
+    if not isinstance(mirror, Mirror):
+        raise TypeError(f"mirror must be a symkern.mirror.Mirror, got {type(mirror).__name__}")
+
+
+def _check_iters(iters) -> int:
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters must be an int >= 1, got {iters!r}")
+    return iters
+
+
+def _projected_hvp(loss, theta_par: torch.Tensor, mirror: Mirror):
+    """v ∈ R^k ↦ Oᵀ ∇²L(θ_∥) O v, by double backward on one retained graph."""
+    x = theta_par.detach().clone().requires_grad_(True)
+    L = loss(x)
+    if not isinstance(L, torch.Tensor) or L.numel() != 1:
+        raise ValueError("loss must return a scalar tensor")
+    (g,) = torch.autograd.grad(L.reshape(()), x, create_graph=True)
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        (Hv,) = torch.autograd.grad(g, x, mirror.expand(v), retain_graph=True, allow_unused=True)
+        if Hv is None:
+            Hv = torch.zeros_like(x)
+        return mirror.coefficients(Hv.detach())
+
+    return hvp
+
+
+@dataclass
+class LanczosResult:
+    """Ritz values of Oᵀ∇²L O (ascending), the iterations run, and whether the Krylov space
+    filled R^k (then the Ritz values are the exact eigenvalues, up to rounding)."""
+
+    ritz: torch.Tensor
+    iters: int
+    exhausted: bool
+
+    @property
+    def lambda_min(self) -> float:
+        return float(self.ritz[0])
+
+
+def projected_hessian_eigs(
+    loss: Callable[[torch.Tensor], torch.Tensor],
+    theta: torch.Tensor,
+    mirror: Mirror,
+    iters: int = 50,
+    *,
+    project: bool = True,
+    generator: torch.Generator | None = None,
+    tol: float = 1e-10,
+) -> LanczosResult:
+    """Lanczos (full re-orthogonalisation, restart on breakdown) for Oᵀ ∇²L(θ_∥) O ∈ R^{k×k}.
+
+    ``loss``: θ (d,) → scalar, twice differentiable by autograd. ``project``: evaluate at
+    θ_∥ = mirror.project(θ) (default) or at θ itself. Runs min(iters, k) steps; when that is k
+    the result is exact.
+    """
+    _check_mirror(mirror)
+    if not callable(loss):
+        raise TypeError("loss must be callable: theta (d,) -> scalar")
+    iters = _check_iters(iters)
+    mirror._check_theta(theta)
+    if theta.ndim != 1:
+        raise ValueError(f"theta must have shape (d={mirror.d},), got {tuple(theta.shape)}")
+    th = mirror.project(theta.detach()) if project else theta.detach()
+    hvp = _projected_hvp(loss, th, mirror)
+    k, m = mirror.k, min(iters, mirror.k)
+    dt = th.dtype
+    Q = torch.zeros(m, k, dtype=dt, device=th.device)
+    alpha = torch.zeros(m, dtype=dt)
+    beta = torch.zeros(max(m - 1, 0), dtype=dt)
+
+    def fresh(nb: int) -> torch.Tensor | None:
+        # a random unit vector orthogonal to the first nb Lanczos vectors
+        for _ in range(3):
+            q = torch.randn(k, generator=generator, dtype=torch.float64).to(th.device, dt)
+            if nb > 0:
+                q = q - Q[:nb].T @ (Q[:nb] @ q)
+                q = q - Q[:nb].T @ (Q[:nb] @ q)
+            nq = q.norm()
+            if nq > 1e-8:
+                return q / nq
+        return None
+
+    q = fresh(0)
+    exhausted = m == k
+    for j in range(m):
+        Q[j] = q
+        w = hvp(q)
+        alpha[j] = w @ q
+        w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+        w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+        if j == m - 1:
+            break
+        b = w.norm()
+        scale = max(alpha[: j + 1].abs().max().item(), 1.0)
+        if b <= tol * scale:
+            beta[j] = 0.0  # invariant subspace found: restart orthogonally
+            q = fresh(j + 1)
+            if q is None:
+                m = j + 1
+                break
+        else:
+            beta[j] = b
+            q = w / b
+    T = torch.diag(alpha[:m].cpu().double())
+    if m > 1:
+        T = (
+            T
+            + torch.diag(beta[: m - 1].cpu().double(), 1)
+            + torch.diag(beta[: m - 1].cpu().double(), -1)
+        )
+    ritz = torch.linalg.eigvalsh(T)
+    return LanczosResult(ritz=ritz, iters=m, exhausted=exhausted)
+
+
+def critical_decay(
+    loss: Callable[[torch.Tensor], torch.Tensor],
+    theta: torch.Tensor,
+    mirror: Mirror,
+    iters: int = 50,
+    *,
+    per_group: bool = False,
+    generator: torch.Generator | None = None,
+) -> float | torch.Tensor:
+    """γ* = −½ λ_min(Oᵀ ∇²L(θ_∥) O) at θ_∥ = (I − OOᵀ)θ (inferred local threshold, SPEC_MIRROR).
+
+    Convention ℓ_γ = L + γ‖θ‖²: the symmetric point θ_∥ is stable along span(O) iff γ > γ*.
+    γ* may be negative (stable even at γ = 0). ``loss``: θ (d,) → scalar (the loss *without*
+    decay). Lanczos with min(iters, k) Hessian-vector products by double backward; never a dense
+    d×d Hessian. ``per_group=True``: one γ* per column group of the mirror (e.g. per pair of
+    :meth:`Mirror.rescaling_pairs`), returned as a float64 tensor (G,).
+    """
+    _check_mirror(mirror)
+    if per_group:
+        return torch.tensor(
+            [critical_decay(loss, theta, m, iters, generator=generator) for m in mirror.split()],
+            dtype=torch.float64,
+        )
+    res = projected_hessian_eigs(loss, theta, mirror, iters, generator=generator)
+    return -0.5 * res.lambda_min
+
+
+def _check_eta_gamma(eta, gamma) -> tuple[float, float]:
+    if (
+        not isinstance(eta, (int, float))
+        or isinstance(eta, bool)
+        or not math.isfinite(eta)
+        or eta <= 0
+    ):
+        raise ValueError(f"eta must be a finite number > 0, got {eta!r}")
+    if (
+        not isinstance(gamma, (int, float))
+        or isinstance(gamma, bool)
+        or not math.isfinite(gamma)
+        or gamma < 0
+    ):
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+    return float(eta), float(gamma)
+
+
+def noise_lyapunov(curvatures, eta: float, gamma: float) -> float:
+    """Lyapunov exponent λ = E log|1 − η(h + 2γ)| of z ← (1 − η(h_t + 2γ)) z over samples h.
+
+    λ < 0: SGD is attracted to the constraint Oᵀθ = 0 (along the sampled direction); λ > 0: it
+    escapes. ``curvatures``: 1-D samples of h (tensor or sequence). Convention ℓ + γ‖θ‖².
+    A factor exactly 0 gives −inf (one step lands on the constraint).
+    """
+    eta, gamma = _check_eta_gamma(eta, gamma)
+    h = torch.as_tensor(curvatures, dtype=torch.float64).reshape(-1)
+    if h.numel() == 0:
+        raise ValueError("curvatures must be non-empty")
+    if not torch.isfinite(h).all():
+        raise ValueError("curvatures must be finite")
+    return float(torch.log(torch.abs(1 - eta * (h + 2 * gamma))).mean())
+
+
+def sample_curvatures(
+    loss: Callable[..., torch.Tensor],
+    theta: torch.Tensor,
+    mirror: Mirror,
+    data: Sequence[torch.Tensor],
+    batch_size: int,
+    num_batches: int,
+    *,
+    direction: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    return_indices: bool = False,
+):
+    """Minibatch curvatures h_t = vᵀ Oᵀ ∇²L_B(θ_∥) O v along a unit direction v ∈ R^k.
+
+    ``loss(theta, *batch)`` → scalar mean loss on the batch; ``data``: tensors sharing dim 0 (N
+    samples); batches of ``batch_size`` drawn without replacement (independently per batch).
+    ``direction`` defaults to the λ_min eigenvector of the full-data Oᵀ∇²L(θ_∥)O (computed
+    densely in R^{k×k}, so k should be small); for k = 1 it is 1. Returns h (num_batches,)
+    float64 (and the (num_batches, batch_size) indices when ``return_indices``).
+    """
+    _check_mirror(mirror)
+    if not callable(loss):
+        raise TypeError("loss must be callable: loss(theta, *batch) -> scalar")
+    mirror._check_theta(theta)
+    if theta.ndim != 1:
+        raise ValueError(f"theta must have shape (d={mirror.d},), got {tuple(theta.shape)}")
+    if isinstance(data, torch.Tensor) or not isinstance(data, Sequence) or not data:
+        raise TypeError("data must be a non-empty sequence of tensors")
+    N = data[0].shape[0]
+    if any(not isinstance(t, torch.Tensor) or t.shape[0] != N for t in data):
+        raise ValueError("data: all tensors must share their first dimension")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= N:
+        raise ValueError(f"batch_size must be an int in [1, N={N}], got {batch_size!r}")
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
+        raise ValueError(f"num_batches must be an int >= 1, got {num_batches!r}")
+    th = mirror.project(theta.detach())
+    if direction is None:
+        if mirror.k > 512:
+            raise ValueError("direction must be given when mirror.k > 512")
+        hvp = _projected_hvp(lambda t: loss(t, *data), th, mirror)
+        eye = torch.eye(mirror.k, dtype=th.dtype, device=th.device)
+        Hk = torch.stack([hvp(e) for e in eye]).double().cpu()
+        Hk = 0.5 * (Hk + Hk.T)
+        direction = torch.linalg.eigh(Hk).eigenvectors[:, 0]
+    if not isinstance(direction, torch.Tensor) or direction.shape != (mirror.k,):
+        raise ValueError(f"direction must be a tensor of shape (k={mirror.k},)")
+    v = direction.to(th.device, th.dtype)
+    nv = v.norm()
+    if not nv > 0:
+        raise ValueError("direction must be non-zero")
+    v = v / nv
+    hs, idxs = [], []
+    for _ in range(num_batches):
+        idx = torch.randperm(N, generator=generator)[:batch_size]
+        batch = [t[idx.to(t.device)] for t in data]
+        hvp = _projected_hvp(lambda t, b=batch: loss(t, *b), th, mirror)
+        hs.append(float(v @ hvp(v)))
+        idxs.append(idx)
+    h = torch.tensor(hs, dtype=torch.float64)
+    if return_indices:
+        return h, torch.stack(idxs)
+    return h

@@ -1,0 +1,574 @@
+"""symkern.mirror: structured mirrors, detection, DCS, thresholds, Theorem 1(1). All float64."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from symkern.mirror import (
+    DCS,
+    GroupGateDCS,
+    LowRankDCS,
+    Mirror,
+    critical_decay,
+    detect,
+    noise_lyapunov,
+    projected_hessian_eigs,
+    sample_curvatures,
+)
+from symkern.testing import assert_close
+
+F64 = torch.float64
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def make_mirror(kind, d, seed=0):
+    g = gen(seed)
+    if kind == "dense":
+        k = max(1, min(3, d))
+        Q, _ = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=F64))
+        return Mirror.dense(Q)
+    if kind == "coordinates":
+        return Mirror.coordinates(torch.randperm(d, generator=g)[: max(1, d // 2)], d)
+    if kind == "rescaling_pairs":
+        p = torch.randperm(d, generator=g)
+        P = max(1, d // 3)
+        return Mirror.rescaling_pairs(p[:P], p[P : 2 * P], d)
+    if kind == "neuron_swap":
+        p = torch.randperm(d, generator=g)
+        B = max(1, d // 2 - 1)
+        return Mirror.neuron_swap(p[:B], p[B : 2 * B], d)
+    if kind == "householder":
+        # theta = [vec U (m x h), vec W (p x h), extra]; hidden index = axis 1 of both
+        h, m, p = 3, 1, max(1, (d - 3) // 3)
+        z = torch.randn(h, generator=g, dtype=F64)
+        return Mirror.householder(z / z.norm(), [(0, (m, h), 1), (m * h, (p, h), 1)], d)
+    raise AssertionError(kind)
+
+
+KINDS = ["dense", "coordinates", "rescaling_pairs", "neuron_swap", "householder"]
+
+
+# ---------------------------------------------------------------- ops vs dense float64 reference
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("d", [7, 13, 129])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_ops_match_dense_reference(kind, d, dtype):
+    m = make_mirror(kind, d)
+    O = m.to_dense()
+    assert O.shape == (d, m.k)
+    assert_close(O.T @ O, torch.eye(m.k, dtype=F64), scale=1.0)
+    th64 = torch.randn(2, 9, d, generator=gen(1), dtype=F64)[:, ::2]  # non-contiguous (2,5,d)
+    th = th64.to(dtype)
+    ref_c = th.double() @ O
+    assert_close(m.coefficients(th), ref_c, scale=th64.abs().max().item())
+    assert_close(m.reflect(th), th.double() - 2 * ref_c @ O.T)
+    assert_close(m.project(th), th.double() - ref_c @ O.T)
+    c, nrm = m.breaking(th)
+    assert_close(nrm, ref_c.norm(dim=-1))
+    assert m.reflect(th).dtype == dtype
+    # empty batch and 1-D theta
+    assert m.reflect(torch.zeros(0, d, dtype=dtype)).shape == (0, d)
+    assert_close(m.project(th64[0, 0]), th64[0, 0] - O @ (O.T @ th64[0, 0]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(kind=st.sampled_from(KINDS), d=st.integers(7, 40), seed=st.integers(0, 10_000))
+def test_projection_and_reflection_properties(kind, d, seed):
+    m = make_mirror(kind, d, seed)
+    a, b = torch.randn(2, d, generator=gen(seed + 1), dtype=F64)
+    Pa, Pb = m.project(a), m.project(b)
+    s = a.abs().max().item()
+    assert_close(m.project(Pa), Pa, scale=s)  # idempotent
+    assert abs(Pa @ b - a @ Pb) < 1e-12 * d * s * b.abs().max().item()  # self-adjoint
+    assert m.coefficients(Pa).abs().max() < 1e-13 * d * s  # lands on O^T theta = 0
+    assert_close(m.reflect(m.reflect(a)), a)  # involution
+    assert abs(m.reflect(a).norm() - a.norm()) < 1e-12 * a.norm()  # isometry
+    # reflect = 2 project - id
+    assert_close(m.reflect(a), 2 * Pa - a, scale=s)
+
+
+def test_structured_semantics():
+    d = 10
+    th = torch.randn(d, generator=gen(2), dtype=F64)
+    # neuron swap exchanges the blocks exactly
+    m = Mirror.neuron_swap([0, 1, 2], [5, 7, 9], d)
+    r = m.reflect(th)
+    assert_close(r[[0, 1, 2]], th[[5, 7, 9]])
+    assert_close(r[[5, 7, 9]], th[[0, 1, 2]])
+    assert_close(r[[3, 4, 6, 8]], th[[3, 4, 6, 8]])
+    # rescaling pair flips both signs, group norms per pair
+    m = Mirror.rescaling_pairs([0, 1], [2, 3], d)
+    r = m.reflect(th)
+    assert_close(r[:4], -th[:4])
+    assert_close(r[4:], th[4:])
+    assert_close(m.group_norms(th), torch.stack([th[[0, 2]].norm(), th[[1, 3]].norm()]))
+    assert [mm.k for mm in m.split()] == [2, 2]
+    # householder: U -> U(I - 2nn^T), W -> W(I - 2nn^T); projection gives U n = W n = 0
+    mU, pW, h = 2, 3, 4
+    n = torch.randn(h, generator=gen(3), dtype=F64)
+    n = n / n.norm()
+    d = mU * h + pW * h + 1
+    th = torch.randn(d, generator=gen(4), dtype=F64)
+    m = Mirror.householder(n, [(0, (mU, h), 1), (mU * h, (pW, h), 1)], d)
+    U, W = th[: mU * h].view(mU, h), th[mU * h : -1].view(pW, h)
+    R = torch.eye(h, dtype=F64) - 2 * torch.outer(n, n)
+    r = m.reflect(th)
+    assert_close(r[: mU * h].view(mU, h), U @ R)
+    assert_close(r[mU * h : -1].view(pW, h), W @ R)
+    assert r[-1] == th[-1]
+    p = m.project(th)
+    assert p[: mU * h].view(mU, h).matmul(n).abs().max() < 1e-14
+    assert torch.linalg.matrix_rank(p[: mU * h].view(mU, h) @ p[mU * h : -1].view(pW, h).T) <= h - 1
+    assert_close(U @ W.T, r[: mU * h].view(mU, h) @ r[mU * h : -1].view(pW, h).T)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradcheck(kind):
+    m = make_mirror(kind, 11)
+    th = torch.randn(2, 11, generator=gen(5), dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(m.reflect, (th,))
+    assert torch.autograd.gradcheck(m.project, (th,))
+    assert torch.autograd.gradcheck(lambda t: m.breaking(t)[1], (th,))
+
+
+def test_is_symmetric_can_fail():
+    m = Mirror.rescaling_pairs([0], [1], 3)
+    beta = torch.tensor(0.7, dtype=F64)
+
+    def sym(t):
+        return (t[0] * t[1] - beta) ** 2 + t[2] ** 2
+
+    def broken(t):
+        return (t[0] * t[1] - beta) ** 2 + t[2] ** 2 + 0.1 * t[0]
+
+    ok, gap = m.is_symmetric(sym, trials=4, generator=gen(0))
+    assert ok and gap < 1e-14
+    ok, gap = m.is_symmetric(broken, trials=4, generator=gen(0))
+    assert not ok and gap > 1e-3
+    ok, _ = m.is_symmetric(sym, torch.tensor([1.0, 2.0, 3.0], dtype=F64), trials=2)
+    assert ok
+
+
+# ---------------------------------------------------------------- bad inputs
+def test_bad_inputs_raise_naming_argument():
+    Q = torch.randn(5, 2, dtype=F64)
+    with pytest.raises(ValueError, match="O must have orthonormal"):
+        Mirror.dense(Q)
+    with pytest.raises(TypeError, match="O must"):
+        Mirror.dense([[1.0], [0.0]])
+    with pytest.raises(ValueError, match="O has k=3 > d=2"):
+        Mirror.dense(torch.zeros(2, 3, dtype=F64))
+    m = Mirror.coordinates([0, 1], 4)
+    with pytest.raises(ValueError, match="theta must have shape"):
+        m.reflect(torch.zeros(3, dtype=F64))
+    with pytest.raises(TypeError, match="theta must be a floating"):
+        m.project(torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="idx"):
+        Mirror.coordinates([0, 4], 4)
+    with pytest.raises(ValueError, match="idx"):
+        Mirror.coordinates([1, 1], 4)
+    with pytest.raises(ValueError, match="block_j"):
+        Mirror.neuron_swap([0, 1], [2], 4)
+    with pytest.raises(ValueError, match="disjoint"):
+        Mirror.neuron_swap([0, 1], [1, 2], 4)
+    with pytest.raises(ValueError, match="w_idx"):
+        Mirror.rescaling_pairs([0, 1], [2], 4)
+    with pytest.raises(ValueError, match="n must be a unit"):
+        Mirror.householder(torch.ones(2, dtype=F64), [(0, (2, 2), 1)], 4)
+    with pytest.raises(ValueError, match="blocks"):
+        Mirror.householder(torch.tensor([1.0, 0.0], dtype=F64), [(0, (2, 3), 1)], 6)
+    with pytest.raises(ValueError, match="blocks"):
+        Mirror.householder(torch.tensor([1.0, 0.0], dtype=F64), [(4, (2, 2), 1)], 6)
+    with pytest.raises(ValueError, match="trials"):
+        m.is_symmetric(lambda t: t.sum(), trials=0)
+    with pytest.raises(ValueError, match="gamma"):
+        DCS(m, gamma=-0.1)
+    with pytest.raises(ValueError, match="gamma"):
+        LowRankDCS(3, 3, 2, gamma=-1.0)
+    with pytest.raises(ValueError, match="eta"):
+        noise_lyapunov([1.0], eta=0.0, gamma=0.1)
+    with pytest.raises(ValueError, match="gamma"):
+        noise_lyapunov([1.0], eta=0.1, gamma=-0.1)
+    with pytest.raises(ValueError, match="iters"):
+        critical_decay(lambda t: t.sum(), torch.zeros(4, dtype=F64), m, iters=0)
+    with pytest.raises(TypeError, match="mirror"):
+        critical_decay(lambda t: t.sum(), torch.zeros(4, dtype=F64), "O")
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+    f = detect.flat_loss(model, nn.functional.mse_loss, torch.zeros(4, 2), torch.zeros(4, 1))
+    with pytest.raises(ValueError, match="theta must have shape"):
+        f(torch.zeros(5, dtype=F64))
+    big = Mirror.coordinates([0], 30)  # d mismatch with the model's 13 parameters
+    with pytest.raises(ValueError, match="theta"):
+        big.is_symmetric(f, torch.zeros(13, dtype=F64))
+    with pytest.raises(ValueError, match="batch_size"):
+        sample_curvatures(
+            lambda t, x: t.sum(), torch.zeros(4, dtype=F64), m, [torch.zeros(3)], 5, 1
+        )
+
+
+# ---------------------------------------------------------------- detection
+def _data(n_in, n_out, N=32, seed=0):
+    g = gen(seed)
+    return torch.randn(N, n_in, generator=g, dtype=F64), torch.randn(
+        N, n_out, generator=g, dtype=F64
+    )
+
+
+def test_detect_tanh_mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x, y = _data(3, 2)
+    loss = detect.flat_loss(model, nn.functional.mse_loss, x, y)
+    found = detect.find_mirrors(model, loss, generator=gen(1))
+    assert len(found["permutation"]) == 6 and len(found["sign_flip"]) == 4
+    assert found["rotation"] == []
+    for ms in found.values():
+        for m in ms:
+            assert m.meta["verified"] and m.meta["gap"] < 1e-12
+    # neuron (1, 3) swap is exactly the permuted model
+    m = [m for m in found["permutation"] if m.meta["neurons"] == (1, 3)][0]
+    theta = nn.utils.parameters_to_vector(model.parameters()).detach()
+    r = m.reflect(theta)
+    W1 = r[:12].view(4, 3)
+    assert_close(W1[1], model[0].weight[3].detach())
+    assert_close(r[12:16][3], model[0].bias[1].detach())
+    assert_close(r[16:24].view(2, 4)[:, 1], model[2].weight[:, 3].detach())
+
+
+def test_detect_relu_has_no_sign_flip_and_verification_drops():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)).double()
+    x, y = _data(3, 1)
+    loss = detect.flat_loss(model, nn.functional.mse_loss, x, y)
+    assert detect.sign_flip_mirrors(model, loss) == []
+    # the sign flip of a ReLU neuron is really not a symmetry (so not detecting it is right)
+    layout = detect.param_layout(model)
+    blk = detect._neuron_blocks(layout, model[0], model[2])[0]
+    flip = Mirror.coordinates(blk, 21)
+    assert not flip.is_symmetric(loss, generator=gen(0))[0]
+    assert len(detect.permutation_mirrors(model, loss)) == 6
+
+    # a loss that singles out neuron 0 breaks the 3 swaps involving it: verification drops them
+    def loss_broken(t):
+        return loss(t) + 0.3 * t[0] ** 2  # W1[0, 0] only
+
+    kept = detect.permutation_mirrors(model, loss_broken)
+    assert sorted(m.meta["neurons"] for m in kept) == [(1, 2), (1, 3), (2, 3)]
+    with pytest.raises(ValueError, match="not a symmetry"):
+        detect.permutation_mirrors(model, loss_broken, on_fail="raise")
+
+
+def test_detect_rotation_linear_linear_and_qk():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2)).double()
+    x, y = _data(3, 2)
+    loss = detect.flat_loss(model, nn.functional.mse_loss, x, y)
+    rot = detect.rotation_mirrors(model, loss, generator=gen(2))
+    assert len(rot) == 1 and rot[0].k == 3 + 1 + 2 and rot[0].meta["gap"] < 1e-12
+    # project -> rank of W2 W1 drops to <= 4
+    theta = nn.utils.parameters_to_vector(model.parameters()).detach()
+    p = rot[0].project(theta)
+    W1, b1, W2 = p[:15].view(5, 3), p[15:20], p[20:30].view(2, 5)
+    n = rot[0].meta["n"]
+    assert (n @ W1).abs().max() < 1e-14 and (n @ b1).abs() < 1e-14 and (W2 @ n).abs().max() < 1e-14
+
+    class QK(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(4, 4)
+
+        def forward(self, x):
+            s = self.q(x) @ self.k(x).transpose(-1, -2)
+            return torch.softmax(s, -1) @ self.v(x)
+
+    qk = QK().double()
+    xs = torch.randn(2, 5, 4, generator=gen(3), dtype=F64)
+    L = detect.flat_loss(qk, lambda o, t: ((o - t) ** 2).mean(), xs, xs)
+    n = torch.tensor([0.6, 0.0, 0.8], dtype=F64)
+    m = detect.hidden_index_mirror(
+        qk, [(qk.q.weight, 0), (qk.q.bias, 0), (qk.k.weight, 0), (qk.k.bias, 0)], n
+    )
+    assert m.is_symmetric(L, generator=gen(4))[0]
+    wrong = detect.hidden_index_mirror(qk, [(qk.q.weight, 0), (qk.q.bias, 0)], n)  # Q only
+    assert not wrong.is_symmetric(L, generator=gen(4))[0]
+
+
+# ---------------------------------------------------------------- DCS
+def _gd(module, loss, steps, lr):
+    opt = torch.optim.SGD(module.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        (loss(module()) + module.penalty()).backward()
+        opt.step()
+
+
+BETA = torch.tensor([2.0, -1.5, 0.8, -0.3, 0.1, 0.0, -0.75], dtype=F64)
+
+
+def test_dcs_l1_soft_threshold_population_loss():
+    # exact population loss E(θᵀx − y)² = ‖θ − β‖² + σ² for x ~ N(0, I)
+    gamma = 0.5
+    mod = DCS.l1(7, gamma, generator=gen(0), init_scale=0.5)
+    _gd(mod, lambda t: ((t - BETA) ** 2).sum(), 3000, 0.1)
+    theta = mod().detach()
+    ref = torch.sign(BETA) * torch.clamp(BETA.abs() - gamma, min=0)
+    assert_close(theta, ref, atol=1e-9, rtol=1e-8)
+    dead = BETA.abs() < gamma
+    assert theta[dead].abs().max() < 1e-8
+    assert theta[~dead].abs().min() > 0.2
+    # plain ridge with the same decay is never sparse: β/(1+γ)
+    assert (BETA[BETA != 0] / (1 + gamma)).abs().min() > 0.05
+
+
+def test_rescaling_regression_whitened_data_matches_closed_form():
+    # finite sample x ~ N(0, I) whitened so that XᵀX/N = I exactly; then the closed form holds
+    # exactly with β̂ = Xᵀy/N: θ = u ⊙ w, loss mean (θᵀx − y)² + γ(‖u‖² + ‖w‖²)
+    N, d, gamma = 200, 7, 0.5
+    g = gen(1)
+    X, _ = torch.linalg.qr(torch.randn(N, d, generator=g, dtype=F64))
+    X = X * math.sqrt(N)
+    y = X @ BETA + 0.3 * torch.randn(N, generator=g, dtype=F64)
+    bhat = X.T @ y / N
+    u = (0.5 * torch.randn(d, generator=g, dtype=F64)).requires_grad_()
+    w = (0.5 * torch.randn(d, generator=g, dtype=F64)).requires_grad_()
+    opt = torch.optim.SGD([u, w], lr=0.1)
+    for _ in range(2500):
+        opt.zero_grad()
+        (((X @ (u * w) - y) ** 2).mean() + gamma * (u.pow(2).sum() + w.pow(2).sum())).backward()
+        opt.step()
+    theta = (u * w).detach()
+    ref = torch.sign(bhat) * torch.clamp(bhat.abs() - gamma, min=0)
+    assert_close(theta, ref, atol=1e-8, rtol=1e-7)
+    m = Mirror.rescaling_pairs(range(d), range(d, 2 * d), 2 * d)
+    gn = m.group_norms(torch.cat([u, w]).detach())
+    assert torch.equal(gn < 1e-8, bhat.abs() < gamma)
+
+
+def test_dcs_general_mirror_closed_form():
+    # ℓ = ‖θ − β‖², O dense (k=2): O-part soft-thresholded at γ, rest ridge-shrunk P β/(1+γ)
+    d, gamma = 6, 0.4
+    Q, _ = torch.linalg.qr(torch.randn(d, 2, generator=gen(2), dtype=F64))
+    m = Mirror.dense(Q)
+    beta = torch.randn(d, generator=gen(3), dtype=F64)
+    c = Q.T @ beta
+    beta = beta + Q @ (torch.tensor([1.5, 0.2], dtype=F64) * torch.sign(c) - c)  # |c| = 1.5, 0.2
+    mod = DCS(m, gamma, generator=gen(4), init_scale=0.5)
+    _gd(mod, lambda t: ((t - beta) ** 2).sum(), 3000, 0.1)
+    theta = mod().detach()
+    cb = Q.T @ beta
+    ref = m.project(beta) / (1 + gamma) + Q @ (
+        torch.sign(cb) * torch.clamp(cb.abs() - gamma, min=0)
+    )
+    assert_close(theta, ref, atol=1e-9, rtol=1e-8)
+    assert mod.constrained().detach()[1].abs() < 1e-8 and mod.constrained().detach()[0].abs() > 1
+
+
+def test_group_gate_dcs_group_lasso():
+    groups = torch.tensor([0, 0, 1, 1, 1, 2])
+    beta = torch.tensor([1.0, -1.0, 0.1, 0.2, -0.1, 3.0], dtype=F64)
+    gamma = 0.6
+    mod = GroupGateDCS(groups, gamma, generator=gen(0), init=0.3 * torch.ones(6, dtype=F64))
+    _gd(mod, lambda t: ((t - beta) ** 2).sum(), 3000, 0.1)
+    theta = mod().detach()
+    gnorm = torch.zeros(3, dtype=F64).index_add(0, groups, beta**2).sqrt()
+    shrink = torch.clamp(1 - gamma / gnorm, min=0)[groups]
+    assert_close(theta, beta * shrink, atol=1e-9, rtol=1e-8)
+    assert theta[2:5].abs().max() < 1e-8
+
+
+def test_low_rank_dcs_singular_value_threshold():
+    g = gen(5)
+    Uq, _ = torch.linalg.qr(torch.randn(6, 4, generator=g, dtype=F64))
+    Vq, _ = torch.linalg.qr(torch.randn(5, 4, generator=g, dtype=F64))
+    sig = torch.tensor([3.0, 2.0, 0.6, 0.3], dtype=F64)
+    A = Uq @ torch.diag(sig) @ Vq.T
+    gamma = 1.0
+    mod = LowRankDCS(6, 5, 4, gamma, generator=g, init_scale=0.5)
+    _gd(mod, lambda W: ((W - A) ** 2).sum(), 3000, 0.05)
+    s = torch.linalg.svdvals(mod().detach())
+    ref = torch.clamp(torch.cat([sig, torch.zeros(1, dtype=F64)]) - gamma, min=0)
+    assert_close(s, ref, atol=1e-8, rtol=1e-7)
+    assert s[2:].max() < 1e-8
+
+
+# ---------------------------------------------------------------- thresholds
+def test_lanczos_matches_dense_projected_hessian():
+    d, k = 40, 12
+    g = gen(6)
+    Q, _ = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=F64))
+    m = Mirror.dense(Q)
+    B = torch.randn(d, d, generator=g, dtype=F64)
+    A = B + B.T
+
+    def loss(t):
+        return 0.5 * t @ A @ t + (t**3).sum() / 3
+
+    theta = torch.randn(d, generator=g, dtype=F64)
+    tp = m.project(theta)
+    H = A + torch.diag(2 * tp)
+    ref = torch.linalg.eigvalsh(Q.T @ H @ Q)
+    res = projected_hessian_eigs(loss, theta, m, iters=k, generator=g)
+    assert res.exhausted
+    assert_close(res.ritz, ref)
+    assert critical_decay(loss, theta, m, generator=g) == pytest.approx(
+        -0.5 * ref[0].item(), rel=1e-10
+    )
+
+
+def _tanh_data(N=64, seed=7):
+    g = gen(seed)
+    x = torch.randn(N, generator=g, dtype=F64)
+    y = 0.4 * x + 0.3 * torch.randn(N, generator=g, dtype=F64)
+    return x, y
+
+
+def test_critical_decay_tanh_neuron_and_training_on_off():
+    # f(x) = u tanh(w x), L = mean (f − y)², mirror (u, w) → (−u, −w) (tanh odd), θ_∥ = 0:
+    # Oᵀ∇²L O = [[0, −2E[xy]], [−2E[xy], 0]] ⇒ γ* = |E[xy]| (empirical mean over the data)
+    x, y = _tanh_data()
+
+    def loss(t):
+        return ((t[0] * torch.tanh(t[1] * x) - y) ** 2).mean()
+
+    m = Mirror.coordinates([0, 1], 2)
+    exy = (x * y).mean().abs().item()
+    gstar = critical_decay(loss, torch.tensor([0.3, -0.2], dtype=F64), m)
+    assert gstar == pytest.approx(exy, rel=1e-12)
+    # training: slightly above γ* → lands on the constraint; slightly below → stays off
+    for factor, on in ((1.2, True), (0.8, False)):
+        t = torch.tensor([0.5, 0.5], dtype=F64, requires_grad=True)
+        opt = torch.optim.SGD([t], lr=0.2)
+        for _ in range(3000):
+            opt.zero_grad()
+            (loss(t) + factor * gstar * t.pow(2).sum()).backward()
+            opt.step()
+        nrm = m.breaking(t.detach())[1].item()
+        assert (nrm < 1e-8) if on else (nrm > 1e-2), (factor, nrm)
+
+
+def test_critical_decay_rescaling_regression_per_pair():
+    d = BETA.numel()
+
+    def loss(t):  # population loss of θ = u ⊙ w regression
+        return ((t[:d] * t[d:] - BETA) ** 2).sum()
+
+    m = Mirror.rescaling_pairs(range(d), range(d, 2 * d), 2 * d)
+    theta = torch.randn(2 * d, generator=gen(8), dtype=F64)
+    g = critical_decay(loss, theta, m, per_group=True, generator=gen(9))
+    assert_close(g, BETA.abs(), atol=1e-12)
+    # all pairs together: the most unstable pair
+    assert critical_decay(loss, theta, m) == pytest.approx(BETA.abs().max().item(), rel=1e-12)
+
+
+def test_noise_lyapunov_sign_flip_and_simulation():
+    # h two-point: E[h] + 2γ = −0.5 < 0 (GD along O would escape), yet large-η SGD is attracted
+    g = gen(10)
+    h = torch.where(
+        torch.rand(4000, generator=g) < 0.5, torch.tensor(-4.0), torch.tensor(3.0)
+    ).double()
+    gamma = 0.0
+    assert h.mean() + 2 * gamma < 0
+    lam_small = noise_lyapunov(h, 0.01, gamma)
+    lam_large = noise_lyapunov(h, 0.3, gamma)
+    exact_large = 0.5 * (math.log(abs(1 + 0.3 * 4)) + math.log(abs(1 - 0.3 * 3)))
+    assert lam_small > 0 > lam_large
+    assert lam_large == pytest.approx(exact_large, abs=0.05)
+    # the linear recursion z ← (1 − η(h_t + 2γ)) z follows the sign of λ
+    for eta, lam in ((0.01, lam_small), (0.3, lam_large)):
+        logz = torch.log(torch.abs(1 - eta * (h + 2 * gamma))).sum().item()
+        assert logz / h.numel() == pytest.approx(lam, rel=1e-12)
+        assert (logz > 0) == (lam > 0)
+
+
+def test_sample_curvatures_uw_regression_and_sgd_collapse():
+    # θ = (u, w), f = u w x; at θ_∥ = 0 the batch Hessian along O = I is [[0, −2m_B], [−2m_B, 0]],
+    # m_B = mean_B(xy); default direction = λ_min eigvector of the full data ⇒ h_B = −2 s m_B.
+    x, y = _tanh_data(N=256)
+
+    def loss(t, xb, yb):
+        return ((t[0] * t[1] * xb - yb) ** 2).mean()
+
+    m = Mirror.coordinates([0, 1], 2)
+    s = torch.sign((x * y).mean())
+    h, idx = sample_curvatures(
+        loss,
+        torch.tensor([0.1, 0.2], dtype=F64),
+        m,
+        (x, y),
+        1,
+        200,
+        generator=gen(11),
+        return_indices=True,
+    )
+    ref = -2 * s * (x[idx] * y[idx]).mean(1)
+    assert_close(h, ref)
+    hfull = sample_curvatures(loss, torch.zeros(2, dtype=F64), m, (x, y), 256, 1)
+    assert hfull.item() == pytest.approx(-2 * (x * y).mean().abs().item(), rel=1e-12)
+    # weak signal, γ = 0: E[h] < 0 (GD escapes 0), but the batch-1 exponent flips sign with η
+    g = gen(7)
+    x = torch.randn(256, generator=g, dtype=F64)
+    y = 0.1 * x + 0.5 * torch.randn(256, generator=g, dtype=F64)
+    h = sample_curvatures(loss, torch.zeros(2, dtype=F64), m, (x, y), 1, 400, generator=gen(11))
+    assert h.mean() < 0
+    assert noise_lyapunov(h, 0.1, 0.0) > 0
+    assert noise_lyapunov(h, 0.8, 0.0) < -0.05
+
+
+# ---------------------------------------------------------------- Theorem 1(1)
+def test_theorem1_sgd_stays_on_constraint_uw():
+    g = gen(12)
+    N, d = 64, 4
+    X = torch.randn(N, d, generator=g, dtype=F64)
+    y = X @ torch.tensor([1.0, -2.0, 0.5, 0.3], dtype=F64) + 0.1 * torch.randn(
+        N, generator=g, dtype=F64
+    )
+    t = torch.randn(2 * d, generator=g, dtype=F64)
+    t[[1, 1 + d]] = 0.0  # pair 1 on the constraint
+    t.requires_grad_()
+    m = Mirror.rescaling_pairs([1], [1 + d], 2 * d)
+    other = Mirror.rescaling_pairs([2], [2 + d], 2 * d)
+    opt = torch.optim.SGD([t], lr=0.05, weight_decay=2 * 0.01)  # torch wd = 2γ for ℓ + γ‖θ‖²
+    start_other = other.breaking(t.detach())[1].item()
+    for _ in range(300):
+        b = torch.randint(0, N, (8,), generator=g)
+        opt.zero_grad()
+        ((X[b] @ (t[:d] * t[d:]) - y[b]) ** 2).mean().backward()
+        opt.step()
+    assert m.breaking(t.detach())[1].item() == 0.0
+    assert abs(other.breaking(t.detach())[1].item() - start_other) > 1e-2  # off-constraint moves
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_theorem1_sgd_neuron_swap_mlp(broken):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    with torch.no_grad():  # neurons 1 and 3 identical
+        model[0].weight[3] = model[0].weight[1]
+        model[0].bias[3] = model[0].bias[1]
+        model[2].weight[:, 3] = model[2].weight[:, 1]
+    m = [mm for mm in detect.permutation_mirrors(model) if mm.meta["neurons"] == (1, 3)][0]
+    theta0 = nn.utils.parameters_to_vector(model.parameters()).detach()
+    assert m.breaking(theta0)[1].item() == 0.0
+    g = gen(13)
+    X, Y = torch.randn(128, 3, generator=g, dtype=F64), torch.randn(128, 2, generator=g, dtype=F64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.02)
+    for _ in range(200):
+        b = torch.randint(0, 128, (16,), generator=g)
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(X[b]), Y[b])
+        if broken:  # a term that is not swap-symmetric
+            loss = loss + 0.05 * model[0].weight[1, 0]
+        loss.backward()
+        opt.step()
+    nrm = m.breaking(nn.utils.parameters_to_vector(model.parameters()).detach())[1].item()
+    if broken:
+        assert nrm > 1e-3
+    else:
+        assert nrm < 1e-12
