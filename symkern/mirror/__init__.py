@@ -17,6 +17,7 @@ Pure-torch layer; batched C++/Triton kernels can replace :meth:`Mirror.coefficie
 from symkern.mirror import detect
 from symkern.mirror.core import Mirror
 from symkern.mirror.dcs import DCS, GroupGateDCS, LowRankDCS
+from symkern.mirror.sweeps import SweepResult, train_sweep
 from symkern.mirror.thresholds import (
     LanczosResult,
     critical_decay,
@@ -31,9 +32,11 @@ __all__ = [
     "LanczosResult",
     "LowRankDCS",
     "Mirror",
+    "SweepResult",
     "critical_decay",
     "detect",
     "noise_lyapunov",
     "projected_hessian_eigs",
     "sample_curvatures",
+    "train_sweep",
 ]

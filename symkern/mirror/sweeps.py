@@ -1,0 +1,327 @@
+"""Batched small-model sweeps: train M small models at once (registry op ``mirror_sweep``).
+
+Each model m has its own weight decay γ_m (convention ℓ + γ‖θ‖², every trainable parameter
+decayed), step size η_m and label-noise level σ_m; the batch size is fixed per call. Plain
+(S)GD, one step:
+
+    θ ← θ − η_m ∇_θ [ℓ_B(θ) + γ_m ‖θ‖²]
+
+Data are drawn from the shared Philox stream of :mod:`symkern.meanfield.rng`, keyed by
+(seed, model id, step, stream) — so a model's trajectory does not depend on what it is batched
+with, and the torch reference and future C++/Triton kernels draw the same numbers:
+
+* inputs x_b ~ N(0, I_d): ``rng.normal(seed, model_ids, t, STREAM_DATA, B·d)``, x[b, k] at
+  index b·d + k;
+* label noise ε: ``rng.normal(seed, model_ids, t, STREAM_NOISE, n)`` (n = B, or m·n for the
+  factorisation's entrywise noise).
+
+Models (``params`` are dicts of batched tensors with leading dimension M):
+
+``rescaling``  θ = u ⊙ w (params ``u``, ``w`` (M, d)); y = βᵀx + σ ε, ``target`` = β (d,) or
+               (M, d); loss ℓ = mean_b (θᵀx_b − y_b)². ``batch=None``: the population loss
+               ‖θ − β‖² + σ² (exact GD). Minimiser θ_i = sign(β_i) max(0, |β_i| − γ)
+               (SPEC_MIRROR closed form; Lasso with λ = 2γ).
+``factorization`` M = (U + C) Wᵀ (params ``U`` (M, m, k), ``W`` (M, n, k)); ℓ = ‖M − A − σΞ_t‖²_F
+               with Ξ_t entrywise N(0, 1) label noise (σ = 0: full-batch GD on ‖UWᵀ − A‖²_F);
+               ``target`` = A (m, n) or (M, m, n). ``offset`` C (m, k) or (M, m, k) is a fixed
+               term that breaks the rotation symmetry U → UR, W → WR (default none, C = 0).
+               With C = 0: σ_i(UWᵀ) = max(0, σ_i(A) − γ). ``batch`` must be None.
+``mlp``        f(x) = Σ_i a_i φ(w_iᵀx + b_i), φ = tanh or relu (params ``W1`` (M, h, d), ``b1``
+               (M, h), ``a`` (M, h)); y = f_teacher(x) + σ ε with ``target`` a teacher dict
+               {"W1": (h_t, d), "b1": (h_t,), "a": (h_t,)} (or each with a leading M);
+               ℓ = mean_b (f(x_b) − y_b)².
+
+The recorded loss is the data loss ℓ of the step's batch (population loss for ``batch=None``),
+before the update, every ``record_every`` steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from symkern.backends.registry import select_kernel
+
+__all__ = [
+    "MODELS",
+    "SweepProblem",
+    "SweepResult",
+    "closed_form_singular_values",
+    "closed_form_sparsity",
+    "effective_rank",
+    "soft_threshold",
+    "sparsity",
+    "sweep_problem",
+    "train_sweep",
+]
+
+MODELS: dict[str, tuple[str, ...]] = {
+    "rescaling": ("u", "w"),
+    "factorization": ("U", "W"),
+    "mlp": ("W1", "b1", "a"),
+}
+ACTIVATIONS = ("tanh", "relu")
+
+
+@dataclass
+class SweepProblem:
+    """Everything a ``mirror_sweep`` kernel needs besides the parameters (validated, on the
+    parameters' device and dtype). Per-model tensors have leading dimension M."""
+
+    model: str
+    n_models: int
+    gamma: torch.Tensor  # (M,)
+    eta: torch.Tensor  # (M,)
+    noise: torch.Tensor  # (M,) label-noise std σ
+    batch: int | None  # None: population loss (rescaling) / full batch (factorization)
+    seed: int
+    model_ids: torch.Tensor  # (M,) int64, the Philox run ids
+    target: dict[str, torch.Tensor]  # rescaling {"beta"}, factorization {"A"}, mlp teacher
+    offset: torch.Tensor | None  # factorization symmetry breaker C (M, m, k)
+    activation: str  # mlp only
+
+
+class SweepResult(NamedTuple):
+    """``params``: dict of final parameters (M, ...); ``losses`` (M, S) data loss at
+    ``loss_steps`` (S,) (absolute step indices); ``backend`` the backend that ran the call."""
+
+    params: dict[str, torch.Tensor]
+    losses: torch.Tensor
+    loss_steps: torch.Tensor
+    backend: str
+
+
+def _per_model(value, M: int, name: str, dtype, device, *, positive: bool = False) -> torch.Tensor:
+    t = torch.as_tensor(value, dtype=torch.float64)
+    if t.dim() == 0:
+        t = t.expand(M)
+    if t.shape != (M,):
+        raise ValueError(
+            f"{name} must be a scalar or have one value per model ({M}), got {tuple(t.shape)}"
+        )
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be finite, got {t.tolist()}")
+    if positive and (t <= 0).any():
+        raise ValueError(f"{name} must be > 0, got {t.tolist()}")
+    if not positive and (t < 0).any():
+        raise ValueError(f"{name} must be >= 0, got {t.tolist()}")
+    return t.to(device=device, dtype=dtype).contiguous()
+
+
+def _batched(x, shape: tuple[int, ...], M: int, name: str, dtype, device) -> torch.Tensor:
+    """``x`` of shape ``shape`` (shared by all models) or (M, *shape), as (M, *shape)."""
+    t = torch.as_tensor(x)
+    if not t.is_floating_point():
+        t = t.to(torch.float64)
+    if tuple(t.shape) == shape:
+        t = t.expand(M, *shape)
+    if tuple(t.shape) != (M, *shape):
+        raise ValueError(f"{name} must be {shape} or {(M, *shape)}, got {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return t.to(device=device, dtype=dtype).contiguous()
+
+
+def sweep_problem(
+    model: str,
+    params: Mapping[str, torch.Tensor],
+    gammas,
+    etas,
+    *,
+    batch: int | None,
+    seed: int = 0,
+    target=None,
+    noise=0.0,
+    model_ids=None,
+    offset=None,
+    activation: str = "tanh",
+) -> tuple[dict[str, torch.Tensor], SweepProblem]:
+    """Validate :func:`train_sweep`'s arguments; return (params (M, ...) contiguous, problem)."""
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {list(MODELS)}, got {model!r}")
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a dict of tensors with keys {MODELS[model]}")
+    keys = MODELS[model]
+    if set(params) != set(keys):
+        raise ValueError(f"params for model {model!r} must have keys {keys}, got {sorted(params)}")
+    for k in keys:
+        v = params[k]
+        if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+            raise TypeError(f"params[{k!r}] must be a floating torch.Tensor")
+        if not torch.isfinite(v).all():
+            raise ValueError(f"params[{k!r}] contains NaN or inf")
+    first = params[keys[0]]
+    dtype, device = first.dtype, first.device
+    for k in keys:
+        if params[k].dtype != dtype or params[k].device != device:
+            raise ValueError("all params must share dtype and device")
+    M = first.shape[0] if first.dim() > 0 else 0
+    if M < 1:
+        raise ValueError("params must hold at least one model (leading dimension M >= 1)")
+
+    out_target: dict[str, torch.Tensor] = {}
+    off = None
+    if model == "rescaling":
+        u, w = params["u"], params["w"]
+        if u.dim() != 2 or u.shape != w.shape:
+            raise ValueError(
+                f"rescaling params u, w must both be (M, d), got {tuple(u.shape)}, {tuple(w.shape)}"
+            )
+        if target is None:
+            raise ValueError("rescaling needs target=beta, shape (d,) or (M, d)")
+        out_target["beta"] = _batched(target, (u.shape[1],), M, "target (beta)", dtype, device)
+    elif model == "factorization":
+        U, W = params["U"], params["W"]
+        if U.dim() != 3 or W.dim() != 3 or U.shape[0] != W.shape[0] or U.shape[2] != W.shape[2]:
+            raise ValueError(
+                f"factorization params must be U (M, m, k) and W (M, n, k), got "
+                f"{tuple(U.shape)}, {tuple(W.shape)}"
+            )
+        if batch is not None:
+            raise ValueError("factorization trains on the full matrix: batch must be None "
+                             "(use noise= for gradient noise)")  # fmt: skip
+        if target is None:
+            raise ValueError("factorization needs target=A, shape (m, n) or (M, m, n)")
+        m, n, k = U.shape[1], W.shape[1], U.shape[2]
+        out_target["A"] = _batched(target, (m, n), M, "target (A)", dtype, device)
+        if offset is not None:
+            off = _batched(offset, (m, k), M, "offset", dtype, device)
+    else:
+        W1, b1, a = params["W1"], params["b1"], params["a"]
+        if W1.dim() != 3 or b1.shape != W1.shape[:2] or a.shape != W1.shape[:2]:
+            raise ValueError(
+                f"mlp params must be W1 (M, h, d), b1 (M, h), a (M, h), got {tuple(W1.shape)}, "
+                f"{tuple(b1.shape)}, {tuple(a.shape)}"
+            )
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if not isinstance(target, Mapping) or set(target) != {"W1", "b1", "a"}:
+            raise ValueError("mlp needs target = teacher dict with keys W1 (h_t, d), b1, a (h_t,)")
+        tW = torch.as_tensor(target["W1"])
+        if tW.dim() not in (2, 3) or tW.shape[-1] != W1.shape[2]:
+            raise ValueError(f"teacher W1 must be (h_t, {W1.shape[2]}) or (M, h_t, {W1.shape[2]})")
+        ht = tW.shape[-2]
+        out_target["W1"] = _batched(tW, (ht, W1.shape[2]), M, "teacher W1", dtype, device)
+        out_target["b1"] = _batched(target["b1"], (ht,), M, "teacher b1", dtype, device)
+        out_target["a"] = _batched(target["a"], (ht,), M, "teacher a", dtype, device)
+    if model != "factorization" and offset is not None:
+        raise ValueError("offset is only used by the factorization model")
+    if model == "mlp" and batch is None:
+        raise ValueError("mlp needs an int batch size (no population loss)")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch must be a positive int or None, got {batch!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}")
+    ids = torch.arange(M) if model_ids is None else torch.as_tensor(model_ids)
+    if ids.shape != (M,) or ids.is_floating_point() or (ids < 0).any() or (ids >= 2**32).any():
+        raise ValueError(f"model_ids must be {M} integers in [0, 2^32)")
+    problem = SweepProblem(
+        model=model,
+        n_models=M,
+        gamma=_per_model(gammas, M, "gamma", dtype, device),
+        eta=_per_model(etas, M, "eta", dtype, device, positive=True),
+        noise=_per_model(noise, M, "noise", dtype, device),
+        batch=batch,
+        seed=seed,
+        model_ids=ids.to(torch.int64).contiguous(),
+        target=out_target,
+        offset=off,
+        activation=activation,
+    )
+    return {k: params[k].detach().contiguous() for k in keys}, problem
+
+
+def train_sweep(
+    model: str,
+    params: Mapping[str, torch.Tensor],
+    gammas,
+    etas,
+    steps: int,
+    batch: int | None,
+    seed: int = 0,
+    *,
+    target=None,
+    noise=0.0,
+    model_ids=None,
+    offset=None,
+    activation: str = "tanh",
+    step0: int = 0,
+    record_every: int | None = None,
+    backend: str = "auto",
+) -> SweepResult:
+    """Train M small models at once with per-model weight decay γ and step size η.
+
+    θ_m ← θ_m − η_m ∇[ℓ_m(θ_m; batch of step t) + γ_m ‖θ_m‖²],  t = step0, …, step0 + steps − 1.
+
+    Args:
+        model: "rescaling", "factorization" or "mlp" (see the module docstring for each loss).
+        params: dict of (M, ...) tensors (float32 / float64); not modified.
+        gammas: weight decay γ ≥ 0, scalar or (M,). etas: step size η > 0, scalar or (M,).
+        steps: number of steps (≥ 1). batch: samples per step, or None for the population /
+            full-batch loss (rescaling, factorization).
+        seed, model_ids: Philox identity of each model (default ids 0..M−1); step0: absolute
+            index of the first step, so a continued run draws the same data.
+        target: β (rescaling), A (factorization) or the teacher dict (mlp); shared or per model.
+        noise: label-noise std σ ≥ 0, scalar or (M,). offset: factorization symmetry breaker C.
+        activation: "tanh" or "relu" (mlp). record_every: loss every K steps (default: last).
+        backend: "auto" or a backend name (only "torch" implements ``mirror_sweep`` so far).
+
+    Example::
+
+        >>> import torch
+        >>> from symkern.mirror.sweeps import train_sweep
+        >>> M, d = 4, 10
+        >>> ones = torch.ones(M, d, dtype=torch.float64)
+        >>> p = {"u": 0.1 * ones, "w": 0.1 * ones}
+        >>> gammas = torch.linspace(0, 1.5, M)  # per-model weight decay
+        >>> r = train_sweep("rescaling", p, gammas, 0.1, 500, None, target=torch.ones(d))
+        >>> r.params["u"].shape
+        torch.Size([4, 10])
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if isinstance(step0, bool) or not isinstance(step0, int) or step0 < 0:
+        raise ValueError(f"step0 must be a non-negative int, got {step0!r}")
+    record_every = steps if record_every is None else record_every
+    if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1:
+        raise ValueError(f"record_every must be a positive int, got {record_every!r}")
+    p, problem = sweep_problem(
+        model, params, gammas, etas, batch=batch, seed=seed, target=target, noise=noise,
+        model_ids=model_ids, offset=offset, activation=activation,
+    )  # fmt: skip
+    kernel = select_kernel("mirror_sweep", {**p, "problem": problem}, backend)
+    out, losses = kernel.fn(p, problem, step0, steps, record_every)
+    rec = torch.arange(step0 + record_every - 1, step0 + steps, record_every)
+    return SweepResult(out, losses, rec, kernel.backend)
+
+
+# --- measurements and closed forms (used by the experiments and tests) -------------------------
+
+
+def soft_threshold(beta: torch.Tensor, gamma: float) -> torch.Tensor:
+    """sign(β) max(0, |β| − γ): the rescaling model's minimiser (Lasso with λ = 2γ)."""
+    return torch.sign(beta) * torch.clamp(beta.abs() - gamma, min=0.0)
+
+
+def closed_form_sparsity(beta: torch.Tensor, gamma: float) -> float:
+    """P(|β_i| ≤ γ) on the realised β: the fraction of coordinates the minimiser zeroes."""
+    return float((beta.abs() <= gamma).double().mean())
+
+
+def closed_form_singular_values(A: torch.Tensor, gamma: float) -> torch.Tensor:
+    """max(0, σ_i(A) − γ): the spectrum of the minimiser of ‖UWᵀ − A‖²_F + γ(‖U‖² + ‖W‖²)
+    (k ≥ rank A)."""
+    return torch.clamp(torch.linalg.svdvals(A.double()) - gamma, min=0.0)
+
+
+def sparsity(u: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """Fraction of coordinates with |u_i w_i| < eps, per model: (M, d) → (M,)."""
+    return ((u * w).abs() < eps).double().mean(-1)
+
+
+def effective_rank(mats: torch.Tensor, eps: float) -> torch.Tensor:
+    """Number of singular values > eps, per matrix: (M, m, n) → (M,) int."""
+    return (torch.linalg.svdvals(mats.double()) > eps).sum(-1)
