@@ -31,14 +31,13 @@ import torch
 
 pytest.importorskip("symkern._C")
 
+
 import symkern  # noqa: E402
 from symkern import groups  # noqa: E402
 from symkern.backends.registry import select_kernel  # noqa: E402
 from symkern.meanfield import MatrixUnit, Teacher  # noqa: E402
 from symkern.meanfield.trainer import initial_particles  # noqa: E402
 from symkern.testing import assert_close  # noqa: E402
-
-from conftest import median_seconds  # noqa: E402
 
 DTYPE = torch.float32
 UNIT = MatrixUnit(2, 2)
@@ -147,8 +146,10 @@ def test_particle_step_paper_size(compare, smoke, scheme, N):
             "not timed: set SYMKERN_BENCH_TORCH_COMPILE=1 (compiling the autograd + Philox step "
             "takes minutes on 2 cores)"
         )
-    print(f"\n  N={N} {scheme}: cpp {us:.2f} us/step, eager {ex['torch_eager_us_per_step']:.0f} "
-          f"us/step, x{ex['speedup_per_step_vs_torch_eager']:.0f}")
+    print(
+        f"\n  N={N} {scheme}: cpp {us:.2f} us/step, eager {ex['torch_eager_us_per_step']:.0f} "
+        f"us/step, x{ex['speedup_per_step_vs_torch_eager']:.0f}"
+    )
 
 
 def test_particle_grid_120_runs(compare, smoke):
@@ -194,5 +195,7 @@ def test_particle_grid_120_runs(compare, smoke):
     ex["torch_eager_us_per_step_all_runs_est"] = eager_one * R
     ex["speedup_vs_eager_loop"] = eager_one * R / cpp_us
     ex["runs"] = R
-    print(f"\n  R={R} N={N}: cpp {cpp_us:.1f} us/step for all runs, eager loop est "
-          f"{eager_one * R:.0f} us/step, x{eager_one * R / cpp_us:.0f}")
+    print(
+        f"\n  R={R} N={N}: cpp {cpp_us:.1f} us/step for all runs, eager loop est "
+        f"{eager_one * R:.0f} us/step, x{eager_one * R / cpp_us:.0f}"
+    )

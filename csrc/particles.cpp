@@ -30,7 +30,39 @@
 //   on 4e6 points of [-87, 87] and 2e6 of [-1, 1] (symkern._C.particle_activation_errors):
 //   sigmoid <= 9.0e-8 absolute, <= 1.5e-7 relative; tanh <= 9.2e-8 absolute, <= 1.9e-7 relative
 //   (i.e. ~1-3 float32 ulp). Below u = -87 the sigmoid is clamped (absolute error < 2e-38).
-// * Random numbers: csrc/philox.h, double-precision Box-Muller with own vectorisable ln/cos.
+// * Random numbers: csrc/philox.h, double-precision Box-Muller with own vectorisable ln/cos for
+//   float64 runs; float32 runs on AVX-512 draw their normals in float (normal_f_x16, max |error|
+//   5.6e-7 against the double normals, ~1 float ulp of |z| <= 5.9).
+// * AVX-512 float32 fast paths (matrix unit): data + teacher labels in registers
+//   (data_matrix_f), pass 1 for d = 2 (pass1_matrix2_f), and for c = d = 2 without EA / noise
+//   projection pass 2 + weight decay + Philox noise + update fused per 16 particles with the
+//   gradient in registers (pass2_update_matrix2_f). The 16-lane sigmoid there has measured error
+//   <= 9.6e-8 absolute, <= 2.7e-7 relative on [-87, 87] (particle_activation_errors reports the
+//   worse of it and the scalar one).
+//
+// Performance log (float32, matrix unit 2x2, C2, B = 20, R = 1, 200 steps/call at N = 5000, 2000
+// at N = 50; µs/step min/median of 5-9 calls; shared 2-core EPYC (Zen 4-class AVX-512), loadavg
+// 1.1-3.5 while timing — numbers move ~10% with the other tenant):
+//   baseline (this session)           N=5000 vanilla 271/282, DA 404/408; N=50 5.40/5.42, DA 7.8
+//   profile (rdtsc, SYMKERN_PARTICLES_PROF): pass 1 (sigmoid) ~60 %, noise ~25 %, gradient ~13 %,
+//     data 1 % at N = 5000; at N = 50 data (scalar teacher labels) ~35 %.
+//   found: `#if defined(__AVX512F__)` is never true inside `#pragma GCC target` with g++'s C++
+//     front end, so the old 16-lane Philox was dead code (now SYMKERN_PARTICLES_AVX512).
+//   1. float normals in registers, fused with the update (predicted -60 µs: 6.1 -> ~3 ns per
+//      normal): measured 271 -> 197 µs (N = 5000 vanilla).
+//   2. 16-lane sigmoid (scalef + rcp14/Newton, no division) in pass 1 and fused pass 2 with the
+//      gradient in registers (predicted -40 µs): 197 -> 177.
+//   3. vectorised data + teacher labels (predicted N = 50: -1.5 µs): N = 50 5.6 -> 3.0; N = 5000
+//      177 -> 169.
+//   4. Philox on 8 x 64-bit lanes (1.44 -> 1.25 ns/counter) + degree-5 minimax exp (3 ops fewer
+//      per sigmoid; predicted -15 µs): N = 5000 169 -> 130, DA 257 -> 221; N = 50 2.64.
+//   5. DA effective inputs unrolled for 2x2 rho: N = 50 DA 4.25 -> 4.13.
+//   Team mode (2 threads on one run, SYMKERN_PARTICLES_TEAM_MIN_N=2048), loadavg 1.7: vanilla
+//     min 91 but median 575 µs (the other tenant holds the second core; the per-step barrier then
+//     waits a time slice), DA 150/151 vs 293/295 single — not a clear win on this shared machine,
+//     so it stays off by default.
+//   Floors now (N = 5000): 200k sigmoids ~19 zmm ops per 16 and 20k Philox-10 normals ~2 ns each
+//     are both throughput-bound; the 60 µs target needs both cores (team mode) on an idle machine.
 // * Instruction sets: the kernel body below is compiled three times (AVX-512, AVX2+FMA,
 //   baseline x86-64) by including this file into itself under `#pragma GCC target`, and
 //   dispatched at run time on the CPU's features — the wheel stays portable (no -march=native).
@@ -41,8 +73,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "philox.h"
@@ -60,9 +94,13 @@ enum class Isa { baseline = 0, avx2 = 1, avx512 = 2 };
 #define SYMKERN_PARTICLES_MULTI_ISA 1
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,bmi,bmi2,prefer-vector-width=512")
+// (GCC's C++ front end does not define __AVX512F__ after `#pragma GCC target`, so the body is
+// told which variant it is by SYMKERN_PARTICLES_AVX512.)
+#define SYMKERN_PARTICLES_AVX512 1
 namespace symkern::particles::isa_avx512 {
 #include "particles.cpp"
 }  // namespace symkern::particles::isa_avx512
+#undef SYMKERN_PARTICLES_AVX512
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,bmi,bmi2")
@@ -190,6 +228,15 @@ template void particle_forward_backward<double>(const double*, index_t, const do
 using ::symkern::index_t;
 using ::symkern::particles::Problem;
 
+#ifdef SYMKERN_PARTICLES_PROF  // section timers (rdtsc), printed per call; never in a release build
+inline unsigned long long g_prof[8];
+#define SK_PROF(v) const unsigned long long v = __rdtsc();
+#define SK_PROF_ADD(k, a, b) g_prof[k] += (b) - (a);
+#else
+#define SK_PROF(v)
+#define SK_PROF_ADD(k, a, b)
+#endif
+
 constexpr index_t TILE = 256;  // particles per tile: scratch rows of TILE stay in L1
 
 inline index_t round_up(index_t n, index_t m) { return (n + m - 1) / m * m; }
@@ -277,6 +324,12 @@ inline T act_value(int code, T u) {
   return h;
 }
 
+#if defined(SYMKERN_PARTICLES_AVX512)
+inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[4]);
+#endif
+
+// (AVX-512 build: the sigmoid entries are the worse of the scalar sigmoid_t and the 16-lane
+// sigmoid of the float32 matrix-unit fast path.)
 inline void activation_errors_impl(double lo, double hi, index_t n, double out[4]) {
   double e[4] = {0, 0, 0, 0};
   for (index_t i = 0; i < n; ++i) {
@@ -291,39 +344,158 @@ inline void activation_errors_impl(double lo, double hi, index_t n, double out[4
     if (t != 0.0) e[3] = std::max(e[3], std::abs(ft - t) / std::abs(t));
   }
   for (int k = 0; k < 4; ++k) out[k] = e[k];
+#if defined(SYMKERN_PARTICLES_AVX512)
+  vector_sigmoid_errors(lo, hi, n, out);
+#endif
 }
 
 // ---- random numbers -----------------------------------------------------------------------------
 
-#if defined(__AVX512F__)
-// Philox4x32-10 on 16 counters at once (first two output words). GCC vectorises the scalar
-// version with 64-bit vpmullq and lane shuffles; this uses vpmuludq on even / odd lanes and a
-// three-way XOR per word (vpternlogd): ~2x faster.
-SYMKERN_ALWAYS_INLINE void philox2_x16(__m512i c0, __m512i c1, __m512i c2, __m512i c3,
-                                       std::uint32_t k0, std::uint32_t k1, __m512i& o0,
-                                       __m512i& o1) {
-  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(::symkern::philox::M0));
-  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(::symkern::philox::M1));
+#if defined(SYMKERN_PARTICLES_AVX512)
+// Philox4x32-10 on 16 counters at once (first two output words), as two independent 8-counter
+// states with each counter in the low half of a 64-bit lane: vpmuludq then gives hi (>> 32) and
+// lo (the low half, in place) of the 32x32 product in one multiply. The high halves carry garbage
+// that never reaches a low half (vpmuludq reads only low halves, shifts take the product's hi,
+// XOR is lane-wise), so nothing is masked. Bit-exact with philox.h; measured 1.25 ns/counter vs
+// 1.44 (vpmulld lo + blends) and 1.8 (the earlier shift+blend lo).
+SYMKERN_ALWAYS_INLINE void philox2_x8(__m512i c0, __m512i c1, __m512i c2, __m512i c3,
+                                      std::uint32_t k0, std::uint32_t k1, __m512i& o0,
+                                      __m512i& o1) {
+  const __m512i m0 = _mm512_set1_epi64(::symkern::philox::M0);
+  const __m512i m1 = _mm512_set1_epi64(::symkern::philox::M1);
   for (int round = 0; round < 10; ++round) {
-    const __m512i ke = _mm512_set1_epi32(static_cast<int>(k0));
-    const __m512i ko = _mm512_set1_epi32(static_cast<int>(k1));
-    const __m512i pe0 = _mm512_mul_epu32(m0, c0);
-    const __m512i po0 = _mm512_mul_epu32(m0, _mm512_srli_epi64(c0, 32));
-    const __m512i pe1 = _mm512_mul_epu32(m1, c2);
-    const __m512i po1 = _mm512_mul_epu32(m1, _mm512_srli_epi64(c2, 32));
-    const __m512i hi0 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe0, 32), po0);
-    const __m512i lo0 = _mm512_mask_blend_epi32(0xAAAA, pe0, _mm512_slli_epi64(po0, 32));
-    const __m512i hi1 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe1, 32), po1);
-    const __m512i lo1 = _mm512_mask_blend_epi32(0xAAAA, pe1, _mm512_slli_epi64(po1, 32));
-    c0 = _mm512_ternarylogic_epi32(hi1, c1, ke, 0x96);
-    c1 = lo1;
-    c2 = _mm512_ternarylogic_epi32(hi0, c3, ko, 0x96);
-    c3 = lo0;
+    const __m512i p0 = _mm512_mul_epu32(m0, c0), p1 = _mm512_mul_epu32(m1, c2);
+    c0 = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p1, 32), c1,
+                                   _mm512_set1_epi32(static_cast<int>(k0)), 0x96);
+    c1 = p1;
+    c2 = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p0, 32), c3,
+                                   _mm512_set1_epi32(static_cast<int>(k1)), 0x96);
+    c3 = p0;
     k0 += ::symkern::philox::W0;
     k1 += ::symkern::philox::W1;
   }
   o0 = c0;
   o1 = c1;
+}
+
+// 16 counters (32-bit lanes) -> o0, o1 (32-bit lanes); c1..c3 must be lane-uniform (broadcasts).
+SYMKERN_ALWAYS_INLINE void philox2_x16(__m512i c0, __m512i c1, __m512i c2, __m512i c3,
+                                       std::uint32_t k0, std::uint32_t k1, __m512i& o0,
+                                       __m512i& o1) {
+  __m512i a0, a1, b0, b1;
+  philox2_x8(c0, c1, c2, c3, k0, k1, a0, a1);                           // even lanes
+  philox2_x8(_mm512_srli_epi64(c0, 32), c1, c2, c3, k0, k1, b0, b1);    // odd lanes
+  o0 = _mm512_mask_blend_epi32(0xAAAA, a0, _mm512_slli_epi64(b0, 32));
+  o1 = _mm512_mask_blend_epi32(0xAAAA, a1, _mm512_slli_epi64(b1, 32));
+}
+
+// float32 Box-Muller on 16 lanes (float32 runs only; float64 runs keep the double normals).
+// ln u(o0): v = 2(o0 >> 8) + 1 < 2^25 is converted to float (rounded) and the rounding residual
+// (-1, 0 or 1) is added back to the reduced mantissa f = m - 1, so ln u keeps full float relative
+// accuracy even for u -> 1; ln(1 + f) = 2 atanh(f / (2 + f)) to s^9. cos(2 pi u(o1)): exact
+// quadrant reduction as in philox.h, sin to a^9 / cos to a^8 (truncation < 3e-9).
+// Measured against the double normal_from_bits: max |error| 5.6e-7 over 1e6 grid points
+// (|z| <= 5.9, i.e. ~1 float ulp); 0.74-0.9 ns per normal (Philox 1.5 ns on top).
+SYMKERN_ALWAYS_INLINE __m512 normal_f_x16(__m512i o0, __m512i o1) {
+  const __m512i vi = _mm512_add_epi32(_mm512_slli_epi32(_mm512_srli_epi32(o0, 8), 1),
+                                      _mm512_set1_epi32(1));
+  const __m512 vf = _mm512_cvtepi32_ps(vi);
+  const __m512i resid = _mm512_sub_epi32(vi, _mm512_cvtps_epi32(vf));
+  const __m512i bits = _mm512_castps_si512(vf);
+  __m512i e = _mm512_sub_epi32(_mm512_srli_epi32(bits, 23), _mm512_set1_epi32(127));
+  __m512 m = _mm512_castsi512_ps(_mm512_or_si512(
+      _mm512_and_si512(bits, _mm512_set1_epi32(0x007FFFFF)), _mm512_set1_epi32(0x3F800000)));
+  const __mmask16 big = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421356f), _CMP_GT_OQ);
+  m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5f));
+  e = _mm512_mask_add_epi32(e, big, e, _mm512_set1_epi32(1));
+  const __m512 sc = _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(127), e), 23));  // 2^-e
+  __m512 f = _mm512_sub_ps(m, _mm512_set1_ps(1.0f));
+  f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(resid), sc, f);
+  const __m512 s = _mm512_div_ps(f, _mm512_add_ps(f, _mm512_set1_ps(2.0f)));
+  const __m512 s2 = _mm512_mul_ps(s, s);
+  __m512 p = _mm512_set1_ps(1.0f / 11.0f);
+  p = _mm512_fmadd_ps(p, s2, _mm512_set1_ps(1.0f / 9.0f));
+  p = _mm512_fmadd_ps(p, s2, _mm512_set1_ps(1.0f / 7.0f));
+  p = _mm512_fmadd_ps(p, s2, _mm512_set1_ps(1.0f / 5.0f));
+  p = _mm512_fmadd_ps(p, s2, _mm512_set1_ps(1.0f / 3.0f));
+  const __m512 s2s = _mm512_add_ps(s, s);
+  const __m512 lnm = _mm512_fmadd_ps(s2s, _mm512_mul_ps(s2, p), s2s);
+  const __m512 k = _mm512_cvtepi32_ps(_mm512_sub_epi32(e, _mm512_set1_epi32(25)));
+  const __m512 lnu = _mm512_fmadd_ps(k, _mm512_set1_ps(0.693145752f),
+                                     _mm512_fmadd_ps(k, _mm512_set1_ps(1.42860677e-06f), lnm));
+  const __m512 rad = _mm512_sqrt_ps(_mm512_mul_ps(_mm512_set1_ps(-2.0f), lnu));
+  const __m512i vv = _mm512_add_epi32(_mm512_slli_epi32(_mm512_srli_epi32(o1, 8), 1),
+                                      _mm512_set1_epi32(1));
+  const __m512i q = _mm512_srli_epi32(_mm512_add_epi32(vv, _mm512_set1_epi32(1 << 22)), 23);
+  const __m512 fr = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(vv, _mm512_slli_epi32(q, 23))),
+                                  _mm512_set1_ps(1.0f / 8388608.0f));
+  const __m512 a = _mm512_mul_ps(fr, _mm512_set1_ps(1.57079632679f));
+  const __m512 a2 = _mm512_mul_ps(a, a);
+  __m512 sp = _mm512_set1_ps(2.75573192e-6f);
+  sp = _mm512_fmadd_ps(sp, a2, _mm512_set1_ps(-1.98412698e-4f));
+  sp = _mm512_fmadd_ps(sp, a2, _mm512_set1_ps(8.33333333e-3f));
+  sp = _mm512_fmadd_ps(sp, a2, _mm512_set1_ps(-1.66666667e-1f));
+  const __m512 sn = _mm512_fmadd_ps(a, _mm512_mul_ps(a2, sp), a);
+  __m512 cp = _mm512_set1_ps(2.48015873e-5f);
+  cp = _mm512_fmadd_ps(cp, a2, _mm512_set1_ps(-1.38888889e-3f));
+  cp = _mm512_fmadd_ps(cp, a2, _mm512_set1_ps(4.16666667e-2f));
+  cp = _mm512_fmadd_ps(cp, a2, _mm512_set1_ps(-0.5f));
+  const __m512 cs = _mm512_fmadd_ps(a2, cp, _mm512_set1_ps(1.0f));
+  const __m512i qm = _mm512_and_si512(q, _mm512_set1_epi32(3));
+  const __mmask16 odd = _mm512_test_epi32_mask(qm, _mm512_set1_epi32(1));
+  __m512 val = _mm512_mask_blend_ps(odd, cs, sn);
+  const __mmask16 neg =
+      _mm512_test_epi32_mask(_mm512_add_epi32(qm, _mm512_set1_epi32(1)), _mm512_set1_epi32(2));
+  val = _mm512_mask_xor_ps(val, neg, val, _mm512_set1_ps(-0.0f));
+  return _mm512_mul_ps(rad, val);
+}
+
+// float32, no noise projection: z[q][i] += -alpha g[q][i] + ns xi[i, q] with the Philox noise
+// generated in registers (xi[i, q] keyed by index base + i D + q), two q planes per sweep.
+inline void update_with_noise_f(float* th, index_t cap, index_t i_s, const float* gbuf,
+                                index_t m, index_t D, std::uint32_t base, std::uint32_t step,
+                                std::uint32_t run, std::uint32_t k0, std::uint32_t k1,
+                                float alpha, float ns) {
+  const __m512i vs = _mm512_set1_epi32(static_cast<int>(step));
+  const __m512i vr = _mm512_set1_epi32(static_cast<int>(run));
+  const __m512i vq = _mm512_set1_epi32(static_cast<int>(::symkern::philox::STREAM_NOISE));
+  const __m512i lanes = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32(static_cast<int>(D)));
+  const __m512 va = _mm512_set1_ps(-alpha), vn = _mm512_set1_ps(ns);
+  for (index_t i = 0; i < m; i += 16) {
+    const __mmask16 mk = m - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (m - i)) - 1u);
+    const __m512i cb = _mm512_add_epi32(
+        _mm512_set1_epi32(static_cast<int>(base + static_cast<std::uint32_t>(i * D))), lanes);
+    index_t q = 0;
+    for (; q + 2 <= D; q += 2) {
+      __m512i a0, a1, b0, b1;
+      philox2_x16(_mm512_add_epi32(cb, _mm512_set1_epi32(static_cast<int>(q))), vs, vr, vq, k0,
+                  k1, a0, a1);
+      philox2_x16(_mm512_add_epi32(cb, _mm512_set1_epi32(static_cast<int>(q + 1))), vs, vr, vq,
+                  k0, k1, b0, b1);
+      const __m512 xa = normal_f_x16(a0, a1), xb = normal_f_x16(b0, b1);
+      float* za = th + q * cap + i_s + i;
+      float* zb = za + cap;
+      const __m512 ga = _mm512_maskz_loadu_ps(mk, gbuf + q * TILE + i);
+      const __m512 gb = _mm512_maskz_loadu_ps(mk, gbuf + (q + 1) * TILE + i);
+      const __m512 ua = _mm512_fmadd_ps(va, ga, _mm512_maskz_loadu_ps(mk, za));
+      const __m512 ub = _mm512_fmadd_ps(va, gb, _mm512_maskz_loadu_ps(mk, zb));
+      _mm512_mask_storeu_ps(za, mk, _mm512_fmadd_ps(vn, xa, ua));
+      _mm512_mask_storeu_ps(zb, mk, _mm512_fmadd_ps(vn, xb, ub));
+    }
+    for (; q < D; ++q) {
+      __m512i a0, a1;
+      philox2_x16(_mm512_add_epi32(cb, _mm512_set1_epi32(static_cast<int>(q))), vs, vr, vq, k0,
+                  k1, a0, a1);
+      const __m512 xa = normal_f_x16(a0, a1);
+      float* za = th + q * cap + i_s + i;
+      const __m512 ga = _mm512_maskz_loadu_ps(mk, gbuf + q * TILE + i);
+      const __m512 ua = _mm512_fmadd_ps(va, ga, _mm512_maskz_loadu_ps(mk, za));
+      _mm512_mask_storeu_ps(za, mk, _mm512_fmadd_ps(vn, xa, ua));
+    }
+  }
 }
 #endif
 
@@ -332,7 +504,7 @@ inline void normals(const ::symkern::philox::Key key, std::uint32_t step, std::u
                     std::uint32_t stream, std::uint64_t idx0, index_t n, double* __restrict out) {
   const std::uint32_t k0 = key.k0, k1 = key.k1;
   index_t i0 = 0;
-#if defined(__AVX512F__)
+#if defined(SYMKERN_PARTICLES_AVX512)
   {
     alignas(64) std::uint32_t a0[16], a1[16];
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -361,6 +533,166 @@ inline void normals(const ::symkern::philox::Key key, std::uint32_t step, std::u
   }
 }
 
+#if defined(SYMKERN_PARTICLES_AVX512)
+// sigmoid(u) = 1 / (1 + e^{nu}) on 16 lanes, from nu = -u: 2^n e^r with n = rint(nu log2 e),
+// Cody-Waite r, a degree-5 minimax polynomial of e^r (7.5e-8 relative), vscalefps (no bit tricks), then
+// vrcp14ps + one Newton step instead of a division. nu is clamped to <= 87 (sigmoid(-87) ~ 1.6e-38
+// -> 0, as the scalar sigmoid_t). See the error statement at the top of the file.
+SYMKERN_ALWAYS_INLINE __m512 sigmoid_from_neg_x16(__m512 nu) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  nu = _mm512_min_ps(nu, _mm512_set1_ps(87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(nu, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), nu);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(8.297654928827846e-3f);  // degree-5 minimax of e^r, rel 7.5e-8
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.191538288378498e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6667574736419566e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.999889484336493e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(9.999996919876312e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0000000716554314f));
+  const __m512 d = _mm512_add_ps(_mm512_scalef_ps(y, n), one);
+  const __m512 rc = _mm512_rcp14_ps(d);
+  return _mm512_fmadd_ps(rc, _mm512_fnmadd_ps(d, rc, one), rc);
+}
+
+inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[4]) {
+  alignas(64) float u[16], sg[16];
+  for (index_t i0 = 0; i0 < n; i0 += 16) {
+    for (int j = 0; j < 16; ++j) {
+      const index_t i = std::min<index_t>(i0 + j, n - 1);
+      u[j] = static_cast<float>(lo + (hi - lo) * static_cast<double>(i) /
+                                         static_cast<double>(n > 1 ? n - 1 : 1));
+    }
+    _mm512_store_ps(sg, sigmoid_from_neg_x16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_load_ps(u))));
+    for (int j = 0; j < 16; ++j) {
+      const double s = 1.0 / (1.0 + std::exp(-static_cast<double>(u[j])));
+      out[0] = std::max(out[0], std::abs(sg[j] - s));
+      out[1] = std::max(out[1], std::abs(sg[j] - s) / s);
+    }
+  }
+}
+
+// Data of one step for float32 runs with the matrix unit: x = sigma_pi * normal (float Box-Muller
+// in registers) and the teacher labels y_b = sum_m w_m sigmoid(z_m x_b) vectorised over 16 samples
+// (same order of the sum over m as teacher_labels).
+inline void data_matrix_f(const Problem<float>& p, index_t r, std::uint32_t step, std::uint32_t run,
+                          float* x, float* y) {
+  const index_t B = p.batch, c = p.c, d = p.d, M = p.M, D = p.D, n = B * d;
+  const ::symkern::philox::Key key(p.seed);
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i vs = _mm512_set1_epi32(static_cast<int>(step));
+  const __m512i vr = _mm512_set1_epi32(static_cast<int>(run));
+  const __m512i vq = _mm512_set1_epi32(static_cast<int>(::symkern::philox::STREAM_DATA));
+  const __m512 sp = _mm512_set1_ps(static_cast<float>(p.sigma_pi));
+  for (index_t i = 0; i < n; i += 16) {
+    const __mmask16 mk = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1u);
+    __m512i o0, o1;
+    philox2_x16(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(i)), iota), vs, vr, vq,
+                key.k0, key.k1, o0, o1);
+    _mm512_mask_storeu_ps(x + i, mk, _mm512_mul_ps(sp, normal_f_x16(o0, o1)));
+  }
+  const float* tch = p.teacher + r * M * D;
+  const float* tw = p.teacher_w + r * M;
+  for (index_t b0 = 0; b0 < B; b0 += 16) {
+    const __mmask16 mk = B - b0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (B - b0)) - 1u);
+    const __m512i rows = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(b0)), iota);
+    __m512 xs[8];
+    const index_t dd = std::min<index_t>(d, 8);
+    for (index_t j = 0; j < dd; ++j)
+      xs[j] = _mm512_mask_i32gather_ps(
+          _mm512_setzero_ps(), mk,
+          _mm512_add_epi32(_mm512_mullo_epi32(rows, _mm512_set1_epi32(static_cast<int>(d))),
+                           _mm512_set1_epi32(static_cast<int>(j))),
+          x, 4);
+    for (index_t k = 0; k < c; ++k) {
+      __m512 acc = _mm512_setzero_ps();
+      for (index_t m = 0; m < M; ++m) {
+        const float* z = tch + m * D + k * d;
+        __m512 nu = _mm512_mul_ps(_mm512_set1_ps(-z[0]), xs[0]);
+        for (index_t j = 1; j < dd; ++j) nu = _mm512_fmadd_ps(_mm512_set1_ps(-z[j]), xs[j], nu);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(tw[m]), sigmoid_from_neg_x16(nu), acc);
+      }
+      _mm512_mask_i32scatter_ps(
+          y, mk,
+          _mm512_add_epi32(_mm512_mullo_epi32(rows, _mm512_set1_epi32(static_cast<int>(c))),
+                           _mm512_set1_epi32(static_cast<int>(k))),
+          acc, 4);
+    }
+  }
+}
+
+// Pass 1, matrix unit with d = 2, float32: as pass1_matrix (same loop order and sums).
+inline void pass1_matrix2_f(index_t E, index_t c, const float* xe, const float* thf, index_t cap,
+                            index_t i_s, index_t m, float* actp, double* phi) {
+  for (index_t e = 0; e < E; ++e) {
+    const __m512 nx0 = _mm512_set1_ps(-xe[e * 2]), nx1 = _mm512_set1_ps(-xe[e * 2 + 1]);
+    for (index_t k = 0; k < c; ++k) {
+      const float* __restrict z0 = thf + (2 * k) * cap + i_s;
+      const float* __restrict z1 = thf + (2 * k + 1) * cap + i_s;
+      float* __restrict sp = actp + (e * c + k) * TILE;
+      __m512 acc = _mm512_setzero_ps();
+      for (index_t i = 0; i < m; i += 16) {  // rows are cap / TILE long: full loads stay inside
+        const __mmask16 mk = m - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (m - i)) - 1u);
+        const __m512 nu =
+            _mm512_fmadd_ps(_mm512_loadu_ps(z0 + i), nx0, _mm512_mul_ps(_mm512_loadu_ps(z1 + i), nx1));
+        const __m512 sg = sigmoid_from_neg_x16(nu);
+        acc = _mm512_mask_add_ps(acc, mk, acc, sg);
+        _mm512_storeu_ps(sp + i, _mm512_fnmadd_ps(sg, sg, sg));
+      }
+      phi[e * c + k] += static_cast<double>(_mm512_reduce_add_ps(acc));
+    }
+  }
+}
+
+// Pass 2 + weight decay + noise + update fused, matrix unit d = 2 with C outputs (D = 2C),
+// float32, no EA / noise projection: per 16 particles the D gradient rows stay in registers
+// over all E inputs; coef[(e C + k) 2 + j] = r_ek x_ej.
+template <int C>
+inline void pass2_update_matrix2_f(float* th, index_t cap, index_t i_s, index_t m, index_t E,
+                                   const float* coef, const float* actp, float reg,
+                                   std::uint32_t base, std::uint32_t step, std::uint32_t run,
+                                   std::uint32_t k0, std::uint32_t k1, float alpha, float ns) {
+  constexpr int D = 2 * C;
+  const __m512i vs = _mm512_set1_epi32(static_cast<int>(step));
+  const __m512i vr = _mm512_set1_epi32(static_cast<int>(run));
+  const __m512i vq = _mm512_set1_epi32(static_cast<int>(::symkern::philox::STREAM_NOISE));
+  const __m512i lanes = _mm512_setr_epi32(0, D, 2 * D, 3 * D, 4 * D, 5 * D, 6 * D, 7 * D, 8 * D,
+                                          9 * D, 10 * D, 11 * D, 12 * D, 13 * D, 14 * D, 15 * D);
+  const __m512 va = _mm512_set1_ps(-alpha), vn = _mm512_set1_ps(ns), vreg = _mm512_set1_ps(reg);
+  for (index_t i = 0; i < m; i += 16) {
+    const __mmask16 mk = m - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (m - i)) - 1u);
+    __m512 g[D];
+    for (int q = 0; q < D; ++q) g[q] = _mm512_setzero_ps();
+    const float* sp = actp + i;
+    const float* cf = coef;
+    for (index_t e = 0; e < E; ++e) {
+      for (int k = 0; k < C; ++k) {
+        const __m512 sv = _mm512_loadu_ps(sp);
+        g[2 * k] = _mm512_fmadd_ps(sv, _mm512_set1_ps(cf[0]), g[2 * k]);
+        g[2 * k + 1] = _mm512_fmadd_ps(sv, _mm512_set1_ps(cf[1]), g[2 * k + 1]);
+        sp += TILE;
+        cf += 2;
+      }
+    }
+    const __m512i cb = _mm512_add_epi32(
+        _mm512_set1_epi32(static_cast<int>(base + static_cast<std::uint32_t>(i * D))), lanes);
+    for (int q = 0; q < D; q += 2) {
+      __m512i a0, a1, b0, b1;
+      philox2_x16(_mm512_add_epi32(cb, _mm512_set1_epi32(q)), vs, vr, vq, k0, k1, a0, a1);
+      philox2_x16(_mm512_add_epi32(cb, _mm512_set1_epi32(q + 1)), vs, vr, vq, k0, k1, b0, b1);
+      const __m512 xa = normal_f_x16(a0, a1), xb = normal_f_x16(b0, b1);
+      float* za = th + q * cap + i_s + i;
+      float* zb = za + cap;
+      const __m512 wa = _mm512_loadu_ps(za), wb = _mm512_loadu_ps(zb);
+      const __m512 ga = _mm512_fmadd_ps(vreg, wa, g[q]), gb = _mm512_fmadd_ps(vreg, wb, g[q + 1]);
+      _mm512_mask_storeu_ps(za, mk, _mm512_fmadd_ps(vn, xa, _mm512_fmadd_ps(va, ga, wa)));
+      _mm512_mask_storeu_ps(zb, mk, _mm512_fmadd_ps(vn, xb, _mm512_fmadd_ps(va, gb, wb)));
+    }
+  }
+}
+#endif
+
 // ---- the multi-step kernel --------------------------------------------------------------------
 
 template <class T>
@@ -379,7 +711,7 @@ struct Ctx {
 template <class T>
 struct Work {
   index_t cap = 0;
-  std::vector<T> th, tht, act, u, tmp, gbuf, g2, nzT, xip, x, y, xe, ye, r;
+  std::vector<T> th, tht, act, u, tmp, gbuf, g2, nzT, xip, x, y, xe, ye, r, coef;
   std::vector<double> nz, phi, xd, dy;
   std::vector<std::int32_t> gsel;
 
@@ -402,6 +734,7 @@ struct Work {
     xe.assign(cx.Emax * p.d, T(0));
     ye.assign(cx.Emax * p.c, T(0));
     r.assign(cx.Emax * p.c, T(0));
+    coef.assign(cx.Emax * p.c * p.d, T(0));
     phi.assign(cx.Emax * p.c, 0.0);
     xd.assign(std::max<index_t>(B * p.d, 1), 0.0);
     gsel.assign(B, 0);
@@ -668,6 +1001,7 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
     const std::int64_t t = cx.step0 + lt;
     const std::uint32_t ut = static_cast<std::uint32_t>(t);
     // ---- data
+    SK_PROF(pt0)
     T* x = w.x.data();
     T* y = w.y.data();
     if (p.x_data) {
@@ -676,16 +1010,41 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
       std::copy(xs, xs + B * d, x);
       std::copy(ys, ys + B * c, y);
     } else {
+#if defined(SYMKERN_PARTICLES_AVX512)
+      if constexpr (std::is_same_v<T, float>) {
+        if (p.unit_code == 0 && d <= 8) {
+          data_matrix_f(p, r, ut, runid, x, y);
+          goto have_data;
+        }
+      }
+#endif
       normals(key, ut, runid, px::STREAM_DATA, 0, B * d, w.xd.data());
       for (index_t k = 0; k < B * d; ++k) x[k] = static_cast<T>(p.sigma_pi * w.xd[k]);
       teacher_labels(p, r, x, y);
     }
+#if defined(SYMKERN_PARTICLES_AVX512)
+  have_data:
+#endif
     // ---- effective inputs
     T* xe = w.xe.data();
     T* ye = w.ye.data();
     if (sch == 0 || sch == 4) {
       std::copy(x, x + B * d, xe);
       std::copy(y, y + B * c, ye);
+    } else if (sch == 1 && d == 2 && c == 2) {  // DA, paper unit: 2x2 rho, unrolled
+      for (index_t g = 0; g < G; ++g) {
+        const T* rx = p.rho_x + g * 4;
+        const T* ry = p.rho_y + g * 4;
+        T* xo = xe + g * B * 2;
+        T* yo = ye + g * B * 2;
+        for (index_t b = 0; b < B; ++b) {
+          const T x0 = x[2 * b], x1 = x[2 * b + 1], y0 = y[2 * b], y1 = y[2 * b + 1];
+          xo[2 * b] = rx[0] * x0 + rx[1] * x1;
+          xo[2 * b + 1] = rx[2] * x0 + rx[3] * x1;
+          yo[2 * b] = ry[0] * y0 + ry[1] * y1;
+          yo[2 * b + 1] = ry[2] * y0 + ry[3] * y1;
+        }
+      }
     } else {
       for (index_t e = 0; e < E; ++e) {
         index_t g, b;
@@ -714,6 +1073,8 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
           }
       }
     }
+    SK_PROF(pt1)
+    SK_PROF_ADD(0, pt0, pt1)
     // ---- EA: forward particles P theta
     if (ea) apply_dxd(P, false, D, th, cap, tht, cap, n);
     // ---- pass 1
@@ -723,6 +1084,14 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
       const index_t i_s = tb * TILE, m = std::min(TILE, n - i_s);
       T* actp = w.act.data() + tb * act_tile;
       if (p.unit_code == 0) {
+#if defined(SYMKERN_PARTICLES_AVX512)
+        if constexpr (std::is_same_v<T, float>) {
+          if (d == 2) {
+            pass1_matrix2_f(E, c, xe, thf, cap, i_s, m, actp, phi);
+            continue;
+          }
+        }
+#endif
         pass1_matrix(p, E, xe, thf, cap, i_s, m, actp, w.u.data(), phi);
       } else {
         with_act(p.activation_code, [&](auto act) {
@@ -730,6 +1099,8 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
         });
       }
     }
+    SK_PROF(pt2)
+    SK_PROF_ADD(1, pt1, pt2)
     if (team) {
       double* mine = team->partial + ((lt & 1) * team->nt + team->tid) * team->stride;
       std::copy(phi, phi + E * c, mine);
@@ -777,7 +1148,29 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
       loss /= static_cast<double>(B);
     }
     // ---- pass 2: gradient, weight decay, pull-back, noise, update
+    SK_PROF(pt3)
+    SK_PROF_ADD(2, pt2, pt3)
+#if defined(SYMKERN_PARTICLES_AVX512)
+    if constexpr (std::is_same_v<T, float>) {
+      if (p.unit_code == 0 && d == 2 && c == 2 && !ea && !projn) {
+        float* coef = w.coef.data();
+        for (index_t e = 0; e < E; ++e)
+          for (index_t k = 0; k < 2; ++k) {
+            coef[(e * 2 + k) * 2] = rr[e * 2 + k] * xe[e * 2];
+            coef[(e * 2 + k) * 2 + 1] = rr[e * 2 + k] * xe[e * 2 + 1];
+          }
+        for (index_t tb = 0; tb < ntiles; ++tb) {
+          const index_t i_s = tb * TILE, m = std::min(TILE, n - i_s);
+          pass2_update_matrix2_f<2>(th, cap, i_s, m, E, coef, w.act.data() + tb * act_tile, reg,
+                                    static_cast<std::uint32_t>((i0 + i_s) * D), ut, runid,
+                                    key.k0, key.k1, alpha, ns);
+        }
+        goto after_pass2;
+      }
+    }
+#endif
     for (index_t tb = 0; tb < ntiles; ++tb) {
+      SK_PROF(pq0)
       const index_t i_s = tb * TILE, m = std::min(TILE, n - i_s);
       const T* actp = w.act.data() + tb * act_tile;
       T* gbuf = w.gbuf.data();
@@ -796,6 +1189,20 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
         gbuf = w.g2.data();
       }
       // noise: xi[i, q] keyed by index (i0 + i_s + i) * D + q
+      SK_PROF(pq1)
+      SK_PROF_ADD(3, pq0, pq1)
+#if defined(SYMKERN_PARTICLES_AVX512)
+      if constexpr (std::is_same_v<T, float>) {
+        if (!projn) {
+          update_with_noise_f(th, cap, i_s, gbuf, m, D,
+                              static_cast<std::uint32_t>((i0 + i_s) * D), ut, runid, key.k0,
+                              key.k1, alpha, ns);
+          SK_PROF(pq2)
+          SK_PROF_ADD(4, pq1, pq2)
+          continue;
+        }
+      }
+#endif
       double* nz = w.nz.data();
       normals(key, ut, runid, px::STREAM_NOISE, static_cast<std::uint64_t>((i0 + i_s) * D), m * D,
               nz);
@@ -818,7 +1225,12 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
         for (index_t i = 0; i < m; ++i) z[i] = z[i] - alpha * g[i] + ns * xq[i];
       }
     }
+#if defined(SYMKERN_PARTICLES_AVX512)
+  after_pass2:
+#endif
     // ---- snapshot
+    SK_PROF(pt4)
+    SK_PROF_ADD(5, pt3, pt4)
     if ((lt + 1) % cx.every == 0) {
       const index_t s = (lt + 1) / cx.every - 1;
       if (s < cx.S) {
@@ -908,6 +1320,15 @@ void steps_impl(const Problem<T>& p, const T* theta_in, index_t R, index_t N, T*
 #endif
     for (index_t r = 0; r < R; ++r) run_range(cx, w, r, 0, N, nullptr);
   }
+#ifdef SYMKERN_PARTICLES_PROF
+  {
+    const double per = 1.0 / static_cast<double>(steps * R);
+    std::fprintf(stderr, "prof kcyc/step: data %.1f pass1 %.1f resid %.1f grad %.1f upd+noise %.1f pass2tot %.1f\n",
+                 g_prof[0] * per / 1e3, g_prof[1] * per / 1e3, g_prof[2] * per / 1e3,
+                 g_prof[3] * per / 1e3, g_prof[4] * per / 1e3, g_prof[5] * per / 1e3);
+    for (auto& v : g_prof) v = 0;
+  }
+#endif
 }
 
 // ---- fused forward / backward -------------------------------------------------------------------

@@ -18,9 +18,11 @@ The registry imports this module only when ``symkern._C`` is importable. The ker
   but is off by default (``SYMKERN_PARTICLES_TEAM_MIN_N=2048`` enables it): on this shared
   2-core machine the barrier cost milliseconds per step whenever the other core was busy;
 * activations: float64 uses std::exp / std::tanh; float32 uses vectorisable approximations with a
-  measured max error vs double libm on [-87, 87]: sigmoid ≤ 9.0e-8 absolute / 1.5e-7 relative,
+  measured max error vs double libm on [-87, 87]: sigmoid ≤ 9.6e-8 absolute / 2.7e-7 relative
+  (the AVX-512 16-lane sigmoid of the matrix-unit fast path; the scalar one ≤ 9.0e-8 / 1.5e-7),
   tanh ≤ 9.2e-8 absolute / 1.9e-7 relative (``symkern._C.particle_activation_errors()``
-  re-measures it);
+  re-measures it); float32 runs on AVX-512 also draw the Box–Muller normals in float (max error
+  5.6e-7 vs the float64 normals, i.e. rounding only);
 * the kernel is compiled for AVX-512, AVX2+FMA and baseline x86-64 and picks one at run time
   (``symkern._C.particle_isa()``; ``SYMKERN_PARTICLES_ISA=avx2|baseline`` forces a lower one).
 
@@ -30,9 +32,9 @@ allocated here with torch and filled in place by C++; the bindings check every b
 shape and contiguity and raise ``ValueError`` naming the argument. Autograd does not flow through
 multi-step calls (same as the reference).
 
-Also exposed (not registered as ops): ``symkern._C.particle_forward`` / ``particle_forward_backward``
-(fused Φ = (1/N) Σ_i σ*(x, θ_i) and its gradients wrt θ and x, for an autograd wrapper), and
-``symkern._C.philox4x32`` / ``philox_normals`` for tests.
+Also registered: ``particle_forward`` / ``particle_forward_backward`` (the fused
+Φ = (1/N) Σ_i σ*(x, θ_i) and its gradients wrt θ and x, behind :func:`symkern.model_output`);
+``symkern._C.philox4x32`` / ``philox_normals`` are exposed for tests.
 """
 
 from __future__ import annotations
@@ -73,9 +75,11 @@ def _fa_reasons(problem: ParticleProblem) -> list[str]:
     if not torch.allclose(unit_of(problem).param_action(rho_x, rho_y), m_z, atol=1e-6):
         reasons.append("FA: the cpp kernel needs m_z = unit.param_action(rho_x, rho_y)")
     if problem.unit_code == 0:
-        ok = ((rho_y == 0) | (rho_y == 1)).all() and (rho_y.sum(1) == 1).all() and (
-            rho_y.sum(2) == 1
-        ).all()
+        ok = (
+            ((rho_y == 0) | (rho_y == 1)).all()
+            and (rho_y.sum(1) == 1).all()
+            and (rho_y.sum(2) == 1).all()
+        )
         if not ok:
             reasons.append("FA with the matrix unit: the cpp kernel needs permutation rho_y")
     return reasons
@@ -154,3 +158,26 @@ def particle_steps(
         losses.numpy(),
     )
     return theta_out, snaps, losses
+
+
+@register_kernel("particle_forward", "cpp", dtypes=_DTYPES)
+def particle_forward(x: torch.Tensor, theta: torch.Tensor, unit) -> torch.Tensor:
+    """Φ (B, c) = (1/N) Σ_i σ*(x_b, θ_i) for contiguous x (B, d), θ (N, D); no B×N buffer."""
+    phi = _C.particle_forward(
+        x.detach().contiguous().numpy(), theta.detach().contiguous().numpy(),
+        unit.code, unit.activation_code, unit.c, unit.d,
+    )  # fmt: skip
+    return torch.from_numpy(phi)
+
+
+@register_kernel("particle_forward_backward", "cpp", dtypes=_DTYPES)
+def particle_forward_backward(
+    x: torch.Tensor, theta: torch.Tensor, unit, grad_phi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(∂L/∂θ (N, D), ∂L/∂x (B, d)) from ∂L/∂Φ (B, c); activations recomputed per tile."""
+    g_theta, g_x = _C.particle_forward_backward(
+        x.detach().contiguous().numpy(), theta.detach().contiguous().numpy(),
+        unit.code, unit.activation_code, unit.c, unit.d,
+        grad_phi.detach().to(x.dtype).contiguous().numpy(),
+    )  # fmt: skip
+    return torch.from_numpy(g_theta), torch.from_numpy(g_x)
