@@ -26,7 +26,7 @@ import platform
 import sys
 import tempfile
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ __all__ = [
     "atomic_save_npz",
     "atomic_write_json",
     "config_field",
+    "parse_experiment_args",
     "atomic_write_text",
     "build_config",
     "config_hash",
@@ -92,12 +93,15 @@ def _coerce(name: str, tp, value):
         if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"{name}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError(f"{name}: expected an integer, got {value!r}")
-        return int(value)
-    if tp is float:
-        return float(value)
+    try:
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if tp is float:
+            return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected {tp.__name__}, got {value!r}") from None
     if tp is str:
         return str(value)
     return value
@@ -118,6 +122,42 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the config must be a table / object of parameters")
     return data
+
+
+def parse_experiment_args(
+    argv: list[str] | None,
+    *,
+    prog: str,
+    description: str,
+    config_cls,
+    presets: Mapping[str, Mapping[str, Any]],
+    default_out: str,
+    build: Callable[[str, dict | None, dict], Any],
+    resume: bool = True,
+) -> tuple[argparse.Namespace, Any]:
+    """The shared command line of ``symkern run NAME``: --preset, --config, --out, [--resume],
+    --no-progress and one flag per Config field. Returns (args, the effective config) where
+    ``build(preset, file_values, cli_values)`` applies preset < config file < CLI and validates;
+    a bad value exits with the parser's usage error naming it."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--preset", default="quick", choices=sorted(presets),
+                   help="parameter preset (default: quick)")  # fmt: skip
+    p.add_argument("--config", default=None, help="TOML or JSON file of parameters")
+    p.add_argument("--out", default=default_out, help="output directory")
+    if resume:
+        p.add_argument("--resume", action="store_true",
+                       help="continue from the finished cells in --out")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_arguments(p, config_cls)
+    args = p.parse_args(argv)
+    names = set(config_cls.__dataclass_fields__)
+    cli = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    try:
+        file_values = load_config_file(args.config) if args.config else None
+        cfg = build(args.preset, file_values, cli)
+    except (ValueError, OSError) as e:
+        p.error(str(e))
+    return args, cfg
 
 
 def config_field(default, help_text: str):

@@ -19,7 +19,6 @@ cells/*.json (``--resume``).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import sys
@@ -266,23 +265,20 @@ def _validate(cfg: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="symkern run mirror-lowrank",
-                                description="E2: rotation symmetry -> low rank.")  # fmt: skip
-    p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
-    p.add_argument("--config", default=None, help="TOML or JSON file of parameters")
-    p.add_argument("--out", default="runs/mirror-lowrank", help="output directory")
-    p.add_argument("--resume", action="store_true", help="skip the finished cells in --out")
-    p.add_argument("--no-progress", action="store_true")
-    common.add_config_arguments(p, Config)
-    args = p.parse_args(argv)
-    names = set(Config.__dataclass_fields__)
-    cli = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    try:
-        file_values = common.load_config_file(args.config) if args.config else None
-        cfg = common.build_config(Config, PRESETS, args.preset, file_values, cli)
+    def build(preset, file_values, cli):
+        cfg = common.build_config(Config, PRESETS, preset, file_values, cli)
         _validate(cfg)
-    except (ValueError, OSError) as e:
-        p.error(str(e))
+        return cfg
+
+    args, cfg = common.parse_experiment_args(
+        argv,
+        prog="symkern run mirror-lowrank",
+        description="E2: rotation symmetry -> low rank.",
+        config_cls=Config,
+        presets=PRESETS,
+        default_out="runs/mirror-lowrank",
+        build=build,
+    )
     res = run(cfg, args.out, resume=args.resume, show_progress=not args.no_progress)
     c = res["cells"]
     rows = [[g, r, cr, b, e] for g, r, cr, b, e in zip(

@@ -37,7 +37,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -389,22 +388,16 @@ def build_config(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="symkern run si-subspace", description="Discover E^G by iterated free training."
+    args, cfg = common.parse_experiment_args(
+        argv,
+        prog="symkern run si-subspace",
+        description="Discover E^G by iterated free training.",
+        config_cls=Config,
+        presets=PRESETS,
+        default_out="runs/si-subspace",
+        build=build_config,
+        resume=False,
     )
-    p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
-    p.add_argument("--config", default=None, help="TOML or JSON file of parameters")
-    p.add_argument("--out", default="runs/si-subspace", help="output directory")
-    p.add_argument("--no-progress", action="store_true")
-    common.add_config_arguments(p, Config)
-    args = p.parse_args(argv)
-    names = set(Config.__dataclass_fields__)
-    cli = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    try:
-        file_values = common.load_config_file(args.config) if args.config else None
-        cfg = build_config(args.preset, file_values, cli)
-    except (ValueError, OSError) as e:
-        p.error(str(e))
     res = run(cfg, args.out, show_progress=not args.no_progress)
     print()
     print(

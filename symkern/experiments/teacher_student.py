@@ -37,7 +37,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import itertools
@@ -868,38 +867,17 @@ def run(
     return results
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def main(argv: list[str] | None = None) -> int:
+    args, cfg = common.parse_experiment_args(
+        argv,
         prog="symkern run teacher-student",
         description="Teacher-student grid of Maass & Fontbona (2024): teachers x schemes x N x "
         "seeds; metrics, CSV, figures, checkpoints.",
+        config_cls=Config,
+        presets=PRESETS,
+        default_out="runs/teacher-student",
+        build=build_config,
     )
-    p.add_argument(
-        "--preset",
-        default="quick",
-        choices=sorted(PRESETS),
-        help="parameter preset (default: quick)",
-    )
-    p.add_argument("--config", default=None, help="TOML or JSON file of parameters")
-    p.add_argument("--out", default="runs/teacher-student", help="output directory")
-    p.add_argument(
-        "--resume", action="store_true", help="continue from the finished cells in --out"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    common.add_config_arguments(p, Config)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = _parser()
-    args = p.parse_args(argv)
-    names = {f for f in Config.__dataclass_fields__}
-    cli = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    try:
-        file_values = common.load_config_file(args.config) if args.config else None
-        cfg = build_config(args.preset, file_values, cli)
-    except (ValueError, OSError) as e:
-        p.error(str(e))
     print(
         f"teacher-student: preset {args.preset}, N = {cfg.n_values}, {cfg.seeds} seeds, "
         f"{len(cfg.teachers)} teachers x {len(cfg.schemes)} schemes, init {cfg.init} -> {args.out}"
