@@ -132,12 +132,13 @@ def parse_experiment_args(
     config_cls,
     presets: Mapping[str, Mapping[str, Any]],
     default_out: str,
-    build: Callable[[str, dict | None, dict], Any],
+    validate: Callable[[Any], None],
     resume: bool = True,
 ) -> tuple[argparse.Namespace, Any]:
     """The shared command line of ``symkern run NAME``: --preset, --config, --out, [--resume],
-    --no-progress and one flag per Config field. Returns (args, the effective config) where
-    ``build(preset, file_values, cli_values)`` applies preset < config file < CLI and validates;
+    --no-progress and one flag per Config field. Returns (args, the effective config): preset <
+    config file < CLI values (:func:`build_config`), then ``validate(cfg)``, which raises
+    ValueError for a bad combination;
     a bad value exits with the parser's usage error naming it."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--preset", default="quick", choices=sorted(presets),
@@ -154,7 +155,8 @@ def parse_experiment_args(
     cli = {k: v for k, v in vars(args).items() if k in names and v is not None}
     try:
         file_values = load_config_file(args.config) if args.config else None
-        cfg = build(args.preset, file_values, cli)
+        cfg = build_config(config_cls, presets, args.preset, file_values, cli)
+        validate(cfg)
     except (ValueError, OSError) as e:
         p.error(str(e))
     return args, cfg

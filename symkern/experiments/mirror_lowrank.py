@@ -265,11 +265,6 @@ def _validate(cfg: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    def build(preset, file_values, cli):
-        cfg = common.build_config(Config, PRESETS, preset, file_values, cli)
-        _validate(cfg)
-        return cfg
-
     args, cfg = common.parse_experiment_args(
         argv,
         prog="symkern run mirror-lowrank",
@@ -277,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         config_cls=Config,
         presets=PRESETS,
         default_out="runs/mirror-lowrank",
-        build=build,
+        validate=_validate,
     )
     res = run(cfg, args.out, resume=args.resume, show_progress=not args.no_progress)
     c = res["cells"]

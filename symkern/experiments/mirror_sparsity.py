@@ -344,11 +344,6 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    def build(preset, file_values, cli):
-        cfg = common.build_config(Config, PRESETS, preset, file_values, cli)
-        _dtype(cfg)
-        return cfg
-
     args, cfg = common.parse_experiment_args(
         argv,
         prog="symkern run mirror-sparsity",
@@ -356,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         config_cls=Config,
         presets=PRESETS,
         default_out="runs/mirror-sparsity",
-        build=build,
+        validate=_dtype,
     )
     res = run(cfg, args.out, resume=args.resume, show_progress=not args.no_progress)
     rows = [[r["d"], g, a, b, c] for r in res["summary"] for g, a, b, c in

@@ -376,7 +376,13 @@ def run(cfg: Config, out: str | Path, *, show_progress: bool = True, log=print) 
 def build_config(
     preset: str = "quick", file_values: dict | None = None, cli_values: dict | None = None
 ) -> Config:
+    """The effective :class:`Config` (preset < config file < CLI values), validated."""
     cfg = common.build_config(Config, PRESETS, preset, file_values, cli_values or {})
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: Config) -> None:
     bad = [g for g in cfg.groups if g not in GROUPS]
     if bad or not cfg.groups:
         raise ValueError(f"groups must be a non-empty subset of {list(GROUPS)}, got {cfg.groups}")
@@ -384,7 +390,6 @@ def build_config(
         raise ValueError("n_particles, runs, max_iter must be >= 1 and horizon > 0")
     if cfg.start not in ("zero", "identity"):
         raise ValueError(f"start must be zero or identity, got {cfg.start!r}")
-    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -395,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         config_cls=Config,
         presets=PRESETS,
         default_out="runs/si-subspace",
-        build=build_config,
+        validate=_validate,
         resume=False,
     )
     res = run(cfg, args.out, show_progress=not args.no_progress)

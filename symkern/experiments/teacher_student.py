@@ -876,7 +876,7 @@ def main(argv: list[str] | None = None) -> int:
         config_cls=Config,
         presets=PRESETS,
         default_out="runs/teacher-student",
-        build=build_config,
+        validate=_validate,
     )
     print(
         f"teacher-student: preset {args.preset}, N = {cfg.n_values}, {cfg.seeds} seeds, "
