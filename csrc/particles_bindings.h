@@ -40,6 +40,25 @@ inline index_t unit_D(int unit_code, index_t c, index_t d) {
   sb::fail("unit_code", "must be 0 (matrix unit) or 1 (standard unit)");
 }
 
+// The checked inputs of the fused model Phi = (1/N) sum_i sigma*(x, theta_i) and its backward.
+template <class T>
+struct ForwardViews {
+  sb::View<T> x, theta;
+  index_t B, N, D;
+};
+
+template <class T>
+ForwardViews<T> forward_views(const py::array& x, const py::array& theta, int unit_code,
+                              int activation_code, index_t c, index_t d) {
+  if (activation_code < 0 || activation_code > 2) sb::fail("activation_code", "must be 0, 1 or 2");
+  const index_t D = unit_D(unit_code, c, d);
+  ForwardViews<T> v{cview<T>(x, "x", 2, {-1, d}), cview<T>(theta, "theta", 2, {-1, D}), 0, 0, D};
+  v.B = v.x.shape[0];
+  v.N = v.theta.shape[0];
+  if (v.N < 1) sb::fail("theta", "must hold at least one particle");
+  return v;
+}
+
 template <class T>
 void steps_typed(const py::array& theta, int unit_code, int activation_code, index_t c,
                  index_t d, index_t batch, double sigma_pi, std::uint64_t seed,
@@ -170,13 +189,10 @@ inline void bind_particles(pybind11::module_& m) {
          index_t c, index_t d) -> py::array {
         auto run = [&](auto tag) -> py::array {
           using T = decltype(tag);
-          if (activation_code < 0 || activation_code > 2)
-            sb::fail("activation_code", "must be 0, 1 or 2");
-          const index_t D = pb::unit_D(unit_code, c, d);
-          const auto xv = pb::cview<T>(x, "x", 2, {-1, d});
-          const auto tv = pb::cview<T>(theta, "theta", 2, {-1, D});
-          const index_t B = xv.shape[0], N = tv.shape[0];
-          if (N < 1) sb::fail("theta", "must hold at least one particle");
+          const auto v = pb::forward_views<T>(x, theta, unit_code, activation_code, c, d);
+          const auto& xv = v.x;
+          const auto& tv = v.theta;
+          const index_t B = v.B, N = v.N;
           py::array_t<T> out({B, c});
           T* op = out.mutable_data();
           {
@@ -202,13 +218,10 @@ inline void bind_particles(pybind11::module_& m) {
          bool need_x) -> py::tuple {
         auto run = [&](auto tag) -> py::tuple {
           using T = decltype(tag);
-          if (activation_code < 0 || activation_code > 2)
-            sb::fail("activation_code", "must be 0, 1 or 2");
-          const index_t D = pb::unit_D(unit_code, c, d);
-          const auto xv = pb::cview<T>(x, "x", 2, {-1, d});
-          const auto tv = pb::cview<T>(theta, "theta", 2, {-1, D});
-          const index_t B = xv.shape[0], N = tv.shape[0];
-          if (N < 1) sb::fail("theta", "must hold at least one particle");
+          const auto v = pb::forward_views<T>(x, theta, unit_code, activation_code, c, d);
+          const auto& xv = v.x;
+          const auto& tv = v.theta;
+          const index_t B = v.B, N = v.N, D = v.D;
           const auto gv = pb::cview<T>(g_phi, "g_phi", 2, {B, c});
           py::object gt = py::none(), gx = py::none();
           T* gtp = nullptr;
