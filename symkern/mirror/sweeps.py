@@ -44,6 +44,7 @@ from typing import NamedTuple
 import torch
 
 from symkern.backends.registry import select_kernel
+from symkern.ops._common import per_item
 
 __all__ = [
     "MODELS",
@@ -92,23 +93,6 @@ class SweepResult(NamedTuple):
     losses: torch.Tensor
     loss_steps: torch.Tensor
     backend: str
-
-
-def _per_model(value, M: int, name: str, dtype, device, *, positive: bool = False) -> torch.Tensor:
-    t = torch.as_tensor(value, dtype=torch.float64)
-    if t.dim() == 0:
-        t = t.expand(M)
-    if t.shape != (M,):
-        raise ValueError(
-            f"{name} must be a scalar or have one value per model ({M}), got {tuple(t.shape)}"
-        )
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} must be finite, got {t.tolist()}")
-    if positive and (t <= 0).any():
-        raise ValueError(f"{name} must be > 0, got {t.tolist()}")
-    if not positive and (t < 0).any():
-        raise ValueError(f"{name} must be >= 0, got {t.tolist()}")
-    return t.to(device=device, dtype=dtype).contiguous()
 
 
 def _batched(x, shape: tuple[int, ...], M: int, name: str, dtype, device) -> torch.Tensor:
@@ -221,9 +205,9 @@ def sweep_problem(
     problem = SweepProblem(
         model=model,
         n_models=M,
-        gamma=_per_model(gammas, M, "gamma", dtype, device),
-        eta=_per_model(etas, M, "eta", dtype, device, positive=True),
-        noise=_per_model(noise, M, "noise", dtype, device),
+        gamma=per_item(gammas, M, "gamma", dtype, device, item="model"),
+        eta=per_item(etas, M, "eta", dtype, device, item="model", positive=True),
+        noise=per_item(noise, M, "noise", dtype, device, item="model"),
         batch=batch,
         seed=seed,
         model_ids=ids.to(torch.int64).contiguous(),

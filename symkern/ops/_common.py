@@ -78,3 +78,23 @@ def resolve_backend(op: str, inputs: dict[str, Any], backend: str) -> str:
     if torch.compiler.is_compiling():
         return backend
     return select_kernel(op, inputs, backend).backend
+
+
+def per_item(
+    value, n: int, name: str, dtype: torch.dtype, device, *, item: str, positive: bool = False
+) -> torch.Tensor:
+    """A hyperparameter given as a scalar or one value per run / model, as an (n,) tensor:
+    finite and >= 0 (> 0 when ``positive``), else ValueError naming ``name``."""
+    t = torch.as_tensor(value, dtype=torch.float64)
+    if t.dim() == 0:
+        t = t.expand(n)
+    if t.shape != (n,):
+        raise ValueError(
+            f"{name} must be a scalar or have one value per {item} ({n}), got {tuple(t.shape)}"
+        )
+    bad_sign = (t <= 0).any() if positive else (t < 0).any()
+    if not torch.isfinite(t).all() or bad_sign:
+        raise ValueError(
+            f"{name} must be finite and {'>' if positive else '>='} 0, got {t.tolist()}"
+        )
+    return t.to(device=device, dtype=dtype).contiguous()

@@ -18,7 +18,7 @@ from symkern.backends.registry import select_kernel
 from symkern.groups import Representation
 from symkern.meanfield.problem import SCHEMES, ParticleProblem
 from symkern.meanfield.units import Unit, unit_from_codes
-from symkern.ops._common import resolve_backend
+from symkern.ops._common import per_item, resolve_backend
 
 __all__ = [
     "ParticleStepsResult",
@@ -75,19 +75,6 @@ def group_matrices(
     m_z = unit.param_action(rho_x, rho_y)
     proj = m_z.mean(0)  # the Reynolds operator on Z = orthogonal projection onto E^G
     return tuple(t.to(device=device, dtype=dtype).contiguous() for t in (rho_x, rho_y, m_z, proj))
-
-
-def _per_run(value, R: int, name: str, dtype, device, *, nonneg: bool = True) -> torch.Tensor:
-    t = torch.as_tensor(value, dtype=torch.float64)
-    if t.dim() == 0:
-        t = t.expand(R)
-    if t.shape != (R,):
-        raise ValueError(
-            f"{name} must be a scalar or have one value per run ({R}), got {tuple(t.shape)}"
-        )
-    if not torch.isfinite(t).all() or (nonneg and (t < 0).any()):
-        raise ValueError(f"{name} must be finite and >= 0, got {t.tolist()}")
-    return t.to(device=device, dtype=dtype).contiguous()
 
 
 def _schemes(scheme: str | Sequence[str], R: int, device) -> torch.Tensor:
@@ -207,9 +194,9 @@ def particle_problem(
         sigma_pi=float(sigma_pi),
         seed=seed,
         run_ids=run_ids.to(device=device, dtype=torch.int64).contiguous(),
-        alpha=_per_run(alpha, R, "alpha", dtype, device),
-        tau=_per_run(tau, R, "tau", dtype, device),
-        beta=_per_run(beta, R, "beta", dtype, device),
+        alpha=per_item(alpha, R, "alpha", dtype, device, item="run"),
+        tau=per_item(tau, R, "tau", dtype, device, item="run"),
+        beta=per_item(beta, R, "beta", dtype, device, item="run"),
         scheme=schemes,
         project_noise=noise_proj.contiguous(),
         teacher=teacher,
