@@ -238,9 +238,100 @@ def _resc(M=2, d=3):
     return {"u": torch.ones(M, d, dtype=F64), "w": torch.ones(M, d, dtype=F64)}
 
 
-def test_forced_backend_without_kernel_fails_loudly():
+def test_forced_backend_without_kernel_fails_loudly(monkeypatch):
+    """A forced backend without a mirror_sweep kernel raises, naming the op (never a silent
+    fallback to the torch reference)."""
+    from symkern.backends import registry
+
+    registry._load_kernels("cpp")
+    monkeypatch.delitem(registry._KERNELS, ("mirror_sweep", "cpp"), raising=False)
     with pytest.raises(BackendUnavailableError, match="mirror_sweep"):
         train_sweep("rescaling", _resc(), 0.1, 0.1, 1, None, target=torch.ones(3), backend="cpp")
+
+
+# --- every kernel vs the float64 torch reference -----------------------------------------------
+
+
+@pytest.fixture
+def sweep_backend(backend_case):
+    """A backend_case that implements ``mirror_sweep`` (skipped with the reason otherwise)."""
+    from symkern.backends.registry import get_backend
+
+    if not get_backend(backend_case.backend).has_kernel("mirror_sweep"):
+        pytest.skip(f"no {backend_case.backend!r} kernel for op 'mirror_sweep' is implemented")
+    return backend_case
+
+
+def _noncontig(t: torch.Tensor) -> torch.Tensor:
+    """The same values as a non-contiguous view (a strided slice of a wider tensor)."""
+    wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
+    wide[..., ::2] = t
+    out = wide[..., ::2]
+    assert not out.is_contiguous() or t.shape[-1] == 1
+    return out
+
+
+def _sweep_case(name: str):
+    """(model, params, kwargs) with odd shapes, per-model γ / η / noise, random (never zero)."""
+    g = gen(17)
+    M = 5
+    gam = torch.tensor([0.0, 0.05, 0.3, 1.1, 0.7], dtype=F64)
+    noise = torch.tensor([0.0, 0.4, 1.0, 0.2, 0.7], dtype=F64)
+    if name.startswith("rescaling"):
+        d = 7
+        p = {"u": _rand((M, d), g, 0.5), "w": _rand((M, d), g, 0.5)}
+        kw = {"batch": None if name == "rescaling_population" else 9,
+              "target": torch.randn(d, generator=g, dtype=F64)}  # fmt: skip
+        eta = torch.tensor([0.05, 0.02, 0.08, 0.03, 0.04], dtype=F64)
+        return "rescaling", p, gam, eta, noise, kw
+    if name.startswith("factorization"):
+        m, n, k = 5, 3, 4
+        p = {"U": _rand((M, m, k), g, 0.5), "W": _rand((M, n, k), g, 0.5)}
+        kw = {"batch": None, "target": torch.randn(M, m, n, generator=g, dtype=F64)}
+        if name == "factorization_offset":
+            kw["offset"] = torch.randn(m, k, generator=g, dtype=F64)
+        eta = torch.tensor([0.02, 0.03, 0.01, 0.025, 0.015], dtype=F64)
+        return "factorization", p, gam, eta, noise, kw
+    h, ht, d = 5, 3, 6
+    teacher = {"W1": torch.randn(ht, d, generator=g, dtype=F64),
+               "b1": torch.randn(ht, generator=g, dtype=F64),
+               "a": torch.randn(ht, generator=g, dtype=F64)}  # fmt: skip
+    p = {"W1": _rand((M, h, d), g, 0.6), "b1": _rand((M, h), g), "a": _rand((M, h), g)}
+    kw = {"batch": 11, "target": teacher, "activation": name.removeprefix("mlp_")}
+    eta = torch.tensor([0.1, 0.05, 0.08, 0.02, 0.06], dtype=F64)
+    return "mlp", p, 0.1 * gam, eta, noise, kw
+
+
+SWEEP_CASES = ["rescaling_population", "rescaling_batch", "factorization", "factorization_offset",
+               "mlp_tanh", "mlp_relu"]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", SWEEP_CASES)
+def test_kernel_matches_float64_reference(sweep_backend, case, dtype):
+    """Every backend's mirror_sweep vs the float64 torch reference on the same Philox data:
+    parameters after 13 steps (from step0 = 3), and the recorded losses; non-contiguous
+    parameter views in."""
+    model, p, gam, eta, noise, kw = _sweep_case(case)
+    common = {"seed": 23, "noise": noise, "step0": 3, "record_every": 4}
+    ref = train_sweep(model, p, gam, eta, 13, backend="torch", **common, **kw)
+    dev = sweep_backend.device
+
+    def move(x):
+        return x.to(dev, dtype) if isinstance(x, torch.Tensor) else x
+
+    p_in = {k: _noncontig(v).to(dev, dtype) if dev == "cpu" else move(v) for k, v in p.items()}
+    kw_in = {k: ({kk: move(vv) for kk, vv in v.items()} if isinstance(v, dict) else move(v))
+             for k, v in kw.items()}  # fmt: skip
+    out = train_sweep(model, p_in, move(gam), move(eta), 13, backend=sweep_backend.backend,
+                      **{**common, "noise": move(noise)}, **kw_in)  # fmt: skip
+    assert out.backend == sweep_backend.backend
+    for k in p:
+        assert out.params[k].dtype == dtype and out.params[k].shape == p[k].shape
+        assert_close(out.params[k].cpu(), ref.params[k], msg=f"{case} {k}: ")
+    assert out.losses.shape == ref.losses.shape == (5, 3)
+    assert_close(out.losses.cpu(), ref.losses, msg=f"{case} losses: ")
+    assert torch.equal(out.loss_steps, ref.loss_steps)
 
 
 @pytest.mark.parametrize(
