@@ -379,3 +379,58 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and (population) standard deviation, NaN-free inputs assumed."""
     arr = np.asarray(values, dtype=np.float64)
     return float(arr.mean()), float(arr.std())
+
+
+# --- cells: named units of work, each checkpointed atomically (the mirror experiments) ----------
+
+
+def run_cells(
+    out: Path,
+    names: list[str],
+    compute: Callable[[str], dict[str, Any]],
+    cfg_dict: dict[str, Any],
+    not_in_hash: set[str],
+    *,
+    resume: bool,
+    desc: str,
+    show_progress: bool,
+    log=print,
+) -> dict[str, dict[str, Any]]:
+    """Compute every named cell (or load it from ``out/cells`` when resuming and its config
+    hash matches); each finished cell is written atomically before the next starts."""
+    h = config_hash({k: v for k, v in cfg_dict.items() if k not in not_in_hash})
+    cells: dict[str, dict[str, Any]] = {}
+    if resume:
+        for n in names:
+            path = out / "cells" / f"{n}.json"
+            if path.exists():
+                data = json.loads(path.read_text())
+                if data.get("hash") == h:
+                    cells[n] = data["cell"]
+        if cells:
+            log(f"resume: {len(cells)} finished cell(s) loaded")
+    bar = progress(len(names), desc, enabled=show_progress, initial=len(cells), unit="cell")
+    try:
+        for n in names:
+            if n in cells:
+                continue
+            bar.set_postfix_str(n)
+            cells[n] = compute(n)
+            atomic_write_json(out / "cells" / f"{n}.json", {"hash": h, "cell": cells[n]})
+            bar.update(1)
+    finally:
+        bar.close()
+    return cells
+
+
+def _dtype(cfg) -> torch.dtype:
+    if cfg.dtype not in ("float64", "float32"):
+        raise ValueError(f"dtype must be float64 or float32, got {cfg.dtype!r}")
+    return getattr(torch, cfg.dtype)
+
+
+def torch_dtype(cfg) -> torch.dtype:
+    """``cfg.dtype`` ("float64" / "float32") as a torch dtype; ValueError naming it otherwise."""
+    if cfg.dtype not in ("float64", "float32"):
+        raise ValueError(f"dtype must be float64 or float32, got {cfg.dtype!r}")
+    return getattr(torch, cfg.dtype)

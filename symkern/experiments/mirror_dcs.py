@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from symkern.experiments import common
-from symkern.experiments.mirror_sparsity import draw_beta, run_cells
+from symkern.experiments.mirror_sparsity import draw_beta
 from symkern.meanfield import rng
 from symkern.mirror import DCS, LowRankDCS, Mirror
 from symkern.mirror.sweeps import closed_form_singular_values, soft_threshold
@@ -181,7 +181,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     wall0 = time.perf_counter()
     names = ["regression"] + (["lowrank"] if cfg.lowrank else [])
-    cells = run_cells(
+    cells = common.run_cells(
         out, names, lambda n: regression_cell(cfg) if n == "regression" else lowrank_cell(cfg),
         asdict(cfg), _NOT_IN_HASH, resume=resume, desc="mirror-dcs",
         show_progress=show_progress, log=log,

@@ -30,7 +30,6 @@ from typing import Any
 import torch
 
 from symkern.experiments import common
-from symkern.experiments.mirror_sparsity import _dtype, run_cells
 from symkern.meanfield import rng
 from symkern.mirror.sweeps import closed_form_singular_values, effective_rank, train_sweep
 
@@ -86,7 +85,7 @@ def _init(cfg: Config, M: int, dtype) -> dict[str, torch.Tensor]:
 
 def _train(cfg: Config, gammas, eta, noise, offset, steps_total: int):
     """Chunks of record_every steps; returns final params, rank curve (S, M), steps (S,)."""
-    dtype = _dtype(cfg)
+    dtype = common.torch_dtype(cfg)
     A, _ = draw(cfg)
     M = len(gammas)
     p = _init(cfg, M, dtype)
@@ -112,7 +111,7 @@ def _product(p, offset) -> torch.Tensor:
 
 def lowrank_cell(cfg: Config, broken: bool) -> dict[str, Any]:
     A, C = draw(cfg)
-    dtype = _dtype(cfg)
+    dtype = common.torch_dtype(cfg)
     gammas = torch.tensor(cfg.gammas, dtype=torch.float64)
     offset = C.to(dtype) if broken else None
     p, curve, at, backend = _train(cfg, gammas, cfg.eta, 0.0, offset, cfg.steps)
@@ -204,7 +203,7 @@ def run(
     def compute(name: str) -> dict[str, Any]:
         return noise_cell(cfg) if name == "noise" else lowrank_cell(cfg, name == "broken")
 
-    cells = run_cells(out, names, compute, asdict(cfg), _NOT_IN_HASH, resume=resume,
+    cells = common.run_cells(out, names, compute, asdict(cfg), _NOT_IN_HASH, resume=resume,
                       desc="mirror-lowrank", show_progress=show_progress, log=log)  # fmt: skip
     sym, brk, noise = cells["symmetric"], cells["broken"], cells["noise"]
     A, _ = draw(cfg)
@@ -257,7 +256,7 @@ def run(
 
 
 def _validate(cfg: Config) -> None:
-    _dtype(cfg)
+    common.torch_dtype(cfg)
     if min(cfg.m, cfg.n, cfg.k, cfg.steps, cfg.record_every) < 1 or not cfg.gammas:
         raise ValueError("m, n, k, steps, record_every must be >= 1 and gammas non-empty")
     if cfg.k < min(cfg.m, cfg.n):

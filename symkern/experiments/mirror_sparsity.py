@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from symkern.experiments import common
 from symkern.meanfield import rng
 from symkern.mirror.sweeps import closed_form_sparsity, soft_threshold, sparsity, train_sweep
 
-__all__ = ["Config", "PRESETS", "main", "run", "run_cells"]
+__all__ = ["Config", "PRESETS", "main", "run"]
 
 _f = common.config_field
 
@@ -83,54 +81,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 _NOT_IN_HASH = {"figures", "backend", "d_values", "seeds"}
 
 
-# --- shared plumbing: cells with atomic checkpoints and resume (used by the mirror experiments)
-
-
-def run_cells(
-    out: Path,
-    names: list[str],
-    compute: Callable[[str], dict[str, Any]],
-    cfg_dict: dict[str, Any],
-    not_in_hash: set[str],
-    *,
-    resume: bool,
-    desc: str,
-    show_progress: bool,
-    log=print,
-) -> dict[str, dict[str, Any]]:
-    """Compute every named cell (or load it from ``out/cells`` when resuming and its config
-    hash matches); each finished cell is written atomically before the next starts."""
-    h = common.config_hash({k: v for k, v in cfg_dict.items() if k not in not_in_hash})
-    cells: dict[str, dict[str, Any]] = {}
-    if resume:
-        for n in names:
-            path = out / "cells" / f"{n}.json"
-            if path.exists():
-                data = json.loads(path.read_text())
-                if data.get("hash") == h:
-                    cells[n] = data["cell"]
-        if cells:
-            log(f"resume: {len(cells)} finished cell(s) loaded")
-    bar = common.progress(len(names), desc, enabled=show_progress, initial=len(cells), unit="cell")
-    try:
-        for n in names:
-            if n in cells:
-                continue
-            bar.set_postfix_str(n)
-            cells[n] = compute(n)
-            common.atomic_write_json(out / "cells" / f"{n}.json", {"hash": h, "cell": cells[n]})
-            bar.update(1)
-    finally:
-        bar.close()
-    return cells
-
-
-def _dtype(cfg) -> torch.dtype:
-    if cfg.dtype not in ("float64", "float32"):
-        raise ValueError(f"dtype must be float64 or float32, got {cfg.dtype!r}")
-    return getattr(torch, cfg.dtype)
-
-
 def draw_beta(seed: int, d: int) -> torch.Tensor:
     """β ~ N(0, I_d) from Philox (STREAM_INIT, run id 2^31)."""
     return rng.normal(seed, torch.tensor([2**31]), 0, rng.STREAM_INIT, d)[0]
@@ -150,7 +100,7 @@ def _margin(cfg: Config) -> float:
 
 
 def sweep_cell(cfg: Config, d: int, s: int) -> dict[str, Any]:
-    dtype = _dtype(cfg)
+    dtype = common.torch_dtype(cfg)
     seed = cfg.seed + s
     beta = draw_beta(seed, d)
     gammas = torch.linspace(0.0, cfg.gamma_max, cfg.n_gammas, dtype=torch.float64)
@@ -197,7 +147,7 @@ def sweep_cell(cfg: Config, d: int, s: int) -> dict[str, Any]:
 
 
 def noise_cell(cfg: Config, batch: int) -> dict[str, Any]:
-    dtype = _dtype(cfg)
+    dtype = common.torch_dtype(cfg)
     d = cfg.noise_d
     beta = draw_beta(cfg.seed, d)
     etas = torch.tensor(cfg.noise_etas, dtype=torch.float64)
@@ -262,7 +212,7 @@ def run(
     cfg: Config, out: str | Path, *, resume: bool = False, show_progress: bool = True, log=print
 ) -> dict[str, Any]:
     """Run (or resume) E1 into ``out``; return the results dict (also results.json)."""
-    _dtype(cfg)
+    common.torch_dtype(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     wall0 = time.perf_counter()
@@ -275,7 +225,7 @@ def run(
         d, s = name[1:].split("_s")
         return sweep_cell(cfg, int(d), int(s))
 
-    cells = run_cells(out, names, compute, asdict(cfg), _NOT_IN_HASH, resume=resume,
+    cells = common.run_cells(out, names, compute, asdict(cfg), _NOT_IN_HASH, resume=resume,
                       desc="mirror-sparsity", show_progress=show_progress, log=log)  # fmt: skip
     summary = []
     buf = io.StringIO()
@@ -351,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         config_cls=Config,
         presets=PRESETS,
         default_out="runs/mirror-sparsity",
-        validate=_dtype,
+        validate=common.torch_dtype,
     )
     res = run(cfg, args.out, resume=args.resume, show_progress=not args.no_progress)
     rows = [[r["d"], g, a, b, c] for r in res["summary"] for g, a, b, c in
