@@ -5,5 +5,6 @@ does that lazily, only when the triton backend is available.
 """
 
 from symkern.backends.triton import fixed_point as _fixed_point  # noqa: F401
+from symkern.backends.triton import mirror_sweep as _mirror_sweep  # noqa: F401
 from symkern.backends.triton import orbit as _orbit  # noqa: F401
 from symkern.backends.triton import particles as _particles  # noqa: F401
