@@ -96,6 +96,18 @@ def test_sinkhorn_close_to_exact():
     assert approx.value == pytest.approx(exact.value, rel=0.05)
 
 
+def test_exact_solver_status_is_checked(monkeypatch):
+    """A network simplex that stops before the optimum raises; its value is never returned."""
+    import ot
+
+    def capped(a, b, M, numItermax, log):
+        return 1.0, {"result_code": 2, "warning": "numItermax reached before optimality"}
+
+    monkeypatch.setattr(ot, "emd2", capped)
+    with pytest.raises(RuntimeError, match="did not reach the optimum"):
+        metrics.w2_squared(np.ones((3, 2)), np.zeros((4, 2)))
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [

@@ -232,3 +232,16 @@ def test_resume_after_sigkill(tmp_path):
     ref = ts.run(cfg, tmp_path / "ref", show_progress=False)
     got = json.loads((tmp_path / "k" / "results.json").read_text())
     assert _metrics_only(got) == json.loads(json.dumps(_metrics_only(ref)))
+
+
+def test_rmd_wi_only_at_the_last_snapshot_above_wi_snapshots_max_n():
+    """Above ``wi_snapshots_max_n`` the costly RMD to WI is measured at the last snapshot only
+    (null before); the value measured there is the same as with every snapshot measured."""
+    every = ts.run_cell(ts._Grid(ts.build_config("quick", None, TINY_GRID)), 8)
+    last = ts.run_cell(
+        ts._Grid(ts.build_config("quick", None, {**TINY_GRID, "wi_snapshots_max_n": 7})), 8
+    )
+    for a, b in zip(every["records"], last["records"], strict=True):
+        assert all(v is not None for v in a["rmd_wi"])
+        assert b["rmd_wi"][:-1] == [None] * (len(a["rmd_wi"]) - 1)
+        assert b["rmd_wi"][-1] == a["rmd_wi"][-1] and b["rmd_si"] == a["rmd_si"]
