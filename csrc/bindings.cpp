@@ -9,6 +9,7 @@
 #include "buffers.h"
 #include "common.h"
 #include "fixed_point.h"
+#include "mirror_sweep_bindings.h"
 #include "orbit.h"
 #include "particles_bindings.h"
 
@@ -161,4 +162,5 @@ PYBIND11_MODULE(_C, m) {
       "out = (x Q) Q^T for Q = basis (D, k); fills out (B, D). x: float32/float64, any strides.");
 
   symkern::bind_particles(m);
+  symkern::bind_mirror_sweep(m);
 }

@@ -395,3 +395,245 @@ def test_bad_input_factorization_and_mlp():
     with pytest.raises(TypeError, match="floating"):
         train_sweep("mlp", {**p, "a": torch.ones(2, 3, dtype=torch.int64)}, 0.1, 0.1, 1, 4,
                     target=t)  # fmt: skip
+
+
+# =================================================================================================
+# C++ kernel (csrc/mirror_sweep.cpp, symkern/backends/cpp_mirror_sweep.py): odd shapes, step and
+# model-id counters at the 2^32 edge, instruction-set variants, tanh accuracy, and the binding's
+# input validation (every bad buffer raises ValueError naming the argument).
+# =================================================================================================
+
+import numpy as np  # noqa: E402 — used by this section only
+
+
+def _cpp_ext():
+    try:
+        import symkern._C as ext
+    except ImportError:
+        return None
+    return ext if hasattr(ext, "mirror_sweep") else None
+
+
+_EXT = _cpp_ext()
+needs_cpp = pytest.mark.skipif(_EXT is None, reason="symkern._C with mirror_sweep is not built")
+
+# (model, sizes, batch, extra kwargs): sizes of 1, sizes just past a 16-counter Philox block and
+# a 64-byte row pad (17, 129), per-model noise with zeros, offset, relu / tanh.
+CPP_ODD_CASES = {
+    "rescaling_d1_B1": ("rescaling", {"d": 1}, 1, {}),
+    "rescaling_d129_B3": ("rescaling", {"d": 129}, 3, {}),
+    "rescaling_population_d17": ("rescaling", {"d": 17}, None, {}),
+    "factorization_1x1_k1": ("factorization", {"m": 1, "n": 1, "k": 1}, None, {}),
+    "factorization_9x17_k3_C": ("factorization", {"m": 9, "n": 17, "k": 3}, None, {"offset": 1}),
+    "mlp_h1_ht1_d1_B1_tanh": ("mlp", {"h": 1, "ht": 1, "d": 1}, 1, {"activation": "tanh"}),
+    "mlp_h17_ht9_d5_B3_relu": ("mlp", {"h": 17, "ht": 9, "d": 5}, 3, {"activation": "relu"}),
+    "mlp_h17_ht9_d5_B3_tanh": ("mlp", {"h": 17, "ht": 9, "d": 5}, 3, {"activation": "tanh"}),
+}
+
+
+def _odd_problem(name: str):
+    model, sz, batch, extra = CPP_ODD_CASES[name]
+    g = gen(31)
+    M = 3
+    noise = torch.tensor([0.0, 0.6, 0.3], dtype=F64)
+    kw = {"batch": batch, "noise": noise}
+    if model == "rescaling":
+        p = {"u": _rand((M, sz["d"]), g, 0.7), "w": _rand((M, sz["d"]), g, 0.7)}
+        kw["target"] = torch.randn(M, sz["d"], generator=g, dtype=F64)
+    elif model == "factorization":
+        m, n, k = sz["m"], sz["n"], sz["k"]
+        p = {"U": _rand((M, m, k), g, 0.6), "W": _rand((M, n, k), g, 0.6)}
+        kw["target"] = torch.randn(m, n, generator=g, dtype=F64)
+        if extra.get("offset"):
+            kw["offset"] = torch.randn(M, m, k, generator=g, dtype=F64)
+    else:
+        h, ht, d = sz["h"], sz["ht"], sz["d"]
+        p = {"W1": _rand((M, h, d), g, 0.8), "b1": _rand((M, h), g), "a": _rand((M, h), g)}
+        kw["target"] = {"W1": torch.randn(M, ht, d, generator=g, dtype=F64),
+                        "b1": torch.randn(ht, generator=g, dtype=F64),
+                        "a": torch.randn(ht, generator=g, dtype=F64)}  # fmt: skip
+        kw["activation"] = extra["activation"]
+    gam = torch.tensor([0.0, 0.04, 0.2], dtype=F64)
+    # step sizes below the stability limit (~1 / the largest Hessian eigenvalue, which grows with
+    # d for the rescaling and with m, n for the factorisation): the trajectories stay bounded
+    scale = 1.0 / max(sz.get("d", 1) if model == "rescaling" else 1, sz.get("m", 1), sz.get("n", 1))
+    eta = scale * torch.tensor([0.03, 0.05, 0.02], dtype=F64)
+    return model, p, gam, eta, kw
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", list(CPP_ODD_CASES))
+def test_cpp_odd_shapes_and_counter_wrap(name, dtype):
+    """cpp vs the float64 torch reference on odd sizes; steps cross the 2^32 step counter
+    (step0 = 2^32 − 3) and a model id is 2^32 − 1, where both wrap the Philox counter alike."""
+    model, p, gam, eta, kw = _odd_problem(name)
+    common = {"seed": 2**40 + 5, "step0": 2**32 - 3, "record_every": 2,
+              "model_ids": [7, 2**32 - 1, 0]}  # fmt: skip
+    ref = train_sweep(model, p, gam, eta, 7, backend="torch", **common, **kw)
+
+    def cast(v):
+        if isinstance(v, dict):
+            return {k: cast(x) for k, x in v.items()}
+        return v.to(dtype) if isinstance(v, torch.Tensor) else v
+
+    out = train_sweep(model, cast(p), cast(gam), cast(eta), 7, **common, **cast(kw))
+    assert out.backend == "cpp"  # auto picks the C++ kernel for CPU tensors
+    for k in p:
+        assert out.params[k].dtype == dtype
+        assert_close(out.params[k], ref.params[k], msg=f"{name} {k}: ")
+    assert_close(out.losses, ref.losses, msg=f"{name} losses: ")
+    assert out.losses.shape == (3, 3)
+
+
+@needs_cpp
+def test_cpp_tanh_error_bound():
+    """The vectorisable tanh of the mlp kernel vs std::tanh, as stated in csrc/mirror_sweep.cpp."""
+    for lo, hi, n in ((-30.0, 30.0, 4_000_001), (-1.0, 1.0, 2_000_001)):
+        e = _EXT.mirror_sweep_tanh_errors(lo, hi, n)
+        assert e["double_abs"] <= 2.3e-16 and e["double_rel"] <= 4.1e-16, e
+        assert e["float_abs"] <= 3.0e-8 and e["float_rel"] <= 6.0e-8, e
+
+
+_ISA_SCRIPT = """
+import torch, symkern._C as C
+from symkern.mirror.sweeps import train_sweep
+from symkern.testing import assert_close
+g = torch.Generator().manual_seed(3)
+r = lambda *s: 0.5 * torch.randn(*s, generator=g, dtype=torch.float64)
+t = {"W1": r(3, 5), "b1": r(3), "a": r(3)}
+cases = [("rescaling", {"u": r(2, 19), "w": r(2, 19)}, dict(batch=3, target=r(19))),
+         ("factorization", {"U": r(2, 5, 3), "W": r(2, 9, 3)}, dict(batch=None, target=r(5, 9))),
+         ("mlp", {"W1": r(2, 17, 5), "b1": r(2, 17), "a": r(2, 17)}, dict(batch=4, target=t))]
+for model, p, kw in cases:
+    for dt in (torch.float64, torch.float32):
+        q = {k: v.to(dt) for k, v in p.items()}
+        ref = train_sweep(model, p, 0.05, 0.03, 6, noise=0.4, backend="torch", **kw)
+        out = train_sweep(model, q, 0.05, 0.03, 6, noise=0.4, backend="cpp", **kw)
+        for k in p:
+            assert_close(out.params[k], ref.params[k], msg=model + " " + k)
+print(C.mirror_sweep_isa())
+"""
+
+
+@needs_cpp
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_cpp_lower_instruction_sets_match_reference(isa):
+    """The AVX2 and baseline x86-64 builds of the kernel (chosen once per process by
+    SYMKERN_MIRROR_SWEEP_ISA) agree with the reference too."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SYMKERN_MIRROR_SWEEP_ISA": isa, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    ran = res.stdout.strip().splitlines()[-1]
+    # a CPU without AVX2 runs baseline for either request; never a higher set than asked for
+    assert ran in ({"avx2", "baseline"} if isa == "avx2" else {"baseline"}), ran
+
+
+def _binding_args(model: str, dtype=np.float64) -> dict:
+    """Valid arguments of symkern._C.mirror_sweep for a small problem of ``model``."""
+    rs = np.random.default_rng(0)
+
+    def f(*s):
+        return rs.standard_normal(s).astype(dtype)
+
+    M, steps, every = 3, 4, 2
+    if model == "rescaling":
+        code, params, target, batch = 0, [f(M, 5), f(M, 5)], [f(M, 5)], 2
+    elif model == "factorization":
+        code, params, target, batch = 1, [f(M, 4, 2), f(M, 3, 2)], [f(M, 4, 3)], 0
+    else:
+        code, batch = 2, 2
+        params, target = [f(M, 6, 4), f(M, 6), f(M, 6)], [f(M, 2, 4), f(M, 2), f(M, 2)]
+    return {
+        "model": code, "params": params, "target": target, "offset": None,
+        "gamma": np.full(M, 0.1, dtype), "eta": np.full(M, 0.05, dtype),
+        "noise": np.full(M, 0.2, dtype), "model_ids": np.arange(M, dtype=np.int64),
+        "batch": batch, "activation": 0, "seed": 1, "step0": 0, "steps": steps,
+        "record_every": every, "params_out": [np.empty_like(a) for a in params],
+        "losses": np.empty((M, steps // every), dtype),
+    }  # fmt: skip
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a = a.copy()
+    a.setflags(write=False)
+    return a
+
+
+def _noncontig_np(a: np.ndarray) -> np.ndarray:
+    wide = np.repeat(a, 2, axis=-1)
+    return wide[..., ::2]
+
+
+# (model, mutation of the valid arguments, expected message)
+BAD_BINDING_CASES = {
+    "gamma_dtype": ("rescaling", lambda a: a.update(gamma=a["gamma"].astype(np.float32)),
+                    r"'gamma' must have dtype float64"),
+    "beta_shape": ("rescaling", lambda a: a.update(target=[np.zeros((3, 6))]),
+                   r"'beta' has extent"),
+    "u_noncontiguous": ("rescaling", lambda a: a["params"].__setitem__(0, _noncontig_np(
+        a["params"][0])), r"'u' must be C-contiguous"),
+    "u_int_dtype": ("rescaling", lambda a: a["params"].__setitem__(0, np.zeros((3, 5), np.int32)),
+                    r"'u' must have dtype float32 or float64"),
+    "w_shape": ("rescaling", lambda a: a["params"].__setitem__(1, np.zeros((3, 4))), r"'w' has"),
+    "w_dtype_mixed": ("rescaling", lambda a: a["params"].__setitem__(
+        1, a["params"][1].astype(np.float32)), r"'w' must have dtype float64"),
+    "u_out_read_only": ("rescaling", lambda a: a["params_out"].__setitem__(
+        0, _read_only(a["params_out"][0])), r"'u_out' must be writable"),
+    "w_out_not_array": ("rescaling", lambda a: a["params_out"].__setitem__(1, [0.0] * 15),
+                        r"'w_out' must be a writable numpy array"),
+    "losses_shape": ("rescaling", lambda a: a.update(losses=np.empty((3, 3))), r"'losses' has"),
+    "model_ids_dtype": ("rescaling", lambda a: a.update(model_ids=np.arange(3.0)),
+                        r"'model_ids' must have dtype int64"),
+    "model_ids_range": ("rescaling", lambda a: a.update(model_ids=np.array([0, 1, 2**32])),
+                        r"'model_ids' must be in \[0, 2\^32\)"),
+    "model_code": ("rescaling", lambda a: a.update(model=3), r"'model' must be 0"),
+    "params_count": ("rescaling", lambda a: a.update(params=a["params"][:1]),
+                     r"'params' must hold 2 arrays"),
+    "batch_negative": ("rescaling", lambda a: a.update(batch=-1), r"'batch' must be >= 0"),
+    "record_every": ("rescaling", lambda a: a.update(record_every=0), r"'record_every'"),
+    "offset_rescaling": ("rescaling", lambda a: a.update(offset=np.zeros((3, 5, 5))),
+                         r"'offset' is only used by the factorization"),
+    "A_shape": ("factorization", lambda a: a.update(target=[np.zeros((3, 3, 4))]), r"'A' has"),
+    "factorization_batch": ("factorization", lambda a: a.update(batch=4), r"'batch' must be 0"),
+    "offset_shape": ("factorization", lambda a: a.update(offset=np.zeros((3, 4, 3))),
+                     r"'offset' has extent"),
+    "W_rank": ("factorization", lambda a: a["params"].__setitem__(1, np.zeros((3, 3, 5))),
+               r"'W' has extent"),
+    "mlp_activation": ("mlp", lambda a: a.update(activation=2), r"'activation' must be 0"),
+    "mlp_batch": ("mlp", lambda a: a.update(batch=0), r"'batch' must be >= 1"),
+    "teacher_W1_shape": ("mlp", lambda a: a["target"].__setitem__(0, np.zeros((3, 2, 5))),
+                         r"'teacher_W1' has extent"),
+    "b1_shape": ("mlp", lambda a: a["params"].__setitem__(1, np.zeros((3, 7))), r"'b1' has"),
+    "teacher_a_dtype": ("mlp", lambda a: a["target"].__setitem__(2, np.zeros(
+        (3, 2), np.float32)), r"'teacher_a' must have dtype float64"),
+}  # fmt: skip
+
+
+@needs_cpp
+@pytest.mark.parametrize("model", ["rescaling", "factorization", "mlp"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_cpp_binding_valid_call(model, dtype):
+    """The valid arguments the bad-input cases start from do run and fill every output."""
+    args = _binding_args(model, dtype)
+    for out in args["params_out"]:
+        out.fill(np.nan)
+    args["losses"].fill(np.nan)
+    _EXT.mirror_sweep(**args)
+    assert all(np.isfinite(o).all() for o in args["params_out"])
+    assert np.isfinite(args["losses"]).all() and (args["losses"] > 0).all()
+
+
+@needs_cpp
+@pytest.mark.parametrize("case", list(BAD_BINDING_CASES))
+def test_cpp_binding_rejects_bad_buffers(case):
+    model, mutate, match = BAD_BINDING_CASES[case]
+    args = _binding_args(model)
+    mutate(args)
+    with pytest.raises(ValueError, match=match):
+        _EXT.mirror_sweep(**args)

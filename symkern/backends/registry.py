@@ -228,7 +228,11 @@ _BACKENDS: dict[str, Backend] = {
 # Kernel modules are imported on first use so `import symkern` stays light (no triton import).
 _KERNEL_MODULES: dict[str, tuple[str, ...]] = {
     "torch": ("symkern.backends.reference",),
-    "cpp": ("symkern.backends.cpp", "symkern.backends.cpp_particles"),
+    "cpp": (
+        "symkern.backends.cpp",
+        "symkern.backends.cpp_particles",
+        "symkern.backends.cpp_mirror_sweep",
+    ),
     "triton": ("symkern.backends.triton",),
 }
 _loaded: set[str] = set()

@@ -1,0 +1,248 @@
+"""mirror_sweep: 300 small models trained in one C++ call vs the torch loop a user would write.
+
+Cases (float64, the mirror experiments' default dtype; M = 300 models = 20 weight decays γ ×
+15 seeds; a seed fixes a model's initialisation and its Philox data id, so the γ of one seed see
+the same data):
+
+* (a) rescaling θ = u ⊙ w, d = 50, SGD batch 8, label noise σ = 0.5;
+* (b) mlp h = 16, d = 10, batch 16, tanh, teacher width 4, σ = 0.1;
+* (c) factorization U Wᵀ ≈ A, 20 × 15, k = 15, full matrix with entrywise label noise σ = 0.1.
+
+What is timed, in the same run on the same problem:
+
+* ``symkern``: the cpp kernel, all 300 models × ``STEPS_CPP`` steps in one call (OpenMP over
+  models, every thread of the machine);
+* ``torch_loop``: what a user writes without symkern — for each model a Python loop over steps
+  with ``torch.randn`` data, ``loss.backward()`` on ℓ + γ‖θ‖² and an SGD update under
+  ``torch.no_grad()``. Same shapes and math; torch's generator instead of the Philox stream. At
+  ~0.1–0.5 ms per model-step, 300 × ``STEPS_CPP`` would take minutes, so it is timed on
+  ``LOOP_MODELS`` models × ``LOOP_STEPS`` steps and compared per model-step (each model costs
+  the same; extra_info ``torch_loop_note`` says so);
+* ``symkern_torch_reference``: symkern's own vectorised torch kernel (``backend="torch"``, all
+  300 models batched, same Philox data as cpp) for ``REF_STEPS`` steps.
+
+Both torch baselines run with one torch intra-op thread. On the shared 2-core machine this was
+written on, a second torch thread that gets descheduled stalls every op's barrier: measured
+(loadavg 3.5–5) 0.5 ms vs 2–72 ms per step for the factorization loop and 0.14 vs 6 ms per
+model-step for the rescaling reference (2 steps) at 1 vs 2 threads — it would inflate the
+speedups. cpp runs one
+model per thread with no barrier per step and uses every thread, so extra_info also gives the
+speedups per thread (``..._per_thread``): one torch process per core would at best divide the
+baselines' time by the thread count.
+
+Reported (extra_info and stdout): wall µs per model-step of each and the per-model-step
+speedups of cpp over both; the target is cpp ≥ 20× the torch loop. Also the process CPU time
+per model-step of cpp (summed over its threads) and of the torch loop, and their ratio: on a
+shared machine wall time includes waiting for a core, CPU time does not. The harness's per-call
+speedup_vs_* compare calls of different sizes and are dropped.
+
+Correctness before timing: cpp vs the float64 torch reference on the same problem (all models,
+5 steps, float64 tolerance), and the float32 kernel vs that reference (float32 tolerance).
+``--benchmark-disable`` (smoke): 4 models, 3 steps, checks only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("symkern._C")
+
+import symkern._C as _C  # noqa: E402
+
+from symkern.mirror.sweeps import train_sweep  # noqa: E402
+from symkern.testing import assert_close  # noqa: E402
+
+DT = torch.float64
+N_GAMMA, N_SEEDS = 20, 15
+STEPS_CPP = 200
+LOOP_MODELS, LOOP_STEPS = 3, 40
+REF_STEPS = 10
+RECORD_EVERY = 5
+
+
+def _problem(case: str, smoke: bool) -> dict:
+    """Parameters and keyword arguments of ``train_sweep`` for one bench case."""
+    n_gamma, n_seeds = (2, 2) if smoke else (N_GAMMA, N_SEEDS)
+    M = n_gamma * n_seeds
+    seed_of = torch.arange(M) % n_seeds  # model i: seed i mod S, gamma i // S
+
+    def init(*shape, scale):
+        out = torch.empty(M, *shape, dtype=DT)
+        for s in range(n_seeds):
+            g = torch.Generator().manual_seed(1000 + s)
+            out[seed_of == s] = scale * torch.randn(*shape, generator=g, dtype=DT)
+        return out
+
+    g = torch.Generator().manual_seed(7)
+    if case == "rescaling":
+        d = 50
+        params = {"u": init(d, scale=0.5), "w": init(d, scale=0.5)}
+        gmax, eta, kw = 1.5, 0.01, {"batch": 8, "target": torch.randn(d, generator=g, dtype=DT),
+                                    "noise": 0.5}  # fmt: skip
+    elif case == "mlp":
+        h, d, ht = 16, 10, 4
+        teacher = {"W1": torch.randn(ht, d, generator=g, dtype=DT) / d**0.5,
+                   "b1": torch.randn(ht, generator=g, dtype=DT),
+                   "a": torch.randn(ht, generator=g, dtype=DT)}  # fmt: skip
+        params = {"W1": init(h, d, scale=d**-0.5), "b1": init(h, scale=1.0),
+                  "a": init(h, scale=1.0 / h)}  # fmt: skip
+        gmax, eta, kw = 0.05, 0.05, {"batch": 16, "target": teacher, "noise": 0.1,
+                                     "activation": "tanh"}  # fmt: skip
+    else:
+        m, n, k = 20, 15, 15
+        params = {"U": init(m, k, scale=0.1), "W": init(n, k, scale=0.1)}
+        gmax, eta, kw = 2.0, 0.01, {"batch": None, "noise": 0.1,
+                                    "target": torch.randn(m, n, generator=g, dtype=DT)}  # fmt: skip
+    gammas = torch.linspace(0.0, gmax, n_gamma, dtype=DT).repeat_interleave(n_seeds)
+    return {"model": case, "params": params, "gammas": gammas, "eta": eta,
+            "model_ids": seed_of, "kw": kw}  # fmt: skip
+
+
+def _sweep_fn(pb: dict, steps: int, backend: str, dtype=DT):
+    params = {k: v.to(dtype) for k, v in pb["params"].items()}
+
+    def cast(v):
+        if isinstance(v, dict):
+            return {k: cast(x) for k, x in v.items()}
+        return v.to(dtype) if isinstance(v, torch.Tensor) else v
+
+    kw = cast(pb["kw"])
+    gammas = pb["gammas"].to(dtype)
+
+    def fn():
+        return train_sweep(pb["model"], params, gammas, pb["eta"], steps, seed=11,
+                           model_ids=pb["model_ids"], record_every=min(RECORD_EVERY, steps),
+                           backend=backend, **kw)  # fmt: skip
+
+    return fn
+
+
+def _check(pb: dict):
+    def check():
+        ref = _sweep_fn(pb, 5, "torch")()
+        for dtype in (DT, torch.float32):
+            out = _sweep_fn(pb, 5, "cpp", dtype)()
+            assert out.backend == "cpp"
+            for k in ref.params:
+                assert_close(out.params[k], ref.params[k], msg=f"{k}: ")
+            assert_close(out.losses, ref.losses, msg="losses: ")
+
+    return check
+
+
+def _cpu_seconds(fn, rounds: int = 3) -> float:
+    """Least process CPU time (all threads) of ``fn()`` over ``rounds`` calls: on a shared
+    machine it does not count the time a thread waits for a core, unlike wall time."""
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t0)
+    return best
+
+
+def _one_torch_thread(fn):
+    """``fn`` run with one torch intra-op thread (see the module docstring for why)."""
+
+    def run():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(threads)
+
+    return run
+
+
+def _torch_loop(pb: dict, n_models: int, steps: int):
+    """The per-model Python loop a user writes: torch.randn data, autograd, SGD."""
+    model, kw = pb["model"], pb["kw"]
+    sigma, eta = float(kw["noise"]), float(pb["eta"])
+    B = kw["batch"]
+    target = kw["target"]
+
+    def data_loss(p):
+        if model == "rescaling":
+            x = torch.randn(B, p["u"].shape[0], dtype=DT)
+            y = x @ target + sigma * torch.randn(B, dtype=DT)
+            return ((x @ (p["u"] * p["w"]) - y) ** 2).mean()
+        if model == "mlp":
+            x = torch.randn(B, p["W1"].shape[1], dtype=DT)
+            with torch.no_grad():
+                y = torch.tanh(x @ target["W1"].T + target["b1"]) @ target["a"]
+                y = y + sigma * torch.randn(B, dtype=DT)
+            return ((torch.tanh(x @ p["W1"].T + p["b1"]) @ p["a"] - y) ** 2).mean()
+        noisy = target + sigma * torch.randn(target.shape, dtype=DT)
+        return ((p["U"] @ p["W"].T - noisy) ** 2).sum()
+
+    def run():
+        for i in range(n_models):
+            gamma = float(pb["gammas"][i])
+            p = {k: v[i].clone().requires_grad_(True) for k, v in pb["params"].items()}
+            for _ in range(steps):
+                loss = data_loss(p) + gamma * sum((v**2).sum() for v in p.values())
+                loss.backward()
+                with torch.no_grad():
+                    for v in p.values():
+                        v -= eta * v.grad
+                        v.grad = None
+        return p
+
+    return run
+
+
+@pytest.mark.parametrize("case", ["rescaling", "mlp", "factorization"])
+def test_mirror_sweep_300_models(compare, smoke, case):
+    pb = _problem(case, smoke)
+    M = pb["gammas"].numel()
+    steps = 3 if smoke else STEPS_CPP
+    loop_models, loop_steps = (1, 2) if smoke else (LOOP_MODELS, LOOP_STEPS)
+    ref_steps = 2 if smoke else REF_STEPS
+    cpp_fn = _sweep_fn(pb, steps, "cpp")
+    loop_fn = _one_torch_thread(_torch_loop(pb, loop_models, loop_steps))
+    info = compare(
+        cpp_fn,
+        baselines={
+            "torch_loop": loop_fn,
+            "symkern_torch_reference": _one_torch_thread(_sweep_fn(pb, ref_steps, "torch")),
+        },
+        check=_check(pb),
+    )
+    if smoke:
+        return
+    ex = compare.benchmark.extra_info
+    for key in [k for k in ex if k.startswith("speedup_vs_")]:
+        del ex[key]  # per-call ratios of calls of different sizes: meaningless
+    cpp_us = info["symkern_ms"] * 1e3 / (M * steps)
+    loop_us = info["torch_loop_ms"] * 1e3 / (loop_models * loop_steps)
+    ref_us = info["symkern_torch_reference_ms"] * 1e3 / (M * ref_steps)
+    threads = _C.build_info()["max_threads"]
+    cpp_cpu_us = _cpu_seconds(cpp_fn) * 1e6 / (M * steps)
+    loop_cpu_us = _cpu_seconds(loop_fn) * 1e6 / (loop_models * loop_steps)
+    ex.update({
+        "models": M, "steps_cpp": steps, "cpp_us_per_model_step": cpp_us,
+        "torch_loop_us_per_model_step": loop_us, "torch_reference_us_per_model_step": ref_us,
+        "speedup_per_model_step_vs_torch_loop": loop_us / cpp_us,
+        "speedup_per_model_step_vs_torch_loop_per_thread": loop_us / cpp_us / threads,
+        "speedup_per_model_step_vs_torch_reference": ref_us / cpp_us,
+        "speedup_per_model_step_vs_torch_reference_per_thread": ref_us / cpp_us / threads,
+        "cpp_cpu_us_per_model_step": cpp_cpu_us, "torch_loop_cpu_us_per_model_step": loop_cpu_us,
+        "speedup_cpu_time_vs_torch_loop": loop_cpu_us / cpp_cpu_us,
+        "target_speedup_vs_torch_loop": 20.0,
+        "torch_loop_note": f"timed on {loop_models} models x {loop_steps} steps, per model-step",
+        "threads": threads, "isa": _C.mirror_sweep_isa(),
+        "loadavg_1min": os.getloadavg()[0],
+    })  # fmt: skip
+    print(
+        f"\n  {case}: cpp {cpp_us:.3f} us/model-step ({M} models x {steps} steps, "
+        f"{ex['threads']} threads, {ex['isa']}); torch loop {loop_us:.1f} us "
+        f"(x{loop_us / cpp_us:.0f}, x{loop_us / cpp_us / threads:.0f} per thread); "
+        f"torch reference {ref_us:.2f} us (x{ref_us / cpp_us:.1f}); CPU time per model-step: "
+        f"cpp {cpp_cpu_us:.2f} us, torch loop {loop_cpu_us:.1f} us "
+        f"(x{loop_cpu_us / cpp_cpu_us:.0f}); loadavg {ex['loadavg_1min']:.2f}"
+    )
