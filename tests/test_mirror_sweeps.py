@@ -161,6 +161,15 @@ def test_trajectory_independent_of_batching_and_resumable():
     assert full.losses.shape == (M, 4) and full.loss_steps.tolist() == [4, 9, 14, 19]
 
 
+def test_record_every_longer_than_the_call_records_nothing():
+    r = train_sweep("rescaling", _resc(), 0.1, 0.1, 3, None, target=torch.ones(3),
+                    record_every=5)  # fmt: skip
+    assert r.losses.shape == (2, 0) and r.loss_steps.numel() == 0
+    r = train_sweep("rescaling", _resc(), 0.1, 0.1, 10, None, target=torch.ones(3),
+                    record_every=3, step0=4)  # fmt: skip
+    assert r.losses.shape == (2, 3) and r.loss_steps.tolist() == [6, 9, 12]
+
+
 def test_rng_block_matches_rng_normal():
     from symkern.backends.reference.mirror_sweeps import normal_block
 

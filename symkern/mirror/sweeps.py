@@ -251,7 +251,7 @@ def train_sweep(
         target: β (rescaling), A (factorization) or the teacher dict (mlp); shared or per model.
         noise: label-noise std σ ≥ 0, scalar or (M,). offset: factorization symmetry breaker C.
         activation: "tanh" or "relu" (mlp). record_every: loss every K steps (default: last).
-        backend: "auto" or a backend name (only "torch" implements ``mirror_sweep`` so far).
+        backend: "auto" (cpp on CPU, triton on CUDA, torch otherwise) or a backend name.
 
     Example::
 
@@ -278,7 +278,8 @@ def train_sweep(
     )  # fmt: skip
     kernel = select_kernel("mirror_sweep", {**p, "problem": problem}, backend)
     out, losses = kernel.fn(p, problem, step0, steps, record_every)
-    rec = torch.arange(step0 + record_every - 1, step0 + steps, record_every)
+    # record_every > steps is allowed: no loss recorded, losses (M, 0)
+    rec = step0 + record_every - 1 + record_every * torch.arange(steps // record_every)
     return SweepResult(out, losses, rec, kernel.backend)
 
 
