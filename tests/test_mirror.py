@@ -265,6 +265,40 @@ def test_detect_relu_has_no_sign_flip_and_verification_drops():
         detect.permutation_mirrors(model, loss_broken, on_fail="raise")
 
 
+def test_detect_relu_rescaling():
+    """ReLU neurons: one positive rescaling each, verified on the loss; the balance
+    ‖in‖² − ‖out‖² is conserved by small-step GD; a dead neuron gets zero gradient; tanh layers
+    have none; a mis-built rescaling (neuron 2 in, neuron 3 out) fails verification."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    x, y = _data(3, 2)
+    loss = detect.flat_loss(model, nn.functional.mse_loss, x, y)
+    found = detect.rescaling_symmetries(model, loss, generator=gen(2))
+    assert [r.meta["neuron"] for r in found] == [0, 1, 2, 3]
+    assert all(r.meta["verified"] and r.meta["gap"] < 1e-12 for r in found)
+    r = found[2]
+    assert r.incoming.tolist() == [6, 7, 8, 14] and r.outgoing.tolist() == [18, 22]
+    theta = nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    assert_close(r.apply(r.apply(theta, 2.5), 0.4), theta)
+    with pytest.raises(ValueError, match="lam"):
+        r.apply(theta, -1.0)
+    # gradient flow conserves the balance: tiny steps, drift O(step²)
+    b0 = r.balance(theta)
+    t = theta.clone()
+    for _ in range(200):
+        t = t - 1e-4 * torch.func.grad(loss)(t)
+    assert abs(float(r.balance(t) - b0)) < 1e-6 * max(1.0, abs(float(b0)))
+    # the dead-neuron set is invariant: zero gradient on the neuron's coordinates
+    dead = theta.clone()
+    dead[torch.cat([r.incoming, r.outgoing])] = 0.0
+    g = torch.func.grad(loss)(dead)
+    assert g[torch.cat([r.incoming, r.outgoing])].abs().max() == 0.0
+    wrong = detect.Rescaling(r.d, r.incoming, found[3].outgoing)
+    assert not wrong.is_symmetric(loss, generator=gen(3))[0]
+    tanh = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    assert detect.rescaling_symmetries(tanh) == []
+
+
 def test_detect_rotation_linear_linear_and_qk():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2)).double()

@@ -6,7 +6,8 @@ them attracting.
 
 * :class:`Mirror` — structured orthonormal O ∈ R^{d×k} (never a d×d matrix): reflect, project,
   breaking, is_symmetric.
-* :mod:`symkern.mirror.detect` — permutation / sign-flip / rotation mirrors of torch models.
+* :mod:`symkern.mirror.detect` — permutation / sign-flip / rotation mirrors of torch models, and
+  the positive rescalings of their ReLU neurons.
 * :class:`DCS`, :class:`GroupGateDCS`, :class:`LowRankDCS` — differentiable constraint by symmetry.
 * :func:`critical_decay`, :func:`noise_lyapunov`, :func:`sample_curvatures` — thresholds.
 

@@ -11,9 +11,16 @@ activations] → Linear``, hidden width h = first.out_features = second.in_featu
   min = −max, Softsign, Tanhshrink, Identity, or none) (W₁[i], b₁[i], W₂[:, i]) → −(…) is a
   mirror → :meth:`Mirror.coordinates` on that neuron's coordinates. Constraint: neuron i is dead
   (sparsity). This is the λ = −1 member of the rescaling family (u, w) → (λu, w/λ).
-  **ReLU (and any non-odd activation) is not detected**: its rescaling symmetry holds only for
-  λ > 0, a continuous symmetry and not a reflection; SPEC_MIRROR's rescaling mirror is for u ⊙ w
-  parametrisations (build it with :meth:`Mirror.rescaling_pairs`).
+  ReLU (any non-odd activation) has no sign-flip mirror: see the next item.
+* **positive rescaling** (:func:`rescaling_symmetries`): for a positively homogeneous activation
+  (ReLU, LeakyReLU, Identity, none: φ(λz) = λφ(z) for λ > 0) the loss is invariant under
+  (W₁[i], b₁[i]) → λ(W₁[i], b₁[i]), W₂[:, i] → W₂[:, i]/λ for every λ > 0 → a
+  :class:`Rescaling` per neuron. This is a continuous symmetry, not a reflection, so it is not a
+  :class:`Mirror` (no R_O with ℓ(θ) = ℓ(R_O θ) for ReLU: λ = −1 is not allowed). What it does
+  give: the conserved "balance" ‖in_i‖² − ‖out_i‖² of gradient flow (:meth:`Rescaling.balance`,
+  shrunk by weight decay), and the dead-neuron set in_i = out_i = 0, which (S)GD cannot leave
+  (every gradient component of the neuron vanishes there). SPEC_MIRROR's rescaling *mirror* is
+  for u ⊙ w parametrisations (build it with :meth:`Mirror.rescaling_pairs`).
 * **rotation** (:func:`rotation_mirrors`): with no activation in between (or only Identity), the
   product W₂W₁ is invariant under W₁ → R W₁, b₁ → R b₁, W₂ → W₂ R for R = I − 2nnᵀ, any unit n ∈
   R^h → :meth:`Mirror.householder`. For other layouts (e.g. attention scores x W_Q W_Kᵀ xᵀ, where
@@ -26,7 +33,9 @@ The measured gap is stored in ``mirror.meta["gap"]``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -34,12 +43,14 @@ from torch import nn
 from symkern.mirror.core import Mirror
 
 __all__ = [
+    "Rescaling",
     "find_mirrors",
     "flat_loss",
     "hidden_index_mirror",
     "linear_pairs",
     "param_layout",
     "permutation_mirrors",
+    "rescaling_symmetries",
     "rotation_mirrors",
     "sign_flip_mirrors",
 ]
@@ -182,7 +193,7 @@ def _verify(mirrors, loss, on_fail, trials, generator, rtol):
             kept.append(m)
         elif on_fail == "raise":
             raise ValueError(
-                f"detected mirror {m} ({m.meta}) is not a symmetry of loss: gap {gap:.3g}"
+                f"detected symmetry {m} ({m.meta}) is not a symmetry of loss: gap {gap:.3g}"
             )
     return kept
 
@@ -235,6 +246,91 @@ def sign_flip_mirrors(
             m = Mirror.coordinates(blk, d, groups=torch.zeros(blk.numel(), dtype=torch.long))
             m.meta.update(symmetry="sign_flip", layer=name, neuron=i)
             out.append(m)
+    return _verify(out, loss, on_fail, trials, generator, rtol)
+
+
+def _positively_homogeneous(act: nn.Module) -> bool:
+    return isinstance(act, (nn.ReLU, nn.LeakyReLU, nn.Identity))
+
+
+@dataclass
+class Rescaling:
+    """Positive rescaling symmetry of one hidden neuron: ℓ(S_λ θ) = ℓ(θ) for all λ > 0, where S_λ
+    multiplies the ``incoming`` coordinates (W₁[i, :], b₁[i]) by λ and the ``outgoing`` ones
+    (W₂[:, i]) by 1/λ. Coordinates are flat indices into θ (d,) (parameters_to_vector order)."""
+
+    d: int
+    incoming: torch.Tensor  # (n_in,) long
+    outgoing: torch.Tensor  # (n_out,) long
+    meta: dict = field(default_factory=dict)
+
+    def apply(self, theta: torch.Tensor, lam: float) -> torch.Tensor:
+        """S_λ θ for λ > 0, θ of shape (..., d) (a new tensor; differentiable)."""
+        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
+            raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
+        if not isinstance(theta, torch.Tensor) or theta.shape[-1:] != (self.d,):
+            raise ValueError(f"theta must have shape (..., d={self.d})")
+        scale = torch.ones(self.d, dtype=theta.dtype, device=theta.device)
+        scale[self.incoming.to(theta.device)] = lam
+        scale[self.outgoing.to(theta.device)] = 1.0 / lam
+        return theta * scale
+
+    def balance(self, theta: torch.Tensor) -> torch.Tensor:
+        """‖in‖² − ‖out‖² (shape (...)): conserved by gradient flow on ℓ (Noether charge of the
+        rescaling), driven to 0 by weight decay γ‖θ‖² (d/dt balance = −4γ · balance)."""
+        if not isinstance(theta, torch.Tensor) or theta.shape[-1:] != (self.d,):
+            raise ValueError(f"theta must have shape (..., d={self.d})")
+        t_in = theta[..., self.incoming.to(theta.device)]
+        t_out = theta[..., self.outgoing.to(theta.device)]
+        return (t_in * t_in).sum(-1) - (t_out * t_out).sum(-1)
+
+    def is_symmetric(
+        self,
+        loss: Callable[[torch.Tensor], torch.Tensor],
+        trials: int = 2,
+        *,
+        lambdas: Sequence[float] = (0.37, 2.9),
+        rtol: float = 1e-8,
+        generator: torch.Generator | None = None,
+    ) -> tuple[bool, float]:
+        """Numerical check of ℓ(S_λ θ) = ℓ(θ) at ``trials`` θ ~ N(0, I) (float64) for each λ in
+        ``lambdas``; returns (max relative gap <= rtol, max relative gap)."""
+        if not callable(loss):
+            raise TypeError("loss must be callable: theta (d,) -> scalar")
+        worst = 0.0
+        with torch.no_grad():
+            for _ in range(trials):
+                p = torch.randn(self.d, generator=generator, dtype=torch.float64)
+                a = float(loss(p))
+                for lam in lambdas:
+                    b = float(loss(self.apply(p, lam)))
+                    gap = abs(a - b) / max(abs(a), abs(b), 1e-30)
+                    worst = max(worst, math.inf if math.isnan(gap) else gap)
+        return worst <= rtol, worst
+
+
+def rescaling_symmetries(
+    model: nn.Module,
+    loss=None,
+    *,
+    on_fail: str = "drop",
+    trials: int = 2,
+    rtol: float = 1e-8,
+    generator: torch.Generator | None = None,
+) -> list[Rescaling]:
+    """Per-neuron positive rescalings (see :class:`Rescaling`) of every hidden layer whose
+    activations are all positively homogeneous (ReLU, LeakyReLU, Identity or none), verified on
+    ``loss`` when given (dropped or raised on failure, like the mirrors)."""
+    layout, d = param_layout(model), _dim(model)
+    out = []
+    for name, first, acts, second in linear_pairs(model):
+        if not all(_positively_homogeneous(a) for a in acts):
+            continue
+        n_in = first.in_features + (1 if first.bias is not None else 0)
+        for i, blk in enumerate(_neuron_blocks(layout, first, second)):
+            r = Rescaling(d, blk[:n_in].clone(), blk[n_in:].clone())
+            r.meta.update(symmetry="rescaling", layer=name, neuron=i)
+            out.append(r)
     return _verify(out, loss, on_fail, trials, generator, rtol)
 
 
@@ -301,8 +397,10 @@ def find_mirrors(
     generator: torch.Generator | None = None,
     max_pairs: int | None = None,
 ) -> dict[str, list[Mirror]]:
-    """All of the above: {"permutation": [...], "sign_flip": [...], "rotation": [...]}, each
-    verified against ``loss`` (θ (d,) → scalar, e.g. from :func:`flat_loss`) when given."""
+    """All the mirrors above: {"permutation": [...], "sign_flip": [...], "rotation": [...]},
+    each verified against ``loss`` (θ (d,) → scalar, e.g. from :func:`flat_loss`) when given.
+    The continuous positive rescalings of ReLU layers are not mirrors: see
+    :func:`rescaling_symmetries`."""
     kw = dict(on_fail=on_fail, trials=trials, rtol=rtol, generator=generator)
     return {
         "permutation": permutation_mirrors(model, loss, max_pairs=max_pairs, **kw),
