@@ -4,7 +4,8 @@
 mirror (u_i, w_i) → (−u_i, −w_i) makes u_i = w_i = 0 a constraint; the minimiser is the soft
 threshold θ_i = sign(β_i) max(0, |β_i| − γ), so the sparsity (fraction |u_i w_i| < ε) is
 P(|β_i| ≤ γ) on the realised β. Plain linear regression θ with the same decay γ‖θ‖² converges to
-β / (1 + γ): never sparse.
+β / (1 + γ): never sparse (only coordinates with |β_i| < ε(1 + γ), tiny to begin with, fall
+under the ε threshold; the claim checks exactly that).
 
 Per cell (d, seed): one ``mirror_sweep`` call trains every γ of the grid at once on the
 population loss ‖θ − β‖² + σ² (exact GD, so the dynamics converge to the minimiser; ``sgd_batch``
@@ -133,6 +134,11 @@ def sweep_cell(cfg: Config, d: int, s: int) -> dict[str, Any]:
         ],
         "max_abs_err_vs_soft_threshold": err,
         "sparsity_linear": sp_lin,
+        # plain regression's own closed form β/(1+γ) falls under ε only where |β_i| < ε(1+γ):
+        # coordinates that are tiny to begin with (none at d = 50, ~0.1 % at d = 1000)
+        "sparsity_linear_tiny_beta": [
+            float((beta.abs() < cfg.eps * (1.0 + float(g))).double().mean()) for g in gammas
+        ],
         "linear_max_abs_err_vs_beta_over_1_plus_gamma": lin_err,
         "final_loss_gd": gd.losses[:, -1].tolist(),
         "backend": gd.backend,
@@ -261,6 +267,11 @@ def run(
             nw.writerow([c["batch"], repr(e), repr(sp)])
     sweep_cells = [cells[n] for n in names if not n.startswith("noise")]
     linear_max = max(max(c["sparsity_linear"]) for c in sweep_cells)
+    linear_excess = max(
+        a - b
+        for c in sweep_cells
+        for a, b in zip(c["sparsity_linear"], c["sparsity_linear_tiny_beta"], strict=True)
+    )
     small, large = min(cfg.noise_batches), max(cfg.noise_batches)
     nz_small = max((v for v in cells[f"noise_b{small}"]["sparsity"] if v == v), default=0.0)
     nz_large = max((v for v in cells[f"noise_b{large}"]["sparsity"] if v == v), default=0.0)
@@ -270,7 +281,10 @@ def run(
             "near_threshold_margin": _margin(cfg),
             "max_deviation_beyond_near_threshold_coords": max_excess,
             "tolerance": 1e-3, "holds": max_excess <= 1e-3},
-        "plain_linear_never_sparse": {"max_sparsity": linear_max, "holds": linear_max == 0.0},
+        "plain_linear_never_sparse": {
+            "max_sparsity": linear_max,
+            "max_excess_over_tiny_beta_fraction": linear_excess,
+            "holds": linear_excess <= 0.0},
         "noise_trend_small_batch_sparser": {
             f"max_sparsity_batch_{small}": nz_small, f"max_sparsity_batch_{large}": nz_large,
             "holds": nz_small > nz_large},
