@@ -7,8 +7,9 @@ y = βᵀx + σε with the population loss E(θᵀx − y)² = ‖θ − β‖²
 
 with O = the first ``k_constrained`` coordinates (k = d: :meth:`DCS.l1`). Closed form: on the
 constrained coordinates the soft threshold θ_i = sign(β_i) max(0, |β_i| − γ) (exact zeros once
-γ ≥ |β_i|), on the free ones ridge θ_i = β_i / (1 + γ) (never zero). The low-rank instance
-:class:`LowRankDCS` on ‖UVᵀ − A‖²_F gives σ_i = max(0, σ_i(A) − γ).
+γ ≥ |β_i|), on the free ones ridge θ_i = β_i / (1 + γ) (never zero; under ε only where
+|β_i| < ε(1 + γ)). The low-rank instance :class:`LowRankDCS` on ‖UVᵀ − A‖²_F gives
+σ_i = max(0, σ_i(A) − γ).
 
 One DCS module per γ (a Python loop: this is a demo of the module, not a sweep kernel).
 Outputs: results.json, dcs.csv, fig_mirror_dcs.png, cells/*.json (``--resume``).
@@ -102,6 +103,9 @@ def regression_cell(cfg: Config) -> dict[str, Any]:
             "zeros_constrained": float((theta[:k].abs() < cfg.eps).double().mean()),
             "zeros_constrained_closed_form": float((cf[:k] == 0).double().mean()),
             "zeros_free": float((theta[k:].abs() < cfg.eps).double().mean()) if k < cfg.d else 0.0,
+            # the ridge closed form β_i/(1+γ) is under ε only where β_i is tiny to begin with
+            "zeros_free_closed_form":
+                float((cf[k:].abs() < cfg.eps).double().mean()) if k < cfg.d else 0.0,
             "max_abs_err": float((theta - cf).abs().max()),
             "theta": theta.tolist(),
         })  # fmt: skip
@@ -199,7 +203,9 @@ def run(
         "zeros_at_predicted_gamma": {"holds": all(
             r["zeros_constrained"] == r["zeros_constrained_closed_form"]
             for r, ok in zip(reg["rows"], resolvable, strict=True) if ok)},
-        "free_coordinates_never_zero": {"holds": all(r["zeros_free"] == 0.0 for r in reg["rows"])},
+        "free_coordinates_never_zero": {
+            "max_zeros_free": max(r["zeros_free"] for r in reg["rows"]),
+            "holds": all(r["zeros_free"] == r["zeros_free_closed_form"] for r in reg["rows"])},
     }  # fmt: skip
     if low:
         lerr = max(r["max_abs_err"] for r in low["rows"])
