@@ -67,6 +67,18 @@ mantissa inputs, fp32 accumulation; ~1e-3 relative error of Z for d = 100) unles
 ``allow_tf32=False``; float64, and everything under the interpreter, use IEEE products.
 The launcher picks it automatically when the problem qualifies and N·B ≥ ``TWO_PASS_MIN_NB``;
 ``path=`` forces either path (tests use it).
+
+**Fused model output** (ops ``particle_forward`` / ``particle_forward_backward``, behind
+:func:`symkern.model_output`): Φ_θ(x_b) = (1/N) Σ_i σ*(x_b, θ_i) for x (B, d), θ (N, D) → (B, c)
+and, from r = (∂L/∂Φ)/N, ∂L/∂θ_i = Σ_b J_θ σ*(x_b, θ_i)ᵀ r_b (N, D) and ∂L/∂x_b =
+Σ_i J_x σ*(x_b, θ_i)ᵀ r_b (B, d). Never a B×N buffer: the forward has a grid over sample tiles
+and loops over particle tiles; the backward recomputes the activations (FlashAttention-style) in
+two kernels, ∂θ (grid over particle tiles, loop over sample tiles) and ∂x (grid over sample
+tiles, loop over particle tiles). The matrix unit's c outputs are independent heads
+(pre_k = X Z_kᵀ), one program per head; the reduced axis may be split across programs (partials
+added once at the end) so small grids still fill a GPU. Precision: IEEE products and sums in the
+input dtype (fp32 or fp64; no TF32 — the float32 tolerance is 2e-5 relative). Limits: d ≤
+``PF_MAX_DIN`` and, for the standard unit, c ≤ ``PF_MAX_C`` (whole rows live in registers).
 """
 
 from __future__ import annotations
@@ -81,8 +93,18 @@ from triton.language.random import philox_impl
 
 from symkern.backends.registry import register_kernel, triton_interpreter_enabled
 from symkern.meanfield.problem import SCHEMES, ParticleProblem
+from symkern.meanfield.units import MatrixUnit, StandardUnit, Unit
 
-__all__ = ["FUSED_MAX_BD", "MAX_GROUP", "TWO_PASS_MIN_NB", "particle_steps_triton"]
+__all__ = [
+    "FUSED_MAX_BD",
+    "MAX_GROUP",
+    "PF_MAX_C",
+    "PF_MAX_DIN",
+    "TWO_PASS_MIN_NB",
+    "particle_forward_backward_triton",
+    "particle_forward_triton",
+    "particle_steps_triton",
+]
 
 MAX_GROUP = 256  # |G| cap of the fused kernel (scratch (R, |G|, B, D) and O(|G|) work per step)
 FUSED_MAX_BD = 8192  # the fused kernel keeps the whole batch (B × D, padded) on chip
@@ -638,6 +660,194 @@ def _tp_backward_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
+# kernels: fused model output Φ_θ(x) and its gradients (particle_forward[_backward])
+# ---------------------------------------------------------------------------------------------
+# Shared layout: x (B, d) and θ (N, D) are read through their strides (any layout); every tile
+# keeps the whole input width d (DIN_BLK ≥ d, padded with zeros) so one tl.dot gives the
+# pre-activations of a (sample tile × particle tile) block. The matrix unit is c independent
+# "heads" (row k of z: pre_k = X Z_kᵀ, σ*_k = sigmoid(pre_k)); the standard unit is one head
+# u = X Wᵀ + b with output weights a. Partial sums over a split of the reduced axis go to
+# part[split] and are added by the launcher, so small grids still fill a GPU.
+
+
+@triton.jit
+def _pf_forward_kernel(
+    x_ptr, th_ptr,
+    part_ptr,  # out (SPLIT, B, C): (1/N) Σ over this split's particles of σ*(x_b, θ_i)
+    B, N, sxb, sxj, stn, stm, n_bblk,
+    UNIT: tl.constexpr, ACT: tl.constexpr, C: tl.constexpr, DIN: tl.constexpr,
+    C_BLK: tl.constexpr, DIN_BLK: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr,
+    SPLIT: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    # program = (head k [matrix unit only], split sp, sample tile pb); loop over particle tiles
+    pid = tl.program_id(0)
+    pb = pid % n_bblk
+    sp = (pid // n_bblk) % SPLIT
+    k = pid // (n_bblk * SPLIT)
+    DT = th_ptr.dtype.element_ty
+    bi = (pb * BB + tl.arange(0, BB)).to(tl.int64)
+    ji = tl.arange(0, DIN_BLK)
+    ci = tl.arange(0, C_BLK)
+    b_ok = bi < B
+    j_ok = ji < DIN
+    x = tl.load(x_ptr + bi[:, None] * sxb + ji[None, :] * sxj,
+                mask=b_ok[:, None] & j_ok[None, :], other=0.0)  # fmt: skip
+    out_base = part_ptr + (sp * B + bi) * C
+    if UNIT == 0:
+        acc = tl.zeros((BB,), dtype=DT)
+        for nb in range(sp * BN, N, SPLIT * BN):
+            nn = (nb + tl.arange(0, BN)).to(tl.int64)
+            n_ok = nn < N
+            z = tl.load(th_ptr + nn[:, None] * stn + (k * DIN + ji)[None, :] * stm,
+                        mask=n_ok[:, None] & j_ok[None, :], other=0.0)  # fmt: skip
+            pre = tl.dot(x, tl.trans(z), input_precision=PRECISION, out_dtype=DT)
+            # padded particles would add sigmoid(0) = 1/2: mask them
+            s = tl.where(n_ok[None, :], _sigmoid(pre), 0.0)
+            acc += tl.sum(s, axis=1)
+        tl.store(out_base + k, acc / N, mask=b_ok)
+    else:
+        acc = tl.zeros((BB, C_BLK), dtype=DT)
+        for nb in range(sp * BN, N, SPLIT * BN):
+            nn = (nb + tl.arange(0, BN)).to(tl.int64)
+            n_ok = nn < N
+            w = tl.load(th_ptr + nn[:, None] * stn + (C + ji)[None, :] * stm,
+                        mask=n_ok[:, None] & j_ok[None, :], other=0.0)  # fmt: skip
+            bias = tl.load(th_ptr + nn * stn + (C + DIN) * stm, mask=n_ok, other=0.0)
+            # padded particles have a = 0, so their act(b = 0) adds nothing
+            a = tl.load(th_ptr + nn[:, None] * stn + ci[None, :] * stm,
+                        mask=n_ok[:, None] & (ci < C)[None, :], other=0.0)  # fmt: skip
+            u = tl.dot(x, tl.trans(w), input_precision=PRECISION, out_dtype=DT) + bias[None, :]
+            h, _ = _act(u, ACT)
+            acc += tl.dot(h, a, input_precision=PRECISION, out_dtype=DT)
+        tl.store(out_base[:, None] + ci[None, :], acc / N,
+                 mask=b_ok[:, None] & (ci < C)[None, :])  # fmt: skip
+
+
+@triton.jit
+def _pf_grad_x_kernel(
+    x_ptr, th_ptr, g_ptr,
+    part_ptr,  # out (SPLIT, B, DIN): this split's share of ∂L/∂x
+    B, N, sxb, sxj, stn, stm, sgb, sgk, n_bblk,
+    UNIT: tl.constexpr, ACT: tl.constexpr, C: tl.constexpr, DIN: tl.constexpr,
+    C_BLK: tl.constexpr, DIN_BLK: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr,
+    SPLIT: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    # program = (split sp, sample tile pb); ∂L/∂x_b = Σ_i J_x σ*(x_b, θ_i)ᵀ r_b, r = ∂L/∂Φ / N,
+    # a reduction over particle tiles with the activations recomputed (no B×N buffer)
+    pid = tl.program_id(0)
+    pb = pid % n_bblk
+    sp = pid // n_bblk
+    DT = th_ptr.dtype.element_ty
+    bi = (pb * BB + tl.arange(0, BB)).to(tl.int64)
+    ji = tl.arange(0, DIN_BLK)
+    ci = tl.arange(0, C_BLK)
+    b_ok = bi < B
+    j_ok = ji < DIN
+    x = tl.load(x_ptr + bi[:, None] * sxb + ji[None, :] * sxj,
+                mask=b_ok[:, None] & j_ok[None, :], other=0.0)  # fmt: skip
+    gx = tl.zeros((BB, DIN_BLK), dtype=DT)
+    if UNIT == 0:
+        # ∂L/∂x_b = Σ_k Σ_i r_bk s_bik (1 − s_bik) z_ik·
+        for k in range(C):
+            r = tl.load(g_ptr + bi * sgb + k * sgk, mask=b_ok, other=0.0) / N
+            for nb in range(sp * BN, N, SPLIT * BN):
+                nn = (nb + tl.arange(0, BN)).to(tl.int64)
+                n_ok = nn < N
+                # padded particles load z = 0 and so contribute nothing
+                z = tl.load(th_ptr + nn[:, None] * stn + (k * DIN + ji)[None, :] * stm,
+                            mask=n_ok[:, None] & j_ok[None, :], other=0.0)  # fmt: skip
+                s = _sigmoid(tl.dot(x, tl.trans(z), input_precision=PRECISION, out_dtype=DT))
+                q = r[:, None] * (s * (1.0 - s))
+                gx += tl.dot(q, z, input_precision=PRECISION, out_dtype=DT)
+    else:
+        # ∂L/∂x_b = Σ_i (a_i·r_b) act'(u_bi) w_i
+        r = tl.load(g_ptr + bi[:, None] * sgb + ci[None, :] * sgk,
+                    mask=b_ok[:, None] & (ci < C)[None, :], other=0.0) / N  # fmt: skip
+        for nb in range(sp * BN, N, SPLIT * BN):
+            nn = (nb + tl.arange(0, BN)).to(tl.int64)
+            n_ok = nn < N
+            w = tl.load(th_ptr + nn[:, None] * stn + (C + ji)[None, :] * stm,
+                        mask=n_ok[:, None] & j_ok[None, :], other=0.0)  # fmt: skip
+            bias = tl.load(th_ptr + nn * stn + (C + DIN) * stm, mask=n_ok, other=0.0)
+            a = tl.load(th_ptr + nn[:, None] * stn + ci[None, :] * stm,
+                        mask=n_ok[:, None] & (ci < C)[None, :], other=0.0)  # fmt: skip
+            u = tl.dot(x, tl.trans(w), input_precision=PRECISION, out_dtype=DT) + bias[None, :]
+            _, hp = _act(u, ACT)
+            s = tl.dot(r, tl.trans(a), input_precision=PRECISION, out_dtype=DT)  # a_i·r_b
+            gx += tl.dot(s * hp, w, input_precision=PRECISION, out_dtype=DT)
+    tl.store(part_ptr + (sp * B + bi[:, None]) * DIN + ji[None, :], gx,
+             mask=b_ok[:, None] & j_ok[None, :])  # fmt: skip
+
+
+@triton.jit
+def _pf_grad_theta_kernel(
+    x_ptr, th_ptr, g_ptr,
+    part_ptr,  # out (SPLIT, N, D): this split's share of ∂L/∂θ
+    B, N, sxb, sxj, stn, stm, sgb, sgk, n_nblk,
+    UNIT: tl.constexpr, ACT: tl.constexpr, C: tl.constexpr, DIN: tl.constexpr,
+    D: tl.constexpr, C_BLK: tl.constexpr, DIN_BLK: tl.constexpr, BB: tl.constexpr,
+    BN: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    # program = (head k [matrix unit only], split sp, particle tile pn); ∂L/∂θ_i =
+    # Σ_b J_θ σ*(x_b, θ_i)ᵀ r_b, a reduction over sample tiles with the activations recomputed.
+    # Padded samples have r_b = 0 (masked load), which zeroes every term they would add.
+    pid = tl.program_id(0)
+    pn = pid % n_nblk
+    sp = (pid // n_nblk) % SPLIT
+    k = pid // (n_nblk * SPLIT)
+    DT = th_ptr.dtype.element_ty
+    nn = (pn * BN + tl.arange(0, BN)).to(tl.int64)
+    ji = tl.arange(0, DIN_BLK)
+    ci = tl.arange(0, C_BLK)
+    n_ok = nn < N
+    j_ok = ji < DIN
+    out_base = part_ptr + (sp * N + nn) * D
+    if UNIT == 0:
+        # ∂L/∂z_ikj = Σ_b r_bk s_bik (1 − s_bik) x_bj
+        z = tl.load(th_ptr + nn[:, None] * stn + (k * DIN + ji)[None, :] * stm,
+                    mask=n_ok[:, None] & j_ok[None, :], other=0.0)  # fmt: skip
+        gz = tl.zeros((BN, DIN_BLK), dtype=DT)
+        for b0 in range(sp * BB, B, SPLIT * BB):
+            bi = (b0 + tl.arange(0, BB)).to(tl.int64)
+            b_ok = bi < B
+            x = tl.load(x_ptr + bi[:, None] * sxb + ji[None, :] * sxj,
+                        mask=b_ok[:, None] & j_ok[None, :], other=0.0)  # fmt: skip
+            r = tl.load(g_ptr + bi * sgb + k * sgk, mask=b_ok, other=0.0) / N
+            s = _sigmoid(tl.dot(x, tl.trans(z), input_precision=PRECISION, out_dtype=DT))
+            q = r[:, None] * (s * (1.0 - s))
+            gz += tl.dot(tl.trans(q), x, input_precision=PRECISION, out_dtype=DT)
+        tl.store(out_base[:, None] + (k * DIN + ji)[None, :], gz,
+                 mask=n_ok[:, None] & j_ok[None, :])  # fmt: skip
+    else:
+        # ∂a_i = Σ_b act(u_bi) r_b, ∂w_i = Σ_b q_bi x_b, ∂b_i = Σ_b q_bi,
+        # q_bi = (a_i·r_b) act'(u_bi)
+        w = tl.load(th_ptr + nn[:, None] * stn + (C + ji)[None, :] * stm,
+                    mask=n_ok[:, None] & j_ok[None, :], other=0.0)  # fmt: skip
+        bias = tl.load(th_ptr + nn * stn + (C + DIN) * stm, mask=n_ok, other=0.0)
+        a = tl.load(th_ptr + nn[:, None] * stn + ci[None, :] * stm,
+                    mask=n_ok[:, None] & (ci < C)[None, :], other=0.0)  # fmt: skip
+        ga = tl.zeros((BN, C_BLK), dtype=DT)
+        gw = tl.zeros((BN, DIN_BLK), dtype=DT)
+        gb = tl.zeros((BN,), dtype=DT)
+        for b0 in range(sp * BB, B, SPLIT * BB):
+            bi = (b0 + tl.arange(0, BB)).to(tl.int64)
+            b_ok = bi < B
+            x = tl.load(x_ptr + bi[:, None] * sxb + ji[None, :] * sxj,
+                        mask=b_ok[:, None] & j_ok[None, :], other=0.0)  # fmt: skip
+            r = tl.load(g_ptr + bi[:, None] * sgb + ci[None, :] * sgk,
+                        mask=b_ok[:, None] & (ci < C)[None, :], other=0.0) / N  # fmt: skip
+            u = tl.dot(x, tl.trans(w), input_precision=PRECISION, out_dtype=DT) + bias[None, :]
+            h, hp = _act(u, ACT)
+            ga += tl.dot(tl.trans(h), r, input_precision=PRECISION, out_dtype=DT)
+            q = tl.dot(r, tl.trans(a), input_precision=PRECISION, out_dtype=DT) * hp
+            gw += tl.dot(tl.trans(q), x, input_precision=PRECISION, out_dtype=DT)
+            gb += tl.sum(q, axis=0)
+        tl.store(out_base[:, None] + ci[None, :], ga, mask=n_ok[:, None] & (ci < C)[None, :])
+        tl.store(out_base[:, None] + (C + ji)[None, :], gw, mask=n_ok[:, None] & j_ok[None, :])
+        tl.store(out_base + (C + DIN), gb, mask=n_ok)
+
+
+# ---------------------------------------------------------------------------------------------
 # launcher
 # ---------------------------------------------------------------------------------------------
 
@@ -874,6 +1084,167 @@ def particle_steps_triton(
     return out, snaps, losses
 
 
+PF_MAX_DIN = 256  # particle_forward keeps whole rows of x (and of w / z_k) in registers
+PF_MAX_C = 256  # standard unit: the c outputs a_i (and Φ_b, r_b) are one register tile
+
+
+def _pf_unit_reasons(unit: Unit) -> list[str]:
+    reasons = []
+    if unit.d > PF_MAX_DIN:
+        reasons.append(
+            f"the fused particle_forward kernels keep whole input rows on chip: d <= "
+            f"{PF_MAX_DIN}, got d = {unit.d}"
+        )
+    if unit.code == StandardUnit.code and unit.c > PF_MAX_C:
+        reasons.append(
+            f"the fused particle_forward kernels keep the c outputs of the standard unit on "
+            f"chip: c <= {PF_MAX_C}, got c = {unit.c}"
+        )
+    return reasons
+
+
+def _pf_check_inputs(x: torch.Tensor, theta: torch.Tensor, unit: Unit) -> None:
+    if not isinstance(unit, Unit) or unit.code not in (MatrixUnit.code, StandardUnit.code):
+        raise TypeError(f"unit must be a MatrixUnit or a StandardUnit, got {unit!r}")
+    for t, name, width, what in ((x, "x", unit.d, "(B, d)"), (theta, "theta", unit.D, "(N, D)")):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating torch.Tensor of shape {what}")
+        if t.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"{name} must be float32 or float64, got {t.dtype}")
+        if t.ndim != 2 or t.shape[1] != width:
+            raise ValueError(
+                f"{name} must be {what} with {width} columns for {unit!r}, got {tuple(t.shape)}"
+            )
+    if x.dtype != theta.dtype or x.device != theta.device:
+        raise ValueError(
+            f"x and theta must share dtype and device, got {x.dtype} on {x.device} and "
+            f"{theta.dtype} on {theta.device}"
+        )
+    if theta.shape[0] < 1:
+        raise ValueError("theta must hold at least one particle (N >= 1)")
+    reasons = _pf_unit_reasons(unit)
+    if reasons:
+        raise ValueError("; ".join(reasons) + " (use the cpp or torch backend)")
+
+
+def _pf_config(x: torch.Tensor, unit: Unit, block_b: int | None, block_n: int | None):
+    """(BB, BN, DIN_BLK, C_BLK, PRECISION, num_warps). Every tl.dot operand dimension is >= 16
+    (the CUDA minimum); float32 uses IEEE products (no TF32: the float32 tolerance is 2e-5)."""
+    din_blk = max(16, _P2(unit.d))
+    c_blk = max(16, _P2(unit.c))
+    wide = din_blk > 64 or c_blk > 64
+    bb = max(16, _P2(block_b)) if block_b else (32 if wide else 64)
+    bn = max(16, _P2(block_n)) if block_n else (32 if wide else 64)
+    num_warps = 8 if (x.device.type == "cuda" and wide) else 4
+    return bb, bn, din_blk, c_blk, "ieee", num_warps
+
+
+def _pf_split(dev: torch.device, tiles: int, reduced_tiles: int, split: int | None) -> int:
+    # split the reduced axis until the grid has ~4 programs per SM (1 on CPU / interpreter)
+    if split is None:
+        on_gpu = dev.type == "cuda"
+        sms = torch.cuda.get_device_properties(dev).multi_processor_count if on_gpu else 0
+        split = triton.cdiv(4 * sms, tiles) if on_gpu else 1
+    return max(1, min(int(split), reduced_tiles))
+
+
+def particle_forward_triton(
+    x: torch.Tensor,
+    theta: torch.Tensor,
+    unit: Unit,
+    *,
+    block_b: int | None = None,
+    block_n: int | None = None,
+    split: int | None = None,
+) -> torch.Tensor:
+    """Φ_θ(x_b) = (1/N) Σ_i σ*(x_b, θ_i) for every sample, fused (no B×N buffer).
+
+    x (B, d), theta (N, D) float32 / float64 of the same dtype and device, any strides →
+    (B, c) in that dtype. Grid over (sample tile × split of N [× output k for the matrix unit]);
+    each program loops over its particle tiles, forms the pre-activations with ``tl.dot``
+    (IEEE fp32 or fp64 products and sums, no TF32) and accumulates Φ in the input dtype. The
+    ``split`` partial sums (each already divided by N) are added at the end. ``block_b`` /
+    ``block_n`` / ``split`` override the tile sizes and the split (tests use them).
+
+    Example::
+
+        phi = particle_forward_triton(x, theta, MatrixUnit(2, 2))
+    """
+    _pf_check_inputs(x, theta, unit)
+    B, N = x.shape[0], theta.shape[0]
+    out = torch.empty((B, unit.c), dtype=x.dtype, device=x.device)
+    if B == 0:
+        return out
+    BB, BN, DIN_BLK, C_BLK, precision, nw = _pf_config(x, unit, block_b, block_n)
+    n_bblk = triton.cdiv(B, BB)
+    heads = unit.c if unit.code == MatrixUnit.code else 1
+    SPLIT = _pf_split(x.device, n_bblk * heads, triton.cdiv(N, BN), split)
+    part = out[None] if SPLIT == 1 else x.new_empty((SPLIT, B, unit.c))
+    _pf_forward_kernel[(n_bblk * SPLIT * heads,)](
+        x, theta, part, B, N, x.stride(0), x.stride(1), theta.stride(0), theta.stride(1), n_bblk,
+        UNIT=unit.code, ACT=unit.activation_code, C=unit.c, DIN=unit.d, C_BLK=C_BLK,
+        DIN_BLK=DIN_BLK, BB=BB, BN=BN, SPLIT=SPLIT, PRECISION=precision, num_warps=nw,
+    )  # fmt: skip
+    return out if SPLIT == 1 else part.sum(0)
+
+
+def particle_forward_backward_triton(
+    x: torch.Tensor,
+    theta: torch.Tensor,
+    unit: Unit,
+    grad_phi: torch.Tensor,
+    *,
+    block_b: int | None = None,
+    block_n: int | None = None,
+    split: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(∂L/∂θ (N, D), ∂L/∂x (B, d)) of L = Σ_bk grad_phi[b, k] Φ_θ(x_b)_k, fused.
+
+    With r = grad_phi / N: ∂L/∂θ_i = Σ_b J_θ σ*(x_b, θ_i)ᵀ r_b and ∂L/∂x_b = Σ_i J_x σ*(x_b, θ_i)ᵀ
+    r_b. Two kernels recompute the activations tile by tile (FlashAttention-style, no B×N
+    buffer): one with a grid over particle tiles that loops over sample tiles (∂θ), one with a
+    grid over sample tiles that loops over particle tiles (∂x); each may split its reduced axis
+    (partials added at the end). x (B, d), theta (N, D), grad_phi (B, c), any strides; outputs in
+    x's dtype. Precision: IEEE fp32 or fp64 products and sums (no TF32).
+    """
+    _pf_check_inputs(x, theta, unit)
+    B, N = x.shape[0], theta.shape[0]
+    if not isinstance(grad_phi, torch.Tensor) or not grad_phi.is_floating_point():
+        raise TypeError(f"grad_phi must be a floating torch.Tensor of shape ({B}, {unit.c})")
+    if tuple(grad_phi.shape) != (B, unit.c):
+        raise ValueError(f"grad_phi must be ({B}, {unit.c}), got {tuple(grad_phi.shape)}")
+    if grad_phi.device != x.device:
+        raise ValueError(f"grad_phi is on {grad_phi.device}, x on {x.device}")
+    g = grad_phi.to(x.dtype)  # the kernels read r = g / N in the input dtype
+    grad_theta = torch.empty((N, unit.D), dtype=x.dtype, device=x.device)
+    grad_x = torch.empty((B, unit.d), dtype=x.dtype, device=x.device)
+    if B == 0:
+        return grad_theta.zero_(), grad_x
+    BB, BN, DIN_BLK, C_BLK, precision, nw = _pf_config(x, unit, block_b, block_n)
+    n_bblk, n_nblk = triton.cdiv(B, BB), triton.cdiv(N, BN)
+    heads = unit.c if unit.code == MatrixUnit.code else 1
+    strides = (x.stride(0), x.stride(1), theta.stride(0), theta.stride(1), g.stride(0),
+               g.stride(1))  # fmt: skip
+    meta = dict(UNIT=unit.code, ACT=unit.activation_code, C=unit.c, DIN=unit.d, C_BLK=C_BLK,
+                DIN_BLK=DIN_BLK, BB=BB, BN=BN, PRECISION=precision, num_warps=nw)  # fmt: skip
+
+    split_t = _pf_split(x.device, n_nblk * heads, n_bblk, split)
+    part_t = grad_theta[None] if split_t == 1 else x.new_empty((split_t, N, unit.D))
+    _pf_grad_theta_kernel[(n_nblk * split_t * heads,)](
+        x, theta, g, part_t, B, N, *strides, n_nblk, D=unit.D, SPLIT=split_t, **meta
+    )
+    split_x = _pf_split(x.device, n_bblk, n_nblk, split)
+    part_x = grad_x[None] if split_x == 1 else x.new_empty((split_x, B, unit.d))
+    _pf_grad_x_kernel[(n_bblk * split_x,)](
+        x, theta, g, part_x, B, N, *strides, n_bblk, SPLIT=split_x, **meta
+    )
+    if split_t > 1:
+        grad_theta = part_t.sum(0)
+    if split_x > 1:
+        grad_x = part_x.sum(0)
+    return grad_theta, grad_x
+
+
 # ---------------------------------------------------------------------------------------------
 # public entry point (registry)
 # ---------------------------------------------------------------------------------------------
@@ -910,3 +1281,37 @@ def particle_steps(
     scheme, teacher and noise of :mod:`symkern.meanfield.problem` (see the module docstring).
     """
     return particle_steps_triton(theta, problem, step0, steps, snapshot_every)
+
+
+def _pf_check(inputs: Mapping[str, Any]) -> list[str]:
+    x, theta = inputs.get("x"), inputs.get("theta")
+    reasons = []
+    if isinstance(x, torch.Tensor) and x.ndim == 2 and x.shape[1] > PF_MAX_DIN:
+        reasons.append(
+            f"the fused particle_forward kernels keep whole input rows on chip: d <= "
+            f"{PF_MAX_DIN}, got d = {x.shape[1]}"
+        )
+    if isinstance(x, torch.Tensor) and isinstance(theta, torch.Tensor):
+        if x.device != theta.device:
+            reasons.append(f"x is on {x.device}, theta on {theta.device}")
+    return reasons
+
+
+@register_kernel(
+    "particle_forward", "triton", dtypes=(torch.float32, torch.float64), check=_pf_check
+)
+def particle_forward(x: torch.Tensor, theta: torch.Tensor, unit: Unit) -> torch.Tensor:
+    """Φ (B, c) = (1/N) Σ_i σ*(x_b, θ_i) for x (B, d), θ (N, D); fused, no B×N buffer (see
+    :func:`particle_forward_triton`)."""
+    return particle_forward_triton(x, theta, unit)
+
+
+@register_kernel(
+    "particle_forward_backward", "triton", dtypes=(torch.float32, torch.float64), check=_pf_check
+)
+def particle_forward_backward(
+    x: torch.Tensor, theta: torch.Tensor, unit: Unit, grad_phi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(∂L/∂θ (N, D), ∂L/∂x (B, d)) from ∂L/∂Φ (B, c); activations recomputed per tile (see
+    :func:`particle_forward_backward_triton`)."""
+    return particle_forward_backward_triton(x, theta, unit, grad_phi)
