@@ -121,33 +121,29 @@ def test_gradcheck_float64(unit, B, N):
     )
 
 
-def _opcheck_args():
+def _opcheck_args(backend="triton"):
     unit = StandardUnit(2, 2, "tanh")
     x, theta, _ = _inputs(unit, 3, 5, seed=6)
-    return (x.to(DEV).requires_grad_(), theta.to(DEV).requires_grad_(), unit.code,
-            unit.activation_code, unit.c, unit.d, "triton")  # fmt: skip
+    dev = DEV if backend == "triton" else "cpu"
+    return (x.to(dev).requires_grad_(), theta.to(dev).requires_grad_(), unit.code,
+            unit.activation_code, unit.c, unit.d, backend)  # fmt: skip
 
 
-def test_opcheck():
-    from symkern.ops.particles import _particle_forward_op
+@pytest.mark.parametrize("backend", ["triton", "cpp"])
+def test_opcheck(backend):
+    """Every torch.library check (schema, fake tensors, autograd registration, AOT dispatch)
+    of the forward op and of its backward op."""
+    from symkern.backends.registry import get_backend
+    from symkern.ops.particles import _particle_forward_backward_op, _particle_forward_op
 
+    if get_backend(backend).availability_reasons():
+        pytest.skip(f"{backend} unavailable")
+    args = _opcheck_args(backend)
+    torch.library.opcheck(_particle_forward_op, args)
+    x, theta, *rest = args
+    grad_phi = torch.randn(x.shape[0], rest[2], dtype=x.dtype, device=x.device)
     torch.library.opcheck(
-        _particle_forward_op, _opcheck_args(),
-        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
-    )  # fmt: skip
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="the op's backward calls the particle_forward_backward kernel directly (not a "
-    "torch.library op with a fake impl), so AOT tracing hands it fake tensors; the cpp "
-    "backend fails the same way (symkern/ops/particles.py)",
-)
-def test_opcheck_aot_dispatch():
-    from symkern.ops.particles import _particle_forward_op
-
-    torch.library.opcheck(
-        _particle_forward_op, _opcheck_args(), test_utils=("test_aot_dispatch_dynamic",)
+        _particle_forward_backward_op, (x.detach(), theta.detach(), grad_phi, *rest)
     )
 
 

@@ -311,11 +311,28 @@ def _particle_forward_setup(ctx, inputs, output):
     ctx.codes, ctx.backend = codes, backend
 
 
+# The backward is an op of its own (with a fake implementation), so AOT autograd /
+# torch.compile can trace through model_output's gradient without running a kernel on fake
+# tensors.
+@torch.library.custom_op("symkern::particle_forward_backward", mutates_args=())
+def _particle_forward_backward_op(
+    x: torch.Tensor, theta: torch.Tensor, grad_phi: torch.Tensor, unit_code: int,
+    activation_code: int, c: int, d: int, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    unit = unit_from_codes(unit_code, activation_code, c, d)
+    kernel = select_kernel("particle_forward_backward", {"x": x, "theta": theta}, backend)
+    grad_theta, grad_x = kernel.fn(x, theta, unit, grad_phi.contiguous())
+    return grad_theta.contiguous(), grad_x.contiguous()
+
+
+@_particle_forward_backward_op.register_fake
+def _(x, theta, grad_phi, unit_code, activation_code, c, d, backend):
+    return theta.new_empty(theta.shape), x.new_empty(x.shape)
+
+
 def _particle_forward_backward(ctx, grad_phi):
     x, theta = ctx.saved_tensors
-    unit = unit_from_codes(*ctx.codes)
-    kernel = select_kernel("particle_forward_backward", {"x": x, "theta": theta}, ctx.backend)
-    grad_theta, grad_x = kernel.fn(x, theta, unit, grad_phi.contiguous())
+    grad_theta, grad_x = _particle_forward_backward_op(x, theta, grad_phi, *ctx.codes, ctx.backend)
     return grad_x, grad_theta, None, None, None, None, None
 
 
