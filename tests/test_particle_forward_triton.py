@@ -129,7 +129,7 @@ def _opcheck_args(backend="triton"):
             unit.activation_code, unit.c, unit.d, backend)  # fmt: skip
 
 
-@pytest.mark.parametrize("backend", ["triton", "cpp"])
+@pytest.mark.parametrize("backend", ["triton", "cpp", "torch"])
 def test_opcheck(backend):
     """Every torch.library check (schema, fake tensors, autograd registration, AOT dispatch)
     of the forward op and of its backward op."""

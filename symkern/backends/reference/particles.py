@@ -118,9 +118,10 @@ def particle_forward(x: torch.Tensor, theta: torch.Tensor, unit: Unit) -> torch.
 def particle_forward_backward(
     x: torch.Tensor, theta: torch.Tensor, unit: Unit, grad_phi: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(∂L/∂θ (N, D), ∂L/∂x (B, d)) from ∂L/∂Φ (B, c), by autograd through :meth:`Unit.output`."""
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        tg = theta.detach().requires_grad_(True)
-        gt, gx = torch.autograd.grad(unit.output(xg, tg), (tg, xg), grad_phi)
+    """(∂L/∂θ (N, D), ∂L/∂x (B, d)) from ∂L/∂Φ (B, c), by autograd through :meth:`Unit.output`.
+
+    torch.func.vjp, not torch.autograd.grad: this runs inside the symkern::particle_forward_backward
+    custom op, below the autograd dispatch key, where only functorch transforms still record."""
+    _, vjp = torch.func.vjp(lambda t, a: unit.output(a, t), theta.detach(), x.detach())
+    gt, gx = vjp(grad_phi)
     return gt, gx
