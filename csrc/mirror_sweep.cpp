@@ -65,15 +65,11 @@
 #include <string>
 #include <vector>
 
+#include "isa.h"
 #include "philox.h"
 
-namespace symkern::mirror_sweep {
-enum class Isa { baseline = 0, avx2 = 1, avx512 = 2 };
-}
-
 #define SYMKERN_MIRROR_SWEEP_BODY 1
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
-#define SYMKERN_MIRROR_SWEEP_MULTI_ISA 1
+#ifdef SYMKERN_MULTI_ISA
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,bmi,bmi2,prefer-vector-width=512")
 // (GCC's C++ front end does not define __AVX512F__ after `#pragma GCC target`, so the body is
@@ -98,55 +94,14 @@ namespace symkern::mirror_sweep::isa_base {
 
 namespace symkern::mirror_sweep {
 
-static Isa detect_isa() {
-  Isa best = Isa::baseline;
-#ifdef SYMKERN_MIRROR_SWEEP_MULTI_ISA
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::avx2;
-  if (best == Isa::avx2 && __builtin_cpu_supports("avx512f") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512bw"))
-    best = Isa::avx512;
-#endif
-  if (const char* env = std::getenv("SYMKERN_MIRROR_SWEEP_ISA")) {
-    const std::string s(env);
-    Isa want = best;
-    if (s == "baseline") want = Isa::baseline;
-    if (s == "avx2") want = Isa::avx2;
-    if (static_cast<int>(want) < static_cast<int>(best)) best = want;
-  }
-  return best;
-}
-
-static Isa isa() {
-  static const Isa v = detect_isa();
+static ::symkern::isa::Isa isa() {
+  static const auto v = ::symkern::isa::detect("SYMKERN_MIRROR_SWEEP_ISA");
   return v;
 }
 
-std::string isa_name() {
-  switch (isa()) {
-    case Isa::avx512:
-      return "avx512";
-    case Isa::avx2:
-      return "avx2";
-    default:
-      return "baseline";
-  }
-}
+std::string isa_name() { return ::symkern::isa::name(isa()); }
 
-#ifdef SYMKERN_MIRROR_SWEEP_MULTI_ISA
-#define SYMKERN_MS_DISPATCH(call) \
-  switch (isa()) {                \
-    case Isa::avx512:             \
-      return isa_avx512::call;    \
-    case Isa::avx2:               \
-      return isa_avx2::call;      \
-    default:                      \
-      return isa_base::call;      \
-  }
-#else
-#define SYMKERN_MS_DISPATCH(call) return isa_base::call;
-#endif
+#define SYMKERN_MS_DISPATCH(call) SYMKERN_ISA_DISPATCH(isa(), call)
 
 template <class T>
 void sweep(const Problem<T>& p, std::int64_t step0, std::int64_t steps,

@@ -79,19 +79,15 @@
 #include <type_traits>
 #include <vector>
 
+#include "isa.h"
 #include "philox.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+#ifdef SYMKERN_MULTI_ISA
 #include <immintrin.h>
 #endif
 
-namespace symkern::particles {
-enum class Isa { baseline = 0, avx2 = 1, avx512 = 2 };
-}
-
 #define SYMKERN_PARTICLES_BODY 1
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
-#define SYMKERN_PARTICLES_MULTI_ISA 1
+#ifdef SYMKERN_MULTI_ISA
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,bmi,bmi2,prefer-vector-width=512")
 // (GCC's C++ front end does not define __AVX512F__ after `#pragma GCC target`, so the body is
@@ -116,56 +112,14 @@ namespace symkern::particles::isa_base {
 
 namespace symkern::particles {
 
-static Isa detect_isa() {
-  Isa best = Isa::baseline;
-#ifdef SYMKERN_PARTICLES_MULTI_ISA
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::avx2;
-  if (best == Isa::avx2 && __builtin_cpu_supports("avx512f") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512bw"))
-    best = Isa::avx512;
-#endif
-  if (const char* env = std::getenv("SYMKERN_PARTICLES_ISA")) {
-    const std::string s(env);
-    Isa want = best;
-    if (s == "baseline") want = Isa::baseline;
-    if (s == "avx2") want = Isa::avx2;
-    if (s == "avx512") want = Isa::avx512;
-    if (static_cast<int>(want) < static_cast<int>(best)) best = want;
-  }
-  return best;
-}
-
-static Isa isa() {
-  static const Isa v = detect_isa();
+static ::symkern::isa::Isa isa() {
+  static const auto v = ::symkern::isa::detect("SYMKERN_PARTICLES_ISA");
   return v;
 }
 
-std::string isa_name() {
-  switch (isa()) {
-    case Isa::avx512:
-      return "avx512";
-    case Isa::avx2:
-      return "avx2";
-    default:
-      return "baseline";
-  }
-}
+std::string isa_name() { return ::symkern::isa::name(isa()); }
 
-#ifdef SYMKERN_PARTICLES_MULTI_ISA
-#define SYMKERN_DISPATCH(call)                              \
-  switch (isa()) {                                          \
-    case Isa::avx512:                                       \
-      return isa_avx512::call;                              \
-    case Isa::avx2:                                         \
-      return isa_avx2::call;                                \
-    default:                                                \
-      return isa_base::call;                                \
-  }
-#else
-#define SYMKERN_DISPATCH(call) return isa_base::call;
-#endif
+#define SYMKERN_DISPATCH(call) SYMKERN_ISA_DISPATCH(isa(), call)
 
 template <class T>
 void particle_steps(const Problem<T>& p, const T* theta_in, index_t R, index_t N, T* theta_out,
