@@ -9,6 +9,7 @@
 #include "buffers.h"
 #include "common.h"
 #include "fixed_point.h"
+#include "mirror_bindings.h"
 #include "mirror_sweep_bindings.h"
 #include "orbit.h"
 #include "particles_bindings.h"
@@ -163,4 +164,5 @@ PYBIND11_MODULE(_C, m) {
 
   symkern::bind_particles(m);
   symkern::bind_mirror_sweep(m);
+  symkern::bind_mirror(m);
 }

@@ -231,6 +231,7 @@ _KERNEL_MODULES: dict[str, tuple[str, ...]] = {
     "cpp": (
         "symkern.backends.cpp",
         "symkern.backends.cpp_particles",
+        "symkern.backends.cpp_mirror",
         "symkern.backends.cpp_mirror_sweep",
     ),
     "triton": ("symkern.backends.triton",),

@@ -5,14 +5,13 @@ symmetric solutions on Oᵀθ = 0; weight decay (convention ℓ + γ‖θ‖²) 
 them attracting.
 
 * :class:`Mirror` — structured orthonormal O ∈ R^{d×k} (never a d×d matrix): reflect, project,
-  breaking, is_symmetric.
+  breaking, is_symmetric — fused C++ / Triton / torch kernels (op ``symkern::mirror_apply``).
 * :mod:`symkern.mirror.detect` — permutation / sign-flip / rotation mirrors of torch models, and
   the positive rescalings of their ReLU neurons.
 * :class:`DCS`, :class:`GroupGateDCS`, :class:`LowRankDCS` — differentiable constraint by symmetry.
 * :func:`critical_decay`, :func:`noise_lyapunov`, :func:`sample_curvatures` — thresholds.
-
-Pure-torch layer; batched C++/Triton kernels can replace :meth:`Mirror.coefficients` and
-:meth:`Mirror.expand` later.
+* :func:`train_sweep` — many small models trained in one call (op ``mirror_sweep``: C++, Triton
+  and torch kernels).
 """
 
 from symkern.mirror import detect

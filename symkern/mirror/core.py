@@ -17,9 +17,12 @@ constructor            column j                                    s
 ``dense``              O[:, j] (stored as a dense (d, k) matrix)   d
 =====================  ==========================================  ===
 
-With this layout c = Oᵀθ is a gather + weighted sum and O c a scatter-add (``index_add``), both
-differentiable and batched over leading dims of θ. A fused C++/Triton kernel can replace
-:meth:`Mirror.coefficients` / :meth:`Mirror.expand` without changing the API.
+With this layout c = Oᵀθ is a gather + weighted sum and O c a scatter-add, batched over leading
+dims of θ. :meth:`Mirror.coefficients`, :meth:`Mirror.reflect`, :meth:`Mirror.project` and
+:meth:`Mirror.breaking` run the fused op ``symkern::mirror_apply`` (:mod:`symkern.ops.mirror`;
+C++, Triton and torch kernels chosen by the backend registry, differentiable): one kernel call
+gives c and θ − s·O c, one pass over θ when the columns have disjoint supports.
+:meth:`Mirror.expand` stays a torch ``index_add``.
 
 Columns may carry a group id (``groups``, shape (k,)): e.g. one group per pair of
 :meth:`Mirror.rescaling_pairs`. :meth:`Mirror.split` returns one Mirror per group (each one is a
@@ -32,6 +35,8 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+
+from symkern.ops.mirror import MirrorPlan, make_mirror_plan, mirror_apply
 
 __all__ = ["Mirror"]
 
@@ -306,28 +311,26 @@ class Mirror:
         if theta.ndim < 1 or theta.shape[-1] != self.d:
             raise ValueError(f"theta must have shape (..., d={self.d}), got {tuple(theta.shape)}")
 
-    def _tensors(self, like: torch.Tensor):
+    def _plan(self, like: torch.Tensor) -> MirrorPlan:
+        """O in the kernels' form on ``like``'s device and dtype (built once, then cached)."""
         key = (like.dtype, like.device)
         if key not in self._cache:
-            if self._dense is not None:
-                self._cache[key] = (self._dense.to(like.device, like.dtype),)
-            else:
-                self._cache[key] = (
-                    self.index.to(like.device),
-                    self.value.to(like.device, like.dtype),
-                    self.index.reshape(-1).to(like.device),
-                )
+            self._cache[key] = make_mirror_plan(
+                self.d, self.index, self.value, self._dense, like.dtype, like.device
+            )
         return self._cache[key]
 
     # ------------------------------------------------------------------ ops
-    def coefficients(self, theta: torch.Tensor) -> torch.Tensor:
-        """c = Oᵀθ, shape (..., k). (The hot path; a fused kernel may replace it.)"""
+    # coefficients / reflect / project / breaking run the fused ``symkern::mirror_apply`` op
+    # (symkern.ops.mirror): one kernel call gives c = Oᵀθ and θ − s·O c for all rows of θ.
+    def coefficients(self, theta: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+        """c = Oᵀθ, shape (..., k).
+
+        ``backend``: ``"auto"`` (cpp for CPU tensors, triton for CUDA tensors, per the registry),
+        or ``"cpp"`` / ``"triton"`` / ``"torch"`` forced (fails loudly if it cannot run).
+        """
         self._check_theta(theta)
-        t = self._tensors(theta)
-        if self._dense is not None:
-            return theta @ t[0]
-        index, value, _ = t
-        return (theta[..., index] * value).sum(-1)
+        return mirror_apply(theta, self._plan(theta), "coefficients", backend=backend)[1]
 
     def expand(self, c: torch.Tensor) -> torch.Tensor:
         """O c for c of shape (..., k) → (..., d)."""
@@ -335,26 +338,36 @@ class Mirror:
             raise TypeError(f"c must be a torch.Tensor, got {type(c).__name__}")
         if c.ndim < 1 or c.shape[-1] != self.k:
             raise ValueError(f"c must have shape (..., k={self.k}), got {tuple(c.shape)}")
-        t = self._tensors(c)
-        if self._dense is not None:
-            return c @ t[0].T
-        index, value, flat = t
-        src = (c[..., None] * value).reshape(*c.shape[:-1], value.numel())
+        plan = self._plan(c)
+        if plan.dense_t is not None:
+            return c @ plan.dense_t
+        src = (c[..., None] * plan.value).reshape(*c.shape[:-1], plan.value.numel())
         out = c.new_zeros(*c.shape[:-1], self.d)
-        return out.index_add(-1, flat, src)
+        return out.index_add(-1, plan.index.reshape(-1), src)
 
-    def reflect(self, theta: torch.Tensor) -> torch.Tensor:
-        """R_O θ = θ − 2 O(Oᵀθ), shape (..., d). An involution: reflect(reflect(θ)) = θ."""
-        return theta - 2 * self.expand(self.coefficients(theta))
+    def reflect(self, theta: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+        """R_O θ = θ − 2 O(Oᵀθ), shape (..., d). An involution: reflect(reflect(θ)) = θ.
 
-    def project(self, theta: torch.Tensor) -> torch.Tensor:
-        """θ_∥ = (I − OOᵀ)θ = θ − O(Oᵀθ): the orthogonal projection onto {Oᵀθ = 0}."""
-        return theta - self.expand(self.coefficients(theta))
+        ``backend``: as :meth:`coefficients`.
+        """
+        self._check_theta(theta)
+        return mirror_apply(theta, self._plan(theta), "reflect", backend=backend)[0]
 
-    def breaking(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def project(self, theta: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+        """θ_∥ = (I − OOᵀ)θ = θ − O(Oᵀθ): the orthogonal projection onto {Oᵀθ = 0}.
+
+        ``backend``: as :meth:`coefficients`.
+        """
+        self._check_theta(theta)
+        return mirror_apply(theta, self._plan(theta), "project", backend=backend)[0]
+
+    def breaking(
+        self, theta: torch.Tensor, *, backend: str = "auto"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(c, ‖c‖) with c = Oᵀθ of shape (..., k) and its Euclidean norm (...,): how far θ is
-        from the constraint set (‖c‖ = distance to {Oᵀθ = 0})."""
-        c = self.coefficients(theta)
+        from the constraint set (‖c‖ = distance to {Oᵀθ = 0}). ``backend``: as
+        :meth:`coefficients`."""
+        c = self.coefficients(theta, backend=backend)
         return c, torch.linalg.vector_norm(c, dim=-1)
 
     def group_norms(self, theta: torch.Tensor) -> torch.Tensor:
