@@ -118,8 +118,6 @@ class Backend:
     """A place kernels run. Subclasses say when they are usable at all and for which tensors."""
 
     name: str = ""
-    # modules whose import registers this backend's kernels (imported lazily, on first dispatch)
-    kernel_modules: tuple[str, ...] = ()
 
     def availability_reasons(self) -> list[str]:
         """Why this backend cannot run anything on this machine (empty = available)."""
