@@ -434,3 +434,11 @@ def torch_dtype(cfg) -> torch.dtype:
     if cfg.dtype not in ("float64", "float32"):
         raise ValueError(f"dtype must be float64 or float32, got {cfg.dtype!r}")
     return getattr(torch, cfg.dtype)
+
+
+def print_claims(results: Mapping[str, Any], out: str | Path) -> None:
+    """Print each claim of an experiment's results ("holds" / "FAILS" with its numbers), then
+    the wall time and where results.json is."""
+    for name, claim in results["claims"].items():
+        print(f"{name}: {'holds' if claim['holds'] else 'FAILS'} {claim}")
+    print(f"wall time {results['wall_time_s']:.1f} s; results in {Path(out) / 'results.json'}")

@@ -260,9 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(common.format_table(rows, ["gamma", "zeros (DCS)", "closed form", "zeros free",
                                      "max |θ − θ*|"]))  # fmt: skip
-    for name, c in res["claims"].items():
-        print(f"{name}: {'holds' if c['holds'] else 'FAILS'} {c}")
-    print(f"wall time {res['wall_time_s']:.1f} s; results in {Path(args.out) / 'results.json'}")
+    common.print_claims(res, args.out)
     return 0
 
 

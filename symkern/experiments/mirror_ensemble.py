@@ -475,9 +475,7 @@ def main(argv: list[str] | None = None) -> int:
                          s["identical_mean"][i], s["test_loss_mean"][i]])  # fmt: skip
     print(common.format_table(rows, ["act", "gamma", "noise", "live", "clusters", "identical",
                                      "test loss"]))  # fmt: skip
-    for name, cl in res["claims"].items():
-        print(f"{name}: {'holds' if cl['holds'] else 'FAILS'} {cl}")
-    print(f"wall time {res['wall_time_s']:.1f} s; results in {Path(args.out) / 'results.json'}")
+    common.print_claims(res, args.out)
     return 0
 
 

@@ -282,9 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     print("noise (γ = 0): " + ", ".join(
         f"σ={s:g}: rank {r}" for s, r in zip(c["noise"]["noise_sigmas"], c["noise"]["rank"],
                                               strict=True)))  # fmt: skip
-    for name, cl in res["claims"].items():
-        print(f"{name}: {'holds' if cl['holds'] else 'FAILS'} {cl}")
-    print(f"wall time {res['wall_time_s']:.1f} s; results in {Path(args.out) / 'results.json'}")
+    common.print_claims(res, args.out)
     return 0
 
 

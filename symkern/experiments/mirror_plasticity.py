@@ -546,9 +546,7 @@ def main(argv: list[str] | None = None) -> int:
                          c["loss_end_b"][j]])  # fmt: skip
     print(common.format_table(rows, ["factorization", "γ_A", "rank A", "rank B first", "rank B",
                                      "B steps to full", "loss B"]))  # fmt: skip
-    for name, cl in res["claims"].items():
-        print(f"{name}: {'holds' if cl['holds'] else 'FAILS'} {cl}")
-    print(f"wall time {res['wall_time_s']:.1f} s; results in {Path(args.out) / 'results.json'}")
+    common.print_claims(res, args.out)
     return 0
 
 

@@ -322,9 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             zip(r["gammas"], r["sparsity_gd_mean"], r["closed_form_mean"],
                 r["sparsity_linear_mean"], strict=True)]  # fmt: skip
     print(common.format_table(rows, ["d", "gamma", "sparsity GD", "P(|β|≤γ)", "plain linear"]))
-    for name, c in res["claims"].items():
-        print(f"{name}: {'holds' if c['holds'] else 'FAILS'} {c}")
-    print(f"wall time {res['wall_time_s']:.1f} s; results in {Path(args.out) / 'results.json'}")
+    common.print_claims(res, args.out)
     return 0
 
 
