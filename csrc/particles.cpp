@@ -18,11 +18,11 @@
 //   derivatives stored per tile of TILE particles), residuals, pass 2 (analytic gradient from
 //   the stored derivatives, weight decay, EA pull-back, Philox Langevin noise (projected for
 //   EA / project_noise runs), update in place), snapshots.
-// * Threads: OpenMP over runs. Optionally (SYMKERN_PARTICLES_TEAM_MIN_N=n, off by default — see
-//   team_min_particles) for R < threads and N >= n the threads split a run's particles (a team)
+// * Threads: OpenMP over runs. When R < threads and N >= team_min_particles() (2048 by default;
+//   SYMKERN_PARTICLES_TEAM_MIN_N=n or =off) the threads split a run's particles (a team)
 //   and meet at one barrier per step, where the partial
 //   sums over particles are combined in a fixed order (double-buffered, so one barrier suffices;
-//   the result does not depend on timing).
+//   the result does not depend on timing, only — at rounding level — on the team size).
 // * Activations. float64: std::exp / std::tanh (trajectories match the float64 torch reference
 //   to ~1e-12). float32: branch-free vectorisable approximations (exp by 2^n * degree-7 Taylor on
 //   [-ln2/2, ln2/2] with Cody-Waite reduction; tanh by an odd Taylor polynomial for |u| < 0.5 and
@@ -63,6 +63,8 @@
 //     so it stays off by default.
 //   Floors now (N = 5000): 200k sigmoids ~19 zmm ops per 16 and 20k Philox-10 normals ~2 ns each
 //     are both throughput-bound; the 60 µs target needs both cores (team mode) on an idle machine.
+//   Team mode on by default (next session, background only a nice-19 process, loadavg 1.9):
+//     N = 5000 vanilla 72-76 µs/step with 2 threads vs 128-157 with 1 (min/median of 7 calls).
 // * Instruction sets: the kernel body below is compiled three times (AVX-512, AVX2+FMA,
 //   baseline x86-64) by including this file into itself under `#pragma GCC target`, and
 //   dispatched at run time on the CPU's features — the wheel stays portable (no -march=native).
@@ -75,6 +77,7 @@
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -150,6 +153,24 @@ void normals_batch(std::uint64_t seed, std::uint32_t run_id, std::uint32_t step,
 
 void activation_errors(double lo, double hi, index_t n, double out[4]) {
   SYMKERN_DISPATCH(activation_errors_impl(lo, hi, n, out))
+}
+
+index_t team_min_particles() {
+  // On by default (the threads of a machine are there to be used, and a single run's N = 5000
+  // step is one core's worth of sigmoids: measured 72-76 us/step with two threads vs 128-157
+  // with one). Its cost: one barrier per step, which waits a time slice whenever another
+  // process holds a team thread's core (measured milliseconds per step on this shared 2-core
+  // machine with another busy tenant); SYMKERN_PARTICLES_TEAM_MIN_N=off (or OMP_NUM_THREADS=1)
+  // turns it off there.
+  static const index_t v = [] {
+    const char* env = std::getenv("SYMKERN_PARTICLES_TEAM_MIN_N");
+    if (env == nullptr || *env == '\0') return index_t{2048};
+    const std::string s(env);
+    if (s == "off" || s == "0") return std::numeric_limits<index_t>::max();
+    const long long n = std::atoll(env);
+    return n > 0 ? static_cast<index_t>(n) : std::numeric_limits<index_t>::max();
+  }();
+  return v;
 }
 
 void philox4x32_batch(const std::uint32_t* ctr, index_t n, std::uint32_t k0, std::uint32_t k1,
@@ -1200,17 +1221,6 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
     for (index_t q = 0; q < D; ++q) out[i * D + q] = th[q * cap + i];
 }
 
-inline index_t team_min_particles() {
-  static const index_t v = [] {
-    const char* env = std::getenv("SYMKERN_PARTICLES_TEAM_MIN_N");
-    // Off by default: on this shared 2-core machine a per-step OpenMP barrier costs milliseconds
-    // whenever another process holds the other core (measured 6 ms/step vs 0.46 ms single-
-    // threaded at N = 5000). SYMKERN_PARTICLES_TEAM_MIN_N=2048 turns it on for idle machines.
-    return env ? static_cast<index_t>(std::atoll(env)) : (index_t{1} << 62);
-  }();
-  return v;
-}
-
 template <class T>
 void steps_impl(const Problem<T>& p, const T* theta_in, index_t R, index_t N, T* theta_out,
                 T* snaps, T* losses, std::int64_t step0, std::int64_t steps,
@@ -1234,7 +1244,7 @@ void steps_impl(const Problem<T>& p, const T* theta_in, index_t R, index_t N, T*
   if (R <= 0 || N <= 0) return;
 
   const int nthr = ::symkern::max_threads();
-  if (nthr > 1 && R < nthr && N >= team_min_particles()) {
+  if (nthr > 1 && R < nthr && N >= ::symkern::particles::team_min_particles()) {
     // a team of threads per run, runs one after the other
     const int nt = static_cast<int>(std::min<index_t>(nthr, N / 256));
     std::vector<double> partial(2 * static_cast<std::size_t>(nt) * cx.Emax * p.c, 0.0);

@@ -55,6 +55,10 @@ void particle_forward_backward(const T* x, index_t B, const T* theta, index_t N,
                                int activation_code, index_t c, index_t d, const T* g_phi,
                                T* grad_theta, T* grad_x);
 
+// Smallest N at which threads split one run's particles (used when R < threads): 2048, or
+// SYMKERN_PARTICLES_TEAM_MIN_N (a positive int, or "off" / "0": never). Read once per process.
+index_t team_min_particles();
+
 // Which instruction-set variant the kernels dispatch to ("avx512", "avx2" or "baseline");
 // SYMKERN_PARTICLES_ISA=avx512|avx2|baseline overrides (down only).
 std::string isa_name();

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -304,6 +305,12 @@ inline void bind_particles(pybind11::module_& m) {
       py::arg("lo") = -30.0, py::arg("hi") = 30.0, py::arg("n") = 2000001,
       "Max error of the float32 fast sigmoid / tanh against double libm on n points of [lo, hi].");
 
+  m.def("particle_team_min_n",
+        []() {
+          const index_t v = particles::team_min_particles();
+          return v == std::numeric_limits<index_t>::max() ? index_t{-1} : v;
+        },
+        "Smallest N at which threads split one run's particles when R < threads (-1 if never).");
   m.def("particle_isa", &particles::isa_name,
         "Instruction-set variant the particle kernels run (avx512, avx2 or baseline).");
 }

@@ -310,3 +310,55 @@ def test_model_output_bad_inputs():
         model_output(torch.randn(5, 2), torch.randn(0, 4), unit)
     with pytest.raises(TypeError, match="x must be a floating"):
         model_output(torch.ones(5, 2, dtype=torch.int64), torch.randn(4, 4), unit)
+
+
+# --- team mode: the threads of the machine split ONE run's particles ------------------------------
+
+_TEAM_SCRIPT = """
+import json, torch, symkern, symkern._C as C
+from symkern import groups
+from symkern.meanfield import MatrixUnit, StandardUnit, Teacher
+from symkern.meanfield.trainer import initial_particles
+out = {"team_min_n": C.particle_team_min_n(), "threads": C.build_info()["max_threads"]}
+N = 700
+cases = [(MatrixUnit(2, 2), groups.c2_swap(), s, Teacher.paper("arbitrary").particles)
+         for s in ("vanilla", "DA", "DA-sample", "FA", "EA")]
+std = StandardUnit(d=3, c=2, activation="tanh")
+cases.append((std, (groups.cyclic(3), groups.cyclic(3).group.trivial_rep(2)), "FA",
+              0.5 * torch.randn(4, std.D, generator=torch.Generator().manual_seed(3),
+                                dtype=torch.float64)))
+for unit, group, scheme, teacher in cases:
+    theta = initial_particles(1, N, unit.D, seed=5, std=0.5)
+    kw = dict(unit=unit, teacher=teacher, group=group, scheme=scheme, alpha=5.0, tau=1e-3,
+              beta=1e-4, batch=5, sigma_pi=2.0, seed=11, steps=20, snapshot_every=10)
+    ref = symkern.particle_steps(theta, backend="torch", **kw)
+    got = symkern.particle_steps(theta, backend="cpp", **kw)
+    scale = ref.theta.abs().max().item()
+    out[f"{unit.__class__.__name__}/{scheme}"] = max(
+        (got.theta - ref.theta).abs().max().item() / scale,
+        (got.losses - ref.losses).abs().max().item() / ref.losses.abs().max().item())
+print(json.dumps(out))
+"""
+
+
+def test_team_mode_matches_reference():
+    """R = 1 < threads and N ≥ the team threshold: two threads split the run's particles (one
+    barrier per step, partial sums in a fixed order). 20 noisy float64 steps of every scheme
+    (and an FA standard-unit run) agree with the torch reference. Run in a subprocess so the
+    threshold (read once per process) and the thread count are set for it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SYMKERN_PARTICLES_TEAM_MIN_N": "256", "OMP_NUM_THREADS": "2"}
+    res = subprocess.run([sys.executable, "-c", _TEAM_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    if not symkern._C.build_info()["openmp"] or out["threads"] < 2:
+        pytest.skip("built without OpenMP: no teams")
+    assert out.pop("team_min_n") == 256 and out.pop("threads") == 2
+    assert len(out) == 6
+    for case, err in out.items():
+        assert err < 1e-9, (case, err)

@@ -14,9 +14,12 @@ The registry imports this module only when ``symkern._C`` is importable. The ker
   particles M_g θ_i, never materialised. :func:`_check` verifies the premise (m_z is the unit's
   ``param_action`` of orthogonal ρ; for the matrix unit ρ̂ are permutations) and otherwise
   reports the call unsupported, so it goes to another backend;
-* OpenMP over runs. Splitting one run's particles across threads (one barrier per step) exists
-  but is off by default (``SYMKERN_PARTICLES_TEAM_MIN_N=2048`` enables it): on this shared
-  2-core machine the barrier cost milliseconds per step whenever the other core was busy;
+* OpenMP over runs; when there are fewer runs than threads and N ≥ 2048, the threads split each
+  run's particles instead (a team, one barrier per step; partial sums combined in a fixed order,
+  so results depend on the team size only at rounding level). ``symkern._C.particle_team_min_n()``
+  reports the threshold; ``SYMKERN_PARTICLES_TEAM_MIN_N=n`` changes it and ``=off`` disables
+  teams — worth it on a machine shared with other busy processes, where the per-step barrier
+  waits for a descheduled thread (milliseconds per step measured on the project's 2-core box);
 * activations: float64 uses std::exp / std::tanh; float32 uses vectorisable approximations with a
   measured max error vs double libm on [-87, 87]: sigmoid ≤ 9.6e-8 absolute / 2.7e-7 relative
   (the AVX-512 16-lane sigmoid of the matrix-unit fast path; the scalar one ≤ 9.0e-8 / 1.5e-7),
