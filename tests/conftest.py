@@ -40,3 +40,12 @@ def particle_backend(backend_case):
     if not get_backend(backend_case.backend).has_kernel("particle_steps"):
         pytest.skip(f"no {backend_case.backend!r} kernel for op 'particle_steps' is implemented")
     return backend_case
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one torch intra-op thread (restored afterwards)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -15,18 +15,14 @@ from symkern.testing import assert_close
 F64 = torch.float64
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
-pytestmark = pytest.mark.skipif(
-    bool(get_backend("triton").availability_reasons()),
-    reason="; ".join(get_backend("triton").availability_reasons()),
-)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = [
+    pytest.mark.skipif(
+        bool(get_backend("triton").availability_reasons()),
+        reason="; ".join(get_backend("triton").availability_reasons()),
+    ),
+    # small torch ops: one torch thread is faster than two (and keeps timings stable)
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 def _rand(shape, g, scale=0.5):

@@ -21,12 +21,8 @@ from symkern.testing import assert_close
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# small torch ops: one torch thread is faster than two (and keeps timings stable on shared cores)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def gen(seed=0):
