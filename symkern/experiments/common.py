@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import platform
@@ -442,3 +443,24 @@ def print_claims(results: Mapping[str, Any], out: str | Path) -> None:
     for name, claim in results["claims"].items():
         print(f"{name}: {'holds' if claim['holds'] else 'FAILS'} {claim}")
     print(f"wall time {results['wall_time_s']:.1f} s; results in {Path(out) / 'results.json'}")
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (imported on first use: matplotlib
+    is an experiments dependency)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """Lay out ``fig``, write it as PNG to ``path`` atomically (never a half-written file), and
+    close it."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    pyplot().close(fig)
+    _atomic_write_bytes(Path(path), lambda fh: fh.write(buf.getvalue()))

@@ -133,10 +133,7 @@ def lowrank_cell(cfg: Config) -> dict[str, Any]:
 
 
 def figure(reg, low, cfg: Config, path: Path) -> None:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    plt = common.pyplot()
 
     fig, axes = plt.subplots(1, 2 if low else 1, figsize=(11 if low else 6, 4), squeeze=False)
     ax = axes[0, 0]
@@ -162,11 +159,7 @@ def figure(reg, low, cfg: Config, path: Path) -> None:
         ax.set_xlabel("index i")
         ax.set_ylabel("σ_i: LowRankDCS (dots), max(0, σ_i(A) − γ) (lines)")
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    common._atomic_write_bytes(path, lambda fh: fh.write(buf.getvalue()))
+    common.save_figure(fig, path)
 
 
 def _validate(cfg: Config) -> None:

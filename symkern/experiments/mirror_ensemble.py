@@ -347,10 +347,7 @@ def claims_from(cfg: Config, cells: dict[str, dict[str, Any]]) -> dict[str, Any]
 
 
 def figure(cfg: Config, cells: dict[str, dict[str, Any]], path: Path) -> None:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    plt = common.pyplot()
 
     panels = [
         ("gamma_tanh", "weight decay γ (tanh)"),
@@ -376,11 +373,7 @@ def figure(cfg: Config, cells: dict[str, dict[str, Any]], path: Path) -> None:
         ax.set_ylabel("count (mean over seeds; dots: seeds)")
         ax.legend(fontsize=7)
     axes[0, 0].set_title("dying (live ↓) vs merging (clusters < live)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    common._atomic_write_bytes(path, lambda fh: fh.write(buf.getvalue()))
+    common.save_figure(fig, path)
 
 
 def _validate(cfg: Config) -> None:

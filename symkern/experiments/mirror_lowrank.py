@@ -150,10 +150,7 @@ def noise_cell(cfg: Config) -> dict[str, Any]:
 
 
 def figure(sym, brk, noise, sv_A, path: Path) -> None:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    plt = common.pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     g = sym["gammas"]
@@ -183,11 +180,7 @@ def figure(sym, brk, noise, sv_A, path: Path) -> None:
     ax.set_ylabel("rank")
     ax.legend(fontsize=8)
     ax.set_title("rank during training (γ = 0)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    common._atomic_write_bytes(path, lambda fh: fh.write(buf.getvalue()))
+    common.save_figure(fig, path)
 
 
 def run(

@@ -403,10 +403,7 @@ def claims_from(cfg: Config, cells: dict[str, dict[str, Any]]) -> dict[str, Any]
 
 
 def figure(cfg: Config, cells: dict[str, dict[str, Any]], path: Path) -> None:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    plt = common.pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.3))
     ax = axes[0]
@@ -439,11 +436,7 @@ def figure(cfg: Config, cells: dict[str, dict[str, Any]], path: Path) -> None:
     axes[1].legend(fontsize=6, ncol=2)
     axes[2].set_yscale("log")
     axes[2].set_title("factorization: loss (plateau = loss of plasticity)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    common._atomic_write_bytes(path, lambda fh: fh.write(buf.getvalue()))
+    common.save_figure(fig, path)
 
 
 def _validate(cfg: Config) -> None:

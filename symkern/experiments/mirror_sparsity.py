@@ -182,10 +182,7 @@ def noise_cell(cfg: Config, batch: int) -> dict[str, Any]:
 
 
 def figure(summary: list[dict[str, Any]], noise: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    plt = common.pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ax = axes[0]
@@ -207,11 +204,7 @@ def figure(summary: list[dict[str, Any]], noise: list[dict[str, Any]], path: Pat
     ax.set_ylabel("sparsity")
     ax.set_title("noise alone (γ = 0)")
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    common._atomic_write_bytes(path, lambda fh: fh.write(buf.getvalue()))
+    common.save_figure(fig, path)
 
 
 def run(

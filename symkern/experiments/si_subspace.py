@@ -274,10 +274,7 @@ def discover(
 
 
 def figure(results: list[dict[str, Any]], cfg: Config, path: Path) -> None:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    plt = common.pyplot()
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.2), squeeze=False)
     for ax, res in zip(axes[0], results, strict=True):
@@ -310,9 +307,7 @@ def figure(results: list[dict[str, Any]], cfg: Config, path: Path) -> None:
         f"{cfg.threshold if cfg.sv_tol is None else cfg.sv_tol:g}",
         fontsize=10,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def run(cfg: Config, out: str | Path, *, show_progress: bool = True, log=print) -> dict[str, Any]:

@@ -555,15 +555,6 @@ _MARKERS = {"vanilla": "o", "DA": "s", "DA-sample": "P", "FA": "^", "EA": "D"}
 FLOOR = 1e-17  # log-axis floor for exact zeros
 
 
-def _plt():
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    return plt
-
-
 def _subtitle(cfg: Config) -> str:
     return (
         f"{cfg.init} init, α={cfg.alpha:g}, τ={cfg.tau:g}, β={cfg.beta:g}, B={cfg.batch}, "
@@ -581,7 +572,7 @@ def figure_vs_n(
     refs: dict[str, float] | None = None,
     floor: float | None = FLOOR,
 ) -> None:
-    plt = _plt()
+    plt = common.pyplot()
     fig, axes = plt.subplots(
         1,
         len(cfg.teachers),
@@ -616,13 +607,11 @@ def figure_vs_n(
     axes[0][-1].legend(fontsize=8, loc="best")
     note = f"; exact zeros drawn at {floor:g}" if floor else ""
     fig.suptitle(f"{title}\n{_subtitle(cfg)} (mean ± std over seeds{note})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def figure_pairwise(pair_rows, cfg: Config, path: Path) -> None:
-    plt = _plt()
+    plt = common.pyplot()
     pairs = [f"{a}-{b}" for a, b in itertools.combinations(cfg.schemes, 2)]
     fig, axes = plt.subplots(
         1, len(cfg.teachers), figsize=(5 * len(cfg.teachers), 4.2), squeeze=False, sharey=True
@@ -649,9 +638,7 @@ def figure_pairwise(pair_rows, cfg: Config, path: Path) -> None:
     fig.suptitle(
         f"Pairwise RMD between schemes vs N\n{_subtitle(cfg)} (mean ± std over seeds)", fontsize=10
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def _eg_bases(proj: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -668,7 +655,7 @@ def _eg_bases(proj: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def figure_scatter(cells, grid: _Grid, cfg: Config, path: Path) -> int:
-    plt = _plt()
+    plt = common.pyplot()
     n_plot = cfg.scatter_n or max(c["N"] for c in cells)
     cell = next((c for c in cells if c["N"] == n_plot), max(cells, key=lambda c: c["N"]))
     e, comp = _eg_bases(grid.proj)
@@ -722,9 +709,7 @@ def figure_scatter(cells, grid: _Grid, cfg: Config, path: Path) -> int:
         f"overlap where schemes coincide)\n{_subtitle(cfg)}",
         fontsize=10,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=100)
     return int(cell["N"])
 
 
