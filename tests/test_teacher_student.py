@@ -245,3 +245,14 @@ def test_rmd_wi_only_at_the_last_snapshot_above_wi_snapshots_max_n():
         assert all(v is not None for v in a["rmd_wi"])
         assert b["rmd_wi"][:-1] == [None] * (len(a["rmd_wi"]) - 1)
         assert b["rmd_wi"][-1] == a["rmd_wi"][-1] and b["rmd_si"] == a["rmd_si"]
+
+
+def test_metrics_do_not_depend_on_metric_threads():
+    """The per-run metrics run on a thread pool (POT's simplex releases the GIL); one thread and
+    two give identical records and pairwise distances, in the same order."""
+    cells = [
+        ts.run_cell(ts._Grid(ts.build_config("quick", None, {**TINY_GRID, "metric_threads": k})), 8)
+        for k in (1, 2)
+    ]
+    assert cells[0]["records"] == cells[1]["records"]
+    assert cells[0]["pairwise"] == cells[1]["pairwise"] and len(cells[0]["pairwise"]) == 12
