@@ -53,7 +53,8 @@
 //   Now: rescaling 1.9-2.4 (408 normals per step: the RNG is ~all of it), factorisation 3.1-4.0
 //   (float32 2.5-2.8), mlp 2.2-2.7 us. AVX2 build: ~9-10 us, the Box-Muller part of philox.h
 //   does not vectorise well without AVX-512DQ (its int64 <-> double conversions; int32 ones
-//   measured 12.7 -> 8.2 ns per normal in a standalone test).
+//   measured 12.7 -> 8.2 ns per normal in a standalone test, but the same change in philox.h
+//   left this kernel's AVX2 copy at 10.2 us per model-step, so it was not kept).
 #ifndef SYMKERN_MIRROR_SWEEP_BODY
 
 #include "mirror_sweep.h"
