@@ -17,6 +17,8 @@ What is timed, in the same run on the same inputs:
   kernel, so ~10x slower than natural torch: Philox in torch ops dominates) — recorded, not
   used for the speedups.
 * R = 120 case: one eager run (R = 1) is timed and multiplied by 120 (said in extra_info).
+* ``model_output`` (the differentiable fused Φ_θ(x)): forward + backward through the cpp kernel
+  vs ``unit.output`` under autograd, the code a user plugging particles into training writes.
 
 Correctness before timing: cpp vs the float64 reference on a short run of the same problem.
 ``--benchmark-disable`` (smoke): tiny N and steps, checks only.
@@ -204,3 +206,51 @@ def test_particle_grid_120_runs(compare, smoke):
         f"\n  R={R} N={N}: cpp {cpp_us:.1f} us/step for all runs, eager loop est "
         f"{eager_one * R:.0f} us/step, x{eager_one * R / cpp_us:.0f}"
     )
+
+
+# --- the fused model output Φ_θ(x) and its gradient (symkern.model_output) -----------------------
+
+
+@pytest.mark.parametrize(
+    "unit_name, N, B",
+    [("matrix2x2", 5000, 1000), ("standard_tanh_d100", 20000, 1000)],
+)
+def test_model_output_forward_backward(compare, smoke, unit_name, N, B):
+    """Φ = (1/N) Σ_i σ*(x_b, θ_i) and ∂(Σ Φ·G)/∂(θ, x) through ``symkern.model_output`` (cpp:
+    fused forward, backward recomputes the activations, no B×N buffer) vs the natural torch code
+    (``unit.output`` with autograd, which materialises B×N×c activations)."""
+    from symkern.meanfield import StandardUnit
+
+    if smoke:
+        N, B = 37, 11
+    unit = UNIT if unit_name == "matrix2x2" else StandardUnit(d=100, c=1, activation="tanh")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, unit.d, generator=g, dtype=DTYPE)
+    theta = 0.3 * torch.randn(N, unit.D, generator=g, dtype=DTYPE)
+    grad_phi = torch.randn(B, unit.c, generator=g, dtype=DTYPE)
+
+    def run(fn):
+        xs, ts = x.clone().requires_grad_(), theta.clone().requires_grad_()
+        phi = fn(xs, ts)
+        phi.backward(grad_phi)
+        return phi.detach(), ts.grad, xs.grad
+
+    def sym():
+        return run(lambda a, t: symkern.model_output(a, t, unit, backend="cpp"))
+
+    def natural():
+        return run(lambda a, t: unit.output(a, t))
+
+    def check():
+        got = sym()
+        x64, t64 = x.double().requires_grad_(), theta.double().requires_grad_()
+        phi = unit.output(x64, t64)
+        phi.backward(grad_phi.double())
+        for a, b, name in zip(got, (phi.detach(), t64.grad, x64.grad), ("phi", "dtheta", "dx"),
+                              strict=True):  # fmt: skip
+            assert_close(a, b, msg=f"{name}: ")
+
+    compare(sym, baselines={"torch_autograd": natural}, check=check, rounds=5)
+    if smoke:
+        return
+    compare.benchmark.extra_info.update(N=N, B=B, unit=unit_name)
