@@ -63,4 +63,20 @@ View<T> view(const py::array& a, const std::string& arg, int ndim,
   return v;
 }
 
+// A C-contiguous view: as view(), and every dimension of extent > 1 must be packed row-major
+// (for kernels that index with plain row-major offsets). An empty array has no layout to check
+// (numpy reports zero strides for it).
+template <class T>
+View<T> cview(const py::array& a, const std::string& arg, int ndim,
+              const std::vector<index_t>& shape, bool writable = false) {
+  auto v = view<T>(a, arg, ndim, shape, writable);
+  if (a.size() == 0) return v;
+  index_t expect = 1;
+  for (int d = ndim - 1; d >= 0; --d) {
+    if (v.shape[d] > 1 && v.stride[d] != expect) fail(arg, "must be C-contiguous");
+    expect *= v.shape[d];
+  }
+  return v;
+}
+
 }  // namespace symkern::buffers

@@ -21,20 +21,7 @@ namespace mirror_bind {
 namespace py = pybind11;
 namespace sb = symkern::buffers;
 
-// A C-contiguous view (the kernels index these with plain row-major offsets). An empty array has
-// no layout to check (numpy reports zero strides for it).
-template <class T>
-sb::View<T> cview(const py::array& a, const std::string& arg, int ndim,
-                  const std::vector<index_t>& shape, bool writable = false) {
-  auto v = sb::view<T>(a, arg, ndim, shape, writable);
-  if (a.size() == 0) return v;
-  index_t expect = 1;
-  for (int d = ndim - 1; d >= 0; --d) {
-    if (v.shape[d] > 1 && v.stride[d] != expect) sb::fail(arg, "must be C-contiguous");
-    expect *= v.shape[d];
-  }
-  return v;
-}
+using sb::cview;
 
 // [lowest, highest] byte address a strided view touches (empty views touch nothing).
 template <class T>

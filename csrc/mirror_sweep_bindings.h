@@ -23,18 +23,7 @@ namespace py = pybind11;
 namespace sb = symkern::buffers;
 namespace ms = symkern::mirror_sweep;
 
-// A C-contiguous view (the kernel indexes with plain row-major offsets).
-template <class T>
-sb::View<T> cview(const py::array& a, const std::string& arg, int ndim,
-                  const std::vector<index_t>& shape, bool writable = false) {
-  auto v = sb::view<T>(a, arg, ndim, shape, writable);
-  index_t expect = 1;
-  for (int d = ndim - 1; d >= 0; --d) {
-    if (v.shape[d] > 1 && v.stride[d] != expect) sb::fail(arg, "must be C-contiguous");
-    expect *= v.shape[d];
-  }
-  return v;
-}
+using sb::cview;
 
 // Names of the parameter and target arrays per model (for error messages).
 struct Names {

@@ -20,18 +20,7 @@ namespace particles_bind {
 namespace py = pybind11;
 namespace sb = symkern::buffers;
 
-// A C-contiguous view (the particle kernels index with plain row-major offsets).
-template <class T>
-sb::View<T> cview(const py::array& a, const std::string& arg, int ndim,
-                  const std::vector<index_t>& shape, bool writable = false) {
-  auto v = sb::view<T>(a, arg, ndim, shape, writable);
-  index_t expect = 1;
-  for (int d = ndim - 1; d >= 0; --d) {
-    if (v.shape[d] > 1 && v.stride[d] != expect) sb::fail(arg, "must be C-contiguous");
-    expect *= v.shape[d];
-  }
-  return v;
-}
+using sb::cview;
 
 inline bool is_dtype(const py::array& a, py::dtype dt) { return a.dtype().is(dt); }
 
