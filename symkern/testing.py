@@ -99,6 +99,11 @@ def assert_close(
         )
 
 
+# Where the Triton kernels run in tests: on the GPU when there is one, otherwise on CPU tensors
+# under the interpreter (tests/conftest.py sets TRITON_INTERPRET=1 there).
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @dataclass(frozen=True)
 class BackendCase:
     """One (backend, device) pair available on this machine, for parametrising tests/bench."""

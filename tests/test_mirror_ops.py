@@ -10,7 +10,7 @@ import torch
 from symkern.backends.registry import BackendUnavailableError, get_backend, select_kernel
 from symkern.mirror import Mirror
 from symkern.ops.mirror import mirror_apply
-from symkern.testing import assert_close
+from symkern.testing import TRITON_DEVICE, assert_close
 
 F64 = torch.float64
 KINDS = ["coordinates", "rescaling_pairs", "neuron_swap", "householder", "dense", "overlapping"]
@@ -257,8 +257,8 @@ def test_gradcheck_triton():
         pytest.skip("triton backend unavailable")
     for kind in ("neuron_swap", "overlapping", "dense"):
         m = make_mirror(kind, 5)
-        th = torch.randn(1, 5, generator=gen(5), dtype=F64, requires_grad=True)
-        b = torch.randn(1, m.k, generator=gen(6), dtype=F64, requires_grad=True)
+        th = torch.randn(1, 5, generator=gen(5), dtype=F64).to(TRITON_DEVICE).requires_grad_()
+        b = torch.randn(1, m.k, generator=gen(6), dtype=F64).to(TRITON_DEVICE).requires_grad_()
         plan = m._plan(th)
         assert torch.autograd.gradcheck(
             lambda t, s, plan=plan: mirror_apply(t, plan, "reflect", shift=s, backend="triton"),
@@ -302,7 +302,7 @@ def test_triton_declines_half_overlapping_with_reason():
     if not get_backend("triton").has_kernel("mirror_apply"):
         pytest.skip("triton backend unavailable")
     m = make_mirror("overlapping", 9)
-    th = torch.randn(2, 9, generator=gen(10)).half()
+    th = torch.randn(2, 9, generator=gen(10)).half().to(TRITON_DEVICE)
     with pytest.raises(BackendUnavailableError, match="atomics"):
         m.project(th, backend="triton")
 

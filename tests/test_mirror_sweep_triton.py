@@ -10,10 +10,10 @@ import torch
 from symkern.backends.reference.mirror_sweeps import mirror_sweep as reference_sweep
 from symkern.backends.registry import BackendUnavailableError, get_backend
 from symkern.mirror.sweeps import sweep_problem, train_sweep
+from symkern.testing import TRITON_DEVICE as DEV
 from symkern.testing import assert_close
 
 F64 = torch.float64
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 pytestmark = [
     pytest.mark.skipif(
@@ -158,7 +158,8 @@ def test_too_large_model_is_refused_with_the_reason():
     call raises with that reason (no launch, no fallback)."""
     from symkern.backends.triton.mirror_sweep import MAX_ROW, MAX_TILE
 
-    U, W = torch.ones(1, 33, 16, dtype=F64), torch.ones(1, 32, 16, dtype=F64)
+    U = torch.ones(1, 33, 16, dtype=F64, device=DEV)
+    W = torch.ones(1, 32, 16, dtype=F64, device=DEV)
     with pytest.raises(BackendUnavailableError, match=f"at most {MAX_TILE} elements"):
         train_sweep("factorization", {"U": U, "W": W}, 0.1, 0.1, 1, None,
                     target=torch.ones(33, 32), backend="triton")  # fmt: skip
@@ -170,8 +171,9 @@ def test_too_large_model_is_refused_with_the_reason():
         assert (not reasons) if ok else any(f"d = {d}" in r for r in reasons), (d, reasons)
     h, d = 64, MAX_ROW // 64
     for dd, ok in ((d, True), (d + 1, False)):
-        p = {"W1": torch.ones(1, h, dd, dtype=F64), "b1": torch.ones(1, h, dtype=F64),
-             "a": torch.ones(1, h, dtype=F64)}  # fmt: skip
+        p = {"W1": torch.ones(1, h, dd, dtype=F64, device=DEV),
+             "b1": torch.ones(1, h, dtype=F64, device=DEV),
+             "a": torch.ones(1, h, dtype=F64, device=DEV)}  # fmt: skip
         t = {"W1": torch.ones(2, dd), "b1": torch.ones(2), "a": torch.ones(2)}
         reasons = _triton_reasons("mlp", p, batch=4, target=t)
         assert (not reasons) if ok else any("max(h, h_t)·d" in r for r in reasons), reasons

@@ -60,7 +60,7 @@ def rep_named(name):
 
 def reference_average(x: torch.Tensor, rep, dim: int = -1) -> torch.Tensor:
     """(1/|G|) Σ_g ρ(g) x in float64 by explicit group sum (Haar cubature if continuous)."""
-    xd = x.detach().double().movedim(dim, -1)
+    xd = x.detach().double().cpu().movedim(dim, -1)
     if rep.is_finite:
         mats = rep.element_matrices(dtype=torch.float64)
         weights = torch.full((mats.shape[0],), 1.0 / mats.shape[0], dtype=torch.float64)

@@ -12,10 +12,10 @@ from symkern.backends.reference.particles import particle_forward_backward as re
 from symkern.backends.registry import BackendUnavailableError, get_backend, select_kernel
 from symkern.meanfield.units import MatrixUnit, StandardUnit
 from symkern.ops.particles import model_output
+from symkern.testing import TRITON_DEVICE as DEV
 from symkern.testing import assert_close
 
 F64 = torch.float64
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 pytestmark = pytest.mark.skipif(
     bool(get_backend("triton").availability_reasons()),

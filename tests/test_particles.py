@@ -9,7 +9,7 @@ from symkern.backends.registry import select_kernel
 from symkern.meanfield import MatrixUnit, ParticleTrainer, StandardUnit, Teacher, rng
 from symkern.meanfield.trainer import initial_particles
 from symkern.ops.particles import group_matrices, particle_problem
-from symkern.testing import assert_close
+from symkern.testing import TRITON_DEVICE, assert_close
 
 SCHEMES = ["vanilla", "DA", "DA-sample", "FA", "EA"]
 
@@ -89,7 +89,7 @@ def test_hundred_steps_match_reference(particle_backend, dtype):
     theta, args = _matrix_case(5, N, SCHEMES, alpha)
     ref = _run(theta, args, "torch", torch.float64, 100, 25)
     assert ref.snapshots.shape == (5, 4, N, 4) and ref.losses.shape == (5, 4)
-    out = _run(theta, args, particle_backend.backend, dtype, 100, 25)
+    out = _run(theta.to(particle_backend.device), args, particle_backend.backend, dtype, 100, 25)
     _compare(out, ref, dtype)
 
 
@@ -99,7 +99,8 @@ def test_standard_unit_matches_reference(particle_backend, activation, scheme):
     theta, args = _standard_case(2, 7, scheme, activation)
     steps = 4 if particle_backend.backend == "triton" else 20
     ref = _run(theta, args, "torch", torch.float64, steps, 2)
-    out = _run(theta, args, particle_backend.backend, torch.float64, steps, 2)
+    dev = particle_backend.device
+    out = _run(theta.to(dev), args, particle_backend.backend, torch.float64, steps, 2)
     _compare(out, ref, torch.float64)
 
 
@@ -257,7 +258,7 @@ def test_triton_two_pass_large_n_path(activation):
     unit = StandardUnit(d=5, c=2, activation=activation)
     g = torch.Generator().manual_seed(5)
     teacher = torch.randn(3, unit.D, generator=g, dtype=torch.float64)
-    theta = initial_particles(2, 37, unit.D, seed=9, std=0.5)
+    theta = initial_particles(2, 37, unit.D, seed=9, std=0.5).to(TRITON_DEVICE)
     args = dict(unit=unit, teacher=teacher, alpha=1.0, tau=1e-3, beta=1e-4, batch=19,
                 sigma_pi=1.0, seed=77, steps=3, snapshot_every=1)  # fmt: skip
     ref = symkern.particle_steps(theta, backend="torch", **args)
@@ -288,8 +289,8 @@ def test_model_output_forward_and_gradients(backend_case, unit):
     if not get_backend(backend_case.backend).has_kernel("particle_forward"):
         pytest.skip(f"no {backend_case.backend!r} kernel for op 'particle_forward' is implemented")
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(7, unit.d, generator=g, dtype=torch.float64)
-    theta = torch.randn(13, unit.D, generator=g, dtype=torch.float64)
+    x = torch.randn(7, unit.d, generator=g, dtype=torch.float64).to(backend_case.device)
+    theta = torch.randn(13, unit.D, generator=g, dtype=torch.float64).to(backend_case.device)
     out = model_output(x, theta, unit, backend=backend_case.backend)
     assert_close(out, unit.output(x, theta))
     xg, tg = x.clone().requires_grad_(), theta.clone().requires_grad_()

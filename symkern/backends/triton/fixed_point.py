@@ -93,7 +93,7 @@ def _project_lowrank_kernel(
         if UPCAST:
             xt = xt.to(c.dtype)
             qt = qt.to(c.dtype)
-        c = tl.dot(xt, qt, c, input_precision="ieee")
+        c = tl.dot(xt, qt, c, input_precision="ieee", out_dtype=c.dtype)
 
     # out = C Q^T over D chunks; Q^T tiles are Q tiles read with swapped strides.
     for d0 in range(0, D, BLOCK_D):
@@ -101,7 +101,7 @@ def _project_lowrank_kernel(
         col_ok = cols < D
         qt_offs = ks[:, None] * stride_qk + cols[None, :].to(tl.int64) * stride_qd
         q_t = tl.load(q_ptr + qt_offs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        o = tl.dot(c, q_t.to(c.dtype), input_precision="ieee")
+        o = tl.dot(c, q_t.to(c.dtype), input_precision="ieee", out_dtype=c.dtype)
         out_offs = rows[:, None] * D + cols[None, :]
         tl.store(
             out_ptr + out_offs,

@@ -185,7 +185,7 @@ def _mirror_dense_kernel(
             mask=col_ok[:, None] & k_ok[None, :],
             other=0.0,
         )
-        c = tl.dot(xt.to(acc_ty), q.to(acc_ty), c, input_precision="ieee")
+        c = tl.dot(xt.to(acc_ty), q.to(acc_ty), c, input_precision="ieee", out_dtype=acc_ty)
     c_offs = rows[:, None] * k + ks[None, :]
     rk_ok = row_ok[:, None] & k_ok[None, :]
     tl.store(c_ptr + c_offs, c.to(c_ptr.dtype.element_ty), mask=rk_ok)
@@ -205,7 +205,7 @@ def _mirror_dense_kernel(
                 mask=k_ok[:, None] & col_ok[None, :],
                 other=0.0,
             )
-            o = tl.dot(coef, q_t.to(acc_ty), xt, input_precision="ieee")
+            o = tl.dot(coef, q_t.to(acc_ty), xt, input_precision="ieee", out_dtype=acc_ty)
             tl.store(
                 out_ptr + rows[:, None] * d + cols[None, :],
                 o.to(out_ptr.dtype.element_ty),

@@ -213,7 +213,9 @@ def _factorization_kernel(
         loss = tl.sum(tl.sum(R * R, axis=1), axis=0)
         if (ls + 1) % record_every == 0:
             tl.store(loss_ptr + m64 * S + (ls + 1) // record_every - 1, loss)
-        gU = 2.0 * tl.sum(R[:, :, None] * W[None, :, :], axis=1) + 2.0 * gam * U
+        # Σ_j R_ij W_jl reduced over the LAST axis: the axis-1 form becomes an implicit TF32
+        # tt.dot in Triton <= 3.6 (particles.py, _apply_rows_t)
+        gU = 2.0 * tl.sum(R[:, None, :] * tl.trans(W)[None, :, :], axis=2) + 2.0 * gam * U
         gW = 2.0 * tl.sum(R[:, :, None] * Ue[:, None, :], axis=0) + 2.0 * gam * W
         U = U - eta * gU
         W = W - eta * gW

@@ -229,7 +229,8 @@ def _phi_block(
         u = tl.sum(prod, axis=2)
         h, _ = _act(u, ACT)
         a = _select_a(th, C_BLK, D_BLK)
-        phi = tl.sum((h * wts[None, :])[:, :, None] * a[None, :, :], axis=1)
+        # reduced over the LAST axis on purpose: see _apply_rows_t
+        phi = tl.sum((h * wts[None, :])[:, None, :] * tl.trans(a)[None, :, :], axis=2)
     return phi
 
 
@@ -276,8 +277,11 @@ def _apply_rows(th, T):
 
 @triton.jit
 def _apply_rows_t(g, T):
-    # g_n ↦ Tᵀ g_n: out[n, q] = Σ_p T[p, q] g[n, p]
-    return tl.sum(g[:, :, None] * T[None, :, :], axis=1)
+    # g_n ↦ Tᵀ g_n: out[n, q] = Σ_p T[p, q] g[n, p]. Reduced over the LAST axis on purpose:
+    # Triton's combine pass rewrites sum(x[:, :, None] * y[None, :, :], axis=1) into a tt.dot,
+    # and up to Triton 3.6 that dot is TF32 for float32 on a GPU (~1e-3 relative error; seen on
+    # an H100 in the mirror sweep kernel). tests/test_triton_codegen.py checks no kernel has one.
+    return tl.sum(g[:, None, :] * tl.trans(T)[None, :, :], axis=2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,184 @@
+"""What the Triton compiler makes of our kernels for a GPU, checked without one.
+
+Triton's combine pass rewrites ``tl.sum(x[:, :, None] * y[None, :, :], axis=1)`` into a matrix
+product (``tt.dot``), and up to Triton 3.6 that product is TF32 for float32 on a GPU: 10-bit
+mantissas, ~1e-3 relative error. The interpreter never shows it (it runs the sum as written).
+It was found on an H100 (2026-11-22): the float32 mirror sweep of a factorisation was 2e-4 off
+the float64 reference while the interpreter agreed with it to 1e-7.
+
+The kernels below use plain multiply-add reductions only (no ``tl.dot``) and promise IEEE
+float32. Each is compiled here for sm_90 with the arguments its launcher passes on a real call,
+and its Triton IR must contain no ``tt.dot``. The compiling runs in a subprocess without
+``TRITON_INTERPRET`` (under the interpreter the kernels are not compilable JIT functions); the
+launchers are called directly with the kernel replaced by a recorder, so nothing runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+_PTR = {
+    torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32",
+    torch.float64: "*fp64", torch.int32: "*i32", torch.int64: "*i64",
+    torch.int8: "*i8", torch.uint8: "*u8", torch.bool: "*i1",
+}  # fmt: skip
+
+
+class _Recorder:
+    """Stands in for a kernel: records the launch's arguments instead of running it."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.calls: list[tuple[tuple, dict]] = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((args, dict(kwargs)))
+
+
+def _triton_ir(kernel, args: tuple, kwargs: dict) -> str:
+    """Triton IR (after the combine pass) of ``kernel`` compiled for sm_90 with these launch
+    arguments: tensors become typed pointers, ints i32/i64, floats fp32, constexprs constants."""
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    params = list(inspect.signature(kernel.fn).parameters.values())
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+    bound = dict(zip([p.name for p in params], args, strict=False))
+    bound.update(kwargs)
+    signature, constexprs = {}, {}
+    for p in params:
+        value = bound[p.name]
+        if "constexpr" in str(p.annotation):
+            constexprs[p.name] = value
+            signature[p.name] = "constexpr"
+        elif isinstance(value, torch.Tensor):
+            signature[p.name] = _PTR[value.dtype]
+        elif isinstance(value, bool):
+            signature[p.name] = "i1"
+        elif isinstance(value, int):
+            signature[p.name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+        elif isinstance(value, float):
+            signature[p.name] = "fp32"
+        else:
+            raise TypeError(f"{p.name}: cannot type {type(value).__name__} for compilation")
+    src = ASTSource(kernel, signature, constexprs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ttir"]
+
+
+def _dots_per_launch(module, kernel_name: str, call) -> list[int]:
+    """tt.dot count in the Triton IR of every launch of ``module.kernel_name`` by ``call()``."""
+    recorder = _Recorder(getattr(module, kernel_name))
+    setattr(module, kernel_name, recorder)
+    try:
+        call()
+    finally:
+        setattr(module, kernel_name, recorder.kernel)
+    assert recorder.calls, f"{kernel_name} was not launched"
+    return [_triton_ir(recorder.kernel, a, k).count("tt.dot") for a, k in recorder.calls]
+
+
+def _cases():
+    """(name, module, kernel, launcher call); shapes where every dimension of the 3-D
+    broadcast-multiply-sums is >= 16, where the rewrite applies."""
+    import symkern.backends.triton.mirror_sweep as ms
+    import symkern.backends.triton.particles as tp
+    from symkern import groups
+    from symkern.meanfield import MatrixUnit, StandardUnit
+    from symkern.meanfield.trainer import initial_particles
+    from symkern.mirror.sweeps import sweep_problem
+    from symkern.ops.particles import particle_problem
+
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return (0.3 * torch.randn(*shape, generator=g, dtype=torch.float64)).float()
+
+    def sweep(model, params, batch, **kw):
+        p, problem = sweep_problem(model, params, 0.1, 0.01, batch=batch, noise=0.1, **kw)
+        return lambda: ms.mirror_sweep_triton(p, problem, 0, 3, 1)
+
+    yield (
+        "mirror_sweep rescaling",
+        ms,
+        "_rescaling_kernel",
+        sweep("rescaling", {"u": r(2, 40), "w": r(2, 40)}, 16, target=r(40)),
+    )
+    yield "mirror_sweep factorization", ms, "_factorization_kernel", sweep(
+        "factorization", {"U": r(2, 20, 16), "W": r(2, 17, 16)}, None, target=r(20, 17),
+        offset=r(20, 16),
+    )  # fmt: skip
+    yield "mirror_sweep mlp", ms, "_mlp_kernel", sweep(
+        "mlp", {"W1": r(2, 17, 20), "b1": r(2, 17), "a": r(2, 17)}, 16,
+        target={"W1": r(16, 20), "b1": r(16), "a": r(16)}, activation="tanh",
+    )  # fmt: skip
+
+    def particles(unit, group, scheme):
+        theta = initial_particles(2, 40, unit.D, seed=3).float()
+        problem = particle_problem(
+            theta, unit, teacher=r(3, unit.D), group=group, scheme=scheme, alpha=1.0,
+            tau=1e-3, beta=1e-4, batch=16, sigma_pi=1.0, seed=0, steps=2,
+        )  # fmt: skip
+        return lambda: tp.particle_steps_triton(theta, problem, 0, 2, 1, path="fused")
+
+    c4, c16 = groups.cyclic(4), groups.cyclic(16)
+    yield (
+        "particles matrix 4x4 FA",
+        tp,
+        "_particle_steps_fused_kernel",
+        particles(MatrixUnit(4, 4), (c4, c4), "FA"),
+    )
+    yield (
+        "particles standard d=16 c=16 EA",
+        tp,
+        "_particle_steps_fused_kernel",
+        particles(
+            StandardUnit(d=16, c=16, activation="tanh"), (c16, c16.group.trivial_rep(16)), "EA"
+        ),
+    )
+
+
+def _main() -> None:
+    print(json.dumps({name: _dots_per_launch(m, k, call) for name, m, k, call in _cases()}))
+
+
+@pytest.fixture(scope="module")
+def dot_counts() -> dict[str, list[int]]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "mirror_sweep rescaling",
+        "mirror_sweep factorization",
+        "mirror_sweep mlp",
+        "particles matrix 4x4 FA",
+        "particles standard d=16 c=16 EA",
+    ],
+)
+def test_kernel_has_no_implicit_dot(dot_counts, case):
+    counts = dot_counts[case]
+    assert counts and all(n == 0 for n in counts), (
+        f"{case}: the compiler turned a broadcast-multiply-sum into tt.dot {counts} (TF32 in "
+        "Triton <= 3.6 on a GPU): reduce over the last axis instead (see particles._apply_rows_t)"
+    )
+
+
+if __name__ == "__main__":
+    _main()
