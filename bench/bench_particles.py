@@ -83,13 +83,19 @@ def _drop_per_call_speedups(extra_info: dict) -> None:
         del extra_info[key]
 
 
-def _natural_torch_steps(theta0, scheme, steps, compiled=False):
+def _natural_torch_steps(
+    theta0, scheme, steps, compiled=False, *, unit=UNIT, teacher=None, batch=20, sigma_pi=4.0
+):
     """The step a user would write in plain torch: torch.randn data and noise, autograd for the
     gradient, DA as the orbit-augmented batch. Same math and sizes as the kernel (not the same
     random numbers: torch's generator instead of the shared Philox stream), so it is the fair
-    cost baseline — the reference kernel also spends most of its time on Philox in torch ops."""
-    teacher = Teacher.paper("arbitrary").particles.to(DTYPE)
-    swap = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=DTYPE)
+    cost baseline — the reference kernel also spends most of its time on Philox in torch ops.
+    Runs on theta0's device; run 0 of theta0 (R, N, D) is trained."""
+    dev = theta0.device
+    if teacher is None:
+        teacher = Teacher.paper("arbitrary").particles
+    teacher = teacher.to(dev, DTYPE)
+    swap = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=DTYPE, device=dev)
     N = theta0.shape[1]
     alpha, tau, beta = 50.0, 1e-4, 1e-6
     noise_std = (2.0 * beta * alpha / N) ** 0.5
@@ -97,7 +103,7 @@ def _natural_torch_steps(theta0, scheme, steps, compiled=False):
     def loss_fn(theta, x, y):
         if scheme == "DA":
             x, y = torch.cat([x, x @ swap.T]), torch.cat([y, y @ swap.T])
-        data = ((UNIT.output(x, theta) - y) ** 2).sum(-1).mean()
+        data = ((unit.output(x, theta) - y) ** 2).sum(-1).mean()
         return data + tau * (theta**2).sum(-1).mean()
 
     grad_fn = torch.func.grad(loss_fn)
@@ -107,8 +113,8 @@ def _natural_torch_steps(theta0, scheme, steps, compiled=False):
     def run():
         theta = theta0[0].clone()
         for _ in range(steps):
-            x = 4.0 * torch.randn(20, 2, dtype=DTYPE)
-            y = UNIT.output(x, teacher)
+            x = sigma_pi * torch.randn(batch, unit.d, dtype=DTYPE, device=dev)
+            y = unit.output(x, teacher)
             theta = theta - alpha * grad_fn(theta, x, y) + noise_std * torch.randn_like(theta)
         return theta
 
@@ -254,3 +260,161 @@ def test_model_output_forward_backward(compare, smoke, unit_name, N, B):
     if smoke:
         return
     compare.benchmark.extra_info.update(N=N, B=B, unit=unit_name)
+
+
+# --- GPU: the Triton particle kernels on CUDA ----------------------------------------------------
+# Timed on CUDA only. The smoke run (--benchmark-disable) without a GPU still executes them, at
+# tiny sizes under the Triton interpreter on CPU tensors, so CI runs their correctness checks.
+
+TF32_PEAK_TFLOPS = 495.0  # H100 SXM dense TF32, datasheet (PERF.md); measured matmul: 368
+
+
+def _gpu_device(smoke: bool) -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if smoke:
+        return "cpu"  # TRITON_INTERPRET=1 (bench/conftest.py)
+    pytest.skip("GPU case: the Triton kernels are timed on CUDA only")
+
+
+def _check_triton_against_reference(theta, args, unit=UNIT, rtol=1e-4):
+    def check():
+        th = theta[:, : min(theta.shape[1], 64)]
+        ref = symkern.particle_steps(th.double().cpu(), unit, steps=3, backend="torch", **args)
+        out = symkern.particle_steps(th, unit, steps=3, backend="triton", **args)
+        assert_close(out.theta.double(), ref.theta, rtol=rtol, atol=rtol)
+
+    return check
+
+
+@pytest.mark.parametrize("N", [50, 5000])
+@pytest.mark.parametrize("scheme", ["vanilla", "DA"])
+def test_particle_step_paper_size_gpu(compare, smoke, scheme, N):
+    """Paper size on a GPU: the fused kernel (one program per run, every step in one launch)
+    vs the natural torch step on the same GPU (eager and torch.compile)."""
+    dev = _gpu_device(smoke)
+    if smoke:
+        N = min(N, 16)
+    steps = 3 if smoke else 2000
+    steps_natural = 2 if smoke else 50
+    theta = initial_particles(1, N, UNIT.D, seed=0).to(dev, DTYPE)
+    args = _args(scheme)
+    baselines = {"torch_eager": _natural_torch_steps(theta, scheme, steps_natural)}
+    if not smoke:
+        baselines["torch_compile"] = _natural_torch_steps(
+            theta, scheme, steps_natural, compiled=True
+        )
+    info = compare(
+        _steps_fn(theta, args, steps, "triton"),
+        baselines=baselines,
+        check=_check_triton_against_reference(theta, args),
+        device=dev,
+    )
+    if smoke:
+        return
+    ex = compare.benchmark.extra_info
+    _drop_per_call_speedups(ex)
+    us = info["symkern_ms"] * 1e3 / steps
+    ex["symkern_us_per_step"] = us
+    for name in baselines:
+        ex[f"{name}_us_per_step"] = info[f"{name}_ms"] * 1e3 / steps_natural
+        ex[f"speedup_per_step_vs_{name}"] = ex[f"{name}_us_per_step"] / us
+    ex.update(steps_per_call=steps, device_name=torch.cuda.get_device_name())
+    print(f"\n  GPU N={N} {scheme}: triton {us:.2f} us/step, "
+          f"x{ex['speedup_per_step_vs_torch_eager']:.0f} eager")  # fmt: skip
+
+
+def test_particle_grid_120_runs_gpu(compare, smoke):
+    """The paper grid's 120 runs of one N in ONE launch (one program per run) vs 120 eager runs
+    on the same GPU (one timed, multiplied by 120)."""
+    dev = _gpu_device(smoke)
+    N, steps, seeds = (8, 2, 1) if smoke else (500, 1000, 10)
+    schemes = ["vanilla", "DA", "FA", "EA"]
+    runs = [(s, t, k) for s in schemes for t in TEACHERS for k in range(seeds)]
+    R = len(runs)
+    theta = initial_particles(R, N, UNIT.D, seed=0).to(dev, DTYPE)
+    teacher = torch.zeros(R, 10, UNIT.D, dtype=torch.float64)
+    weights = torch.zeros(R, 10, dtype=torch.float64)
+    for r, (_, t, _) in enumerate(runs):
+        tp = Teacher.paper(t).particles
+        teacher[r, : tp.shape[0]] = tp
+        weights[r, : tp.shape[0]] = 1.0 / tp.shape[0]
+    args = dict(_args("vanilla"), teacher=teacher, teacher_weights=weights,
+                scheme=[s for s, _, _ in runs], run_ids=torch.tensor([k for _, _, k in runs]),
+                project_noise=[t == "SI" for _, t, _ in runs])  # fmt: skip
+    steps_eager = 2 if smoke else 50
+    info = compare(
+        _steps_fn(theta, args, steps, "triton"),
+        baselines={"torch_eager_one_run": _natural_torch_steps(theta[:1], "vanilla", steps_eager)},
+        check=_check_triton_against_reference(theta, args),
+        device=dev,
+    )
+    if smoke:
+        return
+    ex = compare.benchmark.extra_info
+    _drop_per_call_speedups(ex)
+    us = info["symkern_ms"] * 1e3 / steps
+    eager_one = info["torch_eager_one_run_ms"] * 1e3 / steps_eager
+    ex.update(symkern_us_per_step_all_runs=us, torch_eager_us_per_step_all_runs_est=eager_one * R,
+              speedup_vs_eager_loop=eager_one * R / us, runs=R,
+              device_name=torch.cuda.get_device_name())  # fmt: skip
+
+
+@pytest.mark.parametrize("N", [100_000, 1_000_000])
+def test_particle_step_large_standard_unit_gpu(compare, smoke, N):
+    """The GPU regime: standard unit a·tanh(w·x + b), d = 100, c = 1, B = 1e4, vanilla. The
+    two-pass step (forward reduction, then a backward that recomputes the activations: no B×N
+    buffer, TF32 tensor cores) vs the natural eager step (autograd, which keeps B×N activations:
+    4 GB at N = 1e5, 40 GB per buffer at N = 1e6 — the eager baseline runs at N = 1e5 only).
+    Model FLOPs per step 6·B·N·d (PERF.md); the kernel does 8·B·N·d (recomputation)."""
+    from symkern.backends.triton.particles import particle_steps_triton
+    from symkern.meanfield import StandardUnit
+    from symkern.ops.particles import particle_problem
+
+    dev = _gpu_device(smoke)
+    B, d = (32, 8) if smoke else (10_000, 100)
+    if smoke:
+        N = 64
+    unit = StandardUnit(d=d, c=1, activation="tanh")
+    steps = 1 if smoke else 10
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(4, unit.D, generator=g, dtype=torch.float64)
+    theta = (0.3 * torch.randn(1, N, unit.D, generator=g, dtype=torch.float64)).to(dev, DTYPE)
+    args = dict(teacher=teacher, alpha=1.0, tau=1e-4, beta=1e-6, batch=B, sigma_pi=1.0, seed=0)
+    problem = particle_problem(theta, unit, steps=steps, **args)
+
+    def sym():
+        return particle_steps_triton(theta, problem, 0, steps, steps, path="two_pass")
+
+    def check():
+        # 2 steps on the first particles: the update Δθ against the float64 reference (TF32
+        # products: ~1e-3 relative in Z, so Δθ is compared at 2 % of its size)
+        n = min(N, 4096)
+        th = theta[:, :n].contiguous()
+        small = particle_problem(th, unit, steps=2, **args)
+        out = particle_steps_triton(th, small, 0, 2, 2, path="two_pass")[0]
+        ref = symkern.particle_steps(th.double().cpu(), unit, steps=2, backend="torch", **args)
+        delta_ref = ref.theta - th.double().cpu()
+        assert_close(out.double() - th.double(), delta_ref, rtol=0.0, atol=2e-2)
+
+    baselines = {}
+    if N <= 100_000 or smoke:
+        baselines["torch_eager"] = _natural_torch_steps(
+            theta, "vanilla", 2 if smoke else 3, unit=unit, teacher=teacher, batch=B,
+            sigma_pi=1.0,
+        )  # fmt: skip
+    info = compare(sym, baselines=baselines, check=check, device=dev, rounds=3)
+    if smoke:
+        return
+    ex = compare.benchmark.extra_info
+    _drop_per_call_speedups(ex)
+    ms = info["symkern_ms"] / steps
+    model_tflops = 6 * B * N * d / (ms / 1e3) / 1e12
+    ex.update(symkern_ms_per_step=ms, model_TFLOPs=model_tflops,
+              kernel_TFLOPs=model_tflops * 8 / 6,
+              fraction_of_tf32_peak=model_tflops / TF32_PEAK_TFLOPS,
+              target_ms_per_step=25.0 if N >= 1_000_000 else None, N=N, B=B, d=d,
+              device_name=torch.cuda.get_device_name())  # fmt: skip
+    if "torch_eager" in baselines:
+        ex["torch_eager_ms_per_step"] = info["torch_eager_ms"] / 3
+        ex["speedup_per_step_vs_torch_eager"] = ex["torch_eager_ms_per_step"] / ms

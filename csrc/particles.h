@@ -72,6 +72,6 @@ void normals_batch(std::uint64_t seed, std::uint32_t run_id, std::uint32_t step,
 
 // Max error of the float32 fast activations against double libm on a dense grid (for tests and
 // the stated error bounds): returns {sigmoid abs, sigmoid rel, tanh abs, tanh rel}.
-void activation_errors(double lo, double hi, index_t n, double out[4]);
+void activation_errors(double lo, double hi, index_t n, double out[6]);
 
 }  // namespace symkern::particles

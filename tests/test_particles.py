@@ -363,3 +363,16 @@ def test_team_mode_matches_reference():
     assert len(out) == 6
     for case, err in out.items():
         assert err < 1e-9, (case, err)
+
+
+def test_cpp_activation_errors_as_documented():
+    """The error bounds csrc/particles.cpp states for its own activations, re-measured: float32
+    fast sigmoid / tanh against double libm, float64 sigmoid (exp_d) against long-double libm."""
+    ext = pytest.importorskip("symkern._C")
+    e = ext.particle_activation_errors(-87.0, 87.0, 400_001)
+    assert e["sigmoid_abs"] <= 1e-7 and e["sigmoid_rel"] <= 3e-7, e
+    assert e["tanh_abs"] <= 1e-7 and e["tanh_rel"] <= 2e-7, e
+    e = ext.particle_activation_errors(-708.0, 708.0, 400_001)
+    assert e["sigmoid_f64_rel"] <= 3e-16, e
+    e = ext.particle_activation_errors(-800.0, 800.0, 100_001)  # beyond the clamp: absolute
+    assert e["sigmoid_f64_abs"] <= 2e-16, e

@@ -61,11 +61,14 @@ small models, not one big one.
 
 Precision: every product and sum in the parameters' dtype (float32 or float64) with plain
 multiply-add reductions — no ``tl.dot``, so no TF32 — so float32 differs from the float64
-reference by float32 rounding of the same operations (summation order differs). tanh is the
-``exp(-2|z|)`` form of the particle kernels (~1 ulp). On a GPU Triton may contract a·b + c
-into FMAs (TRITON_DEFAULT_FP_FUSION), again a rounding-level difference. Only the interpreter
-(CPU tensors, ``TRITON_INTERPRET=1``) has run these kernels; on a GPU they have been compiled
-(sm_90a) but never run or timed.
+reference by float32 rounding of the same operations (summation order differs). Every 3-D
+reduction runs over axis 0 or the last axis: Triton rewrites a sum over the middle axis of
+x[:, :, None] * y[None, :, :] into a tt.dot, TF32 in Triton ≤ 3.6 (tests/test_triton_codegen.py).
+tanh is the ``exp(-2|z|)`` form of the particle kernels (~1 ulp). On a GPU Triton may contract
+a·b + c into FMAs (TRITON_DEFAULT_FP_FUSION), again a rounding-level difference. On an H100
+(Triton 3.6, 2026-11-22) the contract test passed for every case; the float32 factorization
+failed there with the middle-axis sum (2e-4 error, TF32), which led to the rule above and was
+not re-run on a GPU after the change. No GPU timing yet.
 """
 
 from __future__ import annotations
