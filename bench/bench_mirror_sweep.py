@@ -39,6 +39,16 @@ speedup_vs_* compare calls of different sizes and are dropped.
 Correctness before timing: cpp vs the float64 torch reference on the same problem (all models,
 5 steps, float64 tolerance), and the float32 kernel vs that reference (float32 tolerance).
 ``--benchmark-disable`` (smoke): 4 models, 3 steps, checks only.
+
+GPU cases (``test_mirror_sweep_3000_models_gpu``, the same three models): the Triton kernels
+(``backend="triton"``: one program per model, every step in one launch) on CUDA with M = 3000
+models (20 γ × 150 seeds), float64, ``GPU_STEPS`` steps, timed with ``triton.testing.do_bench``
+against, on the same GPU, symkern's vectorised torch reference (all models batched) and the
+per-model torch autograd loop (timed on ``LOOP_MODELS`` × ``LOOP_STEPS`` and compared per
+model-step, as above). extra_info: µs per model-step of each, the per-model-step speedups, the
+device name. Before timing, triton in float64 and float32 is checked against the float64 torch
+reference on the CPU (all models, same Philox data). Without CUDA they are skipped, except in the
+smoke run, which executes them (4 models, 3 steps) in the Triton interpreter on CPU tensors.
 """
 
 from __future__ import annotations
@@ -64,9 +74,10 @@ REF_STEPS = 10
 RECORD_EVERY = 5
 
 
-def _problem(case: str, smoke: bool) -> dict:
-    """Parameters and keyword arguments of ``train_sweep`` for one bench case."""
-    n_gamma, n_seeds = (2, 2) if smoke else (N_GAMMA, N_SEEDS)
+def _problem(case: str, smoke: bool, n_seeds: int = N_SEEDS) -> dict:
+    """Parameters and keyword arguments of ``train_sweep`` for one bench case (M = N_GAMMA x
+    ``n_seeds`` models; smoke: 2 x 2)."""
+    n_gamma, n_seeds = (2, 2) if smoke else (N_GAMMA, n_seeds)
     M = n_gamma * n_seeds
     seed_of = torch.arange(M) % n_seeds  # model i: seed i mod S, gamma i // S
 
@@ -159,8 +170,9 @@ def _one_torch_thread(fn):
     return run
 
 
-def _torch_loop(pb: dict, n_models: int, steps: int):
-    """The per-model Python loop a user writes: torch.randn data, autograd, SGD."""
+def _torch_loop(pb: dict, n_models: int, steps: int, device: torch.device | str = "cpu"):
+    """The per-model Python loop a user writes: torch.randn data, autograd, SGD (on ``device``,
+    where ``pb``'s tensors must be)."""
     model, kw = pb["model"], pb["kw"]
     sigma, eta = float(kw["noise"]), float(pb["eta"])
     B = kw["batch"]
@@ -168,16 +180,16 @@ def _torch_loop(pb: dict, n_models: int, steps: int):
 
     def data_loss(p):
         if model == "rescaling":
-            x = torch.randn(B, p["u"].shape[0], dtype=DT)
-            y = x @ target + sigma * torch.randn(B, dtype=DT)
+            x = torch.randn(B, p["u"].shape[0], dtype=DT, device=device)
+            y = x @ target + sigma * torch.randn(B, dtype=DT, device=device)
             return ((x @ (p["u"] * p["w"]) - y) ** 2).mean()
         if model == "mlp":
-            x = torch.randn(B, p["W1"].shape[1], dtype=DT)
+            x = torch.randn(B, p["W1"].shape[1], dtype=DT, device=device)
             with torch.no_grad():
                 y = torch.tanh(x @ target["W1"].T + target["b1"]) @ target["a"]
-                y = y + sigma * torch.randn(B, dtype=DT)
+                y = y + sigma * torch.randn(B, dtype=DT, device=device)
             return ((torch.tanh(x @ p["W1"].T + p["b1"]) @ p["a"] - y) ** 2).mean()
-        noisy = target + sigma * torch.randn(target.shape, dtype=DT)
+        noisy = target + sigma * torch.randn(target.shape, dtype=DT, device=device)
         return ((p["U"] @ p["W"].T - noisy) ** 2).sum()
 
     def run():
@@ -246,3 +258,91 @@ def test_mirror_sweep_300_models(compare, smoke, case):
         f"cpp {cpp_cpu_us:.2f} us, torch loop {loop_cpu_us:.1f} us "
         f"(x{loop_cpu_us / cpp_cpu_us:.0f}); loadavg {ex['loadavg_1min']:.2f}"
     )
+
+
+# --- GPU: the Triton mirror_sweep kernels on CUDA ------------------------------------------------
+# Timed on CUDA only. The smoke run (--benchmark-disable) without a GPU still executes them, at
+# tiny sizes under the Triton interpreter on CPU tensors, so CI runs their correctness checks.
+
+GPU_SEEDS = 150  # 20 weight decays x 150 seeds = 3000 models (one Triton program each)
+GPU_STEPS = 200
+
+
+def _on_device(pb: dict, dev: str) -> dict:
+    """``pb`` with its parameters, weight decays and targets on ``dev`` (the model ids stay on
+    the CPU: train_sweep's kernels take them from there)."""
+
+    def move(v):
+        if isinstance(v, dict):
+            return {k: move(x) for k, x in v.items()}
+        return v.to(dev) if isinstance(v, torch.Tensor) else v
+
+    return {**pb, "params": move(pb["params"]), "gammas": pb["gammas"].to(dev),
+            "kw": move(pb["kw"])}  # fmt: skip
+
+
+def _check_triton(pb_cpu: dict, pb_dev: dict, steps: int):
+    """Triton (float64 and float32, on the device) vs the float64 torch reference on the CPU:
+    all models, the same Philox data."""
+
+    def check():
+        ref = _sweep_fn(pb_cpu, steps, "torch")()
+        for dtype in (DT, torch.float32):
+            out = _sweep_fn(pb_dev, steps, "triton", dtype)()
+            assert out.backend == "triton"
+            for k in ref.params:
+                assert out.params[k].dtype == dtype
+                assert_close(out.params[k], ref.params[k], msg=f"{dtype} {k}: ")
+            assert_close(out.losses, ref.losses, msg=f"{dtype} losses: ")
+
+    return check
+
+
+@pytest.mark.parametrize("case", ["rescaling", "mlp", "factorization"])
+def test_mirror_sweep_3000_models_gpu(compare, smoke, gpu_device, case):
+    """M = 3000 models (20 γ x 150 seeds), float64, ``GPU_STEPS`` steps: the Triton kernel (one
+    program per model, every step in one launch) vs, on the same GPU, symkern's vectorised torch
+    reference (all models batched; its Philox draws are made on the CPU and copied over, as the
+    reference always does) and the per-model torch autograd loop (timed on ``LOOP_MODELS`` models
+    x ``LOOP_STEPS`` steps, compared per model-step)."""
+    dev = gpu_device
+    pb_cpu = _problem(case, smoke, n_seeds=GPU_SEEDS)
+    pb = _on_device(pb_cpu, dev)
+    M = pb["gammas"].numel()
+    steps = 3 if smoke else GPU_STEPS
+    loop_models, loop_steps = (1, 2) if smoke else (LOOP_MODELS, LOOP_STEPS)
+    ref_steps = 2 if smoke else REF_STEPS
+    info = compare(
+        _sweep_fn(pb, steps, "triton"),
+        baselines={
+            "torch_loop": _torch_loop(pb, loop_models, loop_steps, device=dev),
+            "symkern_torch_reference": _sweep_fn(pb, ref_steps, "torch"),
+        },
+        check=_check_triton(pb_cpu, pb, 2 if smoke else 5),
+        device=dev,
+    )
+    if smoke:
+        return
+    ex = compare.benchmark.extra_info
+    for key in [k for k in ex if k.startswith("speedup_vs_")]:
+        del ex[key]  # per-call ratios of calls of different sizes: meaningless
+    us = info["symkern_ms"] * 1e3 / (M * steps)
+    loop_us = info["torch_loop_ms"] * 1e3 / (loop_models * loop_steps)
+    ref_us = info["symkern_torch_reference_ms"] * 1e3 / (M * ref_steps)
+    ex.update({
+        "models": M, "steps_triton": steps, "steps_torch_reference": ref_steps, "dtype": "float64",
+        "triton_us_per_model_step": us, "torch_loop_us_per_model_step": loop_us,
+        "torch_reference_us_per_model_step": ref_us,
+        "speedup_per_model_step_vs_torch_loop": loop_us / us,
+        "speedup_per_model_step_vs_torch_reference": ref_us / us,
+        "target_speedup_vs_torch_loop": 20.0,
+        "target_note": "PERF.md has no mirror-sweep target; 20x the torch loop is this file's "
+                       "(CPU) target, applied per model-step on the same GPU",
+        "torch_loop_note": f"timed on {loop_models} models x {loop_steps} steps, per model-step",
+        "torch_reference_note": "Philox normals drawn on the CPU and copied to the GPU per "
+                                "block of steps (the reference's design)",
+        "torch_threads": torch.get_num_threads(), "device_name": torch.cuda.get_device_name(),
+    })  # fmt: skip
+    print(f"\n  GPU {case}: triton {us:.4f} us/model-step ({M} models x {steps} steps); "
+          f"torch loop {loop_us:.1f} us (x{loop_us / us:.0f}); torch reference {ref_us:.3f} us "
+          f"(x{ref_us / us:.1f})")  # fmt: skip

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from device_ceilings import H100_TF32_TFLOPS  # noqa: E402
 
 pytest.importorskip("symkern._C")
 
@@ -266,15 +267,7 @@ def test_model_output_forward_backward(compare, smoke, unit_name, N, B):
 # Timed on CUDA only. The smoke run (--benchmark-disable) without a GPU still executes them, at
 # tiny sizes under the Triton interpreter on CPU tensors, so CI runs their correctness checks.
 
-TF32_PEAK_TFLOPS = 495.0  # H100 SXM dense TF32, datasheet (PERF.md); measured matmul: 368
-
-
-def _gpu_device(smoke: bool) -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    if smoke:
-        return "cpu"  # TRITON_INTERPRET=1 (bench/conftest.py)
-    pytest.skip("GPU case: the Triton kernels are timed on CUDA only")
+TF32_PEAK_TFLOPS = 495.0  # H100 SXM dense TF32, datasheet (PERF.md)
 
 
 def _check_triton_against_reference(theta, args, unit=UNIT, rtol=1e-4, steps=3):
@@ -289,10 +282,10 @@ def _check_triton_against_reference(theta, args, unit=UNIT, rtol=1e-4, steps=3):
 
 @pytest.mark.parametrize("N", [50, 5000])
 @pytest.mark.parametrize("scheme", ["vanilla", "DA"])
-def test_particle_step_paper_size_gpu(compare, smoke, scheme, N):
+def test_particle_step_paper_size_gpu(compare, smoke, gpu_device, scheme, N):
     """Paper size on a GPU: the fused kernel (one program per run, every step in one launch)
     vs the natural torch step on the same GPU (eager and torch.compile)."""
-    dev = _gpu_device(smoke)
+    dev = gpu_device
     if smoke:
         N = min(N, 16)
     steps = 3 if smoke else 2000
@@ -324,10 +317,10 @@ def test_particle_step_paper_size_gpu(compare, smoke, scheme, N):
           f"x{ex['speedup_per_step_vs_torch_eager']:.0f} eager")  # fmt: skip
 
 
-def test_particle_grid_120_runs_gpu(compare, smoke):
+def test_particle_grid_120_runs_gpu(compare, smoke, gpu_device):
     """The paper grid's 120 runs of one N in ONE launch (one program per run) vs 120 eager runs
     on the same GPU (one timed, multiplied by 120)."""
-    dev = _gpu_device(smoke)
+    dev = gpu_device
     N, steps, seeds = (8, 1, 1) if smoke else (500, 1000, 10)
     schemes = ["vanilla", "DA", "FA", "EA"]
     teachers = TEACHERS[:1] if smoke else TEACHERS  # smoke: 4 runs (the interpreter is slow)
@@ -362,7 +355,7 @@ def test_particle_grid_120_runs_gpu(compare, smoke):
 
 
 @pytest.mark.parametrize("N", [100_000, 1_000_000])
-def test_particle_step_large_standard_unit_gpu(compare, smoke, N):
+def test_particle_step_large_standard_unit_gpu(compare, smoke, gpu_device, N):
     """The GPU regime: standard unit a·tanh(w·x + b), d = 100, c = 1, B = 1e4, vanilla. The
     two-pass step (forward reduction, then a backward that recomputes the activations: no B×N
     buffer, TF32 tensor cores) vs the natural eager step (autograd, which keeps B×N activations:
@@ -372,7 +365,7 @@ def test_particle_step_large_standard_unit_gpu(compare, smoke, N):
     from symkern.meanfield import StandardUnit
     from symkern.ops.particles import particle_problem
 
-    dev = _gpu_device(smoke)
+    dev = gpu_device
     B, d = (32, 8) if smoke else (10_000, 100)
     if smoke:
         N = 64
@@ -414,6 +407,7 @@ def test_particle_step_large_standard_unit_gpu(compare, smoke, N):
     ex.update(symkern_ms_per_step=ms, model_TFLOPs=model_tflops,
               kernel_TFLOPs=model_tflops * 8 / 6,
               fraction_of_tf32_peak=model_tflops / TF32_PEAK_TFLOPS,
+              fraction_of_measured_tf32_matmul=model_tflops / H100_TF32_TFLOPS,
               target_ms_per_step=25.0 if N >= 1_000_000 else None, N=N, B=B, d=d,
               device_name=torch.cuda.get_device_name())  # fmt: skip
     if "torch_eager" in baselines:

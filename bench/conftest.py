@@ -123,7 +123,9 @@ class Comparison:
             info["achieved_GBps"] = bytes_moved / t_sym / 1e9
         if flops is not None:
             info["achieved_TFLOPs"] = flops / t_sym / 1e12
-        print("\n  " + ", ".join(f"{k}={v:.4g}" for k, v in info.items()))
+        print("\n  " + ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in info.items()
+        ))  # fmt: skip
         return dict(info)
 
 
@@ -131,6 +133,18 @@ class Comparison:
 def smoke(request) -> bool:
     """True under --benchmark-disable (CI smoke test): use small inputs, time nothing."""
     return bool(request.config.getoption("benchmark_disable"))
+
+
+@pytest.fixture
+def gpu_device(smoke) -> str:
+    """Device of a GPU case: "cuda" when there is one. Without one the case is skipped, except
+    in the smoke run, which executes it at tiny sizes on CPU tensors in the Triton interpreter
+    (TRITON_INTERPRET=1, set above), so CI runs the GPU cases' correctness checks too."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if smoke:
+        return "cpu"
+    pytest.skip("GPU case: timed on CUDA only")
 
 
 @pytest.fixture

@@ -1,0 +1,8 @@
+"""Measured ceilings of the GPUs the bench cases report fractions of (bench/device_session.sh
+``ceilings``: 1 GiB device-to-device copy and 8192³ matmuls, triton.testing.do_bench medians)."""
+
+# NVIDIA H100 80GB HBM3, driver 580.159.04, torch 2.11.0+cu130, 2026-11-22 (one run)
+H100_COPY_GBPS = 2994.0  # read + write counted
+H100_TF32_TFLOPS = 368.0  # torch matmul with allow_tf32; datasheet dense TF32: 495
+H100_FP32_TFLOPS = 52.0  # CUDA cores (no TF32)
+H100_BF16_TFLOPS = 672.0
