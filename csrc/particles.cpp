@@ -240,15 +240,16 @@ SYMKERN_ALWAYS_INLINE float exp_f(float x) {
   return p * scale;
 }
 
-// exp in float64, branch-free so `omp simd` loops vectorise (std::exp is a scalar libm call: the
-// float64 matrix-unit step was 10x slower than float32 with it). 2^n e^r: n = rint(x log2 e) by
+// exp in float64, branch-free so `omp simd` loops vectorise on AVX-512 (std::exp is a scalar libm
+// call: the float64 matrix-unit step was 10x slower than float32 with it; GCC still leaves the
+// AVX2 copy's loops scalar — their float64 Box-Muller does not vectorise without AVX-512DQ). 2^n e^r: n = rint(x log2 e) by
 // the 1.5 * 2^52 shifter (n also read from its low mantissa bits), r = x - n ln 2 with fdlibm's
 // two-part ln 2 (n * LN2_HI exact for |n| < 2^11), e^r by the degree-13 Taylor polynomial
 // (|r| <= ln2/2: truncation <= 5e-18 relative). x is clamped to [-708, 708], inside the normal
 // range. Measured error: see activation_errors (sigmoid_f64_*).
 SYMKERN_ALWAYS_INLINE double exp_d(double x) {
-  x = x < -708.0 ? -708.0 : x;
-  x = x > 708.0 ? 708.0 : x;
+  x = x > -708.0 ? x : -708.0;  // max/min form: if-converted (vmaxpd / vminpd)
+  x = x < 708.0 ? x : 708.0;
   constexpr double shifter = 6755399441055744.0;  // 1.5 * 2^52
   const double t = x * 1.4426950408889634 + shifter;
   const double n = t - shifter;
@@ -267,12 +268,10 @@ SYMKERN_ALWAYS_INLINE double exp_d(double x) {
   p = p * r + 0.5;
   p = p * r + 1.0;
   p = p * r + 1.0;
-  std::int64_t tbits;
-  std::memcpy(&tbits, &t, sizeof tbits);
-  const std::int64_t ni = tbits - 0x4338000000000000LL;  // n as an integer
+  // n as an integer from t's low mantissa bits (bit casts, not memcpy: they vectorise)
+  const std::int64_t ni = __builtin_bit_cast(std::int64_t, t) - 0x4338000000000000LL;
   const std::uint64_t bits = static_cast<std::uint64_t>(ni + 1023) << 52;
-  double scale;
-  std::memcpy(&scale, &bits, sizeof scale);
+  const double scale = __builtin_bit_cast(double, bits);
   return p * scale;
 }
 
