@@ -24,10 +24,9 @@
 //   exactly zero (their gradients are zero).
 // * Precision: float64 end to end for double; float32 runs accumulate in float (like the
 //   torch reference run in float32) except the normals (double, then rounded).
-// * tanh (mlp): a branch-free vectorisable double tanh: |x| < 0.625 the Cephes rational
-//   x + x^3 P(x^2) / Q(x^2), else 1 - 2 / (e^{2|x|} + 1) with e^y = 2^q e^r (Cody-Waite, Taylor
-//   to r^13, exponent by bit construction), sign restored by copysign. float32 runs evaluate it
-//   in double and round. Measured against std::tanh on 4e6 points of [-30, 30] and 2e6 of
+// * tanh (mlp): tanh_d of csrc/vmath.h, a branch-free vectorisable double tanh (the Cephes
+//   rational below |x| = 0.625, 1 - 2 / (e^{2|x|} + 1) above). float32 runs evaluate it in
+//   double and round. Measured against std::tanh on 4e6 points of [-30, 30] and 2e6 of
 //   [-1, 1] (symkern._C.mirror_sweep_tanh_errors, asserted in tests/test_mirror_sweeps.py):
 //   double <= 2.3e-16 absolute, <= 4.1e-16 relative (~2 ulp); float result <= 3.0e-8
 //   absolute, <= 6.0e-8 relative (the float rounding, 0.5 ulp).
@@ -197,52 +196,7 @@ SYMKERN_ALWAYS_INLINE void draw_normals(const px::Key key, std::uint32_t step, s
   }
 }
 
-// e^y for 0 <= y <= 45: 2^q e^r, q = rint(y / ln 2) (by the 1.5 2^52 shifter, which leaves q in
-// the low mantissa bits), r = y - q ln 2 in two parts (Cody-Waite, |r| <= ln2 / 2), e^r by
-// Taylor to r^13 (truncation < 2e-17 relative), 2^q built from its exponent bits.
-SYMKERN_ALWAYS_INLINE double exp_small_range(double y) {
-  constexpr double SHIFT = 6755399441055744.0;  // 1.5 * 2^52
-  constexpr double LN2_HI = 6.93147180369123816490e-01;  // 0x3FE62E42FEE00000: q LN2_HI exact
-  constexpr double LN2_LO = 1.90821492927058770002e-10;
-  const double shifted = y * 1.44269504088896340736 + SHIFT;
-  const double q = shifted - SHIFT;
-  const double r = (y - q * LN2_HI) - q * LN2_LO;
-  double p = 1.0 / 6227020800.0;  // 1/13!
-  p = p * r + 1.0 / 479001600.0;
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  std::uint64_t bits;
-  std::memcpy(&bits, &shifted, sizeof bits);
-  bits = (bits + 1023u) << 52;  // the low 12 bits of `shifted` are q (0 <= q <= 65)
-  double scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
-// tanh in double, branch-free (see the error statement at the top of the file). NaN in, NaN out.
-SYMKERN_ALWAYS_INLINE double tanh_vec(double x) {
-  const double ax = std::fabs(x);
-  // beyond |x| = 22, tanh is 1 to double precision; the clamp keeps e^{2|x|} finite
-  const double e = exp_small_range(2.0 * (ax > 22.0 ? 22.0 : ax));
-  const double big = 1.0 - 2.0 / (e + 1.0);
-  const double z = ax * ax;
-  const double pn = (-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z -
-                    1.61468768441708447952e3;
-  const double qd = ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z +
-                    4.84406305325125486048e3;
-  const double small = ax + ax * z * (pn / qd);
-  return std::copysign(ax < 0.625 ? small : big, x);
-}
+#include "vmath.h"  // exp_d, tanh_d (this ISA's copy)
 
 inline void tanh_errors_impl(double lo, double hi, index_t n, double out[4]) {
   double e[4] = {0.0, 0.0, 0.0, 0.0};
@@ -250,7 +204,7 @@ inline void tanh_errors_impl(double lo, double hi, index_t n, double out[4]) {
     const double x = n > 1 ? lo + (hi - lo) * static_cast<double>(i) / static_cast<double>(n - 1)
                            : lo;
     const double ref = std::tanh(x);
-    const double v = tanh_vec(x);
+    const double v = tanh_d(x);
     const double vf = static_cast<double>(static_cast<float>(v));
     const double scale = std::fabs(ref) > 0.0 ? std::fabs(ref) : 1.0;
     e[0] = std::max(e[0], std::fabs(v - ref));
@@ -574,7 +528,7 @@ SYMKERN_ALWAYS_INLINE void activate(Activation act, index_t len, T* __restrict Z
   if (act == Activation::tanh) {
 #pragma omp simd
     for (index_t i = 0; i < len; ++i) {
-      const T s = static_cast<T>(tanh_vec(static_cast<double>(Z[i])));
+      const T s = static_cast<T>(tanh_d(static_cast<double>(Z[i])));
       Z[i] = s;
       if constexpr (with_derivative) dphi[i] = T(1) - s * s;
     }

@@ -23,9 +23,8 @@
 //   and meet at one barrier per step, where the partial
 //   sums over particles are combined in a fixed order (double-buffered, so one barrier suffices;
 //   the result does not depend on timing, only — at rounding level — on the team size).
-// * Activations. float64: sigmoid by the branch-free exp_d (vectorises; measured <= 2.8e-16
-//   relative on [-708, 708], <= 1.7e-16 absolute anywhere, against long-double libm), tanh by
-//   std::tanh; trajectories match the float64 torch reference to ~1e-12. float32: branch-free vectorisable approximations (exp by 2^n * degree-7 Taylor on
+// * Activations. float64: sigmoid by exp_d, tanh by tanh_d (csrc/vmath.h: branch-free, vectorised
+//   on AVX-512, ~1-2 ulp); trajectories match the float64 torch reference to ~1e-12. float32: branch-free vectorisable approximations (exp by 2^n * degree-7 Taylor on
 //   [-ln2/2, ln2/2] with Cody-Waite reduction; tanh by an odd Taylor polynomial for |u| < 0.5 and
 //   1 - 2/(e^{2|u|} + 1) above). Measured max error of the float32 result against double libm
 //   on 4e6 points of [-87, 87] and 2e6 of [-1, 1] (symkern._C.particle_activation_errors):
@@ -213,6 +212,8 @@ inline unsigned long long g_prof[8];
 #define SK_PROF_ADD(k, a, b)
 #endif
 
+#include "vmath.h"  // exp_d, tanh_d (this ISA's copy)
+
 constexpr index_t TILE = 256;  // particles per tile: scratch rows of TILE stay in L1
 
 inline index_t round_up(index_t n, index_t m) { return (n + m - 1) / m * m; }
@@ -240,41 +241,6 @@ SYMKERN_ALWAYS_INLINE float exp_f(float x) {
   return p * scale;
 }
 
-// exp in float64, branch-free so `omp simd` loops vectorise on AVX-512 (std::exp is a scalar libm
-// call: the float64 matrix-unit step was 10x slower than float32 with it; GCC still leaves the
-// AVX2 copy's loops scalar — their float64 Box-Muller does not vectorise without AVX-512DQ). 2^n e^r: n = rint(x log2 e) by
-// the 1.5 * 2^52 shifter (n also read from its low mantissa bits), r = x - n ln 2 with fdlibm's
-// two-part ln 2 (n * LN2_HI exact for |n| < 2^11), e^r by the degree-13 Taylor polynomial
-// (|r| <= ln2/2: truncation <= 5e-18 relative). x is clamped to [-708, 708], inside the normal
-// range. Measured error: see activation_errors (sigmoid_f64_*).
-SYMKERN_ALWAYS_INLINE double exp_d(double x) {
-  x = x > -708.0 ? x : -708.0;  // max/min form: if-converted (vmaxpd / vminpd)
-  x = x < 708.0 ? x : 708.0;
-  constexpr double shifter = 6755399441055744.0;  // 1.5 * 2^52
-  const double t = x * 1.4426950408889634 + shifter;
-  const double n = t - shifter;
-  const double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
-  double p = 1.0 / 6227020800.0;  // 1/13!
-  p = p * r + 1.0 / 479001600.0;
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  // n as an integer from t's low mantissa bits (bit casts, not memcpy: they vectorise)
-  const std::int64_t ni = __builtin_bit_cast(std::int64_t, t) - 0x4338000000000000LL;
-  const std::uint64_t bits = static_cast<std::uint64_t>(ni + 1023) << 52;
-  const double scale = __builtin_bit_cast(double, bits);
-  return p * scale;
-}
-
 SYMKERN_ALWAYS_INLINE float sigmoid_t(float u) { return 1.0f / (1.0f + exp_f(-u)); }
 SYMKERN_ALWAYS_INLINE double sigmoid_t(double u) { return 1.0 / (1.0 + exp_d(-u)); }
 
@@ -294,7 +260,7 @@ SYMKERN_ALWAYS_INLINE float tanh_t(float u) {
   const float sbig = u < 0.0f ? -big : big;
   return a < 0.5f ? small : sbig;
 }
-SYMKERN_ALWAYS_INLINE double tanh_t(double u) { return std::tanh(u); }
+SYMKERN_ALWAYS_INLINE double tanh_t(double u) { return tanh_d(u); }
 
 // Standard-unit activations: value and derivative (derivative from the value where possible).
 struct ActTanh {
