@@ -166,13 +166,10 @@ def test_particle_step_paper_size(compare, smoke, scheme, N):
     )
 
 
-def test_particle_grid_120_runs(compare, smoke):
-    """4 schemes × 3 teachers × 10 seeds (run_ids) at N = 500 in one call vs 120 eager runs."""
-    N = 8 if smoke else 500
-    steps = 2 if smoke else 200
-    seeds = 2 if smoke else 10
-    schemes = ["vanilla", "DA", "FA", "EA"]
-    runs = [(s, t, k) for s in schemes for t in TEACHERS for k in range(seeds)]
+def _grid_problem(N, schemes, teachers, seeds):
+    """The paper grid's runs (scheme × teacher × seed, run id = seed) as one particle_steps
+    problem: (theta (R, N, D) float32 on the CPU, keyword arguments)."""
+    runs = [(s, t, k) for s in schemes for t in teachers for k in range(seeds)]
     R = len(runs)
     theta = initial_particles(R, N, UNIT.D, seed=0).to(DTYPE)
     teacher = torch.zeros(R, 10, UNIT.D, dtype=torch.float64)
@@ -184,6 +181,17 @@ def test_particle_grid_120_runs(compare, smoke):
     args = dict(_args("vanilla"), teacher=teacher, teacher_weights=weights,
                 scheme=[s for s, _, _ in runs], run_ids=torch.tensor([k for _, _, k in runs]),
                 project_noise=[t == "SI" for _, t, _ in runs])  # fmt: skip
+    return theta, args
+
+
+def test_particle_grid_120_runs(compare, smoke):
+    """4 schemes × 3 teachers × 10 seeds (run_ids) at N = 500 in one call vs 120 eager runs."""
+    N = 8 if smoke else 500
+    steps = 2 if smoke else 200
+    seeds = 2 if smoke else 10
+    schemes = ["vanilla", "DA", "FA", "EA"]
+    theta, args = _grid_problem(N, schemes, TEACHERS, seeds)
+    R = theta.shape[0]
     steps_eager = 2 if smoke else 50
 
     def check():
@@ -324,18 +332,9 @@ def test_particle_grid_120_runs_gpu(compare, smoke, gpu_device):
     N, steps, seeds = (8, 1, 1) if smoke else (500, 1000, 10)
     schemes = ["vanilla", "DA", "FA", "EA"]
     teachers = TEACHERS[:1] if smoke else TEACHERS  # smoke: 4 runs (the interpreter is slow)
-    runs = [(s, t, k) for s in schemes for t in teachers for k in range(seeds)]
-    R = len(runs)
-    theta = initial_particles(R, N, UNIT.D, seed=0).to(dev, DTYPE)
-    teacher = torch.zeros(R, 10, UNIT.D, dtype=torch.float64)
-    weights = torch.zeros(R, 10, dtype=torch.float64)
-    for r, (_, t, _) in enumerate(runs):
-        tp = Teacher.paper(t).particles
-        teacher[r, : tp.shape[0]] = tp
-        weights[r, : tp.shape[0]] = 1.0 / tp.shape[0]
-    args = dict(_args("vanilla"), teacher=teacher, teacher_weights=weights,
-                scheme=[s for s, _, _ in runs], run_ids=torch.tensor([k for _, _, k in runs]),
-                project_noise=[t == "SI" for _, t, _ in runs])  # fmt: skip
+    theta, args = _grid_problem(N, schemes, teachers, seeds)
+    theta = theta.to(dev)
+    R = theta.shape[0]
     steps_eager = 1 if smoke else 50
     info = compare(
         _steps_fn(theta, args, steps, "triton"),
