@@ -8,7 +8,10 @@ the float64 reference while the interpreter agreed with it to 1e-7.
 
 The kernels below use plain multiply-add reductions only (no ``tl.dot``) and promise IEEE
 float32. Each is compiled here for sm_90 with the arguments its launcher passes on a real call,
-and its Triton IR must contain no ``tt.dot``. The compiling runs in a subprocess without
+and its Triton IR must contain no ``tt.dot``. The two-pass particle kernels (the GPU's large-N
+path, which write TF32 ``tl.dot`` products on purpose and have never run on a GPU) are compiled
+for sm_90 as the launcher configures them on CUDA: they must compile, with exactly the products
+their source writes. The compiling runs in a subprocess without
 ``TRITON_INTERPRET`` (under the interpreter the kernels are not compilable JIT functions); the
 launchers are called directly with the kernel replaced by a recorder, so nothing runs.
 """
@@ -76,16 +79,34 @@ def _triton_ir(kernel, args: tuple, kwargs: dict) -> str:
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ttir"]
 
 
-def _dots_per_launch(module, kernel_name: str, call) -> list[int]:
-    """tt.dot count in the Triton IR of every launch of ``module.kernel_name`` by ``call()``."""
-    recorder = _Recorder(getattr(module, kernel_name))
-    setattr(module, kernel_name, recorder)
+def _record(module, kernel_names, call) -> dict[str, _Recorder]:
+    """Run ``call()`` with every named kernel of ``module`` replaced by a recorder."""
+    recorders = {name: _Recorder(getattr(module, name)) for name in kernel_names}
+    for name, rec in recorders.items():
+        setattr(module, name, rec)
     try:
         call()
     finally:
-        setattr(module, kernel_name, recorder.kernel)
-    assert recorder.calls, f"{kernel_name} was not launched"
-    return [_triton_ir(recorder.kernel, a, k).count("tt.dot") for a, k in recorder.calls]
+        for name, rec in recorders.items():
+            setattr(module, name, rec.kernel)
+    for name, rec in recorders.items():
+        assert rec.calls, f"{name} was not launched"
+    return recorders
+
+
+def _dots(recorder: _Recorder, **override) -> list[int]:
+    """tt.dot count in the Triton IR of every recorded launch (``override``: launch keywords
+    replaced before compiling, e.g. the GPU's PRECISION)."""
+    return [
+        _triton_ir(recorder.kernel, a, {**k, **override}).count("tt.dot") for a, k in recorder.calls
+    ]
+
+
+def _explicit_dots(kernel) -> int:
+    """How many ``tl.dot`` calls the kernel's own source writes (no loops unrolled there)."""
+    import inspect
+
+    return inspect.getsource(kernel.fn).count("tl.dot(")
 
 
 def _cases():
@@ -148,8 +169,41 @@ def _cases():
     )
 
 
+TWO_PASS_KERNELS = {  # kernel: launch keywords as on a GPU (float32 products on TF32 cores)
+    "_tp_data_kernel": {},
+    "_tp_forward_kernel": {"PRECISION": "tf32"},
+    "_tp_residual_kernel": {},
+    "_tp_backward_kernel": {"PRECISION": "tf32"},
+}
+
+
+def _two_pass_dots() -> dict[str, list]:
+    """The GPU large-N path of particle_steps (four kernels per step, explicit tl.dot), never
+    run on a GPU so far: {"<activation> <kernel>": [tt.dot per launch, tl.dot in the source]}."""
+    import symkern.backends.triton.particles as tp
+    from symkern.meanfield import StandardUnit
+    from symkern.meanfield.trainer import initial_particles
+    from symkern.ops.particles import particle_problem
+
+    out = {}
+    for activation in ("tanh", "relu"):
+        unit = StandardUnit(d=100, c=1, activation=activation)
+        theta = initial_particles(1, 300, unit.D, seed=3).float()
+        teacher = torch.randn(4, unit.D, generator=torch.Generator().manual_seed(0))
+        problem = particle_problem(theta, unit, teacher=teacher, batch=200, steps=1)
+        recorders = _record(
+            tp, TWO_PASS_KERNELS,
+            lambda th=theta, pb=problem: tp.particle_steps_triton(th, pb, 0, 1, 1, path="two_pass"),
+        )  # fmt: skip
+        for name, override in TWO_PASS_KERNELS.items():
+            rec = recorders[name]
+            out[f"{activation} {name}"] = [_dots(rec, **override), _explicit_dots(rec.kernel)]
+    return out
+
+
 def _main() -> None:
-    print(json.dumps({name: _dots_per_launch(m, k, call) for name, m, k, call in _cases()}))
+    implicit = {name: _dots(_record(m, [k], call)[k]) for name, m, k, call in _cases()}
+    print(json.dumps({"implicit": implicit, "explicit": _two_pass_dots()}))
 
 
 @pytest.fixture(scope="module")
@@ -173,11 +227,20 @@ def dot_counts() -> dict[str, list[int]]:
     ],
 )
 def test_kernel_has_no_implicit_dot(dot_counts, case):
-    counts = dot_counts[case]
+    counts = dot_counts["implicit"][case]
     assert counts and all(n == 0 for n in counts), (
         f"{case}: the compiler turned a broadcast-multiply-sum into tt.dot {counts} (TF32 in "
         "Triton <= 3.6 on a GPU): reduce over the last axis instead (see particles._apply_rows_t)"
     )
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("kernel", list(TWO_PASS_KERNELS))
+def test_two_pass_kernels_compile_for_sm90_with_only_their_own_dots(dot_counts, activation, kernel):
+    """The two-pass kernels compile for a GPU (TF32 products, as the launcher asks for on CUDA),
+    and their IR has exactly the tl.dot products their source writes."""
+    counts, written = dot_counts["explicit"][f"{activation} {kernel}"]
+    assert counts and all(n == written for n in counts), (kernel, counts, written)
 
 
 if __name__ == "__main__":
