@@ -3,8 +3,11 @@
 # install carried wheels, build the C++ core, then run what the first argument names.
 #
 #   bash bench/device_session.sh tests [pytest args]   # the whole test suite on CUDA (+ -m gpu)
-#   bash bench/device_session.sh bench [pytest args]   # bench/ with JSON under $OUT
+#   bash bench/device_session.sh bench [pytest args]   # bench/ (default: the GPU cases, -k gpu)
+#                                                      # with JSON under $OUT
 #   bash bench/device_session.sh ceilings              # measured copy GB/s and matmul TFLOP/s
+#   bash bench/device_session.sh teacher-student [preset] [args]   # the main job on the GPU
+#                                                      # (default preset quick; paper: the grid)
 #
 # Logs and JSON land in $OUT (default ./device-out). Wheels missing on the machine (POT) travel
 # in .whl/ (see .library/device/README.md); they are installed under /tmp/site.
@@ -34,8 +37,19 @@ tests)
         | tee "$OUT/tests.log" | grep -v "^\." | tail -60
     ;;
 bench)
+    [ $# -eq 0 ] && set -- -k gpu
     python3 -m pytest bench -q -rfEs --benchmark-json="$OUT/bench.json" "$@" 2>&1 \
         | tee "$OUT/bench.log" | tail -60
+    ;;
+teacher-student)
+    preset=${1:-quick}
+    shift || true
+    # training on the GPU (Triton, one program per run); the OT metrics on all CPU cores
+    symkern run teacher-student --preset "$preset" --device cuda --backend triton \
+        --metric-threads "$(nproc)" --out "/tmp/ts-$preset" "$@" 2>&1 | tr '\r' '\n' \
+        | grep -v "particle-step/s" | tee "$OUT/ts-$preset.log" | tail -40
+    cp "/tmp/ts-$preset/results.json" "/tmp/ts-$preset/summary.csv" \
+        "/tmp/ts-$preset/fig_rmd_si.png" "$OUT/" 2>/dev/null
     ;;
 ceilings)
     python3 - <<'EOF' | tee "$OUT/ceilings.txt"
