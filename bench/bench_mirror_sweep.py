@@ -58,6 +58,7 @@ import time
 
 import pytest
 import torch
+from conftest import drop_per_call_speedups  # noqa: E402
 
 pytest.importorskip("symkern._C")
 
@@ -228,8 +229,7 @@ def test_mirror_sweep_300_models(compare, smoke, case):
     if smoke:
         return
     ex = compare.benchmark.extra_info
-    for key in [k for k in ex if k.startswith("speedup_vs_")]:
-        del ex[key]  # per-call ratios of calls of different sizes: meaningless
+    drop_per_call_speedups(ex)
     cpp_us = info["symkern_ms"] * 1e3 / (M * steps)
     loop_us = info["torch_loop_ms"] * 1e3 / (loop_models * loop_steps)
     ref_us = info["symkern_torch_reference_ms"] * 1e3 / (M * ref_steps)
@@ -324,8 +324,7 @@ def test_mirror_sweep_3000_models_gpu(compare, smoke, gpu_device, case):
     if smoke:
         return
     ex = compare.benchmark.extra_info
-    for key in [k for k in ex if k.startswith("speedup_vs_")]:
-        del ex[key]  # per-call ratios of calls of different sizes: meaningless
+    drop_per_call_speedups(ex)
     us = info["symkern_ms"] * 1e3 / (M * steps)
     loop_us = info["torch_loop_ms"] * 1e3 / (loop_models * loop_steps)
     ref_us = info["symkern_torch_reference_ms"] * 1e3 / (M * ref_steps)

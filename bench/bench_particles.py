@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import drop_per_call_speedups  # noqa: E402
 from device_ceilings import H100_TF32_TFLOPS  # noqa: E402
 
 pytest.importorskip("symkern._C")
@@ -75,13 +76,6 @@ def _check_against_reference(theta, args):
         assert_close(out64.theta, ref.theta, rtol=1e-10, atol=1e-12)
 
     return check
-
-
-def _drop_per_call_speedups(extra_info: dict) -> None:
-    """The harness's speedup_vs_* compare whole calls; here symkern and the baselines run
-    different numbers of steps per call, so only the per-step ratios below are meaningful."""
-    for key in [k for k in extra_info if k.startswith("speedup_vs_")]:
-        del extra_info[key]
 
 
 def _natural_torch_steps(
@@ -145,7 +139,7 @@ def test_particle_step_paper_size(compare, smoke, scheme, N):
     if smoke:
         return
     ex = compare.benchmark.extra_info
-    _drop_per_call_speedups(ex)  # the calls run different step counts: only per-step ratios mean
+    drop_per_call_speedups(ex)  # the calls run different step counts: only per-step ratios mean
     us = info["symkern_ms"] * 1e3 / steps_cpp
     ex["symkern_us_per_step"] = us
     ex["torch_eager_us_per_step"] = info["torch_eager_ms"] * 1e3 / steps_natural
@@ -207,7 +201,7 @@ def test_particle_grid_120_runs(compare, smoke):
     if smoke:
         return
     ex = compare.benchmark.extra_info
-    _drop_per_call_speedups(ex)
+    drop_per_call_speedups(ex)
     cpp_us = info["symkern_ms"] * 1e3 / steps  # all R runs, per step
     eager_one = info["torch_eager_one_run_ms"] * 1e3 / steps_eager
     ex["note"] = (f"eager: one natural-torch vanilla run (the cheapest scheme, so a lower "
@@ -314,7 +308,7 @@ def test_particle_step_paper_size_gpu(compare, smoke, gpu_device, scheme, N):
     if smoke:
         return
     ex = compare.benchmark.extra_info
-    _drop_per_call_speedups(ex)
+    drop_per_call_speedups(ex)
     us = info["symkern_ms"] * 1e3 / steps
     ex["symkern_us_per_step"] = us
     for name in baselines:
@@ -345,7 +339,7 @@ def test_particle_grid_120_runs_gpu(compare, smoke, gpu_device):
     if smoke:
         return
     ex = compare.benchmark.extra_info
-    _drop_per_call_speedups(ex)
+    drop_per_call_speedups(ex)
     us = info["symkern_ms"] * 1e3 / steps
     eager_one = info["torch_eager_one_run_ms"] * 1e3 / steps_eager
     ex.update(symkern_us_per_step_all_runs=us, torch_eager_us_per_step_all_runs_est=eager_one * R,
@@ -400,7 +394,7 @@ def test_particle_step_large_standard_unit_gpu(compare, smoke, gpu_device, N):
     if smoke:
         return
     ex = compare.benchmark.extra_info
-    _drop_per_call_speedups(ex)
+    drop_per_call_speedups(ex)
     ms = info["symkern_ms"] / steps
     model_tflops = 6 * B * N * d / (ms / 1e3) / 1e12
     ex.update(symkern_ms_per_step=ms, model_TFLOPs=model_tflops,

@@ -129,6 +129,14 @@ class Comparison:
         return dict(info)
 
 
+def drop_per_call_speedups(extra_info: dict) -> None:
+    """Remove compare()'s speedup_vs_* ratios: they compare whole calls, meaningless when symkern
+    and the baselines run different amounts of work per call (the cases then record per-step or
+    per-model-step ratios instead)."""
+    for key in [k for k in extra_info if k.startswith("speedup_vs_")]:
+        del extra_info[key]
+
+
 @pytest.fixture
 def smoke(request) -> bool:
     """True under --benchmark-disable (CI smoke test): use small inputs, time nothing."""
