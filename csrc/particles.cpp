@@ -24,7 +24,8 @@
 //   sums over particles are combined in a fixed order (double-buffered, so one barrier suffices;
 //   the result does not depend on timing, only — at rounding level — on the team size).
 // * Activations. float64: sigmoid by exp_d, tanh by tanh_d (csrc/vmath.h: branch-free, vectorised
-//   on AVX-512, ~1-2 ulp); trajectories match the float64 torch reference to ~1e-12. float32: branch-free vectorisable approximations (exp by 2^n * degree-7 Taylor on
+//   on AVX-512, ~1-2 ulp, NaN kept); trajectories match the float64 torch reference to ~1e-12.
+//   float32: branch-free vectorisable approximations (exp by 2^n * degree-7 Taylor on
 //   [-ln2/2, ln2/2] with Cody-Waite reduction; tanh by an odd Taylor polynomial for |u| < 0.5 and
 //   1 - 2/(e^{2|u|} + 1) above). Measured max error of the float32 result against double libm
 //   on 4e6 points of [-87, 87] and 2e6 of [-1, 1] (symkern._C.particle_activation_errors):

@@ -70,8 +70,9 @@ void philox4x32_batch(const std::uint32_t* ctr, index_t n, std::uint32_t k0, std
 void normals_batch(std::uint64_t seed, std::uint32_t run_id, std::uint32_t step,
                    std::uint32_t stream, index_t n, double* out);
 
-// Max error of the float32 fast activations against double libm on a dense grid (for tests and
-// the stated error bounds): returns {sigmoid abs, sigmoid rel, tanh abs, tanh rel}.
+// Max error of the float32 fast activations against double libm and of the float64 sigmoid
+// against long-double libm on a dense grid (for tests and the stated error bounds): returns
+// {sigmoid abs, sigmoid rel, tanh abs, tanh rel, float64 sigmoid abs, float64 sigmoid rel}.
 void activation_errors(double lo, double hi, index_t n, double out[6]);
 
 }  // namespace symkern::particles

@@ -299,6 +299,31 @@ def test_model_output_forward_and_gradients(backend_case, unit):
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize(
+    "unit",
+    [MatrixUnit(2, 2), StandardUnit(3, 2, "tanh"), StandardUnit(3, 2, "sigmoid")],
+    ids=repr,
+)
+def test_model_output_propagates_nan(backend_case, unit, dtype):
+    """A NaN sample gives a NaN output row and leaves the others finite (documented
+    propagation): the vectorised activations' range clamps must keep NaN, not clamp it to a
+    finite value (the first float64 exp_d did, silently giving sigmoid(NaN) = 1)."""
+    from symkern.backends.registry import get_backend
+    from symkern.ops.particles import model_output
+
+    if not get_backend(backend_case.backend).has_kernel("particle_forward"):
+        pytest.skip(f"no {backend_case.backend!r} kernel for op 'particle_forward' is implemented")
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, unit.d, generator=g, dtype=torch.float64).to(dtype)
+    x[1, 0] = float("nan")
+    theta = torch.randn(300, unit.D, generator=g, dtype=torch.float64).to(dtype)
+    dev = backend_case.device
+    out = model_output(x.to(dev), theta.to(dev), unit, backend=backend_case.backend).cpu()
+    assert torch.isnan(out[1]).all(), out
+    assert torch.isfinite(out[[0, 2, 3, 4]]).all(), out
+
+
 def test_model_output_bad_inputs():
     from symkern.ops.particles import model_output
 

@@ -348,7 +348,8 @@ def model_output(
 
     x (B, d), theta (N, D) (float32 / float64, same device) → (B, c). Fused kernels never keep a
     B×N activation buffer: the backward recomputes activations. Use it to plug a mean-field model
-    into your own training loop (first-order gradients; no double backward).
+    into your own training loop (first-order gradients; no double backward). NaN is not
+    checked: it propagates (a NaN in x_b makes row b of the output NaN; one in θ_i, every row).
     """
     for t, name, width in ((x, "x", unit.d), (theta, "theta", unit.D)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
