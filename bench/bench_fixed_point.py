@@ -274,7 +274,6 @@ def test_orbit_mean_particles_gpu(compare, smoke, gpu_device):
         _check_close(ref[:rows], torch_orbit_mean(x_cpu[:rows].double(), plan_f64), rtol=1e-12)
         _check_close((x_cpu[:rows].double() @ q64) @ q64.T, ref[:rows], rtol=1e-12)
 
-    # numbers only before compare(): the harness prints every extra_info value with :.4g
     compare.benchmark.extra_info.update(N=N, D=D, n_orbits=plan.n_orbits)
     info = compare(
         lambda: triton_mean(x, plan),
@@ -325,7 +324,6 @@ def test_project_lowrank_particles_gpu(compare, smoke, gpu_device, k):
         _check_close(out, (x_cpu.double() @ q64) @ q64.T, rtol=1e-5)  # every row
 
     flops = 4.0 * N * D * k
-    # numbers only before compare(): the harness prints every extra_info value with :.4g
     compare.benchmark.extra_info.update(N=N, D=D, k=k, flop_per_byte=flops / (2 * x.nbytes))
     info = compare(
         lambda: triton_lowrank(x, q),

@@ -321,7 +321,6 @@ def test_orbit_mean_block_perm_gpu(compare, smoke, gpu_device, case):
     if naive_ok:
         perms_dev = perms.to(dev)
         baselines["naive_gather_mean"] = lambda: x[:, perms_dev].mean(1)
-    # numbers only before compare(): the harness prints every extra_info value with :.4g
     compare.benchmark.extra_info.update(
         group_order=G, D=D, B=B, BD=B * D, n_orbits=plan.n_orbits, naive_timed=naive_ok,
         naive_bytes=float(naive_bytes),
