@@ -30,7 +30,8 @@ few rows and against every baseline):
 ``coefficients`` cases time c = Oᵀθ alone (``Mirror.coefficients``, i.e. ``breaking`` without the
 norm) against ``(θ[:, index] * value).sum(-1)`` and ``θ @ O``.
 
-``--benchmark-disable`` (CI smoke): M = 8 models, d = 2000, every check still runs.
+``--benchmark-disable`` (CI smoke): M = 8 models, d = 2000, every check still runs (the triton
+cases without a GPU in the Triton interpreter on CPU tensors; timed on CUDA only).
 """
 
 from __future__ import annotations
@@ -76,13 +77,13 @@ CASES = {
 }
 
 
-def _setup(smoke: bool, case: str, backend: str):
-    if backend == "triton" and not torch.cuda.is_available():
-        pytest.skip("the triton kernels are timed on CUDA only (the interpreter is a testing tool)")
+def _setup(request, smoke: bool, case: str, backend: str):
+    # triton: on CUDA, or (smoke run only) in the interpreter on CPU tensors — the gpu_device
+    # fixture skips the timed run without a GPU
+    device = request.getfixturevalue("gpu_device") if backend == "triton" else "cpu"
     if not get_backend(backend).has_kernel("mirror_apply"):
         pytest.skip(f"no {backend!r} kernel for mirror_apply on this machine")
     M, d = (8, 2000) if smoke else (300, 100_000)
-    device = "cuda" if backend == "triton" else "cpu"
     mirror = CASES[case](d)
     g = torch.Generator().manual_seed(0)
     theta = (torch.randn(M, d, generator=g, dtype=torch.float64) + 0.5).to(device, torch.float32)
@@ -140,8 +141,8 @@ def _prealloc_kernel(mirror: Mirror, theta: torch.Tensor):
 
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_mirror_reflect(compare, smoke, case, backend):
-    mirror, theta, device = _setup(smoke, case, backend)
+def test_mirror_reflect(request, compare, smoke, case, backend):
+    mirror, theta, device = _setup(request, smoke, case, backend)
     O = _dense_o(mirror, theta)
     M, d, k = theta.shape[0], mirror.d, mirror.k
 
@@ -183,8 +184,8 @@ def test_mirror_reflect(compare, smoke, case, backend):
 
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("case", ["rescaling_pairs", "householder"])
-def test_mirror_coefficients(compare, smoke, case, backend):
-    mirror, theta, device = _setup(smoke, case, backend)
+def test_mirror_coefficients(request, compare, smoke, case, backend):
+    mirror, theta, device = _setup(request, smoke, case, backend)
     O = _dense_o(mirror, theta)
     M, d, k = theta.shape[0], mirror.d, mirror.k
     index = mirror.index.to(device)
