@@ -63,6 +63,20 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @triton.jit
+def _entry_tile(
+    index_ptr, value_ptr, cols, col_ok, row_ok, s0, S, BLOCK_S: tl.constexpr, acc_ty: tl.constexpr
+):
+    """Entries s0 .. s0 + BLOCK_S of the mirror columns ``cols``: coordinate indices and values
+    (BLOCK_J, BLOCK_S), and the (BLOCK_M, BLOCK_J, BLOCK_S) mask of real (row, entry) pairs."""
+    ts = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
+    ent_ok = col_ok[:, None] & (ts < S)[None, :]
+    e_offs = cols[:, None] * S + ts[None, :]
+    idx = tl.load(index_ptr + e_offs, mask=ent_ok, other=0)
+    val = tl.load(value_ptr + e_offs, mask=ent_ok, other=0.0).to(acc_ty)
+    return idx, val, row_ok[:, None, None] & ent_ok[None, :, :]
+
+
+@triton.jit
 def _mirror_sparse_kernel(
     theta_ptr,
     out_ptr,
@@ -105,12 +119,8 @@ def _mirror_sparse_kernel(
         if COMPUTE_C:
             acc = tl.zeros((BLOCK_M, BLOCK_J), dtype=acc_ty)
             for s0 in range(0, S, BLOCK_S):
-                ts = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
-                ent_ok = col_ok[:, None] & (ts < S)[None, :]
-                e_offs = cols[:, None] * S + ts[None, :]
-                idx = tl.load(index_ptr + e_offs, mask=ent_ok, other=0)
-                val = tl.load(value_ptr + e_offs, mask=ent_ok, other=0.0).to(acc_ty)
-                m3 = row_ok[:, None, None] & ent_ok[None, :, :]
+                idx, val, m3 = _entry_tile(index_ptr, value_ptr, cols, col_ok, row_ok, s0, S,
+                                           BLOCK_S, acc_ty)  # fmt: skip
                 t_offs = rows[:, None, None] * stride_tm + idx[None, :, :] * stride_td
                 th = tl.load(theta_ptr + t_offs, mask=m3, other=0.0).to(acc_ty)
                 acc += tl.sum(th * val[None, :, :], axis=2)
@@ -122,12 +132,8 @@ def _mirror_sparse_kernel(
             if HAS_SHIFT:
                 coef += tl.load(shift_ptr + c_offs, mask=rc_ok, other=0.0).to(acc_ty)
             for s0 in range(0, S, BLOCK_S):
-                ts = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
-                ent_ok = col_ok[:, None] & (ts < S)[None, :]
-                e_offs = cols[:, None] * S + ts[None, :]
-                idx = tl.load(index_ptr + e_offs, mask=ent_ok, other=0)
-                val = tl.load(value_ptr + e_offs, mask=ent_ok, other=0.0).to(acc_ty)
-                m3 = row_ok[:, None, None] & ent_ok[None, :, :]
+                idx, val, m3 = _entry_tile(index_ptr, value_ptr, cols, col_ok, row_ok, s0, S,
+                                           BLOCK_S, acc_ty)  # fmt: skip
                 upd = coef[:, :, None] * val[None, :, :]
                 o_offs = rows[:, None, None] * d + idx[None, :, :]
                 if ATOMIC:
