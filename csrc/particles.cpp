@@ -85,6 +85,7 @@
 #include <limits>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "isa.h"
@@ -94,6 +95,11 @@
 #include <immintrin.h>
 #endif
 
+// The standard-unit blocks use GCC vectors of the native width; in the AVX2 / baseline copies
+// GCC notes that passing 64-byte vectors changed ABI in GCC 4.6 — they are never passed across
+// a function boundary (always inlined).
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 #define SYMKERN_PARTICLES_BODY 1
 #ifdef SYMKERN_MULTI_ISA
 #pragma GCC push_options
@@ -101,21 +107,27 @@
 // (GCC's C++ front end does not define __AVX512F__ after `#pragma GCC target`, so the body is
 // told which variant it is by SYMKERN_PARTICLES_AVX512.)
 #define SYMKERN_PARTICLES_AVX512 1
+#define SYMKERN_PARTICLES_VEC_BYTES 64  // native SIMD width of this copy (standard-unit blocks)
 namespace symkern::particles::isa_avx512 {
 #include "particles.cpp"
 }  // namespace symkern::particles::isa_avx512
 #undef SYMKERN_PARTICLES_AVX512
+#undef SYMKERN_PARTICLES_VEC_BYTES
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,bmi,bmi2")
+#define SYMKERN_PARTICLES_VEC_BYTES 32
 namespace symkern::particles::isa_avx2 {
 #include "particles.cpp"
 }  // namespace symkern::particles::isa_avx2
+#undef SYMKERN_PARTICLES_VEC_BYTES
 #pragma GCC pop_options
 #endif
+#define SYMKERN_PARTICLES_VEC_BYTES 16
 namespace symkern::particles::isa_base {
 #include "particles.cpp"
 }  // namespace symkern::particles::isa_base
+#undef SYMKERN_PARTICLES_VEC_BYTES
 #undef SYMKERN_PARTICLES_BODY
 
 namespace symkern::particles {
@@ -840,27 +852,77 @@ inline void teacher_labels(const Problem<T>& p, index_t r, const T* x, T* y) {
   }
 }
 
-// Pass 1 on one tile: Phi accumulators and stored derivatives. thf: forward particles (SoA,
-// leading dimension cap), offset i_s, m particles.
+// ---- standard unit: register-blocked products ----------------------------------------------
+// Its three products per tile are small GEMMs: pre-activations U = X W^T + b (E x m, inner d),
+// weight gradients G_W = T^T X (m x d, inner E) and, in the backward, input gradients
+// G_X = T W (E x d, inner m), with T the residual-weighted activation derivatives. As streams
+// over particle rows they do one FMA per three memory operations (u[i] += x_j w_j[i]: load,
+// load, store). Here a block of up to 8 inputs (or columns) times one native vector of particles
+// stays in registers over the inner dimension: one vector load per 8 FMAs, whose scalar operand
+// is a broadcast (embedded in the FMA on AVX-512). GCC vectors of this copy's native width.
+
+template <class T>
+struct NativeVec {
+  typedef T type __attribute__((vector_size(SYMKERN_PARTICLES_VEC_BYTES)));
+  static constexpr index_t lanes = SYMKERN_PARTICLES_VEC_BYTES / sizeof(T);
+};
+template <class T>
+using vec_t = typename NativeVec<T>::type;
+
+template <class T>
+SYMKERN_ALWAYS_INLINE vec_t<T> vload(const T* p) {
+  vec_t<T> v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class T>
+SYMKERN_ALWAYS_INLINE void vstore(T* p, vec_t<T> v) {
+  __builtin_memcpy(p, &v, sizeof v);
+}
+
+// f(block, s) for consecutive blocks [s, s + block) covering [0, n): blocks of MaxB, then one each
+// of the halves for the remainder (block is a compile-time constant: register arrays stay
+// registers).
+template <int MaxB, class F>
+SYMKERN_ALWAYS_INLINE void in_blocks(index_t n, F&& f) {
+  index_t s = 0;
+  for (; s + MaxB <= n; s += MaxB) f(std::integral_constant<int, MaxB>{}, s);
+  if constexpr (MaxB > 1) {
+    if (s < n) in_blocks<MaxB / 2>(n - s, [&](auto blk, index_t s2) { f(blk, s + s2); });
+  }
+}
+
+// Pass 1 on one tile, standard unit: Phi accumulators and stored (h, h') per input. thf: forward
+// particles (SoA rows a_0..a_{c-1}, w_0..w_{d-1}, b; leading dimension cap), offset i_s, m
+// particles. Full vector loads and stores past m stay inside rows of cap (or TILE) entries; those
+// lanes are never read back.
 template <class T, class Act>
 inline void pass1_standard(const Problem<T>& p, index_t E, const T* xe, const T* thf, index_t cap,
-                           index_t i_s, index_t m, T* actp, T* __restrict u, double* phi) {
+                           index_t i_s, index_t m, T* actp, double* phi) {
+  using V = vec_t<T>;
+  constexpr index_t W = NativeVec<T>::lanes;
   const index_t c = p.c, d = p.d;
-  const T* __restrict bias = thf + (c + d) * cap + i_s;
+  const T* wrow = thf + c * cap + i_s;
+  const T* bias = thf + (c + d) * cap + i_s;
+  for (index_t i = 0; i < m; i += W) {
+    const V b = vload(bias + i);
+    in_blocks<8>(E, [&](auto blk, index_t e0) {
+      constexpr int EB = decltype(blk)::value;
+      const T* x = xe + e0 * d;
+      V acc[EB];
+      for (int e = 0; e < EB; ++e) acc[e] = b;
+      for (index_t j = 0; j < d; ++j) {
+        const V wv = vload(wrow + j * cap + i);
+        for (int e = 0; e < EB; ++e) acc[e] += wv * x[e * d + j];
+      }
+      for (int e = 0; e < EB; ++e) vstore(actp + (2 * (e0 + e)) * TILE + i, acc[e]);
+    });
+  }
   for (index_t e = 0; e < E; ++e) {
-    const T* xr = xe + e * d;
-#pragma omp simd
-    for (index_t i = 0; i < m; ++i) u[i] = bias[i];
-    for (index_t j = 0; j < d; ++j) {
-      const T xj = xr[j];
-      const T* __restrict w = thf + (c + j) * cap + i_s;
-#pragma omp simd
-      for (index_t i = 0; i < m; ++i) u[i] += xj * w[i];
-    }
-    T* __restrict h = actp + (2 * e) * TILE;
+    T* __restrict h = actp + (2 * e) * TILE;  // holds u on entry
     T* __restrict hp = actp + (2 * e + 1) * TILE;
 #pragma omp simd
-    for (index_t i = 0; i < m; ++i) Act::eval(u[i], h[i], hp[i]);
+    for (index_t i = 0; i < m; ++i) Act::eval(h[i], h[i], hp[i]);
     for (index_t k = 0; k < c; ++k) {
       const T* __restrict a = thf + k * cap + i_s;
       T s = T(0);
@@ -979,44 +1041,110 @@ inline void pass2_matrix(const Problem<T>& p, index_t E, const T* xe, const T* r
   }
 }
 
+// Standard unit, after pass 1 on a tile: overwrite each h'_e row with the backpropagated weight
+// t_e[i] = h'(u_ei) sum_k r_ek a_k[i] (r carries the loss weights and 1/N), and zero it past m up
+// to the vector width, so the particle reductions of backward_impl can run on whole vectors.
 template <class T>
-inline void pass2_standard(const Problem<T>& p, index_t E, const T* xe, const T* r,
-                           const T* thf, index_t cap, index_t i_s, index_t m, const T* actp,
-                           T* __restrict tmp, T* __restrict gbuf) {
-  const index_t c = p.c, d = p.d, D = p.D;
-  for (index_t q = 0; q < D; ++q) {
-    T* __restrict g = gbuf + q * TILE;
-#pragma omp simd
-    for (index_t i = 0; i < m; ++i) g[i] = T(0);
-  }
-  T* __restrict gb = gbuf + (c + d) * TILE;
+inline void standard_backprop_weights(const Problem<T>& p, index_t E, const T* r, const T* thf,
+                                      index_t cap, index_t i_s, index_t m, T* actp) {
+  const index_t c = p.c;
+  const index_t mv = round_up(m, NativeVec<T>::lanes);
   for (index_t e = 0; e < E; ++e) {
-    const T* __restrict h = actp + (2 * e) * TILE;
-    const T* __restrict hp = actp + (2 * e + 1) * TILE;
+    T* __restrict t = actp + (2 * e + 1) * TILE;
+    T acc[TILE];
+    const T r0 = r[e * c];
+    const T* __restrict a0 = thf + i_s;
 #pragma omp simd
-    for (index_t i = 0; i < m; ++i) tmp[i] = T(0);
-    for (index_t k = 0; k < c; ++k) {
+    for (index_t i = 0; i < m; ++i) acc[i] = r0 * a0[i];
+    for (index_t k = 1; k < c; ++k) {
       const T rk = r[e * c + k];
       const T* __restrict a = thf + k * cap + i_s;
-      T* __restrict ga = gbuf + k * TILE;
 #pragma omp simd
-      for (index_t i = 0; i < m; ++i) {
-        tmp[i] += rk * a[i];
-        ga[i] += rk * h[i];
-      }
+      for (index_t i = 0; i < m; ++i) acc[i] += rk * a[i];
     }
 #pragma omp simd
-    for (index_t i = 0; i < m; ++i) {
-      tmp[i] *= hp[i];
-      gb[i] += tmp[i];
-    }
-    for (index_t j = 0; j < d; ++j) {
-      const T xj = xe[e * d + j];
-      T* __restrict g = gbuf + (c + j) * TILE;
+    for (index_t i = 0; i < m; ++i) t[i] *= acc[i];
+    for (index_t i = m; i < mv; ++i) t[i] = T(0);
+  }
+}
+
+// Pass 2 on one tile, standard unit (after standard_backprop_weights): gbuf rows a_k, w_j, b of
+// the data gradient. G_W in register blocks of 8 columns per particle vector (inner loop over
+// the E inputs).
+template <class T>
+inline void pass2_standard(const Problem<T>& p, index_t E, const T* xe, const T* r, index_t m,
+                           const T* actp, T* __restrict gbuf) {
+  using V = vec_t<T>;
+  constexpr index_t W = NativeVec<T>::lanes;
+  const index_t c = p.c, d = p.d;
+  for (index_t k = 0; k < c; ++k) {  // dPhi/da_k = h
+    T* __restrict ga = gbuf + k * TILE;
 #pragma omp simd
-      for (index_t i = 0; i < m; ++i) g[i] += tmp[i] * xj;
+    for (index_t i = 0; i < m; ++i) ga[i] = T(0);
+    for (index_t e = 0; e < E; ++e) {
+      const T rk = r[e * c + k];
+      const T* __restrict h = actp + (2 * e) * TILE;
+#pragma omp simd
+      for (index_t i = 0; i < m; ++i) ga[i] += rk * h[i];
     }
   }
+  T* __restrict gb = gbuf + (c + d) * TILE;  // dPhi/db = t
+#pragma omp simd
+  for (index_t i = 0; i < m; ++i) gb[i] = T(0);
+  for (index_t e = 0; e < E; ++e) {
+    const T* __restrict t = actp + (2 * e + 1) * TILE;
+#pragma omp simd
+    for (index_t i = 0; i < m; ++i) gb[i] += t[i];
+  }
+  T* gw = gbuf + c * TILE;  // dPhi/dw_j = t x_j
+  for (index_t i = 0; i < m; i += W) {
+    in_blocks<8>(d, [&](auto blk, index_t j0) {
+      constexpr int JB = decltype(blk)::value;
+      V acc[JB];
+      for (int j = 0; j < JB; ++j) acc[j] = V{};
+      for (index_t e = 0; e < E; ++e) {
+        const V tv = vload(actp + (2 * e + 1) * TILE + i);
+        const T* x = xe + e * d + j0;
+        for (int j = 0; j < JB; ++j) acc[j] += tv * x[j];
+      }
+      for (int j = 0; j < JB; ++j) vstore(gw + (j0 + j) * TILE + i, acc[j]);
+    });
+  }
+}
+
+// Backward of the fused forward, standard unit: gx[b][j] += sum_{i < m} t_b[i] w_j[i] for the nb
+// inputs of a chunk (t past m is zero: standard_backprop_weights), in 4 x 4 blocks of (input,
+// column) vector accumulators over the particles, reduced across lanes once per block.
+template <class T>
+inline void input_grad_standard(index_t nb, index_t c, index_t d, const T* thc, index_t m,
+                                const T* actp, double* gx) {
+  using V = vec_t<T>;
+  constexpr index_t W = NativeVec<T>::lanes;
+  const index_t mv = round_up(m, W);
+  const T* wrow = thc + c * TILE;
+  in_blocks<4>(nb, [&](auto bblk, index_t b0) {
+    constexpr int BB = decltype(bblk)::value;
+    in_blocks<4>(d, [&](auto jblk, index_t j0) {
+      constexpr int JB = decltype(jblk)::value;
+      V acc[BB][JB];
+      for (int b = 0; b < BB; ++b)
+        for (int j = 0; j < JB; ++j) acc[b][j] = V{};
+      for (index_t i = 0; i < mv; i += W) {
+        V wv[JB];
+        for (int j = 0; j < JB; ++j) wv[j] = vload(wrow + (j0 + j) * TILE + i);
+        for (int b = 0; b < BB; ++b) {
+          const V tv = vload(actp + (2 * (b0 + b) + 1) * TILE + i);
+          for (int j = 0; j < JB; ++j) acc[b][j] += tv * wv[j];
+        }
+      }
+      for (int b = 0; b < BB; ++b)
+        for (int j = 0; j < JB; ++j) {
+          T s = T(0);
+          for (index_t l = 0; l < W; ++l) s += acc[b][j][l];
+          gx[(b0 + b) * d + j0 + j] += static_cast<double>(s);
+        }
+    });
+  });
 }
 
 // y[q][i] = sum_p A[q][p] x[p][i]  (A row-major D x D; transpose = use A[p][q])
@@ -1161,7 +1289,7 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
         pass1_matrix(p, E, xe, thf, cap, i_s, m, actp, w.u.data(), phi);
       } else {
         with_act(p.activation_code, [&](auto act) {
-          pass1_standard<T, decltype(act)>(p, E, xe, thf, cap, i_s, m, actp, w.u.data(), phi);
+          pass1_standard<T, decltype(act)>(p, E, xe, thf, cap, i_s, m, actp, phi);
         });
       }
     }
@@ -1238,12 +1366,14 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
     for (index_t tb = 0; tb < ntiles; ++tb) {
       SK_PROF(pq0)
       const index_t i_s = tb * TILE, m = std::min(TILE, n - i_s);
-      const T* actp = w.act.data() + tb * act_tile;
+      T* actp = w.act.data() + tb * act_tile;
       T* gbuf = w.gbuf.data();
-      if (p.unit_code == 0)
+      if (p.unit_code == 0) {
         pass2_matrix(p, E, xe, rr, m, actp, w.tmp.data(), gbuf);
-      else
-        pass2_standard(p, E, xe, rr, thf, cap, i_s, m, actp, w.tmp.data(), gbuf);
+      } else {
+        standard_backprop_weights(p, E, rr, thf, cap, i_s, m, actp);
+        pass2_standard(p, E, xe, rr, m, actp, gbuf);
+      }
       for (index_t q = 0; q < D; ++q) {
         T* __restrict g = gbuf + q * TILE;
         const T* __restrict z = thf + q * cap + i_s;
@@ -1396,16 +1526,20 @@ void forward_tile(const T* x, index_t B, const T* thc, index_t m, int unit_code,
     pass1_matrix(pp, B, x, thc, TILE, 0, m, actp, u, phi);
   else
     with_act(act, [&](auto a) {
-      pass1_standard<T, decltype(a)>(pp, B, x, thc, TILE, 0, m, actp, u, phi);
+      pass1_standard<T, decltype(a)>(pp, B, x, thc, TILE, 0, m, actp, phi);
     });
   (void)c;
   (void)d;
 }
 
+// thc[q][i] = theta[i_s + i][q] for i < m, zero from m to the end of the row (the vector blocks
+// read whole vectors: no stale particle of an earlier tile may reach a reduction, not even as
+// inf * 0).
 template <class T>
 void load_tile(const T* theta, index_t D, index_t i_s, index_t m, T* thc) {
   for (index_t i = 0; i < m; ++i)
     for (index_t q = 0; q < D; ++q) thc[q * TILE + i] = theta[(i_s + i) * D + q];
+  for (index_t q = 0; q < D; ++q) std::fill(thc + q * TILE + m, thc + (q + 1) * TILE, T(0));
 }
 
 template <class T>
@@ -1425,25 +1559,23 @@ void forward_impl(const T* x, index_t B, const T* theta, index_t N, int unit_cod
   const Problem<T> pp = unit_problem<T>(unit_code, act, c, d);
   const index_t D = pp.D, nA = unit_code == 0 ? c : 2;
   const index_t ntiles = (N + TILE - 1) / TILE;
-  // batch rows split across threads (each thread: all particles for its rows)
+  // batch rows split across threads (each thread: all particles for its rows); each tile of
+  // particles is transposed once per thread and used by all its chunks of 64 rows
   const index_t grain = std::max<index_t>(1, 4096 / std::max<index_t>(N, 1));
   ::symkern::parallel_for(B, grain, [&](index_t b0, index_t b1) {
     const index_t Bl = b1 - b0;
     const index_t Bc = std::min<index_t>(Bl, 64);
     std::vector<T> thc(D * TILE), actb(Bc * nA * TILE), u(TILE);
-    std::vector<double> phi(Bc * c);
-    for (index_t bb = b0; bb < b1; bb += Bc) {
-      const index_t nb = std::min(Bc, b1 - bb);
-      std::fill(phi.begin(), phi.end(), 0.0);
-      for (index_t tb = 0; tb < ntiles; ++tb) {
-        const index_t i_s = tb * TILE, m = std::min(TILE, N - i_s);
-        load_tile(theta, D, i_s, m, thc.data());
-        forward_tile(x + bb * d, nb, thc.data(), m, unit_code, act, c, d, actb.data(), u.data(),
-                     phi.data(), pp);
-      }
-      for (index_t k = 0; k < nb * c; ++k)
-        phi_out[bb * c + k] = static_cast<T>(phi[k] / static_cast<double>(N));
+    std::vector<double> phi(Bl * c, 0.0);
+    for (index_t tb = 0; tb < ntiles; ++tb) {
+      const index_t i_s = tb * TILE, m = std::min(TILE, N - i_s);
+      load_tile(theta, D, i_s, m, thc.data());
+      for (index_t bb = b0; bb < b1; bb += Bc)
+        forward_tile(x + bb * d, std::min(Bc, b1 - bb), thc.data(), m, unit_code, act, c, d,
+                     actb.data(), u.data(), phi.data() + (bb - b0) * c, pp);
     }
+    for (index_t k = 0; k < Bl * c; ++k)
+      phi_out[b0 * c + k] = static_cast<T>(phi[k] / static_cast<double>(N));
   });
 }
 
@@ -1476,20 +1608,20 @@ void backward_impl(const T* x, index_t B, const T* theta, index_t N, int unit_co
         const index_t nb = std::min(Bc, B - bb);
         forward_tile(x + bb * d, nb, thc.data(), m, unit_code, act, c, d, actv.data(), u.data(),
                      phi.data(), pp);
+        const T* rb = r.data() + bb * c;
+        if (unit_code != 0) standard_backprop_weights(pp, nb, rb, thc.data(), TILE, 0, m, actv.data());
         if (grad_theta) {
           if (unit_code == 0)
-            pass2_matrix(pp, nb, x + bb * d, r.data() + bb * c, m, actv.data(), tmp.data(),
-                         gbuf.data());
+            pass2_matrix(pp, nb, x + bb * d, rb, m, actv.data(), tmp.data(), gbuf.data());
           else
-            pass2_standard(pp, nb, x + bb * d, r.data() + bb * c, thc.data(), TILE, 0, m,
-                           actv.data(), tmp.data(), gbuf.data());
+            pass2_standard(pp, nb, x + bb * d, rb, m, actv.data(), gbuf.data());
           for (index_t q = 0; q < D * TILE; ++q) gacc[q] += gbuf[q];
         }
         if (grad_x) {
           // dPhi_bk/dx_bj = (1/N) sum_i J; r carries 1/N
-          for (index_t b = 0; b < nb; ++b) {
-            const index_t gb = bb + b;
-            if (unit_code == 0) {
+          if (unit_code == 0) {
+            for (index_t b = 0; b < nb; ++b) {
+              const index_t gb = bb + b;
               for (index_t k = 0; k < c; ++k) {
                 const T rk = r[gb * c + k];
                 const T* sp = actv.data() + (b * c + k) * TILE;
@@ -1501,24 +1633,9 @@ void backward_impl(const T* x, index_t B, const T* theta, index_t N, int unit_co
                   gx[gb * d + j] += static_cast<double>(rk * s);
                 }
               }
-            } else {
-              const T* hp = actv.data() + (2 * b + 1) * TILE;
-#pragma omp simd
-              for (index_t i = 0; i < m; ++i) tmp[i] = T(0);
-              for (index_t k = 0; k < c; ++k) {
-                const T rk = r[gb * c + k];
-                const T* a = thc.data() + k * TILE;
-#pragma omp simd
-                for (index_t i = 0; i < m; ++i) tmp[i] += rk * a[i];
-              }
-              for (index_t j = 0; j < d; ++j) {
-                const T* wj = thc.data() + (c + j) * TILE;
-                T s = T(0);
-#pragma omp simd reduction(+ : s)
-                for (index_t i = 0; i < m; ++i) s += tmp[i] * hp[i] * wj[i];
-                gx[gb * d + j] += static_cast<double>(s);
-              }
             }
+          } else {
+            input_grad_standard(nb, c, d, thc.data(), m, actv.data(), gx + bb * d);
           }
         }
       }

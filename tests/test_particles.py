@@ -75,6 +75,24 @@ def test_one_step_matches_reference(particle_backend, scheme, N):
         _compare(out, ref, dtype)
 
 
+@pytest.mark.parametrize("scheme", ["vanilla", "FA"])
+def test_standard_unit_steps_at_block_sizes(scheme):
+    """Training steps of a standard unit at sizes that reach every register block of the C++
+    pass 1 / pass 2 (d = 19; B = 11 inputs, or B|G| = 11 x 19 = 209 under FA with C19 permuting
+    the inputs; N = 300: two tiles with a ragged tail), float32 and float64 against the float64
+    reference. C++ only: the blocks are its own (the Triton interpreter takes minutes here)."""
+    pytest.importorskip("symkern._C")
+    unit = StandardUnit(d=19, c=2, activation="tanh")
+    g = torch.Generator().manual_seed(8)
+    teacher = torch.randn(3, unit.D, generator=g, dtype=torch.float64)
+    theta = initial_particles(2, 300, unit.D, seed=12, std=0.3)
+    args = dict(_problem_args(unit, (groups.cyclic(19), groups.cyclic(19).group.trivial_rep(2)),
+                              2, scheme, teacher, alpha=(0.5, 1.0)), batch=11)  # fmt: skip
+    ref = _run(theta, args, "torch", torch.float64, 3, 1)
+    for dtype in (torch.float64, torch.float32):
+        _compare(_run(theta, args, "cpp", dtype, 3, 1), ref, dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_hundred_steps_match_reference(particle_backend, dtype):
     """100 noisy steps, one run per scheme in ONE call (R = 5), same trajectory as the reference.
@@ -297,6 +315,37 @@ def test_model_output_forward_and_gradients(backend_case, unit):
     assert torch.autograd.gradcheck(
         lambda a, b: model_output(a, b, unit, backend=backend_case.backend), (xg, tg)
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_model_output_standard_unit_at_block_sizes(backend_case, activation, dtype):
+    """Sizes that reach every register block of the C++ standard-unit products: d = 21 and B = 71
+    give 8-wide input / column blocks and their 4/2/1 remainders, N = 300 two particle tiles
+    (256) with a ragged tail, B > 64 two batch chunks. Output and both gradients against float64
+    autograd of the natural code (non-contiguous x)."""
+    from symkern.backends.registry import get_backend
+    from symkern.ops.particles import model_output
+
+    if not get_backend(backend_case.backend).has_kernel("particle_forward"):
+        pytest.skip(f"no {backend_case.backend!r} kernel for op 'particle_forward' is implemented")
+    unit = StandardUnit(d=21, c=3, activation=activation)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(21, 71, generator=g, dtype=torch.float64).T  # non-contiguous
+    theta = 0.4 * torch.randn(300, unit.D, generator=g, dtype=torch.float64)
+    g_phi = torch.randn(71, 3, generator=g, dtype=torch.float64)
+    xr, tr = x.clone().requires_grad_(), theta.clone().requires_grad_()
+    phi_ref = unit.output(xr, tr)
+    phi_ref.backward(g_phi)
+    dev = backend_case.device
+    xs = x.to(dev, dtype).requires_grad_()
+    ts = theta.to(dev, dtype).requires_grad_()
+    phi = model_output(xs, ts, unit, backend=backend_case.backend)
+    phi.backward(g_phi.to(dev, dtype))
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    for got, want, name in [(phi, phi_ref, "phi"), (ts.grad, tr.grad, "dtheta"),
+                            (xs.grad, xr.grad, "dx")]:  # fmt: skip
+        assert_close(got.detach().double().cpu(), want, rtol=tol, atol=tol, msg=f"{name}: ")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
