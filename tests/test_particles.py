@@ -450,3 +450,34 @@ def test_cpp_activation_errors_as_documented():
     assert e["sigmoid_f64_rel"] <= 3e-16, e
     e = ext.particle_activation_errors(-800.0, 800.0, 100_001)  # beyond the clamp: absolute
     assert e["sigmoid_f64_abs"] <= 2e-16, e
+
+
+# --- the lower instruction-set copies of the C++ kernels ------------------------------------------
+
+
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_lower_isa_copies_match_reference(isa):
+    """csrc/particles.cpp is compiled once per instruction set and dispatched on the CPU's
+    features; a machine with AVX-512 only ever runs that copy. Force each lower copy
+    (SYMKERN_PARTICLES_ISA, read once per process, so in a subprocess) and run the C++ cases of
+    the one-step and block-size tests against the float64 reference."""
+    import os
+    import subprocess
+    import sys
+
+    ext = pytest.importorskip("symkern._C")
+    env = {**os.environ, "SYMKERN_PARTICLES_ISA": isa}
+    probe = subprocess.run([sys.executable, "-c", "import symkern._C as C; print(C.particle_isa())"],
+                           env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    if probe.stdout.strip() != isa:
+        pytest.skip(f"this build/CPU cannot run the {isa} copy (got {probe.stdout.strip()!r}; "
+                    f"this process: {ext.particle_isa()!r})")  # fmt: skip
+    select = "(cpp and (one_step_matches or block_sizes)) or standard_unit_steps_at_block_sizes"
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+         __file__, "-k", select],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    assert " passed" in res.stdout and "failed" not in res.stdout, res.stdout[-2000:]
