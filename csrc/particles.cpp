@@ -318,9 +318,30 @@ inline T act_value(int code, T u) {
   return h;
 }
 
+// out[0..1] = max of the absolute and relative error of an explicit-SIMD sigmoid (L lanes of T;
+// sigmoid_lanes(u, s) fills s[0..L) from u[0..L)) on n points of [lo, hi], against the sigmoid
+// computed in Ref precision (out keeps any larger values it holds).
+template <class T, class Ref, int L, class F>
+inline void simd_sigmoid_errors(double lo, double hi, index_t n, F&& sigmoid_lanes, double* out) {
+  alignas(64) T u[L], sg[L];
+  for (index_t i0 = 0; i0 < n; i0 += L) {
+    for (int j = 0; j < L; ++j) {
+      const index_t i = std::min<index_t>(i0 + j, n - 1);
+      u[j] = static_cast<T>(lo + (hi - lo) * static_cast<double>(i) /
+                                     static_cast<double>(n > 1 ? n - 1 : 1));
+    }
+    sigmoid_lanes(u, sg);
+    for (int j = 0; j < L; ++j) {
+      const Ref s = Ref(1) / (Ref(1) + std::exp(-static_cast<Ref>(u[j])));
+      const Ref err = std::abs(static_cast<Ref>(sg[j]) - s);
+      out[0] = std::max(out[0], static_cast<double>(err));
+      out[1] = std::max(out[1], static_cast<double>(err / s));
+    }
+  }
+}
+
 #if defined(SYMKERN_PARTICLES_AVX512)
-inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[4]);
-inline void vector_sigmoid_errors_d(double lo, double hi, index_t n, double out[2]);
+inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[6]);
 #endif
 
 // out[0..3]: float32 sigmoid / tanh (AVX-512 build: the sigmoid entries are the worse of the
@@ -354,7 +375,6 @@ inline void activation_errors_impl(double lo, double hi, index_t n, double out[6
   for (int k = 0; k < 4; ++k) out[k] = e[k];
 #if defined(SYMKERN_PARTICLES_AVX512)
   vector_sigmoid_errors(lo, hi, n, out);
-  vector_sigmoid_errors_d(lo, hi, n, out + 4);
 #endif
 }
 
@@ -565,23 +585,6 @@ SYMKERN_ALWAYS_INLINE __m512 sigmoid_from_neg_x16(__m512 nu) {
   return _mm512_fmadd_ps(rc, _mm512_fnmadd_ps(d, rc, one), rc);
 }
 
-inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[4]) {
-  alignas(64) float u[16], sg[16];
-  for (index_t i0 = 0; i0 < n; i0 += 16) {
-    for (int j = 0; j < 16; ++j) {
-      const index_t i = std::min<index_t>(i0 + j, n - 1);
-      u[j] = static_cast<float>(lo + (hi - lo) * static_cast<double>(i) /
-                                         static_cast<double>(n > 1 ? n - 1 : 1));
-    }
-    _mm512_store_ps(sg, sigmoid_from_neg_x16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_load_ps(u))));
-    for (int j = 0; j < 16; ++j) {
-      const double s = 1.0 / (1.0 + std::exp(-static_cast<double>(u[j])));
-      out[0] = std::max(out[0], std::abs(sg[j] - s));
-      out[1] = std::max(out[1], std::abs(sg[j] - s) / s);
-    }
-  }
-}
-
 // Data of one step for float32 runs with the matrix unit: x = sigma_pi * normal (float Box-Muller
 // in registers) and the teacher labels y_b = sum_m w_m sigmoid(z_m x_b) vectorised over 16 samples
 // (same order of the sum over m as teacher_labels).
@@ -680,21 +683,17 @@ SYMKERN_ALWAYS_INLINE __m512d sigmoid_from_neg_x8(__m512d nu) {
   return _mm512_fmadd_pd(rc, _mm512_fnmadd_pd(den, rc, one), rc);
 }
 
-inline void vector_sigmoid_errors_d(double lo, double hi, index_t n, double out[2]) {
-  alignas(64) double u[8], sg[8];
-  for (index_t i0 = 0; i0 < n; i0 += 8) {
-    for (int j = 0; j < 8; ++j) {
-      const index_t i = std::min<index_t>(i0 + j, n - 1);
-      u[j] = lo + (hi - lo) * static_cast<double>(i) / static_cast<double>(n > 1 ? n - 1 : 1);
-    }
-    _mm512_store_pd(sg, sigmoid_from_neg_x8(_mm512_sub_pd(_mm512_setzero_pd(), _mm512_load_pd(u))));
-    for (int j = 0; j < 8; ++j) {
-      const long double s = 1.0L / (1.0L + std::exp(-static_cast<long double>(u[j])));
-      const long double err = std::abs(static_cast<long double>(sg[j]) - s);
-      out[0] = std::max(out[0], static_cast<double>(err));
-      out[1] = std::max(out[1], static_cast<double>(err / s));
-    }
-  }
+// The explicit-SIMD sigmoids' errors, merged into activation_errors_impl's out[0..1] (float32,
+// against double) and out[4..5] (float64, against long double).
+inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[6]) {
+  const auto f32 = [](const float* u, float* s) {
+    _mm512_store_ps(s, sigmoid_from_neg_x16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_load_ps(u))));
+  };
+  const auto f64 = [](const double* u, double* s) {
+    _mm512_store_pd(s, sigmoid_from_neg_x8(_mm512_sub_pd(_mm512_setzero_pd(), _mm512_load_pd(u))));
+  };
+  simd_sigmoid_errors<float, double, 16>(lo, hi, n, f32, out);
+  simd_sigmoid_errors<double, long double, 8>(lo, hi, n, f64, out + 4);
 }
 
 // Pass 1, matrix unit with d = 2, float64: as pass1_matrix, 8 particles per zmm (the sum over
