@@ -39,7 +39,7 @@
 //   float64 runs; float32 runs on AVX-512 draw their normals in float (normal_f_x16, max |error|
 //   5.6e-7 against the double normals, ~1 float ulp of |z| <= 5.9).
 // * AVX-512 float32 fast paths (matrix unit): data + teacher labels in registers
-//   (data_matrix_f), pass 1 for d = 2 (pass1_matrix2_f), and for c = d = 2 without EA / noise
+//   (data_matrix_f), pass 1 for d = 2 (pass1_matrix2_zmm), and for c = d = 2 without EA / noise
 //   projection pass 2 + weight decay + Philox noise + update fused per 16 particles with the
 //   gradient in registers (pass2_update_matrix2_f). The 16-lane sigmoid there has measured error
 //   <= 9.6e-8 absolute, <= 2.7e-7 relative on [-87, 87] (particle_activation_errors reports the
@@ -634,29 +634,6 @@ inline void data_matrix_f(const Problem<float>& p, index_t r, std::uint32_t step
   }
 }
 
-// Pass 1, matrix unit with d = 2, float32: as pass1_matrix (same loop order and sums).
-inline void pass1_matrix2_f(index_t E, index_t c, const float* xe, const float* thf, index_t cap,
-                            index_t i_s, index_t m, float* actp, double* phi) {
-  for (index_t e = 0; e < E; ++e) {
-    const __m512 nx0 = _mm512_set1_ps(-xe[e * 2]), nx1 = _mm512_set1_ps(-xe[e * 2 + 1]);
-    for (index_t k = 0; k < c; ++k) {
-      const float* __restrict z0 = thf + (2 * k) * cap + i_s;
-      const float* __restrict z1 = thf + (2 * k + 1) * cap + i_s;
-      float* __restrict sp = actp + (e * c + k) * TILE;
-      __m512 acc = _mm512_setzero_ps();
-      for (index_t i = 0; i < m; i += 16) {  // rows are cap / TILE long: full loads stay inside
-        const __mmask16 mk = m - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (m - i)) - 1u);
-        const __m512 nu =
-            _mm512_fmadd_ps(_mm512_loadu_ps(z0 + i), nx0, _mm512_mul_ps(_mm512_loadu_ps(z1 + i), nx1));
-        const __m512 sg = sigmoid_from_neg_x16(nu);
-        acc = _mm512_mask_add_ps(acc, mk, acc, sg);
-        _mm512_storeu_ps(sp + i, _mm512_fnmadd_ps(sg, sg, sg));
-      }
-      phi[e * c + k] += static_cast<double>(_mm512_reduce_add_ps(acc));
-    }
-  }
-}
-
 // sigmoid(u) = 1 / (1 + e^{nu}) on 8 float64 lanes, from nu = -u: the arithmetic of exp_d
 // (csrc/vmath.h: clamp to [-708, 708] keeping NaN, Cody-Waite reduction with fdlibm's two-part
 // ln 2, the same polynomial) but with vrndscalepd / vscalefpd for n and 2^n, and vrcp14pd + two
@@ -696,27 +673,66 @@ inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[6]
   simd_sigmoid_errors<double, long double, 8>(lo, hi, n, f64, out + 4);
 }
 
-// Pass 1, matrix unit with d = 2, float64: as pass1_matrix, 8 particles per zmm (the sum over
-// particles runs in 8 lane accumulators, then one reduction: a different rounding order from the
-// scalar loop, at the 1e-16 level).
-inline void pass1_matrix2_d(index_t E, index_t c, const double* xe, const double* thf,
-                            index_t cap, index_t i_s, index_t m, double* actp, double* phi) {
+// The AVX-512 operations pass1_matrix2_zmm needs, per element type (16 float / 8 double lanes).
+template <class T>
+struct Zmm;
+template <>
+struct Zmm<float> {
+  using V = __m512;
+  using Mask = __mmask16;
+  static constexpr index_t lanes = 16;
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V zero() { return _mm512_setzero_ps(); }
+  static V loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static void storeu(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
+  static V mask_add(V a, Mask k, V b) { return _mm512_mask_add_ps(a, k, a, b); }
+  static double reduce_add(V v) { return static_cast<double>(_mm512_reduce_add_ps(v)); }
+  static V sigmoid_from_neg(V nu) { return sigmoid_from_neg_x16(nu); }
+};
+template <>
+struct Zmm<double> {
+  using V = __m512d;
+  using Mask = __mmask8;
+  static constexpr index_t lanes = 8;
+  static V set1(double x) { return _mm512_set1_pd(x); }
+  static V zero() { return _mm512_setzero_pd(); }
+  static V loadu(const double* p) { return _mm512_loadu_pd(p); }
+  static void storeu(double* p, V v) { _mm512_storeu_pd(p, v); }
+  static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_pd(a, b, c); }
+  static V mask_add(V a, Mask k, V b) { return _mm512_mask_add_pd(a, k, a, b); }
+  static double reduce_add(V v) { return _mm512_reduce_add_pd(v); }
+  static V sigmoid_from_neg(V nu) { return sigmoid_from_neg_x8(nu); }
+};
+
+// Pass 1, matrix unit with d = 2: as pass1_matrix, one zmm of particles at a time, the explicit
+// sigmoids above. The sum over particles runs in lane accumulators, then one reduction (a
+// different rounding order from the scalar loop, at the level of the type's rounding).
+template <class T>
+inline void pass1_matrix2_zmm(index_t E, index_t c, const T* xe, const T* thf, index_t cap,
+                              index_t i_s, index_t m, T* actp, double* phi) {
+  using Z = Zmm<T>;
+  constexpr index_t L = Z::lanes;
   for (index_t e = 0; e < E; ++e) {
-    const __m512d nx0 = _mm512_set1_pd(-xe[e * 2]), nx1 = _mm512_set1_pd(-xe[e * 2 + 1]);
+    const typename Z::V nx0 = Z::set1(-xe[e * 2]), nx1 = Z::set1(-xe[e * 2 + 1]);
     for (index_t k = 0; k < c; ++k) {
-      const double* __restrict z0 = thf + (2 * k) * cap + i_s;
-      const double* __restrict z1 = thf + (2 * k + 1) * cap + i_s;
-      double* __restrict sp = actp + (e * c + k) * TILE;
-      __m512d acc = _mm512_setzero_pd();
-      for (index_t i = 0; i < m; i += 8) {  // rows are cap / TILE long: full loads stay inside
-        const __mmask8 mk = m - i >= 8 ? __mmask8(0xFF) : __mmask8((1u << (m - i)) - 1u);
-        const __m512d nu = _mm512_fmadd_pd(_mm512_loadu_pd(z0 + i), nx0,
-                                           _mm512_mul_pd(_mm512_loadu_pd(z1 + i), nx1));
-        const __m512d sg = sigmoid_from_neg_x8(nu);
-        acc = _mm512_mask_add_pd(acc, mk, acc, sg);
-        _mm512_storeu_pd(sp + i, _mm512_fnmadd_pd(sg, sg, sg));
+      const T* __restrict z0 = thf + (2 * k) * cap + i_s;
+      const T* __restrict z1 = thf + (2 * k + 1) * cap + i_s;
+      T* __restrict sp = actp + (e * c + k) * TILE;
+      typename Z::V acc = Z::zero();
+      for (index_t i = 0; i < m; i += L) {  // rows are cap / TILE long: full loads stay inside
+        const auto mk = static_cast<typename Z::Mask>(m - i >= L ? ~0u : (1u << (m - i)) - 1u);
+        const typename Z::V nu =
+            Z::fmadd(Z::loadu(z0 + i), nx0, Z::mul(Z::loadu(z1 + i), nx1));
+        const typename Z::V sg = Z::sigmoid_from_neg(nu);
+        acc = Z::mask_add(acc, mk, sg);
+        Z::storeu(sp + i, Z::fnmadd(sg, sg, sg));
       }
-      phi[e * c + k] += _mm512_reduce_add_pd(acc);
+      phi[e * c + k] += Z::reduce_add(acc);
     }
   }
 }
@@ -1278,10 +1294,7 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
       if (p.unit_code == 0) {
 #if defined(SYMKERN_PARTICLES_AVX512)
         if (d == 2) {
-          if constexpr (std::is_same_v<T, float>)
-            pass1_matrix2_f(E, c, xe, thf, cap, i_s, m, actp, phi);
-          else
-            pass1_matrix2_d(E, c, xe, thf, cap, i_s, m, actp, phi);
+          pass1_matrix2_zmm<T>(E, c, xe, thf, cap, i_s, m, actp, phi);
           continue;
         }
 #endif
