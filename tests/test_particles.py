@@ -467,8 +467,9 @@ def test_lower_isa_copies_match_reference(isa):
 
     ext = pytest.importorskip("symkern._C")
     env = {**os.environ, "SYMKERN_PARTICLES_ISA": isa}
-    probe = subprocess.run([sys.executable, "-c", "import symkern._C as C; print(C.particle_isa())"],
-                           env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    probe_code = "import symkern._C as C; print(C.particle_isa())"
+    probe = subprocess.run([sys.executable, "-c", probe_code], env=env, capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
     assert probe.returncode == 0, probe.stderr
     if probe.stdout.strip() != isa:
         pytest.skip(f"this build/CPU cannot run the {isa} copy (got {probe.stdout.strip()!r}; "
