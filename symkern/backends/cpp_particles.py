@@ -20,12 +20,17 @@ The registry imports this module only when ``symkern._C`` is importable. The ker
   reports the threshold; ``SYMKERN_PARTICLES_TEAM_MIN_N=n`` changes it and ``=off`` disables
   teams — worth it on a machine shared with other busy processes, where the per-step barrier
   waits for a descheduled thread (milliseconds per step measured on the project's 2-core box);
-* activations: float64 uses std::exp / std::tanh; float32 uses vectorisable approximations with a
-  measured max error vs double libm on [-87, 87]: sigmoid ≤ 9.6e-8 absolute / 2.7e-7 relative
+* activations: float64 uses the branch-free exp_d / tanh_d of csrc/vmath.h (vectorised; on
+  AVX-512 the matrix unit's pass 1 runs an explicit 8-lane sigmoid with a Newton reciprocal):
+  sigmoid ≤ 1.7e-16 absolute / 2.6e-16 relative vs long-double libm, NaN propagated; float32
+  uses vectorisable approximations with a measured max error vs double libm on [-87, 87]: sigmoid ≤ 9.6e-8 absolute / 2.7e-7 relative
   (the AVX-512 16-lane sigmoid of the matrix-unit fast path; the scalar one ≤ 9.0e-8 / 1.5e-7),
   tanh ≤ 9.2e-8 absolute / 1.9e-7 relative (``symkern._C.particle_activation_errors()``
   re-measures it); float32 runs on AVX-512 also draw the Box–Muller normals in float (max error
   5.6e-7 vs the float64 normals, i.e. rounding only);
+* the standard unit's products (pre-activations X Wᵀ, weight gradients, input gradients of the
+  fused backward) run in register blocks of up to 8 inputs or columns × one SIMD vector of
+  particles, one vector load per 8 FMAs;
 * the kernel is compiled for AVX-512, AVX2+FMA and baseline x86-64 and picks one at run time
   (``symkern._C.particle_isa()``; ``SYMKERN_PARTICLES_ISA=avx2|baseline`` forces a lower one).
 
