@@ -23,7 +23,8 @@ The registry imports this module only when ``symkern._C`` is importable. The ker
 * activations: float64 uses the branch-free exp_d / tanh_d of csrc/vmath.h (vectorised; on
   AVX-512 the matrix unit's pass 1 runs an explicit 8-lane sigmoid with a Newton reciprocal):
   sigmoid ≤ 1.7e-16 absolute / 2.6e-16 relative vs long-double libm, NaN propagated; float32
-  uses vectorisable approximations with a measured max error vs double libm on [-87, 87]: sigmoid ≤ 9.6e-8 absolute / 2.7e-7 relative
+  uses vectorisable approximations with a measured max error vs double libm on [-87, 87]:
+  sigmoid ≤ 9.6e-8 absolute / 2.7e-7 relative
   (the AVX-512 16-lane sigmoid of the matrix-unit fast path; the scalar one ≤ 9.0e-8 / 1.5e-7),
   tanh ≤ 9.2e-8 absolute / 1.9e-7 relative (``symkern._C.particle_activation_errors()``
   re-measures it); float32 runs on AVX-512 also draw the Box–Muller normals in float (max error
