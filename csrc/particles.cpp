@@ -318,11 +318,11 @@ inline T act_value(int code, T u) {
   return h;
 }
 
-// out[0..1] = max of the absolute and relative error of an explicit-SIMD sigmoid (L lanes of T;
-// sigmoid_lanes(u, s) fills s[0..L) from u[0..L)) on n points of [lo, hi], against the sigmoid
-// computed in Ref precision (out keeps any larger values it holds).
+// out[0..1] = max of the absolute and relative error of a sigmoid on L lanes of T (L = 1: a scalar
+// one; sigmoid_lanes(u, s) fills s[0..L) from u[0..L)) on n points of [lo, hi], against the
+// sigmoid computed in Ref precision (out keeps any larger values it holds).
 template <class T, class Ref, int L, class F>
-inline void simd_sigmoid_errors(double lo, double hi, index_t n, F&& sigmoid_lanes, double* out) {
+inline void sigmoid_errors(double lo, double hi, index_t n, F&& sigmoid_lanes, double* out) {
   alignas(64) T u[L], sg[L];
   for (index_t i0 = 0; i0 < n; i0 += L) {
     for (int j = 0; j < L; ++j) {
@@ -350,17 +350,9 @@ inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[6]
 // sigmoid of the float64 matrix-unit pass 1) against long-double libm.
 inline void activation_errors_impl(double lo, double hi, index_t n, double out[6]) {
   double e[4] = {0, 0, 0, 0};
-  double e64[2] = {0, 0};
-  for (index_t i = 0; i < n; ++i) {
-    const double u = lo + (hi - lo) * static_cast<double>(i) /
-                              static_cast<double>(n > 1 ? n - 1 : 1);
-    const long double s = 1.0L / (1.0L + std::exp(-static_cast<long double>(u)));
-    const long double err = std::abs(static_cast<long double>(sigmoid_t(u)) - s);
-    e64[0] = std::max(e64[0], static_cast<double>(err));
-    e64[1] = std::max(e64[1], static_cast<double>(err / s));
-  }
-  out[4] = e64[0];
-  out[5] = e64[1];
+  out[4] = out[5] = 0.0;
+  sigmoid_errors<double, long double, 1>(
+      lo, hi, n, [](const double* u, double* s) { s[0] = sigmoid_t(u[0]); }, out + 4);
   for (index_t i = 0; i < n; ++i) {
     const float u = static_cast<float>(lo + (hi - lo) * static_cast<double>(i) /
                                                 static_cast<double>(n > 1 ? n - 1 : 1));
@@ -669,8 +661,8 @@ inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[6]
   const auto f64 = [](const double* u, double* s) {
     _mm512_store_pd(s, sigmoid_from_neg_x8(_mm512_sub_pd(_mm512_setzero_pd(), _mm512_load_pd(u))));
   };
-  simd_sigmoid_errors<float, double, 16>(lo, hi, n, f32, out);
-  simd_sigmoid_errors<double, long double, 8>(lo, hi, n, f64, out + 4);
+  sigmoid_errors<float, double, 16>(lo, hi, n, f32, out);
+  sigmoid_errors<double, long double, 8>(lo, hi, n, f64, out + 4);
 }
 
 // The AVX-512 operations pass1_matrix2_zmm needs, per element type (16 float / 8 double lanes).
