@@ -35,9 +35,11 @@
 //   on 4e6 points of [-87, 87] and 2e6 of [-1, 1] (symkern._C.particle_activation_errors):
 //   sigmoid <= 9.0e-8 absolute, <= 1.5e-7 relative; tanh <= 9.2e-8 absolute, <= 1.9e-7 relative
 //   (i.e. ~1-3 float32 ulp). Below u = -87 the sigmoid is clamped (absolute error < 2e-38).
-// * Random numbers: csrc/philox.h, double-precision Box-Muller with own vectorisable ln/cos for
-//   float64 runs; float32 runs on AVX-512 draw their normals in float (normal_f_x16, max |error|
-//   5.6e-7 against the double normals, ~1 float ulp of |z| <= 5.9).
+// * Random numbers: csrc/philox.h, double-precision Box-Muller with own vectorisable ln/cos/sin
+//   for float64 runs; float32 runs on AVX-512 draw their normals in float (normal_f_x16,
+//   normal4_f_x16: max |error| 6.0e-7 against the double normals over 4e6, ~1 float ulp of
+//   |z| <= 5.9). The Langevin noise is rng.normal4 (four normals per Philox counter: both word
+//   pairs, cos and sin), so D = 4 particles draw one counter each per step.
 // * AVX-512 float32 fast paths (matrix unit): data + teacher labels in registers
 //   (data_matrix_f), pass 1 for d = 2 (pass1_matrix2_zmm), and for c = d = 2 without EA / noise
 //   projection pass 2 + weight decay + Philox noise + update fused per 16 particles with the
@@ -166,6 +168,16 @@ void particle_forward_backward(const T* x, index_t B, const T* theta, index_t N,
 void normals_batch(std::uint64_t seed, std::uint32_t run_id, std::uint32_t step,
                    std::uint32_t stream, index_t n, double* out) {
   SYMKERN_DISPATCH(normals(philox::Key(seed), step, run_id, stream, 0, n, out))
+}
+
+void normals4_batch(std::uint64_t seed, std::uint32_t run_id, std::uint32_t step,
+                    std::uint32_t stream, std::uint64_t idx0, index_t n, double* out) {
+  SYMKERN_DISPATCH(normals4(philox::Key(seed), step, run_id, stream, idx0, n, out))
+}
+
+bool normals4_f32_batch(std::uint64_t seed, std::uint32_t run_id, std::uint32_t step,
+                        std::uint32_t stream, std::uint64_t idx0, index_t n, float* out) {
+  SYMKERN_DISPATCH(normals4_f(philox::Key(seed), step, run_id, stream, idx0, n, out))
 }
 
 void activation_errors(double lo, double hi, index_t n, double out[6]) {
@@ -379,9 +391,8 @@ inline void activation_errors_impl(double lo, double hi, index_t n, double out[6
 // that never reaches a low half (vpmuludq reads only low halves, shifts take the product's hi,
 // XOR is lane-wise), so nothing is masked. Bit-exact with philox.h; measured 1.25 ns/counter vs
 // 1.44 (vpmulld lo + blends) and 1.8 (the earlier shift+blend lo).
-SYMKERN_ALWAYS_INLINE void philox2_x8(__m512i c0, __m512i c1, __m512i c2, __m512i c3,
-                                      std::uint32_t k0, std::uint32_t k1, __m512i& o0,
-                                      __m512i& o1) {
+SYMKERN_ALWAYS_INLINE void philox4_x8(__m512i c0, __m512i c1, __m512i c2, __m512i c3,
+                                      std::uint32_t k0, std::uint32_t k1, __m512i o[4]) {
   const __m512i m0 = _mm512_set1_epi64(::symkern::philox::M0);
   const __m512i m1 = _mm512_set1_epi64(::symkern::philox::M1);
   for (int round = 0; round < 10; ++round) {
@@ -395,19 +406,30 @@ SYMKERN_ALWAYS_INLINE void philox2_x8(__m512i c0, __m512i c1, __m512i c2, __m512
     k0 += ::symkern::philox::W0;
     k1 += ::symkern::philox::W1;
   }
-  o0 = c0;
-  o1 = c1;
+  o[0] = c0;
+  o[1] = c1;
+  o[2] = c2;
+  o[3] = c3;
 }
 
-// 16 counters (32-bit lanes) -> o0, o1 (32-bit lanes); c1..c3 must be lane-uniform (broadcasts).
+// 16 counters (32-bit lanes) -> the first W output words o[0..W) (32-bit lanes); c1..c3 must be
+// lane-uniform (broadcasts). Words past W are dead code after inlining.
+template <int W>
+SYMKERN_ALWAYS_INLINE void philox_x16(__m512i c0, __m512i c1, __m512i c2, __m512i c3,
+                                      std::uint32_t k0, std::uint32_t k1, __m512i o[W]) {
+  __m512i a[4], b[4];
+  philox4_x8(c0, c1, c2, c3, k0, k1, a);                           // even lanes
+  philox4_x8(_mm512_srli_epi64(c0, 32), c1, c2, c3, k0, k1, b);    // odd lanes
+  for (int j = 0; j < W; ++j) o[j] = _mm512_mask_blend_epi32(0xAAAA, a[j], _mm512_slli_epi64(b[j], 32));
+}
+
 SYMKERN_ALWAYS_INLINE void philox2_x16(__m512i c0, __m512i c1, __m512i c2, __m512i c3,
                                        std::uint32_t k0, std::uint32_t k1, __m512i& o0,
                                        __m512i& o1) {
-  __m512i a0, a1, b0, b1;
-  philox2_x8(c0, c1, c2, c3, k0, k1, a0, a1);                           // even lanes
-  philox2_x8(_mm512_srli_epi64(c0, 32), c1, c2, c3, k0, k1, b0, b1);    // odd lanes
-  o0 = _mm512_mask_blend_epi32(0xAAAA, a0, _mm512_slli_epi64(b0, 32));
-  o1 = _mm512_mask_blend_epi32(0xAAAA, a1, _mm512_slli_epi64(b1, 32));
+  __m512i o[2];
+  philox_x16<2>(c0, c1, c2, c3, k0, k1, o);
+  o0 = o[0];
+  o1 = o[1];
 }
 
 // float32 Box-Muller on 16 lanes (float32 runs only; float64 runs keep the double normals).
@@ -417,7 +439,9 @@ SYMKERN_ALWAYS_INLINE void philox2_x16(__m512i c0, __m512i c1, __m512i c2, __m51
 // quadrant reduction as in philox.h, sin to a^9 / cos to a^8 (truncation < 3e-9).
 // Measured against the double normal_from_bits: max |error| 5.6e-7 over 1e6 grid points
 // (|z| <= 5.9, i.e. ~1 float ulp); 0.74-0.9 ns per normal (Philox 1.5 ns on top).
-SYMKERN_ALWAYS_INLINE __m512 normal_f_x16(__m512i o0, __m512i o1) {
+
+// rho = sqrt(-2 ln u(o)) on 16 lanes (the Box-Muller radius).
+SYMKERN_ALWAYS_INLINE __m512 radius_f_x16(__m512i o0) {
   const __m512i vi = _mm512_add_epi32(_mm512_slli_epi32(_mm512_srli_epi32(o0, 8), 1),
                                       _mm512_set1_epi32(1));
   const __m512 vf = _mm512_cvtepi32_ps(vi);
@@ -445,7 +469,11 @@ SYMKERN_ALWAYS_INLINE __m512 normal_f_x16(__m512i o0, __m512i o1) {
   const __m512 k = _mm512_cvtepi32_ps(_mm512_sub_epi32(e, _mm512_set1_epi32(25)));
   const __m512 lnu = _mm512_fmadd_ps(k, _mm512_set1_ps(0.693145752f),
                                      _mm512_fmadd_ps(k, _mm512_set1_ps(1.42860677e-06f), lnm));
-  const __m512 rad = _mm512_sqrt_ps(_mm512_mul_ps(_mm512_set1_ps(-2.0f), lnu));
+  return _mm512_sqrt_ps(_mm512_mul_ps(_mm512_set1_ps(-2.0f), lnu));
+}
+
+// cos and sin of 2 pi u(o) on 16 lanes, by quadrant as in philox.h.
+SYMKERN_ALWAYS_INLINE void cos_sin_2pi_f_x16(__m512i o1, __m512& cos_out, __m512& sin_out) {
   const __m512i vv = _mm512_add_epi32(_mm512_slli_epi32(_mm512_srli_epi32(o1, 8), 1),
                                       _mm512_set1_epi32(1));
   const __m512i q = _mm512_srli_epi32(_mm512_add_epi32(vv, _mm512_set1_epi32(1 << 22)), 23);
@@ -463,61 +491,72 @@ SYMKERN_ALWAYS_INLINE __m512 normal_f_x16(__m512i o0, __m512i o1) {
   cp = _mm512_fmadd_ps(cp, a2, _mm512_set1_ps(4.16666667e-2f));
   cp = _mm512_fmadd_ps(cp, a2, _mm512_set1_ps(-0.5f));
   const __m512 cs = _mm512_fmadd_ps(a2, cp, _mm512_set1_ps(1.0f));
+  // quadrant qm: cos = cs, -sn, -cs, sn and sin = sn, cs, -sn, -cs
   const __m512i qm = _mm512_and_si512(q, _mm512_set1_epi32(3));
   const __mmask16 odd = _mm512_test_epi32_mask(qm, _mm512_set1_epi32(1));
-  __m512 val = _mm512_mask_blend_ps(odd, cs, sn);
-  const __mmask16 neg =
+  const __mmask16 cneg =
       _mm512_test_epi32_mask(_mm512_add_epi32(qm, _mm512_set1_epi32(1)), _mm512_set1_epi32(2));
-  val = _mm512_mask_xor_ps(val, neg, val, _mm512_set1_ps(-0.0f));
-  return _mm512_mul_ps(rad, val);
+  const __mmask16 sneg = _mm512_test_epi32_mask(qm, _mm512_set1_epi32(2));
+  const __m512 c = _mm512_mask_blend_ps(odd, cs, sn), sv = _mm512_mask_blend_ps(odd, sn, cs);
+  cos_out = _mm512_mask_xor_ps(c, cneg, c, _mm512_set1_ps(-0.0f));
+  sin_out = _mm512_mask_xor_ps(sv, sneg, sv, _mm512_set1_ps(-0.0f));
 }
 
-// float32, no noise projection: z[q][i] += -alpha g[q][i] + ns xi[i, q] with the Philox noise
-// generated in registers (xi[i, q] keyed by index base + i D + q), two q planes per sweep.
+// rng.normal on 16 lanes: rho(o0) cos(2 pi u(o1)).
+SYMKERN_ALWAYS_INLINE __m512 normal_f_x16(__m512i o0, __m512i o1) {
+  __m512 c, sn;
+  cos_sin_2pi_f_x16(o1, c, sn);  // the dead sin is dropped after inlining
+  return _mm512_mul_ps(radius_f_x16(o0), c);
+}
+
+// rng.normal4 on 16 counters: z[s] = slot s of each lane's counter (philox.h normal4_from_bits).
+SYMKERN_ALWAYS_INLINE void normal4_f_x16(const __m512i o[4], __m512 z[4]) {
+  const __m512 rho0 = radius_f_x16(o[0]), rho2 = radius_f_x16(o[2]);
+  __m512 c1, s1, c3, s3;
+  cos_sin_2pi_f_x16(o[1], c1, s1);
+  cos_sin_2pi_f_x16(o[3], c3, s3);
+  z[0] = _mm512_mul_ps(rho0, c1);
+  z[1] = _mm512_mul_ps(rho0, s1);
+  z[2] = _mm512_mul_ps(rho2, c3);
+  z[3] = _mm512_mul_ps(rho2, s3);
+}
+
+// float32, no noise projection, D % 4 == 0: z[q][i] += -alpha g[q][i] + ns xi[i, q] with the
+// Philox noise generated in registers. xi[i, q] is rng.normal4 element base + i D + q, i.e. slot
+// q mod 4 of counter (base + i D + q) / 4 (base % 4 == 0): one counter per particle and 4 planes.
 inline void update_with_noise_f(float* th, index_t cap, index_t i_s, const float* gbuf,
                                 index_t m, index_t D, std::uint32_t base, std::uint32_t step,
                                 std::uint32_t run, std::uint32_t k0, std::uint32_t k1,
                                 float alpha, float ns) {
+  const index_t D4 = D / 4;
   const __m512i vs = _mm512_set1_epi32(static_cast<int>(step));
   const __m512i vr = _mm512_set1_epi32(static_cast<int>(run));
   const __m512i vq = _mm512_set1_epi32(static_cast<int>(::symkern::philox::STREAM_NOISE));
   const __m512i lanes = _mm512_mullo_epi32(
       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-      _mm512_set1_epi32(static_cast<int>(D)));
+      _mm512_set1_epi32(static_cast<int>(D4)));
   const __m512 va = _mm512_set1_ps(-alpha), vn = _mm512_set1_ps(ns);
   for (index_t i = 0; i < m; i += 16) {
     const __mmask16 mk = m - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (m - i)) - 1u);
     const __m512i cb = _mm512_add_epi32(
-        _mm512_set1_epi32(static_cast<int>(base + static_cast<std::uint32_t>(i * D))), lanes);
-    index_t q = 0;
-    for (; q + 2 <= D; q += 2) {
-      __m512i a0, a1, b0, b1;
-      philox2_x16(_mm512_add_epi32(cb, _mm512_set1_epi32(static_cast<int>(q))), vs, vr, vq, k0,
-                  k1, a0, a1);
-      philox2_x16(_mm512_add_epi32(cb, _mm512_set1_epi32(static_cast<int>(q + 1))), vs, vr, vq,
-                  k0, k1, b0, b1);
-      const __m512 xa = normal_f_x16(a0, a1), xb = normal_f_x16(b0, b1);
-      float* za = th + q * cap + i_s + i;
-      float* zb = za + cap;
-      const __m512 ga = _mm512_maskz_loadu_ps(mk, gbuf + q * TILE + i);
-      const __m512 gb = _mm512_maskz_loadu_ps(mk, gbuf + (q + 1) * TILE + i);
-      const __m512 ua = _mm512_fmadd_ps(va, ga, _mm512_maskz_loadu_ps(mk, za));
-      const __m512 ub = _mm512_fmadd_ps(va, gb, _mm512_maskz_loadu_ps(mk, zb));
-      _mm512_mask_storeu_ps(za, mk, _mm512_fmadd_ps(vn, xa, ua));
-      _mm512_mask_storeu_ps(zb, mk, _mm512_fmadd_ps(vn, xb, ub));
-    }
-    for (; q < D; ++q) {
-      __m512i a0, a1;
-      philox2_x16(_mm512_add_epi32(cb, _mm512_set1_epi32(static_cast<int>(q))), vs, vr, vq, k0,
-                  k1, a0, a1);
-      const __m512 xa = normal_f_x16(a0, a1);
-      float* za = th + q * cap + i_s + i;
-      const __m512 ga = _mm512_maskz_loadu_ps(mk, gbuf + q * TILE + i);
-      const __m512 ua = _mm512_fmadd_ps(va, ga, _mm512_maskz_loadu_ps(mk, za));
-      _mm512_mask_storeu_ps(za, mk, _mm512_fmadd_ps(vn, xa, ua));
+        _mm512_set1_epi32(static_cast<int>(base / 4 + static_cast<std::uint32_t>(i * D4))), lanes);
+    for (index_t q4 = 0; q4 < D4; ++q4) {
+      __m512i o[4];
+      __m512 xi[4];
+      philox_x16<4>(_mm512_add_epi32(cb, _mm512_set1_epi32(static_cast<int>(q4))), vs, vr, vq,
+                    k0, k1, o);
+      normal4_f_x16(o, xi);
+      for (int j = 0; j < 4; ++j) {
+        const index_t q = 4 * q4 + j;
+        float* z = th + q * cap + i_s + i;
+        const __m512 u = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(mk, gbuf + q * TILE + i),
+                                         _mm512_maskz_loadu_ps(mk, z));
+        _mm512_mask_storeu_ps(z, mk, _mm512_fmadd_ps(vn, xi[j], u));
+      }
     }
   }
 }
+
 #endif
 
 // out[i] = normal keyed by (idx0 + i, step, run, stream).
@@ -552,6 +591,76 @@ inline void normals(const ::symkern::philox::Key key, std::uint32_t step, std::u
                                step, run, stream, k0, k1, o0, o1);
     out[i] = ::symkern::philox::normal_from_bits(o0, o1);
   }
+}
+
+// out[j] = rng.normal4 element idx0 + j of (step, run, stream): slot (idx0 + j) mod 4 of
+// counter (idx0 + j) / 4. Whole blocks of 16 counters, copied out where they overlap the range.
+inline void normals4(const ::symkern::philox::Key key, std::uint32_t step, std::uint32_t run,
+                     std::uint32_t stream, std::uint64_t idx0, index_t n, double* __restrict out) {
+  constexpr int CB = 16;
+  const std::uint32_t k0 = key.k0, k1 = key.k1;
+  const std::uint64_t end = idx0 + static_cast<std::uint64_t>(n);
+#if defined(SYMKERN_PARTICLES_AVX512)
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i vs = _mm512_set1_epi32(static_cast<int>(step));
+  const __m512i vr = _mm512_set1_epi32(static_cast<int>(run));
+  const __m512i vq = _mm512_set1_epi32(static_cast<int>(stream));
+#endif
+  for (std::uint64_t cb = idx0 / 4; 4 * cb < end; cb += CB) {
+    alignas(64) std::uint32_t w[4][CB];
+#if defined(SYMKERN_PARTICLES_AVX512)
+    __m512i o[4];
+    philox_x16<4>(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(cb)), iota), vs, vr, vq,
+                  k0, k1, o);
+    for (int j = 0; j < 4; ++j) _mm512_store_si512(reinterpret_cast<__m512i*>(w[j]), o[j]);
+#else
+#pragma omp simd
+    for (int l = 0; l < CB; ++l) {
+      std::uint32_t o[4];
+      ::symkern::philox::philox4x32(static_cast<std::uint32_t>(cb + l), step, run, stream, k0, k1,
+                                    o);
+      for (int j = 0; j < 4; ++j) w[j][l] = o[j];
+    }
+#endif
+    alignas(64) double z[4][CB];
+#pragma omp simd
+    for (int l = 0; l < CB; ++l) {
+      double zl[4];
+      ::symkern::philox::normal4_from_bits(w[0][l], w[1][l], w[2][l], w[3][l], zl);
+      for (int j = 0; j < 4; ++j) z[j][l] = zl[j];
+    }
+    for (std::uint64_t e = std::max(idx0, 4 * cb); e < std::min(end, 4 * cb + 4 * CB); ++e)
+      out[e - idx0] = z[e & 3][(e >> 2) - cb];
+  }
+}
+
+// float32 rng.normal4 elements idx0 .. idx0 + n - 1 of one run, by the float Box-Muller of the
+// fused float32 noise (normal4_f_x16), for the philox_normals4 binding's measurement of it against
+// the double one. False in the ISA copies without it.
+inline bool normals4_f(const ::symkern::philox::Key key, std::uint32_t step, std::uint32_t run,
+                       std::uint32_t stream, std::uint64_t idx0, index_t n, float* out) {
+#if defined(SYMKERN_PARTICLES_AVX512)
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i vs = _mm512_set1_epi32(static_cast<int>(step));
+  const __m512i vr = _mm512_set1_epi32(static_cast<int>(run));
+  const __m512i vq = _mm512_set1_epi32(static_cast<int>(stream));
+  const std::uint64_t end = idx0 + static_cast<std::uint64_t>(n);
+  for (std::uint64_t cb = idx0 / 4; 4 * cb < end; cb += 16) {
+    __m512i o[4];
+    alignas(64) float z[4][16];
+    philox_x16<4>(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(cb)), iota), vs, vr, vq,
+                  key.k0, key.k1, o);
+    __m512 zv[4];
+    normal4_f_x16(o, zv);
+    for (int j = 0; j < 4; ++j) _mm512_store_ps(z[j], zv[j]);
+    for (std::uint64_t e = std::max(idx0, 4 * cb); e < std::min(end, 4 * cb + 64); ++e)
+      out[e - idx0] = z[e & 3][(e >> 2) - cb];
+  }
+  return true;
+#else
+  (void)key, (void)step, (void)run, (void)stream, (void)idx0, (void)n, (void)out;
+  return false;
+#endif
 }
 
 #if defined(SYMKERN_PARTICLES_AVX512)
@@ -737,12 +846,14 @@ inline void pass2_update_matrix2_f(float* th, index_t cap, index_t i_s, index_t 
                                    const float* coef, const float* actp, float reg,
                                    std::uint32_t base, std::uint32_t step, std::uint32_t run,
                                    std::uint32_t k0, std::uint32_t k1, float alpha, float ns) {
-  constexpr int D = 2 * C;
+  constexpr int D = 2 * C, D4 = D / 4;
+  static_assert(D % 4 == 0, "one noise counter per 4 parameter planes");
   const __m512i vs = _mm512_set1_epi32(static_cast<int>(step));
   const __m512i vr = _mm512_set1_epi32(static_cast<int>(run));
   const __m512i vq = _mm512_set1_epi32(static_cast<int>(::symkern::philox::STREAM_NOISE));
-  const __m512i lanes = _mm512_setr_epi32(0, D, 2 * D, 3 * D, 4 * D, 5 * D, 6 * D, 7 * D, 8 * D,
-                                          9 * D, 10 * D, 11 * D, 12 * D, 13 * D, 14 * D, 15 * D);
+  const __m512i lanes = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32(D4));
   const __m512 va = _mm512_set1_ps(-alpha), vn = _mm512_set1_ps(ns), vreg = _mm512_set1_ps(reg);
   for (index_t i = 0; i < m; i += 16) {
     const __mmask16 mk = m - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (m - i)) - 1u);
@@ -759,19 +870,21 @@ inline void pass2_update_matrix2_f(float* th, index_t cap, index_t i_s, index_t 
         cf += 2;
       }
     }
+    // noise: rng.normal4 element base + i D + q = slot q mod 4 of counter (base + i D + q) / 4
     const __m512i cb = _mm512_add_epi32(
-        _mm512_set1_epi32(static_cast<int>(base + static_cast<std::uint32_t>(i * D))), lanes);
-    for (int q = 0; q < D; q += 2) {
-      __m512i a0, a1, b0, b1;
-      philox2_x16(_mm512_add_epi32(cb, _mm512_set1_epi32(q)), vs, vr, vq, k0, k1, a0, a1);
-      philox2_x16(_mm512_add_epi32(cb, _mm512_set1_epi32(q + 1)), vs, vr, vq, k0, k1, b0, b1);
-      const __m512 xa = normal_f_x16(a0, a1), xb = normal_f_x16(b0, b1);
-      float* za = th + q * cap + i_s + i;
-      float* zb = za + cap;
-      const __m512 wa = _mm512_loadu_ps(za), wb = _mm512_loadu_ps(zb);
-      const __m512 ga = _mm512_fmadd_ps(vreg, wa, g[q]), gb = _mm512_fmadd_ps(vreg, wb, g[q + 1]);
-      _mm512_mask_storeu_ps(za, mk, _mm512_fmadd_ps(vn, xa, _mm512_fmadd_ps(va, ga, wa)));
-      _mm512_mask_storeu_ps(zb, mk, _mm512_fmadd_ps(vn, xb, _mm512_fmadd_ps(va, gb, wb)));
+        _mm512_set1_epi32(static_cast<int>(base / 4 + static_cast<std::uint32_t>(i * D4))), lanes);
+    for (int q4 = 0; q4 < D4; ++q4) {
+      __m512i o[4];
+      __m512 xi[4];
+      philox_x16<4>(_mm512_add_epi32(cb, _mm512_set1_epi32(q4)), vs, vr, vq, k0, k1, o);
+      normal4_f_x16(o, xi);
+      for (int j = 0; j < 4; ++j) {
+        const int q = 4 * q4 + j;
+        float* z = th + q * cap + i_s + i;
+        const __m512 wq = _mm512_loadu_ps(z);
+        const __m512 gq = _mm512_fmadd_ps(vreg, wq, g[q]);
+        _mm512_mask_storeu_ps(z, mk, _mm512_fmadd_ps(vn, xi[j], _mm512_fmadd_ps(va, gq, wq)));
+      }
     }
   }
 }
@@ -1388,12 +1501,12 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
         apply_dxd(P, true, D, gbuf, TILE, w.g2.data(), TILE, m);
         gbuf = w.g2.data();
       }
-      // noise: xi[i, q] keyed by index (i0 + i_s + i) * D + q
+      // noise: xi[i, q] = rng.normal4 element (i0 + i_s + i) * D + q
       SK_PROF(pq1)
       SK_PROF_ADD(3, pq0, pq1)
 #if defined(SYMKERN_PARTICLES_AVX512)
       if constexpr (std::is_same_v<T, float>) {
-        if (!projn) {
+        if (!projn && D % 4 == 0) {
           update_with_noise_f(th, cap, i_s, gbuf, m, D,
                               static_cast<std::uint32_t>((i0 + i_s) * D), ut, runid, key.k0,
                               key.k1, alpha, ns);
@@ -1404,8 +1517,8 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
       }
 #endif
       double* nz = w.nz.data();
-      normals(key, ut, runid, px::STREAM_NOISE, static_cast<std::uint64_t>((i0 + i_s) * D), m * D,
-              nz);
+      normals4(key, ut, runid, px::STREAM_NOISE, static_cast<std::uint64_t>((i0 + i_s) * D),
+               m * D, nz);
       T* nzT = w.nzT.data();
       for (index_t q = 0; q < D; ++q) {
         T* __restrict o = nzT + q * TILE;

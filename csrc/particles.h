@@ -69,6 +69,14 @@ void philox4x32_batch(const std::uint32_t* ctr, index_t n, std::uint32_t k0, std
 // Standard normals of rng.normal for one run: out[i] keyed by (i, step, run_id, stream).
 void normals_batch(std::uint64_t seed, std::uint32_t run_id, std::uint32_t step,
                    std::uint32_t stream, index_t n, double* out);
+// Standard normals of rng.normal4 for one run: out[j] = element idx0 + j of
+// (step, run_id, stream) (float64 Box-Muller).
+void normals4_batch(std::uint64_t seed, std::uint32_t run_id, std::uint32_t step,
+                    std::uint32_t stream, std::uint64_t idx0, index_t n, double* out);
+// The same by the float32 Box-Muller of the fused float32 noise; false (out untouched) where the
+// dispatched ISA copy has none (only AVX-512 draws float normals).
+bool normals4_f32_batch(std::uint64_t seed, std::uint32_t run_id, std::uint32_t step,
+                        std::uint32_t stream, std::uint64_t idx0, index_t n, float* out);
 
 // Max error of the float32 fast activations against double libm and of the float64 sigmoid
 // against long-double libm on a dense grid (for tests and the stated error bounds): returns

@@ -277,6 +277,36 @@ inline void bind_particles(pybind11::module_& m) {
       "draw them.");
 
   m.def(
+      "philox_normals4",
+      [](std::uint64_t seed, std::uint32_t run_id, std::uint32_t step, std::uint32_t stream,
+         index_t n, std::uint64_t idx0, bool float32) -> py::object {
+        if (n < 0) sb::fail("n", "must be >= 0");
+        if (float32) {
+          py::array_t<float> out(n);
+          float* op = out.mutable_data();
+          bool have;
+          {
+            py::gil_scoped_release nogil;
+            have = particles::normals4_f32_batch(seed, run_id, step, stream, idx0, n, op);
+          }
+          if (!have) return py::none();
+          return std::move(out);
+        }
+        py::array_t<double> out(n);
+        double* op = out.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          particles::normals4_batch(seed, run_id, step, stream, idx0, n, op);
+        }
+        return std::move(out);
+      },
+      py::arg("seed"), py::arg("run_id"), py::arg("step"), py::arg("stream"), py::arg("n"),
+      py::arg("idx0") = 0, py::arg("float32") = false,
+      "Elements idx0 .. idx0 + n - 1 of symkern.meanfield.rng.normal4 for one run, as the kernels\n"
+      "draw them: float64 Box-Muller, or with float32=True the float32 one of the fused float32\n"
+      "noise (None where the dispatched instruction set has none: only AVX-512).");
+
+  m.def(
       "particle_activation_errors",
       [](double lo, double hi, index_t n) {
         double e[6];

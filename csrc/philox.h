@@ -6,6 +6,7 @@
 //   counter = (index, step, run_id, stream)                  all uint32
 //   uniform u(o) = ((o >> 8) + 0.5) * 2^-24                  exact in float and double, in (0, 1)
 //   normal  z = sqrt(-2 ln u(o0)) * cos(2 pi u(o1))           (Box-Muller, |z| <= 5.9)
+//   normal4 four per counter: sqrt(-2 ln u(o0)) (cos, sin)(2 pi u(o1)), then the same of (o2, o3)
 //   randint (uint64(o0) * n) >> 32                            in [0, n)
 //
 // Everything here is branch-free and force-inlined so a caller's `#pragma omp simd` loop over
@@ -108,10 +109,10 @@ SYMKERN_ALWAYS_INLINE double log_uniform(std::uint32_t o) {
   return k * LN2_HI + (k * LN2_LO + lnm);
 }
 
-// cos(2 pi u(o)): w = 4u exact, q = rint(w), f = w - q in [-1/2, 1/2] exact, a = f pi/2 in
-// [-pi/4, pi/4]; cos(q pi/2 + a) by quadrant. Taylor series of sin to a^15 and cos to a^16
-// (truncation < 5e-17).
-SYMKERN_ALWAYS_INLINE double cos_2pi_uniform(std::uint32_t o) {
+// cos and sin of 2 pi u(o): w = 4u exact, q = rint(w), f = w - q in [-1/2, 1/2] exact,
+// a = f pi/2 in [-pi/4, pi/4]; cos / sin (q pi/2 + a) by quadrant. Taylor series of sin to a^15
+// and cos to a^16 (truncation < 5e-17).
+SYMKERN_ALWAYS_INLINE void cos_sin_2pi_uniform(std::uint32_t o, double& cos_out, double& sin_out) {
   const std::int64_t k = static_cast<std::int64_t>(o >> 8);
   // 4u = (2k + 1) 2^-23: quadrant = nearest integer = (2k + 1 + 2^22) >> 23
   const std::int64_t v = 2 * k + 1;
@@ -136,13 +137,37 @@ SYMKERN_ALWAYS_INLINE double cos_2pi_uniform(std::uint32_t o) {
   cp = cp * a2 + 4.1666666666666666667e-2;   // 1/4!
   cp = cp * a2 - 0.5;
   const double cs = 1.0 + a2 * cp;
+  // quadrant qm: cos = cs, -sn, -cs, sn and sin = sn, cs, -sn, -cs
   const std::int64_t qm = q & 3;
-  const double val = (qm & 1) ? sn : cs;
-  return ((qm == 1) | (qm == 2)) ? -val : val;
+  const double cval = (qm & 1) ? sn : cs, sval = (qm & 1) ? cs : sn;
+  cos_out = ((qm == 1) | (qm == 2)) ? -cval : cval;
+  sin_out = (qm >= 2) ? -sval : sval;
 }
 
+SYMKERN_ALWAYS_INLINE double cos_2pi_uniform(std::uint32_t o) {
+  double c, s;
+  cos_sin_2pi_uniform(o, c, s);  // the dead sin is dropped after inlining
+  return c;
+}
+
+// rng.normal: one normal from the first two words of a counter.
 SYMKERN_ALWAYS_INLINE double normal_from_bits(std::uint32_t o0, std::uint32_t o1) {
   return __builtin_sqrt(-2.0 * log_uniform(o0)) * cos_2pi_uniform(o1);
+}
+
+// rng.normal4: the four normals of one counter, slots 0..3 = rho0 (cos, sin) 2 pi u(o1),
+// rho2 (cos, sin) 2 pi u(o3) with rho_a = sqrt(-2 ln u(o_a)).
+SYMKERN_ALWAYS_INLINE void normal4_from_bits(std::uint32_t o0, std::uint32_t o1, std::uint32_t o2,
+                                             std::uint32_t o3, double z[4]) {
+  const double rho0 = __builtin_sqrt(-2.0 * log_uniform(o0));
+  const double rho2 = __builtin_sqrt(-2.0 * log_uniform(o2));
+  double c1, s1, c3, s3;
+  cos_sin_2pi_uniform(o1, c1, s1);
+  cos_sin_2pi_uniform(o3, c3, s3);
+  z[0] = rho0 * c1;
+  z[1] = rho0 * s1;
+  z[2] = rho2 * c3;
+  z[3] = rho2 * s3;
 }
 
 // Philox key of a seed.

@@ -93,6 +93,34 @@ def test_standard_unit_steps_at_block_sizes(scheme):
         _compare(_run(theta, args, "cpp", dtype, 3, 1), ref, dtype)
 
 
+@pytest.mark.parametrize(
+    "unit",
+    [MatrixUnit(2, 4), StandardUnit(d=5, c=2, activation="tanh"),
+     StandardUnit(d=2, c=2, activation="tanh")],
+    ids=["matrix-D8", "standard-D8", "standard-D5"],
+)  # fmt: skip
+def test_noise_paths_match_reference(particle_backend, unit):
+    """Every way a kernel draws the Langevin noise gives rng.normal4's numbers: D = 8 (two Philox
+    counters per particle; the C++ float32 register path for D % 4 == 0 other than the 2x2 matrix
+    unit's fused pass 2) and D = 5 (counters straddle particles; the buffered path), projected and
+    not (R = 2: run 1 projects its noise), float32 and float64. Noise dominates the update here
+    (beta = 0.05), so a wrong slot or counter moves theta by O(0.1)."""
+    rep_x = groups.cyclic(unit.d)  # invariant outputs; vanilla uses P only to project noise
+    group = (rep_x, rep_x.group.trivial_rep(unit.c))
+    g = torch.Generator().manual_seed(5)
+    teacher = torch.randn(3, unit.D, generator=g, dtype=torch.float64)
+    theta = initial_particles(2, 37, unit.D, seed=13, std=0.5)
+    args = dict(_problem_args(unit, group, 2, "vanilla", teacher, alpha=(0.5, 1.0)), beta=0.05)
+    steps = 2 if particle_backend.backend == "triton" else 6
+    ref = _run(theta, args, "torch", torch.float64, steps, 1)
+    noiseless = _run(theta, dict(args, beta=0.0), "torch", torch.float64, steps, 1)
+    assert (ref.theta - noiseless.theta).abs().max() > 0.1
+    for dtype in (torch.float64, torch.float32):
+        out = _run(theta.to(particle_backend.device), args, particle_backend.backend, dtype,
+                   steps, 1)  # fmt: skip
+        _compare(out, ref, dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_hundred_steps_match_reference(particle_backend, dtype):
     """100 noisy steps, one run per scheme in ONE call (R = 5), same trajectory as the reference.
@@ -226,6 +254,47 @@ def test_normal_and_randint_streams():
     assert k.min() == 0 and k.max() == 5
     counts = torch.bincount(k.flatten(), minlength=6).double()
     assert (counts / counts.mean() - 1).abs().max() < 0.1
+
+
+def test_normal4_layout_and_statistics():
+    """normal4 element 4c + s is slot s of counter c's Box–Muller pairs, for any n (ragged last
+    counter), and the stream is standard normal with its cos and sin slots uncorrelated."""
+    runs = torch.tensor([3, 9])
+    z = rng.normal4(11, runs, step=2, stream=rng.STREAM_NOISE, n=4 * 50_000 + 3)
+    assert z.shape == (2, 200_003)
+    c = torch.tensor([0, 1, 777, 50_000])
+    o = rng.philox4x32(c.view(1, -1), 2, runs.view(-1, 1), rng.STREAM_NOISE, 11, 0)
+    u = [rng.uniform_from_bits(w) for w in o]
+    rho0, rho2 = torch.sqrt(-2 * torch.log(u[0])), torch.sqrt(-2 * torch.log(u[2]))
+    a1, a3 = 2 * torch.pi * u[1], 2 * torch.pi * u[3]
+    expected = torch.stack(
+        [rho0 * torch.cos(a1), rho0 * torch.sin(a1), rho2 * torch.cos(a3), rho2 * torch.sin(a3)], -1
+    )
+    got = torch.stack([z[:, 4 * c[:3] + s] for s in range(4)], -1)
+    assert_close(got, expected[:, :3], rtol=0, atol=1e-15)
+    assert_close(z[:, 200_000:], expected[:, 3, :3], rtol=0, atol=1e-15)  # the ragged counter
+    assert torch.equal(z[:, :1001], rng.normal4(11, runs, 2, rng.STREAM_NOISE, 1001))
+    assert abs(z.mean()) < 0.01 and abs(z.var() - 1) < 0.01 and z.abs().max() < 6.0
+    slots = z[:, :200_000].reshape(2, -1, 4)
+    for s, t in [(0, 1), (2, 3), (0, 2), (1, 3)]:  # 1e5 pairs: |corr| ~ 3e-3 if independent
+        assert abs((slots[..., s] * slots[..., t]).mean()) < 0.015
+    assert not torch.equal(z[:, :1000], rng.normal(11, runs, 2, rng.STREAM_NOISE, 1000))
+
+
+def test_cpp_normal4_matches_reference():
+    """The C++ normal4 generators against rng.normal4 at ragged offsets: the float64 Box–Muller
+    (every ISA copy's noise for float64 and projected runs) to rounding, the float32 one (the fused
+    float32 noise, AVX-512 only) to 1 float ulp of |z| <= 6 (measured 6.0e-7 over 4e6 normals)."""
+    C = pytest.importorskip("symkern._C")
+    import numpy as np
+
+    for idx0, n in [(0, 1), (1, 2), (3, 1001), (6, 77), (0, 100_000)]:
+        ref = rng.normal4(7, torch.tensor([5]), 11, rng.STREAM_NOISE, idx0 + n)[0, idx0:].numpy()
+        z64 = C.philox_normals4(7, 5, 11, rng.STREAM_NOISE, n, idx0)
+        assert z64.shape == (n,) and np.abs(z64 - ref).max() <= 4e-15
+        z32 = C.philox_normals4(7, 5, 11, rng.STREAM_NOISE, n, idx0, float32=True)
+        if z32 is not None:
+            assert z32.dtype == np.float32 and np.abs(z32 - ref).max() <= 8e-7
 
 
 # --- bad input ---------------------------------------------------------------------------------

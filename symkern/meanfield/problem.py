@@ -22,7 +22,7 @@ trained by the particle SGD of SPEC_MEANFIELD.md. Per step t (absolute step inde
 3. the update, with L_r = ℓ_r + τ_r (1/N) Σ_i ‖θ̃_i‖² (θ̃ = Pθ for EA, θ otherwise):
 
        θ ← θ − α_r ∇_θ L_r + sqrt(2 β_r α_r / N) ξ,
-       ξ[i, k] = normal(seed, run_ids[r], t, STREAM_NOISE, index i·D + k),
+       ξ[i, k] = normal4(seed, run_ids[r], t, STREAM_NOISE, index i·D + k)  (four per counter),
        ξ ← ξ Pᵀ for EA and for runs with project_noise[r] (SI runs).
 
    Per particle this is θ_i ← θ_i − s_N[(1/B) Σ_b ∇_z σ*ᵀ ∇ℓ + τ ∇r(θ_i)] + sqrt(2β s_N) ξ_i with

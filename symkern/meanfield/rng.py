@@ -13,10 +13,19 @@ Langevin noise, :data:`STREAM_AUGMENT` sampled group elements, :data:`STREAM_INI
 particles, :data:`STREAM_TEST` test-risk samples); ``index`` enumerates the numbers
 of one (run, step, stream), e.g. ``b * d + k`` for the k-th coordinate of sample b.
 
-From the four output words (o0, o1, o2, o3) only o0 and o1 are used:
+Number formats on the four output words (o0, o1, o2, o3):
 
 * uniform:  u(o) = ((o >> 8) + 0.5) · 2^-24 — exact in float32 and float64, in (0, 1);
-* normal:   z = sqrt(-2 ln u(o0)) · cos(2π u(o1))   (Box–Muller; |z| ≤ 5.9 by construction);
+* normal:   z = sqrt(-2 ln u(o0)) · cos(2π u(o1))   (Box–Muller; |z| ≤ 5.9 by construction),
+  one per counter;
+* normal4:  four per counter, both Box–Muller pairs with their cos and sin branches —
+  element j of the stream is slot j mod 4 of counter j div 4, with ρ_a = sqrt(-2 ln u(o_a)):
+
+      slot 0: ρ0 cos(2π u(o1))   slot 1: ρ0 sin(2π u(o1))
+      slot 2: ρ2 cos(2π u(o3))   slot 3: ρ2 sin(2π u(o3))
+
+  Only the particles' Langevin noise uses it: it is the one stream drawn at N·D numbers per step,
+  where one Philox-10 evaluation per normal was ~40 % of the C++ step (4x fewer counters);
 * integer in [0, n):  (o0 · n) >> 32             (exact integer arithmetic, no float rounding).
 
 The C++ (csrc/philox.h) and Triton implementations follow this file line by line; the float
@@ -36,6 +45,7 @@ __all__ = [
     "STREAM_NOISE",
     "STREAM_TEST",
     "normal",
+    "normal4",
     "philox4x32",
     "randint",
     "uniform_from_bits",
@@ -107,6 +117,23 @@ def normal(
     u2 = uniform_from_bits(o1, torch.float64)
     z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
     return z.to(dtype)
+
+
+def normal4(
+    seed: int, run_ids: torch.Tensor, step: int, stream: int, n: int,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:  # fmt: skip
+    """Standard normals, shape (R, n), four per Philox counter (the ``normal4`` format above).
+
+    Element [r, j] is slot j mod 4 of counter (j div 4, step, run_ids[r], stream).
+    """
+    o0, o1, o2, o3 = philox4x32(*_counters(run_ids, step, stream, (n + 3) // 4), *_key(seed))
+    rho = torch.stack([uniform_from_bits(o, torch.float64) for o in (o0, o2)], -1)
+    angle = (2.0 * math.pi) * torch.stack([uniform_from_bits(o, torch.float64) for o in (o1, o3)], -1)
+    rho = torch.sqrt(-2.0 * torch.log(rho))
+    # (R, counters, pair, cos|sin) -> (R, 4 * counters): slots 0..3 in the order documented above
+    z = rho.unsqueeze(-1) * torch.stack([torch.cos(angle), torch.sin(angle)], -1)
+    return z.reshape(z.shape[0], -1)[:, :n].to(dtype)
 
 
 def randint(seed: int, run_ids: torch.Tensor, step: int, stream: int, n: int, high: int):

@@ -94,7 +94,7 @@ def particle_steps(
             reg_arg = torch.where(ea.view(R, 1, 1), th @ problem.proj.T, th)
             reg = (tau * (reg_arg**2).sum(-1)).mean(-1)
             (grad,) = torch.autograd.grad((ell + reg).sum(), th)
-        xi = rng.normal(problem.seed, problem.run_ids.cpu(), t, rng.STREAM_NOISE, N * D)
+        xi = rng.normal4(problem.seed, problem.run_ids.cpu(), t, rng.STREAM_NOISE, N * D)
         xi = xi.to(device=theta.device, dtype=dtype).view(R, N, D)
         xi = torch.where(project, xi @ problem.proj.T, xi)
         with torch.no_grad():

@@ -18,7 +18,7 @@ Math (the contract is :mod:`symkern.meanfield.problem`; the oracle is
    standard unit (z = (a, w, b), σ*_k = a_k act(u), u = w·x + b):  ∂_a_k = act(u) e_k,
    ∂_w = (Σ_k a_k e_k) act'(u) x, ∂_b = (Σ_k a_k e_k) act'(u)   (relu' = 1[u > 0]);
 5. update  θ_i ← θ_i − (α/N)[g_i + 2τ T_rᵀ T_r θ_i] + sqrt(2βα/N) ξ_i  (T_r = P for EA, else I),
-   ξ_i = normal(STREAM_NOISE, index i·D + k), replaced by P ξ_i for EA runs and project_noise runs;
+   ξ_i = normal4(STREAM_NOISE, index i·D + k), replaced by P ξ_i for EA runs and project_noise runs;
 6. every ``snapshot_every`` steps θ and ℓ are recorded.
 
 Shapes: theta (R, N, D) float32 / float64 → theta_out (R, N, D), snapshots (R, S, N, D),
@@ -144,6 +144,24 @@ def _normal(idx, t, run, STREAM: tl.constexpr, k0, k1, DT: tl.constexpr):
     u1 = _uniform(o0, DT)
     u2 = _uniform(o1, DT)
     return tl.math.sqrt(-2.0 * tl.math.log(u1)) * tl.math.cos(6.283185307179586 * u2)
+
+
+@triton.jit
+def _normal4(idx, t, run, STREAM: tl.constexpr, k0, k1, DT: tl.constexpr):
+    # rng.normal4 element idx: slot idx % 4 of counter idx // 4 — slots 0..3 are
+    # ρ0 (cos, sin) 2π u(o1), ρ2 (cos, sin) 2π u(o3), ρ_a = sqrt(−2 ln u(o_a)). Elementwise: each
+    # element evaluates its counter's Philox itself (4x the rounds of a per-counter layout; fine
+    # next to the step's products, and any tile shape works).
+    c0 = (idx >> 2).to(tl.uint32)
+    zero = tl.zeros_like(c0)
+    o0, o1, o2, o3 = philox_impl(
+        c0, zero + t.to(tl.uint32), zero + run.to(tl.uint32), zero + STREAM, k0, k1
+    )
+    slot = idx & 3
+    second_pair = slot >= 2
+    rho = tl.math.sqrt(-2.0 * tl.math.log(_uniform(tl.where(second_pair, o2, o0), DT)))
+    angle = 6.283185307179586 * _uniform(tl.where(second_pair, o3, o1), DT)
+    return rho * tl.where((slot & 1) == 0, tl.math.cos(angle), tl.math.sin(angle))
 
 
 @triton.jit
@@ -457,7 +475,7 @@ def _particle_steps_fused_kernel(
             reg = th
             if is_ea:
                 reg = _apply_rows_t(_apply_rows(th, P), P)
-            xi = _normal(
+            xi = _normal4(
                 (nn[:, None] * D + mi[None, :]).to(tl.uint32), t, run, _STREAM_NOISE,
                 key0, key1, DT,
             )  # fmt: skip
@@ -650,11 +668,11 @@ def _tp_backward_kernel(
     key0 = k0.to(tl.uint32)
     key1 = k1.to(tl.uint32)
     # (w, b) columns m >= C: x̃ is 0 on the a columns, so g_wb is exactly their gradient there
-    xi = _normal(nd_offs.to(tl.uint32), t, run, _STREAM_NOISE, key0, key1, DT)
+    xi = _normal4(nd_offs.to(tl.uint32), t, run, _STREAM_NOISE, key0, key1, DT)
     new = th - step_n * (g_wb + 2.0 * tau * th) + noise_scale * xi
     wb_mask = nd_mask & (mi >= C)[None, :]
     tl.store(th_base + nd_offs, new, mask=wb_mask)
-    xi_a = _normal(nc_offs.to(tl.uint32), t, run, _STREAM_NOISE, key0, key1, DT)
+    xi_a = _normal4(nc_offs.to(tl.uint32), t, run, _STREAM_NOISE, key0, key1, DT)
     new_a = a - step_n * (g_a + 2.0 * tau * a) + noise_scale * xi_a
     tl.store(th_base + nc_offs, new_a, mask=nc_mask)
     if s_idx >= 0:
