@@ -43,9 +43,12 @@
 // * AVX-512 float32 fast paths (matrix unit): data + teacher labels in registers
 //   (data_matrix_f), pass 1 for d = 2 (pass1_matrix2_zmm), and for c = d = 2 without EA / noise
 //   projection pass 2 + weight decay + Philox noise + update fused per 16 particles with the
-//   gradient in registers (pass2_update_matrix2_f). The 16-lane sigmoid there has measured error
-//   <= 9.6e-8 absolute, <= 2.7e-7 relative on [-87, 87] (particle_activation_errors reports the
-//   worse of it and the scalar one).
+//   gradient in registers (pass2_update_matrix2_f). The 16-lane sigmoid (teacher labels) has
+//   measured error <= 9.6e-8 absolute, <= 2.7e-7 relative on [-87, 87] (particle_activation_errors
+//   reports the worse of it and the scalar one). Pass 1 folds log2(e) into -x and evaluates the
+//   base-2 form 1 / (1 + 2^t) (sigmoid_from_neg_log2e_x16): measured against double on float t
+//   for u in [-87, 87] (4e6 points) <= 8.9e-8 absolute, <= 2.3e-7 relative (sigmoid_base2_*). The
+//   rounding of -x log2(e) is input rounding like that of u = z x itself (~1 float ulp of t).
 //
 // Performance log (float32, matrix unit 2x2, C2, B = 20, R = 1, 200 steps/call at N = 5000, 2000
 // at N = 50; µs/step min/median of 5-9 calls; shared 2-core EPYC (Zen 4-class AVX-512), loadavg
@@ -72,6 +75,14 @@
 //     are both throughput-bound; the 60 µs target needs both cores (team mode) on an idle machine.
 //   Team mode on by default (next session, background only a nice-19 process, loadavg 1.9):
 //     N = 5000 vanilla 72-76 µs/step with 2 threads vs 128-157 with 1 (min/median of 7 calls).
+//   Later sessions (team of 2, loadavg ~1.1-1.3 from another tenant; interleaved runs, min/median):
+//   6. Langevin noise as rng.normal4, four normals per Philox counter (Philox + Box-Muller were
+//      ~40 % of the ops): N = 5000 vanilla 77-80 -> 65-67, DA 138 -> 121.
+//   7. base-2 sigmoid in pass 1 (4 ops fewer per 16 sigmoids): interleaved 8 x 3 runs, vanilla
+//      N = 5000 median 65.9 -> 61.7 (min 59.6 -> 51.8); one thread, N = 2500, CPU time median
+//      62.3 -> 54.6. Without any noise the same step takes ~53 µs (2 threads): noise is ~10 µs.
+//      Tried and dropped: vrcp14/vrsqrt14 + Newton for the Box-Muller division and square root
+//      (no measurable change, error 6.0e-7 -> 7.2e-7).
 // * Instruction sets: the kernel body below is compiled three times (AVX-512, AVX2+FMA,
 //   baseline x86-64) by including this file into itself under `#pragma GCC target`, and
 //   dispatched at run time on the CPU's features — the wheel stays portable (no -march=native).
@@ -180,7 +191,7 @@ bool normals4_f32_batch(std::uint64_t seed, std::uint32_t run_id, std::uint32_t 
   SYMKERN_DISPATCH(normals4_f(philox::Key(seed), step, run_id, stream, idx0, n, out))
 }
 
-void activation_errors(double lo, double hi, index_t n, double out[6]) {
+void activation_errors(double lo, double hi, index_t n, double out[8]) {
   SYMKERN_DISPATCH(activation_errors_impl(lo, hi, n, out))
 }
 
@@ -331,10 +342,12 @@ inline T act_value(int code, T u) {
 }
 
 // out[0..1] = max of the absolute and relative error of a sigmoid on L lanes of T (L = 1: a scalar
-// one; sigmoid_lanes(u, s) fills s[0..L) from u[0..L)) on n points of [lo, hi], against the
-// sigmoid computed in Ref precision (out keeps any larger values it holds).
+// one; sigmoid_lanes(v, s) fills s[0..L) from v[0..L)) on n points v of [lo, hi], against
+// sigmoid(weight v) computed in Ref precision (out keeps any larger values it holds). weight = 1
+// for sigmoid(u) itself; -ln 2 for the base-2 form 1 / (1 + 2^v) of the float32 matrix-unit pass 1.
 template <class T, class Ref, int L, class F>
-inline void sigmoid_errors(double lo, double hi, index_t n, F&& sigmoid_lanes, double* out) {
+inline void sigmoid_errors(double lo, double hi, index_t n, F&& sigmoid_lanes, double* out,
+                           Ref weight = Ref(1)) {
   alignas(64) T u[L], sg[L];
   for (index_t i0 = 0; i0 < n; i0 += L) {
     for (int j = 0; j < L; ++j) {
@@ -344,7 +357,7 @@ inline void sigmoid_errors(double lo, double hi, index_t n, F&& sigmoid_lanes, d
     }
     sigmoid_lanes(u, sg);
     for (int j = 0; j < L; ++j) {
-      const Ref s = Ref(1) / (Ref(1) + std::exp(-static_cast<Ref>(u[j])));
+      const Ref s = Ref(1) / (Ref(1) + std::exp(-weight * static_cast<Ref>(u[j])));
       const Ref err = std::abs(static_cast<Ref>(sg[j]) - s);
       out[0] = std::max(out[0], static_cast<double>(err));
       out[1] = std::max(out[1], static_cast<double>(err / s));
@@ -353,16 +366,17 @@ inline void sigmoid_errors(double lo, double hi, index_t n, F&& sigmoid_lanes, d
 }
 
 #if defined(SYMKERN_PARTICLES_AVX512)
-inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[6]);
+inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[8]);
 #endif
 
 // out[0..3]: float32 sigmoid / tanh (AVX-512 build: the sigmoid entries are the worse of the
 // scalar sigmoid_t and the 16-lane sigmoid of the float32 matrix-unit fast path) against double
 // libm; out[4..5]: the float64 sigmoid (exp_d; AVX-512 build: the worse of it and the 8-lane
 // sigmoid of the float64 matrix-unit pass 1) against long-double libm.
-inline void activation_errors_impl(double lo, double hi, index_t n, double out[6]) {
+inline void activation_errors_impl(double lo, double hi, index_t n, double out[8]) {
   double e[4] = {0, 0, 0, 0};
   out[4] = out[5] = 0.0;
+  out[6] = out[7] = std::numeric_limits<double>::quiet_NaN();  // no base-2 sigmoid in this copy
   sigmoid_errors<double, long double, 1>(
       lo, hi, n, [](const double* u, double* s) { s[0] = sigmoid_t(u[0]); }, out + 4);
   for (index_t i = 0; i < n; ++i) {
@@ -686,6 +700,28 @@ SYMKERN_ALWAYS_INLINE __m512 sigmoid_from_neg_x16(__m512 nu) {
   return _mm512_fmadd_ps(rc, _mm512_fnmadd_ps(d, rc, one), rc);
 }
 
+// sigmoid(u) = 1 / (1 + 2^t) on 16 lanes from t = -u log2(e), for callers that fold log2(e) into
+// their products (pass 1 of the float32 matrix unit: t = z (-x log2 e)): f = t - floor(t) in
+// [0, 1) in one vreduceps, a degree-5 minimax polynomial of 2^f (7.5e-8 relative in exact
+// arithmetic, 1.5e-7 in float Horner), vscalefps by floor(t) (its own rounding of t), then
+// vrcp14ps + one Newton step. Four ops fewer than sigmoid_from_neg_x16 (no multiply by log2 e,
+// no round + two-step Cody-Waite). t is clamped as sigmoid_from_neg_x16 clamps nu = -u <= 87.
+// Error against 1 / (1 + 2^t) for float t: see the statement at the top of the file.
+SYMKERN_ALWAYS_INLINE __m512 sigmoid_from_neg_log2e_x16(__m512 t) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  t = _mm512_min_ps(t, _mm512_set1_ps(125.51447f));  // 87 log2(e) rounded up: as u >= -87
+  const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);  // t - floor t
+  __m512 y = _mm512_set1_ps(1.8775765784084797e-3f);  // degree-5 minimax of 2^f on [0, 1]
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(8.989340625703335e-3f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.582631751894951e-2f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.4015361070632935e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.931530833244324e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.999999403953552e-1f));
+  const __m512 d = _mm512_add_ps(_mm512_scalef_ps(y, t), one);  // scalef: y 2^floor(t)
+  const __m512 rc = _mm512_rcp14_ps(d);
+  return _mm512_fmadd_ps(rc, _mm512_fnmadd_ps(d, rc, one), rc);
+}
+
 // Data of one step for float32 runs with the matrix unit: x = sigma_pi * normal (float Box-Muller
 // in registers) and the teacher labels y_b = sum_m w_m sigmoid(z_m x_b) vectorised over 16 samples
 // (same order of the sum over m as teacher_labels).
@@ -762,16 +798,23 @@ SYMKERN_ALWAYS_INLINE __m512d sigmoid_from_neg_x8(__m512d nu) {
 }
 
 // The explicit-SIMD sigmoids' errors, merged into activation_errors_impl's out[0..1] (float32,
-// against double) and out[4..5] (float64, against long double).
-inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[6]) {
+// against double) and out[4..5] (float64, against long double); out[6..7]: the float32 base-2
+// sigmoid 1 / (1 + 2^t) on t = -u log2(e) for u in [lo, hi], against double.
+inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[8]) {
   const auto f32 = [](const float* u, float* s) {
     _mm512_store_ps(s, sigmoid_from_neg_x16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_load_ps(u))));
   };
   const auto f64 = [](const double* u, double* s) {
     _mm512_store_pd(s, sigmoid_from_neg_x8(_mm512_sub_pd(_mm512_setzero_pd(), _mm512_load_pd(u))));
   };
+  const auto f32_base2 = [](const float* v, float* s) {
+    _mm512_store_ps(s, sigmoid_from_neg_log2e_x16(_mm512_load_ps(v)));
+  };
   sigmoid_errors<float, double, 16>(lo, hi, n, f32, out);
   sigmoid_errors<double, long double, 8>(lo, hi, n, f64, out + 4);
+  constexpr double LOG2E = 1.4426950408889634, LN2 = 0.6931471805599453;
+  out[6] = out[7] = 0.0;
+  sigmoid_errors<float, double, 16>(-hi * LOG2E, -lo * LOG2E, n, f32_base2, out + 6, -LN2);
 }
 
 // The AVX-512 operations pass1_matrix2_zmm needs, per element type (16 float / 8 double lanes).
@@ -791,7 +834,9 @@ struct Zmm<float> {
   static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
   static V mask_add(V a, Mask k, V b) { return _mm512_mask_add_ps(a, k, a, b); }
   static double reduce_add(V v) { return static_cast<double>(_mm512_reduce_add_ps(v)); }
-  static V sigmoid_from_neg(V nu) { return sigmoid_from_neg_x16(nu); }
+  // pass 1 multiplies -x by input_scale and passes the products to sigmoid_of_scaled
+  static constexpr float input_scale = 1.44269504088896341f;  // log2(e): the base-2 sigmoid
+  static V sigmoid_of_scaled(V t) { return sigmoid_from_neg_log2e_x16(t); }
 };
 template <>
 struct Zmm<double> {
@@ -807,7 +852,8 @@ struct Zmm<double> {
   static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_pd(a, b, c); }
   static V mask_add(V a, Mask k, V b) { return _mm512_mask_add_pd(a, k, a, b); }
   static double reduce_add(V v) { return _mm512_reduce_add_pd(v); }
-  static V sigmoid_from_neg(V nu) { return sigmoid_from_neg_x8(nu); }
+  static constexpr double input_scale = 1.0;
+  static V sigmoid_of_scaled(V nu) { return sigmoid_from_neg_x8(nu); }
 };
 
 // Pass 1, matrix unit with d = 2: as pass1_matrix, one zmm of particles at a time, the explicit
@@ -819,7 +865,8 @@ inline void pass1_matrix2_zmm(index_t E, index_t c, const T* xe, const T* thf, i
   using Z = Zmm<T>;
   constexpr index_t L = Z::lanes;
   for (index_t e = 0; e < E; ++e) {
-    const typename Z::V nx0 = Z::set1(-xe[e * 2]), nx1 = Z::set1(-xe[e * 2 + 1]);
+    const typename Z::V nx0 = Z::set1(-xe[e * 2] * Z::input_scale);
+    const typename Z::V nx1 = Z::set1(-xe[e * 2 + 1] * Z::input_scale);
     for (index_t k = 0; k < c; ++k) {
       const T* __restrict z0 = thf + (2 * k) * cap + i_s;
       const T* __restrict z1 = thf + (2 * k + 1) * cap + i_s;
@@ -829,7 +876,7 @@ inline void pass1_matrix2_zmm(index_t E, index_t c, const T* xe, const T* thf, i
         const auto mk = static_cast<typename Z::Mask>(m - i >= L ? ~0u : (1u << (m - i)) - 1u);
         const typename Z::V nu =
             Z::fmadd(Z::loadu(z0 + i), nx0, Z::mul(Z::loadu(z1 + i), nx1));
-        const typename Z::V sg = Z::sigmoid_from_neg(nu);
+        const typename Z::V sg = Z::sigmoid_of_scaled(nu);
         acc = Z::mask_add(acc, mk, sg);
         Z::storeu(sp + i, Z::fnmadd(sg, sg, sg));
       }

@@ -309,7 +309,7 @@ inline void bind_particles(pybind11::module_& m) {
   m.def(
       "particle_activation_errors",
       [](double lo, double hi, index_t n) {
-        double e[6];
+        double e[8];
         {
           py::gil_scoped_release nogil;
           particles::activation_errors(lo, hi, n, e);
@@ -321,11 +321,15 @@ inline void bind_particles(pybind11::module_& m) {
         out["tanh_rel"] = e[3];
         out["sigmoid_f64_abs"] = e[4];
         out["sigmoid_f64_rel"] = e[5];
+        out["sigmoid_base2_abs"] = e[6];
+        out["sigmoid_base2_rel"] = e[7];
         return out;
       },
       py::arg("lo") = -30.0, py::arg("hi") = 30.0, py::arg("n") = 2000001,
       "Max error on n points of [lo, hi] of the float32 fast sigmoid / tanh against double libm "
-      "(sigmoid_*, tanh_*) and of the float64 sigmoid against long-double libm (sigmoid_f64_*).");
+      "(sigmoid_*, tanh_*), of the float64 sigmoid against long-double libm (sigmoid_f64_*), and\n"
+      "of the float32 base-2 sigmoid 1 / (1 + 2^t) of the matrix unit's pass 1 on float t in\n"
+      "[-hi log2 e, -lo log2 e] against double (sigmoid_base2_*; NaN without AVX-512).");
 
   m.def("particle_team_min_n",
         []() {
