@@ -636,15 +636,24 @@ inline void normals4(const ::symkern::philox::Key key, std::uint32_t step, std::
       for (int j = 0; j < 4; ++j) w[j][l] = o[j];
     }
 #endif
-    alignas(64) double z[4][CB];
+    // Box-Muller per word in SIMD loops over the 16 counters (one result per loop body, so
+    // they vectorise), then interleaved into element order: z[4 l + s] = slot s of counter cb + l
+    alignas(64) double rho[2][CB], cosv[2][CB], sinv[2][CB], z[4 * CB];
+    for (int pair = 0; pair < 2; ++pair) {
 #pragma omp simd
-    for (int l = 0; l < CB; ++l) {
-      double zl[4];
-      ::symkern::philox::normal4_from_bits(w[0][l], w[1][l], w[2][l], w[3][l], zl);
-      for (int j = 0; j < 4; ++j) z[j][l] = zl[j];
+      for (int l = 0; l < CB; ++l)
+        rho[pair][l] = __builtin_sqrt(-2.0 * ::symkern::philox::log_uniform(w[2 * pair][l]));
+#pragma omp simd
+      for (int l = 0; l < CB; ++l)
+        ::symkern::philox::cos_sin_2pi_uniform(w[2 * pair + 1][l], cosv[pair][l], sinv[pair][l]);
     }
-    for (std::uint64_t e = std::max(idx0, 4 * cb); e < std::min(end, 4 * cb + 4 * CB); ++e)
-      out[e - idx0] = z[e & 3][(e >> 2) - cb];
+    for (int l = 0; l < CB; ++l)
+      for (int pair = 0; pair < 2; ++pair) {
+        z[4 * l + 2 * pair] = rho[pair][l] * cosv[pair][l];
+        z[4 * l + 2 * pair + 1] = rho[pair][l] * sinv[pair][l];
+      }
+    const std::uint64_t e0 = std::max(idx0, 4 * cb), e1 = std::min(end, 4 * cb + 4 * CB);
+    std::memcpy(out + (e0 - idx0), z + (e0 - 4 * cb), (e1 - e0) * sizeof(double));
   }
 }
 

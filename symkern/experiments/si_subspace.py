@@ -21,13 +21,9 @@ the paper's SI teacher for C2; for S3 random particles projected onto E^G) or ``
 (the paper's WI teacher; for S3 random particles symmetrised over S3 — equivariant but not SI:
 vanilla training then *leaves* E^G at finite N, see the report in results.json).
 
-Noise projection. The engine projects Langevin noise with the *group's* projector only
-(``project_noise`` uses ``problem.proj`` = P_{E^G}); here the noise must be projected on E_j,
-which the public API cannot express. So each step is one engine call with β = 0 (gradient
-step only) followed by the noise sqrt(2βα/N)·P_j ξ_t, with ξ_t drawn from the engine's own
-stream (STREAM_NOISE keyed by (seed, run id, step)): step for step the engine's update with P_j
-in place of P_{E^G}. The price is one engine call per step instead of per chunk; an engine
-argument ``noise_proj`` ((D, D) or (R, D, D)) would remove it.
+Noise projection. The noise must be projected on E_j, not on E^G: the engine call passes
+``projector=P_j`` with ``project_noise=True`` (the learner is never given the group), so the
+whole run is one engine call and the noise is the engine's own stream (STREAM_NOISE, rng.normal4).
 
 Usage::
 
@@ -358,8 +354,7 @@ def run(cfg: Config, out: str | Path, *, show_progress: bool = True, log=print) 
         "versions": common.versions(),
         "backend": sorted(used),
         "wall_time_s": time.perf_counter() - wall0,
-        "noise_projection": "per-step engine call with beta=0 + sqrt(2 beta alpha/N) P_j xi_t "
-        "(xi_t from STREAM_NOISE): the engine cannot project noise on E_j",
+        "noise_projection": "engine noise (STREAM_NOISE) projected by projector=P_j",
         "instances": results,
         "table": rows,
     }
