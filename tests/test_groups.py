@@ -87,6 +87,20 @@ def test_group_axioms(name):
     assert len(list(rep.elements())) == n == len(rep.group.elements())
 
 
+def test_element_matrices_are_fresh_tensors_of_the_cached_images():
+    """element_matrices keeps small images on the rep (the particle engine asks every call);
+    callers still get their own tensor in the dtype they ask for."""
+    rep = G.hyperoctahedral(3)
+    first = rep.element_matrices()
+    first.zero_()  # the caller's tensor, not the cache
+    again = rep.element_matrices()
+    assert again.abs().sum() > 0 and again.data_ptr() != first.data_ptr()
+    f32 = rep.element_matrices(torch.float32)
+    assert f32.dtype == torch.float32 and torch.equal(f32.double(), again)
+    fresh = G.hyperoctahedral(3).element_matrices()  # a new rep computes its own
+    assert torch.equal(fresh, again)
+
+
 def test_elements_native_forms_and_bfs_tree():
     rep = G.hyperoctahedral(2)
     els = list(rep.elements())

@@ -53,6 +53,8 @@ __all__ = [
 NULLSPACE_RTOL = 1e-9
 #: Tolerance on the character-formula mean being an integer.
 CHARACTER_TOL = 1e-6
+# element_matrices keeps float64 images up to this many entries (512 KiB) on the representation
+_CACHED_ELEMENT_ENTRIES = 1 << 16
 
 
 def _check_k(k: Any) -> int:
@@ -316,7 +318,16 @@ class _FiniteRep(Representation):
             yield from nat.items(self._kind, batch)
 
     def element_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """Dense ``(|G|, D, D)`` images of all elements, ``elements()`` order."""
+        """Dense ``(|G|, D, D)`` images of all elements, ``elements()`` order (a new tensor).
+
+        Up to :data:`_CACHED_ELEMENT_ENTRIES` entries the float64 images are kept on the
+        representation: every particle-engine call asks for them, and building them (group
+        enumeration + native batches) cost ~0.35 ms per call, 0.2 µs per step of a 2000-step
+        N = 50 call.
+        """
+        cached = self._cache.get("element_matrices")
+        if cached is not None:
+            return cached.to(dtype=dtype, copy=True)
         check_dense_dim(self.dim, "element_matrices")
         n = self.order()
         if n * self.dim * self.dim > nat.MAX_ELEMENT_ENTRIES:
@@ -324,7 +335,12 @@ class _FiniteRep(Representation):
                 f"element_matrices: |G| * D^2 = {n} * {self.dim}^2 exceeds the limit "
                 f"{nat.MAX_ELEMENT_ENTRIES} entries"
             )
-        return torch.cat([nat.to_matrices(self._kind, b, dtype) for b in self._level_batches()])
+        mats = torch.cat(
+            [nat.to_matrices(self._kind, b, torch.float64) for b in self._level_batches()]
+        )
+        if mats.numel() <= _CACHED_ELEMENT_ENTRIES:
+            self._cache["element_matrices"] = mats
+        return mats.to(dtype=dtype, copy=True)
 
     def character(self) -> torch.Tensor:
         """``tr rho(g)`` in ``elements()`` order, float64 ``(|G|,)``.
