@@ -332,6 +332,12 @@ def test_bad_inputs_raise_clear_errors():
         symkern.particle_steps(theta, unit, **dict(ok, teacher=torch.randn(5, 3)))
     with pytest.raises(ValueError, match="alpha must be a scalar or have one value per run"):
         symkern.particle_steps(theta, unit, **ok, alpha=torch.ones(3))
+    # Philox's 32-bit counter words: N·D element indices and steps (an expanded view: no memory)
+    huge = torch.zeros(1, 1, 4).expand(1, 2**30, 4)
+    with pytest.raises(ValueError, match="the Philox element index is 32-bit"):
+        symkern.particle_steps(huge, unit, **ok)
+    with pytest.raises(ValueError, match="step0 \\+ steps must be <= 2\\^32"):
+        symkern.particle_steps(theta, unit, **ok, step0=2**32 - 1, steps=2)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])

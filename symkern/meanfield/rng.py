@@ -127,10 +127,10 @@ def normal4(
 
     Element [r, j] is slot j mod 4 of counter (j div 4, step, run_ids[r], stream).
     """
-    o0, o1, o2, o3 = philox4x32(*_counters(run_ids, step, stream, (n + 3) // 4), *_key(seed))
-    rho = torch.stack([uniform_from_bits(o, torch.float64) for o in (o0, o2)], -1)
-    angle = (2.0 * math.pi) * torch.stack([uniform_from_bits(o, torch.float64) for o in (o1, o3)], -1)
-    rho = torch.sqrt(-2.0 * torch.log(rho))
+    words = philox4x32(*_counters(run_ids, step, stream, (n + 3) // 4), *_key(seed))
+    u = [uniform_from_bits(o, torch.float64) for o in words]
+    rho = torch.sqrt(-2.0 * torch.log(torch.stack([u[0], u[2]], -1)))  # (R, counters, pair)
+    angle = (2.0 * math.pi) * torch.stack([u[1], u[3]], -1)
     # (R, counters, pair, cos|sin) -> (R, 4 * counters): slots 0..3 in the order documented above
     z = rho.unsqueeze(-1) * torch.stack([torch.cos(angle), torch.sin(angle)], -1)
     return z.reshape(z.shape[0], -1)[:, :n].to(dtype)

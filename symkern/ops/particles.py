@@ -266,6 +266,19 @@ def particle_steps(
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if not isinstance(step0, int) or step0 < 0:
         raise ValueError(f"step0 must be a non-negative int, got {step0!r}")
+    # Philox counters hold the step and the element index (i·D + k) in 32-bit words
+    if step0 + steps > 2**32:
+        raise ValueError(f"step0 + steps must be <= 2^32 (32-bit Philox step), got {step0 + steps}")
+    n_noise = (
+        theta.shape[1] * theta.shape[2]
+        if isinstance(theta, torch.Tensor) and theta.dim() == 3
+        else 0
+    )
+    if n_noise >= 2**32:
+        raise ValueError(
+            f"theta: N·D = {n_noise} noise numbers per run and step; "
+            "the Philox element index is 32-bit, so N·D must be < 2^32"
+        )
     snapshot_every = steps if snapshot_every is None else snapshot_every
     if not isinstance(snapshot_every, int) or snapshot_every < 1:
         raise ValueError(f"snapshot_every must be a positive int, got {snapshot_every!r}")
