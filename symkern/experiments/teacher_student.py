@@ -65,6 +65,9 @@ __all__ = ["Config", "PRESETS", "main", "run"]
 TEACHERS = ("arbitrary", "WI", "SI")
 SCHEMES = ("vanilla", "DA", "FA", "EA")
 RESULTS_FORMAT = 1
+# "DA/FA below EA" must win by more than this relative margin: from SI init the three schemes
+# differ only by rounding (the paper preset of 2026-11-22 had DA 1.4e-17 below EA, the last bit)
+RISK_MARGIN = 1e-4
 # Environment hook for crash tests: after this many freshly computed cells, the process kills
 # itself with SIGKILL (the harshest crash: no cleanup, no finally blocks).
 CRASH_ENV = "SYMKERN_TEST_KILL_AFTER_CELLS"
@@ -476,10 +479,11 @@ def check_claims(
             claims.append(
                 {
                     "claim": f"arbitrary teacher, N={largest}: DA and FA reach a lower test risk "
-                    "than EA (issue's claim; with SI init DA = FA = EA step for step in exact "
-                    "arithmetic, and every equivariant model has risk >= the floor)",
+                    f"than EA, by more than {RISK_MARGIN:g} relative (issue's claim; with SI init "
+                    "DA = FA = EA step for step in exact arithmetic, and every equivariant model "
+                    "has risk >= the floor)",
                     "value": {"EA": at["EA"], **others, "equivariant_floor": f},
-                    "holds": all(at["EA"] > v for v in others.values()),
+                    "holds": all(v < at["EA"] * (1.0 - RISK_MARGIN) for v in others.values()),
                 }
             )
     return claims
