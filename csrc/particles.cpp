@@ -608,20 +608,32 @@ inline void normals(const ::symkern::philox::Key key, std::uint32_t step, std::u
   }
 }
 
-// out[j] = rng.normal4 element idx0 + j of (step, run, stream): slot (idx0 + j) mod 4 of
-// counter (idx0 + j) / 4. Whole blocks of 16 counters, copied out where they overlap the range.
+// rng.normal4 elements idx0 .. idx0 + n - 1 into out, by blocks of 16 counters: fill(cb, z)
+// writes the 64 normals of counters cb .. cb + 15 in element order (z[4 l + s] = slot s of counter
+// cb + l), and the part of each block inside the range is copied out.
+template <class T, class Fill>
+inline void normal4_blocks(std::uint64_t idx0, index_t n, T* __restrict out, Fill&& fill) {
+  const std::uint64_t end = idx0 + static_cast<std::uint64_t>(n);
+  for (std::uint64_t cb = idx0 / 4; 4 * cb < end; cb += 16) {
+    alignas(64) T z[64];
+    fill(cb, z);
+    const std::uint64_t e0 = std::max(idx0, 4 * cb), e1 = std::min(end, 4 * cb + 64);
+    std::memcpy(out + (e0 - idx0), z + (e0 - 4 * cb), (e1 - e0) * sizeof(T));
+  }
+}
+
+// out[j] = rng.normal4 element idx0 + j of (step, run, stream), float64 Box-Muller.
 inline void normals4(const ::symkern::philox::Key key, std::uint32_t step, std::uint32_t run,
                      std::uint32_t stream, std::uint64_t idx0, index_t n, double* __restrict out) {
   constexpr int CB = 16;
   const std::uint32_t k0 = key.k0, k1 = key.k1;
-  const std::uint64_t end = idx0 + static_cast<std::uint64_t>(n);
 #if defined(SYMKERN_PARTICLES_AVX512)
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i vs = _mm512_set1_epi32(static_cast<int>(step));
   const __m512i vr = _mm512_set1_epi32(static_cast<int>(run));
   const __m512i vq = _mm512_set1_epi32(static_cast<int>(stream));
 #endif
-  for (std::uint64_t cb = idx0 / 4; 4 * cb < end; cb += CB) {
+  normal4_blocks(idx0, n, out, [&](std::uint64_t cb, double* z) {
     alignas(64) std::uint32_t w[4][CB];
 #if defined(SYMKERN_PARTICLES_AVX512)
     __m512i o[4];
@@ -638,8 +650,8 @@ inline void normals4(const ::symkern::philox::Key key, std::uint32_t step, std::
     }
 #endif
     // Box-Muller per word in SIMD loops over the 16 counters (one result per loop body, so
-    // they vectorise), then interleaved into element order: z[4 l + s] = slot s of counter cb + l
-    alignas(64) double rho[2][CB], cosv[2][CB], sinv[2][CB], z[4 * CB];
+    // they vectorise), then interleaved into element order
+    alignas(64) double rho[2][CB], cosv[2][CB], sinv[2][CB];
     for (int pair = 0; pair < 2; ++pair) {
 #pragma omp simd
       for (int l = 0; l < CB; ++l)
@@ -653,9 +665,7 @@ inline void normals4(const ::symkern::philox::Key key, std::uint32_t step, std::
         z[4 * l + 2 * pair] = rho[pair][l] * cosv[pair][l];
         z[4 * l + 2 * pair + 1] = rho[pair][l] * sinv[pair][l];
       }
-    const std::uint64_t e0 = std::max(idx0, 4 * cb), e1 = std::min(end, 4 * cb + 4 * CB);
-    std::memcpy(out + (e0 - idx0), z + (e0 - 4 * cb), (e1 - e0) * sizeof(double));
-  }
+  });
 }
 
 // float32 rng.normal4 elements idx0 .. idx0 + n - 1 of one run, by the float Box-Muller of the
@@ -668,18 +678,17 @@ inline bool normals4_f(const ::symkern::philox::Key key, std::uint32_t step, std
   const __m512i vs = _mm512_set1_epi32(static_cast<int>(step));
   const __m512i vr = _mm512_set1_epi32(static_cast<int>(run));
   const __m512i vq = _mm512_set1_epi32(static_cast<int>(stream));
-  const std::uint64_t end = idx0 + static_cast<std::uint64_t>(n);
-  for (std::uint64_t cb = idx0 / 4; 4 * cb < end; cb += 16) {
+  normal4_blocks(idx0, n, out, [&](std::uint64_t cb, float* z) {
     __m512i o[4];
-    alignas(64) float z[4][16];
+    __m512 zv[4];
     philox_x16<4>(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(cb)), iota), vs, vr, vq,
                   key.k0, key.k1, o);
-    __m512 zv[4];
     normal4_f_x16(o, zv);
-    for (int j = 0; j < 4; ++j) _mm512_store_ps(z[j], zv[j]);
-    for (std::uint64_t e = std::max(idx0, 4 * cb); e < std::min(end, 4 * cb + 64); ++e)
-      out[e - idx0] = z[e & 3][(e >> 2) - cb];
-  }
+    alignas(64) float slot[4][16];
+    for (int s = 0; s < 4; ++s) _mm512_store_ps(slot[s], zv[s]);
+    for (int l = 0; l < 16; ++l)
+      for (int s = 0; s < 4; ++s) z[4 * l + s] = slot[s][l];
+  });
   return true;
 #else
   (void)key, (void)step, (void)run, (void)stream, (void)idx0, (void)n, (void)out;

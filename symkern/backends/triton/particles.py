@@ -122,14 +122,16 @@ _STREAM_AUGMENT = tl.constexpr(2)  # rng.STREAM_AUGMENT
 
 
 @triton.jit
-def _philox01(idx, t, run, STREAM: tl.constexpr, k0, k1):
-    # counter (index, step, run_id, stream), key (seed lo, seed hi): the first two output words
+def _philox(idx, t, run, STREAM: tl.constexpr, k0, k1):
+    # counter (index, step, run_id, stream), key (seed lo, seed hi): the four output words
     c0 = idx.to(tl.uint32)
     zero = tl.zeros_like(c0)
-    c1 = zero + t.to(tl.uint32)
-    c2 = zero + run.to(tl.uint32)
-    c3 = zero + STREAM
-    o0, o1, _, _ = philox_impl(c0, c1, c2, c3, k0, k1)
+    return philox_impl(c0, zero + t.to(tl.uint32), zero + run.to(tl.uint32), zero + STREAM, k0, k1)
+
+
+@triton.jit
+def _philox01(idx, t, run, STREAM: tl.constexpr, k0, k1):
+    o0, o1, _, _ = _philox(idx, t, run, STREAM, k0, k1)
     return o0, o1
 
 
@@ -152,11 +154,7 @@ def _normal4(idx, t, run, STREAM: tl.constexpr, k0, k1, DT: tl.constexpr):
     # ρ0 (cos, sin) 2π u(o1), ρ2 (cos, sin) 2π u(o3), ρ_a = sqrt(−2 ln u(o_a)). Elementwise: each
     # element evaluates its counter's Philox itself (4x the rounds of a per-counter layout; fine
     # next to the step's products, and any tile shape works).
-    c0 = (idx >> 2).to(tl.uint32)
-    zero = tl.zeros_like(c0)
-    o0, o1, o2, o3 = philox_impl(
-        c0, zero + t.to(tl.uint32), zero + run.to(tl.uint32), zero + STREAM, k0, k1
-    )
+    o0, o1, o2, o3 = _philox(idx >> 2, t, run, STREAM, k0, k1)
     slot = idx & 3
     second_pair = slot >= 2
     rho = tl.math.sqrt(-2.0 * tl.math.log(_uniform(tl.where(second_pair, o2, o0), DT)))
