@@ -25,10 +25,11 @@
 //   the result does not depend on timing, only — at rounding level — on the team size).
 // * Activations. float64: sigmoid by exp_d, tanh by tanh_d (csrc/vmath.h: branch-free, vectorised
 //   on AVX-512, ~1-2 ulp, NaN kept); trajectories match the float64 torch reference to ~1e-12.
-//   On AVX-512 the matrix unit's pass 1 (d = 2) uses an explicit 8-lane sigmoid with exp_d's
-//   arithmetic, vscalefpd and a Newton reciprocal instead of vdivpd (sigmoid_from_neg_x8): with
-//   exp_d's degree-11 minimax polynomial, the paper grid's float64 step is 15 % faster (12 runs,
-//   N = 500, one thread, CPU time: 0.75 -> 0.64 ms/step).
+//   On AVX-512 the matrix unit's pass 1 (d = 2) uses an explicit 8-lane base-2 sigmoid
+//   1 / (1 + 2^t) on t = z (-x log2 e) (sigmoid_from_neg_log2e_x8: vreducepd, a degree-11
+//   minimax 2^f, vscalefpd, a Newton reciprocal instead of vdivpd). Measured against long double
+//   on double t for u in [-708, 708] (4e6 points): <= 1.7e-16 absolute, <= 2.7e-16 relative
+//   (sigmoid_f64_base2_*; exp_d's sigmoid: 1.7e-16 / 2.7e-16).
 //   float32: branch-free vectorisable approximations (exp by 2^n * degree-7 Taylor on
 //   [-ln2/2, ln2/2] with Cody-Waite reduction; tanh by an odd Taylor polynomial for |u| < 0.5 and
 //   1 - 2/(e^{2|u|} + 1) above). Measured max error of the float32 result against double libm
@@ -83,6 +84,15 @@
 //      62.3 -> 54.6. Without any noise the same step takes ~53 µs (2 threads): noise is ~10 µs.
 //      Tried and dropped: vrcp14/vrsqrt14 + Newton for the Box-Muller division and square root
 //      (no measurable change, error 6.0e-7 -> 7.2e-7).
+//   8. pass 2's gradient register-blocked over four zmm groups of particles (grad_matrix2_block:
+//      the per-(e, k) sweeps over a gradient buffer were load-port bound), for float32 (fused)
+//      and float64 (pass2_matrix22_zmm); vanilla N = 5000, team of 2, interleaved 6 x 7 calls of
+//      2000 steps: median 59.1 -> 56.3 µs/step.
+//   float64 (the teacher-student experiment's dtype; its N = 5000 cell is ~90 % of the paper
+//   preset): the base-2 sigmoid in pass 1 (four ops fewer per 8 sigmoids), the blocked gradient,
+//   and the noise drawn straight into parameter rows (noise_rows4; no element-order buffer and
+//   transpose): 120 runs (4 schemes x 3 teachers x 10 seeds, projected noise) at N = 5000, two
+//   threads, interleaved 3 x 3 calls: 32.4 -> 26.2 ms/step (one thread, vanilla: 356 -> 299 µs).
 // * Instruction sets: the kernel body below is compiled three times (AVX-512, AVX2+FMA,
 //   baseline x86-64) by including this file into itself under `#pragma GCC target`, and
 //   dispatched at run time on the CPU's features — the wheel stays portable (no -march=native).
@@ -191,7 +201,7 @@ bool normals4_f32_batch(std::uint64_t seed, std::uint32_t run_id, std::uint32_t 
   SYMKERN_DISPATCH(normals4_f(philox::Key(seed), step, run_id, stream, idx0, n, out))
 }
 
-void activation_errors(double lo, double hi, index_t n, double out[8]) {
+void activation_errors(double lo, double hi, index_t n, double out[10]) {
   SYMKERN_DISPATCH(activation_errors_impl(lo, hi, n, out))
 }
 
@@ -342,12 +352,12 @@ inline T act_value(int code, T u) {
 }
 
 // out[0..1] = max of the absolute and relative error of a sigmoid on L lanes of T (L = 1: a scalar
-// one; sigmoid_lanes(v, s) fills s[0..L) from v[0..L)) on n points v of [lo, hi], against
-// sigmoid(weight v) computed in Ref precision (out keeps any larger values it holds). weight = 1
-// for sigmoid(u) itself; -ln 2 for the base-2 form 1 / (1 + 2^v) of the float32 matrix-unit pass 1.
+// one; sigmoid_lanes(v, s) fills s[0..L) from v[0..L)) on n points v of [lo, hi], against the
+// sigmoid computed in Ref precision: sigmoid(v) itself, or with base2 the form 1 / (1 + 2^v) of
+// the matrix-unit pass 1 (v = t = -u log2 e). out keeps any larger values it holds.
 template <class T, class Ref, int L, class F>
 inline void sigmoid_errors(double lo, double hi, index_t n, F&& sigmoid_lanes, double* out,
-                           Ref weight = Ref(1)) {
+                           bool base2 = false) {
   alignas(64) T u[L], sg[L];
   for (index_t i0 = 0; i0 < n; i0 += L) {
     for (int j = 0; j < L; ++j) {
@@ -357,7 +367,8 @@ inline void sigmoid_errors(double lo, double hi, index_t n, F&& sigmoid_lanes, d
     }
     sigmoid_lanes(u, sg);
     for (int j = 0; j < L; ++j) {
-      const Ref s = Ref(1) / (Ref(1) + std::exp(-weight * static_cast<Ref>(u[j])));
+      const Ref v = static_cast<Ref>(u[j]);
+      const Ref s = Ref(1) / (Ref(1) + (base2 ? std::exp2(v) : std::exp(-v)));
       const Ref err = std::abs(static_cast<Ref>(sg[j]) - s);
       out[0] = std::max(out[0], static_cast<double>(err));
       out[1] = std::max(out[1], static_cast<double>(err / s));
@@ -366,17 +377,20 @@ inline void sigmoid_errors(double lo, double hi, index_t n, F&& sigmoid_lanes, d
 }
 
 #if defined(SYMKERN_PARTICLES_AVX512)
-inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[8]);
+inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[10]);
 #endif
 
 // out[0..3]: float32 sigmoid / tanh (AVX-512 build: the sigmoid entries are the worse of the
 // scalar sigmoid_t and the 16-lane sigmoid of the float32 matrix-unit fast path) against double
-// libm; out[4..5]: the float64 sigmoid (exp_d; AVX-512 build: the worse of it and the 8-lane
-// sigmoid of the float64 matrix-unit pass 1) against long-double libm.
-inline void activation_errors_impl(double lo, double hi, index_t n, double out[8]) {
+// libm; out[4..5]: the float64 sigmoid (exp_d) against long-double libm; out[6..9] (AVX-512
+// build only, else NaN): the base-2 sigmoids 1 / (1 + 2^t) of the matrix-unit pass 1 on
+// t = -u log2(e) for u in [lo, hi], float32 against double (6..7), float64 against long double
+// (8..9).
+inline void activation_errors_impl(double lo, double hi, index_t n, double out[10]) {
   double e[4] = {0, 0, 0, 0};
   out[4] = out[5] = 0.0;
-  out[6] = out[7] = std::numeric_limits<double>::quiet_NaN();  // no base-2 sigmoid in this copy
+  for (int k = 6; k < 10; ++k)  // no base-2 sigmoid in this copy
+    out[k] = std::numeric_limits<double>::quiet_NaN();
   sigmoid_errors<double, long double, 1>(
       lo, hi, n, [](const double* u, double* s) { s[0] = sigmoid_t(u[0]); }, out + 4);
   for (index_t i = 0; i < n; ++i) {
@@ -622,50 +636,78 @@ inline void normal4_blocks(std::uint64_t idx0, index_t n, T* __restrict out, Fil
   }
 }
 
+// The four float64 normals (slots 0..3: rho0 cos, rho0 sin, rho2 cos, rho2 sin of rng.normal4)
+// of the 16 Philox counters ctr0 + l * stride (l < 16) of (step, run, stream): slot[q][l].
+// Box-Muller per word in SIMD loops over the 16 counters (one result per loop body, so they
+// vectorise).
+inline void normal4_slots_x16(const ::symkern::philox::Key key, std::uint32_t step,
+                              std::uint32_t run, std::uint32_t stream, std::uint32_t ctr0,
+                              std::uint32_t stride, double (&slot)[4][16]) {
+  constexpr int CB = 16;
+  alignas(64) std::uint32_t w[4][CB];
+#if defined(SYMKERN_PARTICLES_AVX512)
+  __m512i o[4];
+  const __m512i ctr = _mm512_add_epi32(
+      _mm512_set1_epi32(static_cast<int>(ctr0)),
+      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32(static_cast<int>(stride))));
+  philox_x16<4>(ctr, _mm512_set1_epi32(static_cast<int>(step)),
+                _mm512_set1_epi32(static_cast<int>(run)), _mm512_set1_epi32(static_cast<int>(stream)),
+                key.k0, key.k1, o);
+  for (int j = 0; j < 4; ++j) _mm512_store_si512(reinterpret_cast<__m512i*>(w[j]), o[j]);
+#else
+#pragma omp simd
+  for (int l = 0; l < CB; ++l) {
+    std::uint32_t o[4];
+    ::symkern::philox::philox4x32(ctr0 + static_cast<std::uint32_t>(l) * stride, step, run,
+                                  stream, key.k0, key.k1, o);
+    for (int j = 0; j < 4; ++j) w[j][l] = o[j];
+  }
+#endif
+  for (int pair = 0; pair < 2; ++pair) {
+    alignas(64) double rho[CB];
+#pragma omp simd
+    for (int l = 0; l < CB; ++l)
+      rho[l] = __builtin_sqrt(-2.0 * ::symkern::philox::log_uniform(w[2 * pair][l]));
+#pragma omp simd
+    for (int l = 0; l < CB; ++l) {
+      double cv, sv;
+      ::symkern::philox::cos_sin_2pi_uniform(w[2 * pair + 1][l], cv, sv);
+      slot[2 * pair][l] = rho[l] * cv;
+      slot[2 * pair + 1][l] = rho[l] * sv;
+    }
+  }
+}
+
 // out[j] = rng.normal4 element idx0 + j of (step, run, stream), float64 Box-Muller.
 inline void normals4(const ::symkern::philox::Key key, std::uint32_t step, std::uint32_t run,
                      std::uint32_t stream, std::uint64_t idx0, index_t n, double* __restrict out) {
-  constexpr int CB = 16;
-  const std::uint32_t k0 = key.k0, k1 = key.k1;
-#if defined(SYMKERN_PARTICLES_AVX512)
-  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i vs = _mm512_set1_epi32(static_cast<int>(step));
-  const __m512i vr = _mm512_set1_epi32(static_cast<int>(run));
-  const __m512i vq = _mm512_set1_epi32(static_cast<int>(stream));
-#endif
   normal4_blocks(idx0, n, out, [&](std::uint64_t cb, double* z) {
-    alignas(64) std::uint32_t w[4][CB];
-#if defined(SYMKERN_PARTICLES_AVX512)
-    __m512i o[4];
-    philox_x16<4>(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(cb)), iota), vs, vr, vq,
-                  k0, k1, o);
-    for (int j = 0; j < 4; ++j) _mm512_store_si512(reinterpret_cast<__m512i*>(w[j]), o[j]);
-#else
-#pragma omp simd
-    for (int l = 0; l < CB; ++l) {
-      std::uint32_t o[4];
-      ::symkern::philox::philox4x32(static_cast<std::uint32_t>(cb + l), step, run, stream, k0, k1,
-                                    o);
-      for (int j = 0; j < 4; ++j) w[j][l] = o[j];
-    }
-#endif
-    // Box-Muller per word in SIMD loops over the 16 counters (one result per loop body, so
-    // they vectorise), then interleaved into element order
-    alignas(64) double rho[2][CB], cosv[2][CB], sinv[2][CB];
-    for (int pair = 0; pair < 2; ++pair) {
-#pragma omp simd
-      for (int l = 0; l < CB; ++l)
-        rho[pair][l] = __builtin_sqrt(-2.0 * ::symkern::philox::log_uniform(w[2 * pair][l]));
-#pragma omp simd
-      for (int l = 0; l < CB; ++l)
-        ::symkern::philox::cos_sin_2pi_uniform(w[2 * pair + 1][l], cosv[pair][l], sinv[pair][l]);
-    }
-    for (int l = 0; l < CB; ++l)
-      for (int pair = 0; pair < 2; ++pair) {
-        z[4 * l + 2 * pair] = rho[pair][l] * cosv[pair][l];
-        z[4 * l + 2 * pair + 1] = rho[pair][l] * sinv[pair][l];
-      }
+    alignas(64) double slot[4][16];
+    normal4_slots_x16(key, step, run, stream, static_cast<std::uint32_t>(cb), 1, slot);
+    for (int l = 0; l < 16; ++l)
+      for (int q = 0; q < 4; ++q) z[4 * l + q] = slot[q][l];
   });
+}
+
+// The Langevin noise of m particles, D % 4 == 0, as parameter rows: rows[q * TILE + i] =
+// rng.normal4 element (i_first + i) D + q = slot q % 4 of counter (i_first + i) D / 4 + q / 4
+// (the same numbers as normals4, without its element order and the transpose to rows).
+template <class T>
+inline void noise_rows4(const ::symkern::philox::Key key, std::uint32_t step, std::uint32_t run,
+                        std::uint32_t i_first, index_t m, index_t D, T* __restrict rows) {
+  const std::uint32_t D4 = static_cast<std::uint32_t>(D / 4);
+  for (std::uint32_t q4 = 0; q4 < D4; ++q4)
+    for (index_t i = 0; i < m; i += 16) {
+      alignas(64) double slot[4][16];
+      normal4_slots_x16(key, step, run, ::symkern::philox::STREAM_NOISE,
+                        (i_first + static_cast<std::uint32_t>(i)) * D4 + q4, D4, slot);
+      const index_t len = std::min<index_t>(16, m - i);
+      for (int q = 0; q < 4; ++q) {
+        T* __restrict o = rows + (4 * q4 + q) * TILE + i;
+        for (index_t l = 0; l < len; ++l) o[l] = static_cast<T>(slot[q][l]);
+      }
+    }
 }
 
 // float32 rng.normal4 elements idx0 .. idx0 + n - 1 of one run, by the float Box-Muller of the
@@ -703,7 +745,7 @@ inline bool normals4_f(const ::symkern::philox::Key key, std::uint32_t step, std
 // -> 0, as the scalar sigmoid_t). See the error statement at the top of the file.
 SYMKERN_ALWAYS_INLINE __m512 sigmoid_from_neg_x16(__m512 nu) {
   const __m512 one = _mm512_set1_ps(1.0f);
-  nu = _mm512_min_ps(nu, _mm512_set1_ps(87.0f));
+  nu = _mm512_min_ps(_mm512_set1_ps(87.0f), nu);  // this order keeps NaN
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(nu, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), nu);
@@ -728,7 +770,7 @@ SYMKERN_ALWAYS_INLINE __m512 sigmoid_from_neg_x16(__m512 nu) {
 // Error against 1 / (1 + 2^t) for float t: see the statement at the top of the file.
 SYMKERN_ALWAYS_INLINE __m512 sigmoid_from_neg_log2e_x16(__m512 t) {
   const __m512 one = _mm512_set1_ps(1.0f);
-  t = _mm512_min_ps(t, _mm512_set1_ps(125.51447f));  // 87 log2(e) rounded up: as u >= -87
+  t = _mm512_min_ps(_mm512_set1_ps(125.51447f), t);  // 87 log2(e) rounded up; keeps NaN
   const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);  // t - floor t
   __m512 y = _mm512_set1_ps(1.8775765784084797e-3f);  // degree-5 minimax of 2^f on [0, 1]
   y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(8.989340625703335e-3f));
@@ -790,50 +832,56 @@ inline void data_matrix_f(const Problem<float>& p, index_t r, std::uint32_t step
   }
 }
 
-// sigmoid(u) = 1 / (1 + e^{nu}) on 8 float64 lanes, from nu = -u: the arithmetic of exp_d
-// (csrc/vmath.h: clamp to [-708, 708] keeping NaN, Cody-Waite reduction with fdlibm's two-part
-// ln 2, the same polynomial) but with vrndscalepd / vscalefpd for n and 2^n, and vrcp14pd + two
-// Newton steps (relative error 2^-14 -> 2^-28 -> 2^-56, below rounding) instead of vdivpd.
-// Measured error: particle_activation_errors (its float64 entries are the worse of this and the
-// scalar sigmoid_t).
-SYMKERN_ALWAYS_INLINE __m512d sigmoid_from_neg_x8(__m512d nu) {
+// sigmoid(u) = 1 / (1 + 2^t) on 8 float64 lanes from t = -u log2(e), the float64 form of
+// sigmoid_from_neg_log2e_x16 (pass 1 of the float64 matrix unit folds log2(e) into its products):
+// f = t - floor(t) in [0, 1) in one vreducepd, a degree-11 relative minimax polynomial of 2^f
+// (EXP2_D_POLY), vscalefpd by floor(t), then vrcp14pd + two Newton steps (relative error 2^-14 ->
+// 2^-28 -> 2^-56, below rounding) instead of vdivpd. Four ops fewer than the exp_d arithmetic
+// (no multiply by log2 e, no round + two-step Cody-Waite, no lower clamp: t -> -inf gives
+// 2^t = 0 and sigmoid 1). t is clamped to <= 708 log2(e) as exp_d clamps -u <= 708; NaN in,
+// NaN out (min returns its second operand when either is NaN). The rounding of t = z (-x log2 e)
+// is input rounding like that of u = z x itself (the relative error of 2^t it causes is
+// ~|u| 2^-53, the same order as e^u's from u's rounding).
+// 2^f ~ sum_j EXP2_D_POLY[11 - j] f^j on [0, 1]: Lawson-weighted least squares in 60-digit
+// mpmath (400 Chebyshev nodes), 3.1e-18 relative in exact arithmetic, 1.2e-16 in double Horner.
+constexpr double EXP2_D_POLY[12] = {
+    6.272433586794457e-10,  6.554457646603398e-09, 1.0254457263684661e-07,
+    1.3208193511305703e-06, 1.5253190247524716e-05, 0.00015403511446561284,
+    0.0013333558661573286,  0.009618129098792677,  0.055504108665711135,
+    0.2402265069590547,     0.6931471805599463,    1.0};
+constexpr double EXP2_D_CLAMP = 1021.44;  // 708 log2(e) = 1021.435 rounded up; 1 + 2^t stays finite
+
+SYMKERN_ALWAYS_INLINE __m512d sigmoid_from_neg_log2e_x8(__m512d t) {
   const __m512d one = _mm512_set1_pd(1.0);
-  // max/min return their second operand when either is NaN: this order keeps NaN
-  nu = _mm512_max_pd(_mm512_set1_pd(-EXP_D_CLAMP), nu);
-  nu = _mm512_min_pd(_mm512_set1_pd(EXP_D_CLAMP), nu);
-  const __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(nu, _mm512_set1_pd(EXP_D_LOG2E)),
-                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(EXP_D_LN2_HI), nu);
-  r = _mm512_fnmadd_pd(n, _mm512_set1_pd(EXP_D_LN2_LO), r);
-  __m512d p = _mm512_set1_pd(EXP_D_POLY[0]);
+  t = _mm512_min_pd(_mm512_set1_pd(EXP2_D_CLAMP), t);  // this order keeps NaN
+  const __m512d f = _mm512_reduce_pd(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);  // t - floor t
+  __m512d y = _mm512_set1_pd(EXP2_D_POLY[0]);
 #pragma GCC unroll 16
-  for (int j = 1; j < 10; ++j) p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(EXP_D_POLY[j]));
-  p = _mm512_fmadd_pd(p, r, one);
-  p = _mm512_fmadd_pd(p, r, one);
-  const __m512d den = _mm512_add_pd(_mm512_scalef_pd(p, n), one);  // 1 + e^nu, in [1, 3.1e307]
+  for (int j = 1; j < 12; ++j) y = _mm512_fmadd_pd(y, f, _mm512_set1_pd(EXP2_D_POLY[j]));
+  const __m512d den = _mm512_add_pd(_mm512_scalef_pd(y, t), one);  // 1 + 2^t, in [1, 2^1022]
   __m512d rc = _mm512_rcp14_pd(den);
   rc = _mm512_fmadd_pd(rc, _mm512_fnmadd_pd(den, rc, one), rc);
   return _mm512_fmadd_pd(rc, _mm512_fnmadd_pd(den, rc, one), rc);
 }
 
-// The explicit-SIMD sigmoids' errors, merged into activation_errors_impl's out[0..1] (float32,
-// against double) and out[4..5] (float64, against long double); out[6..7]: the float32 base-2
-// sigmoid 1 / (1 + 2^t) on t = -u log2(e) for u in [lo, hi], against double.
-inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[8]) {
+// The explicit-SIMD sigmoids' errors: the 16-lane float32 one (teacher labels) merged into
+// activation_errors_impl's out[0..1]; out[6..7] / out[8..9]: the float32 / float64 base-2
+// sigmoids of pass 1 on t = -u log2(e) for u in [lo, hi], against double / long double.
+inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[10]) {
   const auto f32 = [](const float* u, float* s) {
     _mm512_store_ps(s, sigmoid_from_neg_x16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_load_ps(u))));
-  };
-  const auto f64 = [](const double* u, double* s) {
-    _mm512_store_pd(s, sigmoid_from_neg_x8(_mm512_sub_pd(_mm512_setzero_pd(), _mm512_load_pd(u))));
   };
   const auto f32_base2 = [](const float* v, float* s) {
     _mm512_store_ps(s, sigmoid_from_neg_log2e_x16(_mm512_load_ps(v)));
   };
+  const auto f64_base2 = [](const double* v, double* s) {
+    _mm512_store_pd(s, sigmoid_from_neg_log2e_x8(_mm512_load_pd(v)));
+  };
   sigmoid_errors<float, double, 16>(lo, hi, n, f32, out);
-  sigmoid_errors<double, long double, 8>(lo, hi, n, f64, out + 4);
-  constexpr double LOG2E = 1.4426950408889634, LN2 = 0.6931471805599453;
-  out[6] = out[7] = 0.0;
-  sigmoid_errors<float, double, 16>(-hi * LOG2E, -lo * LOG2E, n, f32_base2, out + 6, -LN2);
+  constexpr double LOG2E = 1.4426950408889634;
+  for (int k = 6; k < 10; ++k) out[k] = 0.0;
+  sigmoid_errors<float, double, 16>(-hi * LOG2E, -lo * LOG2E, n, f32_base2, out + 6, true);
+  sigmoid_errors<double, long double, 8>(-hi * LOG2E, -lo * LOG2E, n, f64_base2, out + 8, true);
 }
 
 // The AVX-512 operations pass1_matrix2_zmm needs, per element type (16 float / 8 double lanes).
@@ -871,8 +919,8 @@ struct Zmm<double> {
   static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_pd(a, b, c); }
   static V mask_add(V a, Mask k, V b) { return _mm512_mask_add_pd(a, k, a, b); }
   static double reduce_add(V v) { return _mm512_reduce_add_pd(v); }
-  static constexpr double input_scale = 1.0;
-  static V sigmoid_of_scaled(V nu) { return sigmoid_from_neg_x8(nu); }
+  static constexpr double input_scale = 1.4426950408889634;  // log2(e): the base-2 sigmoid
+  static V sigmoid_of_scaled(V t) { return sigmoid_from_neg_log2e_x8(t); }
 };
 
 // Pass 1, matrix unit with d = 2: as pass1_matrix, one zmm of particles at a time, the explicit
@@ -904,15 +952,70 @@ inline void pass1_matrix2_zmm(index_t E, index_t c, const T* xe, const T* thf, i
   }
 }
 
+// Pass 2's gradient for the matrix unit with d = 2 and C outputs (D = 2C), register-blocked:
+// for GB zmm groups of particles (sp = their first stored derivative, rows TILE apart)
+// g[b][2k + j] = sum_e s'_{ek} coef[(e C + k) 2 + j], coef[(e C + k) 2 + j] = r_ek x_ej. Each
+// (e, k) broadcasts its two coefficients once for the GB groups (per group: 2/GB broadcast loads,
+// 1 derivative load, 2 FMAs), where a sweep per (e, k) over a gradient buffer loads and stores
+// the gradient rows every time (pass2_matrix): the load ports were the limit. GB * D accumulators
+// stay in registers (GB = 16 / D).
+template <class T, int C, int GB>
+SYMKERN_ALWAYS_INLINE void grad_matrix2_block(index_t E, const T* coef, const T* sp,
+                                              typename Zmm<T>::V g[GB][2 * C]) {
+  using Z = Zmm<T>;
+  for (int b = 0; b < GB; ++b)
+    for (int q = 0; q < 2 * C; ++q) g[b][q] = Z::zero();
+  for (index_t e = 0; e < E; ++e) {
+#pragma GCC unroll 4
+    for (int k = 0; k < C; ++k) {
+      const typename Z::V c0 = Z::set1(coef[0]), c1 = Z::set1(coef[1]);
+#pragma GCC unroll 8
+      for (int b = 0; b < GB; ++b) {
+        const typename Z::V sv = Z::loadu(sp + b * Z::lanes);
+        g[b][2 * k] = Z::fmadd(sv, c0, g[b][2 * k]);
+        g[b][2 * k + 1] = Z::fmadd(sv, c1, g[b][2 * k + 1]);
+      }
+      sp += TILE;
+      coef += 2;
+    }
+  }
+}
+
+// coef[(e C + k) 2 + j] = r_ek x_ej for grad_matrix2_block (d = 2).
+template <class T>
+inline void matrix2_coefficients(index_t E, index_t c, const T* r, const T* xe, T* coef) {
+  for (index_t e = 0; e < E; ++e)
+    for (index_t k = 0; k < c; ++k) {
+      coef[(e * c + k) * 2] = r[e * c + k] * xe[e * 2];
+      coef[(e * c + k) * 2 + 1] = r[e * c + k] * xe[e * 2 + 1];
+    }
+}
+
+// pass2_matrix for d = 2, c = 2 on AVX-512 (any scheme): the gradient rows of a tile of m
+// particles into gbuf (D = 4 rows of TILE) by grad_matrix2_block, four zmm groups at a time.
+// Rows are TILE long, so the groups past m read (and write) inside them.
+template <class T>
+inline void pass2_matrix22_zmm(index_t E, const T* coef, index_t m, const T* actp, T* gbuf) {
+  using Z = Zmm<T>;
+  constexpr index_t L = Z::lanes;
+  constexpr int GB = 4;
+  for (index_t i = 0; i < m; i += GB * L) {
+    typename Z::V g[GB][4];
+    grad_matrix2_block<T, 2, GB>(E, coef, actp + i, g);
+    for (int b = 0; b < GB; ++b)
+      for (int q = 0; q < 4; ++q) Z::storeu(gbuf + q * TILE + i + b * L, g[b][q]);
+  }
+}
+
 // Pass 2 + weight decay + noise + update fused, matrix unit d = 2 with C outputs (D = 2C),
 // float32, no EA / noise projection: per 16 particles the D gradient rows stay in registers
-// over all E inputs; coef[(e C + k) 2 + j] = r_ek x_ej.
+// (grad_matrix2_block, 16 / D groups of 16 at a time); coef from matrix2_coefficients.
 template <int C>
 inline void pass2_update_matrix2_f(float* th, index_t cap, index_t i_s, index_t m, index_t E,
                                    const float* coef, const float* actp, float reg,
                                    std::uint32_t base, std::uint32_t step, std::uint32_t run,
                                    std::uint32_t k0, std::uint32_t k1, float alpha, float ns) {
-  constexpr int D = 2 * C, D4 = D / 4;
+  constexpr int D = 2 * C, D4 = D / 4, GB = 16 / D > 0 ? 16 / D : 1;
   static_assert(D % 4 == 0, "one noise counter per 4 parameter planes");
   const __m512i vs = _mm512_set1_epi32(static_cast<int>(step));
   const __m512i vr = _mm512_set1_epi32(static_cast<int>(run));
@@ -921,35 +1024,29 @@ inline void pass2_update_matrix2_f(float* th, index_t cap, index_t i_s, index_t 
       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
       _mm512_set1_epi32(D4));
   const __m512 va = _mm512_set1_ps(-alpha), vn = _mm512_set1_ps(ns), vreg = _mm512_set1_ps(reg);
-  for (index_t i = 0; i < m; i += 16) {
-    const __mmask16 mk = m - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (m - i)) - 1u);
-    __m512 g[D];
-    for (int q = 0; q < D; ++q) g[q] = _mm512_setzero_ps();
-    const float* sp = actp + i;
-    const float* cf = coef;
-    for (index_t e = 0; e < E; ++e) {
-      for (int k = 0; k < C; ++k) {
-        const __m512 sv = _mm512_loadu_ps(sp);
-        g[2 * k] = _mm512_fmadd_ps(sv, _mm512_set1_ps(cf[0]), g[2 * k]);
-        g[2 * k + 1] = _mm512_fmadd_ps(sv, _mm512_set1_ps(cf[1]), g[2 * k + 1]);
-        sp += TILE;
-        cf += 2;
-      }
-    }
-    // noise: rng.normal4 element base + i D + q = slot q mod 4 of counter (base + i D + q) / 4
-    const __m512i cb = _mm512_add_epi32(
-        _mm512_set1_epi32(static_cast<int>(base / 4 + static_cast<std::uint32_t>(i * D4))), lanes);
-    for (int q4 = 0; q4 < D4; ++q4) {
-      __m512i o[4];
-      __m512 xi[4];
-      philox_x16<4>(_mm512_add_epi32(cb, _mm512_set1_epi32(q4)), vs, vr, vq, k0, k1, o);
-      normal4_f_x16(o, xi);
-      for (int j = 0; j < 4; ++j) {
-        const int q = 4 * q4 + j;
-        float* z = th + q * cap + i_s + i;
-        const __m512 wq = _mm512_loadu_ps(z);
-        const __m512 gq = _mm512_fmadd_ps(vreg, wq, g[q]);
-        _mm512_mask_storeu_ps(z, mk, _mm512_fmadd_ps(vn, xi[j], _mm512_fmadd_ps(va, gq, wq)));
+  for (index_t i0 = 0; i0 < m; i0 += 16 * GB) {
+    __m512 gb[GB][D];
+    grad_matrix2_block<float, C, GB>(E, coef, actp + i0, gb);
+    for (int b = 0; b < GB; ++b) {
+      const index_t i = i0 + 16 * b;
+      if (i >= m) break;
+      const __mmask16 mk = m - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (m - i)) - 1u);
+      // noise: rng.normal4 element base + i D + q = slot q mod 4 of counter (base + i D + q) / 4
+      const __m512i cb = _mm512_add_epi32(
+          _mm512_set1_epi32(static_cast<int>(base / 4 + static_cast<std::uint32_t>(i * D4))),
+          lanes);
+      for (int q4 = 0; q4 < D4; ++q4) {
+        __m512i o[4];
+        __m512 xi[4];
+        philox_x16<4>(_mm512_add_epi32(cb, _mm512_set1_epi32(q4)), vs, vr, vq, k0, k1, o);
+        normal4_f_x16(o, xi);
+        for (int j = 0; j < 4; ++j) {
+          const int q = 4 * q4 + j;
+          float* z = th + q * cap + i_s + i;
+          const __m512 wq = _mm512_loadu_ps(z);
+          const __m512 gq = _mm512_fmadd_ps(vreg, wq, gb[b][q]);
+          _mm512_mask_storeu_ps(z, mk, _mm512_fmadd_ps(vn, xi[j], _mm512_fmadd_ps(va, gq, wq)));
+        }
       }
     }
   }
@@ -1527,15 +1624,12 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
     // ---- pass 2: gradient, weight decay, pull-back, noise, update
     SK_PROF(pt3)
     SK_PROF_ADD(2, pt2, pt3)
+    [[maybe_unused]] const bool matrix22 = p.unit_code == 0 && d == 2 && c == 2;
 #if defined(SYMKERN_PARTICLES_AVX512)
     if constexpr (std::is_same_v<T, float>) {
-      if (p.unit_code == 0 && d == 2 && c == 2 && !ea && !projn) {
+      if (matrix22 && !ea && !projn) {
         float* coef = w.coef.data();
-        for (index_t e = 0; e < E; ++e)
-          for (index_t k = 0; k < 2; ++k) {
-            coef[(e * 2 + k) * 2] = rr[e * 2 + k] * xe[e * 2];
-            coef[(e * 2 + k) * 2 + 1] = rr[e * 2 + k] * xe[e * 2 + 1];
-          }
+        matrix2_coefficients(E, c, rr, xe, coef);
         for (index_t tb = 0; tb < ntiles; ++tb) {
           const index_t i_s = tb * TILE, m = std::min(TILE, n - i_s);
           pass2_update_matrix2_f<2>(th, cap, i_s, m, E, coef, w.act.data() + tb * act_tile, reg,
@@ -1545,6 +1639,7 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
         goto after_pass2;
       }
     }
+    if (matrix22) matrix2_coefficients(E, c, rr, xe, w.coef.data());
 #endif
     for (index_t tb = 0; tb < ntiles; ++tb) {
       SK_PROF(pq0)
@@ -1552,7 +1647,12 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
       T* actp = w.act.data() + tb * act_tile;
       T* gbuf = w.gbuf.data();
       if (p.unit_code == 0) {
-        pass2_matrix(p, E, xe, rr, m, actp, w.tmp.data(), gbuf);
+#if defined(SYMKERN_PARTICLES_AVX512)
+        if (matrix22)
+          pass2_matrix22_zmm<T>(E, w.coef.data(), m, actp, gbuf);
+        else
+#endif
+          pass2_matrix(p, E, xe, rr, m, actp, w.tmp.data(), gbuf);
       } else {
         standard_backprop_weights(p, E, rr, thf, cap, i_s, m, actp);
         pass2_standard(p, E, xe, rr, m, actp, gbuf);
@@ -1582,14 +1682,18 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
         }
       }
 #endif
-      double* nz = w.nz.data();
-      normals4(key, ut, runid, px::STREAM_NOISE, static_cast<std::uint64_t>((i0 + i_s) * D),
-               m * D, nz);
       T* nzT = w.nzT.data();
-      for (index_t q = 0; q < D; ++q) {
-        T* __restrict o = nzT + q * TILE;
+      if (D % 4 == 0) {
+        noise_rows4(key, ut, runid, static_cast<std::uint32_t>(i0 + i_s), m, D, nzT);
+      } else {
+        double* nz = w.nz.data();
+        normals4(key, ut, runid, px::STREAM_NOISE, static_cast<std::uint64_t>((i0 + i_s) * D),
+                 m * D, nz);
+        for (index_t q = 0; q < D; ++q) {
+          T* __restrict o = nzT + q * TILE;
 #pragma omp simd
-        for (index_t i = 0; i < m; ++i) o[i] = static_cast<T>(nz[i * D + q]);
+          for (index_t i = 0; i < m; ++i) o[i] = static_cast<T>(nz[i * D + q]);
+        }
       }
       const T* xi = nzT;
       if (projn) {

@@ -81,7 +81,8 @@ bool normals4_f32_batch(std::uint64_t seed, std::uint32_t run_id, std::uint32_t 
 // Max error of the float32 fast activations against double libm and of the float64 sigmoid
 // against long-double libm on a dense grid (for tests and the stated error bounds): returns
 // {sigmoid abs, sigmoid rel, tanh abs, tanh rel, float64 sigmoid abs, float64 sigmoid rel,
-// base-2 float32 sigmoid abs, rel} (the last two NaN in the copies without it: only AVX-512).
-void activation_errors(double lo, double hi, index_t n, double out[8]);
+// base-2 float32 sigmoid abs, rel, base-2 float64 sigmoid abs, rel} (the base-2 entries are the
+// matrix-unit pass 1's 1 / (1 + 2^t) on t = -u log2 e; NaN in the copies without it: only AVX-512).
+void activation_errors(double lo, double hi, index_t n, double out[10]);
 
 }  // namespace symkern::particles

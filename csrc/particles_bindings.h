@@ -309,7 +309,7 @@ inline void bind_particles(pybind11::module_& m) {
   m.def(
       "particle_activation_errors",
       [](double lo, double hi, index_t n) {
-        double e[8];
+        double e[10];
         {
           py::gil_scoped_release nogil;
           particles::activation_errors(lo, hi, n, e);
@@ -323,13 +323,16 @@ inline void bind_particles(pybind11::module_& m) {
         out["sigmoid_f64_rel"] = e[5];
         out["sigmoid_base2_abs"] = e[6];
         out["sigmoid_base2_rel"] = e[7];
+        out["sigmoid_f64_base2_abs"] = e[8];
+        out["sigmoid_f64_base2_rel"] = e[9];
         return out;
       },
       py::arg("lo") = -30.0, py::arg("hi") = 30.0, py::arg("n") = 2000001,
       "Max error on n points of [lo, hi] of the float32 fast sigmoid / tanh against double libm "
       "(sigmoid_*, tanh_*), of the float64 sigmoid against long-double libm (sigmoid_f64_*), and\n"
-      "of the float32 base-2 sigmoid 1 / (1 + 2^t) of the matrix unit's pass 1 on float t in\n"
-      "[-hi log2 e, -lo log2 e] against double (sigmoid_base2_*; NaN without AVX-512).");
+      "of the base-2 sigmoids 1 / (1 + 2^t) of the matrix unit's pass 1 on t in\n"
+      "[-hi log2 e, -lo log2 e]: float32 against double (sigmoid_base2_*), float64 against long\n"
+      "double (sigmoid_f64_base2_*); NaN without AVX-512.");
 
   m.def("particle_team_min_n",
         []() {

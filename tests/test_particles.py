@@ -518,7 +518,8 @@ def test_team_mode_matches_reference():
 
 def test_cpp_activation_errors_as_documented():
     """The error bounds csrc/particles.cpp states for its own activations, re-measured: float32
-    fast sigmoid / tanh against double libm, float64 sigmoid (exp_d) against long-double libm."""
+    fast sigmoid / tanh against double libm, float64 sigmoid (exp_d) against long-double libm,
+    and the base-2 sigmoids 1 / (1 + 2^t) of the matrix unit's pass 1 (AVX-512 builds)."""
     ext = pytest.importorskip("symkern._C")
     e = ext.particle_activation_errors(-87.0, 87.0, 400_001)
     assert e["sigmoid_abs"] <= 1e-7 and e["sigmoid_rel"] <= 3e-7, e
@@ -527,8 +528,12 @@ def test_cpp_activation_errors_as_documented():
     assert e["tanh_abs"] <= 1e-7 and e["tanh_rel"] <= 2e-7, e
     e = ext.particle_activation_errors(-708.0, 708.0, 400_001)
     assert e["sigmoid_f64_rel"] <= 3e-16, e
+    if not math.isnan(e["sigmoid_f64_base2_abs"]):  # AVX-512: the float64 matrix unit's pass 1
+        assert e["sigmoid_f64_base2_rel"] <= 3e-16, e
     e = ext.particle_activation_errors(-800.0, 800.0, 100_001)  # beyond the clamp: absolute
     assert e["sigmoid_f64_abs"] <= 2e-16, e
+    if not math.isnan(e["sigmoid_f64_base2_abs"]):
+        assert e["sigmoid_f64_base2_abs"] <= 2e-16, e
 
 
 # --- the lower instruction-set copies of the C++ kernels ------------------------------------------
