@@ -622,15 +622,19 @@ inline void normals(const ::symkern::philox::Key key, std::uint32_t step, std::u
   }
 }
 
-// rng.normal4 elements idx0 .. idx0 + n - 1 into out, by blocks of 16 counters: fill(cb, z)
-// writes the 64 normals of counters cb .. cb + 15 in element order (z[4 l + s] = slot s of counter
-// cb + l), and the part of each block inside the range is copied out.
+// rng.normal4 elements idx0 .. idx0 + n - 1 into out, by blocks of 16 counters: fill(cb, slot)
+// writes the four normals of counters cb .. cb + 15 as slot[s][l] = slot s of counter cb + l; they
+// are interleaved into element order (4 l + s) and the part of each block inside the range is
+// copied out.
 template <class T, class Fill>
 inline void normal4_blocks(std::uint64_t idx0, index_t n, T* __restrict out, Fill&& fill) {
   const std::uint64_t end = idx0 + static_cast<std::uint64_t>(n);
   for (std::uint64_t cb = idx0 / 4; 4 * cb < end; cb += 16) {
+    alignas(64) T slot[4][16];
+    fill(cb, slot);
     alignas(64) T z[64];
-    fill(cb, z);
+    for (int l = 0; l < 16; ++l)
+      for (int s = 0; s < 4; ++s) z[4 * l + s] = slot[s][l];
     const std::uint64_t e0 = std::max(idx0, 4 * cb), e1 = std::min(end, 4 * cb + 64);
     std::memcpy(out + (e0 - idx0), z + (e0 - 4 * cb), (e1 - e0) * sizeof(T));
   }
@@ -682,11 +686,8 @@ inline void normal4_slots_x16(const ::symkern::philox::Key key, std::uint32_t st
 // out[j] = rng.normal4 element idx0 + j of (step, run, stream), float64 Box-Muller.
 inline void normals4(const ::symkern::philox::Key key, std::uint32_t step, std::uint32_t run,
                      std::uint32_t stream, std::uint64_t idx0, index_t n, double* __restrict out) {
-  normal4_blocks(idx0, n, out, [&](std::uint64_t cb, double* z) {
-    alignas(64) double slot[4][16];
+  normal4_blocks(idx0, n, out, [&](std::uint64_t cb, double (&slot)[4][16]) {
     normal4_slots_x16(key, step, run, stream, static_cast<std::uint32_t>(cb), 1, slot);
-    for (int l = 0; l < 16; ++l)
-      for (int q = 0; q < 4; ++q) z[4 * l + q] = slot[q][l];
   });
 }
 
@@ -720,16 +721,13 @@ inline bool normals4_f(const ::symkern::philox::Key key, std::uint32_t step, std
   const __m512i vs = _mm512_set1_epi32(static_cast<int>(step));
   const __m512i vr = _mm512_set1_epi32(static_cast<int>(run));
   const __m512i vq = _mm512_set1_epi32(static_cast<int>(stream));
-  normal4_blocks(idx0, n, out, [&](std::uint64_t cb, float* z) {
+  normal4_blocks(idx0, n, out, [&](std::uint64_t cb, float (&slot)[4][16]) {
     __m512i o[4];
     __m512 zv[4];
     philox_x16<4>(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(cb)), iota), vs, vr, vq,
                   key.k0, key.k1, o);
     normal4_f_x16(o, zv);
-    alignas(64) float slot[4][16];
     for (int s = 0; s < 4; ++s) _mm512_store_ps(slot[s], zv[s]);
-    for (int l = 0; l < 16; ++l)
-      for (int s = 0; s < 4; ++s) z[4 * l + s] = slot[s][l];
   });
   return true;
 #else
