@@ -152,6 +152,44 @@ def test_standard_unit_matches_reference(particle_backend, activation, scheme):
     _compare(out, ref, torch.float64)
 
 
+@pytest.mark.parametrize("unit", [MatrixUnit(2, 2), StandardUnit(3, 2, "sigmoid")], ids=repr)
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_diverging_run_turns_nonfinite_like_reference(particle_backend, unit):
+    """Documented propagation of a mid-call divergence: run 1 (α = 1e8, τ = 1: the weight decay
+    multiplies θ by ~1 − 2e8/N per step) overflows float32 within a few steps; from there its θ and
+    losses must stay non-finite, starting at the step the float32 reference's do (± 1: which
+    step first lands past FLT_MAX is rounding) — the activations' range clamps must keep NaN,
+    never turn an overflowed pre-activation back into a finite output (a NaN taken as the clamp
+    bound gives a finite sigmoid and a finite loss). Run 0 (moderate α) shares the call and must
+    stay finite and on the float64 reference."""
+    N = 5 if particle_backend.backend == "triton" else 40  # C++: the 16-lane paths and a tail
+    g = torch.Generator().manual_seed(9)
+    teacher = torch.randn(3, unit.D, generator=g, dtype=torch.float64)
+    theta = initial_particles(2, N, unit.D, seed=14, std=0.5)
+    args = dict(unit=unit, teacher=teacher, alpha=[0.5, 1e8], tau=[1e-3, 1.0], beta=0.0,
+                batch=5, sigma_pi=2.0, seed=31)  # fmt: skip
+    steps, every = 10, 1
+    want = _run(theta, args, "torch", torch.float32, steps, every)
+    dev = particle_backend.device
+    got = _run(theta.to(dev), args, particle_backend.backend, torch.float32, steps, every)
+
+    def onset(values):
+        """First snapshot with a non-finite value; every later one must be non-finite too."""
+        finite = torch.isfinite(values.reshape(steps, -1)).all(1)
+        first = int((~finite).nonzero()[0]) if not finite.all() else steps
+        assert finite[:first].all() and not finite[first:].any(), finite
+        return first
+
+    for name in ("snapshots", "losses"):
+        w, o = getattr(want, name)[1], getattr(got, name)[1].cpu()
+        first = onset(w)
+        assert 1 <= first <= steps - 2, f"{name}: the reference run diverges at step {first}"
+        assert abs(onset(o) - first) <= 1, f"{name}: {o} vs the reference {w}"
+    ref64 = _run(theta[:1], dict(args, alpha=0.5, tau=1e-3), "torch", torch.float64, steps, every)
+    assert_close(got.snapshots[:1].cpu(), ref64.snapshots, rtol=2e-5, atol=2e-5, msg="run 0: ")
+
+
 def test_mixed_schemes_in_one_call_equal_separate_calls():
     """A run's trajectory depends on its (seed, run_id), not on what it is batched with."""
     theta, args = _matrix_case(5, 9, SCHEMES)
@@ -320,6 +358,24 @@ def test_bad_inputs_raise_clear_errors():
     bad[1, 2, 0] = float("nan")
     with pytest.raises(ValueError, match="theta contains NaN"):
         symkern.particle_steps(bad, unit, **ok)
+    bad_teacher = teacher.clone()
+    bad_teacher[0, 1] = float("inf")
+    with pytest.raises(ValueError, match="teacher contains NaN or inf"):
+        symkern.particle_steps(theta, unit, **dict(ok, teacher=bad_teacher))
+    with pytest.raises(ValueError, match="teacher contains NaN or inf"):  # overflows float32
+        symkern.particle_steps(theta, unit, **dict(ok, teacher=teacher * 1e300))
+    with pytest.raises(ValueError, match="teacher_weights contains NaN or inf"):
+        symkern.particle_steps(
+            theta, unit, **ok, teacher_weights=[float("nan")] + [0.5] * (teacher.shape[0] - 1)
+        )
+    x_data, y_data = torch.randn(3, 2, 4, 2), torch.randn(3, 2, 4, 2)
+    data = dict(group=groups.c2_swap(), scheme="DA", steps=3, batch=4)
+    for name in ("x_data", "y_data"):
+        nan_data = dict(x_data=x_data, y_data=y_data)
+        nan_data[name] = nan_data[name].clone()
+        nan_data[name][2, 1, 3, 0] = float("nan")
+        with pytest.raises(ValueError, match=f"{name} contains NaN or inf"):
+            symkern.particle_steps(theta, unit, **data, **nan_data)
     with pytest.raises(
         ValueError, match=r"rep_x acts on R\^3, but the unit's inputs x live in R\^2"
     ):

@@ -80,6 +80,12 @@ def resolve_backend(op: str, inputs: dict[str, Any], backend: str) -> str:
     return select_kernel(op, inputs, backend).backend
 
 
+def require_finite(t: torch.Tensor, name: str, why: str) -> None:
+    """ValueError naming ``name`` when ``t`` holds NaN or ±inf (``why``: what they would do)."""
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or inf; {why}")
+
+
 def per_item(
     value, n: int, name: str, dtype: torch.dtype, device, *, item: str, positive: bool = False
 ) -> torch.Tensor:

@@ -18,7 +18,7 @@ from symkern.backends.registry import select_kernel
 from symkern.groups import Representation
 from symkern.meanfield.problem import SCHEMES, ParticleProblem
 from symkern.meanfield.units import Unit, unit_from_codes
-from symkern.ops._common import per_item, resolve_backend
+from symkern.ops._common import per_item, require_finite, resolve_backend
 
 __all__ = [
     "ParticleStepsResult",
@@ -123,8 +123,8 @@ def particle_problem(
     if R < 1 or N < 1:
         raise ValueError(f"theta must have R >= 1 runs and N >= 1 particles, got R={R}, N={N}")
     unit.check_theta(theta)
-    if not torch.isfinite(theta).all():
-        raise ValueError("theta contains NaN or inf; particle training would only propagate it")
+    propagates = "particle training would only propagate it"
+    require_finite(theta, "theta", propagates)
     for v, name in ((steps, "steps"), (batch, "batch")):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -163,6 +163,8 @@ def particle_problem(
         w = w.expand(R, M) if w.dim() == 1 else w
         if w.shape != (R, M):
             raise ValueError(f"teacher_weights must be ({M},) or ({R}, {M}), got {tuple(w.shape)}")
+        require_finite(teacher, "teacher", "every label it gives would be NaN")
+        require_finite(w, "teacher_weights", "every label it gives would be NaN")
         teacher, w = teacher.contiguous(), w.contiguous()
     else:
         if y_data is None:
@@ -175,6 +177,8 @@ def particle_problem(
             )
         x_data = x_data.to(device=device, dtype=dtype).contiguous()
         y_data = y_data.to(device=device, dtype=dtype).contiguous()
+        require_finite(x_data, "x_data", propagates)
+        require_finite(y_data, "y_data", propagates)
         teacher = theta.new_zeros(R, 1, D)
         w = theta.new_zeros(R, 1)
 
@@ -261,6 +265,10 @@ def particle_steps(
         backend: "auto", "cpp", "triton" or "torch".
 
     Returns a :class:`ParticleStepsResult`. Autograd does not flow through multi-step calls.
+    Inputs must be finite (ValueError otherwise). A run that diverges during the call (a step
+    size too large for its dtype) is not stopped or clamped: its θ, snapshots and losses turn
+    inf / NaN from that step on, as in the reference, and the other runs are unaffected — check
+    ``torch.isfinite(result.theta)``.
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
