@@ -115,7 +115,7 @@ PYBIND11_MODULE(_C, m) {
           check_out_rows(ov, "out");
           if (D > 0 && K == 0) sb::fail("inv_size", "is empty but D > 0");
           std::string err;
-          symkern::orbit::MeanVariant ran;
+          auto ran = symkern::orbit::MeanVariant{};  // set below unless the plan check fails
           {
             py::gil_scoped_release nogil;
             err = symkern::orbit::check_plan(id.data, D, K, od.data, seg.data);

@@ -115,7 +115,13 @@
 #include "philox.h"
 
 #ifdef SYMKERN_MULTI_ISA
+// GCC 12's AVX-512 intrinsics fill their pass-through operand from a self-initialised local
+// (`__m512i __Y = __Y;`, _mm512_undefined_epi32), which -Wmaybe-uninitialized reports at every
+// inlined use (GCC PR 105593, fixed in GCC 13): silenced for the header's own lines only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #endif
 
 // The standard-unit blocks use GCC vectors of the native width; in the AVX2 / baseline copies
@@ -451,14 +457,6 @@ SYMKERN_ALWAYS_INLINE void philox_x16(__m512i c0, __m512i c1, __m512i c2, __m512
   for (int j = 0; j < W; ++j) o[j] = _mm512_mask_blend_epi32(0xAAAA, a[j], _mm512_slli_epi64(b[j], 32));
 }
 
-SYMKERN_ALWAYS_INLINE void philox2_x16(__m512i c0, __m512i c1, __m512i c2, __m512i c3,
-                                       std::uint32_t k0, std::uint32_t k1, __m512i& o0,
-                                       __m512i& o1) {
-  __m512i o[2];
-  philox_x16<2>(c0, c1, c2, c3, k0, k1, o);
-  o0 = o[0];
-  o1 = o[1];
-}
 
 // float32 Box-Muller on 16 lanes (float32 runs only; float64 runs keep the double normals).
 // ln u(o0): v = 2(o0 >> 8) + 1 < 2^25 is converted to float (rounded) and the rounding residual
@@ -551,6 +549,36 @@ SYMKERN_ALWAYS_INLINE void normal4_f_x16(const __m512i o[4], __m512 z[4]) {
   z[3] = _mm512_mul_ps(rho2, s3);
 }
 
+// The 16 Philox counters ctr0 + l * stride (l < 16; 32-bit words, wrapping as in rng.py) of one
+// (step, run, stream): their output words, or their float32 rng.normal4 slots. Built once
+// per call of a noise loop, so the per-block work is one add and the Philox rounds.
+struct PhiloxLanes16 {
+  __m512i step, run, stream, offset;  // offset[l] = l * stride
+  std::uint32_t k0, k1;
+
+  PhiloxLanes16(std::uint32_t k0_, std::uint32_t k1_, std::uint32_t step_, std::uint32_t run_,
+                std::uint32_t stream_, std::uint32_t stride)
+      : step(_mm512_set1_epi32(static_cast<int>(step_))),
+        run(_mm512_set1_epi32(static_cast<int>(run_))),
+        stream(_mm512_set1_epi32(static_cast<int>(stream_))),
+        offset(_mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(static_cast<int>(stride)))),
+        k0(k0_),
+        k1(k1_) {}
+
+  template <int W = 4>  // the first W of the four words
+  SYMKERN_ALWAYS_INLINE void words(std::uint32_t ctr0, __m512i o[W]) const {
+    philox_x16<W>(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(ctr0)), offset), step, run,
+                  stream, k0, k1, o);
+  }
+  SYMKERN_ALWAYS_INLINE void normal4_f(std::uint32_t ctr0, __m512 z[4]) const {
+    __m512i o[4];
+    words(ctr0, o);
+    normal4_f_x16(o, z);
+  }
+};
+
 // float32, no noise projection, D % 4 == 0: z[q][i] += -alpha g[q][i] + ns xi[i, q] with the
 // Philox noise generated in registers. xi[i, q] is rng.normal4 element base + i D + q, i.e. slot
 // q mod 4 of counter (base + i D + q) / 4 (base % 4 == 0): one counter per particle and 4 planes.
@@ -559,23 +587,15 @@ inline void update_with_noise_f(float* th, index_t cap, index_t i_s, const float
                                 std::uint32_t run, std::uint32_t k0, std::uint32_t k1,
                                 float alpha, float ns) {
   const index_t D4 = D / 4;
-  const __m512i vs = _mm512_set1_epi32(static_cast<int>(step));
-  const __m512i vr = _mm512_set1_epi32(static_cast<int>(run));
-  const __m512i vq = _mm512_set1_epi32(static_cast<int>(::symkern::philox::STREAM_NOISE));
-  const __m512i lanes = _mm512_mullo_epi32(
-      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-      _mm512_set1_epi32(static_cast<int>(D4)));
+  const PhiloxLanes16 noise(k0, k1, step, run, ::symkern::philox::STREAM_NOISE,
+                            static_cast<std::uint32_t>(D4));
   const __m512 va = _mm512_set1_ps(-alpha), vn = _mm512_set1_ps(ns);
   for (index_t i = 0; i < m; i += 16) {
     const __mmask16 mk = m - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (m - i)) - 1u);
-    const __m512i cb = _mm512_add_epi32(
-        _mm512_set1_epi32(static_cast<int>(base / 4 + static_cast<std::uint32_t>(i * D4))), lanes);
+    const std::uint32_t ctr_i = base / 4 + static_cast<std::uint32_t>(i * D4);
     for (index_t q4 = 0; q4 < D4; ++q4) {
-      __m512i o[4];
       __m512 xi[4];
-      philox_x16<4>(_mm512_add_epi32(cb, _mm512_set1_epi32(static_cast<int>(q4))), vs, vr, vq,
-                    k0, k1, o);
-      normal4_f_x16(o, xi);
+      noise.normal4_f(ctr_i + static_cast<std::uint32_t>(q4), xi);
       for (int j = 0; j < 4; ++j) {
         const index_t q = 4 * q4 + j;
         float* z = th + q * cap + i_s + i;
@@ -596,17 +616,12 @@ inline void normals(const ::symkern::philox::Key key, std::uint32_t step, std::u
 #if defined(SYMKERN_PARTICLES_AVX512)
   {
     alignas(64) std::uint32_t a0[16], a1[16];
-    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512i vs = _mm512_set1_epi32(static_cast<int>(step));
-    const __m512i vr = _mm512_set1_epi32(static_cast<int>(run));
-    const __m512i vq = _mm512_set1_epi32(static_cast<int>(stream));
+    const PhiloxLanes16 counters(k0, k1, step, run, stream, 1);
     for (; i0 + 16 <= n; i0 += 16) {
-      const __m512i c0 = _mm512_add_epi32(
-          _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(idx0 + i0))), iota);
-      __m512i o0, o1;
-      philox2_x16(c0, vs, vr, vq, k0, k1, o0, o1);
-      _mm512_store_si512(reinterpret_cast<__m512i*>(a0), o0);
-      _mm512_store_si512(reinterpret_cast<__m512i*>(a1), o1);
+      __m512i w[2];
+      counters.words<2>(static_cast<std::uint32_t>(idx0 + i0), w);
+      _mm512_store_si512(reinterpret_cast<__m512i*>(a0), w[0]);
+      _mm512_store_si512(reinterpret_cast<__m512i*>(a1), w[1]);
       double* __restrict o = out + i0;
 #pragma omp simd
       for (int j = 0; j < 16; ++j) o[j] = ::symkern::philox::normal_from_bits(a0[j], a1[j]);
@@ -651,13 +666,7 @@ inline void normal4_slots_x16(const ::symkern::philox::Key key, std::uint32_t st
   alignas(64) std::uint32_t w[4][CB];
 #if defined(SYMKERN_PARTICLES_AVX512)
   __m512i o[4];
-  const __m512i ctr = _mm512_add_epi32(
-      _mm512_set1_epi32(static_cast<int>(ctr0)),
-      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                         _mm512_set1_epi32(static_cast<int>(stride))));
-  philox_x16<4>(ctr, _mm512_set1_epi32(static_cast<int>(step)),
-                _mm512_set1_epi32(static_cast<int>(run)), _mm512_set1_epi32(static_cast<int>(stream)),
-                key.k0, key.k1, o);
+  PhiloxLanes16(key.k0, key.k1, step, run, stream, stride).words(ctr0, o);
   for (int j = 0; j < 4; ++j) _mm512_store_si512(reinterpret_cast<__m512i*>(w[j]), o[j]);
 #else
 #pragma omp simd
@@ -717,16 +726,10 @@ inline void noise_rows4(const ::symkern::philox::Key key, std::uint32_t step, st
 inline bool normals4_f(const ::symkern::philox::Key key, std::uint32_t step, std::uint32_t run,
                        std::uint32_t stream, std::uint64_t idx0, index_t n, float* out) {
 #if defined(SYMKERN_PARTICLES_AVX512)
-  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i vs = _mm512_set1_epi32(static_cast<int>(step));
-  const __m512i vr = _mm512_set1_epi32(static_cast<int>(run));
-  const __m512i vq = _mm512_set1_epi32(static_cast<int>(stream));
+  const PhiloxLanes16 counters(key.k0, key.k1, step, run, stream, 1);
   normal4_blocks(idx0, n, out, [&](std::uint64_t cb, float (&slot)[4][16]) {
-    __m512i o[4];
     __m512 zv[4];
-    philox_x16<4>(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(cb)), iota), vs, vr, vq,
-                  key.k0, key.k1, o);
-    normal4_f_x16(o, zv);
+    counters.normal4_f(static_cast<std::uint32_t>(cb), zv);
     for (int s = 0; s < 4; ++s) _mm512_store_ps(slot[s], zv[s]);
   });
   return true;
@@ -789,16 +792,13 @@ inline void data_matrix_f(const Problem<float>& p, index_t r, std::uint32_t step
   const index_t B = p.batch, c = p.c, d = p.d, M = p.M, D = p.D, n = B * d;
   const ::symkern::philox::Key key(p.seed);
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i vs = _mm512_set1_epi32(static_cast<int>(step));
-  const __m512i vr = _mm512_set1_epi32(static_cast<int>(run));
-  const __m512i vq = _mm512_set1_epi32(static_cast<int>(::symkern::philox::STREAM_DATA));
+  const PhiloxLanes16 counters(key.k0, key.k1, step, run, ::symkern::philox::STREAM_DATA, 1);
   const __m512 sp = _mm512_set1_ps(static_cast<float>(p.sigma_pi));
   for (index_t i = 0; i < n; i += 16) {
     const __mmask16 mk = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1u);
-    __m512i o0, o1;
-    philox2_x16(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(i)), iota), vs, vr, vq,
-                key.k0, key.k1, o0, o1);
-    _mm512_mask_storeu_ps(x + i, mk, _mm512_mul_ps(sp, normal_f_x16(o0, o1)));
+    __m512i o[2];
+    counters.words<2>(static_cast<std::uint32_t>(i), o);
+    _mm512_mask_storeu_ps(x + i, mk, _mm512_mul_ps(sp, normal_f_x16(o[0], o[1])));
   }
   const float* tch = p.teacher + r * M * D;
   const float* tw = p.teacher_w + r * M;
@@ -1015,12 +1015,7 @@ inline void pass2_update_matrix2_f(float* th, index_t cap, index_t i_s, index_t 
                                    std::uint32_t k0, std::uint32_t k1, float alpha, float ns) {
   constexpr int D = 2 * C, D4 = D / 4, GB = 16 / D > 0 ? 16 / D : 1;
   static_assert(D % 4 == 0, "one noise counter per 4 parameter planes");
-  const __m512i vs = _mm512_set1_epi32(static_cast<int>(step));
-  const __m512i vr = _mm512_set1_epi32(static_cast<int>(run));
-  const __m512i vq = _mm512_set1_epi32(static_cast<int>(::symkern::philox::STREAM_NOISE));
-  const __m512i lanes = _mm512_mullo_epi32(
-      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-      _mm512_set1_epi32(D4));
+  const PhiloxLanes16 noise(k0, k1, step, run, ::symkern::philox::STREAM_NOISE, D4);
   const __m512 va = _mm512_set1_ps(-alpha), vn = _mm512_set1_ps(ns), vreg = _mm512_set1_ps(reg);
   for (index_t i0 = 0; i0 < m; i0 += 16 * GB) {
     __m512 gb[GB][D];
@@ -1030,14 +1025,10 @@ inline void pass2_update_matrix2_f(float* th, index_t cap, index_t i_s, index_t 
       if (i >= m) break;
       const __mmask16 mk = m - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (m - i)) - 1u);
       // noise: rng.normal4 element base + i D + q = slot q mod 4 of counter (base + i D + q) / 4
-      const __m512i cb = _mm512_add_epi32(
-          _mm512_set1_epi32(static_cast<int>(base / 4 + static_cast<std::uint32_t>(i * D4))),
-          lanes);
+      const std::uint32_t ctr_i = base / 4 + static_cast<std::uint32_t>(i * D4);
       for (int q4 = 0; q4 < D4; ++q4) {
-        __m512i o[4];
         __m512 xi[4];
-        philox_x16<4>(_mm512_add_epi32(cb, _mm512_set1_epi32(q4)), vs, vr, vq, k0, k1, o);
-        normal4_f_x16(o, xi);
+        noise.normal4_f(ctr_i + static_cast<std::uint32_t>(q4), xi);
         for (int j = 0; j < 4; ++j) {
           const int q = 4 * q4 + j;
           float* z = th + q * cap + i_s + i;
@@ -1497,7 +1488,7 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
       teacher_labels(p, r, x, y);
     }
 #if defined(SYMKERN_PARTICLES_AVX512)
-  have_data:
+  have_data: __attribute__((unused));  // the goto is in the float32 instantiation only
 #endif
     // ---- effective inputs
     T* xe = w.xe.data();
@@ -1707,7 +1698,7 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
       }
     }
 #if defined(SYMKERN_PARTICLES_AVX512)
-  after_pass2:
+  after_pass2: __attribute__((unused));  // the goto is in the float32 instantiation only
 #endif
     // ---- snapshot
     SK_PROF(pt4)
