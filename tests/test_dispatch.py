@@ -103,8 +103,26 @@ def test_unknown_backend_name_rejected(test_ops, monkeypatch):
     with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
         select_kernel("_t_name", {}, backend="cuda")
     monkeypatch.setenv("SYMKERN_BACKEND", "fortran")
-    with pytest.raises(ValueError, match="'fortran'"):
+    with pytest.raises(ValueError, match="environment variable SYMKERN_BACKEND must be.*'fortran'"):
         select_kernel("_t_name", {})
+
+
+def test_env_var_does_not_force_host_planning(monkeypatch):
+    """SYMKERN_BACKEND=triton forces the tensor ops, not the host-side orbit_labels plan (numpy,
+    no triton kernel): orbits, the orbit average and the fixed-point basis of a permutation rep
+    still work with the variable set — the orbit average on the forced backend itself."""
+    from symkern import groups
+
+    monkeypatch.setenv("SYMKERN_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    rep = groups.symmetric(3)  # a fresh rep: nothing cached yet
+    assert [o.indices.tolist() for o in symkern.orbits(rep)] == [[0, 1, 2]]
+    x = torch.randn(4, 3, dtype=torch.float64)
+    want = x.mean(1, keepdim=True).expand(4, 3)
+    torch.testing.assert_close(symkern.orbit_average(x, rep), want)
+    assert symkern.fixed_point_basis(groups.cyclic(4)).shape == (4, 1)
+    with pytest.raises(BackendUnavailableError, match="'triton' was forced"):
+        select_kernel("orbit_labels", {"perms": None, "signs": None})  # the op itself, forced
 
 
 def test_no_backend_lists_every_reason(test_ops, no_forcing):

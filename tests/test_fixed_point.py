@@ -155,3 +155,33 @@ def test_augment_orbit_and_sample():
         symkern.augment(x, y, rep, mode="all")
     with pytest.raises(ValueError, match=r"x must be \(B, 4\)"):
         symkern.augment(torch.randn(3, 5), y, rep)
+
+
+def test_augment_and_symmetrize_bad_input():
+    """Each refused input names the argument; integer labels keep exact images under a
+    permutation rep_out and are refused under a matrix one (120° rotation: ρ(g) y is not an
+    integer vector, and was silently truncated to [[2, 0], [0, 0], [0, 0]])."""
+    c, s = -0.5, 3**0.5 / 2
+    rot = groups.matrix_rep([[[c, -s], [s, c]]])
+    x = torch.randn(1, 2, dtype=torch.float64)
+    with pytest.raises(TypeError, match="y must be a floating tensor for a matrix rep_out"):
+        symkern.augment(x, torch.tensor([[2, 0]]), rot, rot)
+    _, ys = symkern.augment(x, torch.tensor([[2.0, 0.0]], dtype=torch.float64), rot, rot)
+    want = torch.tensor([[2.0, 0.0], [-1.0, 3**0.5], [-1.0, -(3**0.5)]], dtype=torch.float64)
+    assert_close(ys, want, rtol=1e-12, atol=1e-12)
+    swap = groups.c2_swap()
+    _, ys = symkern.augment(x, torch.tensor([[2, 0]]), swap, swap)  # permuted ints are exact
+    assert ys.tolist() == [[2, 0], [0, 2]]
+    with pytest.raises(ValueError, match=r"y must be a tensor with 1 rows.*got \(\)"):
+        symkern.augment(x, torch.tensor(1.0), swap)
+    empty = torch.zeros(0, 2)
+    xs, ys = symkern.augment(empty, torch.zeros(0), swap, mode="sample")  # no sample: no draw
+    assert xs.shape == (0, 2) and ys.shape == (0,)
+    s3 = groups.symmetric(3)
+    for bad in (2.5, True, 0):
+        with pytest.raises(ValueError, match="samples: mode='sample' needs an int >= 1"):
+            symmetrize(lambda v: v, s3, mode="sample", samples=bad)
+    with pytest.raises(ValueError, match=r"fn must map an \(M, 3\) batch to an \(M, \.\.\.\)"):
+        symmetrize(lambda v: v.sum(), s3)(torch.randn(2, 3))
+    with pytest.raises(ValueError, match="degree: 1000000 needs .* SO3 quadrature nodes"):
+        symmetrize(lambda v: v, groups.so3(), mode="quadrature", degree=10**6)

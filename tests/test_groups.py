@@ -778,6 +778,18 @@ def test_bad_perms(perms, match):
         G.perm_rep(perms)
 
 
+@pytest.mark.parametrize("dim", [-1, 0, 2.5, "3", True])
+def test_bad_dim(dim):
+    for build in (lambda: G.perm_rep([], dim=dim), lambda: G.matrix_rep([], dim=dim)):
+        with pytest.raises(ValueError, match="dim must be a positive int"):
+            build()
+
+
+def test_sign_flips_too_large():
+    with pytest.raises(ValueError, match="n: sign_flips stores n generators.*n=1000000"):
+        G.sign_flips(10**6)
+
+
 def test_bad_signs():
     with pytest.raises(ValueError, match="signs.*\\+1 or -1"):
         G.signed_perm_rep([[1, 0]], [[1.0, 0.5]])

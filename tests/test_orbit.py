@@ -278,6 +278,27 @@ def test_plan_orbit_sizes_sum_to_dim():
     assert p.n_orbits == 5 and math.isclose(float((1 / p.inv_size).sum()), 125.0)
 
 
+def test_half_precision_reference_sums_in_float32():
+    """The torch reference (auto's choice for half tensors on CPU) sums in float32, as the
+    compiled kernels do, on both paths: the orbit mean of a permutation rep and Q (Qᵀ x) of the
+    same swap given as a matrix rep. float16: the average of coordinates near the top of its
+    range is exact although their sum is not representable (summed in float16 it was inf).
+    bfloat16 (8-bit mantissa): the orbit {256, 1, 1} averages to 86 exactly; summed in bfloat16,
+    256 + 1 rounds back to 256 and the mean came out 85.5."""
+    big = torch.finfo(torch.float16).max / 1.2  # 2 big and √2 big overflow; the mean does not
+    cases = [
+        (torch.tensor([[big, big, -big, 1.0]], dtype=torch.float16), [1, 0, 2, 3]),
+        (torch.tensor([[256.0, 1.0, 1.0, -3.0]], dtype=torch.bfloat16), [1, 2, 0, 3]),
+    ]
+    for x, perm in cases:
+        want = torch.tensor([[86.0, 86.0, 86.0, -3.0]]) if x.dtype == torch.bfloat16 else x
+        perm_rep = groups.perm_rep([perm], dim=4)
+        matrix_rep = groups.matrix_rep([torch.eye(4, dtype=torch.float64)[perm]])
+        for rep in (perm_rep, matrix_rep):
+            out = symkern.project_fixed(x, rep, backend="torch")
+            assert out.dtype == x.dtype and torch.equal(out, want.to(x.dtype)), (rep, out)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("name", ["S5", "B3_signed", "so3_T2"])

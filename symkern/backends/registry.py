@@ -16,7 +16,9 @@ backend answers :meth:`Backend.not_supported_reasons` (empty list = can run it):
   fits, :class:`NoBackendError` lists every backend's reasons.
 * ``backend="<name>"`` or the environment variable ``SYMKERN_BACKEND=<name>`` forces one. A forced
   backend that cannot run raises :class:`BackendUnavailableError` with its reasons — it never
-  falls back.
+  falls back. The environment variable does not force the host-side planning step
+  ``orbit_labels`` (numpy in, numpy out; cached per representation), which every backend's
+  orbit and fixed-point kernels share.
 * Never a silent fallback: when ``auto`` lands on the torch reference for CPU tensors because the
   C++ extension is missing, a :class:`ReferenceFallbackWarning` is emitted once per op, and
   ``symkern info`` shows why ``cpp`` is unavailable.
@@ -255,19 +257,31 @@ def get_backend(name: str) -> Backend:
     return _BACKENDS[name]
 
 
-def _requested_backend(backend: str) -> str:
+def _requested_backend(backend: str, use_env: bool = True) -> str:
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
-    if backend == "auto":
-        backend = os.environ.get("SYMKERN_BACKEND", "auto").strip() or "auto"
     if backend != "auto" and backend not in _BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKEND_PRIORITY}, got {backend!r}")
+    if backend == "auto" and use_env:
+        backend = os.environ.get("SYMKERN_BACKEND", "auto").strip() or "auto"
+        if backend != "auto" and backend not in _BACKENDS:
+            raise ValueError(
+                f"the environment variable SYMKERN_BACKEND must be 'auto' or one of "
+                f"{BACKEND_PRIORITY}, got {backend!r}"
+            )
     return backend
 
 
-def select_kernel(op: str, inputs: Mapping[str, Any], backend: str = "auto") -> Kernel:
-    """The kernel that runs ``op`` on ``inputs`` under the documented selection rules."""
-    requested = _requested_backend(backend)
+def select_kernel(
+    op: str, inputs: Mapping[str, Any], backend: str = "auto", *, use_env: bool = True
+) -> Kernel:
+    """The kernel that runs ``op`` on ``inputs`` under the documented selection rules.
+
+    ``use_env=False``: ``"auto"`` ignores ``SYMKERN_BACKEND`` — for host-side planning steps
+    (orbit labels of a rep's generators) that serve every backend's tensor kernels, so that
+    forcing a backend for the tensor ops does not also force it on a step it has no kernel for.
+    """
+    requested = _requested_backend(backend, use_env)
     if requested != "auto":
         chosen = get_backend(requested)
         reasons = chosen.not_supported_reasons(op, inputs, forced=True)

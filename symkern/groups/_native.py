@@ -72,11 +72,21 @@ def _check_ragged(x: Any, name: str) -> None:
             )
 
 
+def _check_dim(dim: Any) -> None:
+    """``dim`` (the D of a trivial group's generator list, or the expected D) is None or an int
+    >= 1."""
+    if dim is None:
+        return
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ValueError(f"dim must be a positive int (the space R^dim acted on), got {dim!r}")
+
+
 def validate_perms(perms: Any, name: str = "perms", dim: int | None = None) -> np.ndarray:
     """Validate generator permutations; return int64 array ``(n_gens, D)``.
 
     An empty generator list is allowed (trivial group) only when ``dim`` is given.
     """
+    _check_dim(dim)
     _check_ragged(perms, name)
     if isinstance(perms, (list, tuple)) and len(perms) == 0:
         if dim is None:
@@ -142,6 +152,7 @@ def validate_signs(signs: Any, shape: tuple[int, int], name: str = "signs") -> n
 
 def validate_matrices(mats: Any, name: str = "matrices", dim: int | None = None) -> torch.Tensor:
     """Validate orthogonal generator matrices; return float64 tensor ``(n_gens, D, D)``."""
+    _check_dim(dim)
     if isinstance(mats, (list, tuple)):
         if len(mats) == 0:
             if dim is None:

@@ -107,6 +107,11 @@ def alternating(n: int) -> PermRep:
 def sign_flips(n: int) -> SignedPermRep:
     """(Z_2)^n acting on R^n by sign flips (generator i flips coordinate i); order 2^n."""
     n = _check_n(n, 1, "sign_flips")
+    if n > nat.MAX_DENSE_DIM:  # n generators of length n (int64 perms, float64 signs): 16 n² B
+        raise ValueError(
+            f"n: sign_flips stores n generators of length n; n must be <= {nat.MAX_DENSE_DIM} "
+            f"({16 * nat.MAX_DENSE_DIM**2 >> 20} MiB), got n={n}"
+        )
     perms = np.tile(np.arange(n, dtype=np.int64), (n, 1))
     signs = np.ones((n, n)) - 2 * np.eye(n)
     g = _canonical(f"Z2^{n}", "signed", (perms, signs), n, 2**n)

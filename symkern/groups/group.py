@@ -29,6 +29,10 @@ from . import _native as nat
 from ._native import DEFAULT_MAX_ORDER, GroupTooLargeError
 from .schreier_sims import schreier_sims_order
 
+# A Haar cubature of more nodes than this (each a d x d float64 matrix, evaluated in one batch by
+# symmetrize) is refused: SO(3) at degree 270 already has 1e7 nodes (~0.7 GB of matrices).
+MAX_QUADRATURE_NODES = 10_000_000
+
 __all__ = ["Group", "ContinuousGroup", "GroupTooLargeError", "normalize_words", "evaluate_words"]
 
 
@@ -392,6 +396,16 @@ class ContinuousGroup(Group):
         if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)) or degree < 0:
             raise ValueError(f"degree: expected an integer >= 0, got {degree!r}")
         degree = int(degree)
+        nodes_needed = (
+            (degree + 1) * (2 if self.family == "o2" else 1)
+            if self.family in ("so2", "o2")
+            else (degree + 1) ** 2 * (degree // 2 + 1)
+        )
+        if nodes_needed > MAX_QUADRATURE_NODES:
+            raise ValueError(
+                f"degree: {degree} needs {nodes_needed} {self.family.upper()} quadrature nodes, "
+                f"more than {MAX_QUADRATURE_NODES}; use a lower degree or mode='sample'"
+            )
         if self.family in ("so2", "o2"):
             m = degree + 1
             theta = torch.arange(m, dtype=torch.float64) * (2 * math.pi / m)

@@ -59,7 +59,7 @@ def _is_perm_like(rep: Representation) -> bool:
     return isinstance(rep, PermRep | SignedPermRep)
 
 
-def _orbit_labels(rep: Representation, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def _orbit_labels(rep: Representation) -> tuple[np.ndarray, np.ndarray]:
     """(labels, rel_sign) of a (signed) permutation rep, by union-find over its generators."""
     cache = rep_cache(rep)
     if "orbit_labels" not in cache:
@@ -69,7 +69,11 @@ def _orbit_labels(rep: Representation, backend: str = "auto") -> tuple[np.ndarra
             if isinstance(rep, SignedPermRep)
             else None
         )
-        kernel = select_kernel("orbit_labels", {"perms": perms, "signs": signs}, backend)
+        # a planning step, not the tensor op: SYMKERN_BACKEND (say triton, which has no
+        # orbit_labels kernel) must not force it
+        kernel = select_kernel(
+            "orbit_labels", {"perms": perms, "signs": signs}, "auto", use_env=False
+        )
         cache["orbit_labels"] = kernel.fn(perms, signs)
     return cache["orbit_labels"]
 
@@ -264,8 +268,8 @@ def _group_elements(
         base = rep_in.group.defining_rep()
         weights, base_mats = base.quadrature(degree)
     elif mode == "sample":
-        if samples is None or samples < 1:
-            raise ValueError(f"mode='sample' needs samples >= 1, got {samples}")
+        if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or samples < 1:
+            raise ValueError(f"samples: mode='sample' needs an int >= 1, got {samples!r}")
         if rep_in.is_finite:
             elems = list(rep_in.elements())
             idx = torch.randint(len(elems), (samples,), generator=generator).tolist()
@@ -326,7 +330,15 @@ def symmetrize(
             )
         images = _element_images(rep_in, x, elems_in)  # (n, *batch, D_in)
         n = images.shape[0]
-        y = fn(images.reshape(-1, rep_in.dim))
+        flat = images.reshape(-1, rep_in.dim)
+        y = fn(flat)
+        if not isinstance(y, torch.Tensor) or y.dim() < 1 or y.shape[0] != flat.shape[0]:
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ValueError(
+                f"fn must map an (M, {rep_in.dim}) batch to an (M, ...) tensor, one output row per "
+                f"input row (symmetrize evaluates the whole orbit as one batch of M = "
+                f"{flat.shape[0]}), got {got}"
+            )
         y = y.reshape(n, *x.shape[:-1], *y.shape[1:])
         if rep_out is not None:
             if y.shape[-1] != rep_out.dim:
@@ -371,12 +383,23 @@ def augment(
     check_rep(rep_in, "rep_in")
     if x.dim() != 2 or x.shape[1] != rep_in.dim:
         raise ValueError(f"x must be (B, {rep_in.dim}), got shape {tuple(x.shape)}")
-    if not isinstance(y, torch.Tensor) or y.shape[0] != x.shape[0]:
-        raise ValueError(f"y must be a tensor with {x.shape[0]} rows (one label per sample)")
+    if not isinstance(y, torch.Tensor) or y.dim() < 1 or y.shape[0] != x.shape[0]:
+        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(
+            f"y must be a tensor with {x.shape[0]} rows (one label per sample), got {got}"
+        )
     if rep_out is not None:
         check_rep(rep_out, "rep_out")
         if y.dim() != 2 or y.shape[1] != rep_out.dim:
             raise ValueError(f"y must be (B, {rep_out.dim}) for rep_out, got {tuple(y.shape)}")
+        if not (y.is_floating_point() or _is_perm_like(rep_out)):
+            # ρ_out(g) y of a matrix rep is not an integer vector: it would be truncated
+            raise TypeError(
+                f"y must be a floating tensor for a matrix rep_out (ρ_out(g) y is not an integer "
+                f"vector), got {y.dtype}"
+            )
+    if mode == "sample" and x.shape[0] == 0:
+        return x, y  # no sample, no element to draw
     if mode == "orbit":
         elems_in, elems_out, _ = _group_elements(rep_in, rep_out, "exact", None, None)
         xs = _element_images(rep_in, x, elems_in).reshape(-1, x.shape[1])

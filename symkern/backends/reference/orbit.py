@@ -13,19 +13,28 @@ from symkern.backends.registry import register_kernel
 from symkern.groups.orbits import orbit_labels as _numpy_orbit_labels
 
 
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float16 / bfloat16 sum in float32, as the compiled kernels do: an orbit's sum (or a
+    coordinate of x Q) can exceed the half range although the average it gives does not."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 @register_kernel("orbit_mean", "torch")
 def orbit_mean(x: torch.Tensor, plan) -> torch.Tensor:
     """out[b, j] = coef[j] / |O(j)| * sum_{i in O(j)} coef[i] x[b, i]   (x: (B, D))."""
-    signed = x * plan.coef
-    sums = torch.zeros(x.shape[0], plan.n_orbits, dtype=x.dtype, device=x.device)
-    sums.index_add_(1, plan.orbit_id, signed)
-    return (sums * plan.inv_size)[:, plan.orbit_id] * plan.coef
+    acc = _accumulation_dtype(x.dtype)
+    coef = plan.coef.to(acc)
+    sums = torch.zeros(x.shape[0], plan.n_orbits, dtype=acc, device=x.device)
+    sums.index_add_(1, plan.orbit_id, x.to(acc) * coef)
+    return ((sums * plan.inv_size.to(acc))[:, plan.orbit_id] * coef).to(x.dtype)
 
 
 @register_kernel("project_lowrank", "torch")
 def project_lowrank(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """out = (x Q) Q^T for an orthonormal basis Q: (D, k)   (x: (B, D))."""
-    return (x @ basis) @ basis.T
+    acc = _accumulation_dtype(x.dtype)
+    q = basis.to(acc)
+    return ((x.to(acc) @ q) @ q.T).to(x.dtype)
 
 
 @register_kernel("orbit_labels", "torch")
