@@ -149,3 +149,132 @@ def test_monte_carlo_risk():
     assert r1 == pytest.approx(float(((unit.output(x, th) - y) ** 2).sum(-1).mean()), rel=1e-12)
     with pytest.raises(ValueError, match="exactly one"):
         metrics.monte_carlo_risk(None, x, y)
+
+
+# --- bad input: every argument checked, with a message naming it --------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"method": "sinkhorn", "sinkhorn_reg": -1.0}, "sinkhorn_reg must be a finite number > 0"),
+        ({"method": "sinkhorn", "sinkhorn_reg": 0.0}, "sinkhorn_reg must be a finite number > 0"),
+        ({"sinkhorn_reg": float("nan")}, "sinkhorn_reg must be a finite number > 0"),
+        ({"sinkhorn_reg": True}, "sinkhorn_reg must be a finite number > 0"),
+        ({"exact_max": "a"}, "exact_max must be an int >= 0"),
+        ({"exact_max": -1}, "exact_max must be an int >= 0"),
+        ({"exact_max": True}, "exact_max must be an int >= 0"),
+        ({"method": "simplex"}, "method must be 'auto', 'exact' or 'sinkhorn'"),
+    ],
+)
+def test_w2_options_checked(kwargs, match):
+    x, y = np.zeros((3, 2)), np.ones((4, 2))
+    with pytest.raises(ValueError, match=match):
+        metrics.w2_squared(x, y, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        metrics.rmd_to_symmetrized(x, np.eye(2)[None], **kwargs)
+
+
+def test_w2_cost_overflow_and_complex_input():
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(5, 3)), rng.normal(size=(6, 3))
+    with pytest.raises(ValueError, match="cost matrix overflows float64"):
+        metrics.w2_squared(x * 1e200, y * 1e200)
+    with pytest.raises(ValueError, match="overflows float64"):
+        metrics.w2_squared(x * 1e200, y * 1e200, method="sinkhorn")
+    with pytest.raises(ValueError, match="overflows float64"):
+        metrics.w2_squared(x, y, method="sinkhorn", sinkhorn_reg=1e308)
+    for bad in (x + 1j, torch.from_numpy(x).to(torch.complex128)):
+        with pytest.raises(TypeError, match="x must be real"):
+            metrics.w2_squared(bad, y)
+    with pytest.raises(TypeError, match="a must be real"):
+        metrics.w2_squared(x, y, a=np.full(5, 0.2 + 0j))
+    with pytest.raises(TypeError, match="y must be a real array"):
+        metrics.w2_squared(x, [["a", "b", "c"]])
+
+
+@pytest.mark.parametrize("factor", [-1.0, 0.0, float("nan"), float("inf"), True])
+def test_moment_factor_checked(factor):
+    m_z, proj = _c2()
+    x = Teacher.paper("arbitrary").particles
+    match = "moment_factor must be a finite number > 0"
+    with pytest.raises(ValueError, match=match):
+        metrics.rmd(x, x + 1.0, moment_factor=factor)
+    with pytest.raises(ValueError, match=match):
+        metrics.rmd_to_projection(x, proj, moment_factor=factor)
+    with pytest.raises(ValueError, match=match):
+        metrics.rmd_to_symmetrized(x, m_z, moment_factor=factor)
+
+
+def test_rmd_to_projection_requires_an_orthogonal_projector():
+    x = np.random.default_rng(3).normal(size=(6, 3))
+    with pytest.raises(ValueError, match="proj must be an orthogonal projector"):
+        metrics.rmd_to_projection(x, 2 * torch.eye(3, dtype=torch.float64))
+    oblique = np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # P @ P = P, not sym.
+    with pytest.raises(ValueError, match="proj must be an orthogonal projector"):
+        metrics.rmd_to_projection(x, oblique)
+    with pytest.raises(ValueError, match=r"proj must be \(3, 3\)"):
+        metrics.rmd_to_projection(x, np.eye(2))
+    with pytest.raises(ValueError, match="proj contains NaN"):
+        metrics.rmd_to_projection(x, np.full((3, 3), np.nan))
+    with pytest.raises(ValueError, match="overflows float64"):
+        metrics.rmd_to_projection(x * 1e200, np.zeros((3, 3)))
+    # a float32 projector is accepted at its own precision, with the float64 value
+    _, proj = _c2()
+    th = Teacher.paper("arbitrary").particles
+    assert metrics.rmd_to_projection(th, proj.float()).value == pytest.approx(
+        metrics.rmd_to_projection(th, proj).value, rel=1e-6
+    )
+
+
+def test_rmd_to_symmetrized_checks_m_z():
+    m_z, _ = _c2()
+    x = Teacher.paper("arbitrary").particles
+    with pytest.raises(ValueError, match="m_z must hold orthogonal matrices"):
+        metrics.rmd_to_symmetrized(x, 2 * m_z)
+    with pytest.raises(ValueError, match=r"m_z must be \(G, 4, 4\) with G >= 1"):
+        metrics.rmd_to_symmetrized(x, torch.eye(3)[None].expand(2, 3, 3))  # wrong D
+    with pytest.raises(ValueError, match=r"m_z must be \(G, 4, 4\) with G >= 1"):
+        metrics.rmd_to_symmetrized(x, torch.eye(4))  # 2-D
+    with pytest.raises(ValueError, match=r"m_z must be \(G, 4, 4\) with G >= 1"):
+        metrics.rmd_to_symmetrized(x, torch.zeros(0, 4, 4))  # G = 0
+
+
+def test_monte_carlo_risk_bad_inputs():
+    unit = MatrixUnit(2, 2)
+    x = metrics.risk_inputs(7, 2, 4.0)
+    y = Teacher.paper("arbitrary")(x)
+    th = Teacher.paper("arbitrary").particles
+
+    def risk(**kw):
+        args = dict(model=None, x_test=x, y_test=y, unit=unit, theta=th)
+        args.update(kw)
+        return metrics.monte_carlo_risk(args.pop("model"), args.pop("x_test"),
+                                        args.pop("y_test"), **args)  # fmt: skip
+
+    assert risk() < 1e-28 and risk(chunk=3) < 1e-28  # the valid call
+    for chunk in (-1, 0, 2.5, True):
+        with pytest.raises(ValueError, match="chunk must be a positive int"):
+            risk(chunk=chunk)
+    with pytest.raises(ValueError, match=r"x_test / y_test must be \(n, 2\) / \(n, 2\)"):
+        risk(y_test=y[:, :1])  # (7, 1) would broadcast against c = 2
+    with pytest.raises(ValueError, match=r"x_test / y_test must be \(n, 2\) / \(n, 2\)"):
+        risk(x_test=torch.zeros(7, 3, dtype=torch.float64))
+    for bad in (torch.zeros(4, 6), torch.zeros(2, 5, 4), torch.zeros(0, 4), torch.zeros(5, 3)):
+        with pytest.raises(ValueError, match=r"theta must be \(N, 4\) particles with N >= 1"):
+            risk(theta=bad)
+    with pytest.raises(ValueError, match=r"x_test must be \(n, d\) with n >= 1"):
+        risk(x_test=x[:0], y_test=y[:0])
+    with pytest.raises(ValueError, match=r"y_test must be \(n, c\) with the n = 7"):
+        risk(y_test=y[:5])
+    with pytest.raises(TypeError, match="unit is required with theta"):
+        risk(unit=None)
+    with pytest.raises(TypeError, match="unit must be a symkern.meanfield Unit"):
+        risk(unit="matrix")
+    with pytest.raises(TypeError, match="x_test must be real"):
+        risk(x_test=x.to(torch.complex128))
+    # a model whose output does not match y_test is reported, not broadcast
+    with pytest.raises(ValueError, match=r"model must map .* to \(7, 2\) outputs like y_test"):
+        metrics.monte_carlo_risk(lambda z: z[:, :1], x, y)
+    with pytest.raises(TypeError, match="model must be a callable"):
+        metrics.monte_carlo_risk(3.0, x, y)

@@ -396,6 +396,188 @@ def test_bad_inputs_raise_clear_errors():
         symkern.particle_steps(theta, unit, **ok, step0=2**32 - 1, steps=2)
 
 
+def _bad_input_case():
+    unit = MatrixUnit(2, 2)
+    teacher = Teacher.paper("SI").particles
+    ok = dict(teacher=teacher, group=groups.c2_swap(), scheme="DA")
+    return unit, teacher, ok, torch.randn(2, 5, 4, dtype=torch.float64)
+
+
+def test_run_ids_must_fit_the_32_bit_philox_word():
+    """run ids 2^32 apart would alias (the Philox run word is 32-bit): rejected, not wrapped."""
+    unit, _, ok, theta = _bad_input_case()
+    for ids in ([2**32, 2**32 + 1], [2**70, 0], [-1, 0], torch.tensor([0, 2**32])):
+        with pytest.raises(ValueError, match=r"run_ids must be .* in \[0, 2\^32\)"):
+            symkern.particle_steps(theta, unit, **ok, run_ids=ids)
+    with pytest.raises(ValueError, match=r"run_ids must be one integer per run \(2\).*shape"):
+        symkern.particle_steps(theta, unit, **ok, run_ids=[0, 1, 2])
+    with pytest.raises(ValueError, match="run_ids must be .*float"):
+        symkern.particle_steps(theta, unit, **ok, run_ids=[0.0, 1.0])
+    for ids in ([2**32], [-1], [2**70]):
+        with pytest.raises(ValueError, match=r"run_ids must be .* in \[0, 2\^32\)"):
+            initial_particles(1, 3, 4, 0, run_ids=ids)
+    with pytest.raises(ValueError, match=r"run_ids must be one integer per run \(2\)"):
+        initial_particles(2, 3, 4, 0, run_ids=[5])
+    # the largest valid id is accepted, and an int32 tensor is compared without wrapping
+    top = initial_particles(1, 3, 4, 0, run_ids=[2**32 - 1])
+    assert not torch.equal(top, initial_particles(1, 3, 4, 0, run_ids=[0]))
+    ids32 = torch.tensor([3, 4], dtype=torch.int32)
+    assert torch.equal(initial_particles(2, 3, 4, 0, run_ids=ids32),
+                       initial_particles(2, 3, 4, 0, run_ids=[3, 4]))  # fmt: skip
+
+
+def test_initial_particles_bad_inputs():
+    with pytest.raises(TypeError, match="dtype must be a floating torch dtype"):
+        initial_particles(1, 3, 4, 0, dtype=torch.int32)
+    for args, name in (((-1, 3, 4, 0), "n_runs"), ((1, 0, 4, 0), "n_particles"),
+                       ((1, 3, 2.5, 0), "dim"), ((True, 3, 4, 0), "n_runs")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{name} must be a positive int"):
+            initial_particles(*args)
+    with pytest.raises(ValueError, match="seed must be an int"):
+        initial_particles(1, 3, 4, True)
+    with pytest.raises(ValueError, match="std must be a finite number >= 0"):
+        initial_particles(1, 3, 4, 0, std=float("nan"))
+    with pytest.raises(ValueError, match=r"proj must be \(4, 4\)"):
+        initial_particles(1, 3, 4, 0, proj=torch.eye(3))
+
+
+def test_particle_steps_rejects_bools_and_bad_numbers():
+    unit, _, ok, theta = _bad_input_case()
+    for name in ("steps", "batch"):
+        with pytest.raises(ValueError, match=f"{name} must be a positive int, got True"):
+            symkern.particle_steps(theta, unit, **ok, **{name: True})
+    with pytest.raises(ValueError, match="seed must be an int in \\[0, 2\\^64\\), got True"):
+        symkern.particle_steps(theta, unit, **ok, seed=True)
+    with pytest.raises(ValueError, match="step0 must be a non-negative int, got True"):
+        symkern.particle_steps(theta, unit, **ok, step0=True)
+    with pytest.raises(ValueError, match="snapshot_every must be a positive int, got True"):
+        symkern.particle_steps(theta, unit, **ok, steps=2, snapshot_every=True)
+    for v in (True, float("inf"), float("nan"), 0.0, -1.0, "4"):
+        with pytest.raises(ValueError, match="sigma_pi must be a finite number > 0"):
+            symkern.particle_steps(theta, unit, **ok, sigma_pi=v)
+    with pytest.raises(ValueError, match=r"snapshot_every must be <= steps \(2\), got 3"):
+        symkern.particle_steps(theta, unit, **ok, steps=2, snapshot_every=3)
+    with pytest.raises(ValueError, match=r"snapshot_every must be <= steps"):
+        ParticleTrainer(unit, "DA", groups.c2_swap()).run(
+            3, 2, snapshot_every=5, teacher=Teacher.paper("WI")
+        )
+    for name in ("alpha", "tau", "beta"):
+        for v in ("x", True, [1.0, "a"], 1j):
+            with pytest.raises(TypeError, match=f"{name} must be a real number or one real"):
+                symkern.particle_steps(theta, unit, **ok, **{name: v})
+
+
+def test_particle_steps_clear_type_and_shape_errors():
+    unit, teacher, ok, theta = _bad_input_case()
+    # a teacher with no particle (was a ZeroDivisionError)
+    with pytest.raises(ValueError, match=r"teacher must hold at least one particle \(M >= 1\)"):
+        symkern.particle_steps(theta, unit, **dict(ok, teacher=teacher[:0]))
+    with pytest.raises(ValueError, match=r"particles must hold at least one teacher particle"):
+        Teacher(unit, torch.zeros(0, 4))
+    # wrong lengths are reported by the shape check, not a raw expand error
+    with pytest.raises(ValueError, match=r"teacher_weights must be \(5,\) or \(2, 5\), got \(3,\)"):
+        symkern.particle_steps(theta, unit, **ok, teacher_weights=[0.5] * 3)
+    with pytest.raises(ValueError, match=r"project_noise must be a bool or one bool per run \(2\)"):
+        symkern.particle_steps(theta, unit, **ok, project_noise=[True] * 3)
+    # a unit that is not a Unit
+    unit_msg = "unit must be a symkern.meanfield Unit"
+    with pytest.raises(TypeError, match=unit_msg):
+        symkern.particle_steps(theta, "matrix", **ok)
+    with pytest.raises(TypeError, match=unit_msg):
+        Teacher("u", torch.zeros(2, 4))
+    with pytest.raises(TypeError, match=unit_msg):
+        symkern.model_output(torch.zeros(3, 2), torch.zeros(2, 4), "m")
+    with pytest.raises(TypeError, match=unit_msg):
+        ParticleTrainer("matrix")
+    # data that is not a tensor
+    with pytest.raises(TypeError, match="x_data must be a torch.Tensor of shape"):
+        symkern.particle_steps(theta, unit, x_data=[[0.0]], y_data=torch.zeros(1, 2, 20, 2))
+    with pytest.raises(TypeError, match="y_data must be a torch.Tensor of shape"):
+        symkern.particle_steps(theta, unit, x_data=torch.zeros(1, 2, 20, 2), y_data=[[0.0]])
+    with pytest.raises(TypeError, match="teacher must be a real"):
+        symkern.particle_steps(theta, unit, **dict(ok, teacher=Teacher.paper("SI")))
+    # schemes: not a name or a sequence of names
+    for bad in (None, 3):
+        with pytest.raises(TypeError, match=r"scheme must be one of \['vanilla', 'DA'"):
+            symkern.particle_steps(theta, unit, **dict(ok, scheme=bad))
+    with pytest.raises(ValueError, match="scheme must be one of .*got None"):
+        symkern.particle_steps(theta, unit, **dict(ok, scheme=["DA", None]))
+    with pytest.raises(ValueError, match=r"scheme must be one of \['vanilla'"):
+        ParticleTrainer(unit, "augment")
+    # devices other than CPU / CUDA (meta tensors cannot be checked or run)
+    with pytest.raises(ValueError, match="theta must be a CPU or CUDA tensor.*meta"):
+        symkern.particle_steps(theta.to("meta"), unit, **ok)
+    with pytest.raises(ValueError, match="device must be a CPU or CUDA device, got meta"):
+        ParticleTrainer(unit, device="meta")
+
+
+def test_negative_teacher_weights_are_a_signed_mixture():
+    """Documented as allowed: the labels are Σ_m w_m σ*(x, θ*_m) for any finite weights."""
+    unit, teacher, _, theta = _bad_input_case()
+    w = torch.tensor([1.5, -0.5, 0.25, -0.25, 0.0], dtype=torch.float64)
+    x = torch.randn(6, 2, dtype=torch.float64)
+    t = Teacher(unit, teacher, w)
+    assert_close(t(x), (unit.features(x, teacher) * w[:, None]).sum(1))
+    out = symkern.particle_steps(theta, unit, teacher=teacher, teacher_weights=w, steps=2)
+    assert torch.isfinite(out.theta).all()
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_ea_with_projector_needs_no_group(backend):
+    """EA (and projected noise) only use P: projector=P_{E^G} without a group gives exactly the
+    trajectory of group=C2 (the kernels then get the trivial group's matrices, G = 1)."""
+    if backend == "cpp":
+        pytest.importorskip("symkern._C")
+    unit = MatrixUnit(2, 2)
+    _, _, _, proj = group_matrices(unit, groups.c2_swap(), torch.float64, torch.device("cpu"))
+    teacher = Teacher.paper("WI")
+    theta = initial_particles(3, 9, unit.D, seed=5)
+    args = dict(teacher=teacher.particles, teacher_weights=teacher.weights, scheme="EA",
+                alpha=30.0, tau=1e-3, beta=1e-4, batch=5, seed=7, steps=10, snapshot_every=5,
+                project_noise=[False, True, False], backend=backend)  # fmt: skip
+    with_group = symkern.particle_steps(theta, unit, group=groups.c2_swap(), **args)
+    with_proj = symkern.particle_steps(theta, unit, projector=proj, **args)
+    assert with_group.backend == with_proj.backend == backend
+    assert torch.equal(with_group.theta, with_proj.theta)
+    assert torch.equal(with_group.losses, with_proj.losses)
+    assert (with_proj.theta - theta).abs().max() > 1e-2  # it trained
+    # mixed with vanilla runs too; the group-acting schemes still need the group
+    mixed = dict(args, scheme=["EA", "vanilla", "EA"])
+    assert torch.equal(
+        symkern.particle_steps(theta, unit, group=groups.c2_swap(), **mixed).theta,
+        symkern.particle_steps(theta, unit, projector=proj, **mixed).theta,
+    )
+    for scheme in ("DA", "DA-sample", "FA"):
+        with pytest.raises(ValueError, match="group is required for the DA, DA-sample and FA"):
+            symkern.particle_steps(theta, unit, projector=proj, **dict(args, scheme=scheme))
+    with pytest.raises(ValueError, match="group is required for the EA scheme.*projector="):
+        symkern.particle_steps(theta, unit, **args)
+
+
+def test_units_compare_by_value_and_trainer_checks_its_teacher():
+    assert MatrixUnit(2, 2) == MatrixUnit(2, 2) and hash(MatrixUnit(2, 2)) == hash(MatrixUnit())
+    assert MatrixUnit(2, 2) != StandardUnit(2, 1)  # same D = 4, different unit
+    assert StandardUnit(3, 2, "tanh") != StandardUnit(3, 2, "relu")
+    assert MatrixUnit(2, 3) != MatrixUnit(3, 2)
+    tr = ParticleTrainer(MatrixUnit(2, 2), "DA", groups.c2_swap())
+    wi = Teacher.paper("WI")
+    other = Teacher(StandardUnit(2, 1), torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="teacher must be a network of the trainer's unit"):
+        tr.run(3, 2, teacher=other)
+    with pytest.raises(TypeError, match="teacher must be a symkern.meanfield Teacher"):
+        tr.run(3, 2, teacher=wi.particles)
+    with pytest.raises(ValueError, match=r"init must have shape .* = \(3, 7, 4\), got \(1, 5, 4\)"):
+        tr.run(7, 2, runs=3, teacher=wi, init=torch.zeros(1, 5, 4))
+    for args, kw, name in (((-1, 2), {}, "n_particles"), ((3, 2), {"runs": -2}, "runs"),
+                           ((2.5, 2), {}, "n_particles"), ((3, True), {}, "steps")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{name} must be a positive int"):
+            tr.run(*args, teacher=wi, **kw)
+    # a matching tensor init still runs
+    init = initial_particles(3, 7, 4, seed=1)
+    res = tr.run(7, 2, runs=3, teacher=wi, init=init)
+    assert res.theta.shape == (3, 7, 4) and torch.equal(res.theta0, init)
+
+
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 def test_triton_two_pass_large_n_path(activation):
     """The GPU large-N path (forward reduction, then a backward that recomputes activations: no

@@ -13,12 +13,30 @@ import torch
 __all__ = ["projected_law", "symmetrized_law"]
 
 
+def _check(theta, mat, name: str, want_dim: int) -> int:
+    if not isinstance(theta, torch.Tensor) or not theta.is_floating_point():
+        raise TypeError("theta must be a floating torch.Tensor of shape (..., N, D)")
+    if theta.dim() < 2:
+        raise ValueError(f"theta must have shape (..., N, D), got {tuple(theta.shape)}")
+    D = theta.shape[-1]
+    if not isinstance(mat, torch.Tensor) or mat.is_complex():
+        raise TypeError(f"{name} must be a real torch.Tensor")
+    shape = f"({D}, {D})" if want_dim == 2 else f"(G, {D}, {D}) with G >= 1"
+    if mat.dim() != want_dim or tuple(mat.shape[-2:]) != (D, D) or mat.shape[0] < 1:
+        raise ValueError(f"{name} must be {shape} for theta with D = {D}, got {tuple(mat.shape)}")
+    return D
+
+
 def symmetrized_law(theta: torch.Tensor, m_z: torch.Tensor) -> torch.Tensor:
-    """Atoms of ν^G: (..., N·G, D), element-major (all of M_1 θ, then M_2 θ, ...)."""
+    """Atoms of ν^G: (..., N·G, D), element-major (all of M_1 θ, then M_2 θ, ...).
+
+    theta (..., N, D) floating; m_z (G, D, D), G ≥ 1."""
+    _check(theta, m_z, "m_z", 3)
     imgs = torch.einsum("gij,...nj->...gni", m_z.to(theta), theta)
     return imgs.flatten(-3, -2)
 
 
 def projected_law(theta: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
-    """Atoms of P#ν: (..., N, D)."""
+    """Atoms of P#ν: (..., N, D). theta (..., N, D) floating; proj (D, D)."""
+    _check(theta, proj, "proj", 2)
     return theta @ proj.to(theta).T

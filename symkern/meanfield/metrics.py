@@ -36,6 +36,7 @@ symkern does not implement an OT solver: every non-closed-form W₂ comes from P
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -65,10 +66,32 @@ class Distance(NamedTuple):
     method: str
 
 
-def _np(x, name: str) -> np.ndarray:
+def _float_array(x, name: str) -> tuple[np.ndarray, float]:
+    """``x`` as a float64 array and the machine epsilon of its original floating dtype (float64's
+    when not floating). TypeError naming ``name`` for complex or non-numeric data (numpy would
+    drop an imaginary part with only a warning)."""
     if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise TypeError(f"{name} must be real, got dtype {x.dtype}")
+        eps = torch.finfo(x.dtype).eps if x.is_floating_point() else None
         x = x.detach().cpu().to(torch.float64).numpy()
-    arr = np.asarray(x, dtype=np.float64)
+    else:
+        try:
+            x = np.asarray(x)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name} must be a real array: {e}") from None
+        if np.iscomplexobj(x):
+            raise TypeError(f"{name} must be real, got dtype {x.dtype}")
+        eps = float(np.finfo(x.dtype).eps) if np.issubdtype(x.dtype, np.floating) else None
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a real array of numbers: {e}") from None
+    return arr, (eps if eps is not None else float(np.finfo(np.float64).eps))
+
+
+def _np(x, name: str) -> np.ndarray:
+    arr, _ = _float_array(x, name)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a (N, D) particle set, got shape {arr.shape}")
     if arr.shape[0] < 1:
@@ -81,9 +104,7 @@ def _np(x, name: str) -> np.ndarray:
 def _weights(w, n: int, name: str) -> np.ndarray:
     if w is None:
         return np.full(n, 1.0 / n)
-    if isinstance(w, torch.Tensor):
-        w = w.detach().cpu().to(torch.float64).numpy()
-    w = np.asarray(w, dtype=np.float64)
+    w, _ = _float_array(w, name)
     if w.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), got {w.shape}")
     if (w < 0).any() or not np.isfinite(w).all():
@@ -94,6 +115,31 @@ def _weights(w, n: int, name: str) -> np.ndarray:
     if abs(s - 1.0) > 1e-9:
         raise ValueError(f"{name} must sum to 1, got {s!r}")
     return w
+
+
+def _is_real_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _check_moment_factor(v) -> float:
+    if not (_is_real_number(v) and math.isfinite(v) and v > 0):
+        raise ValueError(f"moment_factor must be a finite number > 0, got {v!r}")
+    return float(v)
+
+
+def _check_w2_options(method, exact_max, sinkhorn_reg) -> None:
+    if method not in ("auto", "exact", "sinkhorn"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'sinkhorn', got {method!r}")
+    if not isinstance(exact_max, numbers.Integral) or isinstance(exact_max, bool) or exact_max < 0:
+        raise ValueError(f"exact_max must be an int >= 0 (0: always Sinkhorn), got {exact_max!r}")
+    if not (_is_real_number(sinkhorn_reg) and math.isfinite(sinkhorn_reg) and sinkhorn_reg > 0):
+        raise ValueError(f"sinkhorn_reg must be a finite number > 0, got {sinkhorn_reg!r}")
+
+
+def _tol(eps: float) -> float:
+    """Absolute tolerance of the projector / orthogonality checks: 1e-8 (as particle_steps'
+    projector check) for float64 input, a few ulps of the input's precision for lower ones."""
+    return max(1e-8, 16 * eps)
 
 
 def second_moment(x, a=None) -> float:
@@ -115,15 +161,17 @@ def w2_squared(
 ) -> Distance:
     """W₂²(μ, ν) between μ = Σ a_i δ_{x_i} and ν = Σ b_j δ_{y_j} (squared Euclidean cost).
 
-    x (N, D), y (M, D); a (N,), b (M,) default uniform. ``method``: "auto" (exact when
-    max(N, M) ≤ ``exact_max``, else Sinkhorn), "exact" or "sinkhorn". Returns
-    ``Distance(value, method)``.
+    x (N, D), y (M, D) real and finite; a (N,), b (M,) default uniform. ``method``: "auto"
+    (exact when max(N, M) ≤ ``exact_max``, an int ≥ 0, else Sinkhorn), "exact" or
+    "sinkhorn" (``sinkhorn_reg`` finite > 0). Returns ``Distance(value, method)``. Raises
+    ValueError when a squared distance ‖x_i − y_j‖² overflows float64.
 
     >>> w2_squared([[0.0, 0.0]], [[3.0, 4.0]]).value
     25.0
     """
     import ot  # noqa: PLC0415 — POT is an experiments dependency, imported on use
 
+    _check_w2_options(method, exact_max, sinkhorn_reg)
     x, y = _np(x, "x"), _np(y, "y")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y live in different dimensions: {x.shape[1]} vs {y.shape[1]}")
@@ -138,9 +186,16 @@ def w2_squared(
                 f"{y.shape[0]} atoms, 1e8 simplex iterations); use method='sinkhorn'"
             )
         value = float(cost)
-    elif method == "sinkhorn":
-        scale = 0.5 * (a @ (x * x).sum(1) + b @ (y * y).sum(1))
-        reg = sinkhorn_reg * max(scale, 1e-300)
+    else:  # "sinkhorn"
+        with np.errstate(over="ignore"):
+            scale = 0.5 * (a @ (x * x).sum(1) + b @ (y * y).sum(1))
+            reg = sinkhorn_reg * max(scale, 1e-300)
+        if not math.isfinite(reg):
+            raise ValueError(
+                f"the Sinkhorn ε = sinkhorn_reg × mean squared norm of the atoms overflows float64 "
+                f"(sinkhorn_reg = {sinkhorn_reg!r}, mean squared norm {scale!r}); rescale the "
+                "particles"
+            )
 
         def ot_eps(u, wu, v, wv):
             return float(
@@ -157,8 +212,6 @@ def w2_squared(
             )
 
         value = ot_eps(x, a, y, b) - 0.5 * ot_eps(x, a, x, a) - 0.5 * ot_eps(y, b, y, b)
-    else:
-        raise ValueError(f"method must be 'auto', 'exact' or 'sinkhorn', got {method!r}")
     return Distance(max(value, 0.0), method)
 
 
@@ -166,9 +219,15 @@ def _sq_cost(x: np.ndarray, y: np.ndarray, rows: int = 512) -> np.ndarray:
     """C_ij = ‖x_i − y_j‖² from the differences (no ‖x‖² + ‖y‖² − 2x·y cancellation, which
     would put a floor of ~1e-8 under RMD), ``rows`` rows at a time."""
     out = np.empty((x.shape[0], y.shape[0]))
-    for s in range(0, x.shape[0], rows):
-        diff = x[s : s + rows, None, :] - y[None, :, :]
-        out[s : s + rows] = np.einsum("ijk,ijk->ij", diff, diff)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for s in range(0, x.shape[0], rows):
+            diff = x[s : s + rows, None, :] - y[None, :, :]
+            out[s : s + rows] = np.einsum("ijk,ijk->ij", diff, diff)
+    if not np.isfinite(out).all():
+        raise ValueError(
+            "the squared-distance cost matrix overflows float64 (a ‖x_i − y_j‖² is inf): the "
+            "particles are too large for W₂; rescale them"
+        )
     return out
 
 
@@ -185,6 +244,7 @@ def rmd(x, y, a=None, b=None, *, moment_factor: float = 1.0, **w2_kwargs) -> Dis
     >>> round(rmd([[1.0, 0.0]], [[-1.0, 0.0]]).value, 6)  # W₂² = 4, M₂ + M₂ = 2
     1.414214
     """
+    moment_factor = _check_moment_factor(moment_factor)
     w2 = w2_squared(x, y, a, b, **w2_kwargs)
     m2 = moment_factor * (second_moment(x, a) + second_moment(y, b))
     return Distance(_ratio(w2.value, m2), w2.method)
@@ -198,24 +258,64 @@ def rmd_to_projection(x, proj, a=None, *, moment_factor: float = 1.0) -> Distanc
     ν and P#ν, Y ∈ range(P) π-a.s., so ‖X − Y‖² = ‖(I−P)X‖² + ‖PX − Y‖² ≥ ‖(I−P)X‖²; the
     coupling (X, PX) attains the bound. Hence
     RMD² = Σ a_i‖(I−P)x_i‖² / (c Σ a_i‖x_i‖² + c Σ a_i‖P x_i‖²).
+
+    ``proj`` must be an orthogonal projector: symmetric and idempotent to 1e-8 (float64 input;
+    a few ulps of the input's precision for float32), else ValueError — the closed form holds
+    for orthogonal projections only. ``moment_factor`` finite > 0.
     """
+    moment_factor = _check_moment_factor(moment_factor)
     x = _np(x, "x")
     a = _weights(a, x.shape[0], "a")
-    p = proj.detach().cpu().double().numpy() if isinstance(proj, torch.Tensor) else np.asarray(proj)
-    if p.shape != (x.shape[1], x.shape[1]):
-        raise ValueError(f"proj must be ({x.shape[1]}, {x.shape[1]}), got {p.shape}")
-    px = x @ p.T
-    w2 = float(a @ ((x - px) ** 2).sum(1))
-    m2 = moment_factor * float(a @ (x * x).sum(1) + a @ (px * px).sum(1))
+    p, src = _float_array(proj, "proj")
+    D = x.shape[1]
+    if p.shape != (D, D):
+        raise ValueError(f"proj must be ({D}, {D}), got {p.shape}")
+    if not np.isfinite(p).all():
+        raise ValueError("proj contains NaN or inf")
+    tol = _tol(src)
+    if not (np.allclose(p, p.T, atol=tol) and np.allclose(p @ p, p, atol=tol)):
+        raise ValueError(
+            f"proj must be an orthogonal projector (symmetric, P @ P = P, to {tol:g}); got "
+            f"max |P − Pᵀ| = {np.abs(p - p.T).max():.3g}, max |P @ P − P| = "
+            f"{np.abs(p @ p - p).max():.3g}"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        px = x @ p.T
+        w2 = float(a @ ((x - px) ** 2).sum(1))
+        m2 = moment_factor * float(a @ (x * x).sum(1) + a @ (px * px).sum(1))
+    if not math.isfinite(w2):
+        raise ValueError("Σ a_i ‖(I − P) x_i‖² overflows float64: the particles are too large; "
+                         "rescale them")  # fmt: skip
     return Distance(_ratio(w2, m2), "projection")
 
 
 def rmd_to_symmetrized(x, m_z, a=None, *, moment_factor: float = 1.0, **w2_kwargs) -> Distance:
     """RMD(ν, ν^G), ν^G = (1/|G|) Σ_g (M_g)#ν the N·|G| atoms M_g x_i (distance to the weakly
-    invariant laws). m_z (G, D, D). W₂ by :func:`w2_squared` (exact up to ``exact_max`` atoms)."""
+    invariant laws). m_z (G, D, D), G ≥ 1, every M_g orthogonal (to 1e-8 for float64 input, a
+    few ulps of the input's precision for float32), else ValueError. W₂ by :func:`w2_squared`
+    (exact up to ``exact_max`` atoms)."""
+    moment_factor = _check_moment_factor(moment_factor)
+    _check_w2_options(
+        w2_kwargs.get("method", "auto"),
+        w2_kwargs.get("exact_max", EXACT_MAX),
+        w2_kwargs.get("sinkhorn_reg", SINKHORN_REG),
+    )
     x = _np(x, "x")
     a = _weights(a, x.shape[0], "a")
-    m = m_z.detach().cpu().double().numpy() if isinstance(m_z, torch.Tensor) else np.asarray(m_z)
+    m, src = _float_array(m_z, "m_z")
+    D = x.shape[1]
+    if m.ndim != 3 or m.shape[1:] != (D, D) or m.shape[0] < 1:
+        raise ValueError(f"m_z must be (G, {D}, {D}) with G >= 1 group elements, got {m.shape}")
+    if not np.isfinite(m).all():
+        raise ValueError("m_z contains NaN or inf")
+    tol = _tol(src)
+    gram = np.einsum("gij,gkj->gik", m, m)
+    if not np.allclose(gram, np.eye(D), atol=tol):
+        err = np.abs(gram - np.eye(D)).max()
+        raise ValueError(
+            f"m_z must hold orthogonal matrices (M_g M_gᵀ = I, to {tol:g}); got max "
+            f"|M_g M_gᵀ − I| = {err:.3g}"
+        )
     g = m.shape[0]
     xg = np.einsum("gij,nj->gni", m, x).reshape(-1, x.shape[1])
     ag = np.tile(a / g, g)
@@ -231,6 +331,15 @@ def risk_inputs(n: int, d: int, sigma_pi: float, seed: int = 0) -> torch.Tensor:
     return sigma_pi * z.view(n, d)
 
 
+def _real64(v, name: str) -> torch.Tensor:
+    """A float64 tensor (on its device when ``v`` is a tensor); TypeError for complex data."""
+    if isinstance(v, torch.Tensor):
+        if v.is_complex():
+            raise TypeError(f"{name} must be real, got dtype {v.dtype}")
+        return v.to(torch.float64)
+    return torch.from_numpy(_float_array(v, name)[0])
+
+
 def monte_carlo_risk(
     model: Callable[[torch.Tensor], torch.Tensor] | None,
     x_test: torch.Tensor,
@@ -244,17 +353,40 @@ def monte_carlo_risk(
 
     Either ``model`` (a callable (n, d) → (n, c)) or ``unit`` + ``theta`` (N, D) particles, whose
     network Φ_θ(x) = (1/N) Σ_i σ*(x, θ_i) is evaluated in float64, ``chunk`` samples at a time
-    (memory n_chunk·N·c).
+    (memory n_chunk·N·c). x_test (n, d) with n ≥ 1, y_test (n, c), real; with a unit, d and c
+    are the unit's and theta is (N, D), N ≥ 1, D = unit.D; ``chunk`` a positive int.
     """
     if (model is None) == (theta is None):
         raise ValueError("give exactly one of model or (unit, theta)")
-    x_test = torch.as_tensor(x_test, dtype=torch.float64)
-    y_test = torch.as_tensor(y_test, dtype=torch.float64)
-    if x_test.dim() != 2 or y_test.dim() != 2 or x_test.shape[0] != y_test.shape[0]:
-        raise ValueError("x_test (n, d) and y_test (n, c) must have the same n")
+    if model is not None and not callable(model):
+        raise TypeError(f"model must be a callable (n, d) -> (n, c), got {type(model).__name__}")
+    if not isinstance(chunk, numbers.Integral) or isinstance(chunk, bool) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    x_test, y_test = _real64(x_test, "x_test"), _real64(y_test, "y_test")
+    if x_test.dim() != 2 or x_test.shape[0] < 1:
+        raise ValueError(f"x_test must be (n, d) with n >= 1, got {tuple(x_test.shape)}")
+    n = x_test.shape[0]
+    if y_test.dim() != 2 or y_test.shape[0] != n:
+        raise ValueError(
+            f"y_test must be (n, c) with the n = {n} of x_test, got {tuple(y_test.shape)}"
+        )
     if model is None:
-        th = torch.as_tensor(theta).detach().cpu().double()
-        from symkern.meanfield.units import MatrixUnit  # noqa: PLC0415
+        from symkern.meanfield.units import MatrixUnit, check_unit  # noqa: PLC0415
+
+        if unit is None:
+            raise TypeError("unit is required with theta (model=None): e.g. MatrixUnit(2, 2)")
+        check_unit(unit)
+        if x_test.shape[1] != unit.d or y_test.shape[1] != unit.c:
+            raise ValueError(
+                f"x_test / y_test must be (n, {unit.d}) / (n, {unit.c}) for {unit!r}, got "
+                f"{tuple(x_test.shape)} / {tuple(y_test.shape)}"
+            )
+        th = _real64(theta, "theta").detach().cpu()
+        if th.dim() != 2 or th.shape[0] < 1 or th.shape[1] != unit.D:
+            raise ValueError(
+                f"theta must be (N, {unit.D}) particles with N >= 1 for {unit!r}, got "
+                f"{tuple(th.shape)}"
+            )
 
         if isinstance(unit, MatrixUnit):
             # Φ(x) = (1/N) Σ_i sigmoid(z_i x): one (n, d) @ (d, N·c) matmul, no einsum
@@ -268,7 +400,14 @@ def monte_carlo_risk(
                 return unit.output(x, th)
 
     total = 0.0
-    for s in range(0, x_test.shape[0], chunk):
-        out = model(x_test[s : s + chunk]).double()
-        total += float(((out - y_test[s : s + chunk]) ** 2).sum())
-    return total / x_test.shape[0]
+    for s in range(0, n, chunk):
+        ys = y_test[s : s + chunk]
+        out = model(x_test[s : s + chunk])
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(ys.shape):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"model must map a ({ys.shape[0]}, {x_test.shape[1]}) input chunk to "
+                f"({ys.shape[0]}, {ys.shape[1]}) outputs like y_test, got {got}"
+            )
+        total += float(((out.double() - ys) ** 2).sum())
+    return total / n

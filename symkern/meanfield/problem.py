@@ -30,7 +30,10 @@ trained by the particle SGD of SPEC_MEANFIELD.md. Per step t (absolute step inde
 4. every ``snapshot_every`` steps (after the update): θ and ℓ_r of that step are recorded.
 
 Group data (finite groups only): ρ_g (G, d, d), ρ̂_g (G, c, c), M_g (G, D, D) for every element,
-and the projector P (D, D) = (1/|G|) Σ_g M_g.
+and the projector P (D, D) = (1/|G|) Σ_g M_g — or the caller's ``projector``, which replaces P.
+Without a group (vanilla runs, and EA / projected-noise runs given a ``projector``) the group
+data are the trivial group's (G = 1, identity matrices): only DA, DA-sample and FA read ρ, ρ̂
+and M; EA and the noise projection read P only.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from symkern.meanfield.units import MatrixUnit, Unit
+from symkern.meanfield.units import MatrixUnit, Unit, check_unit
 
 __all__ = ["Teacher"]
 
@@ -25,20 +25,44 @@ _ARBITRARY_ROWS = [
 _SI_COORDS = [[1.0, 0.0], [0.5, 1.0], [-0.5, 0.3], [0.0, -1.0], [0.7, 0.7]]
 
 
+def _real_tensor(v, name: str) -> torch.Tensor:
+    """``v`` as a float64 tensor; TypeError naming ``name`` for complex or non-numeric data."""
+    try:
+        t = torch.as_tensor(v)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name} must be a real tensor (or nested list of numbers): {e}") from None
+    if t.is_complex():
+        raise TypeError(f"{name} must be real, got {t.dtype}")
+    return t.to(torch.float64)
+
+
 class Teacher:
-    """y = Σ_m w_m σ*(x, θ*_m) with particles θ* (M, D) and weights w (M,) (default 1/M)."""
+    """y = Σ_m w_m σ*(x, θ*_m) with particles θ* (M, D), M ≥ 1, and weights w (M,) (default 1/M).
+
+    The weights are any finite reals: they need not sum to 1 and may be negative (a signed
+    mixture of units is a legitimate target function; a zero weight pads a smaller teacher).
+    """
 
     def __init__(self, unit: Unit, particles: torch.Tensor, weights: torch.Tensor | None = None,
                  name: str = "teacher"):  # fmt: skip
-        particles = torch.as_tensor(particles, dtype=torch.float64)
+        check_unit(unit)
+        particles = _real_tensor(particles, "particles")
         if particles.dim() != 2:
             raise ValueError(f"particles must be (M, D), got {tuple(particles.shape)}")
         unit.check_theta(particles, "particles")
         M = particles.shape[0]
+        if M < 1:
+            raise ValueError(
+                f"particles must hold at least one teacher particle (M >= 1), got shape "
+                f"{tuple(particles.shape)}"
+            )
         weights = torch.full((M,), 1.0 / M, dtype=torch.float64) if weights is None else weights
-        weights = torch.as_tensor(weights, dtype=torch.float64)
+        weights = _real_tensor(weights, "weights")
         if weights.shape != (M,):
             raise ValueError(f"weights must be ({M},), got {tuple(weights.shape)}")
+        for t, arg in ((particles, "particles"), (weights, "weights")):
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{arg} contains NaN or inf; every label would be NaN")
         self.unit, self.particles, self.weights, self.name = unit, particles, weights, name
 
     def __repr__(self) -> str:

@@ -11,6 +11,8 @@ the same seed start identically whatever the scheme (common random numbers acros
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,9 +20,10 @@ import torch
 
 from symkern.groups import Representation
 from symkern.meanfield import rng
+from symkern.meanfield.problem import SCHEMES
 from symkern.meanfield.teachers import Teacher
-from symkern.meanfield.units import Unit
-from symkern.ops.particles import group_matrices, particle_steps
+from symkern.meanfield.units import Unit, _check_pos_int, check_unit
+from symkern.ops.particles import _check_run_ids, _check_seed, group_matrices, particle_steps
 
 __all__ = ["ParticleTrainer", "TrainResult", "initial_particles"]
 
@@ -37,9 +40,33 @@ def initial_particles(
     dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """(R, N, D) iid N(0, std²) particles (WI init; the paper's std = 1/4), projected by ``proj``
-    onto E^G when given (SI init). Keyed by (seed, run id, STREAM_INIT), step 0."""
-    ids = torch.arange(n_runs) if run_ids is None else torch.as_tensor(run_ids)
-    z = rng.normal(seed, ids, 0, rng.STREAM_INIT, n_particles * dim).view(n_runs, n_particles, dim)
+    (D, D) onto E^G when given (SI init). Keyed by (seed, run id, STREAM_INIT), step 0.
+
+    R, N, D positive ints (N·D < 2^32, the Philox element index); seed an int in [0, 2^64);
+    run_ids R ints in [0, 2^32) (default 0..R−1); std finite and ≥ 0; dtype a floating dtype.
+    """
+    R = _check_pos_int(n_runs, "n_runs")
+    N = _check_pos_int(n_particles, "n_particles")
+    D = _check_pos_int(dim, "dim")
+    if N * D >= 2**32:
+        raise ValueError(
+            f"n_particles * dim must be < 2^32 (the Philox element index is 32-bit), got {N * D}"
+        )
+    _check_seed(seed)
+    if not (isinstance(std, numbers.Real) and not isinstance(std, bool) and math.isfinite(std)
+            and std >= 0):  # fmt: skip
+        raise ValueError(f"std must be a finite number >= 0, got {std!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch dtype (e.g. torch.float64), got {dtype!r}")
+    ids = _check_run_ids(run_ids, R)
+    if proj is not None:
+        if not isinstance(proj, torch.Tensor) or proj.is_complex() or proj.dtype == torch.bool:
+            raise TypeError(
+                f"proj must be a real ({D}, {D}) torch.Tensor, got {type(proj).__name__}"
+            )
+        if proj.shape != (D, D):
+            raise ValueError(f"proj must be ({D}, {D}), got {tuple(proj.shape)}")
+    z = rng.normal(seed, ids, 0, rng.STREAM_INIT, N * D).view(R, N, D)
     theta = std * z
     if proj is not None:
         theta = theta @ proj.double().T
@@ -86,6 +113,12 @@ class ParticleTrainer:
         device: str | torch.device = "cpu",
         backend: str = "auto",
     ):
+        check_unit(unit)
+        if not isinstance(scheme, str) or scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {list(SCHEMES)}, got {scheme!r}")
+        device = torch.device(device)
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be a CPU or CUDA device, got {device}")
         self.unit, self.scheme, self.group = unit, scheme, group
         self.alpha, self.tau, self.beta = alpha, tau, beta
         self.batch, self.sigma_pi = batch, sigma_pi
@@ -103,12 +136,35 @@ class ParticleTrainer:
         teacher: Teacher | None = None,
         init: str | torch.Tensor = "SI",
     ) -> TrainResult:
-        """Train ``runs`` independent runs (run r uses RNG identity (seed, r)) for ``steps``."""
+        """Train ``runs`` independent runs (run r uses RNG identity (seed, r)) for ``steps``.
+
+        ``n_particles``, ``steps``, ``runs``: positive ints. ``teacher``: a :class:`Teacher` of
+        this trainer's unit. ``init``: "SI", "WI" or a (runs, n_particles, D) tensor.
+        """
+        _check_pos_int(n_particles, "n_particles")
+        _check_pos_int(steps, "steps")
+        _check_pos_int(runs, "runs")
         if teacher is None:
             raise ValueError("teacher is required (e.g. Teacher.paper('WI'))")
+        if not isinstance(teacher, Teacher):
+            raise TypeError(
+                f"teacher must be a symkern.meanfield Teacher, got {type(teacher).__name__}"
+            )
+        if teacher.unit != self.unit:
+            raise ValueError(
+                f"teacher must be a network of the trainer's unit {self.unit!r}, got a teacher of "
+                f"{teacher.unit!r}"
+            )
         if isinstance(init, torch.Tensor):
+            want = (runs, n_particles, self.unit.D)
+            if tuple(init.shape) != want:
+                raise ValueError(
+                    f"init must have shape (runs, n_particles, D) = {want}, got {tuple(init.shape)}"
+                )
+            if not init.is_floating_point():
+                raise TypeError(f"init must be a floating tensor, got dtype {init.dtype}")
             theta0 = init.to(torch.float64)
-        elif init in ("SI", "WI"):
+        elif isinstance(init, str) and init in ("SI", "WI"):
             theta0 = initial_particles(
                 runs, n_particles, self.unit.D, seed, proj=self.proj if init == "SI" else None
             )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ACTIVATIONS", "MatrixUnit", "StandardUnit", "Unit", "unit_from_codes"]
+__all__ = ["ACTIVATIONS", "MatrixUnit", "StandardUnit", "Unit", "check_unit", "unit_from_codes"]
 
 ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "relu": 2}
 _ACT_FN = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}
@@ -31,12 +31,27 @@ def _check_pos_int(v, name: str) -> int:
 
 
 class Unit:
-    """Base class. ``c``: output dim, ``d``: input dim, ``D``: parameters per particle."""
+    """Base class. ``c``: output dim, ``d``: input dim, ``D``: parameters per particle.
+
+    Units are values: two units are equal (and hash alike) when they are of the same class with
+    the same dimensions and activation, so ``MatrixUnit(2, 2) == MatrixUnit(2, 2)``.
+    """
 
     code: int = -1
     activation: str = "sigmoid"
     c: int
     d: int
+
+    def _key(self) -> tuple:
+        return (type(self), self.c, self.d, self.activation)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Unit):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @property
     def D(self) -> int:  # noqa: N802 — the papers' name
@@ -127,6 +142,16 @@ class StandardUnit(Unit):
         m[:, self.c : self.c + self.d, self.c : self.c + self.d] = rho_x
         m[:, -1, -1] = 1.0
         return m
+
+
+def check_unit(unit, name: str = "unit") -> Unit:
+    """``unit`` itself when it is a :class:`Unit` instance, else a TypeError naming ``name``."""
+    if not isinstance(unit, Unit) or type(unit) is Unit:
+        raise TypeError(
+            f"{name} must be a symkern.meanfield Unit (e.g. MatrixUnit(2, 2) or "
+            f"StandardUnit(d, c, 'tanh')), got {type(unit).__name__} {repr(unit)[:80]}"
+        )
+    return unit
 
 
 def unit_from_codes(unit_code: int, activation_code: int, c: int, d: int) -> Unit:

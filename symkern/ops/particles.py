@@ -9,6 +9,8 @@ with. The math of one step is in :mod:`symkern.meanfield.problem`.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -17,7 +19,7 @@ import torch
 from symkern.backends.registry import select_kernel
 from symkern.groups import Representation
 from symkern.meanfield.problem import SCHEMES, ParticleProblem
-from symkern.meanfield.units import Unit, unit_from_codes
+from symkern.meanfield.units import Unit, _check_pos_int, check_unit, unit_from_codes
 from symkern.ops._common import per_item, require_finite, resolve_backend
 
 __all__ = [
@@ -52,6 +54,7 @@ def group_matrices(
     ``group``: one representation acting on both X and Y (needs d == c), or a pair
     (rep_x, rep_y) of representations of the same group, or None (the trivial group).
     """
+    check_unit(unit)
     if group is None:
         rho_x = torch.eye(unit.d, dtype=torch.float64)[None]
         rho_y = torch.eye(unit.c, dtype=torch.float64)[None]
@@ -77,14 +80,90 @@ def group_matrices(
     return tuple(t.to(device=device, dtype=dtype).contiguous() for t in (rho_x, rho_y, m_z, proj))
 
 
-def _schemes(scheme: str | Sequence[str], R: int, device) -> torch.Tensor:
-    names = [scheme] * R if isinstance(scheme, str) else list(scheme)
+def _schemes(scheme: str | Sequence[str], R: int, device) -> tuple[torch.Tensor, list[str]]:
+    valid = list(SCHEMES)
+    if isinstance(scheme, str):
+        names = [scheme] * R
+    else:
+        try:
+            names = list(scheme)
+        except TypeError:
+            raise TypeError(
+                f"scheme must be one of {valid} or a sequence of them (one per run), got {scheme!r}"
+            ) from None
     if len(names) != R:
         raise ValueError(f"scheme must be one name or one per run ({R}), got {len(names)}")
-    bad = [s for s in names if s not in SCHEMES]
+    bad = [s for s in names if not isinstance(s, str) or s not in SCHEMES]
     if bad:
-        raise ValueError(f"scheme must be one of {list(SCHEMES)}, got {bad[0]!r}")
-    return torch.tensor([SCHEMES[s] for s in names], dtype=torch.int32, device=device)
+        raise ValueError(f"scheme must be one of {valid}, got {bad[0]!r}")
+    return torch.tensor([SCHEMES[s] for s in names], dtype=torch.int32, device=device), names
+
+
+def _real_tensor(v, name: str, want: str, dtype, device) -> torch.Tensor:
+    """torch.as_tensor(v, dtype, device), with a TypeError naming ``name`` for complex, bool or
+    non-numeric data (instead of a silent cast or torch's own message)."""
+    if isinstance(v, torch.Tensor) and (v.is_complex() or v.dtype == torch.bool):
+        raise TypeError(f"{name} must be a real {want}, got dtype {v.dtype}")
+    try:
+        return torch.as_tensor(v, dtype=dtype, device=device)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise TypeError(f"{name} must be a real {want}, got {type(v).__name__}") from None
+
+
+def _is_int(v) -> bool:
+    """A Python int that is not a bool (bool is a subclass of int)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_seed(seed) -> int:
+    if not _is_int(seed) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}")
+    return seed
+
+
+def _check_run_ids(run_ids, R: int) -> torch.Tensor:
+    """run_ids as an int64 (R,) tensor of values in [0, 2^32) (the Philox counter's run word is
+    32-bit: run ids 2^32 apart would draw identical streams), or the default 0..R-1."""
+    if run_ids is None:
+        return torch.arange(R)
+    want = (
+        f"run_ids must be one integer per run ({R}), each in [0, 2^32) (the Philox run word is "
+        "32-bit)"
+    )
+    try:
+        t = run_ids if isinstance(run_ids, torch.Tensor) else torch.as_tensor(run_ids)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise ValueError(f"{want}, got {run_ids!r}") from None
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{want}, got dtype {t.dtype}")
+    if t.shape != (R,):
+        raise ValueError(f"{want}, got shape {tuple(t.shape)}")
+    t = t.to(torch.int64)  # compare in int64: an int32 tensor compared with 2^32 wraps
+    if t.numel() and bool(((t < 0) | (t >= 2**32)).any()):
+        raise ValueError(f"{want}, got {t.tolist() if t.numel() <= 8 else 'out-of-range ids'}")
+    return t
+
+
+def _check_device(t: torch.Tensor, name: str) -> None:
+    if t.device.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"{name} must be a CPU or CUDA tensor (particle kernels run there only), got device "
+            f"{t.device}"
+        )
+
+
+def _hyper(value, R: int, name: str, dtype, device) -> torch.Tensor:
+    """per_item for alpha / tau / beta, with a clear error for non-numeric or bool values."""
+    want = f"{name} must be a real number or one real number per run ({R})"
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        raise TypeError(f"{want}, got {value!r}")
+    try:
+        t = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise TypeError(f"{want}, got {value!r}") from None
+    if t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{want}, got dtype {t.dtype}")
+    return per_item(value, R, name, dtype, device, item="run")
 
 
 def particle_problem(
@@ -115,6 +194,7 @@ def particle_problem(
     ``steps`` is only used to check the shape of ``x_data`` / ``y_data``. Useful to call one
     backend's kernel directly (tests, benchmarks) on exactly the problem the op would build.
     """
+    check_unit(unit)
     if not isinstance(theta, torch.Tensor) or not theta.is_floating_point():
         raise TypeError("theta must be a floating torch.Tensor of shape (R, N, D)")
     if theta.dim() != 3:
@@ -122,27 +202,56 @@ def particle_problem(
     R, N, D = theta.shape
     if R < 1 or N < 1:
         raise ValueError(f"theta must have R >= 1 runs and N >= 1 particles, got R={R}, N={N}")
+    _check_device(theta, "theta")
     unit.check_theta(theta)
     propagates = "particle training would only propagate it"
     require_finite(theta, "theta", propagates)
-    for v, name in ((steps, "steps"), (batch, "batch")):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if not (isinstance(sigma_pi, int | float) and sigma_pi > 0):
-        raise ValueError(f"sigma_pi must be a positive number, got {sigma_pi!r}")
+    _check_pos_int(steps, "steps")
+    _check_pos_int(batch, "batch")
+    if not (
+        isinstance(sigma_pi, numbers.Real)
+        and not isinstance(sigma_pi, bool)
+        and math.isfinite(sigma_pi)
+        and sigma_pi > 0
+    ):
+        raise ValueError(f"sigma_pi must be a finite number > 0, got {sigma_pi!r}")
+    _check_seed(seed)
     dtype, device = theta.dtype, theta.device
 
-    schemes = _schemes(scheme, R, device)
-    needs_group = bool((schemes != SCHEMES["vanilla"]).any())
-    noise_proj = torch.as_tensor(project_noise, dtype=torch.bool).expand(R).to(device)
-    if (needs_group or (noise_proj.any() and projector is None)) and group is None:
-        raise ValueError("group is required for the DA, DA-sample, FA and EA schemes and for "
-                         "projected noise (or pass projector=)")  # fmt: skip
+    schemes, names = _schemes(scheme, R, device)
+    try:
+        noise_proj = torch.as_tensor(project_noise, dtype=torch.bool)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"project_noise must be a bool or one bool per run ({R}), got {project_noise!r}"
+        ) from None
+    if noise_proj.dim() == 0:
+        noise_proj = noise_proj.expand(R)
+    if noise_proj.shape != (R,):
+        raise ValueError(
+            f"project_noise must be a bool or one bool per run ({R}), got shape "
+            f"{tuple(noise_proj.shape)}"
+        )
+    # DA, DA-sample and FA act on the data / particles by the group's matrices; EA and projected
+    # noise only need the projector P, which projector= supplies without a group (the kernels
+    # then get the trivial group's matrices, G = 1, which EA and the noise never read)
+    if group is None and any(n in ("DA", "DA-sample", "FA") for n in names):
+        raise ValueError(
+            "group is required for the DA, DA-sample and FA schemes (they apply the group's "
+            "matrices to data or particles; projector= does not replace it)"
+        )
+    needs_proj = "EA" in names or bool(noise_proj.any())
+    noise_proj = noise_proj.to(device)
+    if group is None and projector is None and needs_proj:
+        raise ValueError(
+            "group is required for the EA scheme and for projected noise (or pass projector=)"
+        )
     rho_x, rho_y, m_z, proj = group_matrices(unit, group, dtype, device)
     if projector is not None:
-        p = torch.as_tensor(projector, dtype=torch.float64)
+        p = _real_tensor(projector, "projector", f"({D}, {D}) tensor", torch.float64, None)
         if p.shape != (D, D):
             raise ValueError(f"projector must be ({D}, {D}), got {tuple(p.shape)}")
+        require_finite(p, "projector", "it must be an orthogonal projector")
         if not (torch.allclose(p, p.T, atol=1e-8) and torch.allclose(p @ p, p, atol=1e-8)):
             raise ValueError("projector must be an orthogonal projector (symmetric, P @ P = P)")
         proj = p.to(device=device, dtype=dtype).contiguous()
@@ -150,7 +259,8 @@ def particle_problem(
     if (teacher is None) == (x_data is None):
         raise ValueError("give exactly one of teacher (labels drawn in-kernel) or x_data/y_data")
     if teacher is not None:
-        teacher = torch.as_tensor(teacher, dtype=dtype, device=device)
+        want_t = f"(M, {D}) or ({R}, M, {D}) tensor"
+        teacher = _real_tensor(teacher, "teacher", want_t, dtype, device)
         if teacher.dim() == 2:
             teacher = teacher.expand(R, *teacher.shape)
         if teacher.dim() != 3 or teacher.shape[0] != R or teacher.shape[2] != D:
@@ -158,9 +268,14 @@ def particle_problem(
                 f"teacher must be (M, {D}) or ({R}, M, {D}), got {tuple(teacher.shape)}"
             )
         M = teacher.shape[1]
+        if M < 1:
+            raise ValueError(
+                f"teacher must hold at least one particle (M >= 1), got {tuple(teacher.shape)}"
+            )
         w = torch.full((M,), 1.0 / M) if teacher_weights is None else teacher_weights
-        w = torch.as_tensor(w, dtype=dtype, device=device)
-        w = w.expand(R, M) if w.dim() == 1 else w
+        w = _real_tensor(w, "teacher_weights", f"({M},) or ({R}, {M}) tensor", dtype, device)
+        if w.shape == (M,):
+            w = w.expand(R, M)
         if w.shape != (R, M):
             raise ValueError(f"teacher_weights must be ({M},) or ({R}, {M}), got {tuple(w.shape)}")
         require_finite(teacher, "teacher", "every label it gives would be NaN")
@@ -170,6 +285,12 @@ def particle_problem(
         if y_data is None:
             raise ValueError("x_data needs y_data")
         want_x, want_y = (steps, R, batch, unit.d), (steps, R, batch, unit.c)
+        for t, name, want in ((x_data, "x_data", want_x), (y_data, "y_data", want_y)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor of shape {want}, got "
+                                f"{type(t).__name__}")  # fmt: skip
+            if t.is_complex() or t.dtype == torch.bool:
+                raise TypeError(f"{name} must be a real torch.Tensor, got dtype {t.dtype}")
         if tuple(x_data.shape) != want_x or tuple(y_data.shape) != want_y:
             raise ValueError(
                 f"x_data / y_data must be {want_x} / {want_y}, got {tuple(x_data.shape)} / "
@@ -182,11 +303,7 @@ def particle_problem(
         teacher = theta.new_zeros(R, 1, D)
         w = theta.new_zeros(R, 1)
 
-    run_ids = torch.arange(R) if run_ids is None else torch.as_tensor(run_ids)
-    if run_ids.shape != (R,) or run_ids.is_floating_point() or (run_ids < 0).any():
-        raise ValueError(f"run_ids must be {R} non-negative integers")
-    if not isinstance(seed, int) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}")
+    run_ids = _check_run_ids(run_ids, R)
 
     return ParticleProblem(
         unit_code=unit.code,
@@ -198,9 +315,9 @@ def particle_problem(
         sigma_pi=float(sigma_pi),
         seed=seed,
         run_ids=run_ids.to(device=device, dtype=torch.int64).contiguous(),
-        alpha=per_item(alpha, R, "alpha", dtype, device, item="run"),
-        tau=per_item(tau, R, "tau", dtype, device, item="run"),
-        beta=per_item(beta, R, "beta", dtype, device, item="run"),
+        alpha=_hyper(alpha, R, "alpha", dtype, device),
+        tau=_hyper(tau, R, "tau", dtype, device),
+        beta=_hyper(beta, R, "beta", dtype, device),
         scheme=schemes,
         project_noise=noise_proj.contiguous(),
         teacher=teacher,
@@ -250,19 +367,29 @@ def particle_steps(
     Args:
         theta: (R, N, D) particles, N ≥ 1, finite; float32 or float64. Not modified.
         unit: a :class:`~symkern.meanfield.units.Unit` (D = unit.D).
-        teacher: (M, D) or (R, M, D) teacher particles (same unit); ``teacher_weights`` (M,) or
-            (R, M), default 1/M (a zero weight pads a smaller teacher).
+        teacher: (M, D) or (R, M, D) teacher particles (same unit), M ≥ 1;
+            ``teacher_weights`` (M,) or (R, M), default 1/M (a zero weight pads a smaller
+            teacher). The weights are any finite reals: they need not sum to 1 and may be
+            negative — the labels y = Σ_m w_m σ*(x, θ*_m) are then a signed mixture of units,
+            a legitimate target function.
         group: finite group acting on X and Y (a rep, or (rep_x, rep_y)); needed by DA,
-            DA-sample, FA, EA and projected noise.
+            DA-sample and FA, and by EA and projected noise unless ``projector`` is given.
         scheme: "vanilla", "DA", "DA-sample", "FA" or "EA", or one per run.
         alpha, tau, beta: step size, weight decay, temperature — scalars or one per run (≥ 0).
-        seed, run_ids: the RNG identity of each run (run_ids default 0..R−1); step0: absolute
-            index of the first step (so a resumed run continues the same stream).
-        snapshot_every: record θ and the loss every K steps (default: at the last step only).
+        batch: samples per step (positive int); sigma_pi: input scale σ_π (finite, > 0).
+        seed, run_ids: the RNG identity of each run: seed an int in [0, 2^64), run_ids R ints
+            in [0, 2^32) (the Philox run word is 32-bit; default 0..R−1);
+            step0: absolute index of the first step (so a resumed run continues the same stream).
+        snapshot_every: record θ and the loss every K steps, 1 ≤ K ≤ ``steps`` (default: at the
+            last step only); S = steps // K snapshots.
         project_noise: project ξ onto E^G (SI runs); bool or one per run. EA always projects.
         projector: (D, D) orthogonal projector used instead of P_{E^G} by EA and by projected
-            noise — e.g. a candidate subspace E_j in SI-subspace discovery (group may be None).
+            noise — e.g. a candidate subspace E_j in SI-subspace discovery. With a projector,
+            group may be None for vanilla and EA runs (DA, DA-sample and FA still need it).
         backend: "auto", "cpp", "triton" or "torch".
+
+    Ints (steps, batch, seed, step0, snapshot_every) must be Python ints, not bools. Tensors
+    must be on the CPU or a CUDA device.
 
     Returns a :class:`ParticleStepsResult`. Autograd does not flow through multi-step calls.
     Inputs must be finite (ValueError otherwise). A run that diverges during the call (a step
@@ -270,9 +397,8 @@ def particle_steps(
     inf / NaN from that step on, as in the reference, and the other runs are unaffected — check
     ``torch.isfinite(result.theta)``.
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not isinstance(step0, int) or step0 < 0:
+    _check_pos_int(steps, "steps")
+    if not _is_int(step0) or step0 < 0:
         raise ValueError(f"step0 must be a non-negative int, got {step0!r}")
     # Philox counters hold the step and the element index (i·D + k) in 32-bit words
     if step0 + steps > 2**32:
@@ -288,8 +414,12 @@ def particle_steps(
             "the Philox element index is 32-bit, so N·D must be < 2^32"
         )
     snapshot_every = steps if snapshot_every is None else snapshot_every
-    if not isinstance(snapshot_every, int) or snapshot_every < 1:
-        raise ValueError(f"snapshot_every must be a positive int, got {snapshot_every!r}")
+    _check_pos_int(snapshot_every, "snapshot_every")
+    if snapshot_every > steps:  # would record no snapshot at all
+        raise ValueError(
+            f"snapshot_every must be <= steps ({steps}), got {snapshot_every} (no step would be "
+            "recorded)"
+        )
     problem = particle_problem(
         theta, unit, teacher=teacher, teacher_weights=teacher_weights, group=group,
         scheme=scheme, alpha=alpha, tau=tau, beta=beta, batch=batch, sigma_pi=sigma_pi,
@@ -372,6 +502,7 @@ def model_output(
     into your own training loop (first-order gradients; no double backward). NaN is not
     checked: it propagates (a NaN in x_b makes row b of the output NaN; one in θ_i, every row).
     """
+    check_unit(unit)
     for t, name, width in ((x, "x", unit.d), (theta, "theta", unit.D)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             raise TypeError(f"{name} must be a floating torch.Tensor")
