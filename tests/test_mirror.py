@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -606,3 +607,150 @@ def test_theorem1_sgd_neuron_swap_mlp(broken):
         assert nrm > 1e-3
     else:
         assert nrm < 1e-12
+
+
+# ---------------------------------------------------------------- input validation (audit)
+def test_index_arguments_must_be_integers():
+    """Index lists with floats or bools are rejected, never truncated (0.7 → 0) or read as 0/1."""
+    msg = r"idx must be a sequence of integers \(not floats or bools\), got"
+    for idx in ([0.7, 1.2], [True, False], [0, True], np.array([0.9, 2.2]), np.array([1, 0]) > 0):
+        with pytest.raises(TypeError, match=msg):
+            Mirror.coordinates(idx, 3)
+    with pytest.raises(TypeError, match="idx must be an integer index tensor"):
+        Mirror.coordinates(torch.tensor([0.0, 1.0]), 3)
+    with pytest.raises(TypeError, match="u_idx must be a sequence of integers"):
+        Mirror.rescaling_pairs([0.5], [1], 3)
+    with pytest.raises(TypeError, match="block_j must be a sequence of integers"):
+        Mirror.neuron_swap([0], [1.0], 3)
+    with pytest.raises(TypeError, match="groups must be a sequence of integers"):
+        Mirror.coordinates([0, 1], 3, groups=[0.0, 1.0])
+    # integer inputs of every kind still work, unchanged
+    for idx in ([2, 0], (2, 0), np.array([2, 0]), [np.int64(2), np.int32(0)], torch.tensor([2, 0])):
+        assert Mirror.coordinates(idx, 3).index.reshape(-1).tolist() == [2, 0]
+    assert Mirror.coordinates(range(3), 3).k == 3
+    with pytest.raises(ValueError, match="idx must select at least one"):
+        Mirror.coordinates([], 3)
+
+
+def test_householder_blocks_must_be_integers_and_n_finite():
+    n = torch.tensor([1.0, 0.0], dtype=F64)
+    with pytest.raises(TypeError, match="blocks: each entry of shape must be an int, got 2.7"):
+        Mirror.householder(n, [(0, (2.7, 2), 1)], 4)
+    with pytest.raises(TypeError, match="blocks: offset must be an int, got 0.9"):
+        Mirror.householder(n, [(0.9, (2, 2), 1)], 5)
+    with pytest.raises(TypeError, match="blocks: offset must be an int, got True"):
+        Mirror.householder(n, [(True, (2, 2), 1)], 5)
+    with pytest.raises(TypeError, match="blocks: axis must be an int, got 1.0"):
+        Mirror.householder(n, [(0, (2, 2), 1.0)], 4)
+    with pytest.raises(ValueError, match=r"blocks: shape must have sizes >= 0, got \(-1, 2\)"):
+        Mirror.householder(n, [(0, (-1, 2), 1)], 4)
+    for bad in ([math.nan, 0.0], [math.inf, 0.0]):
+        with pytest.raises(ValueError, match="n must be a finite unit vector"):
+            Mirror.householder(torch.tensor(bad, dtype=F64), [(0, (2, 2), 1)], 4)
+    # integer-valued numpy / tensor entries are fine
+    m = Mirror.householder(n, [(np.int64(0), (torch.tensor(2), 2), 1)], 4)
+    assert m.k == 2
+
+
+def test_tolerances_must_be_finite_and_nan_fails_orthonormality():
+    with pytest.raises(ValueError, match="tol must be a finite number >= 0, got nan"):
+        Mirror.dense(torch.ones(3, 1, dtype=F64), tol=math.nan)
+    for tol in (-1.0, math.inf, "1e-5"):
+        with pytest.raises(ValueError, match="tol must be a finite number >= 0"):
+            Mirror.dense(torch.eye(3, 1, dtype=F64), tol=tol)
+    # a NaN column norm fails the orthonormality check (it used to pass: nan > tol is False)
+    with pytest.raises(ValueError, match="O must have orthonormal columns"):
+        Mirror(torch.tensor([[0, 1]]), torch.tensor([[math.nan, 0.0]]), 3)
+    with pytest.raises(TypeError, match="index must be an integer tensor"):
+        Mirror(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]]), 3)
+    m = Mirror.coordinates([0], 2)
+    with pytest.raises(ValueError, match="rtol must be a finite number >= 0, got nan"):
+        m.is_symmetric(lambda t: t.pow(2).sum(), rtol=math.nan)
+    with pytest.raises(ValueError, match="tol must be a finite number >= 0"):
+        projected_hessian_eigs(lambda t: t.pow(2).sum(), torch.zeros(2, dtype=F64), m, tol=-1.0)
+
+
+def test_negative_groups_rejected():
+    with pytest.raises(ValueError, match=r"groups must be non-negative ints, got \[-1, 0\]"):
+        Mirror.coordinates([0, 1], 3, groups=[-1, 0])
+
+
+def test_symmetry_checks_need_trials_and_a_scalar_loss():
+    """trials = 0 checks nothing, so it must not report 'verified'; a vector-valued loss is named
+    as such."""
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)).double()
+
+    def not_symmetric(t):
+        return t.sum()
+
+    for trials in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="trials must be an int >= 1, got"):
+            detect.rescaling_symmetries(model, not_symmetric, trials=trials)
+    with pytest.raises(ValueError, match="trials must be an int >= 1, got 0"):
+        detect.find_mirrors(model, not_symmetric, trials=0)
+    r = detect.rescaling_symmetries(model)[0]
+    with pytest.raises(ValueError, match="trials must be an int >= 1, got 0"):
+        r.is_symmetric(not_symmetric, trials=0)
+    with pytest.raises(ValueError, match="lambdas must hold at least one"):
+        r.is_symmetric(not_symmetric, lambdas=())
+    with pytest.raises(ValueError, match="lambdas must be finite numbers > 0, got -1.0"):
+        r.is_symmetric(not_symmetric, lambdas=(-1.0,))
+    assert not r.is_symmetric(not_symmetric, trials=1)[0]
+    m = Mirror.coordinates([0], 2)
+    with pytest.raises(ValueError, match=r"loss must return a scalar .*shape \(2,\)"):
+        m.is_symmetric(lambda x: x)
+    with pytest.raises(ValueError, match=r"loss must return a scalar .*shape \(13,\)"):
+        r.is_symmetric(lambda x: x)
+    with pytest.raises(TypeError, match="loss must return a scalar .*got str"):
+        m.is_symmetric(lambda x: "0")
+    assert m.is_symmetric(lambda x: float(x[1]))[0]  # a Python number is a scalar too
+
+
+def test_dcs_needs_a_floating_dtype():
+    m = Mirror.coordinates([0, 1], 3)
+    msg = r"dtype must be a floating torch.dtype .*got torch.int64"
+    with pytest.raises(TypeError, match=msg):
+        GroupGateDCS([0, 1], dtype=torch.int64)
+    with pytest.raises(TypeError, match=msg):
+        DCS(m, dtype=torch.int64)
+    with pytest.raises(TypeError, match=msg):
+        LowRankDCS(2, 2, 1, dtype=torch.int64)
+    with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
+        DCS(m, dtype=torch.complex128)
+    with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
+        LowRankDCS(2, 2, 1, dtype="float64")
+    for scale in (math.nan, -0.1):
+        with pytest.raises(ValueError, match="init_scale must be a finite number >= 0"):
+            DCS(m, init_scale=scale)
+        with pytest.raises(ValueError, match="init_scale must be a finite number >= 0"):
+            LowRankDCS(2, 2, 1, init_scale=scale)
+    with pytest.raises(ValueError, match="init contains NaN or inf"):
+        DCS(m, init=torch.tensor([0.0, math.nan, 1.0]))
+    with pytest.raises(ValueError, match="init contains NaN or inf"):
+        GroupGateDCS([0, 1], init=torch.tensor([0.0, math.inf]))
+    with pytest.raises(TypeError, match="groups must hold non-negative ints, got dtype torch.bool"):
+        GroupGateDCS([True, False])
+    assert GroupGateDCS([0, 1], dtype=torch.float32)().dtype == torch.float32
+
+
+def test_sample_curvatures_data_and_flat_loss_theta_named():
+    m = Mirror.coordinates([0], 2)
+    th = torch.zeros(2, dtype=F64)
+
+    def loss(t, x):
+        return (t * t).sum() * x.mean()
+
+    with pytest.raises(ValueError, match=r"data\[0\] must have a leading sample dimension"):
+        sample_curvatures(loss, th, m, [torch.tensor(1.0)], 1, 1)
+    with pytest.raises(TypeError, match=r"data\[0\] must be a torch.Tensor, got list"):
+        sample_curvatures(loss, th, m, [[1, 2, 3]], 1, 1)
+    with pytest.raises(ValueError, match="data: all tensors must share their first dimension"):
+        sample_curvatures(loss, th, m, [torch.ones(3), torch.ones(2)], 1, 1)
+    with pytest.raises(ValueError, match="direction must be a finite real vector"):
+        sample_curvatures(loss, th, m, [torch.ones(3)], 1, 1, direction=torch.tensor([math.nan]))
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+    f = detect.flat_loss(model, nn.functional.mse_loss, torch.zeros(4, 2), torch.zeros(4, 1))
+    with pytest.raises(TypeError, match="theta must be a floating tensor, got dtype torch.int64"):
+        f(torch.zeros(13, dtype=torch.long))
+    with pytest.raises(TypeError, match="inputs must be a torch.Tensor, got list"):
+        detect.flat_loss(model, nn.functional.mse_loss, [[0.0, 0.0]], torch.zeros(1, 1))

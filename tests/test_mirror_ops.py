@@ -407,3 +407,26 @@ def test_half_precision_on_gpu():
         th = torch.randn(5, 31, generator=gen(13), dtype=F64)
         for dtype in (torch.float16, torch.bfloat16):
             check_all_ops(m, th.to("cuda", dtype), "triton")
+
+
+def test_mirror_apply_checks_its_arguments():
+    """mirror_apply called directly names a bad theta, plan or mode (no AttributeError from deep
+    inside, no kernel-level dtype error naming an internal buffer)."""
+    m = make_mirror("neuron_swap", 9)
+    plan = m._plan(torch.zeros((), dtype=F64))
+    th = torch.zeros(2, 9, dtype=F64)
+    with pytest.raises(TypeError, match="theta must be a torch.Tensor, got list"):
+        mirror_apply([0.0] * 9, plan, "reflect")
+    with pytest.raises(TypeError, match="theta must have a floating dtype"):
+        mirror_apply(th.long(), plan, "reflect")
+    with pytest.raises(TypeError, match=r"theta must have the plan's dtype and device \(torch"):
+        mirror_apply(th.float(), plan, "reflect")
+    with pytest.raises(TypeError, match="plan must be a MirrorPlan, got str|plan must be a Mirror"):
+        mirror_apply(th, "plan", "reflect")
+    with pytest.raises(ValueError, match=r"mode must be one of .*got \['reflect'\]"):
+        mirror_apply(th, plan, ["reflect"])
+    dense = make_mirror("dense", 9)
+    with pytest.raises(TypeError, match="theta must have the plan's dtype"):
+        mirror_apply(th.float(), dense._plan(th), "project")
+    out, c = mirror_apply(th, plan, "reflect")  # valid call unchanged
+    assert out.shape == (2, 9) and c.shape == (2, plan.k)

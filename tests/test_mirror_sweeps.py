@@ -470,10 +470,11 @@ def _odd_problem(name: str):
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name", list(CPP_ODD_CASES))
 def test_cpp_odd_shapes_and_counter_wrap(name, dtype):
-    """cpp vs the float64 torch reference on odd sizes; steps cross the 2^32 step counter
-    (step0 = 2^32 − 3) and a model id is 2^32 − 1, where both wrap the Philox counter alike."""
+    """cpp vs the float64 torch reference on odd sizes; steps end at the top of the 32-bit step
+    counter (step0 = 2^32 − 7, last step 2^32 − 1: train_sweep allows no wrap) and a model id is
+    2^32 − 1."""
     model, p, gam, eta, kw = _odd_problem(name)
-    common = {"seed": 2**40 + 5, "step0": 2**32 - 3, "record_every": 2,
+    common = {"seed": 2**40 + 5, "step0": 2**32 - 7, "record_every": 2,
               "model_ids": [7, 2**32 - 1, 0]}  # fmt: skip
     ref = train_sweep(model, p, gam, eta, 7, backend="torch", **common, **kw)
 
@@ -642,3 +643,92 @@ def test_cpp_binding_rejects_bad_buffers(case):
     mutate(args)
     with pytest.raises(ValueError, match=match):
         _EXT.mirror_sweep(**args)
+
+
+# --- input validation: Philox counter words, list precision, activation -----------------------
+
+
+def test_step0_and_steps_must_fit_the_32bit_philox_step():
+    """The step word of the Philox counter is 32-bit: step0 + steps <= 2^32 (no silent wrap to
+    the data of step 0); the last allowed step is 2^32 − 1."""
+    beta = torch.tensor([0.1, 0.2, 0.3], dtype=F64)
+
+    def run(**kw):
+        return train_sweep("rescaling", _resc(), 0.1, 0.1, 2, 4, target=beta, **kw)
+
+    for step0 in (2**32, 2**40, 2**32 - 1):
+        with pytest.raises(ValueError, match=r"step0 \+ steps must be <= 2\^32 \(32-bit Philox"):
+            run(step0=step0)
+    for step0 in (-1, 1.0, True, None):
+        with pytest.raises(ValueError, match="step0 must be a non-negative int"):
+            run(step0=step0)
+    top = run(step0=2**32 - 2)  # steps 2^32 − 2 and 2^32 − 1: allowed, and not step 0's data
+    assert top.loss_steps.tolist() == [2**32 - 1]
+    assert not torch.equal(top.params["u"], run(step0=0).params["u"])
+
+
+def test_element_index_and_model_ids_must_fit_32_bits():
+    """The element index of a draw (x: batch·d numbers; factorization noise: m·n numbers) and the
+    model id are 32-bit counter words too: checked before anything is allocated."""
+    d = 2
+    p = {"u": torch.ones(1, d, dtype=F64), "w": torch.ones(1, d, dtype=F64)}
+    with pytest.raises(ValueError, match=r"batch·d must be <= 2\^32 \(32-bit Philox element"):
+        train_sweep("rescaling", p, 0.1, 0.1, 1, 2**31 + 1, target=torch.ones(d))
+    pm = {"W1": torch.ones(1, 1, 4, dtype=F64), "b1": torch.ones(1, 1, dtype=F64),
+          "a": torch.ones(1, 1, dtype=F64)}  # fmt: skip
+    t = {"W1": torch.ones(1, 4), "b1": torch.ones(1), "a": torch.ones(1)}
+    with pytest.raises(ValueError, match=r"batch·d must be <= 2\^32"):
+        train_sweep("mlp", pm, 0.1, 0.1, 1, 2**30 + 1, target=t)
+    big = 2**16 + 1  # m·n > 2^32 with small U, W; the (m, n) target is never formed
+    pf = {"U": torch.ones(1, big, 1, dtype=F64), "W": torch.ones(1, big, 1, dtype=F64)}
+    with pytest.raises(ValueError, match=r"with noise > 0, m·n must be <= 2\^32"):
+        train_sweep("factorization", pf, 0.1, 0.1, 1, None, target=torch.ones(1), noise=0.1)
+    for ids in ([True, False], [2**32, 0], [2**64, 0], [0.0, 1.0], ["a", "b"]):
+        with pytest.raises(ValueError, match=r"model_ids must be 2 integers in \[0, 2\^32\)"):
+            train_sweep("rescaling", _resc(), 0.1, 0.1, 1, None, target=torch.ones(3),
+                        model_ids=ids)  # fmt: skip
+
+
+def test_list_targets_keep_float64_precision():
+    """Python lists / numpy arrays are read in float64: a float64 sweep gives bit-identical results
+    for a list target and the same values as a float64 tensor (no rounding through float32);
+    likewise the mlp teacher dict; a float32 sweep rounds once, as from the float64 tensor."""
+    import numpy as np
+
+    vals = [0.1, 0.2, 0.3, 0.7]
+    p = {"u": torch.full((2, 4), 0.3, dtype=F64), "w": torch.full((2, 4), 0.3, dtype=F64)}
+    ref = train_sweep("rescaling", p, 0.1, 0.1, 3, 4, target=torch.tensor(vals, dtype=F64))
+    for target in (vals, np.array(vals), [vals, vals]):
+        out = train_sweep("rescaling", p, 0.1, 0.1, 3, 4, target=target)
+        assert torch.equal(out.params["u"], ref.params["u"])
+        assert torch.equal(out.params["w"], ref.params["w"])
+        assert torch.equal(out.losses, ref.losses)
+    p32 = {k: v.float() for k, v in p.items()}
+    ref32 = train_sweep("rescaling", p32, 0.1, 0.1, 3, 4, target=torch.tensor(vals, dtype=F64))
+    out32 = train_sweep("rescaling", p32, 0.1, 0.1, 3, 4, target=vals)
+    assert torch.equal(out32.params["u"], ref32.params["u"])
+
+    g = gen(5)
+    pm = {"W1": _rand((2, 3, 2), g), "b1": _rand((2, 3), g), "a": _rand((2, 3), g)}
+    teacher = {"W1": [[0.1, -0.3], [0.7, 0.2]], "b1": [0.1, -0.2], "a": [0.3, 0.9]}
+    as_t = {k: torch.tensor(v, dtype=F64) for k, v in teacher.items()}
+    a = train_sweep("mlp", pm, 0.1, 0.1, 2, 3, target=teacher)
+    b = train_sweep("mlp", pm, 0.1, 0.1, 2, 3, target=as_t)
+    for k in pm:
+        assert torch.equal(a.params[k], b.params[k])
+    with pytest.raises(TypeError, match=r"target \(beta\) must be a tensor or a \(nested\)"):
+        train_sweep("rescaling", p, 0.1, 0.1, 1, None, target=["a", "b", "c", "d"])
+    with pytest.raises(TypeError, match=r"target \(beta\) must be real"):
+        train_sweep("rescaling", p, 0.1, 0.1, 1, None, target=torch.ones(4, dtype=torch.cfloat))
+
+
+def test_activation_is_checked_for_every_model():
+    """A bad activation is a ValueError listing the valid ones for every model (it used to reach
+    the C++ kernel's code table as a KeyError for the rescaling and factorization models)."""
+    for act in ("bogus", None, 0):
+        with pytest.raises(ValueError, match=r"activation must be one of \('tanh', 'relu'\), got"):
+            train_sweep("rescaling", _resc(), 0.1, 0.1, 1, 2, target=torch.ones(3), activation=act)
+    U, W = torch.ones(1, 2, 1, dtype=F64), torch.ones(1, 2, 1, dtype=F64)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        train_sweep("factorization", {"U": U, "W": W}, 0.1, 0.1, 1, None, target=torch.ones(2, 2),
+                    activation="gelu")  # fmt: skip

@@ -32,8 +32,11 @@ mirror on its own when the loss has the per-group symmetry).
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from symkern.ops.mirror import MirrorPlan, make_mirror_plan, mirror_apply
@@ -41,17 +44,80 @@ from symkern.ops.mirror import MirrorPlan, make_mirror_plan, mirror_apply
 __all__ = ["Mirror"]
 
 
+def _short(x, limit: int = 80) -> str:
+    r = repr(x)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
 def _as_index(x, name: str) -> torch.Tensor:
+    """``x`` (integer tensor, or a sequence / numpy array of integers) as a flat long tensor.
+
+    Floats and bools are rejected (TypeError naming ``name``), never truncated or read as 0/1.
+    """
     if isinstance(x, torch.Tensor):
         if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
             raise TypeError(f"{name} must be an integer index tensor, got dtype {x.dtype}")
-        t = x.detach().to("cpu", torch.long).reshape(-1)
-    else:
-        try:
-            t = torch.as_tensor(list(x), dtype=torch.long).reshape(-1)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{name} must be a sequence of integers") from e
-    return t
+        return x.detach().to("cpu", torch.long).reshape(-1)
+    expected = f"{name} must be a sequence of integers (not floats or bools)"
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{expected}, got {_short(x)}")
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "iu" and x.size:
+            raise TypeError(f"{expected}, got a numpy array of dtype {x.dtype}")
+    try:
+        items = list(x)
+    except TypeError as e:
+        raise TypeError(f"{expected}, got {type(x).__name__}") from e
+    if not items:
+        return torch.empty(0, dtype=torch.long)
+    if any(isinstance(v, (bool, np.bool_)) for v in items):
+        raise TypeError(f"{expected}, got {_short(x)}")
+    try:
+        t = torch.as_tensor(items)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{expected}, got {_short(x)}") from e
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{expected}, got {_short(x)}")
+    return t.to(torch.long).reshape(-1)
+
+
+def _as_int(v, name: str) -> int:
+    """A Python int from an integer (int, numpy integer, integer 0-d tensor); floats and bools
+    are rejected (TypeError naming ``name``), never truncated."""
+    if isinstance(v, (bool, np.bool_)) or (isinstance(v, torch.Tensor) and v.dtype == torch.bool):
+        raise TypeError(f"{name} must be an int, got {v!r}")
+    try:
+        return operator.index(v)
+    except TypeError as e:
+        raise TypeError(f"{name} must be an int, got {v!r}") from e
+
+
+def _check_tol(tol, name: str = "tol") -> float:
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {tol!r}")
+    return float(tol)
+
+
+def _check_trials(trials) -> int:
+    """The rule for ``trials`` of every numerical symmetry check (an int >= 1)."""
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials must be an int >= 1, got {trials!r}")
+    return trials
+
+
+def _loss_value(out) -> float:
+    """A loss's value as a float: ``loss`` must return a scalar (a one-element real tensor or a
+    real number)."""
+    if isinstance(out, torch.Tensor):
+        if out.numel() != 1 or out.is_complex():
+            raise ValueError(
+                "loss must return a scalar (one-element real tensor), got a tensor of shape "
+                f"{tuple(out.shape)} and dtype {out.dtype}"
+            )
+        return float(out)
+    if isinstance(out, numbers.Real) and not isinstance(out, (bool, np.bool_)):
+        return float(out)
+    raise TypeError(f"loss must return a scalar (0-d tensor or number), got {type(out).__name__}")
 
 
 def _check_d(d, name: str = "d") -> int:
@@ -87,6 +153,7 @@ class Mirror:
         tol: float = 1e-10,
     ):
         self.d = _check_d(d)
+        tol = _check_tol(tol)
         if dense is not None:
             self._dense = dense.detach().to("cpu", torch.float64)
             self.index = None
@@ -99,6 +166,8 @@ class Mirror:
                     f"index and value must both be (k, s); got {tuple(index.shape)}, "
                     f"{tuple(value.shape)}"
                 )
+            if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+                raise TypeError(f"index must be an integer tensor, got dtype {index.dtype}")
             self.index = index.to("cpu", torch.long).contiguous()
             self.value = value.detach().to("cpu", torch.float64).contiguous()
             k = index.shape[0]
@@ -112,6 +181,8 @@ class Mirror:
         groups = _as_index(groups, "groups")
         if groups.numel() != self.k:
             raise ValueError(f"groups must have k={self.k} entries, got {groups.numel()}")
+        if (groups < 0).any():
+            raise ValueError(f"groups must be non-negative ints, got {_short(groups.tolist())}")
         self.groups = groups
         self.kind = kind
         self.meta = dict(meta or {})
@@ -140,9 +211,10 @@ class Mirror:
             raise ValueError("O contains non-finite values")
         if tol is None:
             tol = 1e-10 if O.dtype == torch.float64 else 1e-5
+        tol = _check_tol(tol)
         O64 = O.detach().to("cpu", torch.float64)
         err = (O64.T @ O64 - torch.eye(k, dtype=torch.float64)).abs().max().item()
-        if err > tol:
+        if not err <= tol:
             raise ValueError(f"O must have orthonormal columns: max|OᵀO − I| = {err:.3g} > {tol:g}")
         return cls(None, None, d, dense=O64, kind="dense", check=False)
 
@@ -250,8 +322,10 @@ class Mirror:
         if n.ndim != 1 or n.numel() < 1 or not n.dtype.is_floating_point:
             raise ValueError(f"n must be a 1-D floating vector, got shape {tuple(n.shape)}")
         n64 = n.detach().to("cpu", torch.float64)
+        if not torch.isfinite(n64).all():
+            raise ValueError(f"n must be a finite unit vector, got {_short(n64.tolist())}")
         tol = 1e-10 if n.dtype == torch.float64 else 1e-5
-        if abs(n64.norm().item() - 1.0) > tol:
+        if not abs(n64.norm().item() - 1.0) <= tol:
             raise ValueError(f"n must be a unit vector, got ‖n‖ = {n64.norm().item():.6g}")
         H = n64.numel()
         if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence) or not blocks:
@@ -260,14 +334,18 @@ class Mirror:
         for b in blocks:
             try:
                 offset, shape, axis = b
-                shape = tuple(int(s) for s in shape)
-                offset, axis = int(offset), int(axis)
+                shape = tuple(shape)
             except (TypeError, ValueError) as e:
                 raise TypeError(
                     f"each entry of blocks must be (offset, shape, axis), got {b!r}"
                 ) from e
+            offset = _as_int(offset, "blocks: offset")
+            axis = _as_int(axis, "blocks: axis")
+            shape = tuple(_as_int(s, "blocks: each entry of shape") for s in shape)
             if not shape:
                 raise ValueError(f"blocks: shape must have at least one axis, got {shape}")
+            if any(s < 0 for s in shape):
+                raise ValueError(f"blocks: shape must have sizes >= 0, got {shape}")
             if axis < 0:
                 axis += len(shape)
             if not 0 <= axis < len(shape):
@@ -291,7 +369,7 @@ class Mirror:
     def _check_orthonormal(self, tol: float) -> None:
         norms = (self.value**2).sum(1)
         err = (norms - 1).abs().max().item()
-        if err > tol:
+        if not err <= tol:
             raise ValueError(f"O must have orthonormal columns: max|‖O_j‖² − 1| = {err:.3g}")
         flat = self.index.reshape(-1)
         if torch.unique(flat).numel() == flat.numel():
@@ -300,7 +378,7 @@ class Mirror:
             raise ValueError("columns of O with overlapping supports: k too large to check OᵀO")
         Od = self.to_dense(torch.float64)
         err = (Od.T @ Od - torch.eye(self.k, dtype=torch.float64)).abs().max().item()
-        if err > tol:
+        if not err <= tol:
             raise ValueError(f"O must have orthonormal columns: max|OᵀO − I| = {err:.3g}")
 
     def _check_theta(self, theta) -> None:
@@ -433,10 +511,8 @@ class Mirror:
         """
         if not callable(loss):
             raise TypeError("loss must be callable: theta (d,) -> scalar")
-        if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-            raise ValueError(f"trials must be an int >= 1, got {trials!r}")
-        if rtol < 0:
-            raise ValueError(f"rtol must be >= 0, got {rtol}")
+        _check_trials(trials)
+        rtol = _check_tol(rtol, "rtol")
         points = []
         if theta is not None:
             self._check_theta(theta)
@@ -454,8 +530,8 @@ class Mirror:
         worst = 0.0
         with torch.no_grad():
             for p in points:
-                a = float(loss(p))
-                b = float(loss(self.reflect(p)))
+                a = _loss_value(loss(p))
+                b = _loss_value(loss(self.reflect(p)))
                 gap = abs(a - b) / max(abs(a), abs(b), 1e-30)
                 if math.isnan(gap):
                     gap = math.inf

@@ -33,6 +33,37 @@ def _check_gamma(gamma) -> float:
     return float(gamma)
 
 
+def _check_dtype(dtype) -> torch.dtype:
+    """Trainable parameters need a real floating dtype (an integer one would truncate the init
+    and cannot carry gradients)."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(
+            f"dtype must be a floating torch.dtype (float16, bfloat16, float32, float64), "
+            f"got {dtype!r}"
+        )
+    return dtype
+
+
+def _check_init_scale(init_scale) -> float:
+    if (
+        isinstance(init_scale, bool)
+        or not isinstance(init_scale, (int, float))
+        or not 0 <= init_scale < math.inf
+    ):
+        raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
+    return float(init_scale)
+
+
+def _check_init(init, d: int) -> torch.Tensor:
+    if not isinstance(init, torch.Tensor) or init.shape != (d,):
+        raise ValueError(f"init must be a tensor of shape (d={d},)")
+    if init.is_complex() or init.dtype == torch.bool:
+        raise TypeError(f"init must be a real numeric tensor, got dtype {init.dtype}")
+    if not torch.isfinite(init).all():
+        raise ValueError("init contains NaN or inf")
+    return init
+
+
 class DCS(nn.Module):
     """θ = (I − OOᵀ) w + O (u ⊙ v) for a :class:`Mirror` O (forward() returns θ, shape (d,)).
 
@@ -59,15 +90,15 @@ class DCS(nn.Module):
             raise TypeError(f"mirror must be a Mirror, got {type(mirror).__name__}")
         self.mirror = mirror
         self.gamma = _check_gamma(gamma)
+        dtype = _check_dtype(dtype)
+        init_scale = _check_init_scale(init_scale)
         d, k = mirror.d, mirror.k
         self.has_w = k < d
         if init is None:
             z = init_scale * torch.randn(d + 2 * k, generator=generator, dtype=torch.float64)
             w, u, v = z[:d].to(dtype), z[d : d + k].to(dtype), z[d + k :].to(dtype)
         else:
-            if not isinstance(init, torch.Tensor) or init.shape != (d,):
-                raise ValueError(f"init must be a tensor of shape (d={d},)")
-            init = init.detach().to(dtype)
+            init = _check_init(init, d).detach().to(dtype)
             c = mirror.coefficients(init)
             w, u, v = mirror.project(init), c.abs().sqrt(), torch.sign(c) * c.abs().sqrt()
         self.u = nn.Parameter(u)
@@ -114,7 +145,10 @@ class GroupGateDCS(nn.Module):
         generator: torch.Generator | None = None,
     ):
         super().__init__()
+        dtype = _check_dtype(dtype)
         g = torch.as_tensor(groups)
+        if g.dtype == torch.bool or g.is_complex():
+            raise TypeError(f"groups must hold non-negative ints, got dtype {g.dtype}")
         if g.ndim != 1 or g.numel() == 0 or g.dtype.is_floating_point or g.min() < 0:
             raise ValueError("groups must be a non-empty 1-D tensor of non-negative ints")
         self.register_buffer("groups", g.long())
@@ -123,9 +157,7 @@ class GroupGateDCS(nn.Module):
         d = g.numel()
         if init is None:
             init = 0.1 * torch.randn(d, generator=generator, dtype=torch.float64)
-        if not isinstance(init, torch.Tensor) or init.shape != (d,):
-            raise ValueError(f"init must be a tensor of shape (d={d},)")
-        init = init.detach().to(dtype)
+        init = _check_init(init, d).detach().to(dtype)
         gn = torch.zeros(G, dtype=dtype).index_add(0, self.groups, init * init).sqrt()
         s = gn.sqrt()
         self.s = nn.Parameter(s)
@@ -162,6 +194,8 @@ class LowRankDCS(nn.Module):
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {val!r}")
         self.gamma = _check_gamma(gamma)
+        dtype = _check_dtype(dtype)
+        init_scale = _check_init_scale(init_scale)
         self.U = nn.Parameter(init_scale * torch.randn(m, r, generator=generator, dtype=dtype))
         self.V = nn.Parameter(init_scale * torch.randn(n, r, generator=generator, dtype=dtype))
 

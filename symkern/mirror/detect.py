@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from symkern.mirror.core import Mirror
+from symkern.mirror.core import Mirror, _check_tol, _check_trials, _loss_value
 
 __all__ = [
     "Rescaling",
@@ -113,6 +113,9 @@ def flat_loss(
     _check_model(model)
     if not callable(loss_fn):
         raise TypeError("loss_fn must be callable: (output, target) -> scalar")
+    for name, t in (("inputs", inputs), ("targets", targets)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     names, shapes, numels = [], [], []
     seen = set()
     for name, p in model.named_parameters():
@@ -128,6 +131,8 @@ def flat_loss(
         if not isinstance(theta, torch.Tensor) or theta.shape != (d,):
             shape = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
             raise ValueError(f"theta must have shape (d={d},) for this model, got {shape}")
+        if not theta.is_floating_point():
+            raise TypeError(f"theta must be a floating tensor, got dtype {theta.dtype}")
         parts = torch.split(theta, numels)
         params = {n: t.view(s) for n, t, s in zip(names, parts, shapes, strict=True)}
         x = inputs.to(theta.dtype) if inputs.dtype.is_floating_point else inputs
@@ -184,6 +189,10 @@ def _verify(mirrors, loss, on_fail, trials, generator, rtol):
         return mirrors
     if on_fail not in ("drop", "raise"):
         raise ValueError(f"on_fail must be 'drop' or 'raise', got {on_fail!r}")
+    if not callable(loss):
+        raise TypeError("loss must be callable: theta (d,) -> scalar")
+    _check_trials(trials)
+    _check_tol(rtol, "rtol")
     kept = []
     for m in mirrors:
         ok, gap = m.is_symmetric(loss, trials=trials, generator=generator, rtol=rtol)
@@ -297,13 +306,21 @@ class Rescaling:
         ``lambdas``; returns (max relative gap <= rtol, max relative gap)."""
         if not callable(loss):
             raise TypeError("loss must be callable: theta (d,) -> scalar")
+        _check_trials(trials)
+        rtol = _check_tol(rtol, "rtol")
+        lambdas = tuple(lambdas)
+        if not lambdas:
+            raise ValueError("lambdas must hold at least one λ > 0, got ()")
+        for lam in lambdas:
+            if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
+                raise ValueError(f"lambdas must be finite numbers > 0, got {lam!r}")
         worst = 0.0
         with torch.no_grad():
             for _ in range(trials):
                 p = torch.randn(self.d, generator=generator, dtype=torch.float64)
-                a = float(loss(p))
+                a = _loss_value(loss(p))
                 for lam in lambdas:
-                    b = float(loss(self.apply(p, lam)))
+                    b = _loss_value(loss(self.apply(p, lam)))
                     gap = abs(a - b) / max(abs(a), abs(b), 1e-30)
                     worst = max(worst, math.inf if math.isnan(gap) else gap)
         return worst <= rtol, worst

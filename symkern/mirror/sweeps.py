@@ -65,6 +65,8 @@ MODELS: dict[str, tuple[str, ...]] = {
     "mlp": ("W1", "b1", "a"),
 }
 ACTIVATIONS = ("tanh", "relu")
+# Philox counter words are 32-bit: the step t, the model id and the element index of a draw
+_PHILOX_WORD = 2**32
 
 
 @dataclass
@@ -95,9 +97,27 @@ class SweepResult(NamedTuple):
     backend: str
 
 
+def _as_real(x, name: str) -> torch.Tensor:
+    """``x`` as a real tensor. A tensor is kept as is (its dtype too); anything else (nested
+    lists, numpy arrays) is read in float64, which holds every Python float and float32 / float64
+    value exactly, so a float64 sweep never sees list values rounded through float32."""
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        try:
+            t = torch.as_tensor(x, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(
+                f"{name} must be a tensor or a (nested) sequence of numbers, got {type(x).__name__}"
+            ) from e
+    if t.is_complex():
+        raise TypeError(f"{name} must be real, got dtype {t.dtype}")
+    return t
+
+
 def _batched(x, shape: tuple[int, ...], M: int, name: str, dtype, device) -> torch.Tensor:
     """``x`` of shape ``shape`` (shared by all models) or (M, *shape), as (M, *shape)."""
-    t = torch.as_tensor(x)
+    t = _as_real(x, name)
     if not t.is_floating_point():
         t = t.to(torch.float64)
     if tuple(t.shape) == shape:
@@ -146,6 +166,9 @@ def sweep_problem(
     if M < 1:
         raise ValueError("params must hold at least one model (leading dimension M >= 1)")
 
+    sigma = per_item(noise, M, "noise", dtype, device, item="model")
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     out_target: dict[str, torch.Tensor] = {}
     off = None
     if model == "rescaling":
@@ -170,6 +193,12 @@ def sweep_problem(
         if target is None:
             raise ValueError("factorization needs target=A, shape (m, n) or (M, m, n)")
         m, n, k = U.shape[1], W.shape[1], U.shape[2]
+        if m * n > _PHILOX_WORD and bool((sigma > 0).any()):
+            # the label noise Ξ_t: m·n numbers per model and step, indexed by a 32-bit word
+            raise ValueError(
+                f"with noise > 0, m·n must be <= 2^32 (32-bit Philox element index), got "
+                f"{m}·{n} = {m * n}"
+            )
         out_target["A"] = _batched(target, (m, n), M, "target (A)", dtype, device)
         if offset is not None:
             off = _batched(offset, (m, k), M, "offset", dtype, device)
@@ -180,11 +209,9 @@ def sweep_problem(
                 f"mlp params must be W1 (M, h, d), b1 (M, h), a (M, h), got {tuple(W1.shape)}, "
                 f"{tuple(b1.shape)}, {tuple(a.shape)}"
             )
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         if not isinstance(target, Mapping) or set(target) != {"W1", "b1", "a"}:
             raise ValueError("mlp needs target = teacher dict with keys W1 (h_t, d), b1, a (h_t,)")
-        tW = torch.as_tensor(target["W1"])
+        tW = _as_real(target["W1"], "teacher W1")
         if tW.dim() not in (2, 3) or tW.shape[-1] != W1.shape[2]:
             raise ValueError(f"teacher W1 must be (h_t, {W1.shape[2]}) or (M, h_t, {W1.shape[2]})")
         ht = tW.shape[-2]
@@ -199,15 +226,35 @@ def sweep_problem(
         raise ValueError(f"batch must be a positive int or None, got {batch!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
         raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}")
-    ids = torch.arange(M) if model_ids is None else torch.as_tensor(model_ids)
-    if ids.shape != (M,) or ids.is_floating_point() or (ids < 0).any() or (ids >= 2**32).any():
-        raise ValueError(f"model_ids must be {M} integers in [0, 2^32)")
+    # element index of the largest draw per model and step: x (B·d) in the batched models
+    if batch is not None:
+        d_in = params["u"].shape[1] if model == "rescaling" else params["W1"].shape[2]
+        if batch * d_in > _PHILOX_WORD:
+            raise ValueError(
+                f"batch·d must be <= 2^32 (32-bit Philox element index), got {batch}·{d_in} = "
+                f"{batch * d_in}"
+            )
+    try:
+        ids = torch.arange(M) if model_ids is None else torch.as_tensor(model_ids)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"model_ids must be {M} integers in [0, 2^32), got {model_ids!r}") from e
+    if (
+        ids.shape != (M,)
+        or ids.is_floating_point()
+        or ids.is_complex()
+        or ids.dtype == torch.bool
+        or (ids < 0).any()
+        or (ids >= _PHILOX_WORD).any()
+    ):
+        got = repr(model_ids)
+        got = got if len(got) <= 80 else got[:77] + "..."
+        raise ValueError(f"model_ids must be {M} integers in [0, 2^32), got {got}")
     problem = SweepProblem(
         model=model,
         n_models=M,
         gamma=per_item(gammas, M, "gamma", dtype, device, item="model"),
         eta=per_item(etas, M, "eta", dtype, device, item="model", positive=True),
-        noise=per_item(noise, M, "noise", dtype, device, item="model"),
+        noise=sigma,
         batch=batch,
         seed=seed,
         model_ids=ids.to(torch.int64).contiguous(),
@@ -246,8 +293,9 @@ def train_sweep(
         gammas: weight decay γ ≥ 0, scalar or (M,). etas: step size η > 0, scalar or (M,).
         steps: number of steps (≥ 1). batch: samples per step, or None for the population /
             full-batch loss (rescaling, factorization).
-        seed, model_ids: Philox identity of each model (default ids 0..M−1); step0: absolute
-            index of the first step, so a continued run draws the same data.
+        seed, model_ids: Philox identity of each model (default ids 0..M−1, each < 2^32);
+            step0: absolute index of the first step, so a continued run draws the same data
+            (step0 + steps <= 2^32: the Philox step word is 32-bit, it never wraps).
         target: β (rescaling), A (factorization) or the teacher dict (mlp); shared or per model.
         noise: label-noise std σ ≥ 0, scalar or (M,). offset: factorization symmetry breaker C.
         activation: "tanh" or "relu" (mlp). record_every: loss every K steps (default: last).
@@ -269,6 +317,9 @@ def train_sweep(
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if isinstance(step0, bool) or not isinstance(step0, int) or step0 < 0:
         raise ValueError(f"step0 must be a non-negative int, got {step0!r}")
+    # the Philox counter holds the step t = step0 … step0 + steps − 1 in a 32-bit word
+    if step0 + steps > _PHILOX_WORD:
+        raise ValueError(f"step0 + steps must be <= 2^32 (32-bit Philox step), got {step0 + steps}")
     record_every = steps if record_every is None else record_every
     if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1:
         raise ValueError(f"record_every must be a positive int, got {record_every!r}")

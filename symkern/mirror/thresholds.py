@@ -93,6 +93,8 @@ def projected_hessian_eigs(
     if not callable(loss):
         raise TypeError("loss must be callable: theta (d,) -> scalar")
     iters = _check_iters(iters)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < math.inf:
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     mirror._check_theta(theta)
     if theta.ndim != 1:
         raise ValueError(f"theta must have shape (d={mirror.d},), got {tuple(theta.shape)}")
@@ -237,9 +239,17 @@ def sample_curvatures(
         raise ValueError(f"theta must have shape (d={mirror.d},), got {tuple(theta.shape)}")
     if isinstance(data, torch.Tensor) or not isinstance(data, Sequence) or not data:
         raise TypeError("data must be a non-empty sequence of tensors")
+    for i, t in enumerate(data):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"data[{i}] must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() < 1:
+            raise ValueError(
+                f"data[{i}] must have a leading sample dimension (ndim >= 1), got a 0-d tensor"
+            )
     N = data[0].shape[0]
-    if any(not isinstance(t, torch.Tensor) or t.shape[0] != N for t in data):
-        raise ValueError("data: all tensors must share their first dimension")
+    if any(t.shape[0] != N for t in data):
+        shapes = [tuple(t.shape) for t in data]
+        raise ValueError(f"data: all tensors must share their first dimension, got {shapes}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= N:
         raise ValueError(f"batch_size must be an int in [1, N={N}], got {batch_size!r}")
     if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
@@ -255,6 +265,8 @@ def sample_curvatures(
         direction = torch.linalg.eigh(Hk).eigenvectors[:, 0]
     if not isinstance(direction, torch.Tensor) or direction.shape != (mirror.k,):
         raise ValueError(f"direction must be a tensor of shape (k={mirror.k},)")
+    if direction.is_complex() or not torch.isfinite(direction).all():
+        raise ValueError("direction must be a finite real vector")
     v = direction.to(th.device, th.dtype)
     nv = v.norm()
     if not nv > 0:

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import torch
 
 from symkern.backends.registry import select_kernel
-from symkern.ops._common import resolve_backend
+from symkern.ops._common import check_float_tensor, resolve_backend
 
 __all__ = ["MODES", "MirrorPlan", "make_mirror_plan", "mirror_apply"]
 
@@ -196,8 +196,17 @@ def mirror_apply(
         >>> out, c = mirror_apply(torch.tensor([1., 2., 3.]), m._plan(torch.ones(())), "project")
         >>> out, c     # (tensor([0., 0., 3.]), tensor([1., 2.]))
     """
-    if mode not in MODES:
+    if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
+    if not isinstance(plan, MirrorPlan):
+        raise TypeError(f"plan must be a MirrorPlan (Mirror._plan), got {type(plan).__name__}")
+    check_float_tensor(theta, "theta")
+    o = plan.value if plan.dense_t is None else plan.dense_t
+    if theta.dtype != o.dtype or theta.device != o.device:
+        raise TypeError(
+            f"theta must have the plan's dtype and device ({o.dtype}, {o.device}), got "
+            f"{theta.dtype}, {theta.device}"
+        )
     d, k = plan.d, plan.k
     if theta.dim() < 1 or theta.shape[-1] != d:
         raise ValueError(f"theta must have shape (..., d={d}), got {tuple(theta.shape)}")
