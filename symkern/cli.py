@@ -41,7 +41,13 @@ def _cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except FloatingPointError as e:
+        # a run that diverged (NaN/inf) with valid but too large parameters: bad input values
+        # are usage errors (rc 2) before any work; this is found during the work
+        print(f"symkern run {args.name}: error: {e}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:

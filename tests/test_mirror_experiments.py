@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import symkern.backends.reference.mirror_sweeps  # noqa: F401 — registers the torch kernel
+from symkern import cli
 from symkern.experiments import (
+    common,
     mirror_dcs,
     mirror_ensemble,
     mirror_lowrank,
@@ -63,6 +65,18 @@ def test_mirror_sparsity_quick(tmp_path, capsys):
     res3 = json.loads((out / "results.json").read_text())
     assert res3["cells"][-1]["sparsity"] != [0.123]
 
+    # claims computed from NaN θ must fail (|θ_i| < ε is False for NaN: "not sparse")
+    path = out / "cells" / "d30_s0.json"
+    data = json.loads(path.read_text())
+    data["cell"]["max_abs_err_vs_soft_threshold"][0] = float("nan")
+    data["cell"]["linear_max_abs_err_vs_beta_over_1_plus_gamma"] = float("inf")
+    path.write_text(json.dumps(data))
+    assert mirror_sparsity.main([*SPARSITY_ARGS, "--out", str(out), "--resume",
+                                 "--noise-sigma", "4.5", "--figures", "false"]) == 0  # fmt: skip
+    c = json.loads((out / "results.json").read_text())["claims"]
+    assert not c["gd_sparsity_matches_closed_form"]["holds"]
+    assert not c["plain_linear_never_sparse"]["holds"]
+
 
 def test_mirror_lowrank_quick(tmp_path):
     out = tmp_path / "e2"
@@ -80,6 +94,20 @@ def test_mirror_lowrank_quick(tmp_path):
     assert sym["rank"] == sym["closed_form_rank"] and min(sym["rank"]) < 6
     assert len(sym["rank_curve"]) == 4  # 2000 steps / 500
 
+    # claims computed from NaN must fail (a NaN spectrum has rank 0 and a NaN error)
+    for name in ("symmetric", "broken"):
+        path = out / "cells" / f"{name}.json"
+        data = json.loads(path.read_text())
+        data["cell"]["singular_values"][-1][0] = float("nan")
+        if name == "symmetric":
+            data["cell"]["max_abs_sv_err"] = [float("nan")] * len(data["cell"]["gammas"])
+        path.write_text(json.dumps(data))
+    assert mirror_lowrank.main([*args, "--resume", "--figures", "false"]) == 0
+    c = json.loads((out / "results.json").read_text())["claims"]
+    for name in ("rank_matches_closed_form", "singular_values_match_closed_form",
+                 "broken_variant_stays_full_rank"):  # fmt: skip
+        assert not c[name]["holds"], (name, c[name])
+
 
 def test_mirror_dcs_quick(tmp_path):
     out = tmp_path / "dcs"
@@ -91,6 +119,154 @@ def test_mirror_dcs_quick(tmp_path):
         assert c["holds"], (name, c)
     rows = res["cells"]["regression"]["rows"]
     assert rows[-1]["zeros_constrained"] > 0  # exact zeros appear at γ = 1.5
+
+    # claims computed from NaN must fail: poison the finished cells (θ NaN: no zeros, NaN
+    # error — the closed form's zero counts would still match) and resume
+    for name in ("regression", "lowrank"):
+        path = out / "cells" / f"{name}.json"
+        data = json.loads(path.read_text())
+        for r in data["cell"]["rows"]:
+            r["max_abs_err"] = float("nan")
+            if name == "regression":
+                r["zeros_constrained"] = r["zeros_constrained_closed_form"]
+        path.write_text(json.dumps(data))
+    res = mirror_dcs.run(mirror_dcs.Config(**{**res["config"], "figures": False}), out,
+                         resume=True, show_progress=False)  # fmt: skip
+    for name, c in res["claims"].items():
+        assert not c["holds"], (name, c)
+
+
+def test_mirror_dcs_claims_need_a_resolvable_gamma(tmp_path):
+    """With too few steps no γ is far enough from every |β_i| to converge: the claims that only
+    look at resolvable γ must not hold vacuously."""
+    args = [
+        "--d",
+        "5",
+        "--k-constrained",
+        "3",
+        "--gammas",
+        "0,0.5",
+        "--steps",
+        "20",
+        "--lowrank",
+        "false",
+        "--figures",
+        "false",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    ]
+    assert mirror_dcs.main(args) == 0  # fmt: skip
+    c = json.loads((tmp_path / "results.json").read_text())["claims"]
+    assert not any(c["dcs_matches_soft_threshold"]["resolvable_gammas"])
+    assert not c["dcs_matches_soft_threshold"]["holds"]
+    assert not c["zeros_at_predicted_gamma"]["holds"]
+
+
+# --- input validation: a bad value is a usage error (rc 2) naming the flag, before any work ----
+
+BAD_VALUES = {
+    mirror_sparsity: [
+        ("--seeds", "0"), ("--seeds", "-2"), ("--d-values", "0"), ("--d-values", ","),
+        ("--n-gammas", "0"), ("--steps", "0"), ("--eta", "-1"), ("--eta", "0"), ("--eta", "nan"),
+        ("--gamma-max", "inf"), ("--gamma-max", "-1"), ("--init-scale", "nan"), ("--eps", "0"),
+        ("--sgd-batch", "-1"), ("--sgd-eta", "inf"), ("--sgd-steps", "0"),
+        ("--label-noise", "-1"), ("--noise-d", "0"), ("--noise-sigma", "nan"),
+        ("--noise-etas", "0.01,-1"), ("--noise-batches", "0"), ("--noise-steps", "0"),
+        ("--seed", "-1"), ("--backend", "bogus"), ("--dtype", "float16"),
+    ],
+    mirror_dcs: [
+        ("--steps", "0"), ("--steps", "-3"), ("--eta", "0"), ("--eta", "-1"), ("--eta", "nan"),
+        ("--init-scale", "nan"), ("--init-scale", "inf"), ("--k-constrained", "0"),
+        ("--k-constrained", "41"), ("--d", "0"), ("--gammas", "-1"), ("--gammas", "0,nan"),
+        ("--m", "0"), ("--n", "-1"), ("--lowrank-eta", "inf"), ("--eps", "nan"),
+        ("--seed", "-1"),
+    ],
+    mirror_lowrank: [
+        ("--m", "0"), ("--k", "2"), ("--steps", "0"), ("--eta", "nan"), ("--eta", "-0.1"),
+        ("--gammas", ","), ("--gammas", "-1"), ("--noise-sigmas", "-1"), ("--noise-eta", "0"),
+        ("--record-every", "0"), ("--break-scale", "inf"), ("--init-scale", "nan"),
+        ("--eps", "-1"), ("--seed", "-1"), ("--backend", "bogus"),
+    ],
+    mirror_ensemble: [
+        ("--steps", "1"), ("--seeds", "0"), ("--d", "0"), ("--gamma-eta", "0"),
+        ("--noise-eta", "nan"), ("--gamma-batch", "0"), ("--noise-batch", "-1"),
+        ("--gamma-noise", "-1"), ("--noise-gamma", "inf"), ("--cos-threshold", "2"),
+        ("--cos-threshold", "nan"), ("--dead-fraction", "0"), ("--dead-fraction", "1.5"),
+        ("--live-eps", "-1"), ("--same-tol", "nan"), ("--teacher-a", "inf"),
+        ("--teacher-b", "nan"), ("--init-scale", "inf"), ("--n-test", "0"), ("--threads", "0"),
+        ("--gammas", "0,-0.1"), ("--gammas", "0,0"), ("--noise-sigmas", "0,nan"), ("--seed", "-1"),
+        ("--backend", "bogus"),
+    ],
+    mirror_plasticity: [
+        ("--eta", "-1"), ("--eta", "nan"), ("--steps-a", "0"), ("--steps-b", "0"),
+        ("--record-every", "0"), ("--d", "0"), ("--gammas-a", "-1"), ("--gammas-a", "inf"),
+        ("--init-scale", "nan"), ("--eps", "0"), ("--noise-sigma", "nan"),
+        ("--noise-sigma", "-1"), ("--noise-etas", "0"), ("--noise-d", "0"),
+        ("--noise-batch", "0"), ("--m", "0"), ("--f-gammas-a", "-2"), ("--f-eta", "inf"),
+        ("--f-steps-a", "0"), ("--f-record-every", "0"), ("--f-init-scale", "nan"),
+        ("--break-scale", "inf"), ("--threads", "0"), ("--seed", "-1"), ("--backend", "bogus"),
+    ],
+}  # fmt: skip
+_BAD_CASES = [(m, flag, v) for m, cases in BAD_VALUES.items() for flag, v in cases]
+
+
+@pytest.mark.parametrize(
+    ("module", "flag", "value"),
+    _BAD_CASES,
+    ids=[f"{m.__name__.rsplit('.', 1)[-1]}{f}={v}" for m, f, v in _BAD_CASES],
+)
+def test_bad_value_is_a_usage_error_naming_the_flag(module, flag, value, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        module.main([flag, value, "--no-progress", "--out", str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and flag in err, err
+    assert "Traceback" not in err
+    assert not out.exists()  # rejected before any work
+
+
+@pytest.mark.parametrize("module", list(BAD_VALUES), ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_presets_pass_validation(module):
+    for preset in module.PRESETS:
+        module._validate(common.build_config(module.Config, module.PRESETS, preset, None, {}))
+
+
+def test_unwritable_out_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(SystemExit) as e:
+            mirror_dcs.main(["--out", str(out)])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "--out" in err and "Traceback" not in err, err
+
+
+def test_cli_bad_value_and_divergence(tmp_path, capsys):
+    """Through ``symkern run``: a bad value exits 2; a run that diverges with valid but too
+    large parameters is a one-line error (rc 1), not a LAPACK traceback."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", "mirror-lowrank", "--eta", "nan", "--out", str(tmp_path / "a")])
+    assert e.value.code == 2 and "--eta" in capsys.readouterr().err
+    args = ["--m", "6", "--n", "5", "--k", "5", "--gammas", "0,1", "--steps", "200",
+            "--record-every", "100", "--eta", "5", "--no-progress",
+            "--figures", "false"]  # fmt: skip
+    assert cli.main(["run", "mirror-lowrank", *args, "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "diverged" in err and "--eta" in err, err
+
+
+def test_nan_max_and_all_finite():
+    nan, inf = float("nan"), float("inf")
+    assert max([0.0, nan]) == 0.0  # the pitfall: Python's max skips a NaN that is not first
+    assert math.isnan(common.nan_max([0.0, nan])) and math.isnan(common.nan_max([nan, 0.0]))
+    assert common.nan_max({"a": 1.0, "b": [2.0, 3.0]}.values()) == 3.0
+    assert math.isnan(common.nan_max([])) and common.nan_max([], default=0.0) == 0.0
+    assert not (common.nan_max([1e-9, nan]) <= 1e-3)  # a tolerance claim on NaN fails
+    assert common.all_finite([1.0, [2.0, None], {"x": 3}])
+    assert not common.all_finite([1.0, [inf]]) and not common.all_finite({"x": [nan]})
+    assert not common.all_finite(torch.tensor([0.0, nan]))
 
 
 def test_bad_config_is_rejected(tmp_path):

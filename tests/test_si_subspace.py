@@ -64,3 +64,32 @@ def test_recovers_eg_for_s3(tmp_path):
     r = si.run(cfg, tmp_path, show_progress=False)["instances"][0]
     assert r["recovered"], (r["dim"], r["principal_angles_deg"])
     assert r["dim"] == 2 and max(r["principal_angles_deg"]) < cfg.angle_tol
+
+
+BAD_VALUES = [
+    ("--n-particles", "0"), ("--runs", "0"), ("--horizon", "nan"), ("--horizon", "-1"),
+    ("--horizon", "1e12"), ("--seed", "-1"), ("--alpha", "0"), ("--alpha", "inf"),
+    ("--tau", "nan"), ("--beta", "-1"), ("--batch", "0"), ("--sigma-pi", "inf"),
+    ("--threshold", "-1"), ("--threshold", "nan"), ("--sv-tol", "nan"), ("--max-iter", "0"),
+    ("--angle-tol", "0"), ("--start", "bogus"), ("--teacher", "XI"),
+    ("--teacher-particles", "0"), ("--teacher-seed", "-1"), ("--dtype", "float16"),
+    ("--backend", "bogus"), ("--groups", "c5"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("flag", "value"), BAD_VALUES, ids=[f"{f}={v}" for f, v in BAD_VALUES])
+def test_bad_value_is_a_usage_error_naming_the_flag(flag, value, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        si.main([flag, value, "--no-progress", "--out", str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and flag in err and "Traceback" not in err, err
+    assert not out.exists()  # rejected before any work
+
+
+def test_presets_pass_validation():
+    for preset in si.PRESETS:
+        si.build_config(preset)
+    assert si.build_config("quick", None, {"sv_tol": "none"}).sv_tol is None
+    assert si.build_config("quick", None, {"sv_tol": "0.1"}).sv_tol == 0.1

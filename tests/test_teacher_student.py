@@ -259,3 +259,100 @@ def test_metrics_do_not_depend_on_metric_threads():
     ]
     assert cells[0]["records"] == cells[1]["records"]
     assert cells[0]["pairwise"] == cells[1]["pairwise"] and len(cells[0]["pairwise"]) == 12
+
+
+# --- input validation: a bad value is a usage error (rc 2) naming the flag, before any work ----
+
+BAD_VALUES = [
+    ("--moment-factor", "-1"), ("--moment-factor", "0"), ("--moment-factor", "nan"),
+    ("--alpha", "-1"), ("--alpha", "inf"), ("--tau", "nan"), ("--tau", "-1"), ("--beta", "-1"),
+    ("--seed", "-1"), ("--test-seed", "-1"), ("--seed", str(2**64)), ("--backend", "bogus"),
+    ("--device", "bogus"), ("--device", "meta"), ("--horizon", "nan"), ("--horizon", "inf"),
+    ("--horizon", "0"), ("--horizon", "1e9"), ("--sigma-pi", "inf"), ("--sigma-pi", "0"),
+    ("--scatter-n", "-3"), ("--scatter-n", "7"), ("--n-values", "0"), ("--n-values", ","),
+    ("--seeds", "0"),
+    ("--batch", "0"), ("--batch", "1.5"), ("--snapshots", "0"), ("--test-samples", "0"),
+    ("--exact-ot-max", "-1"), ("--metric-threads", "-1"), ("--wi-snapshots-max-n", "-1"),
+    ("--sinkhorn-reg", "0"), ("--sinkhorn-reg", "nan"), ("--project-noise", "maybe"),
+    ("--init", "XI"), ("--dtype", "float16"), ("--teachers", "bogus"), ("--schemes", "bogus"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("flag", "value"), BAD_VALUES, ids=[f"{f}={v}" for f, v in BAD_VALUES])
+def test_bad_value_is_a_usage_error_naming_the_flag(flag, value, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        ts.main(["--n-values", "5", "--seeds", "1", flag, value, "--out", str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and flag in err and "Traceback" not in err, err
+    assert not out.exists()  # rejected before any work
+
+
+@pytest.mark.skipif(ts.torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_device_without_cuda_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        ts.main(["--device", "cuda", "--out", str(tmp_path / "out")])
+    assert e.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
+
+
+def test_unwritable_out_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        ts.main(["--n-values", "5", "--seeds", "1", "--out", str(tmp_path / "file" / "sub")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "Traceback" not in err, err
+
+
+def test_presets_pass_validation():
+    for preset in ts.PRESETS:
+        ts.build_config(preset)
+
+
+def _summary(where=None, key=None, bad=None):
+    """A summary (final-snapshot rows over N = 5, 10, 50) where every claim but "DA/FA lower
+    than EA" holds, with ``key`` of the rows matching ``where`` (teacher, scheme, N; None: any)
+    set to ``bad``."""
+    rows = []
+    for tk in ts.TEACHERS:
+        for sch in ts.SCHEMES:
+            for n in (5, 10, 50):
+                rmd = 0.1 / n if sch == "vanilla" else 1e-9
+                if tk == "arbitrary" and sch == "vanilla":
+                    rmd = 0.2
+                risk = 0.01 if sch == "vanilla" else 0.5
+                row = {"teacher": tk, "scheme": sch, "N": n, "rmd_si_mean": rmd,
+                       "rmd_si_max": rmd, "test_risk_mean": risk}  # fmt: skip
+                here = (tk, sch, n)
+                if where and all(w in (None, x) for w, x in zip(where, here, strict=True)):
+                    row[key] = bad
+                rows.append(row)
+    return rows
+
+
+def test_claims_do_not_hold_on_nan_or_inf():
+    """``nan <= tol`` is False, but max() skips a NaN that is not first, ``inf >= 0.05`` is True
+    and np.polyfit raises on NaN: every claim must fail (not hold, not crash) on such data."""
+    cfg = ts.build_config("quick", None, {"n_values": [5, 10, 50], "seeds": 1})
+    floor = {"arbitrary": 0.3, "WI": 0.0, "SI": 0.0}
+    names = {
+        "stay": "SI init: DA/FA/EA stay in E^G",
+        "decrease": "WI teacher: vanilla RMD",
+        "leave": "arbitrary teacher: vanilla leaves E^G",
+        "floor": "EA's test risk stays at the equivariant floor",
+        "lower": "DA and FA reach a lower test risk",
+    }
+
+    def holds(*poison):
+        claims = ts.check_claims(_summary(*poison), cfg, floor)
+        return {k: next(c["holds"] for c in claims if v in c["claim"]) for k, v in names.items()}
+
+    assert holds() == {**dict.fromkeys(names, True), "lower": False}  # DA = EA: not lower
+    nan, inf = float("nan"), float("inf")
+    assert not holds((None, "DA", 10), "rmd_si_max", nan)["stay"]  # NaN after the first value
+    assert not holds(("WI", "vanilla", 10), "rmd_si_mean", nan)["decrease"]  # no polyfit crash
+    for bad in (nan, inf):
+        assert not holds(("arbitrary", "vanilla", 10), "rmd_si_mean", bad)["leave"]
+        got = holds(("arbitrary", "EA", None), "test_risk_mean", bad)
+        assert not got["floor"] and not got["lower"]  # DA/FA "below" an inf EA risk

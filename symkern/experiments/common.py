@@ -22,12 +22,13 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import sys
 import tempfile
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,15 @@ import torch
 __all__ = [
     "atomic_save_npz",
     "atomic_write_json",
+    "all_finite",
+    "check_backend",
+    "check_device",
+    "check_diverged",
+    "check_fields",
+    "check_out_dir",
     "config_field",
+    "nan_max",
+    "option",
     "parse_experiment_args",
     "atomic_write_text",
     "build_config",
@@ -66,6 +75,9 @@ def _is_list(tp) -> tuple[bool, Any]:
     return False, None
 
 
+_TYPE_WORDS = {int: "an integer", float: "a number"}
+
+
 def _coerce(name: str, tp, value):
     """Convert a config-file or CLI value to the field's type (with a clear error)."""
     is_list, elem = _is_list(tp)
@@ -73,7 +85,7 @@ def _coerce(name: str, tp, value):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list | tuple):
-            raise ValueError(f"{name}: expected a list, got {value!r}")
+            raise ValueError(f"{option(name)}: expected a list, got {value!r}")
         return [_coerce(name, elem, v) for v in value]
     origin = typing.get_origin(tp)
     if origin is typing.Union or type(tp).__name__ == "UnionType":
@@ -84,7 +96,7 @@ def _coerce(name: str, tp, value):
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise ValueError(f"{name}: must be one of {list(allowed)}, got {value!r}")
+            raise ValueError(f"{option(name)}: must be one of {list(allowed)}, got {value!r}")
         return value
     if tp is bool:
         if isinstance(value, bool):
@@ -93,7 +105,7 @@ def _coerce(name: str, tp, value):
             return True
         if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{name}: expected true/false, got {value!r}")
+        raise ValueError(f"{option(name)}: expected true/false, got {value!r}")
     try:
         if tp is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
@@ -102,7 +114,9 @@ def _coerce(name: str, tp, value):
         if tp is float:
             return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected {tp.__name__}, got {value!r}") from None
+        raise ValueError(
+            f"{option(name)}: expected {_TYPE_WORDS.get(tp, tp.__name__)}, got {value!r}"
+        ) from None
     if tp is str:
         return str(value)
     return value
@@ -158,9 +172,184 @@ def parse_experiment_args(
         file_values = load_config_file(args.config) if args.config else None
         cfg = build_config(config_cls, presets, args.preset, file_values, cli)
         validate(cfg)
+        check_out_dir(args.out)
     except (ValueError, OSError) as e:
         p.error(str(e))
     return args, cfg
+
+
+# --- validation of Config values (each experiment's ``_validate`` uses these) -----------------
+
+SEED_LIMIT = 2**64  # Philox seeds are ints in [0, 2^64)
+PHILOX_STEP_LIMIT = 2**32  # the particle engine's step counter is 32-bit: step0 + steps <= 2^32
+
+
+def option(name: str) -> str:
+    """The command-line flag of a Config field, as the user types it: ``n_values`` →
+    ``--n-values``."""
+    return "--" + name.replace("_", "-")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+# rule → (test, "expected" for one value, for a list of values)
+_RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
+    "int >= 1": (lambda v: _is_int(v) and v >= 1, "an integer >= 1", "integers >= 1"),
+    "int >= 0": (lambda v: _is_int(v) and v >= 0, "an integer >= 0", "integers >= 0"),
+    "seed": (
+        lambda v: _is_int(v) and 0 <= v < SEED_LIMIT,
+        "an integer in [0, 2^64)",
+        "integers in [0, 2^64)",
+    ),
+    "finite > 0": (
+        lambda v: _is_real(v) and math.isfinite(v) and v > 0,
+        "a finite number > 0",
+        "finite numbers > 0",
+    ),
+    "finite >= 0": (
+        lambda v: _is_real(v) and math.isfinite(v) and v >= 0,
+        "a finite number >= 0",
+        "finite numbers >= 0",
+    ),
+    "finite": (lambda v: _is_real(v) and math.isfinite(v), "a finite number", "finite numbers"),
+}
+RULES = tuple(_RULES)
+
+
+def check_fields(cfg, rules: Mapping[str, str], *, allow_empty: Sequence[str] = ()) -> None:
+    """Check named fields of a Config dataclass against a rule each (one of :data:`RULES`:
+    ``"int >= 1"``, ``"int >= 0"``, ``"seed"``, ``"finite > 0"``, ``"finite >= 0"``,
+    ``"finite"``); raise ValueError naming the flag (``--eta must be a finite number > 0, got
+    -1.0``). A list field must be non-empty (unless named in ``allow_empty``) with every element
+    passing the rule; a field whose default is None may be None."""
+    defaults = {
+        f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING
+    }
+    for name, rule in rules.items():
+        if rule not in _RULES:
+            raise KeyError(f"unknown rule {rule!r} for {name}; known: {list(_RULES)}")
+        test, one, many = _RULES[rule]
+        value = getattr(cfg, name)
+        if value is None and name in defaults and defaults[name] is None:
+            continue
+        if isinstance(value, list | tuple):
+            if (not value and name not in allow_empty) or not all(test(v) for v in value):
+                empty = "" if name in allow_empty else "non-empty "
+                raise ValueError(f"{option(name)} must be a {empty}list of {many}, got {value!r}")
+        elif not test(value):
+            raise ValueError(f"{option(name)} must be {one}, got {value!r}")
+
+
+def check_backend(
+    backend: str, device: str | torch.device = "cpu", *, name: str = "backend"
+) -> None:
+    """``backend`` must be "auto" or a backend name (symkern.backends.registry); a forced backend
+    must be able to run on ``device`` here (e.g. triton needs CUDA), and SYMKERN_BACKEND, which
+    "auto" obeys, must be a valid name. ValueError naming the flag otherwise."""
+    from symkern.backends import registry  # noqa: PLC0415
+
+    names = ("auto", *registry.BACKEND_PRIORITY)
+    if backend not in names:
+        raise ValueError(f"{option(name)} must be one of {list(names)}, got {backend!r}")
+    forced = registry._requested_backend(backend)  # "auto" → SYMKERN_BACKEND, checked there
+    if forced == "auto":
+        return
+    be = registry.get_backend(forced)
+    reasons = be.availability_reasons() or be.device_reasons(torch.device(device), forced=True)
+    if reasons:
+        via = option(name) if backend != "auto" else "SYMKERN_BACKEND"
+        raise ValueError(f"{via} {forced}: cannot run here: {'; '.join(reasons)}")
+
+
+def check_device(device: str, *, name: str = "device") -> torch.device:
+    """``device`` parsed by torch.device: "cpu" or "cuda[:index]" with that CUDA device present.
+    ValueError naming the flag otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"{option(name)} must be a torch device: cpu or cuda[:index], got {device!r}"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{option(name)} {device}: CUDA is not available on this machine")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(
+                f"{option(name)} {device}: this machine has {n} CUDA device(s) (cuda:0..{n - 1})"
+            )
+    elif dev.type != "cpu":
+        raise ValueError(f"{option(name)} must be cpu or cuda[:index], got {device!r}")
+    return dev
+
+
+def check_out_dir(out: str | os.PathLike) -> None:
+    """Create the output directory (the run would next) and check a file can be written in it,
+    so that an unusable ``--out`` is a usage error before any work, not a traceback after it.
+    OSError naming ``--out`` otherwise."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OSError(f"--out {out}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        where = f": {e.filename}" if e.filename and str(e.filename) != str(path) else ""
+        raise OSError(
+            f"--out {out}: cannot write an output directory there ({why}{where})"
+        ) from None
+
+
+# --- claims: a claim computed from NaN / inf data must not hold --------------------------------
+
+
+def _flat(values) -> Iterator[Any]:
+    """The numbers in nested containers (dicts: their values)."""
+    if isinstance(values, torch.Tensor | np.ndarray):
+        values = values.tolist()
+    if isinstance(values, Mapping):
+        values = values.values()
+    if isinstance(values, Iterable) and not isinstance(values, str | bytes):
+        for v in values:
+            yield from _flat(v)
+    else:
+        yield values
+
+
+def all_finite(values) -> bool:
+    """True when every number in ``values`` (nested lists / tuples / arrays / dict values; None
+    skipped) is finite. Claims AND this in: ``nan <= tol`` is False, but ``not (nan > tol)``,
+    ``min``/``max`` over a list with a NaN after its first element, and ``inf >= threshold`` are
+    not, so a claim must not be able to hold on NaN or inf data."""
+    return all(v is None or math.isfinite(float(v)) for v in _flat(values))
+
+
+def check_diverged(params: Mapping[str, torch.Tensor], what: str) -> None:
+    """FloatingPointError ("... diverged ...: ``what``") when a parameter tensor holds NaN or
+    inf: the next training call would refuse it, and an SVD would fail on it, with a less clear
+    message. ``symkern run`` prints it as a one-line error."""
+    bad = [k for k, v in params.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        raise FloatingPointError(f"training diverged (NaN/inf in {', '.join(bad)}): {what}")
+
+
+def nan_max(values, default: float = float("nan")) -> float:
+    """max of the numbers in ``values``, NaN when any is NaN (Python's max skips a NaN that is
+    not first: max([0.0, nan]) is 0.0); ``default`` when there are none."""
+    vals = [float(v) for v in _flat(values) if v is not None]
+    if not vals:
+        return default
+    if any(math.isnan(v) for v in vals):
+        return float("nan")
+    return max(vals)
 
 
 def config_field(default, help_text: str):
@@ -433,7 +622,7 @@ def _dtype(cfg) -> torch.dtype:
 def torch_dtype(cfg) -> torch.dtype:
     """``cfg.dtype`` ("float64" / "float32") as a torch dtype; ValueError naming it otherwise."""
     if cfg.dtype not in ("float64", "float32"):
-        raise ValueError(f"dtype must be float64 or float32, got {cfg.dtype!r}")
+        raise ValueError(f"--dtype must be float64 or float32, got {cfg.dtype!r}")
     return getattr(torch, cfg.dtype)
 
 

@@ -123,7 +123,10 @@ def lowrank_cell(cfg: Config) -> dict[str, Any]:
         _gd(list(model.parameters()), lambda m=model: ((m() - A) ** 2).sum() + m.penalty(),
             cfg.lowrank_eta, cfg.steps)  # fmt: skip
         with torch.no_grad():
-            sv = torch.linalg.svdvals(model())
+            M = model()
+            # an SVD of a NaN matrix fails with a LAPACK error: say what happened instead
+            common.check_diverged({"UVᵀ": M}, f"LowRankDCS at γ={gam:g}; lower --lowrank-eta")
+            sv = torch.linalg.svdvals(M)
         cf = closed_form_singular_values(A, gam)
         rows.append({"gamma": gam, "singular_values": sv.tolist(),
                      "closed_form": cf.tolist(), "rank": int((sv > cfg.eps).sum()),
@@ -162,11 +165,31 @@ def figure(reg, low, cfg: Config, path: Path) -> None:
     common.save_figure(fig, path)
 
 
+_RULES = {
+    "d": "int >= 1",
+    "k_constrained": "int >= 1",
+    "seed": "seed",
+    "gammas": "finite >= 0",
+    "steps": "int >= 1",
+    "eta": "finite > 0",
+    "init_scale": "finite",
+    "eps": "finite > 0",
+    "m": "int >= 1",
+    "n": "int >= 1",
+    "lowrank_eta": "finite > 0",
+}
+
+
 def _validate(cfg: Config) -> None:
-    if not 1 <= cfg.k_constrained <= cfg.d:
-        raise ValueError(f"k_constrained must be in [1, d={cfg.d}], got {cfg.k_constrained}")
-    if not cfg.gammas or min(cfg.gammas) < 0:
-        raise ValueError("gammas must be non-empty and >= 0")
+    """Every field checked before any work (ValueError naming the flag; a usage error on the
+    command line)."""
+    common.check_fields(cfg, _RULES)
+    if cfg.k_constrained > cfg.d:
+        raise ValueError(f"--k-constrained must be in [1, --d={cfg.d}], got {cfg.k_constrained}")
+    # the DCS inits use torch generators seeded seed·1000 + 500 + i (< 2^64)
+    if cfg.seed * 1000 + 500 + len(cfg.gammas) >= common.SEED_LIMIT:
+        raise ValueError(f"--seed must be < 2^64 / 1000 here, got {cfg.seed}")
+    common.check_backend("auto")  # no --backend here, but the ops obey SYMKERN_BACKEND
 
 
 def run(
@@ -188,20 +211,27 @@ def run(
     margin = max(cfg.eps, 10.0 / (2.0 * cfg.eta * cfg.steps))
     k = cfg.k_constrained
     resolvable = [bool(((beta[:k].abs() - r["gamma"]).abs() >= margin).all()) for r in reg["rows"]]
-    err = max((r["max_abs_err"] for r, ok in zip(reg["rows"], resolvable, strict=True) if ok),
-              default=0.0)  # fmt: skip
+    err = common.nan_max(
+        [r["max_abs_err"] for r, ok in zip(reg["rows"], resolvable, strict=True) if ok]
+    )
+    # a NaN θ has NaN error and no "zeros" (|θ_i| < ε is False, like the ridge closed form's),
+    # so every claim also needs θ finite; and a claim with no γ to check does not hold
+    finite = common.all_finite([r["max_abs_err"] for r in reg["rows"]])
+    checked = any(resolvable)
     claims: dict[str, Any] = {
         "dcs_matches_soft_threshold": {"max_abs_err": err, "tolerance": 1e-3,
-                                       "resolvable_gammas": resolvable, "holds": err <= 1e-3},
-        "zeros_at_predicted_gamma": {"holds": all(
+                                       "resolvable_gammas": resolvable,
+                                       "holds": finite and checked and err <= 1e-3},
+        "zeros_at_predicted_gamma": {"all_finite": finite, "holds": finite and checked and all(
             r["zeros_constrained"] == r["zeros_constrained_closed_form"]
             for r, ok in zip(reg["rows"], resolvable, strict=True) if ok)},
         "free_coordinates_never_zero": {
-            "max_zeros_free": max(r["zeros_free"] for r in reg["rows"]),
-            "holds": all(r["zeros_free"] == r["zeros_free_closed_form"] for r in reg["rows"])},
+            "max_zeros_free": max(r["zeros_free"] for r in reg["rows"]), "all_finite": finite,
+            "holds": finite and all(r["zeros_free"] == r["zeros_free_closed_form"]
+                                    for r in reg["rows"])},
     }  # fmt: skip
     if low:
-        lerr = max(r["max_abs_err"] for r in low["rows"])
+        lerr = common.nan_max([r["max_abs_err"] for r in low["rows"]])
         claims["lowrank_dcs_matches_closed_form"] = {"max_abs_err": lerr, "tolerance": 1e-3,
                                                      "holds": lerr <= 1e-3}  # fmt: skip
     buf = io.StringIO()

@@ -376,26 +376,65 @@ def figure(cfg: Config, cells: dict[str, dict[str, Any]], path: Path) -> None:
     common.save_figure(fig, path)
 
 
+_RULES = {
+    "d": "int >= 1",
+    "teacher_width": "int >= 1",
+    "width": "int >= 1",
+    "seed": "seed",
+    "seeds": "int >= 1",
+    "gammas": "finite >= 0",
+    "gamma_eta": "finite > 0",
+    "gamma_batch": "int >= 1",
+    "gamma_noise": "finite >= 0",
+    "noise_sigmas": "finite >= 0",
+    "noise_gamma": "finite >= 0",
+    "noise_eta": "finite > 0",
+    "noise_batch": "int >= 1",
+    "steps": "int >= 1",
+    "init_scale": "finite",
+    "teacher_a": "finite",
+    "teacher_b": "finite",
+    "live_eps": "finite >= 0",
+    "cos_threshold": "finite",
+    "same_tol": "finite >= 0",
+    "n_test": "int >= 1",
+    "dead_fraction": "finite > 0",
+    "threads": "int >= 1",
+}
+
+
 def _validate(cfg: Config) -> None:
-    common.torch_dtype(cfg)
-    if min(cfg.d, cfg.teacher_width, cfg.width, cfg.seeds, cfg.gamma_batch, cfg.noise_batch,
-           cfg.n_test) < 1 or cfg.steps < 2:  # fmt: skip
-        raise ValueError("d, teacher_width, width, seeds, batches, n_test must be >= 1, steps >= 2")
-    if cfg.threads < 1 or not 0.0 < cfg.dead_fraction <= 1.0:
-        raise ValueError("threads must be >= 1 and dead_fraction in (0, 1]")
+    """Every field checked before any work (ValueError naming the flag; a usage error on the
+    command line)."""
+    common.check_fields(cfg, _RULES)
+    if cfg.steps < 2:
+        raise ValueError(f"--steps must be an integer >= 2 (counts at steps/2), got {cfg.steps}")
+    if cfg.seeds >= 2**32:
+        raise ValueError(f"--seeds must be < 2^32 (Philox model ids), got {cfg.seeds}")
+    if cfg.dead_fraction > 1.0:
+        raise ValueError(f"--dead-fraction must be in (0, 1], got {cfg.dead_fraction}")
+    if not -1.0 <= cfg.cos_threshold <= 1.0:
+        raise ValueError(f"--cos-threshold must be in [-1, 1], got {cfg.cos_threshold}")
     if cfg.teacher_width >= cfg.width:
-        raise ValueError("width must exceed teacher_width (surplus neurons are the point)")
+        raise ValueError(
+            f"--width must exceed --teacher-width (surplus neurons are the point), got "
+            f"--width {cfg.width}, --teacher-width {cfg.teacher_width}"
+        )
     if (
         not cfg.activations
         or cfg.activations[0] != "tanh"
         or len(set(cfg.activations)) != len(cfg.activations)
         or not set(cfg.activations) <= {"tanh", "relu"}
     ):
-        raise ValueError(f"activations must be tanh or tanh,relu, got {cfg.activations}")
-    if not cfg.gammas or min(cfg.gammas) != 0.0 or len(cfg.gammas) < 2:
-        raise ValueError("gammas needs 0 (the baseline) and at least one γ > 0")
-    if min(cfg.noise_sigmas, default=-1.0) < 0 or len(cfg.noise_sigmas) < 2:
-        raise ValueError("noise_sigmas needs at least two values >= 0")
+        raise ValueError(f"--activations must be tanh or tanh,relu, got {cfg.activations}")
+    if min(cfg.gammas) != 0.0 or max(cfg.gammas) <= 0.0:
+        raise ValueError(
+            f"--gammas needs 0 (the baseline) and at least one γ > 0, got {cfg.gammas}"
+        )
+    if len(cfg.noise_sigmas) < 2:
+        raise ValueError(f"--noise-sigmas needs at least two values >= 0, got {cfg.noise_sigmas}")
+    common.torch_dtype(cfg)
+    common.check_backend(cfg.backend)
 
 
 def run(

@@ -83,8 +83,9 @@ def _init(cfg: Config, M: int, dtype) -> dict[str, torch.Tensor]:
             "W": z[:, mk:].reshape(M, cfg.n, cfg.k).to(dtype)}  # fmt: skip
 
 
-def _train(cfg: Config, gammas, eta, noise, offset, steps_total: int):
-    """Chunks of record_every steps; returns final params, rank curve (S, M), steps (S,)."""
+def _train(cfg: Config, gammas, eta, noise, offset, steps_total: int, flag: str = "--eta"):
+    """Chunks of record_every steps; returns final params, rank curve (S, M), steps (S,).
+    FloatingPointError naming ``flag`` (the step size) when a model diverges."""
     dtype = common.torch_dtype(cfg)
     A, _ = draw(cfg)
     M = len(gammas)
@@ -98,6 +99,7 @@ def _train(cfg: Config, gammas, eta, noise, offset, steps_total: int):
                         noise=noise, offset=offset, step0=t, backend=cfg.backend)  # fmt: skip
         p, backend = r.params, r.backend
         t += k
+        common.check_diverged(p, f"after {t} steps at step size {flag} {eta:g}; lower {flag}")
         mats = _product(p, offset)
         curve.append(effective_rank(mats, cfg.eps).tolist())
         at.append(t)
@@ -137,7 +139,7 @@ def lowrank_cell(cfg: Config, broken: bool) -> dict[str, Any]:
 def noise_cell(cfg: Config) -> dict[str, Any]:
     sig = torch.tensor(cfg.noise_sigmas, dtype=torch.float64)
     p, curve, at, backend = _train(cfg, torch.zeros(len(sig)), cfg.noise_eta, sig, None,
-                                   cfg.steps)  # fmt: skip
+                                   cfg.steps, "--noise-eta")  # fmt: skip
     mats = _product(p, None)
     return {
         "noise_sigmas": sig.tolist(),
@@ -204,17 +206,25 @@ def run(
     # σ_i(A) within `margin` of γ converge at rate ~2η|σ_i(A) − γ|: too slow to resolve
     margin = max(cfg.eps, 10.0 / (2.0 * cfg.eta * cfg.steps))
     resolvable = [all(abs(s - g) >= margin for s in sv_A) for g in sym["gammas"]]
-    sv_err = max((e for e, ok in zip(sym["max_abs_sv_err"], resolvable, strict=True) if ok),
-                 default=0.0)  # fmt: skip
-    rank_ok = all(r == c for r, c, ok in zip(sym["rank"], sym["closed_form_rank"], resolvable,
-                                             strict=True) if ok)  # fmt: skip
+    sv_err = common.nan_max(
+        [e for e, ok in zip(sym["max_abs_sv_err"], resolvable, strict=True) if ok]
+    )
+    # a NaN spectrum has no rank (σ_i > ε is False): the rank claims also need it finite; and a
+    # claim with no γ to check does not hold
+    sym_finite = common.all_finite(sym["singular_values"])
+    brk_finite = common.all_finite(brk["singular_values"])
+    rank_ok = sym_finite and any(resolvable) and all(
+        r == c for r, c, ok in zip(sym["rank"], sym["closed_form_rank"], resolvable,
+                                   strict=True) if ok)  # fmt: skip
     full = min(cfg.m, cfg.n, cfg.k)
     claims = {
-        "rank_matches_closed_form": {"holds": rank_ok, "resolvable_gammas": resolvable},
+        "rank_matches_closed_form": {"holds": rank_ok, "resolvable_gammas": resolvable,
+                                     "all_finite": sym_finite},
         "singular_values_match_closed_form": {
             "max_abs_err": sv_err, "tolerance": 1e-3, "holds": sv_err <= 1e-3},
         "broken_variant_stays_full_rank": {
-            "ranks": brk["rank"], "full_rank": full, "holds": all(r == full for r in brk["rank"])},
+            "ranks": brk["rank"], "full_rank": full, "all_finite": brk_finite,
+            "holds": brk_finite and all(r == full for r in brk["rank"])},
     }  # fmt: skip
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -248,12 +258,34 @@ def run(
     return payload
 
 
+_RULES = {
+    "m": "int >= 1",
+    "n": "int >= 1",
+    "k": "int >= 1",
+    "seed": "seed",
+    "gammas": "finite >= 0",
+    "steps": "int >= 1",
+    "eta": "finite > 0",
+    "init_scale": "finite",
+    "eps": "finite > 0",
+    "break_scale": "finite",
+    "noise_sigmas": "finite >= 0",
+    "noise_eta": "finite > 0",
+    "record_every": "int >= 1",
+}
+
+
 def _validate(cfg: Config) -> None:
-    common.torch_dtype(cfg)
-    if min(cfg.m, cfg.n, cfg.k, cfg.steps, cfg.record_every) < 1 or not cfg.gammas:
-        raise ValueError("m, n, k, steps, record_every must be >= 1 and gammas non-empty")
+    """Every field checked before any work (ValueError naming the flag; a usage error on the
+    command line)."""
+    common.check_fields(cfg, _RULES)
     if cfg.k < min(cfg.m, cfg.n):
-        raise ValueError("the closed form needs k >= min(m, n)")
+        raise ValueError(
+            f"--k must be >= min(--m, --n) = {min(cfg.m, cfg.n)} (the closed form needs it), "
+            f"got {cfg.k}"
+        )
+    common.torch_dtype(cfg)
+    common.check_backend(cfg.backend)
 
 
 def main(argv: list[str] | None = None) -> int:

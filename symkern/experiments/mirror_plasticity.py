@@ -150,9 +150,11 @@ def _draw(cfg: Config, run: int, n: int) -> torch.Tensor:
     return rng.normal(cfg.seed, torch.tensor([_RUN + run]), 0, rng.STREAM_INIT, n)[0]
 
 
-def _chunked(model, p, gam, eta, steps, batch, target, noise, offset, step0, every, cfg, record):
+def _chunked(model, p, gam, eta, steps, batch, target, noise, offset, step0, every, cfg, record,
+             flag):  # fmt: skip
     """Train ``steps`` steps in chunks of ``every`` (continuing the Philox stream through step0);
-    ``record(absolute_step, params, last_loss)`` after each chunk. Returns (params, backend)."""
+    ``record(absolute_step, params, last_loss)`` after each chunk. Returns (params, backend).
+    FloatingPointError naming ``flag`` (the step size) when a model diverges."""
     t, backend = 0, None
     while t < steps:
         k = min(every, steps - t)
@@ -161,6 +163,7 @@ def _chunked(model, p, gam, eta, steps, batch, target, noise, offset, step0, eve
                         backend=cfg.backend)  # fmt: skip
         p, backend = r.params, r.backend
         t += k
+        common.check_diverged(p, f"{model} model at step {step0 + t}; lower {flag}")
         record(step0 + t, p, r.losses[:, -1])
     return p, backend
 
@@ -235,14 +238,15 @@ def rescaling_cell(cfg: Config, noise: bool) -> dict[str, Any]:
         last_logs[:] = [*last_logs[-1:], _log_abs_theta(u, w)]
 
     p, backend = _chunked("rescaling", p, gam_a, eta_a, cfg.steps_a, batch_a, beta_a.to(dtype),
-                          sigma_a, None, 0, cfg.record_every, cfg, record)  # fmt: skip
+                          sigma_a, None, 0, cfg.record_every, cfg, record,
+                          "--noise-etas" if noise else "--eta")  # fmt: skip
     u, w = p["u"], p["w"]
     col_a = (u * w).abs() < cfg.eps
     exact_a = (u == 0) & (w == 0)
     trap_a = (u == -sb * w) & ~exact_a
     floor_a = torch.minimum(u.double().abs(), w.double().abs()).min(1)[0]
     p, _ = _chunked("rescaling", p, 0.0, cfg.eta, cfg.steps_b, None, beta_b.to(dtype), 0.0, None,
-                    cfg.steps_a, cfg.record_every, cfg, record)  # fmt: skip
+                    cfg.steps_a, cfg.record_every, cfg, record, "--eta")  # fmt: skip
     u, w = p["u"], p["w"]
     col_b = (u * w).abs() < cfg.eps
     interval = curve["step"][-1] - curve["step"][-2]
@@ -303,10 +307,10 @@ def factorization_cell(cfg: Config, broken: bool) -> dict[str, Any]:
         curve["loss"].append(loss.tolist())
 
     p, backend = _chunked("factorization", p, gam, cfg.f_eta, cfg.f_steps_a, None, A_a, 0.0, C, 0,
-                          cfg.f_record_every, cfg, record)  # fmt: skip
+                          cfg.f_record_every, cfg, record, "--f-eta")  # fmt: skip
     na = len(curve["step"])
     p, _ = _chunked("factorization", p, 0.0, cfg.f_eta, cfg.f_steps_b, None, A_b, 0.0, C,
-                    cfg.f_steps_a, cfg.f_record_every, cfg, record)  # fmt: skip
+                    cfg.f_steps_a, cfg.f_record_every, cfg, record, "--f-eta")  # fmt: skip
     full = min(m, n, k)
     rank = np.asarray(curve["rank"])  # (S, M)
     sv = np.asarray(curve["singular_values"])  # (S, M, full)
@@ -439,20 +443,52 @@ def figure(cfg: Config, cells: dict[str, dict[str, Any]], path: Path) -> None:
     common.save_figure(fig, path)
 
 
+_RULES = {
+    "seed": "seed",
+    "d": "int >= 1",
+    "gammas_a": "finite >= 0",
+    "eta": "finite > 0",
+    "steps_a": "int >= 1",
+    "steps_b": "int >= 1",
+    "record_every": "int >= 1",
+    "init_scale": "finite",
+    "eps": "finite > 0",
+    "noise_sigma": "finite >= 0",
+    "noise_d": "int >= 1",
+    "noise_etas": "finite > 0",
+    "noise_batch": "int >= 1",
+    "m": "int >= 1",
+    "n": "int >= 1",
+    "k": "int >= 1",
+    "f_gammas_a": "finite >= 0",
+    "f_eta": "finite > 0",
+    "f_steps_a": "int >= 1",
+    "f_steps_b": "int >= 1",
+    "f_record_every": "int >= 1",
+    "f_init_scale": "finite",
+    "break_scale": "finite",
+    "threads": "int >= 1",
+}
+
+
 def _validate(cfg: Config) -> None:
-    common.torch_dtype(cfg)
-    if min(cfg.d, cfg.noise_d, cfg.m, cfg.n, cfg.k, cfg.noise_batch, cfg.threads) < 1:
-        raise ValueError("d, noise_d, m, n, k, noise_batch, threads must be >= 1")
-    for name in ("steps_a", "steps_b", "record_every", "f_steps_a", "f_steps_b", "f_record_every"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1")
+    """Every field checked before any work (ValueError naming the flag; a usage error on the
+    command line)."""
+    common.check_fields(cfg, _RULES, allow_empty=("noise_etas",))
     # the escape rates need two records in task B, the first-B-record rank one record
-    if cfg.steps_b < 2 * cfg.record_every or cfg.f_steps_b < 2 * cfg.f_record_every:
-        raise ValueError("task B must span at least two records (steps_b >= 2 record_every)")
-    if not cfg.gammas_a or not cfg.f_gammas_a or min(cfg.gammas_a + cfg.f_gammas_a) < 0:
-        raise ValueError("gammas_a and f_gammas_a must be non-empty and >= 0")
-    if cfg.noise_sigma < 0 or (cfg.noise_sigma > 0 and not cfg.noise_etas):
-        raise ValueError("noise_sigma must be >= 0, with noise_etas non-empty when > 0")
+    for steps, every in (("steps_b", "record_every"), ("f_steps_b", "f_record_every")):
+        n, k = getattr(cfg, steps), getattr(cfg, every)
+        if n < 2 * k:
+            raise ValueError(
+                f"task B must span at least two records: {common.option(steps)} must be >= 2 x "
+                f"{common.option(every)} = {2 * k}, got {n}"
+            )
+    if cfg.noise_sigma > 0 and not cfg.noise_etas:
+        raise ValueError(
+            "--noise-etas must be non-empty when --noise-sigma > 0 (0 skips the variant)"
+        )
+    common.torch_dtype(cfg)
+    common.check_backend(cfg.backend)
 
 
 def run(

@@ -308,6 +308,7 @@ def figure(results: list[dict[str, Any]], cfg: Config, path: Path) -> None:
 
 def run(cfg: Config, out: str | Path, *, show_progress: bool = True, log=print) -> dict[str, Any]:
     """Run every instance; write results.json, iterations.csv and the figure into ``out``."""
+    _validate(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     wall0 = time.perf_counter()
@@ -372,14 +373,44 @@ def build_config(
     return cfg
 
 
+_RULES = {
+    "n_particles": "int >= 1",
+    "runs": "int >= 1",
+    "horizon": "finite > 0",
+    "seed": "seed",
+    "alpha": "finite > 0",
+    "tau": "finite >= 0",
+    "beta": "finite >= 0",
+    "batch": "int >= 1",
+    "sigma_pi": "finite > 0",
+    "threshold": "finite >= 0",
+    "sv_tol": "finite >= 0",
+    "max_iter": "int >= 1",
+    "angle_tol": "finite > 0",
+    "teacher_particles": "int >= 1",
+    "teacher_seed": "seed",
+}
+
+
 def _validate(cfg: Config) -> None:
+    """Every field checked before any work (ValueError naming the flag; a usage error on the
+    command line)."""
     bad = [g for g in cfg.groups if g not in GROUPS]
     if bad or not cfg.groups:
-        raise ValueError(f"groups must be a non-empty subset of {list(GROUPS)}, got {cfg.groups}")
-    if cfg.n_particles < 1 or cfg.runs < 1 or cfg.max_iter < 1 or cfg.horizon <= 0:
-        raise ValueError("n_particles, runs, max_iter must be >= 1 and horizon > 0")
+        raise ValueError(f"--groups must be a non-empty subset of {list(GROUPS)}, got {cfg.groups}")
+    common.check_fields(cfg, _RULES)
     if cfg.start not in ("zero", "identity"):
-        raise ValueError(f"start must be zero or identity, got {cfg.start!r}")
+        raise ValueError(f"--start must be zero or identity, got {cfg.start!r}")
+    if cfg.teacher not in ("SI", "WI"):
+        raise ValueError(f"--teacher must be SI or WI, got {cfg.teacher!r}")
+    common.torch_dtype(cfg)
+    common.check_backend(cfg.backend)
+    steps = round(cfg.n_particles * cfg.horizon)  # per iteration, one engine call from step 0
+    if steps > common.PHILOX_STEP_LIMIT:
+        raise ValueError(
+            f"--horizon {cfg.horizon:g} x --n-particles {cfg.n_particles} = {steps} steps per "
+            "iteration; at most 2^32 are possible"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

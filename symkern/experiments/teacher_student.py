@@ -146,10 +146,6 @@ class _Grid:
         self.run_ids = torch.tensor([s for _, _, s in self.runs], dtype=torch.int64)
         self.scheme_list = [s for _, s, _ in self.runs]
         pn = cfg.project_noise.lower()
-        if pn not in ("auto", "true", "false"):
-            raise ValueError(
-                f"project_noise must be auto, true or false, got {cfg.project_noise!r}"
-            )
         self.project_noise = (cfg.init == "SI") if pn == "auto" else pn == "true"
         # the fixed test sample and each teacher's labels on it
         self.x_test = metrics.risk_inputs(
@@ -172,27 +168,62 @@ class _Grid:
         return theta.double() @ self.proj.T if scheme == "EA" else theta.double()
 
 
+_RULES = {
+    "n_values": "int >= 1",
+    "seeds": "int >= 1",
+    "seed": "seed",
+    "alpha": "finite > 0",
+    "tau": "finite >= 0",
+    "beta": "finite >= 0",
+    "batch": "int >= 1",
+    "sigma_pi": "finite > 0",
+    "horizon": "finite > 0",
+    "snapshots": "int >= 1",
+    "test_samples": "int >= 1",
+    "test_seed": "seed",
+    "exact_ot_max": "int >= 0",
+    "metric_threads": "int >= 0",
+    "wi_snapshots_max_n": "int >= 0",
+    "sinkhorn_reg": "finite > 0",
+    "moment_factor": "finite > 0",
+    "scatter_n": "int >= 1",
+}
+
+
 def _validate(cfg: Config) -> None:
+    """Every field checked before any work (ValueError naming the flag; a usage error on the
+    command line)."""
+    opt = common.option
     bad = [t for t in cfg.teachers if t not in TEACHERS]
     if bad or not cfg.teachers:
         raise ValueError(
-            f"teachers must be a non-empty subset of {list(TEACHERS)}, got {cfg.teachers}"
+            f"--teachers must be a non-empty subset of {list(TEACHERS)}, got {cfg.teachers}"
         )
-    bad = [s for s in cfg.schemes if s not in ("vanilla", "DA", "DA-sample", "FA", "EA")]
+    known = ("vanilla", "DA", "DA-sample", "FA", "EA")
+    bad = [s for s in cfg.schemes if s not in known]
     if bad or not cfg.schemes:
-        raise ValueError(f"unknown schemes {bad or cfg.schemes}")
-    if not cfg.n_values or any(n < 1 for n in cfg.n_values):
-        raise ValueError(f"n_values must be positive ints, got {cfg.n_values}")
-    if cfg.seeds < 1 or cfg.snapshots < 1 or cfg.batch < 1 or cfg.test_samples < 1:
-        raise ValueError("seeds, snapshots, batch and test_samples must be >= 1")
+        raise ValueError(
+            f"--schemes must be a non-empty subset of {list(known)}, got {cfg.schemes}"
+        )
+    common.check_fields(cfg, _RULES)
     if cfg.init not in ("SI", "WI"):
-        raise ValueError(f"init must be SI or WI, got {cfg.init!r}")
-    if cfg.horizon <= 0:
-        raise ValueError(f"horizon must be > 0, got {cfg.horizon}")
-    if cfg.metric_threads < 0:
-        raise ValueError(f"metric_threads must be >= 0 (0: all cores), got {cfg.metric_threads}")
-    if cfg.dtype not in ("float64", "float32"):
-        raise ValueError(f"dtype must be float64 or float32, got {cfg.dtype!r}")
+        raise ValueError(f"--init must be SI or WI, got {cfg.init!r}")
+    if cfg.project_noise.lower() not in ("auto", "true", "false"):
+        raise ValueError(f"--project-noise must be auto, true or false, got {cfg.project_noise!r}")
+    if cfg.scatter_n is not None and cfg.scatter_n not in cfg.n_values:
+        raise ValueError(
+            f"--scatter-n must be one of --n-values {cfg.n_values} (or none), got {cfg.scatter_n}"
+        )
+    common.torch_dtype(cfg)
+    device = common.check_device(cfg.device)
+    common.check_backend(cfg.backend, device)
+    # each run takes round(N·T) steps of the particle engine, whose step counter is 32-bit
+    steps = round(max(cfg.n_values) * cfg.horizon)
+    if steps > common.PHILOX_STEP_LIMIT:
+        raise ValueError(
+            f"{opt('horizon')} {cfg.horizon:g} x the largest {opt('n_values')} "
+            f"{max(cfg.n_values)} = {steps} steps per run; at most 2^32 are possible"
+        )
 
 
 def _cell_hash(cfg: Config) -> str:
@@ -377,7 +408,7 @@ def aggregate(cells: list[dict[str, Any]], cfg: Config) -> list[dict[str, Any]]:
                     row[f"{key}_mean"], row[f"{key}_std"] = common.mean_std(
                         [_final(r, key) for r in recs]
                     )
-                    row[f"{key}_max"] = max(_final(r, key) for r in recs)
+                    row[f"{key}_max"] = common.nan_max([_final(r, key) for r in recs])
                 rows.append(row)
     return rows
 
@@ -407,7 +438,8 @@ def check_claims(
     summary: list[dict[str, Any]], cfg: Config, floor: dict[str, float] | None = None
 ) -> list[dict[str, Any]]:
     """The paper's qualitative claims, evaluated on the final snapshots (thresholds from the
-    issue: 1e-6 for "stays in E^G", 0.05 for "leaves E^G")."""
+    issue: 1e-6 for "stays in E^G", 0.05 for "leaves E^G"). A claim whose numbers include a
+    NaN or an inf does not hold (``inf >= 0.05`` would)."""
 
     def rows(tk, sch):
         return sorted(
@@ -424,7 +456,7 @@ def check_claims(
             for s in sym
             for r in rows(cfg.teachers[0], s)
         }
-        worst = max(by.values())
+        worst = common.nan_max(by.values())
         claims.append(
             {
                 "claim": "SI init: DA/FA/EA stay in E^G (max over runs of RMD(nu, P#nu) "
@@ -436,15 +468,18 @@ def check_claims(
     if cfg.init == "SI" and "WI" in cfg.teachers and "vanilla" in cfg.schemes:
         v = [(r["N"], r["rmd_si_mean"]) for r in rows("WI", "vanilla")]
         if len(v) >= 2:
-            ns = np.log([n for n, _ in v])
-            ys = np.log([max(y, 1e-300) for _, y in v])
-            slope = float(np.polyfit(ns, ys, 1)[0])
+            finite = common.all_finite([y for _, y in v])
+            slope = float("nan")
+            if finite:  # np.polyfit raises on NaN / inf
+                ns = np.log([n for n, _ in v])
+                ys = np.log([max(y, 1e-300) for _, y in v])
+                slope = float(np.polyfit(ns, ys, 1)[0])
             claims.append(
                 {
                     "claim": "WI teacher: vanilla RMD(nu, P#nu) decreases with N "
                     "(log-log slope < 0; last < first)",
                     "value": {"by_N": v, "slope": slope},
-                    "holds": slope < 0 and v[-1][1] < v[0][1],
+                    "holds": finite and slope < 0 and v[-1][1] < v[0][1],
                 }
             )
     if "arbitrary" in cfg.teachers and "vanilla" in cfg.schemes:
@@ -453,7 +488,7 @@ def check_claims(
             {
                 "claim": "arbitrary teacher: vanilla leaves E^G (RMD(nu, P#nu) >= 0.05 at every N)",
                 "value": v,
-                "holds": min(y for _, y in v) >= 0.05,
+                "holds": common.all_finite([y for _, y in v]) and min(y for _, y in v) >= 0.05,
             }
         )
     if "arbitrary" in cfg.teachers and "EA" in cfg.schemes and floor is not None:
@@ -464,6 +499,7 @@ def check_claims(
             if r["teacher"] == "arbitrary" and r["N"] == largest
         }
         f = floor["arbitrary"]
+        finite = common.all_finite([at, f])
         if "vanilla" in at:
             claims.append(
                 {
@@ -471,7 +507,7 @@ def check_claims(
                     "equivariant floor (>= 0.5 x risk of Q_G f*), far from the teacher's "
                     "level 0 that vanilla approaches (vanilla <= 0.1 x EA)",
                     "value": {"EA": at["EA"], "vanilla": at["vanilla"], "equivariant_floor": f},
-                    "holds": at["EA"] >= 0.5 * f and at["vanilla"] <= 0.1 * at["EA"],
+                    "holds": finite and at["EA"] >= 0.5 * f and at["vanilla"] <= 0.1 * at["EA"],
                 }
             )
         others = {s: at[s] for s in ("DA", "FA") if s in at}
@@ -483,7 +519,8 @@ def check_claims(
                     "DA = FA = EA step for step in exact arithmetic, and every equivariant model "
                     "has risk >= the floor)",
                     "value": {"EA": at["EA"], **others, "equivariant_floor": f},
-                    "holds": all(v < at["EA"] * (1.0 - RISK_MARGIN) for v in others.values()),
+                    "holds": finite
+                    and all(v < at["EA"] * (1.0 - RISK_MARGIN) for v in others.values()),
                 }
             )
     return claims
