@@ -804,3 +804,19 @@ def test_lower_isa_copies_match_reference(isa):
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert " passed" in res.stdout and "failed" not in res.stdout, res.stdout[-2000:]
+
+
+def test_float32_projector_accepted_at_its_precision():
+    """A float32 projector (here onto a random plane of R^4) is idempotent only to ~1e-7; the
+    check (allclose: 1e-8 + 1e-5 relative) accepts it, and EA from particles in its range keeps
+    them there."""
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(4, 2, generator=g))
+    p32 = q @ q.T
+    assert ((p32.double() @ p32.double() - p32.double()).abs().max()) > 1e-8
+    unit = MatrixUnit(2, 2)
+    theta = (initial_particles(1, 6, unit.D, seed=3).float() @ p32.T).contiguous()
+    args = dict(teacher=Teacher.paper("WI").particles, scheme="EA", steps=3, batch=5)
+    out = symkern.particle_steps(theta, unit, projector=p32, **args)
+    off = out.theta[0].double() @ (torch.eye(4, dtype=torch.float64) - p32.double()).T
+    assert off.abs().max() < 1e-5
