@@ -183,5 +183,10 @@ def test_augment_and_symmetrize_bad_input():
             symmetrize(lambda v: v, s3, mode="sample", samples=bad)
     with pytest.raises(ValueError, match=r"fn must map an \(M, 3\) batch to an \(M, \.\.\.\)"):
         symmetrize(lambda v: v.sum(), s3)(torch.randn(2, 3))
+    with pytest.raises(TypeError, match="fn must be a callable"):
+        symmetrize(3, s3)
+    torch.manual_seed(0)
+    sampled = symmetrize(lambda v: v, s3, mode="sample", samples=torch.tensor(4))
+    assert sampled(torch.randn(2, 3)).shape == (2, 3)
     with pytest.raises(ValueError, match="degree: 1000000 needs .* SO3 quadrature nodes"):
         symmetrize(lambda v: v, groups.so3(), mode="quadrature", degree=10**6)

@@ -278,3 +278,35 @@ def test_monte_carlo_risk_bad_inputs():
         metrics.monte_carlo_risk(lambda z: z[:, :1], x, y)
     with pytest.raises(TypeError, match="model must be a callable"):
         metrics.monte_carlo_risk(3.0, x, y)
+
+
+def test_float32_computed_matrices_and_scalars_accepted():
+    """A projector or rotations computed in float32 pass the checks whatever container they
+    come in (a float64 copy, a list); float32 weights sum to 1 at their precision; NumPy scalars
+    and 0-d tensors are numbers; a float32 nn.Module model is fed float32."""
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(4, 2, generator=g))
+    p32 = q @ q.T  # idempotent to ~1e-7 only
+    x = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    want = metrics.rmd_to_projection(x, p32).value
+    for p in (p32.double(), p32.tolist()):
+        assert metrics.rmd_to_projection(x, p).value == pytest.approx(want, rel=1e-12)
+    c, s = np.float32(np.cos(0.3)), np.float32(np.sin(0.3))
+    rot = torch.tensor([[[1, 0], [0, 1]], [[c, -s], [s, c]]], dtype=torch.float32).double()
+    pts = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    assert metrics.rmd_to_symmetrized(pts, rot).value > 0
+    a = torch.full((6,), 1 / 6, dtype=torch.float32)
+    b = torch.full((5,), 0.2, dtype=torch.float32)
+    assert metrics.w2_squared(x, x[:5], a, b).value > 0
+    assert metrics.rmd(x, x, moment_factor=np.float32(2.0)).value == 0.0
+    assert metrics.rmd(x, x, moment_factor=torch.tensor(2.0), exact_max=np.int64(10)).value == 0
+    xt = metrics.risk_inputs(np.int64(7), 2, np.float32(4.0))
+    assert torch.equal(xt, metrics.risk_inputs(7, 2, 4.0))
+    for bad in (-1, 0, 2.5):
+        with pytest.raises(ValueError, match="n must be a positive int"):
+            metrics.risk_inputs(bad, 2, 4.0)
+    lin = torch.nn.Linear(2, 2)  # float32
+    y = torch.randn(7, 2, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        want = float(((lin(xt.float()).double() - y) ** 2).sum(1).mean())
+    assert metrics.monte_carlo_risk(lin, xt, y, chunk=torch.tensor(3)) == pytest.approx(want)

@@ -278,6 +278,16 @@ def test_plan_orbit_sizes_sum_to_dim():
     assert p.n_orbits == 5 and math.isclose(float((1 / p.inv_size).sum()), 125.0)
 
 
+def test_dim_may_be_a_numpy_or_tensor_integer():
+    x = torch.randn(3, 4, dtype=torch.float64)
+    rep = groups.cyclic(4)
+    want = symkern.orbit_average(x, rep, dim=1)
+    for dim in (np.int64(1), np.int32(-1), torch.tensor(1)):
+        assert torch.equal(symkern.orbit_average(x, rep, dim=dim), want)
+    with pytest.raises(TypeError, match="dim must be an int"):
+        symkern.orbit_average(x, rep, dim=1.0)
+
+
 def test_half_precision_reference_sums_in_float32():
     """The torch reference (auto's choice for half tensors on CPU) sums in float32, as the
     compiled kernels do, on both paths: the orbit mean of a permutation rep and Q (Qᵀ x) of the

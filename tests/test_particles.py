@@ -820,3 +820,43 @@ def test_float32_projector_accepted_at_its_precision():
     out = symkern.particle_steps(theta, unit, projector=p32, **args)
     off = out.theta[0].double() @ (torch.eye(4, dtype=torch.float64) - p32.double()).T
     assert off.abs().max() < 1e-5
+
+
+def test_numpy_and_tensor_integers_are_ints():
+    """Ints may come as NumPy integers or integer 0-d tensors (not bools): the same trajectory
+    as plain ints; Teacher lists are read in float64 (not rounded through float32)."""
+    import numpy as np
+
+    unit = MatrixUnit(2, 2)
+    teacher = Teacher(unit, [[0.1, 0.2, 0.3, 0.4]], weights=[0.7])
+    assert teacher.particles.tolist() == [[0.1, 0.2, 0.3, 0.4]] and teacher.weights.tolist() == [
+        0.7
+    ]
+    theta = initial_particles(np.int64(2), torch.tensor(5), np.int32(4), seed=np.uint64(3))
+    assert torch.equal(theta, initial_particles(2, 5, 4, seed=3))
+    args = dict(teacher=teacher.particles, teacher_weights=teacher.weights, alpha=5.0)
+    want = symkern.particle_steps(theta, unit, steps=4, batch=5, seed=9, **args)
+    got = symkern.particle_steps(
+        theta, unit, steps=np.int64(4), batch=torch.tensor(5), seed=np.uint64(9),
+        step0=np.int32(0), snapshot_every=np.int16(4), run_ids=np.array([0, 1], np.uint8), **args,
+    )  # fmt: skip
+    assert torch.equal(got.theta, want.theta) and torch.equal(got.losses, want.losses)
+    for bad in (True, 4.0, torch.tensor(4.0)):
+        with pytest.raises(ValueError, match="steps must be a positive int"):
+            symkern.particle_steps(theta, unit, steps=bad, **args)
+
+
+def test_trainer_without_group_and_device_checks():
+    """Without a group (the trivial group, E^G = R^D) the default SI init trains like WI with
+    unprojected noise, instead of asking for a group; a CUDA device on a machine without one is
+    refused when the trainer is built."""
+    unit = MatrixUnit(2, 2)
+    trainer = ParticleTrainer(unit, batch=4, dtype=torch.float64)
+    si = trainer.run(5, 2, runs=2, teacher=Teacher.paper("WI"))
+    wi = trainer.run(5, 2, runs=2, teacher=Teacher.paper("WI"), init="WI")
+    assert torch.equal(si.theta, wi.theta)
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda"):
+        ParticleTrainer(unit, device="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            ParticleTrainer(unit, device="cuda")

@@ -36,12 +36,13 @@ symkern does not implement an OT solver: every non-closed-form W₂ comes from P
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from symkern._checks import as_int, as_real
 
 __all__ = [
     "EXACT_MAX",
@@ -104,7 +105,7 @@ def _np(x, name: str) -> np.ndarray:
 def _weights(w, n: int, name: str) -> np.ndarray:
     if w is None:
         return np.full(n, 1.0 / n)
-    w, _ = _float_array(w, name)
+    w, eps = _float_array(w, name)
     if w.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), got {w.shape}")
     if (w < 0).any() or not np.isfinite(w).all():
@@ -112,34 +113,30 @@ def _weights(w, n: int, name: str) -> np.ndarray:
     s = w.sum()
     if not s > 0:
         raise ValueError(f"{name} must have a positive sum")
-    if abs(s - 1.0) > 1e-9:
+    if not abs(s - 1.0) <= max(1e-9, n * eps):  # float32 weights sum to 1 only to ~n ulps
         raise ValueError(f"{name} must sum to 1, got {s!r}")
     return w
 
 
-def _is_real_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
 def _check_moment_factor(v) -> float:
-    if not (_is_real_number(v) and math.isfinite(v) and v > 0):
-        raise ValueError(f"moment_factor must be a finite number > 0, got {v!r}")
-    return float(v)
+    return as_real(v, "moment_factor", positive=True)
 
 
 def _check_w2_options(method, exact_max, sinkhorn_reg) -> None:
     if method not in ("auto", "exact", "sinkhorn"):
         raise ValueError(f"method must be 'auto', 'exact' or 'sinkhorn', got {method!r}")
-    if not isinstance(exact_max, numbers.Integral) or isinstance(exact_max, bool) or exact_max < 0:
-        raise ValueError(f"exact_max must be an int >= 0 (0: always Sinkhorn), got {exact_max!r}")
-    if not (_is_real_number(sinkhorn_reg) and math.isfinite(sinkhorn_reg) and sinkhorn_reg > 0):
-        raise ValueError(f"sinkhorn_reg must be a finite number > 0, got {sinkhorn_reg!r}")
+    try:
+        as_int(exact_max, "exact_max", minimum=0)
+    except ValueError:
+        raise ValueError(
+            f"exact_max must be an int >= 0 (0: always Sinkhorn), got {exact_max!r}"
+        ) from None
+    as_real(sinkhorn_reg, "sinkhorn_reg", positive=True)
 
 
-def _tol(eps: float) -> float:
-    """Absolute tolerance of the projector / orthogonality checks: 1e-8 (as particle_steps'
-    projector check) for float64 input, a few ulps of the input's precision for lower ones."""
-    return max(1e-8, 16 * eps)
+# The projector / orthogonality checks' absolute tolerance: admits matrices computed in float32
+# (idempotent / orthogonal to a few 1e-7), whatever container they arrive in.
+MATRIX_CHECK_TOL = 1e-6
 
 
 def second_moment(x, a=None) -> float:
@@ -259,20 +256,20 @@ def rmd_to_projection(x, proj, a=None, *, moment_factor: float = 1.0) -> Distanc
     coupling (X, PX) attains the bound. Hence
     RMD² = Σ a_i‖(I−P)x_i‖² / (c Σ a_i‖x_i‖² + c Σ a_i‖P x_i‖²).
 
-    ``proj`` must be an orthogonal projector: symmetric and idempotent to 1e-8 (float64 input;
-    a few ulps of the input's precision for float32), else ValueError — the closed form holds
-    for orthogonal projections only. ``moment_factor`` finite > 0.
+    ``proj`` must be an orthogonal projector: symmetric and idempotent to
+    :data:`MATRIX_CHECK_TOL` (1e-6, which admits a float32-computed P), else ValueError — the
+    closed form holds for orthogonal projections only. ``moment_factor`` finite > 0.
     """
     moment_factor = _check_moment_factor(moment_factor)
     x = _np(x, "x")
     a = _weights(a, x.shape[0], "a")
-    p, src = _float_array(proj, "proj")
+    p, _ = _float_array(proj, "proj")
     D = x.shape[1]
     if p.shape != (D, D):
         raise ValueError(f"proj must be ({D}, {D}), got {p.shape}")
     if not np.isfinite(p).all():
         raise ValueError("proj contains NaN or inf")
-    tol = _tol(src)
+    tol = MATRIX_CHECK_TOL
     if not (np.allclose(p, p.T, atol=tol) and np.allclose(p @ p, p, atol=tol)):
         raise ValueError(
             f"proj must be an orthogonal projector (symmetric, P @ P = P, to {tol:g}); got "
@@ -291,8 +288,8 @@ def rmd_to_projection(x, proj, a=None, *, moment_factor: float = 1.0) -> Distanc
 
 def rmd_to_symmetrized(x, m_z, a=None, *, moment_factor: float = 1.0, **w2_kwargs) -> Distance:
     """RMD(ν, ν^G), ν^G = (1/|G|) Σ_g (M_g)#ν the N·|G| atoms M_g x_i (distance to the weakly
-    invariant laws). m_z (G, D, D), G ≥ 1, every M_g orthogonal (to 1e-8 for float64 input, a
-    few ulps of the input's precision for float32), else ValueError. W₂ by :func:`w2_squared`
+    invariant laws). m_z (G, D, D), G ≥ 1, every M_g orthogonal (to :data:`MATRIX_CHECK_TOL`),
+    else ValueError. W₂ by :func:`w2_squared`
     (exact up to ``exact_max`` atoms)."""
     moment_factor = _check_moment_factor(moment_factor)
     _check_w2_options(
@@ -302,13 +299,13 @@ def rmd_to_symmetrized(x, m_z, a=None, *, moment_factor: float = 1.0, **w2_kwarg
     )
     x = _np(x, "x")
     a = _weights(a, x.shape[0], "a")
-    m, src = _float_array(m_z, "m_z")
+    m, _ = _float_array(m_z, "m_z")
     D = x.shape[1]
     if m.ndim != 3 or m.shape[1:] != (D, D) or m.shape[0] < 1:
         raise ValueError(f"m_z must be (G, {D}, {D}) with G >= 1 group elements, got {m.shape}")
     if not np.isfinite(m).all():
         raise ValueError("m_z contains NaN or inf")
-    tol = _tol(src)
+    tol = MATRIX_CHECK_TOL
     gram = np.einsum("gij,gkj->gik", m, m)
     if not np.allclose(gram, np.eye(D), atol=tol):
         err = np.abs(gram - np.eye(D)).max()
@@ -327,6 +324,9 @@ def risk_inputs(n: int, d: int, sigma_pi: float, seed: int = 0) -> torch.Tensor:
     Philox stream :data:`symkern.meanfield.rng.STREAM_TEST` keyed by (seed, run 0, step 0)."""
     from symkern.meanfield import rng  # noqa: PLC0415
 
+    n, d = as_int(n, "n", minimum=1), as_int(d, "d", minimum=1)
+    sigma_pi = as_real(sigma_pi, "sigma_pi", positive=True)
+    seed = as_int(seed, "seed", minimum=0, below=2**64)
     z = rng.normal(seed, torch.zeros(1, dtype=torch.int64), 0, rng.STREAM_TEST, n * d)
     return sigma_pi * z.view(n, d)
 
@@ -360,8 +360,7 @@ def monte_carlo_risk(
         raise ValueError("give exactly one of model or (unit, theta)")
     if model is not None and not callable(model):
         raise TypeError(f"model must be a callable (n, d) -> (n, c), got {type(model).__name__}")
-    if not isinstance(chunk, numbers.Integral) or isinstance(chunk, bool) or chunk < 1:
-        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    chunk = as_int(chunk, "chunk", minimum=1)
     x_test, y_test = _real64(x_test, "x_test"), _real64(y_test, "y_test")
     if x_test.dim() != 2 or x_test.shape[0] < 1:
         raise ValueError(f"x_test must be (n, d) with n >= 1, got {tuple(x_test.shape)}")
@@ -399,10 +398,14 @@ def monte_carlo_risk(
             def model(x):  # noqa: F811
                 return unit.output(x, th)
 
+    # a user's module is fed its own parameters' dtype (a float32 nn.Linear would refuse float64)
+    params = model.parameters() if isinstance(model, torch.nn.Module) else ()
+    in_dtype = next((q.dtype for q in params if q.is_floating_point()), torch.float64)
     total = 0.0
     for s in range(0, n, chunk):
         ys = y_test[s : s + chunk]
-        out = model(x_test[s : s + chunk])
+        with torch.no_grad():  # an evaluation: no graph through a user's module
+            out = model(x_test[s : s + chunk].to(in_dtype))
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(ys.shape):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(

@@ -9,6 +9,7 @@ The paper's three teachers for the matrix unit and G = C2 (SPEC_MEANFIELD.md):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from symkern.meanfield.units import MatrixUnit, Unit, check_unit
@@ -27,8 +28,8 @@ _SI_COORDS = [[1.0, 0.0], [0.5, 1.0], [-0.5, 0.3], [0.0, -1.0], [0.7, 0.7]]
 
 def _real_tensor(v, name: str) -> torch.Tensor:
     """``v`` as a float64 tensor; TypeError naming ``name`` for complex or non-numeric data."""
-    try:
-        t = torch.as_tensor(v)
+    try:  # non-tensors read in float64 (a list of Python floats must not pass through float32)
+        t = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v, dtype=np.float64))
     except (TypeError, ValueError, RuntimeError) as e:
         raise TypeError(f"{name} must be a real tensor (or nested list of numbers): {e}") from None
     if t.is_complex():

@@ -11,13 +11,12 @@ the same seed start identically whatever the scheme (common random numbers acros
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from symkern._checks import as_real
 from symkern.groups import Representation
 from symkern.meanfield import rng
 from symkern.meanfield.problem import SCHEMES
@@ -52,10 +51,8 @@ def initial_particles(
         raise ValueError(
             f"n_particles * dim must be < 2^32 (the Philox element index is 32-bit), got {N * D}"
         )
-    _check_seed(seed)
-    if not (isinstance(std, numbers.Real) and not isinstance(std, bool) and math.isfinite(std)
-            and std >= 0):  # fmt: skip
-        raise ValueError(f"std must be a finite number >= 0, got {std!r}")
+    seed = _check_seed(seed)
+    std = as_real(std, "std", minimum=0.0)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch dtype (e.g. torch.float64), got {dtype!r}")
     ids = _check_run_ids(run_ids, R)
@@ -94,7 +91,8 @@ class ParticleTrainer:
         group: finite group acting on X and Y (rep, or (rep_x, rep_y)); None for vanilla only.
         alpha, tau, beta, batch, sigma_pi: SPEC_MEANFIELD defaults 50, 1e-4, 1e-6, 20, 4.
         project_noise: project the Langevin noise onto E^G (SI runs). Default: True exactly when
-            ``init="SI"``.
+            ``init="SI"`` and a group is given (without one — the trivial group, E^G = R^D — SI
+            init is WI init and there is nothing to project).
         dtype, device, backend: where and how the engine runs.
     """
 
@@ -116,9 +114,14 @@ class ParticleTrainer:
         check_unit(unit)
         if not isinstance(scheme, str) or scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {list(SCHEMES)}, got {scheme!r}")
-        device = torch.device(device)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:index]', got {device!r}") from None
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be a CPU or CUDA device, got {device}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device}: CUDA is not available on this machine")
         self.unit, self.scheme, self.group = unit, scheme, group
         self.alpha, self.tau, self.beta = alpha, tau, beta
         self.batch, self.sigma_pi = batch, sigma_pi
@@ -141,9 +144,9 @@ class ParticleTrainer:
         ``n_particles``, ``steps``, ``runs``: positive ints. ``teacher``: a :class:`Teacher` of
         this trainer's unit. ``init``: "SI", "WI" or a (runs, n_particles, D) tensor.
         """
-        _check_pos_int(n_particles, "n_particles")
-        _check_pos_int(steps, "steps")
-        _check_pos_int(runs, "runs")
+        n_particles = _check_pos_int(n_particles, "n_particles")
+        steps = _check_pos_int(steps, "steps")
+        runs = _check_pos_int(runs, "runs")
         if teacher is None:
             raise ValueError("teacher is required (e.g. Teacher.paper('WI'))")
         if not isinstance(teacher, Teacher):
@@ -170,7 +173,12 @@ class ParticleTrainer:
             )
         else:
             raise ValueError(f"init must be 'SI', 'WI' or a (R, N, D) tensor, got {init!r}")
-        project = (init == "SI") if self.project_noise is None else self.project_noise
+        # default: project the noise of SI runs onto E^G — of a group; without one (the trivial
+        # group, E^G = everything) the projection is the identity and SI init is WI init
+        si = isinstance(init, str) and init == "SI"
+        project = (
+            (si and self.group is not None) if self.project_noise is None else self.project_noise
+        )
         snapshot_every = steps if snapshot_every is None else snapshot_every
         out = particle_steps(
             theta0.to(device=self.device, dtype=self.dtype),

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from symkern._checks import as_int
+
 __all__ = ["ACTIVATIONS", "MatrixUnit", "StandardUnit", "Unit", "check_unit", "unit_from_codes"]
 
 ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "relu": 2}
@@ -25,9 +27,8 @@ _ACT_FN = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}
 
 
 def _check_pos_int(v, name: str) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return v
+    """``v`` (int, NumPy integer or integer 0-d tensor, not bool) as a Python int >= 1."""
+    return as_int(v, name, minimum=1)
 
 
 class Unit:
@@ -117,7 +118,7 @@ class StandardUnit(Unit):
     def __init__(self, d: int, c: int = 1, activation: str = "tanh"):
         self.d = _check_pos_int(d, "d")
         self.c = _check_pos_int(c, "c")
-        if activation not in ACTIVATIONS:
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
 

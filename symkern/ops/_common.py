@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from symkern._checks import as_int
 from symkern.backends.registry import select_kernel
 from symkern.groups import Representation
 
@@ -31,8 +32,10 @@ def check_float_tensor(x: Any, arg: str = "x") -> torch.Tensor:
 
 def normalize_dim(x: torch.Tensor, dim: int, size: int, *, arg: str = "x") -> int:
     """Check that ``x`` has extent ``size`` along ``dim`` and return ``dim`` as non-negative."""
-    if not isinstance(dim, int) or isinstance(dim, bool):
-        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    try:
+        dim = as_int(dim, "dim")  # a NumPy integer or an integer 0-d tensor is an int too
+    except ValueError:
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}") from None
     if x.dim() == 0 or not -x.dim() <= dim < x.dim():
         raise ValueError(f"dim={dim} is out of range for {arg} of shape {tuple(x.shape)}")
     dim = dim % x.dim()

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from symkern._checks import as_int
 from symkern.backends.registry import select_kernel
 from symkern.groups import PermRep, Representation, SignedPermRep
 from symkern.ops._common import (
@@ -86,7 +87,9 @@ def orbits(rep: Representation) -> list[Orbit]:
 
     Example::
 
-        >>> [o.indices.tolist() for o in orbits(symkern.groups.cyclic(3).direct_sum(...))]
+        >>> rep = symkern.groups.perm_rep([[1, 2, 0, 3, 4], [0, 1, 2, 4, 3]])  # C3 × C2 on R^5
+        >>> [o.indices.tolist() for o in symkern.orbits(rep)]
+        [[0, 1, 2], [3, 4]]
     """
     check_rep(rep)
     if not _is_perm_like(rep):
@@ -182,7 +185,8 @@ def orbit_average(
     Example::
 
         >>> G = symkern.groups.symmetric(5)
-        >>> symkern.orbit_average(torch.arange(5.0), G)   # every coordinate becomes the mean, 2.0
+        >>> symkern.orbit_average(torch.arange(5.0), G)   # every coordinate becomes the mean
+        tensor([2., 2., 2., 2., 2.])
     """
     check_float_tensor(x)
     check_rep(rep)
@@ -268,8 +272,10 @@ def _group_elements(
         base = rep_in.group.defining_rep()
         weights, base_mats = base.quadrature(degree)
     elif mode == "sample":
-        if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or samples < 1:
-            raise ValueError(f"samples: mode='sample' needs an int >= 1, got {samples!r}")
+        try:
+            samples = as_int(samples, "samples", minimum=1)
+        except ValueError:
+            raise ValueError(f"samples: mode='sample' needs an int >= 1, got {samples!r}") from None
         if rep_in.is_finite:
             elems = list(rep_in.elements())
             idx = torch.randint(len(elems), (samples,), generator=generator).tolist()
@@ -315,6 +321,8 @@ def symmetrize(
 
     Returns a callable (an nn.Module when ``fn`` is one, so its parameters are tracked).
     """
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable (B, D_in) -> (B, ...), got {type(fn).__name__}")
     check_rep(rep_in, "rep_in")
     if rep_out is not None:
         check_rep(rep_out, "rep_out")

@@ -9,13 +9,12 @@ with. The math of one step is in :mod:`symkern.meanfield.problem`.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 
+from symkern._checks import as_int, as_real, philox_ids
 from symkern.backends.registry import select_kernel
 from symkern.groups import Representation
 from symkern.meanfield.problem import SCHEMES, ParticleProblem
@@ -110,38 +109,16 @@ def _real_tensor(v, name: str, want: str, dtype, device) -> torch.Tensor:
         raise TypeError(f"{name} must be a real {want}, got {type(v).__name__}") from None
 
 
-def _is_int(v) -> bool:
-    """A Python int that is not a bool (bool is a subclass of int)."""
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _check_seed(seed) -> int:
-    if not _is_int(seed) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}")
-    return seed
+    try:
+        return as_int(seed, "seed", minimum=0, below=2**64)
+    except ValueError:
+        raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}") from None
 
 
 def _check_run_ids(run_ids, R: int) -> torch.Tensor:
-    """run_ids as an int64 (R,) tensor of values in [0, 2^32) (the Philox counter's run word is
-    32-bit: run ids 2^32 apart would draw identical streams), or the default 0..R-1."""
-    if run_ids is None:
-        return torch.arange(R)
-    want = (
-        f"run_ids must be one integer per run ({R}), each in [0, 2^32) (the Philox run word is "
-        "32-bit)"
-    )
-    try:
-        t = run_ids if isinstance(run_ids, torch.Tensor) else torch.as_tensor(run_ids)
-    except (TypeError, ValueError, RuntimeError, OverflowError):
-        raise ValueError(f"{want}, got {run_ids!r}") from None
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"{want}, got dtype {t.dtype}")
-    if t.shape != (R,):
-        raise ValueError(f"{want}, got shape {tuple(t.shape)}")
-    t = t.to(torch.int64)  # compare in int64: an int32 tensor compared with 2^32 wraps
-    if t.numel() and bool(((t < 0) | (t >= 2**32)).any()):
-        raise ValueError(f"{want}, got {t.tolist() if t.numel() <= 8 else 'out-of-range ids'}")
-    return t
+    """run_ids as an int64 (R,) tensor of values in [0, 2^32), or the default 0..R-1."""
+    return philox_ids(run_ids, R, "run_ids", "run")
 
 
 def _check_device(t: torch.Tensor, name: str) -> None:
@@ -206,16 +183,10 @@ def particle_problem(
     unit.check_theta(theta)
     propagates = "particle training would only propagate it"
     require_finite(theta, "theta", propagates)
-    _check_pos_int(steps, "steps")
-    _check_pos_int(batch, "batch")
-    if not (
-        isinstance(sigma_pi, numbers.Real)
-        and not isinstance(sigma_pi, bool)
-        and math.isfinite(sigma_pi)
-        and sigma_pi > 0
-    ):
-        raise ValueError(f"sigma_pi must be a finite number > 0, got {sigma_pi!r}")
-    _check_seed(seed)
+    steps = _check_pos_int(steps, "steps")
+    batch = _check_pos_int(batch, "batch")
+    sigma_pi = as_real(sigma_pi, "sigma_pi", positive=True)
+    seed = _check_seed(seed)
     dtype, device = theta.dtype, theta.device
 
     schemes, names = _schemes(scheme, R, device)
@@ -388,8 +359,8 @@ def particle_steps(
             group may be None for vanilla and EA runs (DA, DA-sample and FA still need it).
         backend: "auto", "cpp", "triton" or "torch".
 
-    Ints (steps, batch, seed, step0, snapshot_every) must be Python ints, not bools. Tensors
-    must be on the CPU or a CUDA device.
+    Ints (steps, batch, seed, step0, snapshot_every) may be Python ints, NumPy integers or
+    integer 0-d tensors, not bools. Tensors must be on the CPU or a CUDA device.
 
     Returns a :class:`ParticleStepsResult`. Autograd does not flow through multi-step calls.
     Inputs must be finite (ValueError otherwise). A run that diverges during the call (a step
@@ -397,9 +368,8 @@ def particle_steps(
     inf / NaN from that step on, as in the reference, and the other runs are unaffected — check
     ``torch.isfinite(result.theta)``.
     """
-    _check_pos_int(steps, "steps")
-    if not _is_int(step0) or step0 < 0:
-        raise ValueError(f"step0 must be a non-negative int, got {step0!r}")
+    steps = _check_pos_int(steps, "steps")
+    step0 = as_int(step0, "step0", minimum=0)
     # Philox counters hold the step and the element index (i·D + k) in 32-bit words
     if step0 + steps > 2**32:
         raise ValueError(f"step0 + steps must be <= 2^32 (32-bit Philox step), got {step0 + steps}")
@@ -414,7 +384,7 @@ def particle_steps(
             "the Philox element index is 32-bit, so N·D must be < 2^32"
         )
     snapshot_every = steps if snapshot_every is None else snapshot_every
-    _check_pos_int(snapshot_every, "snapshot_every")
+    snapshot_every = _check_pos_int(snapshot_every, "snapshot_every")
     if snapshot_every > steps:  # would record no snapshot at all
         raise ValueError(
             f"snapshot_every must be <= steps ({steps}), got {snapshot_every} (no step would be "

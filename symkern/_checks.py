@@ -1,0 +1,89 @@
+"""Scalar argument checks shared by every layer (no symkern imports, so any module can use them).
+
+Integers are accepted in every form a user passes one: a Python int, a NumPy integer, or an
+integer 0-d tensor (anything with ``__index__``) — never a bool, a float or a string. Real numbers
+likewise: int, float, NumPy scalars, 0-d real tensors. Each returns a plain Python value, which
+is what the kernels receive; a bad value raises ValueError naming the argument.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["PHILOX_WORD", "as_int", "as_real", "philox_ids"]
+
+PHILOX_WORD = 2**32  # Philox counter words (step, run / model id, element index) are 32-bit
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool | np.bool_) or (isinstance(v, torch.Tensor) and v.dtype == torch.bool)
+
+
+def as_int(v: Any, name: str, *, minimum: int | None = None, below: int | None = None) -> int:
+    """``v`` as a Python int in [minimum, below) (either bound optional); ValueError naming
+    ``name`` otherwise."""
+    words = {None: "an int", 0: "a non-negative int", 1: "a positive int"}
+    want = words.get(minimum, f"an int >= {minimum}")
+    want += f" < {below}" if below is not None else ""
+    try:
+        if _is_bool(v):
+            raise TypeError
+        i = operator.index(v)
+    except TypeError:
+        raise ValueError(f"{name} must be {want}, got {v!r}") from None
+    if (minimum is not None and i < minimum) or (below is not None and i >= below):
+        raise ValueError(f"{name} must be {want}, got {i}")
+    return i
+
+
+def as_real(v: Any, name: str, *, minimum: float | None = None, positive: bool = False) -> float:
+    """``v`` as a finite Python float (> 0 when ``positive``, >= ``minimum`` when given);
+    ValueError naming ``name`` otherwise."""
+    want = "a finite number" + (" > 0" if positive else "")
+    want += f" >= {minimum:g}" if minimum is not None else ""
+    x = None
+    if isinstance(v, torch.Tensor):
+        if v.numel() == 1 and v.dim() == 0 and not (v.is_complex() or v.dtype == torch.bool):
+            x = float(v)
+    elif isinstance(v, numbers.Real) and not _is_bool(v):
+        x = float(v)
+    if (
+        x is None
+        or not math.isfinite(x)
+        or (positive and not x > 0)
+        or (minimum is not None and x < minimum)
+    ):
+        raise ValueError(f"{name} must be {want}, got {v!r}")
+    return x
+
+
+def philox_ids(ids: Any, n: int, name: str, item: str) -> torch.Tensor:
+    """``ids`` (one integer per ``item``, any integer dtype or a sequence of ints) as an int64 (n,)
+    CPU tensor with values in [0, 2^32): the Philox run / model word is 32-bit, so ids 2^32 apart
+    would draw identical streams. ``None``: 0..n−1."""
+    if ids is None:
+        return torch.arange(n)
+    want = f"{name} must be one integer per {item} ({n}), each in [0, 2^32) (a 32-bit Philox word)"
+    try:
+        t = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(np.asarray(ids))
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise ValueError(f"{want}, got {ids!r}") from None
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{want}, got dtype {t.dtype}")
+    if t.shape != (n,):
+        raise ValueError(f"{want}, got shape {tuple(t.shape)}")
+    t = t.detach().cpu()
+    if t.dtype == torch.uint64:  # compare in a signed type wide enough: uint64 -> via numpy
+        big = t.numpy()
+        if (big >= PHILOX_WORD).any():
+            raise ValueError(f"{want}, got {big.tolist() if n <= 8 else 'out-of-range ids'}")
+    t = t.to(torch.int64)  # int32 / uint8 compared with 2^32 would wrap
+    if bool(((t < 0) | (t >= PHILOX_WORD)).any()):
+        raise ValueError(f"{want}, got {t.tolist() if n <= 8 else 'out-of-range ids'}")
+    return t
