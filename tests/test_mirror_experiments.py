@@ -4,6 +4,7 @@ mirror-plasticity) on tiny configs: each writes its outputs, the claims it check
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -177,7 +178,8 @@ BAD_VALUES = {
     ],
     mirror_dcs: [
         ("--steps", "0"), ("--steps", "-3"), ("--eta", "0"), ("--eta", "-1"), ("--eta", "nan"),
-        ("--init-scale", "nan"), ("--init-scale", "inf"), ("--k-constrained", "0"),
+        ("--init-scale", "nan"), ("--init-scale", "inf"), ("--init-scale", "-0.1"),
+        ("--k-constrained", "0"),
         ("--k-constrained", "41"), ("--d", "0"), ("--gammas", "-1"), ("--gammas", "0,nan"),
         ("--m", "0"), ("--n", "-1"), ("--lowrank-eta", "inf"), ("--eps", "nan"),
         ("--seed", "-1"),
@@ -255,6 +257,46 @@ def test_cli_bad_value_and_divergence(tmp_path, capsys):
     assert cli.main(["run", "mirror-lowrank", *args, "--out", str(tmp_path / "b")]) == 1
     err = capsys.readouterr().err
     assert "diverged" in err and "--eta" in err, err
+
+
+def test_cli_negative_init_scale_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", "mirror-dcs", "--init-scale", "-0.1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--init-scale" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("bad.json", b'{"d": 3,\n', "Expecting"),
+        ("bad.toml", b"d = \n", "Invalid value"),
+        ("latin1.toml", b"d = 3 # \xff\n", "cannot decode the text"),
+        ("latin1.json", b'{"d": 3, "x": "\xff"}', "cannot decode the text"),
+        ("list.json", b"[1, 2]", "the config must be a table / object"),
+        ("deep.json", b"[" * 100_000, "recursion"),
+    ],
+)
+def test_bad_config_file_is_a_usage_error_naming_the_file(tmp_path, capsys, name, data, reason):
+    """A config file that cannot be decoded or parsed: ValueError ``--config PATH: reason``, a
+    usage error (rc 2) on the command line, never a bare parser message or a traceback."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=rf"^--config {re.escape(str(path))}: .*{reason}"):
+        common.load_config_file(path)
+    with pytest.raises(SystemExit) as e:
+        mirror_dcs.main(["--config", str(path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--config {path}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_valid_config_files_still_load(tmp_path):
+    (tmp_path / "a.json").write_bytes(b'\xef\xbb\xbf{"d": 12, "gammas": [0.5]}')  # UTF-8 BOM
+    (tmp_path / "b.toml").write_text("d = 12\ngammas = [0.5]\n# caf\u00e9\n", encoding="utf-8")
+    for name in ("a.json", "b.toml"):
+        assert common.load_config_file(tmp_path / name) == {"d": 12, "gammas": [0.5]}
 
 
 def test_nan_max_and_all_finite():

@@ -430,3 +430,30 @@ def test_mirror_apply_checks_its_arguments():
         mirror_apply(th.float(), dense._plan(th), "project")
     out, c = mirror_apply(th, plan, "reflect")  # valid call unchanged
     assert out.shape == (2, 9) and c.shape == (2, plan.k)
+
+
+def test_integer_inputs_never_truncate_the_plan():
+    """A plan cast to an integer input's dtype would truncate O (0.6 → 0): every op that builds a
+    plan from its input's dtype rejects integer inputs naming the argument, instead of a silent
+    wrong answer (expand used to return int64 zeros); floating inputs are unchanged."""
+    for kind in KINDS:
+        m = make_mirror(kind, 9)
+        c = torch.ones(2, m.k, dtype=torch.long)
+        for dt in (torch.long, torch.int32, torch.uint8, torch.bool):
+            with pytest.raises(TypeError, match=f"c must be a floating tensor, got dtype {dt}"):
+                m.expand(c.to(dt))
+        ref = m.to_dense() @ torch.ones(m.k, dtype=F64)
+        assert_close(m.expand(c.double())[0], ref)
+        assert_close(m.expand(c.float())[1], ref)
+        th = torch.ones(2, 9, dtype=torch.long)
+        for op in (m.coefficients, m.reflect, m.project, m.breaking, m.group_norms):
+            with pytest.raises(TypeError, match="theta must be a floating tensor"):
+                op(th)
+        with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
+            m.to_dense(torch.long)
+        with pytest.raises(TypeError, match="a mirror plan needs a floating dtype"):
+            m._plan(th)
+    O = torch.tensor([[0.6, 0.0], [0.8, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=F64)
+    with pytest.raises(TypeError, match="c must be a floating tensor, got dtype torch.int64"):
+        Mirror.dense(O).expand(torch.ones(2, dtype=torch.long))
+    assert Mirror.dense(O).expand(torch.ones(2, dtype=F64)).tolist() == [0.6, 0.8, 1.0, 0.0]

@@ -157,10 +157,16 @@ def test_trajectory_independent_of_batching_and_resumable():
     assert full.losses.shape == (M, 4) and full.loss_steps.tolist() == [4, 9, 14, 19]
 
 
-def test_record_every_longer_than_the_call_records_nothing():
-    r = train_sweep("rescaling", _resc(), 0.1, 0.1, 3, None, target=torch.ones(3),
-                    record_every=5)  # fmt: skip
-    assert r.losses.shape == (2, 0) and r.loss_steps.numel() == 0
+def test_record_every_longer_than_the_call_is_rejected():
+    """record_every > steps would record nothing (losses (M, 0)): a ValueError naming both, not a
+    silent empty result; record_every == steps records the last step."""
+    for steps, every in ((3, 5), (5, 10)):
+        msg = rf"record_every must be <= steps \({steps}\), got {every}"
+        with pytest.raises(ValueError, match=msg):
+            train_sweep("rescaling", _resc(), 0.1, 0.1, steps, None, target=torch.ones(3),
+                        record_every=every)  # fmt: skip
+    r = train_sweep("rescaling", _resc(), 0.1, 0.1, 3, None, target=torch.ones(3), record_every=3)
+    assert r.losses.shape == (2, 1) and r.loss_steps.tolist() == [2]
     r = train_sweep("rescaling", _resc(), 0.1, 0.1, 10, None, target=torch.ones(3),
                     record_every=3, step0=4)  # fmt: skip
     assert r.losses.shape == (2, 3) and r.loss_steps.tolist() == [6, 9, 12]
@@ -683,8 +689,9 @@ def test_element_index_and_model_ids_must_fit_32_bits():
     pf = {"U": torch.ones(1, big, 1, dtype=F64), "W": torch.ones(1, big, 1, dtype=F64)}
     with pytest.raises(ValueError, match=r"with noise > 0, m·n must be <= 2\^32"):
         train_sweep("factorization", pf, 0.1, 0.1, 1, None, target=torch.ones(1), noise=0.1)
-    for ids in ([True, False], [2**32, 0], [2**64, 0], [0.0, 1.0], ["a", "b"]):
-        with pytest.raises(ValueError, match=r"model_ids must be 2 integers in \[0, 2\^32\)"):
+    for ids in ([True, False], [2**32, 0], [2**64, 0], [0.0, 1.0], ["a", "b"], [-1, 0], [0]):
+        with pytest.raises(ValueError, match=r"model_ids must be one integer per model \(2\), each "
+                           r"in \[0, 2\^32\)"):  # fmt: skip
             train_sweep("rescaling", _resc(), 0.1, 0.1, 1, None, target=torch.ones(3),
                         model_ids=ids)  # fmt: skip
 
@@ -732,3 +739,55 @@ def test_activation_is_checked_for_every_model():
     with pytest.raises(ValueError, match="activation must be one of"):
         train_sweep("factorization", {"U": U, "W": W}, 0.1, 0.1, 1, None, target=torch.ones(2, 2),
                     activation="gelu")  # fmt: skip
+
+
+def test_model_ids_of_any_integer_dtype():
+    """model_ids of every integer dtype (numpy or torch, narrower than int64 or unsigned) give the
+    run of the same int64 ids; out-of-range values are rejected after widening (no wrap)."""
+    import numpy as np
+
+    beta = torch.tensor([0.1, -0.2, 0.3], dtype=F64)
+
+    def run(ids):
+        return train_sweep("rescaling", _resc(), 0.1, 0.1, 2, 4, 5, target=beta, noise=0.3,
+                           model_ids=ids)  # fmt: skip
+
+    ref = run(torch.tensor([7, 100]))
+    for dt in (np.int8, np.int16, np.int32, np.uint8, np.uint16, np.uint32, np.uint64):
+        got = run(np.array([7, 100], dtype=dt))
+        assert torch.equal(got.params["u"], ref.params["u"]), dt
+    for dt in (torch.int16, torch.int32, torch.uint8, torch.uint32, torch.uint64):
+        got = run(torch.tensor([7, 100], dtype=dt))
+        assert torch.equal(got.params["u"], ref.params["u"]), dt
+    assert torch.equal(run([np.uint64(7), np.uint64(100)]).params["w"], ref.params["w"])
+    top = run(np.array([2**32 - 1, 0], dtype=np.uint32))  # the largest id is allowed
+    assert torch.equal(top.params["u"], run([2**32 - 1, 0]).params["u"])
+    for bad in (np.array([2**32, 0], dtype=np.uint64), np.array([-1, 0], dtype=np.int8)):
+        with pytest.raises(ValueError, match=r"model_ids must be one integer per model \(2\)"):
+            run(bad)
+
+
+def test_sweep_integer_arguments_accept_numpy_and_0d_tensors():
+    """steps / batch / seed / step0 / record_every as NumPy integers or integer 0-d tensors give
+    the plain-int result; bools and floats are rejected naming the argument."""
+    import numpy as np
+
+    beta = torch.tensor([0.1, -0.2, 0.3], dtype=F64)
+    ref = train_sweep("rescaling", _resc(), 0.1, 0.1, 4, 2, 3, target=beta, noise=0.2, step0=5,
+                      record_every=2)  # fmt: skip
+    got = train_sweep("rescaling", _resc(), 0.1, 0.1, np.int64(4), np.int32(2), torch.tensor(3),
+                      target=beta, noise=0.2, step0=np.uint8(5),
+                      record_every=torch.tensor(2))  # fmt: skip
+    assert torch.equal(got.params["u"], ref.params["u"]) and torch.equal(got.losses, ref.losses)
+    assert got.loss_steps.tolist() == ref.loss_steps.tolist() == [6, 8]
+
+    def run(**kw):
+        args = {"steps": 2, "batch": 2, "seed": 0, "step0": 0, "record_every": 1, **kw}
+        return train_sweep("rescaling", _resc(), 0.1, 0.1, args.pop("steps"), args.pop("batch"),
+                           args.pop("seed"), target=beta, **args)  # fmt: skip
+
+    for name, bad in (("steps", 2.0), ("steps", True), ("record_every", np.float64(1.0)),
+                      ("record_every", 0), ("step0", -1), ("batch", True), ("batch", 1.5),
+                      ("seed", np.bool_(True)), ("seed", -1), ("seed", 2**64)):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            run(**{name: bad})

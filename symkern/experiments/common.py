@@ -123,19 +123,28 @@ def _coerce(name: str, tp, value):
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """A flat dict from a TOML (``.toml``, via tomllib) or JSON file."""
+    """A flat dict from a TOML (``.toml``, via tomllib) or JSON file.
+
+    A file that cannot be decoded (not UTF-8) or parsed is a ValueError ``--config PATH: reason``
+    (a usage error on the command line); a missing / unreadable file is the OSError naming it.
+    """
     path = Path(path)
     text = path.read_bytes()
-    if path.suffix.lower() == ".toml":
-        try:
-            import tomllib  # noqa: PLC0415 — Python ≥ 3.11
-        except ModuleNotFoundError:  # pragma: no cover — Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]  # noqa: PLC0415
-        data = tomllib.loads(text.decode())
-    else:
-        data = json.loads(text)
+    try:
+        if path.suffix.lower() == ".toml":
+            try:
+                import tomllib  # noqa: PLC0415 — Python ≥ 3.11
+            except ModuleNotFoundError:  # pragma: no cover — Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]  # noqa: PLC0415
+            data = tomllib.loads(text.decode())
+        else:
+            data = json.loads(text)  # bytes: UTF-8 (BOM allowed), UTF-16 / 32 detected
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--config {path}: cannot decode the text ({e})") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError / TOMLDecodeError: ValueError
+        raise ValueError(f"--config {path}: {e}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: the config must be a table / object of parameters")
+        raise ValueError(f"--config {path}: the config must be a table / object of parameters")
     return data
 
 

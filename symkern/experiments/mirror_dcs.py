@@ -172,7 +172,7 @@ _RULES = {
     "gammas": "finite >= 0",
     "steps": "int >= 1",
     "eta": "finite > 0",
-    "init_scale": "finite",
+    "init_scale": "finite >= 0",
     "eps": "finite > 0",
     "m": "int >= 1",
     "n": "int >= 1",

@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from symkern._checks import as_int, as_real
 from symkern.ops.mirror import MirrorPlan, make_mirror_plan, mirror_apply
 
 __all__ = ["Mirror"]
@@ -49,20 +50,38 @@ def _short(x, limit: int = 80) -> str:
     return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
-def _as_index(x, name: str) -> torch.Tensor:
-    """``x`` (integer tensor, or a sequence / numpy array of integers) as a flat long tensor.
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
-    Floats and bools are rejected (TypeError naming ``name``), never truncated or read as 0/1.
+
+def _np_index(arr: np.ndarray, name: str) -> torch.Tensor:
+    """An integer numpy array of any dtype (uint64 included) as a flat int64 tensor; values that
+    do not fit int64 are rejected (ValueError naming ``name``), never wrapped."""
+    flat = arr.reshape(-1)
+    if arr.dtype.kind == "u" and flat.size and int(flat.max()) > _INT64_MAX:
+        raise ValueError(f"{name} has values beyond the int64 range, got max {int(flat.max())}")
+    return torch.from_numpy(flat.astype(np.int64))
+
+
+def _as_index(x, name: str) -> torch.Tensor:
+    """``x`` (integer tensor, or a sequence / numpy array of integers of any integer dtype) as a
+    flat long tensor.
+
+    Floats and bools are rejected (TypeError naming ``name``), never truncated or read as 0/1;
+    values beyond the int64 range are rejected (ValueError), never wrapped.
     """
     if isinstance(x, torch.Tensor):
         if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
             raise TypeError(f"{name} must be an integer index tensor, got dtype {x.dtype}")
+        if x.dtype in (torch.uint16, torch.uint32, torch.uint64):
+            return _np_index(x.detach().cpu().numpy(), name)
         return x.detach().to("cpu", torch.long).reshape(-1)
     expected = f"{name} must be a sequence of integers (not floats or bools)"
     if isinstance(x, (str, bytes)):
         raise TypeError(f"{expected}, got {_short(x)}")
     if isinstance(x, np.ndarray):
-        if x.dtype.kind not in "iu" and x.size:
+        if x.dtype.kind in "iu":
+            return _np_index(x, name)
+        if x.size:
             raise TypeError(f"{expected}, got a numpy array of dtype {x.dtype}")
     try:
         items = list(x)
@@ -74,8 +93,18 @@ def _as_index(x, name: str) -> torch.Tensor:
         raise TypeError(f"{expected}, got {_short(x)}")
     try:
         t = torch.as_tensor(items)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise TypeError(f"{expected}, got {_short(x)}") from e
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        # e.g. numpy uint64 scalars (torch has no conversion for them) or ints beyond int64:
+        # read each item as an exact Python int
+        try:
+            ints = [operator.index(v) for v in items]
+        except TypeError as e:
+            raise TypeError(f"{expected}, got {_short(x)}") from e
+        if any(not -_INT64_MAX - 1 <= v <= _INT64_MAX for v in ints):
+            raise ValueError(
+                f"{name} has values beyond the int64 range, got {_short(ints)}"
+            ) from None
+        return torch.tensor(ints, dtype=torch.long)
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{expected}, got {_short(x)}")
     return t.to(torch.long).reshape(-1)
@@ -84,48 +113,47 @@ def _as_index(x, name: str) -> torch.Tensor:
 def _as_int(v, name: str) -> int:
     """A Python int from an integer (int, numpy integer, integer 0-d tensor); floats and bools
     are rejected (TypeError naming ``name``), never truncated."""
-    if isinstance(v, (bool, np.bool_)) or (isinstance(v, torch.Tensor) and v.dtype == torch.bool):
-        raise TypeError(f"{name} must be an int, got {v!r}")
     try:
-        return operator.index(v)
-    except TypeError as e:
-        raise TypeError(f"{name} must be an int, got {v!r}") from e
+        return as_int(v, name)
+    except ValueError as e:
+        raise TypeError(str(e)) from None
 
 
 def _check_tol(tol, name: str = "tol") -> float:
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < math.inf:
-        raise ValueError(f"{name} must be a finite number >= 0, got {tol!r}")
-    return float(tol)
+    """A tolerance: a finite real >= 0 (Python / NumPy scalar or 0-d tensor) as a float."""
+    return as_real(tol, name, minimum=0)
 
 
 def _check_trials(trials) -> int:
-    """The rule for ``trials`` of every numerical symmetry check (an int >= 1)."""
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"trials must be an int >= 1, got {trials!r}")
-    return trials
+    """The rule for ``trials`` of every numerical symmetry check (an int >= 1, Python / NumPy
+    integer or integer 0-d tensor), as a Python int."""
+    return as_int(trials, "trials", minimum=1)
 
 
 def _loss_value(out) -> float:
-    """A loss's value as a float: ``loss`` must return a scalar (a one-element real tensor or a
-    real number)."""
+    """A loss's value as a float: ``loss`` must return a scalar (a one-element real tensor or
+    numpy array, or a real number incl. numpy scalars)."""
     if isinstance(out, torch.Tensor):
-        if out.numel() != 1 or out.is_complex():
+        if out.numel() != 1 or out.is_complex() or out.dtype == torch.bool:
             raise ValueError(
                 "loss must return a scalar (one-element real tensor), got a tensor of shape "
                 f"{tuple(out.shape)} and dtype {out.dtype}"
             )
         return float(out)
+    if isinstance(out, np.ndarray):
+        if out.size != 1 or out.dtype.kind not in "iuf":
+            raise ValueError(
+                "loss must return a scalar (one-element real array), got a numpy array of shape "
+                f"{out.shape} and dtype {out.dtype}"
+            )
+        return float(out.reshape(()))
     if isinstance(out, numbers.Real) and not isinstance(out, (bool, np.bool_)):
         return float(out)
     raise TypeError(f"loss must return a scalar (0-d tensor or number), got {type(out).__name__}")
 
 
 def _check_d(d, name: str = "d") -> int:
-    if isinstance(d, bool) or not isinstance(d, int):
-        raise TypeError(f"{name} must be an int, got {type(d).__name__}")
-    if d < 1:
-        raise ValueError(f"{name} must be >= 1, got {d}")
-    return d
+    return as_int(d, name, minimum=1)
 
 
 class Mirror:
@@ -314,7 +342,8 @@ class Mirror:
 
         O has one column per "row" r of each block (all indices but ``axis``): Σ_h n_h e_{pos(r,h)};
         so Oᵀθ = [U n; W n] and the constraint U n = W n = 0 means rank(U Wᵀ) ≤ h − 1. ``n`` must
-        be a unit vector (ValueError naming ``n`` otherwise).
+        be a unit vector (ValueError naming ``n`` otherwise; tolerance 1e-10 for float64, 1e-5 for
+        float32, 4·eps for float16 / bfloat16), then renormalised in float64.
         """
         d = _check_d(d)
         if not isinstance(n, torch.Tensor):
@@ -324,9 +353,14 @@ class Mirror:
         n64 = n.detach().to("cpu", torch.float64)
         if not torch.isfinite(n64).all():
             raise ValueError(f"n must be a finite unit vector, got {_short(n64.tolist())}")
-        tol = 1e-10 if n.dtype == torch.float64 else 1e-5
+        # the unit check at n's own precision (float16 / bfloat16 cannot hold a unit vector to
+        # 1e-5); n is renormalised in float64 below
+        tol = 1e-10 if n.dtype == torch.float64 else max(1e-5, 4 * torch.finfo(n.dtype).eps)
         if not abs(n64.norm().item() - 1.0) <= tol:
             raise ValueError(f"n must be a unit vector, got ‖n‖ = {n64.norm().item():.6g}")
+        # n passed the unit check at its own precision: renormalise in float64 so the columns
+        # meet the constructor's float64 orthonormality check (a float32 unit vector is fine)
+        n64 = n64 / n64.norm()
         H = n64.numel()
         if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence) or not blocks:
             raise TypeError("blocks must be a non-empty sequence of (offset, shape, axis)")
@@ -390,7 +424,12 @@ class Mirror:
             raise ValueError(f"theta must have shape (..., d={self.d}), got {tuple(theta.shape)}")
 
     def _plan(self, like: torch.Tensor) -> MirrorPlan:
-        """O in the kernels' form on ``like``'s device and dtype (built once, then cached)."""
+        """O in the kernels' form on ``like``'s device and dtype (built once, then cached).
+
+        ``like`` must be floating: O cast to an integer dtype would be truncated (callers check
+        their argument first, naming it)."""
+        if not like.dtype.is_floating_point:
+            raise TypeError(f"a mirror plan needs a floating dtype, got {like.dtype}")
         key = (like.dtype, like.device)
         if key not in self._cache:
             self._cache[key] = make_mirror_plan(
@@ -411,9 +450,12 @@ class Mirror:
         return mirror_apply(theta, self._plan(theta), "coefficients", backend=backend)[1]
 
     def expand(self, c: torch.Tensor) -> torch.Tensor:
-        """O c for c of shape (..., k) → (..., d)."""
+        """O c for c of shape (..., k) → (..., d), in c's floating dtype (an integer c is
+        rejected: O would be truncated to it)."""
         if not isinstance(c, torch.Tensor):
             raise TypeError(f"c must be a torch.Tensor, got {type(c).__name__}")
+        if not c.dtype.is_floating_point:
+            raise TypeError(f"c must be a floating tensor, got dtype {c.dtype}")
         if c.ndim < 1 or c.shape[-1] != self.k:
             raise ValueError(f"c must have shape (..., k={self.k}), got {tuple(c.shape)}")
         plan = self._plan(c)
@@ -456,7 +498,9 @@ class Mirror:
         return sq.sqrt()
 
     def to_dense(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """O as a dense (d, k) tensor (for tests and small problems only)."""
+        """O as a dense (d, k) tensor (for tests and small problems only); ``dtype`` floating."""
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         if self._dense is not None:
             return self._dense.to(dtype)
         O = torch.zeros(self.d, self.k, dtype=torch.float64)
@@ -511,8 +555,10 @@ class Mirror:
         """
         if not callable(loss):
             raise TypeError("loss must be callable: theta (d,) -> scalar")
-        _check_trials(trials)
+        trials = _check_trials(trials)
         rtol = _check_tol(rtol, "rtol")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         points = []
         if theta is not None:
             self._check_theta(theta)

@@ -15,22 +15,17 @@ gate per group, group-lasso 2γ‖θ_g‖₂), :class:`LowRankDCS` (W = U Vᵀ: 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from symkern._checks import as_int, as_real
 from symkern.mirror.core import Mirror
 
 __all__ = ["DCS", "GroupGateDCS", "LowRankDCS"]
 
 
 def _check_gamma(gamma) -> float:
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
-        raise TypeError(f"gamma must be a number, got {type(gamma).__name__}")
-    if not math.isfinite(gamma) or gamma < 0:
-        raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
-    return float(gamma)
+    return as_real(gamma, "gamma", minimum=0)
 
 
 def _check_dtype(dtype) -> torch.dtype:
@@ -45,13 +40,7 @@ def _check_dtype(dtype) -> torch.dtype:
 
 
 def _check_init_scale(init_scale) -> float:
-    if (
-        isinstance(init_scale, bool)
-        or not isinstance(init_scale, (int, float))
-        or not 0 <= init_scale < math.inf
-    ):
-        raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
-    return float(init_scale)
+    return as_real(init_scale, "init_scale", minimum=0)
 
 
 def _check_init(init, d: int) -> torch.Tensor:
@@ -190,9 +179,7 @@ class LowRankDCS(nn.Module):
         generator: torch.Generator | None = None,
     ):
         super().__init__()
-        for name, val in (("m", m), ("n", n), ("r", r)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {val!r}")
+        m, n, r = (as_int(v, name, minimum=1) for v, name in ((m, "m"), (n, "n"), (r, "r")))
         self.gamma = _check_gamma(gamma)
         dtype = _check_dtype(dtype)
         init_scale = _check_init_scale(init_scale)

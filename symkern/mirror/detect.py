@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from symkern._checks import as_int, as_real
 from symkern.mirror.core import Mirror, _check_tol, _check_trials, _loss_value
 
 __all__ = [
@@ -191,8 +192,8 @@ def _verify(mirrors, loss, on_fail, trials, generator, rtol):
         raise ValueError(f"on_fail must be 'drop' or 'raise', got {on_fail!r}")
     if not callable(loss):
         raise TypeError("loss must be callable: theta (d,) -> scalar")
-    _check_trials(trials)
-    _check_tol(rtol, "rtol")
+    trials = _check_trials(trials)
+    rtol = _check_tol(rtol, "rtol")
     kept = []
     for m in mirrors:
         ok, gap = m.is_symmetric(loss, trials=trials, generator=generator, rtol=rtol)
@@ -218,7 +219,10 @@ def permutation_mirrors(
     max_pairs: int | None = None,
 ) -> list[Mirror]:
     """Neuron-swap mirrors for every pair i < j of every detected hidden layer (any elementwise
-    activation). ``max_pairs`` caps the number per layer (first pairs in lexicographic order)."""
+    activation). ``max_pairs`` (None: no cap, else an int >= 0) caps the number per layer (first
+    pairs in lexicographic order)."""
+    if max_pairs is not None:
+        max_pairs = as_int(max_pairs, "max_pairs", minimum=0)
     layout, d = param_layout(model), _dim(model)
     out = []
     for name, first, _acts, second in linear_pairs(model):
@@ -274,11 +278,12 @@ class Rescaling:
     meta: dict = field(default_factory=dict)
 
     def apply(self, theta: torch.Tensor, lam: float) -> torch.Tensor:
-        """S_λ θ for λ > 0, θ of shape (..., d) (a new tensor; differentiable)."""
-        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
-            raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
+        """S_λ θ for λ > 0, θ of shape (..., d), floating (a new tensor; differentiable)."""
+        lam = as_real(lam, "lam", positive=True)
         if not isinstance(theta, torch.Tensor) or theta.shape[-1:] != (self.d,):
             raise ValueError(f"theta must have shape (..., d={self.d})")
+        if not theta.dtype.is_floating_point:  # an integer scale would truncate λ
+            raise TypeError(f"theta must be a floating tensor, got dtype {theta.dtype}")
         scale = torch.ones(self.d, dtype=theta.dtype, device=theta.device)
         scale[self.incoming.to(theta.device)] = lam
         scale[self.outgoing.to(theta.device)] = 1.0 / lam
@@ -306,14 +311,25 @@ class Rescaling:
         ``lambdas``; returns (max relative gap <= rtol, max relative gap)."""
         if not callable(loss):
             raise TypeError("loss must be callable: theta (d,) -> scalar")
-        _check_trials(trials)
+        trials = _check_trials(trials)
         rtol = _check_tol(rtol, "rtol")
-        lambdas = tuple(lambdas)
+        if isinstance(lambdas, (str, bytes)):
+            raise TypeError(f"lambdas must be a sequence of numbers > 0, got {lambdas!r}")
+        try:
+            lambdas = tuple(lambdas)
+        except TypeError:
+            raise TypeError(
+                f"lambdas must be a sequence of numbers > 0, got {type(lambdas).__name__}"
+            ) from None
         if not lambdas:
             raise ValueError("lambdas must hold at least one λ > 0, got ()")
+        checked = []
         for lam in lambdas:
-            if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
-                raise ValueError(f"lambdas must be finite numbers > 0, got {lam!r}")
+            try:
+                checked.append(as_real(lam, "lambdas", positive=True))
+            except ValueError:
+                raise ValueError(f"lambdas must be finite numbers > 0, got {lam!r}") from None
+        lambdas = tuple(checked)
         worst = 0.0
         with torch.no_grad():
             for _ in range(trials):

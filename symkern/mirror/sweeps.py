@@ -43,6 +43,7 @@ from typing import NamedTuple
 
 import torch
 
+from symkern._checks import as_int, philox_ids
 from symkern.backends.registry import select_kernel
 from symkern.ops._common import per_item
 
@@ -222,10 +223,15 @@ def sweep_problem(
         raise ValueError("offset is only used by the factorization model")
     if model == "mlp" and batch is None:
         raise ValueError("mlp needs an int batch size (no population loss)")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        raise ValueError(f"batch must be a positive int or None, got {batch!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}")
+    if batch is not None:
+        try:
+            batch = as_int(batch, "batch", minimum=1)
+        except ValueError:
+            raise ValueError(f"batch must be a positive int or None, got {batch!r}") from None
+    try:
+        seed = as_int(seed, "seed", minimum=0, below=2**64)
+    except ValueError:
+        raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}") from None
     # element index of the largest draw per model and step: x (B·d) in the batched models
     if batch is not None:
         d_in = params["u"].shape[1] if model == "rescaling" else params["W1"].shape[2]
@@ -234,21 +240,8 @@ def sweep_problem(
                 f"batch·d must be <= 2^32 (32-bit Philox element index), got {batch}·{d_in} = "
                 f"{batch * d_in}"
             )
-    try:
-        ids = torch.arange(M) if model_ids is None else torch.as_tensor(model_ids)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"model_ids must be {M} integers in [0, 2^32), got {model_ids!r}") from e
-    if (
-        ids.shape != (M,)
-        or ids.is_floating_point()
-        or ids.is_complex()
-        or ids.dtype == torch.bool
-        or (ids < 0).any()
-        or (ids >= _PHILOX_WORD).any()
-    ):
-        got = repr(model_ids)
-        got = got if len(got) <= 80 else got[:77] + "..."
-        raise ValueError(f"model_ids must be {M} integers in [0, 2^32), got {got}")
+    # any integer dtype (int8 … uint64), compared in int64: no wrap of narrow dtypes at 2^32
+    ids = philox_ids(model_ids, M, "model_ids", "model")
     problem = SweepProblem(
         model=model,
         n_models=M,
@@ -298,7 +291,8 @@ def train_sweep(
             (step0 + steps <= 2^32: the Philox step word is 32-bit, it never wraps).
         target: β (rescaling), A (factorization) or the teacher dict (mlp); shared or per model.
         noise: label-noise std σ ≥ 0, scalar or (M,). offset: factorization symmetry breaker C.
-        activation: "tanh" or "relu" (mlp). record_every: loss every K steps (default: last).
+        activation: "tanh" or "relu" (mlp). record_every: loss every K steps, 1 <= K <= steps
+            (default: steps, i.e. the last step only).
         backend: "auto" (cpp on CPU, triton on CUDA, torch otherwise) or a backend name.
 
     Example::
@@ -313,23 +307,24 @@ def train_sweep(
         >>> r.params["u"].shape
         torch.Size([4, 10])
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if isinstance(step0, bool) or not isinstance(step0, int) or step0 < 0:
-        raise ValueError(f"step0 must be a non-negative int, got {step0!r}")
+    steps = as_int(steps, "steps", minimum=1)
+    step0 = as_int(step0, "step0", minimum=0)
     # the Philox counter holds the step t = step0 … step0 + steps − 1 in a 32-bit word
     if step0 + steps > _PHILOX_WORD:
         raise ValueError(f"step0 + steps must be <= 2^32 (32-bit Philox step), got {step0 + steps}")
     record_every = steps if record_every is None else record_every
-    if isinstance(record_every, bool) or not isinstance(record_every, int) or record_every < 1:
-        raise ValueError(f"record_every must be a positive int, got {record_every!r}")
+    record_every = as_int(record_every, "record_every", minimum=1)
+    if record_every > steps:  # would record no loss at all
+        raise ValueError(
+            f"record_every must be <= steps ({steps}), got {record_every} (no step would be "
+            "recorded)"
+        )
     p, problem = sweep_problem(
         model, params, gammas, etas, batch=batch, seed=seed, target=target, noise=noise,
         model_ids=model_ids, offset=offset, activation=activation,
     )  # fmt: skip
     kernel = select_kernel("mirror_sweep", {**p, "problem": problem}, backend)
     out, losses = kernel.fn(p, problem, step0, steps, record_every)
-    # record_every > steps is allowed: no loss recorded, losses (M, 0)
     rec = step0 + record_every - 1 + record_every * torch.arange(steps // record_every)
     return SweepResult(out, losses, rec, kernel.backend)
 

@@ -14,13 +14,14 @@ the other convention ℓ + (γ/2)‖θ‖² every threshold below doubles).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from symkern.mirror.core import Mirror
+from symkern._checks import as_int, as_real
+from symkern.mirror.core import Mirror, _short
 
 __all__ = [
     "LanczosResult",
@@ -37,9 +38,7 @@ def _check_mirror(mirror) -> None:
 
 
 def _check_iters(iters) -> int:
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"iters must be an int >= 1, got {iters!r}")
-    return iters
+    return as_int(iters, "iters", minimum=1)
 
 
 def _projected_hvp(loss, theta_par: torch.Tensor, mirror: Mirror):
@@ -48,9 +47,19 @@ def _projected_hvp(loss, theta_par: torch.Tensor, mirror: Mirror):
     L = loss(x)
     if not isinstance(L, torch.Tensor) or L.numel() != 1:
         raise ValueError("loss must return a scalar tensor")
+    if L.is_complex() or not L.dtype.is_floating_point:
+        raise ValueError(f"loss must return a real floating scalar tensor, got dtype {L.dtype}")
+    if not L.requires_grad:
+        raise ValueError(
+            "loss must be differentiable in theta (twice, by autograd): loss(theta) returned a "
+            "tensor with no grad_fn (computed under torch.no_grad(), detached, via numpy / "
+            ".item(), or not from theta)"
+        )
     (g,) = torch.autograd.grad(L.reshape(()), x, create_graph=True)
 
     def hvp(v: torch.Tensor) -> torch.Tensor:
+        if not g.requires_grad:  # the gradient does not depend on θ (e.g. a linear loss): H = 0
+            return torch.zeros_like(v)
         (Hv,) = torch.autograd.grad(g, x, mirror.expand(v), retain_graph=True, allow_unused=True)
         if Hv is None:
             Hv = torch.zeros_like(x)
@@ -93,8 +102,7 @@ def projected_hessian_eigs(
     if not callable(loss):
         raise TypeError("loss must be callable: theta (d,) -> scalar")
     iters = _check_iters(iters)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < math.inf:
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    tol = as_real(tol, "tol", minimum=0)
     mirror._check_theta(theta)
     if theta.ndim != 1:
         raise ValueError(f"theta must have shape (d={mirror.d},), got {tuple(theta.shape)}")
@@ -178,21 +186,7 @@ def critical_decay(
 
 
 def _check_eta_gamma(eta, gamma) -> tuple[float, float]:
-    if (
-        not isinstance(eta, (int, float))
-        or isinstance(eta, bool)
-        or not math.isfinite(eta)
-        or eta <= 0
-    ):
-        raise ValueError(f"eta must be a finite number > 0, got {eta!r}")
-    if (
-        not isinstance(gamma, (int, float))
-        or isinstance(gamma, bool)
-        or not math.isfinite(gamma)
-        or gamma < 0
-    ):
-        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
-    return float(eta), float(gamma)
+    return as_real(eta, "eta", positive=True), as_real(gamma, "gamma", minimum=0)
 
 
 def noise_lyapunov(curvatures, eta: float, gamma: float) -> float:
@@ -203,7 +197,20 @@ def noise_lyapunov(curvatures, eta: float, gamma: float) -> float:
     A factor exactly 0 gives −inf (one step lands on the constraint).
     """
     eta, gamma = _check_eta_gamma(eta, gamma)
-    h = torch.as_tensor(curvatures, dtype=torch.float64).reshape(-1)
+    expected = "curvatures must be a 1-D tensor or sequence of real numbers"
+    if isinstance(curvatures, torch.Tensor):
+        if curvatures.is_complex() or curvatures.dtype == torch.bool:
+            raise TypeError(f"{expected}, got dtype {curvatures.dtype}")
+        h = curvatures.detach().to("cpu", torch.float64).reshape(-1)
+    else:
+        # read in float64 (numpy), so Python floats are not rounded through float32
+        try:
+            arr = np.asarray(curvatures)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+            raise TypeError(f"{expected}, got {type(curvatures).__name__}") from e
+        if arr.dtype.kind not in "iuf":
+            raise TypeError(f"{expected}, got {_short(curvatures)}")
+        h = torch.from_numpy(arr.astype(np.float64)).reshape(-1)
     if h.numel() == 0:
         raise ValueError("curvatures must be non-empty")
     if not torch.isfinite(h).all():
@@ -250,10 +257,10 @@ def sample_curvatures(
     if any(t.shape[0] != N for t in data):
         shapes = [tuple(t.shape) for t in data]
         raise ValueError(f"data: all tensors must share their first dimension, got {shapes}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= N:
-        raise ValueError(f"batch_size must be an int in [1, N={N}], got {batch_size!r}")
-    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
-        raise ValueError(f"num_batches must be an int >= 1, got {num_batches!r}")
+    batch_size = as_int(batch_size, "batch_size", minimum=1)
+    if batch_size > N:
+        raise ValueError(f"batch_size must be an int in [1, N={N}], got {batch_size}")
+    num_batches = as_int(num_batches, "num_batches", minimum=1)
     th = mirror.project(theta.detach())
     if direction is None:
         if mirror.k > 512:

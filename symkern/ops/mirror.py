@@ -194,7 +194,8 @@ def mirror_apply(
 
         >>> m = symkern.mirror.Mirror.rescaling_pairs([0], [1], 3)
         >>> out, c = mirror_apply(torch.tensor([1., 2., 3.]), m._plan(torch.ones(())), "project")
-        >>> out, c     # (tensor([0., 0., 3.]), tensor([1., 2.]))
+        >>> out, c
+        (tensor([0., 0., 3.]), tensor([1., 2.]))
     """
     if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
