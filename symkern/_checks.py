@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["PHILOX_WORD", "as_int", "as_real", "philox_ids"]
+__all__ = ["PHILOX_WORD", "as_int", "as_real", "philox_ids", "real_tensor"]
 
 PHILOX_WORD = 2**32  # Philox counter words (step, run / model id, element index) are 32-bit
 
@@ -87,3 +87,25 @@ def philox_ids(ids: Any, n: int, name: str, item: str) -> torch.Tensor:
     if bool(((t < 0) | (t >= PHILOX_WORD)).any()):
         raise ValueError(f"{want}, got {t.tolist() if n <= 8 else 'out-of-range ids'}")
     return t
+
+
+def real_tensor(v: Any, name: str) -> torch.Tensor:
+    """``v`` as a real tensor: a tensor, or a floating NumPy array, keeps its dtype (and device);
+    anything else (nested lists, integer arrays) is read in float64, which holds every Python
+    float exactly — so list input is never rounded through float32 on its way to a float64
+    computation. TypeError naming ``name`` for complex, bool or non-numeric data."""
+    if isinstance(v, torch.Tensor):
+        if v.is_complex() or v.dtype == torch.bool:
+            raise TypeError(f"{name} must be real, got dtype {v.dtype}")
+        return v
+    if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+        return torch.from_numpy(np.ascontiguousarray(v))
+    if np.iscomplexobj(v):
+        raise TypeError(f"{name} must be real, got complex data")
+    try:
+        return torch.from_numpy(np.array(v, dtype=np.float64))
+    except (TypeError, ValueError, OverflowError):
+        raise TypeError(
+            f"{name} must be a tensor or a (nested) sequence of real numbers, got "
+            f"{type(v).__name__}"
+        ) from None

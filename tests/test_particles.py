@@ -494,7 +494,7 @@ def test_particle_steps_clear_type_and_shape_errors():
         symkern.particle_steps(theta, unit, x_data=[[0.0]], y_data=torch.zeros(1, 2, 20, 2))
     with pytest.raises(TypeError, match="y_data must be a torch.Tensor of shape"):
         symkern.particle_steps(theta, unit, x_data=torch.zeros(1, 2, 20, 2), y_data=[[0.0]])
-    with pytest.raises(TypeError, match="teacher must be a real"):
+    with pytest.raises(TypeError, match=r"teacher must be a tensor or a \(nested\) sequence"):
         symkern.particle_steps(theta, unit, **dict(ok, teacher=Teacher.paper("SI")))
     # schemes: not a name or a sequence of names
     for bad in (None, 3):

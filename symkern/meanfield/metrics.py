@@ -42,7 +42,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from symkern._checks import as_int, as_real
+from symkern._checks import as_int, as_real, real_tensor
 
 __all__ = [
     "EXACT_MAX",
@@ -68,27 +68,12 @@ class Distance(NamedTuple):
 
 
 def _float_array(x, name: str) -> tuple[np.ndarray, float]:
-    """``x`` as a float64 array and the machine epsilon of its original floating dtype (float64's
-    when not floating). TypeError naming ``name`` for complex or non-numeric data (numpy would
-    drop an imaginary part with only a warning)."""
-    if isinstance(x, torch.Tensor):
-        if x.is_complex():
-            raise TypeError(f"{name} must be real, got dtype {x.dtype}")
-        eps = torch.finfo(x.dtype).eps if x.is_floating_point() else None
-        x = x.detach().cpu().to(torch.float64).numpy()
-    else:
-        try:
-            x = np.asarray(x)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{name} must be a real array: {e}") from None
-        if np.iscomplexobj(x):
-            raise TypeError(f"{name} must be real, got dtype {x.dtype}")
-        eps = float(np.finfo(x.dtype).eps) if np.issubdtype(x.dtype, np.floating) else None
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be a real array of numbers: {e}") from None
-    return arr, (eps if eps is not None else float(np.finfo(np.float64).eps))
+    """``x`` as a float64 array and the machine epsilon of its own floating dtype (float64's when
+    not floating); TypeError naming ``name`` for complex or non-numeric data (numpy would drop an
+    imaginary part with only a warning)."""
+    t = real_tensor(x, name)
+    eps = torch.finfo(t.dtype).eps if t.is_floating_point() else torch.finfo(torch.float64).eps
+    return t.detach().cpu().to(torch.float64).numpy(), eps
 
 
 def _np(x, name: str) -> np.ndarray:
@@ -331,15 +316,6 @@ def risk_inputs(n: int, d: int, sigma_pi: float, seed: int = 0) -> torch.Tensor:
     return sigma_pi * z.view(n, d)
 
 
-def _real64(v, name: str) -> torch.Tensor:
-    """A float64 tensor (on its device when ``v`` is a tensor); TypeError for complex data."""
-    if isinstance(v, torch.Tensor):
-        if v.is_complex():
-            raise TypeError(f"{name} must be real, got dtype {v.dtype}")
-        return v.to(torch.float64)
-    return torch.from_numpy(_float_array(v, name)[0])
-
-
 def monte_carlo_risk(
     model: Callable[[torch.Tensor], torch.Tensor] | None,
     x_test: torch.Tensor,
@@ -361,7 +337,8 @@ def monte_carlo_risk(
     if model is not None and not callable(model):
         raise TypeError(f"model must be a callable (n, d) -> (n, c), got {type(model).__name__}")
     chunk = as_int(chunk, "chunk", minimum=1)
-    x_test, y_test = _real64(x_test, "x_test"), _real64(y_test, "y_test")
+    x_test = real_tensor(x_test, "x_test").to(torch.float64)
+    y_test = real_tensor(y_test, "y_test").to(torch.float64)
     if x_test.dim() != 2 or x_test.shape[0] < 1:
         raise ValueError(f"x_test must be (n, d) with n >= 1, got {tuple(x_test.shape)}")
     n = x_test.shape[0]
@@ -380,7 +357,7 @@ def monte_carlo_risk(
                 f"x_test / y_test must be (n, {unit.d}) / (n, {unit.c}) for {unit!r}, got "
                 f"{tuple(x_test.shape)} / {tuple(y_test.shape)}"
             )
-        th = _real64(theta, "theta").detach().cpu()
+        th = real_tensor(theta, "theta").detach().cpu().to(torch.float64)
         if th.dim() != 2 or th.shape[0] < 1 or th.shape[1] != unit.D:
             raise ValueError(
                 f"theta must be (N, {unit.D}) particles with N >= 1 for {unit!r}, got "

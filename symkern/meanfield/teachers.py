@@ -9,9 +9,9 @@ The paper's three teachers for the matrix unit and G = C2 (SPEC_MEANFIELD.md):
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from symkern._checks import real_tensor
 from symkern.meanfield.units import MatrixUnit, Unit, check_unit
 
 __all__ = ["Teacher"]
@@ -26,17 +26,6 @@ _ARBITRARY_ROWS = [
 _SI_COORDS = [[1.0, 0.0], [0.5, 1.0], [-0.5, 0.3], [0.0, -1.0], [0.7, 0.7]]
 
 
-def _real_tensor(v, name: str) -> torch.Tensor:
-    """``v`` as a float64 tensor; TypeError naming ``name`` for complex or non-numeric data."""
-    try:  # non-tensors read in float64 (a list of Python floats must not pass through float32)
-        t = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v, dtype=np.float64))
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise TypeError(f"{name} must be a real tensor (or nested list of numbers): {e}") from None
-    if t.is_complex():
-        raise TypeError(f"{name} must be real, got {t.dtype}")
-    return t.to(torch.float64)
-
-
 class Teacher:
     """y = Σ_m w_m σ*(x, θ*_m) with particles θ* (M, D), M ≥ 1, and weights w (M,) (default 1/M).
 
@@ -47,7 +36,7 @@ class Teacher:
     def __init__(self, unit: Unit, particles: torch.Tensor, weights: torch.Tensor | None = None,
                  name: str = "teacher"):  # fmt: skip
         check_unit(unit)
-        particles = _real_tensor(particles, "particles")
+        particles = real_tensor(particles, "particles").to(torch.float64)
         if particles.dim() != 2:
             raise ValueError(f"particles must be (M, D), got {tuple(particles.shape)}")
         unit.check_theta(particles, "particles")
@@ -58,7 +47,7 @@ class Teacher:
                 f"{tuple(particles.shape)}"
             )
         weights = torch.full((M,), 1.0 / M, dtype=torch.float64) if weights is None else weights
-        weights = _real_tensor(weights, "weights")
+        weights = real_tensor(weights, "weights").to(torch.float64)
         if weights.shape != (M,):
             raise ValueError(f"weights must be ({M},), got {tuple(weights.shape)}")
         for t, arg in ((particles, "particles"), (weights, "weights")):

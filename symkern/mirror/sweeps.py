@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 import torch
 
-from symkern._checks import as_int, philox_ids
+from symkern._checks import as_int, philox_ids, real_tensor
 from symkern.backends.registry import select_kernel
 from symkern.ops._common import per_item
 
@@ -98,27 +98,9 @@ class SweepResult(NamedTuple):
     backend: str
 
 
-def _as_real(x, name: str) -> torch.Tensor:
-    """``x`` as a real tensor. A tensor is kept as is (its dtype too); anything else (nested
-    lists, numpy arrays) is read in float64, which holds every Python float and float32 / float64
-    value exactly, so a float64 sweep never sees list values rounded through float32."""
-    if isinstance(x, torch.Tensor):
-        t = x
-    else:
-        try:
-            t = torch.as_tensor(x, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise TypeError(
-                f"{name} must be a tensor or a (nested) sequence of numbers, got {type(x).__name__}"
-            ) from e
-    if t.is_complex():
-        raise TypeError(f"{name} must be real, got dtype {t.dtype}")
-    return t
-
-
 def _batched(x, shape: tuple[int, ...], M: int, name: str, dtype, device) -> torch.Tensor:
     """``x`` of shape ``shape`` (shared by all models) or (M, *shape), as (M, *shape)."""
-    t = _as_real(x, name)
+    t = real_tensor(x, name)
     if not t.is_floating_point():
         t = t.to(torch.float64)
     if tuple(t.shape) == shape:
@@ -212,7 +194,7 @@ def sweep_problem(
             )
         if not isinstance(target, Mapping) or set(target) != {"W1", "b1", "a"}:
             raise ValueError("mlp needs target = teacher dict with keys W1 (h_t, d), b1, a (h_t,)")
-        tW = _as_real(target["W1"], "teacher W1")
+        tW = real_tensor(target["W1"], "teacher W1")
         if tW.dim() not in (2, 3) or tW.shape[-1] != W1.shape[2]:
             raise ValueError(f"teacher W1 must be (h_t, {W1.shape[2]}) or (M, h_t, {W1.shape[2]})")
         ht = tW.shape[-2]

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from symkern._checks import as_int, as_real, philox_ids
+from symkern._checks import as_int, as_real, philox_ids, real_tensor
 from symkern.backends.registry import select_kernel
 from symkern.groups import Representation
 from symkern.meanfield.problem import SCHEMES, ParticleProblem
@@ -96,17 +96,6 @@ def _schemes(scheme: str | Sequence[str], R: int, device) -> tuple[torch.Tensor,
     if bad:
         raise ValueError(f"scheme must be one of {valid}, got {bad[0]!r}")
     return torch.tensor([SCHEMES[s] for s in names], dtype=torch.int32, device=device), names
-
-
-def _real_tensor(v, name: str, want: str, dtype, device) -> torch.Tensor:
-    """torch.as_tensor(v, dtype, device), with a TypeError naming ``name`` for complex, bool or
-    non-numeric data (instead of a silent cast or torch's own message)."""
-    if isinstance(v, torch.Tensor) and (v.is_complex() or v.dtype == torch.bool):
-        raise TypeError(f"{name} must be a real {want}, got dtype {v.dtype}")
-    try:
-        return torch.as_tensor(v, dtype=dtype, device=device)
-    except (TypeError, ValueError, RuntimeError, OverflowError):
-        raise TypeError(f"{name} must be a real {want}, got {type(v).__name__}") from None
 
 
 def _check_seed(seed) -> int:
@@ -219,7 +208,7 @@ def particle_problem(
         )
     rho_x, rho_y, m_z, proj = group_matrices(unit, group, dtype, device)
     if projector is not None:
-        p = _real_tensor(projector, "projector", f"({D}, {D}) tensor", torch.float64, None)
+        p = real_tensor(projector, "projector").to(torch.float64)
         if p.shape != (D, D):
             raise ValueError(f"projector must be ({D}, {D}), got {tuple(p.shape)}")
         require_finite(p, "projector", "it must be an orthogonal projector")
@@ -230,8 +219,7 @@ def particle_problem(
     if (teacher is None) == (x_data is None):
         raise ValueError("give exactly one of teacher (labels drawn in-kernel) or x_data/y_data")
     if teacher is not None:
-        want_t = f"(M, {D}) or ({R}, M, {D}) tensor"
-        teacher = _real_tensor(teacher, "teacher", want_t, dtype, device)
+        teacher = real_tensor(teacher, "teacher").to(dtype=dtype, device=device)
         if teacher.dim() == 2:
             teacher = teacher.expand(R, *teacher.shape)
         if teacher.dim() != 3 or teacher.shape[0] != R or teacher.shape[2] != D:
@@ -244,7 +232,7 @@ def particle_problem(
                 f"teacher must hold at least one particle (M >= 1), got {tuple(teacher.shape)}"
             )
         w = torch.full((M,), 1.0 / M) if teacher_weights is None else teacher_weights
-        w = _real_tensor(w, "teacher_weights", f"({M},) or ({R}, {M}) tensor", dtype, device)
+        w = real_tensor(w, "teacher_weights").to(dtype=dtype, device=device)
         if w.shape == (M,):
             w = w.expand(R, M)
         if w.shape != (R, M):
