@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from symkern._checks import as_int
+
 KINDS = ("perm", "signed", "matrix")
 
 #: Largest D for which dense (D, D) matrices are ever built.
@@ -77,8 +79,12 @@ def _check_dim(dim: Any) -> None:
     >= 1."""
     if dim is None:
         return
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-        raise ValueError(f"dim must be a positive int (the space R^dim acted on), got {dim!r}")
+    try:
+        as_int(dim, "dim", minimum=1)
+    except ValueError:
+        raise ValueError(
+            f"dim must be a positive int (the space R^dim acted on), got {dim!r}"
+        ) from None
 
 
 def validate_perms(perms: Any, name: str = "perms", dim: int | None = None) -> np.ndarray:
