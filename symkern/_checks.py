@@ -1,9 +1,11 @@
-"""Scalar argument checks shared by every layer (no symkern imports, so any module can use them).
+"""Argument checks shared by every layer (no symkern imports, so any module can use them).
 
 Integers are accepted in every form a user passes one: a Python int, a NumPy integer, or an
 integer 0-d tensor (anything with ``__index__``) — never a bool, a float or a string. Real numbers
-likewise: int, float, NumPy scalars, 0-d real tensors. Each returns a plain Python value, which
-is what the kernels receive; a bad value raises ValueError naming the argument.
+likewise: int, float, NumPy scalars, 0-d real tensors. ``as_int`` / ``as_real`` return a plain
+Python value, which is what the kernels receive; a bad value raises ValueError naming the
+argument. ``philox_ids`` checks per-run ids against the 32-bit Philox word; ``real_tensor`` reads
+array-like data without a detour through float32.
 """
 
 from __future__ import annotations
