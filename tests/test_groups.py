@@ -906,5 +906,7 @@ def test_trivial_rep_of_a_group():
     assert triv.group is g and triv.dim == 3 and triv.fixed_dim() == 3
     assert torch.equal(triv.element_matrices()[-1], torch.eye(3, dtype=torch.float64))
     assert len(list(triv.elements())) == g.order() == 10
-    with pytest.raises(ValueError, match="dim must be a positive int"):
-        g.trivial_rep(0)
+    for bad in (0, True, 1.5):  # True was taken as dim 1
+        with pytest.raises(ValueError, match="dim must be a positive int"):
+            g.trivial_rep(bad)
+    assert g.trivial_rep(np.int64(3)).dim == 3

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from symkern._checks import as_int
+
 from . import _native as nat
 from ._native import DEFAULT_MAX_ORDER, GroupTooLargeError
 from .schreier_sims import schreier_sims_order
@@ -181,8 +183,7 @@ class Group:
         identity): e.g. the action on an invariant output y of a mean-field unit."""
         from .reps import PermRep  # local: reps imports group
 
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        dim = as_int(dim, "dim", minimum=1)  # NumPy / 0-d tensor ints too; never a bool
         identity = np.tile(np.arange(dim, dtype=np.int64), (self.n_generators, 1))
         return PermRep(self, identity, f"trivial({self.name})", dim=dim)
 
