@@ -310,3 +310,14 @@ def test_float32_computed_matrices_and_scalars_accepted():
     with torch.no_grad():
         want = float(((lin(xt.float()).double() - y) ** 2).sum(1).mean())
     assert metrics.monte_carlo_risk(lin, xt, y, chunk=torch.tensor(3)) == pytest.approx(want)
+
+
+def test_strided_inputs_accepted():
+    """A strided float64 view (weights a[::2], atoms x[::2]) is as good as a contiguous copy; POT's
+    exact solver refused it ("ndarray is not C-contiguous")."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    a = (torch.zeros(8, dtype=torch.float64) + 0.25)[::2]
+    want = metrics.w2_squared(x[::2].contiguous(), y, a.contiguous(), method="exact").value
+    assert metrics.w2_squared(x[::2], y, a, method="exact").value == want

@@ -73,7 +73,8 @@ def _float_array(x, name: str) -> tuple[np.ndarray, float]:
     imaginary part with only a warning)."""
     t = real_tensor(x, name)
     eps = torch.finfo(t.dtype).eps if t.is_floating_point() else torch.finfo(torch.float64).eps
-    return t.detach().cpu().to(torch.float64).numpy(), eps
+    # contiguous: POT's exact solver refuses a strided array (a view such as a[::2])
+    return np.ascontiguousarray(t.detach().cpu().to(torch.float64).numpy()), eps
 
 
 def _np(x, name: str) -> np.ndarray:
