@@ -579,6 +579,11 @@ struct PhiloxLanes16 {
   }
 };
 
+// The lane mask of a 16-lane block with `left` elements still to do (all 16 when left >= 16).
+SYMKERN_ALWAYS_INLINE __mmask16 tail_mask16(index_t left) {
+  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
+}
+
 // float32, no noise projection, D % 4 == 0: z[q][i] += -alpha g[q][i] + ns xi[i, q] with the
 // Philox noise generated in registers. xi[i, q] is rng.normal4 element base + i D + q, i.e. slot
 // q mod 4 of counter (base + i D + q) / 4 (base % 4 == 0): one counter per particle and 4 planes.
@@ -591,7 +596,7 @@ inline void update_with_noise_f(float* th, index_t cap, index_t i_s, const float
                             static_cast<std::uint32_t>(D4));
   const __m512 va = _mm512_set1_ps(-alpha), vn = _mm512_set1_ps(ns);
   for (index_t i = 0; i < m; i += 16) {
-    const __mmask16 mk = m - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (m - i)) - 1u);
+    const __mmask16 mk = tail_mask16(m - i);
     const std::uint32_t ctr_i = base / 4 + static_cast<std::uint32_t>(i * D4);
     for (index_t q4 = 0; q4 < D4; ++q4) {
       __m512 xi[4];
@@ -795,7 +800,7 @@ inline void data_matrix_f(const Problem<float>& p, index_t r, std::uint32_t step
   const PhiloxLanes16 counters(key.k0, key.k1, step, run, ::symkern::philox::STREAM_DATA, 1);
   const __m512 sp = _mm512_set1_ps(static_cast<float>(p.sigma_pi));
   for (index_t i = 0; i < n; i += 16) {
-    const __mmask16 mk = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1u);
+    const __mmask16 mk = tail_mask16(n - i);
     __m512i o[2];
     counters.words<2>(static_cast<std::uint32_t>(i), o);
     _mm512_mask_storeu_ps(x + i, mk, _mm512_mul_ps(sp, normal_f_x16(o[0], o[1])));
@@ -803,7 +808,7 @@ inline void data_matrix_f(const Problem<float>& p, index_t r, std::uint32_t step
   const float* tch = p.teacher + r * M * D;
   const float* tw = p.teacher_w + r * M;
   for (index_t b0 = 0; b0 < B; b0 += 16) {
-    const __mmask16 mk = B - b0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (B - b0)) - 1u);
+    const __mmask16 mk = tail_mask16(B - b0);
     const __m512i rows = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(b0)), iota);
     __m512 xs[8];
     const index_t dd = std::min<index_t>(d, 8);
@@ -1023,7 +1028,7 @@ inline void pass2_update_matrix2_f(float* th, index_t cap, index_t i_s, index_t 
     for (int b = 0; b < GB; ++b) {
       const index_t i = i0 + 16 * b;
       if (i >= m) break;
-      const __mmask16 mk = m - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (m - i)) - 1u);
+      const __mmask16 mk = tail_mask16(m - i);
       // noise: rng.normal4 element base + i D + q = slot q mod 4 of counter (base + i D + q) / 4
       const std::uint32_t ctr_i = base / 4 + static_cast<std::uint32_t>(i * D4);
       for (int q4 = 0; q4 < D4; ++q4) {
