@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from symkern.groups import c2_swap
-from symkern.meanfield import MatrixUnit, Teacher, metrics
+from symkern.meanfield import MatrixUnit, StandardUnit, Teacher, metrics
 from symkern.ops.particles import group_matrices
 
 
@@ -141,12 +141,20 @@ def test_monte_carlo_risk():
     y = teacher(x)
     # the teacher's own risk is 0; a uniform-weight particle network equals the teacher here
     assert metrics.monte_carlo_risk(None, x, y, unit=unit, theta=teacher.particles) < 1e-28
-    # fast matrix-unit path == the generic unit.output path, chunked or not
+    # the fused model_output path == the unit's torch reference output, chunked or not
     th = torch.randn(7, 4, dtype=torch.float64)
     r1 = metrics.monte_carlo_risk(None, x, y, unit=unit, theta=th, chunk=64)
     r2 = metrics.monte_carlo_risk(lambda z: unit.output(z, th), x, y)
     assert r1 == pytest.approx(r2, rel=1e-12)
     assert r1 == pytest.approx(float(((unit.output(x, th) - y) ** 2).sum(-1).mean()), rel=1e-12)
+    # the standard unit too, from float32 particles (evaluated in float64)
+    std = StandardUnit(3, activation="tanh")
+    xs = torch.randn(300, 3, dtype=torch.float64)
+    ys = torch.randn(300, 1, dtype=torch.float64)
+    th32 = torch.randn(129, std.D)
+    want = float(((std.output(xs, th32.double()) - ys) ** 2).sum(-1).mean())
+    got = metrics.monte_carlo_risk(None, xs, ys, unit=std, theta=th32, chunk=100)
+    assert got == pytest.approx(want, rel=1e-12)
     with pytest.raises(ValueError, match="exactly one"):
         metrics.monte_carlo_risk(None, x, y)
 
