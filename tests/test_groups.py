@@ -873,6 +873,19 @@ def test_bad_n(ctor, bad):
         ctor(bad)
 
 
+def test_integer_arguments_accept_numpy_and_0d_tensor_ints():
+    for n in (np.int64(4), np.uint8(4), torch.tensor(4)):
+        assert G.cyclic(n).group.order() == 4
+        assert G.symmetric(3).tensor_power(n).dim == 81
+        assert G.so2().sample(n).shape == (4, 2, 2)
+    w, mats = G.so2().quadrature(torch.tensor(3))
+    assert torch.equal(w, G.so2().quadrature(3)[0]) and mats.shape[1:] == (2, 2)
+    with pytest.raises(ValueError, match=r"n \(cyclic\) must be a positive int, got tensor\(2.5"):
+        G.cyclic(torch.tensor(2.5))
+    with pytest.raises(ValueError, match="n must be a non-negative int"):
+        G.so2().sample(-1)
+
+
 def test_dense_dimension_guard():
     T = G.symmetric(5).tensor_power(6)  # D = 15625
     with pytest.raises(ValueError, match="D=15625"):

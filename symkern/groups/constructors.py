@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from symkern._checks import as_int
+
 from . import _native as nat
 from .group import Group
 from .reps import MatrixRep, PermRep, SignedPermRep
@@ -37,11 +39,7 @@ __all__ = [
 
 
 def _check_n(n: Any, minimum: int, what: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise ValueError(f"n: {what} expects an integer n >= {minimum}, got {n!r}")
-    if n < minimum:
-        raise ValueError(f"n: {what} expects n >= {minimum}, got n={n}")
-    return int(n)
+    return as_int(n, f"n ({what})", minimum=minimum)
 
 
 def _cycle(n: int, points: list[int]) -> np.ndarray:

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
+
+from symkern._checks import as_int
 
 from ._native import check_dense_dim
 from .group import ContinuousGroup
@@ -143,10 +144,9 @@ class ContinuousRep(Representation):
     ) -> torch.Tensor:
         """``n`` Haar-random elements ``(n, D, D)``: SO(2) uniform angle, O(2) angle and a
         fair-coin reflection, SO(3) uniformly random unit quaternions."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f"n: expected an integer >= 0, got {n!r}")
+        n = as_int(n, "n", minimum=0)
         check_dense_dim(self.dim, "sample")
-        return self._matrix_of(self.group.sample_defining(int(n), generator)).to(dtype)
+        return self._matrix_of(self.group.sample_defining(n, generator)).to(dtype)
 
     def quadrature(self, degree: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact cubature ``(weights (m,), mats (m, D, D))``, weights summing to 1.

@@ -394,9 +394,7 @@ class ContinuousGroup(Group):
 
     def quadrature_defining(self, degree: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact cubature ``(weights (m,), mats (m, d, d))`` for polynomial degree ``<= degree``."""
-        if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)) or degree < 0:
-            raise ValueError(f"degree: expected an integer >= 0, got {degree!r}")
-        degree = int(degree)
+        degree = as_int(degree, "degree", minimum=0)
         nodes_needed = (
             (degree + 1) * (2 if self.family == "o2" else 1)
             if self.family in ("so2", "o2")

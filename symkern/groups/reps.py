@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from symkern._checks import as_int
+
 from . import _native as nat
 from ._native import GroupTooLargeError, check_dense_dim
 from .group import ContinuousGroup, Group, _join_kind, evaluate_words, normalize_words
@@ -58,9 +60,7 @@ _CACHED_ELEMENT_ENTRIES = 1 << 16
 
 
 def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k: tensor_power expects an integer k >= 1, got {k!r}")
-    return int(k)
+    return as_int(k, "k (tensor_power)", minimum=1)
 
 
 def _round_mean(mean: float, what: str) -> int:
