@@ -437,6 +437,12 @@ def test_restrict():
         s4.restrict([[5]])
     with pytest.raises(ValueError, match="words"):
         s4.restrict([1])
+    with pytest.raises(ValueError, match="words: each word must be a list"):
+        s4.restrict([torch.tensor(1)])
+    # a float index is refused, not truncated to generator 1 (the 4-cycle)
+    with pytest.raises(ValueError, match="words: a generator index must be an int, got 1.5"):
+        s4.restrict([[1.5]])
+    assert s4.restrict([[np.int64(1)], torch.tensor([1])]).order() == 4
     with pytest.raises(ValueError, match="restrict"):
         G.so2().restrict([[0]])
 

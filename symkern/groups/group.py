@@ -67,11 +67,12 @@ def normalize_words(
         raise ValueError("words: expected a list of words (each a list of generator indices)")
     out = []
     for w in words:
-        if isinstance(w, (int, np.integer)):
+        if np.ndim(w) == 0:  # an int, NumPy int or 0-d tensor where a word belongs
             raise ValueError(
                 "words: each word must be a list of generator indices, e.g. [[1]] not [1]"
             )
-        w = tuple(int(x) for x in w)
+        # as_int: a float index (1.5) is refused, not truncated to generator 1
+        w = tuple(as_int(x, "words: a generator index") for x in w)
         for x in w:
             if not -n_generators <= x < n_generators:
                 raise ValueError(
