@@ -12,7 +12,8 @@ The error measure is elementwise ``|out - ref| <= atol * scale + rtol * |ref|`` 
 data, not of a near-zero entry). Where the exact result can be zero (a projection onto a trivial
 subspace), pass the size of the inputs as ``scale``: the float64 reference is then rounding noise
 (~1e-17) and only the inputs say what "small" means. NaN in ``out`` fails unless it sits where
-``ref`` has NaN too.
+``ref`` has NaN too; an inf in ``ref`` must be matched by the same inf in ``out``, and an inf in
+``out`` where ``ref`` is finite fails (the scale is taken over the finite entries of ``ref``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,14 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 
 
 def tolerance(dtype: torch.dtype) -> tuple[float, float]:
-    """(rtol, atol) for values computed in ``dtype``."""
+    """(rtol, atol) for values computed in ``dtype``.
+
+    Example::
+
+        >>> from symkern.testing import tolerance
+        >>> tolerance(torch.float32), tolerance(torch.float64)
+        ((2e-05, 2e-06), (1e-10, 1e-12))
+    """
     if dtype not in TOLERANCES:
         raise ValueError(f"no tolerance for dtype {dtype}; known: {list(TOLERANCES)}")
     return TOLERANCES[dtype]
@@ -60,6 +68,16 @@ def assert_close(
     ``dtype`` defaults to ``actual.dtype`` (the precision the kernel computed in). ``scale``
     defaults to max|reference| (see the module docstring). Shapes must match exactly. Raises
     AssertionError with the worst element's position and the error ratio.
+
+    Example::
+
+        >>> from symkern.testing import assert_close
+        >>> ref = torch.tensor([1.0, 2.0], dtype=torch.float64)  # the float64 oracle
+        >>> assert_close(ref.float(), ref)  # float32 result within float32 tolerance: silent
+        >>> assert_close(torch.tensor([1.0, 2.1]), ref)
+        Traceback (most recent call last):
+        ...
+        AssertionError: mismatch at (1,): actual 2.099999905, reference 2, ...
     """
     if not isinstance(actual, torch.Tensor) or not isinstance(reference, torch.Tensor):
         raise TypeError("assert_close compares two tensors")
@@ -82,7 +100,16 @@ def assert_close(
         raise AssertionError(
             f"{msg}NaN mismatch at {bad}: actual {a[tuple(bad)]}, ref {r[tuple(bad)]}"
         )
-    finite = ~nan_r
+    # ±inf in the reference must be matched exactly; it must not enter the scale (an infinite
+    # scale would admit any error, and inf − inf is NaN, which no comparison flags)
+    inf_r = torch.isinf(r)
+    wrong_inf = inf_r & (a != r)
+    if wrong_inf.any():
+        bad = wrong_inf.nonzero()[0].tolist()
+        raise AssertionError(
+            f"{msg}inf mismatch at {bad}: actual {a[tuple(bad)]}, ref {r[tuple(bad)]}"
+        )
+    finite = torch.isfinite(r)
     if scale is None:
         scale = r[finite].abs().max().item() if finite.any() else 0.0
     allowed = atol * scale + rtol * r.abs()
@@ -121,6 +148,14 @@ def backend_cases(include_reference: bool = True) -> list[BackendCase]:
 
     CPU: cpp when the extension imports; triton when ``TRITON_INTERPRET=1``; torch.
     CUDA (when present): triton and torch.
+
+    Example::
+
+        >>> from symkern.testing import BackendCase, backend_cases
+        >>> BackendCase("torch", "cpu") in backend_cases()  # the reference runs everywhere
+        True
+        >>> any(c.backend == "torch" for c in backend_cases(include_reference=False))
+        False
     """
     cases = []
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

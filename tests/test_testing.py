@@ -1,0 +1,64 @@
+"""symkern.testing.assert_close, the float64-reference comparison every kernel test relies on:
+it must fail where the kernel is wrong, including around NaN and inf."""
+
+import math
+
+import pytest
+import torch
+
+from symkern.testing import assert_close, tolerance
+
+INF, NAN = math.inf, math.nan
+
+
+def f64(*v):
+    return torch.tensor(v, dtype=torch.float64)
+
+
+def test_within_and_beyond_tolerance():
+    ref = f64(1.0, -2.0, 3.0)
+    assert_close(ref.float(), ref)  # float32 rounding of the reference: within float32 tolerance
+    rtol, atol = tolerance(torch.float32)
+    assert_close(torch.tensor([1.0, -2.0, 3.0 + 0.5 * (rtol * 3 + atol * 3)]), ref)
+    with pytest.raises(AssertionError, match=r"mismatch at \(2,\)"):
+        assert_close(torch.tensor([1.0, -2.0, 3.0 + 2 * (rtol * 3 + atol * 3)]), ref)
+    with pytest.raises(AssertionError, match=r"mismatch at \(0,\)"):
+        assert_close(ref + f64(1e-9, 0, 0), ref)  # float64 result: float64 tolerance
+
+
+def test_scale_is_max_abs_reference_or_given():
+    ref = f64(1000.0, 1e-9)
+    assert_close(f64(1000.0, 1e-9 + 5e-10), ref)  # 5e-10 <= atol 1e-12 x 1000
+    with pytest.raises(AssertionError):
+        assert_close(f64(1000.0, 1e-9 + 5e-10), ref, scale=1.0)
+
+
+def test_nan_must_sit_where_the_reference_has_nan():
+    assert_close(f64(NAN, 1.0), f64(NAN, 1.0))
+    with pytest.raises(AssertionError, match="NaN mismatch at"):
+        assert_close(f64(NAN, 1.0), f64(0.0, 1.0))
+    with pytest.raises(AssertionError, match="NaN mismatch at"):
+        assert_close(f64(0.0, 1.0), f64(NAN, 1.0))
+
+
+def test_inf_must_match_exactly_and_not_widen_the_tolerance():
+    assert_close(f64(INF, -INF, 1.0), f64(INF, -INF, 1.0))
+    with pytest.raises(AssertionError, match="inf mismatch at"):
+        assert_close(f64(-INF, 1.0), f64(INF, 1.0))
+    with pytest.raises(AssertionError, match="inf mismatch at"):
+        assert_close(f64(1e300, 1.0), f64(INF, 1.0))
+    # an inf in the reference once made the scale infinite: 5 passed for 1
+    with pytest.raises(AssertionError, match=r"mismatch at \(1,\)"):
+        assert_close(f64(INF, 5.0), f64(INF, 1.0))
+    with pytest.raises(AssertionError, match=r"mismatch at \(1,\)"):
+        assert_close(f64(1.0, INF), f64(1.0, 2.0))  # inf where the reference is finite
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="reference must be float64"):
+        assert_close(torch.ones(2), torch.ones(2))
+    with pytest.raises(AssertionError, match="shape"):
+        assert_close(torch.ones(2, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="two tensors"):
+        assert_close([1.0], f64(1.0))
+    assert_close(torch.ones(0), torch.ones(0, dtype=torch.float64))  # empty: nothing to compare
