@@ -575,7 +575,10 @@ def test_units_compare_by_value_and_trainer_checks_its_teacher():
     # a matching tensor init still runs
     init = initial_particles(3, 7, 4, seed=1)
     res = tr.run(7, 2, runs=3, teacher=wi, init=init)
-    assert res.theta.shape == (3, 7, 4) and torch.equal(res.theta0, init)
+    assert res.theta.shape == (3, 7, 4) and torch.equal(res.theta0, init.to(res.theta.dtype))
+    # before and after are comparable: same dtype and device
+    assert res.theta0.dtype == res.theta.dtype and res.theta0.device == res.theta.device
+    assert torch.isfinite(res.theta - res.theta0).all()
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])

@@ -43,6 +43,20 @@ def initial_particles(
 
     R, N, D positive ints (N·D < 2^32, the Philox element index); seed an int in [0, 2^64);
     run_ids R ints in [0, 2^32) (default 0..R−1); std finite and ≥ 0; dtype a floating dtype.
+
+    Example::
+
+        >>> from symkern.meanfield import MatrixUnit, initial_particles
+        >>> theta = initial_particles(3, 50, 4, seed=0)
+        >>> theta.shape, theta.dtype
+        (torch.Size([3, 50, 4]), torch.float64)
+        >>> # keyed by (seed, run id): run 2 alone draws the same particles
+        >>> torch.equal(initial_particles(1, 50, 4, seed=0, run_ids=[2])[0], theta[2])
+        True
+        >>> rho = symkern.groups.c2_swap().element_matrices()
+        >>> P = MatrixUnit(2, 2).param_action(rho, rho).mean(0)  # P_{E^G}
+        >>> torch.allclose(initial_particles(3, 50, 4, seed=0, proj=P), theta @ P.T)  # SI init
+        True
     """
     R = _check_pos_int(n_runs, "n_runs")
     N = _check_pos_int(n_particles, "n_particles")
@@ -72,8 +86,10 @@ def initial_particles(
 
 @dataclass
 class TrainResult:
-    """``theta0`` / ``theta`` (R, N, D) before / after; ``snapshots`` (R, S, N, D); ``losses``
-    (R, S); ``snapshot_steps`` the absolute step index (1-based count) of each snapshot."""
+    """``theta0`` / ``theta`` (R, N, D) before / after, both in the trainer's dtype and device
+    (``theta0`` is the start the engine used: a float64 draw rounded to that dtype);
+    ``snapshots`` (R, S, N, D); ``losses`` (R, S); ``snapshot_steps`` the absolute step index
+    (1-based count) of each snapshot."""
 
     theta0: torch.Tensor
     theta: torch.Tensor
@@ -94,6 +110,24 @@ class ParticleTrainer:
             ``init="SI"`` and a group is given (without one — the trivial group, E^G = R^D — SI
             init is WI init and there is nothing to project).
         dtype, device, backend: where and how the engine runs.
+
+    Example::
+
+        >>> from symkern.meanfield import MatrixUnit, ParticleTrainer, Teacher
+        >>> G = symkern.groups.c2_swap()
+        >>> trainer = ParticleTrainer(MatrixUnit(2, 2), scheme="EA", group=G)
+        >>> res = trainer.run(20, steps=10, runs=2, teacher=Teacher.paper("SI"), snapshot_every=5)
+        >>> res.theta.shape, res.snapshots.shape, res.losses.shape, res.snapshot_steps
+        (torch.Size([2, 20, 4]), torch.Size([2, 2, 20, 4]), torch.Size([2, 2]), [5, 10])
+        >>> # SI init + EA: the particles stay in E^G = {[[a, b], [b, a]]}; vanilla SGD leaves it
+        >>> conj = G.conjugation()  # z ↦ P z Pᵀ on 2×2 matrices: M_g of this unit
+        >>> def in_fixed(theta):
+        ...     return torch.allclose(symkern.project_fixed(theta, conj), theta, atol=1e-6)
+        >>> in_fixed(res.theta)
+        True
+        >>> vanilla = ParticleTrainer(MatrixUnit(2, 2), scheme="vanilla", group=G)
+        >>> in_fixed(vanilla.run(20, steps=10, runs=2, teacher=Teacher.paper("SI")).theta)
+        False
     """
 
     def __init__(
@@ -180,8 +214,9 @@ class ParticleTrainer:
             (si and self.group is not None) if self.project_noise is None else self.project_noise
         )
         snapshot_every = steps if snapshot_every is None else snapshot_every
+        theta0 = theta0.to(device=self.device, dtype=self.dtype)  # what the engine starts from
         out = particle_steps(
-            theta0.to(device=self.device, dtype=self.dtype),
+            theta0,
             self.unit,
             teacher=teacher.particles,
             teacher_weights=teacher.weights,
