@@ -12,8 +12,23 @@ MODULES = [
     "symkern.ops.orbit",
     "symkern.ops.fixed_point",
     "symkern.ops.mirror",
+    "symkern.ops.particles",
+    "symkern.groups.constructors",
+    "symkern.groups.continuous",
+    "symkern.groups.group",
+    "symkern.groups.orbits",
+    "symkern.groups.reps",
+    "symkern.groups.schreier_sims",
+    "symkern.meanfield.laws",
     "symkern.meanfield.metrics",
+    "symkern.meanfield.teachers",
+    "symkern.meanfield.trainer",
+    "symkern.meanfield.units",
+    "symkern.mirror.core",
+    "symkern.mirror.dcs",
     "symkern.mirror.sweeps",
+    "symkern.mirror.thresholds",
+    "symkern.testing",
 ]
 
 

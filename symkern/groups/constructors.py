@@ -68,7 +68,16 @@ def _perm_group_rep(name: str, perms: np.ndarray, order: int) -> PermRep:
 
 
 def cyclic(n: int) -> PermRep:
-    """C_n acting on n points by the n-cycle ``i -> i+1 mod n``; order n."""
+    """C_n acting on n points by the n-cycle ``i -> i+1 mod n``; order n.
+
+    Example::
+
+        >>> rep = symkern.groups.cyclic(5)
+        >>> rep.permutations().tolist(), rep.order()  # one generator: the 5-cycle
+        ([[1, 2, 3, 4, 0]], 5)
+        >>> rep.fixed_dim()  # the only invariant vectors are the constant ones
+        1
+    """
     n = _check_n(n, 1, "cyclic")
     return _perm_group_rep(f"C{n}", _cycle(n, list(range(n)))[None], n)
 
@@ -77,6 +86,14 @@ def dihedral(n: int) -> PermRep:
     """D_n (order 2n) on the n vertices of a regular n-gon: rotation and reflection ``i -> -i``.
 
     Requires n >= 3 (for n < 3 the action on n points is not faithful).
+
+    Example::
+
+        >>> rep = symkern.groups.dihedral(4)  # symmetries of a square
+        >>> rep.order()
+        8
+        >>> rep.conjugation().fixed_dim()  # invariant 4x4 matrices: M_ii, adjacent, opposite
+        3
     """
     n = _check_n(n, 3, "dihedral")
     rot = _cycle(n, list(range(n)))
@@ -85,7 +102,16 @@ def dihedral(n: int) -> PermRep:
 
 
 def symmetric(n: int) -> PermRep:
-    """S_n on n points, generators (0 1) and the n-cycle; order n!."""
+    """S_n on n points, generators (0 1) and the n-cycle; order n!.
+
+    Example::
+
+        >>> rep = symkern.groups.symmetric(4)
+        >>> rep.order()
+        24
+        >>> rep.conjugation().fixed_dim()  # invariant matrices a*I + b*ones
+        2
+    """
     n = _check_n(n, 1, "symmetric")
     if n == 1:
         gens = np.zeros((1, 1), dtype=np.int64)
@@ -96,14 +122,32 @@ def symmetric(n: int) -> PermRep:
 
 def alternating(n: int) -> PermRep:
     """A_n on n points (n >= 3): (0 1 2) and the n-cycle (odd n) or the (1 .. n-1)-cycle
-    (even n); order n!/2."""
+    (even n); order n!/2.
+
+    Example::
+
+        >>> symkern.groups.alternating(5).order()  # the icosahedral rotation group
+        60
+        >>> A4, S4 = symkern.groups.alternating(4), symkern.groups.symmetric(4)
+        >>> A4.tensor_power(3).fixed_dim(), S4.tensor_power(3).fixed_dim()  # A4 has one more
+        (6, 5)
+    """
     n = _check_n(n, 3, "alternating")
     long = _cycle(n, list(range(n))) if n % 2 else _cycle(n, list(range(1, n)))
     return _perm_group_rep(f"A{n}", np.stack([_cycle(n, [0, 1, 2]), long]), math.factorial(n) // 2)
 
 
 def sign_flips(n: int) -> SignedPermRep:
-    """(Z_2)^n acting on R^n by sign flips (generator i flips coordinate i); order 2^n."""
+    """(Z_2)^n acting on R^n by sign flips (generator i flips coordinate i); order 2^n.
+
+    Example::
+
+        >>> rep = symkern.groups.sign_flips(3)
+        >>> rep.order(), rep.fixed_dim()  # no non-zero vector survives every flip
+        (8, 0)
+        >>> rep.conjugation().fixed_dim()  # invariant matrices: the diagonal ones
+        3
+    """
     n = _check_n(n, 1, "sign_flips")
     if n > nat.MAX_DENSE_DIM:  # n generators of length n (int64 perms, float64 signs): 16 n² B
         raise ValueError(
@@ -117,7 +161,16 @@ def sign_flips(n: int) -> SignedPermRep:
 
 
 def hyperoctahedral(n: int) -> SignedPermRep:
-    """B_n = signed permutations of R^n: S_n generators plus flipping coordinate 0; order 2^n n!."""
+    """B_n = signed permutations of R^n: S_n generators plus flipping coordinate 0; order 2^n n!.
+
+    Example::
+
+        >>> rep = symkern.groups.hyperoctahedral(3)  # symmetries of the cube
+        >>> rep.order(), rep.fixed_dim()
+        (48, 0)
+        >>> rep.conjugation().fixed_dim()  # invariant matrices: multiples of I only
+        1
+    """
     n = _check_n(n, 1, "hyperoctahedral")
     sym = symmetric(n).permutations()
     perms = np.concatenate([sym, np.arange(n, dtype=np.int64)[None]])
@@ -128,7 +181,16 @@ def hyperoctahedral(n: int) -> SignedPermRep:
 
 
 def c2_swap() -> PermRep:
-    """C_2 = {I, P} acting on R^2 by swapping the two coordinates (perm [1, 0])."""
+    """C_2 = {I, P} acting on R^2 by swapping the two coordinates (perm [1, 0]).
+
+    Example::
+
+        >>> rep = symkern.groups.c2_swap()
+        >>> rep.character().tolist()  # tr I = 2, tr P = 0: dim E^G = (2 + 0) / 2 = 1
+        [2.0, 0.0]
+        >>> rep.fixed_dim(), rep.conjugation().fixed_dim()  # (a, a); [[a, b], [b, a]]
+        (1, 2)
+    """
     return _perm_group_rep("C2swap", np.array([[1, 0]], dtype=np.int64), 2)
 
 
@@ -137,6 +199,15 @@ def perm_rep(perms: Any, name: str = "perm_group", dim: int | None = None) -> Pe
 
     The order is computed by Schreier--Sims.  ``perms=[]`` with ``dim=D`` gives the
     trivial group (order 1) acting trivially on R^D.
+
+    Example::
+
+        >>> rep = symkern.groups.perm_rep([[1, 0, 2, 3], [0, 1, 3, 2]])  # swap 0-1, swap 2-3
+        >>> rep.order(), rep.fixed_dim()  # Klein four-group; invariants (a, a, b, b)
+        (4, 2)
+        >>> trivial = symkern.groups.perm_rep([], dim=3)
+        >>> trivial.order(), trivial.fixed_dim()
+        (1, 3)
     """
     p = nat.validate_perms(perms, "perms", dim)
     g = Group(name, "perm", p, p.shape[1], order=None if p.shape[0] else 1)
@@ -146,7 +217,14 @@ def perm_rep(perms: Any, name: str = "perm_group", dim: int | None = None) -> Pe
 def signed_perm_rep(
     perms: Any, signs: Any, name: str = "signed_perm_group", dim: int | None = None
 ) -> SignedPermRep:
-    """Signed permutation group generated by ``(perms, signs)`` with its defining rep."""
+    """Signed permutation group generated by ``(perms, signs)`` with its defining rep.
+
+    Example::
+
+        >>> rep = symkern.groups.signed_perm_rep([[1, 0]], [[1.0, -1.0]])  # (x, y) -> (y, -x)
+        >>> rep.order(), rep.fixed_dim()  # a quarter turn of R^2: C4, no invariant vector
+        (4, 0)
+    """
     p = nat.validate_perms(perms, "perms", dim)
     s = nat.validate_signs(signs, p.shape, "signs")
     g = Group(name, "signed", (p, s), p.shape[1], order=None if p.shape[0] else 1)
@@ -158,6 +236,15 @@ def matrix_rep(matrices: Any, name: str = "matrix_group", dim: int | None = None
 
     The order is found by BFS closure (up to 100_000 elements, else
     :class:`GroupTooLargeError`).  ``matrices=[]`` with ``dim=D`` gives the trivial group.
+
+    Example::
+
+        >>> R = torch.tensor([[0.0, -1.0], [1.0, 0.0]])  # rotation by 90 degrees
+        >>> rep = symkern.groups.matrix_rep(R[None])
+        >>> rep.order(), rep.fixed_dim()  # R generates C4
+        (4, 0)
+        >>> rep.conjugation().fixed_dim()  # matrices commuting with R: a*I + b*R
+        2
     """
     m = nat.validate_matrices(matrices, "matrices", dim)
     g = Group(name, "matrix", m, m.shape[1], order=None if m.shape[0] else 1)

@@ -53,6 +53,19 @@ class ContinuousRep(Representation):
 
     Attributes:
         degree: polynomial degree of the matrix coefficients (see module docstring).
+
+    Example::
+
+        >>> rep = symkern.groups.so3()
+        >>> T2 = rep.tensor_power(2)  # SO(3) acting on 3x3 matrices by R Z R^T
+        >>> T2.dim, T2.degree, T2.fixed_dim()  # the only invariant is the identity
+        (9, 2, 1)
+        >>> R = rep.sample(1, generator=torch.Generator().manual_seed(0))[0]
+        >>> torch.allclose(T2.matrix_of(R), torch.kron(R, R))
+        True
+        >>> w, mats = T2.quadrature()  # exact Haar cubature for degree 2
+        >>> mats.shape, round(float(w.sum()), 6)
+        (torch.Size([18, 9, 9]), 1.0)
     """
 
     def __init__(
@@ -247,15 +260,43 @@ def _lie_group(family: str) -> ContinuousGroup:
 
 
 def so2() -> ContinuousRep:
-    """Defining rep of SO(2) on R^2 (Lie generator ``[[0, -1], [1, 0]]``); singleton group."""
+    """Defining rep of SO(2) on R^2 (Lie generator ``[[0, -1], [1, 0]]``); singleton group.
+
+    Example::
+
+        >>> rep = symkern.groups.so2()
+        >>> rep.fixed_dim(), rep.tensor_power(2).fixed_dim()  # a*I + b*J, J the generator
+        (0, 2)
+        >>> rep.group is symkern.groups.so2().group  # reps of one group can be combined
+        True
+    """
     return ContinuousRep(_lie_group("so2"))
 
 
 def o2() -> ContinuousRep:
-    """Defining rep of O(2) on R^2 (SO(2) plus the reflection ``diag(1, -1)``); singleton group."""
+    """Defining rep of O(2) on R^2 (SO(2) plus the reflection ``diag(1, -1)``); singleton group.
+
+    Example::
+
+        >>> rep = symkern.groups.o2()
+        >>> rep.tensor_power(2).fixed_dim()  # the reflection rules out b*J: only a*I is left
+        1
+        >>> rep.generator_matrices().shape  # one discrete generator, the reflection
+        torch.Size([1, 2, 2])
+    """
     return ContinuousRep(_lie_group("o2"))
 
 
 def so3() -> ContinuousRep:
-    """Defining rep of SO(3) on R^3 (the three standard ``L_x, L_y, L_z``); singleton group."""
+    """Defining rep of SO(3) on R^3 (the three standard ``L_x, L_y, L_z``); singleton group.
+
+    Example::
+
+        >>> rep = symkern.groups.so3()
+        >>> rep.tensor_power(3).fixed_dim(method="quadrature")  # the Levi-Civita symbol eps_ijk
+        1
+        >>> R = rep.sample(4, generator=torch.Generator().manual_seed(0))
+        >>> torch.allclose(torch.linalg.det(R), torch.ones(4, dtype=torch.float64))  # rotations
+        True
+    """
     return ContinuousRep(_lie_group("so3"))

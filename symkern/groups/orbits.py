@@ -80,6 +80,18 @@ def orbit_labels(
         orbit averages to zero).  Without signs ``rel_sign`` is all ones.
 
     The number of fixed-space dimensions is ``sum((labels == arange(D)) & (rel_sign != 0))``.
+
+    Example::
+
+        >>> from symkern.groups import orbit_labels
+        >>> labels, rel = orbit_labels([[1, 0, 2, 3], [0, 1, 3, 2]])  # swap 0-1, swap 2-3
+        >>> labels.tolist(), rel.tolist()
+        ([0, 0, 2, 2], [1.0, 1.0, 1.0, 1.0])
+        >>> labels, rel = orbit_labels([[1, 0]], [[-1.0, -1.0]])  # (x, y) -> (-y, -x)
+        >>> labels.tolist(), rel.tolist()  # one orbit; the invariant vectors are (a, -a)
+        ([0, 0], [1.0, -1.0])
+        >>> orbit_labels([[1, 0]], [[1.0, -1.0]])[1].tolist()  # quarter turn: averages to 0
+        [0.0, 0.0]
     """
     perms = np.asarray(perms)
     if perms.ndim != 2:

@@ -81,6 +81,15 @@ class Representation:
         dim: ``D``, the dimension of the representation space.
         name: human-readable name.
         is_finite: whether the group is finite.
+
+    Example::
+
+        >>> rep = symkern.groups.cyclic(4)
+        >>> T2 = rep.tensor_power(2)  # C4 acting on 4x4 matrices
+        >>> T2.dim, T2.fixed_dim()  # the invariant matrices are the circulants
+        (16, 4)
+        >>> T2.character().tolist()  # tr rho(g); its mean is dim E^G = 16 / 4
+        [16.0, 0.0, 0.0, 0.0]
     """
 
     group: Group
@@ -417,6 +426,16 @@ class PermRep(_FiniteRep):
         perms: int64 ``(n_generators, D)`` permutation arrays.
         name: optional name.
         dim: D, needed only when the group has no generators.
+
+    Example::
+
+        >>> rep = symkern.groups.cyclic(3)
+        >>> perm = rep.permutations()[0].tolist()
+        >>> x = torch.tensor([10.0, 20.0, 30.0])
+        >>> perm, x[perm].tolist()  # rho(g) x = x[..., perm]
+        ([1, 2, 0], [20.0, 30.0, 10.0])
+        >>> torch.equal(rep.generator_matrices(torch.float32)[0] @ x, x[perm])  # M[i, perm[i]] = 1
+        True
     """
 
     _kind = "perm"
@@ -489,6 +508,16 @@ class MatrixRep(_FiniteRep):
     Args:
         group: the group; ``matrices[i]`` is the image of generator ``i``.
         matrices: float ``(n_generators, D, D)`` orthogonal matrices.
+
+    Example::
+
+        >>> C4 = symkern.groups.cyclic(4).group
+        >>> rot = symkern.groups.MatrixRep(C4, [[[0.0, -1.0], [1.0, 0.0]]])  # 4-cycle -> 90 deg
+        >>> rot.element_matrices().shape, rot.fixed_dim()
+        (torch.Size([4, 2, 2]), 0)
+        >>> both = rot.direct_sum(symkern.groups.cyclic(4))  # same group object: combinable
+        >>> type(both).__name__, both.dim, both.fixed_dim()
+        ('MatrixRep', 6, 1)
     """
 
     _kind = "matrix"
@@ -535,6 +564,15 @@ def direct_product(
     ``mode="tensor"`` on ``V_a (x) V_b`` (``rho_a(a_i) (x) I``, ``I (x) rho_b(b_j)``).
     Finite groups only.  Result kind: perm/perm -> PermRep, perm/signed -> SignedPermRep,
     anything with a MatrixRep -> MatrixRep.
+
+    Example::
+
+        >>> from symkern.groups import c2_swap, cyclic, direct_product
+        >>> rep = direct_product(cyclic(3), c2_swap())  # C3 x C2 on R^3 (+) R^2
+        >>> rep.dim, rep.order(), rep.fixed_dim()  # one invariant per factor
+        (5, 6, 2)
+        >>> direct_product(cyclic(3), c2_swap(), mode="tensor").fixed_dim()  # on R^3 (x) R^2
+        1
     """
     if mode not in ("sum", "tensor"):
         raise ValueError(f"mode: expected 'sum' or 'tensor', got {mode!r}")

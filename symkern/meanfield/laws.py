@@ -30,13 +30,44 @@ def _check(theta, mat, name: str, want_dim: int) -> int:
 def symmetrized_law(theta: torch.Tensor, m_z: torch.Tensor) -> torch.Tensor:
     """Atoms of ν^G: (..., N·G, D), element-major (all of M_1 θ, then M_2 θ, ...).
 
-    theta (..., N, D) floating; m_z (G, D, D), G ≥ 1."""
+    theta (..., N, D) floating; m_z (G, D, D), G ≥ 1.
+
+    Example::
+
+        >>> from symkern.meanfield import MatrixUnit, projected_law, symmetrized_law
+        >>> rho = symkern.groups.c2_swap().element_matrices()
+        >>> m_z = MatrixUnit(2, 2).param_action(rho, rho)  # (|G|, D, D) = (2, 4, 4)
+        >>> _ = torch.manual_seed(0)
+        >>> theta = torch.randn(10, 4, dtype=torch.float64)
+        >>> atoms = symmetrized_law(theta, m_z)
+        >>> atoms.shape  # N·|G| atoms
+        torch.Size([20, 4])
+        >>> torch.allclose(atoms[:10], theta)  # element-major, the identity first
+        True
+        >>> # the mean of ν^G is P applied to the mean of ν, P = (1/|G|) Σ_g M_g
+        >>> torch.allclose(atoms.mean(0), projected_law(theta, m_z.mean(0)).mean(0))
+        True
+    """
     _check(theta, m_z, "m_z", 3)
     imgs = torch.einsum("gij,...nj->...gni", m_z.to(theta), theta)
     return imgs.flatten(-3, -2)
 
 
 def projected_law(theta: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
-    """Atoms of P#ν: (..., N, D). theta (..., N, D) floating; proj (D, D)."""
+    """Atoms of P#ν: (..., N, D). theta (..., N, D) floating; proj (D, D).
+
+    Example::
+
+        >>> from symkern.meanfield import MatrixUnit, projected_law
+        >>> rho = symkern.groups.c2_swap().element_matrices()
+        >>> m_z = MatrixUnit(2, 2).param_action(rho, rho)
+        >>> P = m_z.mean(0)  # the orthogonal projector onto E^G
+        >>> _ = torch.manual_seed(0)
+        >>> atoms = projected_law(torch.randn(3, 10, 4, dtype=torch.float64), P)
+        >>> atoms.shape
+        torch.Size([3, 10, 4])
+        >>> torch.allclose(atoms @ m_z[1].T, atoms)  # every atom is fixed by every M_g
+        True
+    """
     _check(theta, proj, "proj", 2)
     return theta @ proj.to(theta).T

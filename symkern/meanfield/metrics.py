@@ -127,7 +127,13 @@ MATRIX_CHECK_TOL = 1e-6
 
 
 def second_moment(x, a=None) -> float:
-    """M₂(μ) = Σ_i a_i ‖x_i‖² for the law μ = Σ_i a_i δ_{x_i}; x (N, D), a (N,) or uniform."""
+    """M₂(μ) = Σ_i a_i ‖x_i‖² for the law μ = Σ_i a_i δ_{x_i}; x (N, D), a (N,) or uniform.
+
+    >>> second_moment([[3.0, 4.0], [1.0, 0.0]])  # (25 + 1) / 2
+    13.0
+    >>> second_moment([[3.0, 4.0], [1.0, 0.0]], a=[0.25, 0.75])  # 25/4 + 3/4
+    7.0
+    """
     x = _np(x, "x")
     a = _weights(a, x.shape[0], "a")
     return float(a @ (x * x).sum(1))
@@ -260,6 +266,13 @@ def rmd_to_projection(x, proj, a=None, *, moment_factor: float = 1.0) -> Distanc
     ``proj`` must be an orthogonal projector: symmetric and idempotent to
     :data:`MATRIX_CHECK_TOL` (1e-6, which admits a float32-computed P), else ValueError — the
     closed form holds for orthogonal projections only. ``moment_factor`` finite > 0.
+
+    >>> x, P = [[3.0, 4.0], [1.0, -1.0]], torch.diag(torch.tensor([1.0, 0.0]))  # P: onto axis 0
+    >>> d = rmd_to_projection(x, P)  # W₂² = (16 + 1)/2, M₂(ν) + M₂(P#ν) = 27/2 + 10/2
+    >>> round(d.value, 6), d.method
+    (0.677834, 'projection')
+    >>> round(rmd(x, [[3.0, 0.0], [1.0, 0.0]]).value, 6)  # the same, by exact optimal transport
+    0.677834
     """
     moment_factor = _check_moment_factor(moment_factor)
     x = _np(x, "x")
@@ -291,7 +304,14 @@ def rmd_to_symmetrized(x, m_z, a=None, *, moment_factor: float = 1.0, **w2_kwarg
     """RMD(ν, ν^G), ν^G = (1/|G|) Σ_g (M_g)#ν the N·|G| atoms M_g x_i (distance to the weakly
     invariant laws). m_z (G, D, D), G ≥ 1, every M_g orthogonal (to :data:`MATRIX_CHECK_TOL`),
     else ValueError. W₂ by :func:`w2_squared`
-    (exact up to ``exact_max`` atoms)."""
+    (exact up to ``exact_max`` atoms).
+
+    >>> m_z = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]])  # C2 swap on R²
+    >>> round(rmd_to_symmetrized([[1.0, 0.0]], m_z).value, 6)  # ν^G = ½δ_(1,0) + ½δ_(0,1)
+    0.707107
+    >>> rmd_to_symmetrized([[1.0, 0.0], [0.0, 1.0]], m_z).value  # already weakly invariant
+    0.0
+    """
     moment_factor = _check_moment_factor(moment_factor)
     _check_w2_options(
         w2_kwargs.get("method", "auto"),
@@ -322,7 +342,16 @@ def rmd_to_symmetrized(x, m_z, a=None, *, moment_factor: float = 1.0, **w2_kwarg
 
 def risk_inputs(n: int, d: int, sigma_pi: float, seed: int = 0) -> torch.Tensor:
     """The fixed Monte-Carlo test sample x_j ~ N(0, σ_π² I_d), (n, d) float64, drawn from the
-    Philox stream :data:`symkern.meanfield.rng.STREAM_TEST` keyed by (seed, run 0, step 0)."""
+    Philox stream :data:`symkern.meanfield.rng.STREAM_TEST` keyed by (seed, run 0, step 0).
+
+    >>> x = risk_inputs(50, 2, sigma_pi=4.0)
+    >>> x.shape, x.dtype
+    (torch.Size([50, 2]), torch.float64)
+    >>> torch.equal(x, risk_inputs(50, 2, sigma_pi=4.0))  # fixed: the same sample every call
+    True
+    >>> torch.allclose(x, 4.0 * risk_inputs(50, 2, sigma_pi=1.0))  # x = σ_π z
+    True
+    """
     from symkern.meanfield import rng  # noqa: PLC0415
 
     n, d = as_int(n, "n", minimum=1), as_int(d, "d", minimum=1)
@@ -349,6 +378,16 @@ def monte_carlo_risk(
     activation buffer), ``chunk`` samples at a time. x_test (n, d) with n ≥ 1, y_test (n, c),
     real; with a unit, d and c are the unit's and theta is (N, D), N ≥ 1, D = unit.D; ``chunk``
     a positive int.
+
+    >>> from symkern.meanfield import Teacher
+    >>> teacher = Teacher.paper("SI")  # 5 particles, uniform weights
+    >>> x = risk_inputs(256, 2, sigma_pi=4.0)
+    >>> y = teacher(x)
+    >>> round(monte_carlo_risk(None, x, y, unit=teacher.unit, theta=teacher.particles), 12)
+    0.0
+    >>> zero = monte_carlo_risk(lambda x: torch.zeros(len(x), 2), x, y, chunk=100)
+    >>> abs(zero - float((y**2).sum(1).mean())) < 1e-12  # Φ = 0: the risk is the mean ‖y‖²
+    True
     """
     if (model is None) == (theta is None):
         raise ValueError("give exactly one of model or (unit, theta)")

@@ -31,6 +31,28 @@ class Teacher:
 
     The weights are any finite reals: they need not sum to 1 and may be negative (a signed
     mixture of units is a legitimate target function; a zero weight pads a smaller teacher).
+
+    Example::
+
+        >>> from symkern.meanfield import MatrixUnit, Teacher
+        >>> Teacher(MatrixUnit(2, 2), torch.zeros(1, 4))(torch.ones(1, 2)).tolist()  # sigmoid(0)
+        [[0.5, 0.5]]
+        >>> wi, arbitrary = Teacher.paper("WI"), Teacher.paper("arbitrary")
+        >>> wi
+        Teacher('WI', M=10, MatrixUnit(c=2, d=2))
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(8, 2, dtype=torch.float64)
+        >>> wi(x).shape
+        torch.Size([8, 2])
+        >>> # the WI teacher is equivariant under the swap of both coordinates; "arbitrary" is not
+        >>> torch.allclose(wi(x.flip(-1)), wi(x).flip(-1))
+        True
+        >>> torch.allclose(arbitrary(x.flip(-1)), arbitrary(x).flip(-1))
+        False
+        >>> rho = symkern.groups.c2_swap().element_matrices()
+        >>> m_z = arbitrary.unit.param_action(rho, rho)
+        >>> torch.allclose(arbitrary.symmetrized(m_z)(x), wi(x))  # WI = arbitrary, symmetrised
+        True
     """
 
     def __init__(self, unit: Unit, particles: torch.Tensor, weights: torch.Tensor | None = None,

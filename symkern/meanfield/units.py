@@ -85,7 +85,22 @@ class Unit:
 
 
 class MatrixUnit(Unit):
-    """σ*(x, z) = sigmoid(z x), z ∈ R^{c×d} flattened row-major (the paper's experiment unit)."""
+    """σ*(x, z) = sigmoid(z x), z ∈ R^{c×d} flattened row-major (the paper's experiment unit).
+
+    Example::
+
+        >>> from symkern.meanfield import MatrixUnit
+        >>> unit = MatrixUnit(2, 2)
+        >>> unit.D  # c·d parameters per particle
+        4
+        >>> rho = symkern.groups.c2_swap().element_matrices()  # C2 swapping both x and y
+        >>> M = unit.param_action(rho, rho)  # M_g z = ρ_g z ρ_gᵀ
+        >>> _ = torch.manual_seed(0)
+        >>> x, z = torch.randn(3, 2, dtype=torch.float64), torch.randn(1, 4, dtype=torch.float64)
+        >>> # joint equivariance σ*(ρ_g x, M_g z) = ρ̂_g σ*(x, z), g the swap
+        >>> torch.allclose(unit.output(x @ rho[1].T, z @ M[1].T), unit.output(x, z) @ rho[1].T)
+        True
+    """
 
     code = 0
 
@@ -111,7 +126,19 @@ class MatrixUnit(Unit):
 
 
 class StandardUnit(Unit):
-    """σ*(x, z) = a · act(w·x + b) with z = (a ∈ R^c, w ∈ R^d, b ∈ R)."""
+    """σ*(x, z) = a · act(w·x + b) with z = (a ∈ R^c, w ∈ R^d, b ∈ R).
+
+    Example::
+
+        >>> from symkern.meanfield import StandardUnit
+        >>> unit = StandardUnit(d=2)  # c = 1, tanh
+        >>> unit.D  # c + d + 1
+        4
+        >>> z = torch.tensor([[2.0, 1.0, 0.0, 0.5]])  # a = 2, w = (1, 0), b = 0.5
+        >>> x = torch.tensor([[0.5, 3.0]])
+        >>> unit.output(x, z).shape, round(unit.output(x, z).item(), 6)  # 2 · tanh(0.5 + 0.5)
+        (torch.Size([1, 1]), 1.523188)
+    """
 
     code = 1
 

@@ -165,6 +165,18 @@ class Mirror:
 
     Attributes: ``d``, ``k``, ``index`` (k, s) long, ``value`` (k, s) float64, ``groups`` (k,) long,
     ``kind`` (str), ``meta`` (dict, free-form provenance e.g. from :mod:`symkern.mirror.detect`).
+
+    Example::
+
+        >>> m = symkern.mirror.Mirror.coordinates([0, 2], 4)  # O = [e_0, e_2]
+        >>> theta = torch.tensor([1.0, 2.0, 3.0, 4.0])
+        >>> m.reflect(theta).tolist(), m.project(theta).tolist()
+        ([-1.0, 2.0, -3.0, 4.0], [0.0, 2.0, 0.0, 4.0])
+        >>> torch.equal(m.reflect(m.reflect(theta)), theta)  # R_O is an involution
+        True
+        >>> seed = torch.Generator().manual_seed(0)
+        >>> m.is_symmetric(lambda t: (t**2).sum(), generator=seed)[0]  # true of every mirror
+        True
     """
 
     def __init__(

@@ -62,6 +62,16 @@ class DCS(nn.Module):
     Default (``init=None``): w, u, v independent N(0, init_scale²) (``generator``-seeded), which
     avoids that. u = v = 0 is a saddle (Theorem 1): components started there never move.
     When O spans R^d (k = d) the w part is absent.
+
+    Example::
+
+        >>> from symkern.mirror import DCS
+        >>> theta0 = torch.tensor([1.0, -2.0, 0.0], dtype=torch.float64)
+        >>> dcs = DCS.l1(3, gamma=0.5, init=theta0)  # O = I: theta = u * v
+        >>> torch.allclose(dcs(), theta0)  # starts at theta = init exactly
+        True
+        >>> round(dcs.penalty().item(), 6)  # balanced: 2 * gamma * ||theta||_1 = 2 * 0.5 * 3
+        3.0
     """
 
     def __init__(
@@ -122,6 +132,16 @@ class GroupGateDCS(nn.Module):
 
     Mirror (s_g, w_g) → (−s_g, −w_g); balanced, the penalty is 2γ Σ_g ‖θ_g‖₂ (group lasso), so a
     whole group becomes exactly zero once 2γ > ‖∂ℓ/∂θ_g‖. ``groups`` (d,) ints in [0, G).
+
+    Example::
+
+        >>> from symkern.mirror import GroupGateDCS
+        >>> theta0 = torch.tensor([3.0, 4.0, 1.0], dtype=torch.float64)
+        >>> gate = GroupGateDCS([0, 0, 1], gamma=0.5, init=theta0)  # groups {0, 1} and {2}
+        >>> torch.allclose(gate(), theta0)
+        True
+        >>> round(gate.penalty().item(), 6)  # 2 * gamma * (||(3, 4)|| + ||(1,)||) = 1 * (5 + 1)
+        6.0
     """
 
     def __init__(
@@ -165,6 +185,17 @@ class LowRankDCS(nn.Module):
 
     Rotation mirrors U, V → U(I − 2aaᵀ), V(I − 2aaᵀ) for every unit a; the constraint Ua = Va = 0
     lowers the rank. forward() returns W (m, n).
+
+    Example::
+
+        >>> from symkern.mirror import LowRankDCS
+        >>> lr = LowRankDCS(4, 3, 2, gamma=0.1, generator=torch.Generator().manual_seed(0))
+        >>> W = lr().detach()
+        >>> W.shape, torch.linalg.matrix_rank(W).item()  # rank <= r = 2
+        (torch.Size([4, 3]), 2)
+        >>> nuclear = torch.linalg.matrix_norm(W, "nuc")
+        >>> bool(lr.penalty() >= 2 * 0.1 * nuclear)  # equal when balanced, U^T U = V^T V
+        True
     """
 
     def __init__(

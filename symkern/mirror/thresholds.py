@@ -97,6 +97,16 @@ def projected_hessian_eigs(
     ``loss``: θ (d,) → scalar, twice differentiable by autograd. ``project``: evaluate at
     θ_∥ = mirror.project(θ) (default) or at θ itself. Runs min(iters, k) steps; when that is k
     the result is exact.
+
+    Example::
+
+        >>> from symkern.mirror import Mirror, projected_hessian_eigs
+        >>> a = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+        >>> loss = lambda t: (a * t**2).sum()  # Hessian diag(2, 4, 6)
+        >>> res = projected_hessian_eigs(loss, torch.ones(3, dtype=torch.float64),
+        ...                              Mirror.coordinates([0, 2], 3))
+        >>> [round(x, 6) for x in res.ritz.tolist()], res.exhausted  # the (0, 2) block
+        ([2.0, 6.0], True)
     """
     _check_mirror(mirror)
     if not callable(loss):
@@ -174,6 +184,15 @@ def critical_decay(
     decay). Lanczos with min(iters, k) Hessian-vector products by double backward; never a dense
     d×d Hessian. ``per_group=True``: one γ* per column group of the mirror (e.g. per pair of
     :meth:`Mirror.rescaling_pairs`), returned as a float64 tensor (G,).
+
+    Example::
+
+        >>> from symkern.mirror import Mirror, critical_decay
+        >>> m = Mirror.rescaling_pairs([0], [1], 2)  # theta = (u, w), mirror (u, w) -> (-u, -w)
+        >>> loss = lambda t: (t[0] * t[1] - 2.0) ** 2  # (u w - beta)^2: gamma* = |beta|
+        >>> theta = torch.tensor([0.3, -0.7], dtype=torch.float64)
+        >>> round(critical_decay(loss, theta, m, generator=torch.Generator().manual_seed(0)), 6)
+        2.0
     """
     _check_mirror(mirror)
     if per_group:
@@ -195,6 +214,15 @@ def noise_lyapunov(curvatures, eta: float, gamma: float) -> float:
     λ < 0: SGD is attracted to the constraint Oᵀθ = 0 (along the sampled direction); λ > 0: it
     escapes. ``curvatures``: 1-D samples of h (tensor or sequence). Convention ℓ + γ‖θ‖².
     A factor exactly 0 gives −inf (one step lands on the constraint).
+
+    Example::
+
+        >>> from symkern.mirror import noise_lyapunov
+        >>> noise_lyapunov([-0.55], eta=1.0, gamma=0.0) > 0  # constant h < 0: escapes
+        True
+        >>> lam = noise_lyapunov([-2.0, 0.9], eta=1.0, gamma=0.0)  # same mean h, with noise
+        >>> round(lam, 6)  # (log 3 + log 0.1) / 2 < 0: attracted
+        -0.601986
     """
     eta, gamma = _check_eta_gamma(eta, gamma)
     expected = "curvatures must be a 1-D tensor or sequence of real numbers"
@@ -237,6 +265,20 @@ def sample_curvatures(
     ``direction`` defaults to the λ_min eigenvector of the full-data Oᵀ∇²L(θ_∥)O (computed
     densely in R^{k×k}, so k should be small); for k = 1 it is 1. Returns h (num_batches,)
     float64 (and the (num_batches, batch_size) indices when ``return_indices``).
+
+    Example::
+
+        >>> from symkern.mirror import Mirror, sample_curvatures
+        >>> m = Mirror.rescaling_pairs([0], [1], 2)  # theta = (u, w), model u * w
+        >>> loss = lambda t, y: ((t[0] * t[1] - y) ** 2).mean()
+        >>> y = torch.arange(8, dtype=torch.float64)
+        >>> h, idx = sample_curvatures(loss, torch.zeros(2, dtype=torch.float64), m, [y], 4, 5,
+        ...                            generator=torch.Generator().manual_seed(0),
+        ...                            return_indices=True)
+        >>> h.shape, idx.shape
+        (torch.Size([5]), torch.Size([5, 4]))
+        >>> torch.allclose(h, -2 * y[idx].mean(1))  # at theta = 0: h_t = -2 * mean of y_B
+        True
     """
     _check_mirror(mirror)
     if not callable(loss):

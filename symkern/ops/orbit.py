@@ -46,7 +46,16 @@ __all__ = ["Orbit", "augment", "orbit_average", "orbits", "symmetrize"]
 class Orbit(NamedTuple):
     """One coordinate orbit: ``indices`` (int64, ascending from the smallest member) and ``signs``
     (float64, ±1 relative to the smallest member; all 0 when the orbit contains a coordinate and
-    its own negative, so that it averages to zero — ``vanishes`` is then True)."""
+    its own negative, so that it averages to zero — ``vanishes`` is then True).
+
+    Example::
+
+        >>> rep = symkern.groups.signed_perm_rep([[1, 0, 2]], [[-1.0, -1.0, -1.0]])  # −(x₁, x₀, x₂)
+        >>> [(o.indices.tolist(), o.signs.tolist(), o.vanishes) for o in symkern.orbits(rep)]
+        [([0, 1], [1.0, -1.0], False), ([2], [0.0], True)]
+        >>> symkern.orbit_average(torch.tensor([3.0, 1.0, 5.0]), rep).tolist()  # ±(x₀−x₁)/2, 0
+        [1.0, -1.0, 0.0]
+    """
 
     indices: torch.Tensor
     signs: torch.Tensor
@@ -320,6 +329,23 @@ def symmetrize(
     deterministic.
 
     Returns a callable (an nn.Module when ``fn`` is one, so its parameters are tracked).
+
+    Example::
+
+        >>> G = symkern.groups.cyclic(3)
+        >>> mean = symkern.symmetrize(lambda x: x[:, :1], G)  # invariant: x ↦ x₀ becomes the mean
+        >>> mean(torch.tensor([[3.0, 6.0, 0.0]])).tolist()
+        [[3.0]]
+        >>> _ = torch.manual_seed(0)
+        >>> lin = torch.nn.Linear(3, 3, bias=False)
+        >>> sym = symkern.symmetrize(lin, G, G)  # equivariant: Q_G lin commutes with the cycle
+        >>> isinstance(sym, torch.nn.Module), len(list(sym.parameters()))
+        (True, 1)
+        >>> x = torch.randn(4, 3)
+        >>> torch.allclose(sym(x.roll(1, -1)), sym(x).roll(1, -1), atol=1e-6)
+        True
+        >>> torch.allclose(lin(x.roll(1, -1)), lin(x).roll(1, -1), atol=1e-6)  # lin itself does not
+        False
     """
     if not callable(fn):
         raise TypeError(f"fn must be a callable (B, D_in) -> (B, ...), got {type(fn).__name__}")
@@ -383,9 +409,24 @@ def augment(
     """Data augmentation: pairs (ρ_in(g) x_b, ρ_out(g) y_b).
 
     ``mode="orbit"``: every element of a finite group, for every sample: returns (|G|·B, D_in) and
-    (|G|·B, ...), element-major (the first B rows are the identity's... in enumeration order).
+    (|G|·B, ...), element-major: rows k·B … (k+1)·B − 1 are element g_k applied to the batch,
+    g_0 the identity, in the order of ``rep_in.element_matrices()``.
     ``mode="sample"``: one uniformly random element per sample (Haar for continuous groups):
     returns (B, D_in), (B, ...). rep_out=None leaves y unchanged (invariant labels).
+
+    Example::
+
+        >>> G = symkern.groups.cyclic(3)
+        >>> x, y = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), torch.tensor([0.0, 1.0])
+        >>> xs, ys = symkern.augment(x, y, G)  # invariant labels: y repeats, once per element
+        >>> xs.shape, ys.tolist()
+        (torch.Size([6, 3]), [0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+        >>> torch.equal(xs[:2], x)  # element-major, the identity first
+        True
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> xs, ys = symkern.augment(x, x, G, G, mode="sample", generator=gen)
+        >>> xs.shape, torch.equal(xs, ys)  # labels y = x: both moved by the same random g
+        (torch.Size([2, 3]), True)
     """
     check_float_tensor(x)
     check_rep(rep_in, "rep_in")

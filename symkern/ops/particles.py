@@ -355,6 +355,19 @@ def particle_steps(
     size too large for its dtype) is not stopped or clamped: its θ, snapshots and losses turn
     inf / NaN from that step on, as in the reference, and the other runs are unaffected — check
     ``torch.isfinite(result.theta)``.
+
+    Example::
+
+        >>> from symkern.meanfield import MatrixUnit, Teacher, initial_particles
+        >>> unit, teacher = MatrixUnit(2, 2), Teacher.paper("WI").particles
+        >>> theta = initial_particles(2, 10, unit.D, seed=0)  # R = 2 runs of N = 10 particles
+        >>> r = symkern.particle_steps(theta, unit, teacher=teacher, steps=10, snapshot_every=5)
+        >>> r.theta.shape, r.snapshots.shape, r.losses.shape  # S = 10 // 5 snapshots
+        (torch.Size([2, 10, 4]), torch.Size([2, 2, 10, 4]), torch.Size([2, 2]))
+        >>> # run 1 alone (its RNG identity run_ids=[1]) follows the same trajectory
+        >>> alone = symkern.particle_steps(theta[1:], unit, teacher=teacher, steps=10, run_ids=[1])
+        >>> torch.allclose(alone.theta[0], r.theta[1])
+        True
     """
     steps = _check_pos_int(steps, "steps")
     step0 = as_int(step0, "step0", minimum=0)
@@ -390,7 +403,22 @@ def particle_steps(
 
 
 def particle_step(theta: torch.Tensor, unit: Unit, **kwargs) -> ParticleStepsResult:
-    """One step of :func:`particle_steps` (``steps=1``)."""
+    """One step of :func:`particle_steps` (``steps=1``).
+
+    Example::
+
+        >>> from symkern.meanfield import MatrixUnit, Teacher, initial_particles
+        >>> unit, teacher = MatrixUnit(2, 2), Teacher.paper("WI").particles
+        >>> theta = initial_particles(2, 10, unit.D, seed=0)
+        >>> one = symkern.particle_step(theta, unit, teacher=teacher)
+        >>> one.theta.shape, one.losses.shape
+        (torch.Size([2, 10, 4]), torch.Size([2, 1]))
+        >>> # resuming at step0=1 continues the stream: two single steps = one 2-step call
+        >>> two = symkern.particle_step(one.theta, unit, teacher=teacher, step0=1)
+        >>> both = symkern.particle_steps(theta, unit, teacher=teacher, steps=2)
+        >>> torch.allclose(two.theta, both.theta)
+        True
+    """
     if "steps" in kwargs:
         raise TypeError("particle_step takes no steps argument; use particle_steps")
     return particle_steps(theta, unit, steps=1, **kwargs)
@@ -459,6 +487,24 @@ def model_output(
     B×N activation buffer: the backward recomputes activations. Use it to plug a mean-field model
     into your own training loop (first-order gradients; no double backward). NaN is not
     checked: it propagates (a NaN in x_b makes row b of the output NaN; one in θ_i, every row).
+
+    Example::
+
+        >>> from symkern.meanfield import MatrixUnit
+        >>> unit = MatrixUnit(2, 2)  # σ*(x, z) = sigmoid(z x), z a 2×2 matrix
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(3, 2, dtype=torch.float64)
+        >>> theta = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+        >>> out = symkern.model_output(x, theta, unit)
+        >>> out.shape
+        torch.Size([3, 2])
+        >>> ref = unit.output(x, theta)  # the plain torch formula (B×N activations)
+        >>> torch.allclose(out, ref)
+        True
+        >>> g = torch.autograd.grad(out.sum(), theta)[0]
+        >>> g_ref = torch.autograd.grad(ref.sum(), theta)[0]
+        >>> g.shape, torch.allclose(g, g_ref)
+        (torch.Size([5, 4]), True)
     """
     check_unit(unit)
     for t, name, width in ((x, "x", unit.d), (theta, "theta", unit.D)):
