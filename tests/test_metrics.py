@@ -32,6 +32,13 @@ def test_w2_closed_forms():
     assert d.value == pytest.approx(float(v @ v), rel=1e-9)
     # invariant to the order of the atoms; zero between a set and itself
     assert metrics.w2_squared(x, x[::-1]).value == pytest.approx(0.0, abs=1e-12)
+    # the cost matrix against a float64 brute force, at a size with several row blocks
+    y = rng.normal(size=(5000, 3))
+    brute = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    np.testing.assert_allclose(metrics._sq_cost(x, y), brute, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(metrics._sq_cost(y, x), brute.T, rtol=1e-15, atol=0)
+    # points of R^0: every distance is 0
+    assert metrics.w2_squared(np.zeros((2, 0)), np.zeros((3, 0))).value == 0.0
 
 
 def test_w2_weights():
