@@ -133,7 +133,17 @@ TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 @dataclass(frozen=True)
 class BackendCase:
-    """One (backend, device) pair available on this machine, for parametrising tests/bench."""
+    """One (backend, device) pair available on this machine, for parametrising tests/bench.
+
+    Example::
+
+        >>> from symkern.testing import BackendCase
+        >>> case = BackendCase("torch", "cpu")
+        >>> case.backend, case.device, case.id  # id: the test parameter id
+        ('torch', 'cpu', 'torch-cpu')
+        >>> case == BackendCase("torch", "cpu"), len({case, BackendCase("torch", "cpu")})
+        (True, 1)
+    """
 
     backend: str
     device: str

@@ -42,7 +42,21 @@ ORTHO_TOL = 1e-8
 
 
 class GroupTooLargeError(ValueError):
-    """Raised when a group is too large to enumerate (or to close by BFS)."""
+    """Raised when a group is too large to enumerate (or to close by BFS).
+
+    Example::
+
+        >>> from symkern.groups import Group, GroupTooLargeError
+        >>> R = torch.tensor([[[0.0, -1.0], [1.0, 0.0]]], dtype=torch.float64)  # 90 deg turn
+        >>> Group("C4", "matrix", R, dim=2).order()  # BFS closure (default max_order 100_000)
+        4
+        >>> Group("C4", "matrix", R, dim=2, max_order=3).order()
+        Traceback (most recent call last):
+        ...
+        symkern.groups._native.GroupTooLargeError: group 'C4' has more than 3 elements, ...
+        >>> issubclass(GroupTooLargeError, ValueError)
+        True
+    """
 
 
 def check_dense_dim(D: int, what: str) -> None:

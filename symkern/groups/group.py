@@ -340,6 +340,23 @@ class ContinuousGroup(Group):
         discrete: float64 ``(k, d, d)`` discrete generators (O(2): the reflection);
             together with ``exp`` of the Lie algebra they generate the group.
         family: ``"so2"``, ``"o2"`` or ``"so3"`` (selects sampling / quadrature).
+
+    Example::
+
+        >>> G = symkern.groups.so2().group
+        >>> G, G.family, G.is_finite, G.kind
+        (ContinuousGroup('SO(2)', dim=2), 'so2', False, 'continuous')
+        >>> G.lie_algebra.shape, G.discrete.shape  # one Lie generator, no discrete one
+        (torch.Size([1, 2, 2]), torch.Size([0, 2, 2]))
+        >>> symkern.groups.o2().group.discrete.shape  # O(2) adds the reflection
+        torch.Size([1, 2, 2])
+        >>> g = G.sample_defining(5, generator=torch.Generator().manual_seed(0))
+        >>> torch.allclose(g @ g.mT, torch.eye(2, dtype=torch.float64).expand(5, 2, 2))
+        True
+        >>> G.order()
+        Traceback (most recent call last):
+        ...
+        ValueError: group 'SO(2)' is infinite (continuous); order() is undefined
     """
 
     def __init__(

@@ -470,6 +470,21 @@ class SignedPermRep(_FiniteRep):
     Args:
         group: the group; ``(perms[i], signs[i])`` is the image of generator ``i``.
         perms: int64 ``(n_generators, D)``; signs: float ``(n_generators, D)`` of +-1.
+
+    Example::
+
+        >>> rep = symkern.groups.signed_perm_rep([[1, 0]], [[1.0, -1.0]])  # (x, y) -> (y, -x)
+        >>> type(rep).__name__, rep.permutations().tolist(), rep.signs().tolist()
+        ('SignedPermRep', [[1, 0]], [[1.0, -1.0]])
+        >>> x = torch.tensor([10.0, 20.0])
+        >>> (torch.tensor([1.0, -1.0]) * x[[1, 0]]).tolist()  # rho(g) x = sign * x[..., perm]
+        [20.0, -10.0]
+        >>> rep.generator_matrices()[0].tolist()  # M[i, perm[i]] = sign[i]
+        [[0.0, 1.0], [-1.0, 0.0]]
+        >>> [a.tolist() for a in rep.orbit_labels()]  # one orbit {+-e_0, +-e_1}: rel_sign 0
+        [[0, 0], [0.0, 0.0]]
+        >>> rep.fixed_dim()  # so no invariant vector
+        0
     """
 
     _kind = "signed"

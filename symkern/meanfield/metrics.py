@@ -64,7 +64,15 @@ SINKHORN_REG = 1e-2
 
 
 class Distance(NamedTuple):
-    """A distance value and how its W₂² was computed ("exact", "sinkhorn" or "projection")."""
+    """A distance value and how its W₂² was computed ("exact", "sinkhorn" or "projection").
+
+    >>> d = rmd([[1.0, 0.0]], [[-1.0, 0.0]])  # W₂² = 4 by the network simplex, M₂ + M₂ = 2
+    >>> round(d.value, 6), d.method
+    (1.414214, 'exact')
+    >>> value, method = rmd([[1.0, 0.0]], [[-1.0, 0.0]], exact_max=0)  # a tuple: it unpacks
+    >>> round(value, 6), method  # more atoms than exact_max: the debiased Sinkhorn divergence
+    (1.414214, 'sinkhorn')
+    """
 
     value: float
     method: str

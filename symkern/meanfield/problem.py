@@ -52,6 +52,19 @@ class ParticleProblem:
     """Everything but the particles. Tensors on the particles' device; floats in their dtype.
 
     Shapes: R runs, M teacher particles (padded), G group elements, D = unit.D.
+
+    Example::
+
+        >>> from symkern.meanfield import MatrixUnit, Teacher
+        >>> from symkern.ops.particles import particle_problem
+        >>> unit, G = MatrixUnit(2, 2), symkern.groups.c2_swap()
+        >>> theta = torch.zeros(3, 10, unit.D, dtype=torch.float64)  # R = 3 runs of N = 10
+        >>> p = particle_problem(theta, unit, teacher=Teacher.paper("WI").particles, group=G,
+        ...                      scheme=["vanilla", "DA", "EA"])  # one scheme per run
+        >>> p.n_runs, p.group_size, p.D, p.scheme.tolist()  # the SCHEMES codes
+        (3, 2, 4, [0, 1, 4])
+        >>> p.teacher.shape, p.m_z.shape, torch.allclose(p.proj, p.m_z.mean(0))  # P = mean M_g
+        (torch.Size([3, 10, 4]), torch.Size([2, 4, 4]), True)
     """
 
     unit_code: int  # 0 matrix unit, 1 standard unit

@@ -88,8 +88,24 @@ def initial_particles(
 class TrainResult:
     """``theta0`` / ``theta`` (R, N, D) before / after, both in the trainer's dtype and device
     (``theta0`` is the start the engine used: a float64 draw rounded to that dtype);
-    ``snapshots`` (R, S, N, D); ``losses`` (R, S); ``snapshot_steps`` the absolute step index
-    (1-based count) of each snapshot."""
+    ``snapshots`` (R, S, N, D), S = steps // snapshot_every (the last one is ``theta`` when
+    snapshot_every divides steps); ``losses`` (R, S); ``snapshot_steps`` the absolute step index
+    (1-based count) of each snapshot.
+
+    Example::
+
+        >>> from symkern.meanfield import MatrixUnit, ParticleTrainer, Teacher, initial_particles
+        >>> trainer = ParticleTrainer(MatrixUnit(2, 2))  # vanilla SGD in float32
+        >>> res = trainer.run(10, steps=6, runs=2, teacher=Teacher.paper("WI"), init="WI",
+        ...                   snapshot_every=3)
+        >>> res.snapshot_steps, res.snapshots.shape, res.losses.shape  # S = 6 // 3 snapshots
+        ([3, 6], torch.Size([2, 2, 10, 4]), torch.Size([2, 2]))
+        >>> torch.equal(res.snapshots[:, -1], res.theta)  # the last snapshot is the final θ
+        True
+        >>> # theta0: the float64 WI draw of (seed 0, runs 0 and 1), rounded to float32
+        >>> res.theta0.dtype, torch.equal(res.theta0, initial_particles(2, 10, 4, seed=0).float())
+        (torch.float32, True)
+    """
 
     theta0: torch.Tensor
     theta: torch.Tensor

@@ -90,7 +90,23 @@ class SweepProblem:
 
 class SweepResult(NamedTuple):
     """``params``: dict of final parameters (M, ...); ``losses`` (M, S) data loss at
-    ``loss_steps`` (S,) (absolute step indices); ``backend`` the backend that ran the call."""
+    ``loss_steps`` (S,) (absolute step indices); ``backend`` the backend that ran the call.
+
+    Example::
+
+        >>> from symkern.mirror.sweeps import train_sweep
+        >>> u = torch.full((2, 3), 0.1, dtype=torch.float64)  # M = 2 models, θ = u ⊙ w = 0.01
+        >>> r = train_sweep("rescaling", {"u": u, "w": u}, [0.0, 0.5], 0.1, 6, None,
+        ...                 target=torch.ones(3), step0=10, record_every=2, backend="torch")
+        >>> sorted(r.params), r.params["u"].shape, r.losses.shape  # S = 6 // 2
+        (['u', 'w'], torch.Size([2, 3]), torch.Size([2, 3]))
+        >>> r.loss_steps.tolist(), r.backend  # steps 10..15, every 2nd recorded
+        ([11, 13, 15], 'torch')
+        >>> r1 = train_sweep("rescaling", {"u": u, "w": u}, [0.0, 0.5], 0.1, 1, None,
+        ...                  target=torch.ones(3), backend="torch")
+        >>> [round(x, 6) for x in r1.losses[:, 0].tolist()]  # ‖θ − β‖² before the update: 3·0.99²
+        [2.9403, 2.9403]
+    """
 
     params: dict[str, torch.Tensor]
     losses: torch.Tensor

@@ -71,7 +71,22 @@ def _projected_hvp(loss, theta_par: torch.Tensor, mirror: Mirror):
 @dataclass
 class LanczosResult:
     """Ritz values of Oᵀ∇²L O (ascending), the iterations run, and whether the Krylov space
-    filled R^k (then the Ritz values are the exact eigenvalues, up to rounding)."""
+    filled R^k (then the Ritz values are the exact eigenvalues, up to rounding).
+
+    Example::
+
+        >>> from symkern.mirror import Mirror, projected_hessian_eigs
+        >>> a = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+        >>> loss = lambda t: (a * t**2).sum()  # Hessian diag(2, 4, 6)
+        >>> m, theta = Mirror.coordinates([0, 1, 2], 3), torch.ones(3, dtype=torch.float64)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> res = projected_hessian_eigs(loss, theta, m, generator=g)  # min(50, k = 3) steps
+        >>> res.iters, res.exhausted, [round(x, 6) for x in res.ritz.tolist()]
+        (3, True, [2.0, 4.0, 6.0])
+        >>> part = projected_hessian_eigs(loss, theta, m, iters=2, generator=g)
+        >>> part.iters, part.exhausted, part.lambda_min > 2.0  # Ritz values bound λ_min above
+        (2, False, True)
+    """
 
     ritz: torch.Tensor
     iters: int
