@@ -892,6 +892,24 @@ def test_integer_arguments_accept_numpy_and_0d_tensor_ints():
         G.so2().sample(-1)
 
 
+def test_max_order_is_a_constructor_argument():
+    """The enumeration limit the GroupTooLargeError message tells users to raise."""
+    rot = torch.tensor([[[0.0, -1.0], [1.0, 0.0]]], dtype=torch.float64)  # generates C4
+    with pytest.raises(GroupTooLargeError, match="more than 3 elements"):
+        G.matrix_rep(rot, max_order=3).order()
+    assert G.matrix_rep(rot, max_order=4).order() == 4
+    s6 = G.perm_rep(G.symmetric(6).permutations(), max_order=100)
+    assert s6.order() == 720  # Schreier-Sims: no enumeration, no limit
+    with pytest.raises(GroupTooLargeError, match="720 elements, above the enumeration limit 100"):
+        s6.group.elements()
+    flips = G.signed_perm_rep([[0, 1, 2]] * 3, torch.ones(3, 3) - 2 * torch.eye(3), max_order=7)
+    with pytest.raises(GroupTooLargeError, match="above the enumeration limit 7"):
+        flips.element_matrices()
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="max_order must be a positive int"):
+            G.matrix_rep(rot, max_order=bad)
+
+
 def test_dense_dimension_guard():
     T = G.symmetric(5).tensor_power(6)  # D = 15625
     with pytest.raises(ValueError, match="D=15625"):

@@ -142,7 +142,7 @@ class Group:
         self.dim = int(dim)
         self._gens = generators
         self.n_generators = nat.batch_len(kind, generators)
-        self.max_order = int(max_order)
+        self.max_order = as_int(max_order, "max_order", minimum=1)
         self._order_hint = order
         self._order: int | None = order if isinstance(order, int) else None
         self._bfs: BFSTree | None = None
