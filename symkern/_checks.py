@@ -4,8 +4,9 @@ Integers are accepted in every form a user passes one: a Python int, a NumPy int
 integer 0-d tensor (anything with ``__index__``) — never a bool, a float or a string. Real numbers
 likewise: int, float, NumPy scalars, 0-d real tensors. ``as_int`` / ``as_real`` return a plain
 Python value, which is what the kernels receive; a bad value raises ValueError naming the
-argument. ``philox_ids`` checks per-run ids against the 32-bit Philox word; ``real_tensor`` reads
-array-like data without a detour through float32.
+argument. ``float_dtype`` admits a floating torch dtype only. ``as_device`` parses a CPU / CUDA
+device that exists here. ``philox_ids`` checks per-run ids against the 32-bit Philox word;
+``real_tensor`` reads array-like data without a detour through float32.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["PHILOX_WORD", "as_int", "as_real", "philox_ids", "real_tensor"]
+__all__ = [
+    "PHILOX_WORD",
+    "as_device",
+    "as_int",
+    "as_real",
+    "float_dtype",
+    "philox_ids",
+    "real_tensor",
+]
 
 PHILOX_WORD = 2**32  # Philox counter words (step, run / model id, element index) are 32-bit
 
@@ -111,3 +120,35 @@ def real_tensor(v: Any, name: str) -> torch.Tensor:
             f"{name} must be a tensor or a (nested) sequence of real numbers, got "
             f"{type(v).__name__}"
         ) from None
+
+
+def as_device(device: Any, name: str) -> torch.device:
+    """``device`` (a str or torch.device) as a torch.device: "cpu" or "cuda[:index]" with that
+    CUDA device present on this machine; ValueError naming ``name`` otherwise."""
+    want = f"{name} must be 'cpu' or 'cuda[:index]', got {device!r}"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(want) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {device}: CUDA is not available on this machine")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(
+                f"{name} {device}: this machine has {n} CUDA device(s) (cuda:0..{n - 1})"
+            )
+    elif dev.type != "cpu":
+        raise ValueError(f"{name} must be a CPU or CUDA device, got {dev}")
+    return dev
+
+
+def float_dtype(dtype: Any, name: str = "dtype") -> torch.dtype:
+    """``dtype`` itself when it is a floating torch dtype (an integer one would truncate values
+    cast to it and cannot carry gradients); TypeError naming ``name`` otherwise."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(
+            f"{name} must be a floating torch dtype (float16, bfloat16, float32, float64), "
+            f"got {dtype!r}"
+        )
+    return dtype

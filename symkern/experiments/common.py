@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from symkern._checks import as_device
+
 __all__ = [
     "atomic_save_npz",
     "atomic_write_json",
@@ -279,23 +281,7 @@ def check_backend(
 def check_device(device: str, *, name: str = "device") -> torch.device:
     """``device`` parsed by torch.device: "cpu" or "cuda[:index]" with that CUDA device present.
     ValueError naming the flag otherwise."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(
-            f"{option(name)} must be a torch device: cpu or cuda[:index], got {device!r}"
-        ) from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"{option(name)} {device}: CUDA is not available on this machine")
-        n = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= n:
-            raise ValueError(
-                f"{option(name)} {device}: this machine has {n} CUDA device(s) (cuda:0..{n - 1})"
-            )
-    elif dev.type != "cpu":
-        raise ValueError(f"{option(name)} must be cpu or cuda[:index], got {device!r}")
-    return dev
+    return as_device(device, option(name))
 
 
 def check_out_dir(out: str | os.PathLike) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from symkern._checks import as_real
+from symkern._checks import as_device, as_real, float_dtype
 from symkern.groups import Representation
 from symkern.meanfield import rng
 from symkern.meanfield.problem import SCHEMES
@@ -67,8 +67,7 @@ def initial_particles(
         )
     seed = _check_seed(seed)
     std = as_real(std, "std", minimum=0.0)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch dtype (e.g. torch.float64), got {dtype!r}")
+    float_dtype(dtype)
     ids = _check_run_ids(run_ids, R)
     if proj is not None:
         if not isinstance(proj, torch.Tensor) or proj.is_complex() or proj.dtype == torch.bool:
@@ -164,19 +163,12 @@ class ParticleTrainer:
         check_unit(unit)
         if not isinstance(scheme, str) or scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {list(SCHEMES)}, got {scheme!r}")
-        try:
-            device = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"device must be 'cpu' or 'cuda[:index]', got {device!r}") from None
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device must be a CPU or CUDA device, got {device}")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device}: CUDA is not available on this machine")
+        device = as_device(device, "device")
         self.unit, self.scheme, self.group = unit, scheme, group
         self.alpha, self.tau, self.beta = alpha, tau, beta
         self.batch, self.sigma_pi = batch, sigma_pi
         self.project_noise = project_noise
-        self.dtype, self.device, self.backend = dtype, torch.device(device), backend
+        self.dtype, self.device, self.backend = dtype, device, backend
         _, _, self.m_z, self.proj = group_matrices(unit, group, torch.float64, torch.device("cpu"))
 
     def run(

@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from symkern._checks import as_int, as_real
+from symkern._checks import as_int, as_real, float_dtype
 from symkern.ops.mirror import MirrorPlan, make_mirror_plan, mirror_apply
 
 __all__ = ["Mirror"]
@@ -511,8 +511,7 @@ class Mirror:
 
     def to_dense(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """O as a dense (d, k) tensor (for tests and small problems only); ``dtype`` floating."""
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        float_dtype(dtype)
         if self._dense is not None:
             return self._dense.to(dtype)
         O = torch.zeros(self.d, self.k, dtype=torch.float64)
@@ -569,8 +568,7 @@ class Mirror:
             raise TypeError("loss must be callable: theta (d,) -> scalar")
         trials = _check_trials(trials)
         rtol = _check_tol(rtol, "rtol")
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        float_dtype(dtype)
         points = []
         if theta is not None:
             self._check_theta(theta)

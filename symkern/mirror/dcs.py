@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from symkern._checks import as_int, as_real
+from symkern._checks import as_int, as_real, float_dtype
 from symkern.mirror.core import Mirror
 
 __all__ = ["DCS", "GroupGateDCS", "LowRankDCS"]
@@ -26,17 +26,6 @@ __all__ = ["DCS", "GroupGateDCS", "LowRankDCS"]
 
 def _check_gamma(gamma) -> float:
     return as_real(gamma, "gamma", minimum=0)
-
-
-def _check_dtype(dtype) -> torch.dtype:
-    """Trainable parameters need a real floating dtype (an integer one would truncate the init
-    and cannot carry gradients)."""
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(
-            f"dtype must be a floating torch.dtype (float16, bfloat16, float32, float64), "
-            f"got {dtype!r}"
-        )
-    return dtype
 
 
 def _check_init_scale(init_scale) -> float:
@@ -89,7 +78,7 @@ class DCS(nn.Module):
             raise TypeError(f"mirror must be a Mirror, got {type(mirror).__name__}")
         self.mirror = mirror
         self.gamma = _check_gamma(gamma)
-        dtype = _check_dtype(dtype)
+        dtype = float_dtype(dtype)
         init_scale = _check_init_scale(init_scale)
         d, k = mirror.d, mirror.k
         self.has_w = k < d
@@ -154,7 +143,7 @@ class GroupGateDCS(nn.Module):
         generator: torch.Generator | None = None,
     ):
         super().__init__()
-        dtype = _check_dtype(dtype)
+        dtype = float_dtype(dtype)
         g = torch.as_tensor(groups)
         if g.dtype == torch.bool or g.is_complex():
             raise TypeError(f"groups must hold non-negative ints, got dtype {g.dtype}")
@@ -212,7 +201,7 @@ class LowRankDCS(nn.Module):
         super().__init__()
         m, n, r = (as_int(v, name, minimum=1) for v, name in ((m, "m"), (n, "n"), (r, "r")))
         self.gamma = _check_gamma(gamma)
-        dtype = _check_dtype(dtype)
+        dtype = float_dtype(dtype)
         init_scale = _check_init_scale(init_scale)
         self.U = nn.Parameter(init_scale * torch.randn(m, r, generator=generator, dtype=dtype))
         self.V = nn.Parameter(init_scale * torch.randn(n, r, generator=generator, dtype=dtype))
