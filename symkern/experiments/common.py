@@ -608,12 +608,6 @@ def run_cells(
     return cells
 
 
-def _dtype(cfg) -> torch.dtype:
-    if cfg.dtype not in ("float64", "float32"):
-        raise ValueError(f"dtype must be float64 or float32, got {cfg.dtype!r}")
-    return getattr(torch, cfg.dtype)
-
-
 def torch_dtype(cfg) -> torch.dtype:
     """``cfg.dtype`` ("float64" / "float32") as a torch dtype; ValueError naming it otherwise."""
     if cfg.dtype not in ("float64", "float32"):

@@ -363,22 +363,6 @@ def items(kind: str, b: Any) -> Iterator[Any]:
             yield b[i]
 
 
-def is_identity(kind: str, b: Any) -> np.ndarray:
-    """Row-wise identity test (boolean array)."""
-    if kind == "matrix":
-        D = b.shape[1]
-        return (
-            ((b - torch.eye(D, dtype=b.dtype)).abs().flatten(1).amax(1) < 1e-9).numpy()
-            if b.shape[0]
-            else np.zeros(0, bool)
-        )
-    p = b[0] if kind == "signed" else b
-    ok = (p == np.arange(p.shape[1])).all(axis=1)
-    if kind == "signed":
-        ok &= (b[1] > 0).all(axis=1)
-    return ok
-
-
 def signed_to_points(p: np.ndarray, s: np.ndarray) -> np.ndarray:
     """Faithful permutation action of signed perms on the 2D points (+e_i: i, -e_i: i + D).
 

@@ -40,11 +40,6 @@ class OrbitPlan:
     order: torch.Tensor
     seg_start: torch.Tensor
 
-    @property
-    def n_fixed(self) -> int:
-        """dim E^G: the number of orbits that do not average to zero."""
-        return int((self.coef.abs() > 0)[self.order[self.seg_start[:-1]]].sum())
-
 
 def make_orbit_plan(
     labels: np.ndarray,
