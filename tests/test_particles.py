@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -338,6 +339,61 @@ def test_cpp_normal4_matches_reference():
 
 
 # --- bad input ---------------------------------------------------------------------------------
+
+
+def test_per_call_fast_paths_build_the_same_problem():
+    """The shortcuts that cut the per-call cost (plain Python numbers, one scheme name, a bool
+    project_noise, cached group matrices) build exactly what the general paths build."""
+    unit, G = MatrixUnit(2, 2), groups.c2_swap()
+    teacher = Teacher.paper("WI").particles
+    theta = torch.randn(3, 7, 4)
+
+    def problem(**kw):
+        return particle_problem(theta, unit, **dict(dict(teacher=teacher, group=G), **kw))
+
+    general = problem(alpha=torch.tensor([50.0] * 3), tau=[1e-4] * 3, beta=np.float64(1e-6),
+                      scheme=["DA"] * 3, project_noise=[True] * 3)  # fmt: skip
+    for alpha in (50, 50.0):
+        fast = problem(alpha=alpha, tau=1e-4, beta=1e-6, scheme="DA", project_noise=True)
+        for name in ("alpha", "tau", "beta", "scheme", "project_noise"):
+            a, b = getattr(fast, name), getattr(general, name)
+            assert a.dtype == b.dtype and torch.equal(a, b), name
+    with pytest.raises(TypeError, match="alpha must be a real number"):
+        problem(alpha=10**400)  # too large for a float: refused as before, not made inf
+    # group matrices: built once per (unit shape, reps, dtype, device), then the same tensors
+    f64, cpu = torch.float64, torch.device("cpu")
+    first = group_matrices(unit, G, f64, cpu)
+    assert all(a is b for a, b in zip(first, group_matrices(unit, G, f64, "cpu"), strict=True))
+    f32 = group_matrices(unit, G, torch.float32, cpu)  # another dtype: another entry
+    assert f32[2].dtype == torch.float32 and torch.equal(f32[2], first[2].float())
+    std_unit = StandardUnit(2, c=2)  # another unit on the same rep: its own M_g (D = 5)
+    std = group_matrices(std_unit, G, f64, cpu)
+    rho = G.element_matrices(dtype=f64)
+    assert torch.equal(std[2], std_unit.param_action(rho, rho)) and std[2].shape == (2, 5, 5)
+    assert torch.equal(first[2], unit.param_action(rho, rho))
+    trivial = group_matrices(unit, None, f64, cpu)
+    assert trivial[0].shape == (1, 2, 2) and group_matrices(unit, None, f64, cpu)[3] is trivial[3]
+    for _ in range(2):  # a refused group is refused every time (nothing half-built is cached)
+        with pytest.raises(ValueError, match=r"rep_x acts on R\^3"):
+            group_matrices(unit, groups.symmetric(3), f64, cpu)
+
+
+def test_all_finite_matches_the_elementwise_test():
+    from symkern._checks import all_finite
+
+    cases = [
+        torch.randn(50, 4),
+        torch.tensor([1.0, float("nan")]),
+        torch.tensor([float("inf"), -float("inf")]),  # inf - inf: the sum is NaN, not finite
+        torch.tensor([1e308, 1e308], dtype=torch.float64),  # finite, but the sum overflows
+        torch.tensor([1e308, 1e308, float("inf")], dtype=torch.float64),
+        torch.tensor([3e38, 3e38, 3e38]),  # float32 near its max: the float64 sum is finite
+        torch.tensor([6e4, 6e4], dtype=torch.float16),
+        torch.empty(0),
+        torch.randn(6, 8).t()[::2],  # non-contiguous
+    ]
+    for t in cases:
+        assert all_finite(t) == bool(torch.isfinite(t).all()), t
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -45,9 +45,20 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().resolve_neg().numpy()
 
 
-def _cpu_tensor(t: torch.Tensor, dtype: torch.dtype, contiguous: bool = True) -> torch.Tensor:
+def _np_as(t: torch.Tensor, dtype: torch.dtype, contiguous: bool = True) -> np.ndarray:
+    """A numpy view of ``t`` as a CPU array of ``dtype`` (contiguous unless told otherwise); a
+    converted copy only when ``t`` is not that already. The plan and basis tensors are built in
+    x's dtype on x's device, so the copy-free test is the common case (a few µs per small call)."""
+    if (
+        t.dtype == dtype
+        and t.device.type == "cpu"
+        and not t.requires_grad
+        and not t.is_neg()
+        and (t.is_contiguous() or not contiguous)
+    ):
+        return t.numpy()
     t = t.detach().to(device="cpu", dtype=dtype)
-    return t.contiguous() if contiguous else t
+    return _np(t.contiguous() if contiguous else t)
 
 
 @register_kernel("orbit_mean", "cpp", dtypes=_DTYPES, check=_check_x)
@@ -60,11 +71,11 @@ def orbit_mean(x: torch.Tensor, plan) -> torch.Tensor:
     out = torch.empty((B, D), dtype=x.dtype)
     _C.orbit_mean(
         _np(x),
-        _np(_cpu_tensor(plan.orbit_id, torch.int64)),
-        _np(_cpu_tensor(plan.coef, x.dtype)),
-        _np(_cpu_tensor(plan.inv_size, x.dtype)),
-        _np(_cpu_tensor(plan.order, torch.int64)),
-        _np(_cpu_tensor(plan.seg_start, torch.int64)),
+        _np_as(plan.orbit_id, torch.int64),
+        _np_as(plan.coef, x.dtype),
+        _np_as(plan.inv_size, x.dtype),
+        _np_as(plan.order, torch.int64),
+        _np_as(plan.seg_start, torch.int64),
         out.numpy(),
     )
     return out
@@ -79,7 +90,7 @@ def project_lowrank(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """
     B, D = x.shape
     out = torch.empty((B, D), dtype=x.dtype)
-    _C.project_lowrank(_np(x), _np(_cpu_tensor(basis, x.dtype, contiguous=False)), out.numpy())
+    _C.project_lowrank(_np(x), _np_as(basis, x.dtype, contiguous=False), out.numpy())
     return out
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from symkern._checks import as_int
+from symkern._checks import all_finite, as_int
 from symkern.backends.registry import select_kernel
 from symkern.groups import Representation
 
@@ -85,7 +85,7 @@ def resolve_backend(op: str, inputs: dict[str, Any], backend: str) -> str:
 
 def require_finite(t: torch.Tensor, name: str, why: str) -> None:
     """ValueError naming ``name`` when ``t`` holds NaN or ±inf (``why``: what they would do)."""
-    if not torch.isfinite(t).all():
+    if not all_finite(t):
         raise ValueError(f"{name} contains NaN or inf; {why}")
 
 

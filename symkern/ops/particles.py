@@ -9,6 +9,7 @@ with. The math of one step is in :mod:`symkern.meanfield.problem`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -19,7 +20,7 @@ from symkern.backends.registry import select_kernel
 from symkern.groups import Representation
 from symkern.meanfield.problem import SCHEMES, ParticleProblem
 from symkern.meanfield.units import Unit, _check_pos_int, check_unit, unit_from_codes
-from symkern.ops._common import per_item, require_finite, resolve_backend
+from symkern.ops._common import per_item, rep_cache, require_finite, resolve_backend
 
 __all__ = [
     "ParticleStepsResult",
@@ -52,8 +53,34 @@ def group_matrices(
 
     ``group``: one representation acting on both X and Y (needs d == c), or a pair
     (rep_x, rep_y) of representations of the same group, or None (the trivial group).
+
+    Cached per (unit shape, representations, dtype, device) — representations are immutable, and
+    building M_g and P costs more than a small particle step: like :func:`fixed_point_basis`, the
+    tensors returned are shared, read-only by contract.
     """
     check_unit(unit)
+    if group is None:
+        key = (type(unit), unit.c, unit.d, dtype, str(device))
+        if key not in _TRIVIAL_GROUP_MATRICES:
+            _TRIVIAL_GROUP_MATRICES[key] = _build_group_matrices(unit, None, dtype, device)
+        return _TRIVIAL_GROUP_MATRICES[key]
+    rep_x, rep_y = group if isinstance(group, tuple) else (group, group)
+    if isinstance(rep_x, Representation) and isinstance(rep_y, Representation):
+        cache = rep_cache(rep_x).setdefault("particle_group_matrices", {})
+        key = (type(unit), unit.c, unit.d, dtype, str(device), id(rep_y))
+        hit = cache.get(key)
+        if hit is not None and hit[0] is rep_y:  # rep_y kept alive by the entry: id not reused
+            return hit[1]
+        matrices = _build_group_matrices(unit, group, dtype, device)
+        cache[key] = (rep_y, matrices)
+        return matrices
+    return _build_group_matrices(unit, group, dtype, device)  # raises the TypeError
+
+
+_TRIVIAL_GROUP_MATRICES: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+
+def _build_group_matrices(unit, group, dtype, device):
     if group is None:
         rho_x = torch.eye(unit.d, dtype=torch.float64)[None]
         rho_y = torch.eye(unit.c, dtype=torch.float64)[None]
@@ -81,6 +108,8 @@ def group_matrices(
 
 def _schemes(scheme: str | Sequence[str], R: int, device) -> tuple[torch.Tensor, list[str]]:
     valid = list(SCHEMES)
+    if isinstance(scheme, str) and scheme in SCHEMES:  # one scheme for every run (fast path)
+        return torch.full((R,), SCHEMES[scheme], dtype=torch.int32, device=device), [scheme] * R
     if isinstance(scheme, str):
         names = [scheme] * R
     else:
@@ -120,6 +149,13 @@ def _check_device(t: torch.Tensor, name: str) -> None:
 
 def _hyper(value, R: int, name: str, dtype, device) -> torch.Tensor:
     """per_item for alpha / tau / beta, with a clear error for non-numeric or bool values."""
+    if type(value) in (float, int):  # a plain Python number: no tensor round trip (fast path)
+        try:
+            v = float(value)
+        except OverflowError:
+            v = math.inf
+        if math.isfinite(v) and v >= 0:
+            return torch.full((R,), v, dtype=dtype, device=device)
     want = f"{name} must be a real number or one real number per run ({R})"
     if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
         raise TypeError(f"{want}, got {value!r}")
@@ -180,7 +216,11 @@ def particle_problem(
 
     schemes, names = _schemes(scheme, R, device)
     try:
-        noise_proj = torch.as_tensor(project_noise, dtype=torch.bool)
+        noise_proj = (
+            torch.full((R,), project_noise, dtype=torch.bool)
+            if type(project_noise) is bool
+            else torch.as_tensor(project_noise, dtype=torch.bool)
+        )
     except (TypeError, ValueError, RuntimeError):
         raise TypeError(
             f"project_noise must be a bool or one bool per run ({R}), got {project_noise!r}"
