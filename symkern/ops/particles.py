@@ -59,6 +59,9 @@ def group_matrices(
     tensors returned are shared, read-only by contract.
     """
     check_unit(unit)
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda" means the current device: key it
+        device = torch.device("cuda", torch.cuda.current_device())
     if group is None:
         key = (type(unit), unit.c, unit.d, dtype, str(device))
         if key not in _TRIVIAL_GROUP_MATRICES:
