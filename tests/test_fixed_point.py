@@ -172,6 +172,8 @@ def test_augment_and_symmetrize_bad_input():
     swap = groups.c2_swap()
     _, ys = symkern.augment(x, torch.tensor([[2, 0]]), swap, swap)  # permuted ints are exact
     assert ys.tolist() == [[2, 0], [0, 2]]
+    with pytest.raises(ValueError, match="mode='orbit' needs a finite group.*mode='sample'"):
+        symkern.augment(torch.randn(2, 3), torch.randn(2), groups.so3())  # (was symmetrize's text)
     with pytest.raises(ValueError, match=r"y must be a tensor with 1 rows.*got \(\)"):
         symkern.augment(x, torch.tensor(1.0), swap)
     empty = torch.zeros(0, 2)

@@ -11,6 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import symkern
 import symkern.groups as G
 from symkern.groups import GroupTooLargeError
 from symkern.groups import _native as nat
@@ -759,6 +760,15 @@ def test_empty_generators_trivial_group():
     assert r.generator_matrices().shape == (0, 3, 3)
     assert G.matrix_rep([], dim=2).order() == 1
     assert G.signed_perm_rep([], [], dim=2).fixed_dim() == 2
+    # products of a group without generators (kron reshaped with -1, which fails for 0 rows)
+    for triv in (G.perm_rep([], dim=2), G.signed_perm_rep([], [], dim=2), G.matrix_rep([], dim=2),
+                 G.symmetric(3).restrict([])):  # fmt: skip
+        for prod in (triv.tensor_power(2), triv.conjugation(), triv.tensor_product(triv)):
+            assert prod.order() == 1 and prod.fixed_dim() == prod.dim == triv.dim**2
+            x = torch.randn(3, prod.dim)
+            assert torch.equal(symkern.orbit_average(x, prod), x), type(triv).__name__
+    both = G.direct_product(G.perm_rep([], dim=2), G.c2_swap(), mode="tensor")
+    assert both.dim == 4 and both.order() == 2 and both.fixed_dim() == 2
     with pytest.raises(ValueError, match="perms.*dim"):
         G.perm_rep([])
     with pytest.raises(ValueError, match="matrices.*dim"):

@@ -160,6 +160,11 @@ def test_nan_in_matrix_rep_poisons_its_row(backend_case):
     rep_m = groups.matrix_rep(rep.generator_matrices())
     out = symkern.orbit_average(x, rep_m, backend=backend_case.backend).cpu()
     assert torch.isnan(out[1]).all() and not torch.isnan(out[[0, 2]]).any()
+    # dim E^G = 0 (a 90° rotation): the output is exactly 0, NaN or not (the documented exception)
+    quarter = groups.matrix_rep([[[0.0, -1.0], [1.0, 0.0]]])
+    x2 = torch.tensor([[float("nan"), 1.0], [2.0, 3.0]], device=backend_case.device)
+    out = symkern.orbit_average(x2, quarter, backend=backend_case.backend).cpu()
+    assert quarter.fixed_dim() == 0 and torch.equal(out, torch.zeros(2, 2))
 
 
 # --- properties ----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ level by level.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -279,10 +280,11 @@ def kron(kind: str, a: Any, b: Any) -> Any:
         return torch.einsum("nij,nkl->nikjl", a, b).reshape(m, Da * Db, Da * Db)
     pa, pb = (a[0], b[0]) if kind == "signed" else (a, b)
     m, Db = pb.shape
-    p = (pa[:, :, None] * Db + pb[:, None, :]).reshape(m, -1)
+    D = pa.shape[1] * Db  # explicit: reshape(m, -1) cannot infer it for m = 0 (no generators)
+    p = (pa[:, :, None] * Db + pb[:, None, :]).reshape(m, D)
     if kind == "perm":
         return p
-    return (p, (a[1][:, :, None] * b[1][:, None, :]).reshape(m, -1))
+    return (p, (a[1][:, :, None] * b[1][:, None, :]).reshape(m, D))
 
 
 def dsum(kind: str, a: Any, b: Any) -> Any:
@@ -344,7 +346,8 @@ def keys(kind: str, b: Any) -> list:
         arr = np.ascontiguousarray(b[0] * 2 + (b[1] < 0))
     else:
         # Round to 1e-6: accumulated float error along BFS words is ~1e-15 * depth.
-        arr = np.ascontiguousarray(np.round(b.numpy().reshape(b.shape[0], -1), 6) + 0.0)
+        flat = b.numpy().reshape(b.shape[0], math.prod(b.shape[1:]))  # -1 fails for 0 rows
+        arr = np.ascontiguousarray(np.round(flat, 6) + 0.0)
     if arr.shape[0] == 0:
         return []
     row = arr.shape[1] * arr.itemsize

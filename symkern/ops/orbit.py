@@ -15,7 +15,8 @@ is the orthogonal projection onto the fixed-point subspace E^G = {z : ρ(g) z = 
 
 NaN semantics: the result is the formula in IEEE arithmetic. For permutation reps a NaN in
 x[..., i] makes the output NaN on the whole orbit of i (including a zero orbit) and nowhere else;
-for matrix reps a NaN anywhere in a row makes that row's output NaN.
+for matrix reps a NaN anywhere in a row makes that row's output NaN — unless dim E^G = 0, where
+the output is exactly 0 whatever x holds (Q(Qᵀx) with an empty basis Q reads no entry of x).
 """
 
 from __future__ import annotations
@@ -450,6 +451,11 @@ def augment(
     if mode == "sample" and x.shape[0] == 0:
         return x, y  # no sample, no element to draw
     if mode == "orbit":
+        if not rep_in.is_finite:  # (the "exact" message below speaks of symmetrize's modes)
+            raise ValueError(
+                "mode='orbit' needs a finite group (the whole orbit); for a continuous group use "
+                "mode='sample'"
+            )
         elems_in, elems_out, _ = _group_elements(rep_in, rep_out, "exact", None, None)
         xs = _element_images(rep_in, x, elems_in).reshape(-1, x.shape[1])
         if rep_out is None:

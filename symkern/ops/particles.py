@@ -388,7 +388,10 @@ def particle_steps(
         projector: (D, D) orthogonal projector used instead of P_{E^G} by EA and by projected
             noise — e.g. a candidate subspace E_j in SI-subspace discovery. With a projector,
             group may be None for vanilla and EA runs (DA, DA-sample and FA still need it).
-        backend: "auto", "cpp", "triton" or "torch".
+        backend: "auto", "cpp", "triton" or "torch". The cpp kernel runs FA through joint
+            equivariance, so only for orthogonal ρ with M_g = ``unit.param_action(ρ, ρ̂)`` and,
+            for the matrix unit, permutation matrices ρ̂; other FA calls go to the torch
+            reference under "auto" and raise BackendUnavailableError when cpp is forced.
 
     Ints (steps, batch, seed, step0, snapshot_every) may be Python ints, NumPy integers or
     integer 0-d tensors, not bools. Tensors must be on the CPU or a CUDA device.
