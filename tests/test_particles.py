@@ -660,6 +660,31 @@ def test_triton_two_pass_large_n_path(activation):
     assert_close(out[2], ref.losses)
 
 
+@pytest.mark.parametrize(
+    "unit, batch, match",
+    [
+        (StandardUnit(d=100, c=1), 20, r"padded B·D·d <= 16384, got B = 20, D = 102, d = 100"),
+        (MatrixUnit(17, 2), 4, r"matrix unit: c <= 16, got 17"),
+    ],
+    ids=["standard-d100", "matrix-c17"],
+)
+def test_triton_fused_path_refuses_tiles_too_large_to_compile(unit, batch, match):
+    """The fused kernel's (B, D, d) expansion tile and its unrolled matrix-unit heads are bounded:
+    past the bounds an sm_90 compile takes many minutes (StandardUnit(100, 1) at B = 20 did not
+    finish in 15), so the launcher refuses with the reason instead of hanging in the compiler."""
+    from symkern.backends.registry import get_backend
+
+    if get_backend("triton").availability_reasons():
+        pytest.skip("; ".join(get_backend("triton").availability_reasons()))
+    from symkern.backends.triton.particles import particle_steps_triton
+
+    teacher = torch.randn(2, unit.D, generator=torch.Generator().manual_seed(0))
+    theta = initial_particles(1, 3, unit.D, seed=1).to(TRITON_DEVICE)
+    problem = particle_problem(theta, unit, teacher=teacher, batch=batch, steps=1)
+    with pytest.raises(ValueError, match=r"path 'fused' cannot run this problem: .*" + match):
+        particle_steps_triton(theta, problem, 0, 1, 1, path="fused")
+
+
 # --- the fused model output (autograd) ---------------------------------------------------------
 
 

@@ -14,6 +14,11 @@ for sm_90 as the launcher configures them on CUDA: they must compile, with exact
 their source writes. The compiling runs in a subprocess without
 ``TRITON_INTERPRET`` (under the interpreter the kernels are not compilable JIT functions); the
 launchers are called directly with the kernel replaced by a recorder, so nothing runs.
+
+The same compiles check shared memory: a launch config whose kernel needs more than the H100's
+227 KiB per block compiles fine and fails only at launch on a GPU (OutOfResources). Configs that
+once needed 248-456 KiB, and the worst case of each two-pass tile regime, are compiled as their
+launchers now configure them for CUDA and must fit.
 """
 
 from __future__ import annotations
@@ -49,6 +54,11 @@ class _Recorder:
 def _triton_ir(kernel, args: tuple, kwargs: dict) -> str:
     """Triton IR (after the combine pass) of ``kernel`` compiled for sm_90 with these launch
     arguments: tensors become typed pointers, ints i32/i64, floats fp32, constexprs constants."""
+    return _compile_sm90(kernel, args, kwargs).asm["ttir"]
+
+
+def _compile_sm90(kernel, args: tuple, kwargs: dict):
+    """``kernel`` compiled for sm_90 with these launch arguments (see _triton_ir)."""
     import inspect
 
     import triton
@@ -76,11 +86,12 @@ def _triton_ir(kernel, args: tuple, kwargs: dict) -> str:
         else:
             raise TypeError(f"{p.name}: cannot type {type(value).__name__} for compilation")
     src = ASTSource(kernel, signature, constexprs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ttir"]
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
-def _record(module, kernel_names, call) -> dict[str, _Recorder]:
-    """Run ``call()`` with every named kernel of ``module`` replaced by a recorder."""
+def _record(module, kernel_names, call, *, all_launched=True) -> dict[str, _Recorder]:
+    """Run ``call()`` with every named kernel of ``module`` replaced by a recorder (each of them
+    must have been launched, unless ``all_launched`` is false)."""
     recorders = {name: _Recorder(getattr(module, name)) for name in kernel_names}
     for name, rec in recorders.items():
         setattr(module, name, rec)
@@ -90,7 +101,7 @@ def _record(module, kernel_names, call) -> dict[str, _Recorder]:
         for name, rec in recorders.items():
             setattr(module, name, rec.kernel)
     for name, rec in recorders.items():
-        assert rec.calls, f"{name} was not launched"
+        assert rec.calls or not all_launched, f"{name} was not launched"
     return recorders
 
 
@@ -206,14 +217,87 @@ def _main() -> None:
     print(json.dumps({"implicit": implicit, "explicit": _two_pass_dots()}))
 
 
-@pytest.fixture(scope="module")
-def dot_counts() -> dict[str, list[int]]:
+H100_SHARED_PER_BLOCK = 232448  # bytes (227 KiB): the opt-in maximum per thread block on sm_90
+
+
+def _shared_cases():
+    """(name, module, kernel, launcher call, launch keywords as on a GPU): float64 / wide configs
+    whose launch needed more shared memory than an H100 block has, and the worst case of each
+    two-pass tile regime (comments: bytes on sm_90, Triton 3.9)."""
+    import symkern.backends.triton.fixed_point as fp
+    import symkern.backends.triton.particles as tp
+    from symkern.meanfield import StandardUnit
+    from symkern.meanfield.trainer import initial_particles
+    from symkern.ops.particles import particle_problem
+
+    f64 = torch.float64
+    x, basis = torch.zeros(64, 100, dtype=f64), torch.zeros(100, 100, dtype=f64)
+    yield (  # BLOCK_D 64 x BLOCK_K 128: 262144
+        "project_lowrank float64 k=100 D=100", fp, "_project_lowrank_kernel",
+        lambda: fp.project_lowrank_triton(x, basis), {},
+    )  # fmt: skip
+
+    def two_pass(unit, dtype):
+        theta = initial_particles(1, 300, unit.D, seed=3).to(dtype)
+        teacher = torch.zeros(4, unit.D, dtype=f64)
+        problem = particle_problem(theta, unit, teacher=teacher, batch=200, steps=1)
+        return lambda: tp.particle_steps_triton(theta, problem, 0, 1, 1, path="two_pass")
+
+    # two-pass worst cases (c close to D) of each tile regime; before: 64 x 64 tiles, 3 stages
+    gpu = {"num_warps": 8}
+    yield (  # 64 x 64 (kept up to D_BLK = 128), 3 stages at c <= 64: 180224
+        "two-pass forward float32 d=60 c=60", tp, "_tp_forward_kernel",
+        two_pass(StandardUnit(d=60, c=60), torch.float32), {**gpu, "PRECISION": "tf32"},
+    )  # fmt: skip
+    yield (  # 64 x 64, 2 stages at c > 64 (3 stages: 229376)
+        "two-pass forward float32 d=20 c=100", tp, "_tp_forward_kernel",
+        two_pass(StandardUnit(d=20, c=100), torch.float32), {**gpu, "PRECISION": "tf32"},
+    )  # fmt: skip
+    yield (  # 32 x 32 at D_BLK = 256: 196608; before (64 x 64, 3 stages) 311296 at d=150, c=50
+        "two-pass backward float32 d=20 c=200", tp, "_tp_backward_kernel",
+        two_pass(StandardUnit(d=20, c=200), torch.float32), {**gpu, "PRECISION": "tf32"},
+    )  # fmt: skip
+    yield (  # 32 x 32, 2 stages; before 253952 (d=100, c=1)
+        "two-pass backward float64 d=20 c=100", tp, "_tp_backward_kernel",
+        two_pass(StandardUnit(d=20, c=100), f64), gpu,
+    )  # fmt: skip
+    yield (  # 16 x 16, 2 stages
+        "two-pass backward float64 d=20 c=200", tp, "_tp_backward_kernel",
+        two_pass(StandardUnit(d=20, c=200), f64), gpu,
+    )  # fmt: skip
+    unit = StandardUnit(d=4, c=129)
+    xs, th = torch.zeros(100, unit.d, dtype=f64), torch.zeros(100, unit.D, dtype=f64)
+    g = torch.zeros(100, unit.c, dtype=f64)
+    yield (  # 32 x 32 tiles, 3 stages: 282624
+        "particle_forward_backward grad_theta float64 d=4 c=129", tp, "_pf_grad_theta_kernel",
+        lambda: tp.particle_forward_backward_triton(xs, th, unit, g), gpu,
+    )  # fmt: skip
+
+
+def _shared_main() -> None:
+    out = {}
+    for name, module, kernel, call, override in _shared_cases():
+        # every kernel the launcher launches is recorded (an unrecorded one would try to run)
+        names = [n for n in vars(module) if n.startswith(("_tp_", "_pf_")) and n.endswith("kernel")]
+        rec = _record(module, names or [kernel], call, all_launched=False)[kernel]
+        assert rec.calls, f"{kernel} was not launched"
+        args, kwargs = rec.calls[0]
+        out[name] = _compile_sm90(rec.kernel, args, {**kwargs, **override}).metadata.shared
+    print(json.dumps(out))
+
+
+def _run_main(*argv: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
-        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, __file__, *argv], env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def dot_counts() -> dict[str, list[int]]:
+    return _run_main()
 
 
 @pytest.mark.parametrize(
@@ -243,5 +327,15 @@ def test_two_pass_kernels_compile_for_sm90_with_only_their_own_dots(dot_counts, 
     assert counts and all(n == written for n in counts), (kernel, counts, written)
 
 
+def test_launch_configs_fit_h100_shared_memory():
+    """Launch configs that once needed 248-456 KiB of shared memory per block on sm_90 (float64
+    tiles, wide two-pass tiles), and each two-pass tile regime's worst case (c close to D), fit in
+    an H100 block (227 KiB)."""
+    shared = _run_main("shared")
+    assert len(shared) == 7, shared
+    over = {name: n for name, n in shared.items() if n > H100_SHARED_PER_BLOCK}
+    assert not over, f"shared memory per block over {H100_SHARED_PER_BLOCK} B on sm_90: {over}"
+
+
 if __name__ == "__main__":
-    _main()
+    _shared_main() if sys.argv[1:] == ["shared"] else _main()

@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 
 from symkern.backends.registry import register_kernel, triton_interpreter_enabled
+from symkern.backends.triton import on_tensor_device
 
 __all__ = ["MAX_RANK", "project_lowrank_triton"]
 
@@ -135,6 +136,7 @@ def _check_basis(x: torch.Tensor, basis: torch.Tensor) -> None:
         raise ValueError(f"x must be a floating tensor of a supported dtype, got {x.dtype}")
 
 
+@on_tensor_device
 def project_lowrank_triton(
     x: torch.Tensor,
     basis: torch.Tensor,
@@ -161,8 +163,11 @@ def project_lowrank_triton(
 
     BLOCK_K = max(16, triton.next_power_of_2(k))
     BLOCK_B = block_b or max(16, min(64, triton.next_power_of_2(B)))
-    # Keep the Q tile (BLOCK_D x BLOCK_K) around 8K elements so large k does not spill.
-    BLOCK_D = block_d or max(16, min(128, 8192 // BLOCK_K, triton.next_power_of_2(D)))
+    # Keep the Q tile (BLOCK_D x BLOCK_K) around 8K elements so large k does not spill; 4K for
+    # float64, whose pipelined x / Q tiles otherwise need up to 288 KiB of shared memory on sm_90
+    # (the H100 allows 227 KiB per block; 4K keeps every k <= MAX_RANK under 208 KiB).
+    q_tile = 4096 if x.dtype == torch.float64 else 8192
+    BLOCK_D = block_d or max(16, min(128, q_tile // BLOCK_K, triton.next_power_of_2(D)))
     if BLOCK_B < 16 or BLOCK_D < 16:
         raise ValueError(f"block_b and block_d must be >= 16 (tl.dot), got {BLOCK_B}, {BLOCK_D}")
     acc_fp64 = x.dtype == torch.float64

@@ -48,6 +48,7 @@ import triton
 import triton.language as tl
 
 from symkern.backends.registry import register_kernel, triton_interpreter_enabled
+from symkern.backends.triton import on_tensor_device
 from symkern.ops.mirror import MODES
 
 __all__ = ["MAX_DENSE_K", "mirror_apply_triton"]
@@ -260,6 +261,7 @@ def _check_args(theta, shift, index, value, dense_t, rest, mode, disjoint) -> No
             raise ValueError(f"{name} is on {t.device}, but theta is on {theta.device}")
 
 
+@on_tensor_device
 def mirror_apply_triton(
     theta: torch.Tensor,
     shift: torch.Tensor | None,

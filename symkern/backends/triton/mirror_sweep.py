@@ -81,6 +81,7 @@ import triton
 import triton.language as tl
 
 from symkern.backends.registry import register_kernel
+from symkern.backends.triton import on_tensor_device
 from symkern.backends.triton.particles import _act, _normal
 from symkern.mirror.sweeps import MODELS, SweepProblem
 
@@ -405,6 +406,7 @@ def _device_reasons(params: Mapping[str, torch.Tensor], problem: SweepProblem) -
     ]
 
 
+@on_tensor_device
 def mirror_sweep_triton(
     params: Mapping[str, torch.Tensor],
     problem: SweepProblem,

@@ -19,23 +19,27 @@ each segment's last position; float32 accumulation (float64 for float64 input). 
 formulation (prefix[last] - prefix[first - 1]) is faster in the interpreter but wrong: one NaN or
 inf in x would poison every later orbit of the row, so it is not used.
 
-* Fused path (D <= ``fused_max_d``, default 8192): one program owns BLOCK_B whole rows. It loads x
-  in natural column order (coalesced), multiplies by coef, permutes the row into sorted order in
-  registers/shared memory with ``tl.gather(v, order)``, runs the scan, and reads each orbit's
+* Fused path (D <= ``fused_max_d``, default 1024): one program owns BLOCK_B whole rows. It loads x
+  in natural column order (coalesced), multiplies by coef, permutes the row into sorted order
+  with ``tl.gather(v, order)``, runs the scan, and reads each orbit's
   total at its segment's last (and first) position with ``tl.gather`` indexed by natural
   column j, so the store is coalesced too. This differs from "load x at ``order``, store at
   ``order``": both global accesses stay unit-stride and the permutation costs only on-chip
   traffic, which matters for strided orbits such as blocks permuted by S_n (orbit of i is
   {i, i + 200, i + 400, ...}), where a global gather/scatter would touch several sectors per warp
-  access. HBM traffic is exactly one read of x and one write of out.
-* Two-stage path (D > ``fused_max_d``, where one row no longer fits on chip): stage 1 tiles the
+  access. HBM traffic is exactly one read of x and one write of out. The cap is a compile-time
+  one: on sm_90 each ``tl.gather`` along a row lowers to warp shuffles, about (BLOCK_D / 32)^2
+  per thread, so D = 2048 already compiles for ~20 s and spills, D = 4096 takes minutes in
+  ptxas and D = 8192 does not finish; 1024 compiles in seconds without spills.
+* Two-stage path (D > ``fused_max_d``): stage 1 tiles the
   sorted row into [BLOCK_B, BLOCK_D] pieces (x gathered at ``order``), scans within the tile and
   writes each segment's tile-partial sum into an fp32/fp64 accumulator acc (B, K). A segment that
   lies wholly inside the tile is written with a plain store (only this tile touches it); only the
   at most two segments per row and tile that cross a tile edge use ``tl.atomic_add``. So atomics
   stay O(B · D / BLOCK_D) even when every orbit has size 1 (K = D), and orbits inside one tile are
-  summed deterministically. Tile-partial sums are float64 internally and land in an acc of
-  float32 (float64 for float64 input). Stage 2 writes
+  summed deterministically. Tile-partial sums are computed in the accumulation dtype (float32
+  for float16 / bfloat16 / float32 input, float64 for float64 input) and land in an acc of that
+  dtype. Stage 2 writes
   out[b, j] = coef[j] / |O(j)| * acc[b, orbit_id[j]] in natural order (coalesced). Crossing
   orbits are summed in a nondeterministic order (atomics).
 
@@ -56,10 +60,13 @@ import triton
 import triton.language as tl
 
 from symkern.backends.registry import register_kernel
+from symkern.backends.triton import on_tensor_device
 
 __all__ = ["orbit_mean_triton"]
 
-FUSED_MAX_D = 8192  # largest row the fused kernel keeps on chip (fp32: 32 KiB of gather buffer)
+# Widest row of the fused kernel: its two row-wise tl.gathers lower to ~(D/32)^2 warp shuffles per
+# thread on a GPU, so compile time and register spills blow up above ~1024 (see the docstring).
+FUSED_MAX_D = 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +305,7 @@ def _check_plan(x: torch.Tensor, plan) -> None:
             raise ValueError(f"plan.{name} must be an integer tensor")
 
 
+@on_tensor_device
 def orbit_mean_triton(
     x: torch.Tensor,
     plan,

@@ -46,9 +46,10 @@ branches), so one launch mixes every scheme; the unit kind, activation, c, d and
 ``tl.constexpr``. Inputs are kept "expanded" to the parameter layout (x̃ (B, D): x_{m mod d} for
 the matrix unit; (0_c, x, 1) for the standard unit) so every unit's products are
 (B, BLOCK_N, D) broadcasts reduced in registers. The whole batch lives on chip: B·D ≤
-``FUSED_MAX_BD``; |G| ≤ ``MAX_GROUP`` (runtime loops, so the cap only bounds the scratch and the
-O(|G|) cost per step). Precision: every product and sum in the particles' dtype (fp32 or fp64,
-no TF32).
+``FUSED_MAX_BD``, and the (B, D, d) expansion tile is bounded for compile time: padded
+B·D·d ≤ ``FUSED_MAX_EXPAND``, matrix unit c ≤ ``FUSED_MAX_MATRIX_C``; |G| ≤ ``MAX_GROUP``
+(runtime loops, so the cap only bounds the scratch and the O(|G|) cost per step). Precision:
+every product and sum in the particles' dtype (fp32 or fp64, no TF32).
 
 **Two-pass step** (``path="two_pass"``; the GPU regime: standard unit, every run vanilla, no
 projected noise, N up to ~1e6, B up to ~1e4, D ≤ 256). Per step four launches, no B×N buffer:
@@ -92,6 +93,7 @@ import triton.language as tl
 from triton.language.random import philox_impl
 
 from symkern.backends.registry import register_kernel, triton_interpreter_enabled
+from symkern.backends.triton import on_tensor_device
 from symkern.meanfield.problem import SCHEMES, ParticleProblem
 from symkern.meanfield.units import MatrixUnit, StandardUnit, Unit
 
@@ -108,6 +110,10 @@ __all__ = [
 
 MAX_GROUP = 256  # |G| cap of the fused kernel (scratch (R, |G|, B, D) and O(|G|) work per step)
 FUSED_MAX_BD = 8192  # the fused kernel keeps the whole batch (B × D, padded) on chip
+# ... and expands it through a (B, D, d) register tile (padded): StandardUnit(100, 1) at B = 20
+# (32·128·128) did not compile for sm_90 in 15 minutes; 16384 keeps compiles to seconds
+FUSED_MAX_EXPAND = 16384
+FUSED_MAX_MATRIX_C = 16  # matrix unit: c static_range-unrolled heads (c = 64 never compiled)
 TWO_PASS_MAX_D = 256  # the two-pass kernel keeps a (BLOCK_N, D) gradient tile in registers
 TWO_PASS_MIN_NB = 1 << 20  # auto: N·B at or above this uses the two-pass path (when eligible)
 
@@ -413,7 +419,8 @@ def _particle_steps_fused_kernel(
                 ya = tl.sum(ry * y[:, None, :], axis=2)
             phi = tl.zeros((B_BLK, C_BLK), dtype=DT)
             for nb in range(0, N, N_BLK):
-                nn = nb + ni
+                # int64: N·D may exceed 2^31
+                nn = (nb + ni).to(tl.int64)
                 n_ok = nn < N
                 th = tl.load(
                     th_base + nn[:, None] * D + mi[None, :],
@@ -441,7 +448,8 @@ def _particle_steps_fused_kernel(
         is_snap = (((ls + 1) % snap_every) == 0) * 1  # int32 (a python int under the interpreter)
         s_idx = (ls + 1) // snap_every - 1
         for nb in range(0, N, N_BLK):
-            nn = nb + ni
+            # int64: N·D may exceed 2^31 (th_base + nd_offs, the snapshot store)
+            nn = (nb + ni).to(tl.int64)
             n_ok = nn < N
             nd_mask = n_ok[:, None] & m_ok[None, :]
             nd_offs = nn[:, None] * D + mi[None, :]
@@ -473,6 +481,7 @@ def _particle_steps_fused_kernel(
             reg = th
             if is_ea:
                 reg = _apply_rows_t(_apply_rows(th, P), P)
+            # the Philox element index is i·D + k mod 2^32, as before (int64 only for addressing)
             xi = _normal4(
                 (nn[:, None] * D + mi[None, :]).to(tl.uint32), t, run, _STREAM_NOISE,
                 key0, key1, DT,
@@ -499,13 +508,15 @@ def _tp_data_kernel(
     xt_ptr,  # out (R, B, D): expanded inputs (0_c, x, 1)
     y_ptr,  # out (R, B, C)
     run_ptr, teacher_ptr, tw_ptr, xdata_ptr, ydata_ptr,
-    R, M, B, t, ls, k0, k1, sig_ptr,
+    R, M, B, n_bblk, t, ls, k0, k1, sig_ptr,
     ACT: tl.constexpr, C: tl.constexpr, DIN: tl.constexpr, D: tl.constexpr,
     BB: tl.constexpr, C_BLK: tl.constexpr, D_BLK: tl.constexpr, M_BLK: tl.constexpr,
     HAS_DATA: tl.constexpr,
 ):  # fmt: skip
-    r = tl.program_id(0)
-    pb = tl.program_id(1)
+    # 1-D grid (R · n_bblk): grid axes 1/2 are capped at 65535 on CUDA
+    pid = tl.program_id(0)
+    r = pid // n_bblk
+    pb = pid % n_bblk
     r64 = r.to(tl.int64)
     DT = xt_ptr.dtype.element_ty
     bi = pb * BB + tl.arange(0, BB)
@@ -549,8 +560,8 @@ def _tp_forward_kernel(
     theta_ptr,  # (R, N, D)
     xt_ptr,  # (R, B, D)
     part_ptr,  # out (R, SPLIT, B, C): partial Σ_n act(z_bn) a_n
-    N, B, n_bblk,
-    ACT: tl.constexpr, C: tl.constexpr, D: tl.constexpr, SPLIT: tl.constexpr,
+    N, B, n_bblk, SPLIT,
+    ACT: tl.constexpr, C: tl.constexpr, D: tl.constexpr,
     BB: tl.constexpr, BN: tl.constexpr, C_BLK: tl.constexpr, D_BLK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -589,8 +600,8 @@ def _tp_residual_kernel(
     y_ptr,  # (R, B, C)
     e_ptr,  # out (R, B, C): 2(Φ − y)/B
     loss_ptr,  # out (R, S)
-    N, B, S, s_idx,
-    C: tl.constexpr, SPLIT: tl.constexpr, BB: tl.constexpr, C_BLK: tl.constexpr,
+    N, B, S, s_idx, SPLIT,
+    C: tl.constexpr, BB: tl.constexpr, C_BLK: tl.constexpr,
 ):  # fmt: skip
     r64 = tl.program_id(0).to(tl.int64)
     DT = e_ptr.dtype.element_ty
@@ -694,10 +705,10 @@ def _tp_backward_kernel(
 def _pf_forward_kernel(
     x_ptr, th_ptr,
     part_ptr,  # out (SPLIT, B, C): (1/N) Σ over this split's particles of σ*(x_b, θ_i)
-    B, N, sxb, sxj, stn, stm, n_bblk,
+    B, N, sxb, sxj, stn, stm, n_bblk, SPLIT,
     UNIT: tl.constexpr, ACT: tl.constexpr, C: tl.constexpr, DIN: tl.constexpr,
     C_BLK: tl.constexpr, DIN_BLK: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr,
-    SPLIT: tl.constexpr, PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):  # fmt: skip
     # program = (head k [matrix unit only], split sp, sample tile pb); loop over particle tiles
     pid = tl.program_id(0)
@@ -747,10 +758,10 @@ def _pf_forward_kernel(
 def _pf_grad_x_kernel(
     x_ptr, th_ptr, g_ptr,
     part_ptr,  # out (SPLIT, B, DIN): this split's share of ∂L/∂x
-    B, N, sxb, sxj, stn, stm, sgb, sgk, n_bblk,
+    B, N, sxb, sxj, stn, stm, sgb, sgk, n_bblk, SPLIT,
     UNIT: tl.constexpr, ACT: tl.constexpr, C: tl.constexpr, DIN: tl.constexpr,
     C_BLK: tl.constexpr, DIN_BLK: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr,
-    SPLIT: tl.constexpr, PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):  # fmt: skip
     # program = (split sp, sample tile pb); ∂L/∂x_b = Σ_i J_x σ*(x_b, θ_i)ᵀ r_b, r = ∂L/∂Φ / N,
     # a reduction over particle tiles with the activations recomputed (no B×N buffer)
@@ -803,10 +814,10 @@ def _pf_grad_x_kernel(
 def _pf_grad_theta_kernel(
     x_ptr, th_ptr, g_ptr,
     part_ptr,  # out (SPLIT, N, D): this split's share of ∂L/∂θ
-    B, N, sxb, sxj, stn, stm, sgb, sgk, n_nblk,
+    B, N, sxb, sxj, stn, stm, sgb, sgk, n_nblk, SPLIT,
     UNIT: tl.constexpr, ACT: tl.constexpr, C: tl.constexpr, DIN: tl.constexpr,
     D: tl.constexpr, C_BLK: tl.constexpr, DIN_BLK: tl.constexpr, BB: tl.constexpr,
-    BN: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
+    BN: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     # program = (head k [matrix unit only], split sp, particle tile pn); ∂L/∂θ_i =
     # Σ_b J_θ σ*(x_b, θ_i)ᵀ r_b, a reduction over sample tiles with the activations recomputed.
@@ -906,9 +917,19 @@ def _fused_reasons(problem: ParticleProblem) -> list[str]:
             f"{FUSED_MAX_BD}, got B = {problem.batch}, D = {problem.D} (the two-pass kernel "
             "handles large batches for the standard unit with vanilla, unprojected runs)"
         )
-    if problem.unit_code == 0 and problem.c > 64:
+    tile = _P2(problem.batch) * _P2(problem.D) * _P2(problem.d)
+    if tile > FUSED_MAX_EXPAND:
         reasons.append(
-            f"the fused kernel unrolls the c outputs of the matrix unit: c <= 64, got {problem.c}"
+            f"the fused particle kernel expands the batch through a (B, D, d) register tile: "
+            f"needs padded B·D·d <= {FUSED_MAX_EXPAND}, got B = {problem.batch}, D = "
+            f"{problem.D}, d = {problem.d} (padded {tile}; larger tiles take minutes to compile "
+            "for a GPU; the two-pass kernel handles the standard unit with vanilla, unprojected "
+            "runs)"
+        )
+    if problem.unit_code == 0 and problem.c > FUSED_MAX_MATRIX_C:
+        reasons.append(
+            f"the fused kernel unrolls the c outputs of the matrix unit: c <= "
+            f"{FUSED_MAX_MATRIX_C}, got {problem.c} (larger c takes minutes to compile for a GPU)"
         )
     return reasons
 
@@ -972,6 +993,7 @@ def _f(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype).contiguous()
 
 
+@on_tensor_device
 def particle_steps_triton(
     theta: torch.Tensor,
     problem: ParticleProblem,
@@ -1063,8 +1085,20 @@ def particle_steps_triton(
     precision = "tf32" if (dtype == torch.float32 and allow_tf32 and not interp) else "ieee"
     D_BLK2 = max(16, D_BLK)
     C_BLK2 = max(16, C_BLK)
-    BB = _P2(block_b) if block_b else 64
-    BN = _P2(block_n) if block_n else 64
+    # Shared memory per block on sm_90 (the H100 allows 227 KiB = 232448 B; sizes from sm_90
+    # compiles of both kernels with Triton 3.9). float32: 64 × 64 tiles with 3 stages need
+    # <= 180224 B up to D_BLK = 128 with C_BLK <= 64 (143360 B for the paper-size d = 100,
+    # c = 1), 229376 B at C_BLK = 128 (too close to the limit: 2 stages there), and
+    # 274432-311296 B at D_BLK = 256, where 32 × 32 tiles are used. float64 doubles every
+    # tile: 64 × 64 with 3 stages needed 253952 B at d = 100, c = 1; 32 × 32 with 2 stages
+    # needs <= 139264 B up to D_BLK = 128, 16 × 16 with 2 stages <= 133120 B at D_BLK = 256.
+    # tests/test_triton_codegen.py compiles each regime's worst case (c close to D).
+    if dtype == torch.float64:
+        tile, ns = (32 if D_BLK2 <= 128 else 16), 2
+    else:
+        tile, ns = (64 if D_BLK2 <= 128 else 32), (3 if C_BLK2 <= 64 else 2)
+    BB = _P2(block_b) if block_b else tile
+    BN = _P2(block_n) if block_n else tile
     BB, BN = max(16, BB), max(16, BN)
     n_bblk = triton.cdiv(B, BB)
     n_nblk = triton.cdiv(N, BN)
@@ -1082,24 +1116,24 @@ def particle_steps_triton(
     for ls in range(steps):
         t = int(step0) + ls
         s_idx = (ls + 1) // snapshot_every - 1 if (ls + 1) % snapshot_every == 0 else -1
-        _tp_data_kernel[(R, n_bblk)](
-            xt, y, runs, teacher, tw, xdata, ydata, R, M, B, t, ls, k0, k1, sig,
+        _tp_data_kernel[(R * n_bblk,)](
+            xt, y, runs, teacher, tw, xdata, ydata, R, M, B, n_bblk, t, ls, k0, k1, sig,
             ACT=problem.activation_code, C=c, DIN=d, D=D, BB=BB, C_BLK=C_BLK, D_BLK=D_BLK,
             M_BLK=min(M_BLK, 4), HAS_DATA=has_data,
         )  # fmt: skip
         _tp_forward_kernel[(R * n_bblk * SPLIT,)](
-            out, xt, part, N, B, n_bblk,
-            ACT=problem.activation_code, C=c, D=D, SPLIT=SPLIT, BB=BB, BN=BN, C_BLK=C_BLK2,
-            D_BLK=D_BLK2, PRECISION=precision, num_warps=nw,
+            out, xt, part, N, B, n_bblk, SPLIT,
+            ACT=problem.activation_code, C=c, D=D, BB=BB, BN=BN, C_BLK=C_BLK2,
+            D_BLK=D_BLK2, PRECISION=precision, num_warps=nw, num_stages=ns,
         )  # fmt: skip
         _tp_residual_kernel[(R,)](
-            part, y, e, losses, N, B, S, s_idx, C=c, SPLIT=SPLIT, BB=min(_P2(B), 1024),
+            part, y, e, losses, N, B, S, s_idx, SPLIT, C=c, BB=min(_P2(B), 1024),
             C_BLK=C_BLK,
         )  # fmt: skip
         _tp_backward_kernel[(R * n_nblk,)](
             out, snaps, xt, e, runs, alpha, tau, beta, N, B, S, s_idx, n_nblk, t, k0, k1,
             ACT=problem.activation_code, C=c, D=D, BB=BB, BN=BN, C_BLK=C_BLK2, D_BLK=D_BLK2,
-            PRECISION=precision, num_warps=nw,
+            PRECISION=precision, num_warps=nw, num_stages=ns,
         )  # fmt: skip
     return out, snaps, losses
 
@@ -1148,15 +1182,21 @@ def _pf_check_inputs(x: torch.Tensor, theta: torch.Tensor, unit: Unit) -> None:
 
 
 def _pf_config(x: torch.Tensor, unit: Unit, block_b: int | None, block_n: int | None):
-    """(BB, BN, DIN_BLK, C_BLK, PRECISION, num_warps). Every tl.dot operand dimension is >= 16
-    (the CUDA minimum); float32 uses IEEE products (no TF32: the float32 tolerance is 2e-5)."""
+    """(BB, BN, DIN_BLK, C_BLK, PRECISION, num_warps, num_stages). Every tl.dot operand dimension
+    is >= 16 (the CUDA minimum); float32 uses IEEE products (no TF32: the float32 tolerance is
+    2e-5). Wide float64 tiles are 16 × 16 with 2 pipeline stages: 32 × 32 with the default 3
+    stages needs up to 456 KiB of shared memory on sm_90 (d = c = 256), over the H100's 227 KiB
+    per block; 16 × 16 needs at most 162 KiB."""
     din_blk = max(16, _P2(unit.d))
     c_blk = max(16, _P2(unit.c))
     wide = din_blk > 64 or c_blk > 64
-    bb = max(16, _P2(block_b)) if block_b else (32 if wide else 64)
-    bn = max(16, _P2(block_n)) if block_n else (32 if wide else 64)
+    fp64_wide = wide and x.dtype == torch.float64
+    tile = 16 if fp64_wide else (32 if wide else 64)
+    bb = max(16, _P2(block_b)) if block_b else tile
+    bn = max(16, _P2(block_n)) if block_n else tile
     num_warps = 8 if (x.device.type == "cuda" and wide) else 4
-    return bb, bn, din_blk, c_blk, "ieee", num_warps
+    num_stages = 2 if fp64_wide else 3
+    return bb, bn, din_blk, c_blk, "ieee", num_warps, num_stages
 
 
 def _pf_split(dev: torch.device, tiles: int, reduced_tiles: int, split: int | None) -> int:
@@ -1168,6 +1208,7 @@ def _pf_split(dev: torch.device, tiles: int, reduced_tiles: int, split: int | No
     return max(1, min(int(split), reduced_tiles))
 
 
+@on_tensor_device
 def particle_forward_triton(
     x: torch.Tensor,
     theta: torch.Tensor,
@@ -1195,19 +1236,20 @@ def particle_forward_triton(
     out = torch.empty((B, unit.c), dtype=x.dtype, device=x.device)
     if B == 0:
         return out
-    BB, BN, DIN_BLK, C_BLK, precision, nw = _pf_config(x, unit, block_b, block_n)
+    BB, BN, DIN_BLK, C_BLK, precision, nw, ns = _pf_config(x, unit, block_b, block_n)
     n_bblk = triton.cdiv(B, BB)
     heads = unit.c if unit.code == MatrixUnit.code else 1
     SPLIT = _pf_split(x.device, n_bblk * heads, triton.cdiv(N, BN), split)
     part = out[None] if SPLIT == 1 else x.new_empty((SPLIT, B, unit.c))
     _pf_forward_kernel[(n_bblk * SPLIT * heads,)](
         x, theta, part, B, N, x.stride(0), x.stride(1), theta.stride(0), theta.stride(1), n_bblk,
-        UNIT=unit.code, ACT=unit.activation_code, C=unit.c, DIN=unit.d, C_BLK=C_BLK,
-        DIN_BLK=DIN_BLK, BB=BB, BN=BN, SPLIT=SPLIT, PRECISION=precision, num_warps=nw,
+        SPLIT, UNIT=unit.code, ACT=unit.activation_code, C=unit.c, DIN=unit.d, C_BLK=C_BLK,
+        DIN_BLK=DIN_BLK, BB=BB, BN=BN, PRECISION=precision, num_warps=nw, num_stages=ns,
     )  # fmt: skip
     return out if SPLIT == 1 else part.sum(0)
 
 
+@on_tensor_device
 def particle_forward_backward_triton(
     x: torch.Tensor,
     theta: torch.Tensor,
@@ -1240,23 +1282,24 @@ def particle_forward_backward_triton(
     grad_x = torch.empty((B, unit.d), dtype=x.dtype, device=x.device)
     if B == 0:
         return grad_theta.zero_(), grad_x
-    BB, BN, DIN_BLK, C_BLK, precision, nw = _pf_config(x, unit, block_b, block_n)
+    BB, BN, DIN_BLK, C_BLK, precision, nw, ns = _pf_config(x, unit, block_b, block_n)
     n_bblk, n_nblk = triton.cdiv(B, BB), triton.cdiv(N, BN)
     heads = unit.c if unit.code == MatrixUnit.code else 1
     strides = (x.stride(0), x.stride(1), theta.stride(0), theta.stride(1), g.stride(0),
                g.stride(1))  # fmt: skip
     meta = dict(UNIT=unit.code, ACT=unit.activation_code, C=unit.c, DIN=unit.d, C_BLK=C_BLK,
-                DIN_BLK=DIN_BLK, BB=BB, BN=BN, PRECISION=precision, num_warps=nw)  # fmt: skip
+                DIN_BLK=DIN_BLK, BB=BB, BN=BN, PRECISION=precision, num_warps=nw,
+                num_stages=ns)  # fmt: skip
 
     split_t = _pf_split(x.device, n_nblk * heads, n_bblk, split)
     part_t = grad_theta[None] if split_t == 1 else x.new_empty((split_t, N, unit.D))
     _pf_grad_theta_kernel[(n_nblk * split_t * heads,)](
-        x, theta, g, part_t, B, N, *strides, n_nblk, D=unit.D, SPLIT=split_t, **meta
+        x, theta, g, part_t, B, N, *strides, n_nblk, split_t, D=unit.D, **meta
     )
     split_x = _pf_split(x.device, n_bblk, n_nblk, split)
     part_x = grad_x[None] if split_x == 1 else x.new_empty((split_x, B, unit.d))
     _pf_grad_x_kernel[(n_bblk * split_x,)](
-        x, theta, g, part_x, B, N, *strides, n_bblk, SPLIT=split_x, **meta
+        x, theta, g, part_x, B, N, *strides, n_bblk, split_x, **meta
     )
     if split_t > 1:
         grad_theta = part_t.sum(0)
