@@ -637,25 +637,33 @@ def test_units_compare_by_value_and_trainer_checks_its_teacher():
     assert torch.isfinite(res.theta - res.theta0).all()
 
 
-@pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_triton_two_pass_large_n_path(activation):
+@pytest.mark.parametrize(
+    "unit",
+    [StandardUnit(d=5, c=2, activation="tanh"), StandardUnit(d=5, c=2, activation="relu"),
+     StandardUnit(d=150, c=3, activation="sigmoid")],
+    ids=["d5-tanh", "d5-relu", "d150-sigmoid"],
+)  # fmt: skip
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_triton_two_pass_large_n_path(unit, dtype):
     """The GPU large-N path (forward reduction, then a backward that recomputes activations: no
-    B x N buffer), forced at a tiny size so the interpreter can run it."""
+    B x N buffer), forced at a tiny size so the interpreter can run it. d = 150 (D_BLK = 256)
+    takes the small-tile configs (32 x 32 float32, 16 x 16 float64) that keep shared memory
+    under the H100's limit; N = 37 and B = 19 fill no tile exactly."""
     from symkern.backends.registry import get_backend
 
     if get_backend("triton").availability_reasons():
         pytest.skip("; ".join(get_backend("triton").availability_reasons()))
     from symkern.backends.triton.particles import particle_steps_triton
 
-    unit = StandardUnit(d=5, c=2, activation=activation)
     g = torch.Generator().manual_seed(5)
     teacher = torch.randn(3, unit.D, generator=g, dtype=torch.float64)
-    theta = initial_particles(2, 37, unit.D, seed=9, std=0.5).to(TRITON_DEVICE)
+    theta = initial_particles(2, 37, unit.D, seed=9, std=0.5).to(TRITON_DEVICE, dtype)
     args = dict(unit=unit, teacher=teacher, alpha=1.0, tau=1e-3, beta=1e-4, batch=19,
                 sigma_pi=1.0, seed=77, steps=3, snapshot_every=1)  # fmt: skip
-    ref = symkern.particle_steps(theta, backend="torch", **args)
+    ref = symkern.particle_steps(theta.double(), backend="torch", **args)
     problem = particle_problem(theta, **{k: v for k, v in args.items() if k != "snapshot_every"})
     out = particle_steps_triton(theta, problem, 0, 3, 1, path="two_pass")
+    assert out[0].dtype == dtype
     assert_close(out[0], ref.theta)
     assert_close(out[2], ref.losses)
 
