@@ -33,7 +33,11 @@ fi
 
 case "$what" in
 tests)
-    python3 -m pytest tests -q -rfEs -n 8 --timeout 300 --junitxml="$OUT/junit.xml" "$@" 2>&1 \
+    # -n / --timeout only where pytest-xdist / pytest-timeout are installed (not in [test])
+    extra=()
+    python3 -c "import xdist" 2>/dev/null && extra+=(-n 8)
+    python3 -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout 300)
+    python3 -m pytest tests -q -rfEs ${extra[@]+"${extra[@]}"} --junitxml="$OUT/junit.xml" "$@" 2>&1 \
         | tee "$OUT/tests.log" | grep -v "^\." | tail -60
     ;;
 bench)

@@ -169,6 +169,19 @@ def test_config_precedence(tmp_path):
         ts.build_config("quick", None, {"init": "XI"})
 
 
+def test_help_shows_the_preset_defaults():
+    """--help gives the value each flag defaults to: where the presets set a field (n_values,
+    seeds), each preset's value, not the dataclass default that no run uses."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    ts.common.add_config_arguments(parser, ts.Config, ts.PRESETS)
+    helps = {a.dest: a.help for a in parser._actions}
+    quick, paper = ts.PRESETS["quick"]["n_values"], ts.PRESETS["paper"]["n_values"]
+    assert f"--preset quick: {quick!r}; --preset paper: {paper!r}" in helps["n_values"]
+    assert "(default: 0.0001)" in helps["tau"]  # no preset sets it
+
+
 def _metrics_only(res):
     return {k: res[k] for k in ("runs", "pairwise", "summary", "claims")}
 

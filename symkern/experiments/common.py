@@ -175,7 +175,7 @@ def parse_experiment_args(
         p.add_argument("--resume", action="store_true",
                        help="continue from the finished cells in --out")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_config_arguments(p, config_cls)
+    add_config_arguments(p, config_cls, presets)
     args = p.parse_args(argv)
     names = set(config_cls.__dataclass_fields__)
     cli = {k: v for k, v in vars(args).items() if k in names and v is not None}
@@ -356,18 +356,29 @@ def config_field(default, help_text: str):
     return dataclasses.field(default=default, metadata={"help": help_text})
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One ``--field-name`` flag per dataclass field (default: not given)."""
+def add_config_arguments(
+    parser: argparse.ArgumentParser, cls, presets: Mapping[str, Mapping[str, Any]] | None = None
+) -> None:
+    """One ``--field-name`` flag per dataclass field (default: not given). The help shows the
+    value the flag defaults to: the dataclass default, or, where the presets set the field to
+    different values, each preset's (the dataclass default alone would misstate it)."""
     for f in dataclasses.fields(cls):
         help_text = f.metadata.get("help", "")
         has_factory = f.default_factory is not dataclasses.MISSING
         default = f.default_factory() if has_factory else f.default
+        per_preset = {name: values.get(f.name, default) for name, values in (presets or {}).items()}
+        if any(v != default for v in per_preset.values()):
+            shown = "; ".join(f"--preset {name}: {v!r}" for name, v in per_preset.items())
+        else:
+            shown = f"{default!r}"
+        # argparse %-formats help strings
+        help_full = f"{help_text} (default: {shown})".replace("%", "%%")
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             default=None,
             metavar="VALUE",
-            help=f"{help_text} (default: {default!r})" if help_text else argparse.SUPPRESS,
+            help=help_full if help_text else argparse.SUPPRESS,
         )
 
 
