@@ -324,6 +324,31 @@ def test_signed_character_equals_orbit_rule(gs):
 
 
 @HYP
+@given(signed_gens(max_points=4, max_gens=2), st.integers(0, 2**31 - 1))
+def test_fixed_point_basis_and_symmetrize_on_random_groups(gs, seed):
+    """The public ops on random signed-permutation groups: fixed_point_basis has dim E^G
+    columns by the character formula, orthonormal and invariant; symmetrize makes a random
+    nonlinear map equivariant, f(ρ_g x) = ρ_g f(x) for every generator."""
+    from symkern.testing import assert_close
+
+    p, s = gs
+    rep = G.signed_perm_rep(p, s)
+    q = symkern.fixed_point_basis(rep)
+    assert q.shape == (rep.dim, rep.fixed_dim("character"))
+    if q.shape[1]:
+        assert_close(q.T @ q, torch.eye(q.shape[1], dtype=torch.float64))
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rep.dim, rep.dim, generator=g, dtype=torch.float64)
+    b = torch.randn(rep.dim, generator=g, dtype=torch.float64)
+    f = symkern.symmetrize(lambda x: torch.tanh(x @ w.T + b), rep, rep)
+    x = torch.randn(5, rep.dim, generator=g, dtype=torch.float64)
+    fx = f(x)
+    for m in rep.generator_matrices():
+        assert_close(m @ q, q)
+        assert_close(f(x @ m.T), fx @ m.T)
+
+
+@HYP
 @given(perm_gens(max_points=5))
 def test_matrix_rep_from_perm_rep_agrees(gens):
     rep = G.perm_rep(gens)

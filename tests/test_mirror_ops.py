@@ -271,12 +271,15 @@ def test_gradcheck_triton():
 
 
 @pytest.mark.parametrize("kind", ["neuron_swap", "dense"])
-def test_opcheck(ext, kind):
+def test_opcheck(backend_case, kind):
+    """Every torch.library check (schema, fake tensors, autograd registration, AOT dispatch) of
+    symkern::mirror_apply on each backend this machine runs."""
     m = make_mirror(kind, 9)
-    th = torch.randn(4, 9, generator=gen(8), dtype=F64, requires_grad=True)
+    th = torch.randn(4, 9, generator=gen(8), dtype=F64).to(backend_case.device).requires_grad_()
     plan = m._plan(th)
     mode = "reflect" if kind == "neuron_swap" else "coefficients"
-    args = (th, None, plan.index, plan.value, plan.dense_t, plan.rest, mode, plan.disjoint, "cpp")
+    args = (th, None, plan.index, plan.value, plan.dense_t, plan.rest, mode, plan.disjoint,
+            backend_case.backend)  # fmt: skip
     torch.library.opcheck(torch.ops.symkern.mirror_apply.default, args)
 
 
