@@ -12,6 +12,9 @@ Cases (full size: N = 1e6 particles, D = 100, fp32; ``--benchmark-disable``: N =
 Also timed: ``torch.empty_like(x).copy_(x)`` (the copy floor of an op that returns a new tensor:
 allocation and first-touch page faults included, as in symkern's call) and the bare C++ kernel
 writing into a reused output (comparable with the conftest copy floor, which reuses its buffer).
+torch.compile is not a baseline here: the low-rank and dense baselines are matmuls, which Inductor
+on the CPU hands to the same BLAS call, and the index_add orbit mean under torch.compile is timed
+in bench_orbit.py (2026-11-23: no faster than eager on this CPU).
 
 Each case checks the result against float64 torch before timing; the harness (conftest.py)
 records every time, the speedups and the ratio to the copy floor in ``benchmark.extra_info``.

@@ -16,6 +16,8 @@ few rows and against every baseline):
 * ``symkern``                  ``mirror.reflect(θ, backend=...)``: cpp on CPU, triton on CUDA
 * ``torch_gather_index_add``   the natural torch code (the torch kernel of the op = what
                                ``Mirror`` ran before: gather + sum, ``index_add``)
+* ``torch_compile``            that gather + index_add code under ``torch.compile`` (sparse
+                               mirrors; compiled once, outside the timing)
 * ``dense_matmul``             θ − 2 (θ O) Oᵀ with O as a dense (d, k) tensor, where that fits in
                                ``DENSE_MAX_BYTES`` (Householder: 400 MB; the k = d/2 cases: 20 GB,
                                not timed)
@@ -28,7 +30,7 @@ few rows and against every baseline):
                                buffers: its own cost, comparable with the copy floor
 
 ``coefficients`` cases time c = Oᵀθ alone (``Mirror.coefficients``, i.e. ``breaking`` without the
-norm) against ``(θ[:, index] * value).sum(-1)`` and ``θ @ O``.
+norm) against ``(θ[:, index] * value).sum(-1)`` (eager and compiled) and ``θ @ O``.
 
 ``--benchmark-disable`` (CI smoke): M = 8 models, d = 2000, every check still runs (the triton
 cases without a GPU in the Triton interpreter on CPU tensors; timed on CUDA only).
@@ -139,6 +141,25 @@ def _prealloc_kernel(mirror: Mirror, theta: torch.Tensor):
     return lambda: ext.mirror_sparse(*args, out.numpy(), c.numpy())
 
 
+def _gather_coefficients(theta, index, value):
+    """c = Oᵀθ for a sparse O (column j: entries value[j] at rows index[j]): gather + sum."""
+    return (theta[:, index] * value).sum(-1)
+
+
+def _gather_index_add_reflect(theta, index, value):
+    """θ − 2 O Oᵀ θ the natural torch way: gather + sum for c, index_add to scatter O c."""
+    src = -2.0 * _gather_coefficients(theta, index, value)[:, :, None] * value
+    src = src.reshape(theta.shape[0], -1)
+    return theta + torch.zeros_like(theta).index_add(1, index.reshape(-1), src)
+
+
+def _compiled(fn, *args):
+    """``fn(*args)`` under ``torch.compile`` (static shapes; the first call, which compiles, is
+    the check or the timing's warm-up)."""
+    compiled = torch.compile(fn, dynamic=False)
+    return lambda: compiled(*args)
+
+
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_mirror_reflect(request, compare, smoke, case, backend):
@@ -152,11 +173,18 @@ def test_mirror_reflect(request, compare, smoke, case, backend):
     def torch_fn():
         return mirror.reflect(theta, backend="torch")
 
+    compiled = None
+    if mirror.index is not None:
+        index, value = mirror.index.to(device), mirror.value.to(device, theta.dtype)
+        compiled = _compiled(_gather_index_add_reflect, theta, index, value)
+
     def check():
         out = symkern_fn()
         scale = theta.abs().max().item()
         _close(out[:4], _oracle_reflect(mirror, theta[:4]), scale)  # the float64 oracle
         _close(out, torch_fn(), scale)
+        if compiled is not None:
+            _close(out, compiled(), scale)
         if O is not None:
             _close(out, theta - 2 * (theta @ O) @ O.T, scale, rtol=1e-4)
 
@@ -164,6 +192,8 @@ def test_mirror_reflect(request, compare, smoke, case, backend):
         "torch_gather_index_add": torch_fn,
         "copy_into_fresh_tensor": lambda: torch.empty_like(theta).copy_(theta),
     }
+    if compiled is not None:
+        baselines["torch_compile"] = compiled
     if O is not None:
         baselines["dense_matmul"] = lambda: theta - 2 * (theta @ O) @ O.T
     if backend == "cpp":
@@ -195,15 +225,18 @@ def test_mirror_coefficients(request, compare, smoke, case, backend):
         return mirror.coefficients(theta, backend=backend)
 
     def torch_fn():
-        return (theta[:, index] * value).sum(-1)
+        return _gather_coefficients(theta, index, value)
+
+    compiled = _compiled(_gather_coefficients, theta, index, value)
 
     def check():
         c = symkern_fn()
         scale = theta.abs().max().item()
         _close(c[:4], _oracle_coefficients(mirror, theta[:4]), scale)
         _close(c, torch_fn(), scale)
+        _close(c, compiled(), scale)
 
-    baselines = {"torch_gather_sum": torch_fn}
+    baselines = {"torch_gather_sum": torch_fn, "torch_compile": compiled}
     if O is not None:
         baselines["dense_matmul"] = lambda: theta @ O
     compare.benchmark.extra_info.update(M=M, d=d, k=k, dense_timed=O is not None)

@@ -18,6 +18,9 @@ What is timed, in the same run on the same problem:
   ~0.1–0.5 ms per model-step, 300 × ``STEPS_CPP`` would take minutes, so it is timed on
   ``LOOP_MODELS`` models × ``LOOP_STEPS`` steps and compared per model-step (each model costs
   the same; extra_info ``torch_loop_note`` says so);
+* ``torch_compile_loop``: that loop with the SGD step (loss, ``torch.func.grad``, update)
+  under ``torch.compile``, data drawn eagerly outside it; checked against the eager loop (same
+  seed and data) and timed like it, per model-step;
 * ``symkern_torch_reference``: symkern's own vectorised torch kernel (``backend="torch"``, all
   300 models batched, same Philox data as cpp) for ``REF_STEPS`` steps.
 
@@ -171,34 +174,46 @@ def _one_torch_thread(fn):
     return run
 
 
+def _torch_model(pb: dict, device: torch.device | str = "cpu"):
+    """(draw, data_loss) of the code a user writes: ``draw()`` the step's random tensors with
+    torch.randn, ``data_loss(p, batch)`` the model's data loss on them."""
+    model, kw = pb["model"], pb["kw"]
+    sigma, B, target = float(kw["noise"]), kw["batch"], kw["target"]
+    params = pb["params"]
+
+    def draw():
+        if model in ("rescaling", "mlp"):
+            d = params["u"].shape[1] if model == "rescaling" else params["W1"].shape[2]
+            x = torch.randn(B, d, dtype=DT, device=device)
+            return x, torch.randn(B, dtype=DT, device=device)
+        return (torch.randn(target.shape, dtype=DT, device=device),)
+
+    def data_loss(p, batch):
+        if model == "rescaling":
+            x, noise = batch
+            y = x @ target + sigma * noise
+            return ((x @ (p["u"] * p["w"]) - y) ** 2).mean()
+        if model == "mlp":
+            x, noise = batch
+            y = torch.tanh(x @ target["W1"].T + target["b1"]) @ target["a"] + sigma * noise
+            return ((torch.tanh(x @ p["W1"].T + p["b1"]) @ p["a"] - y) ** 2).mean()
+        return ((p["U"] @ p["W"].T - (target + sigma * batch[0])) ** 2).sum()
+
+    return draw, data_loss
+
+
 def _torch_loop(pb: dict, n_models: int, steps: int, device: torch.device | str = "cpu"):
     """The per-model Python loop a user writes: torch.randn data, autograd, SGD (on ``device``,
     where ``pb``'s tensors must be)."""
-    model, kw = pb["model"], pb["kw"]
-    sigma, eta = float(kw["noise"]), float(pb["eta"])
-    B = kw["batch"]
-    target = kw["target"]
-
-    def data_loss(p):
-        if model == "rescaling":
-            x = torch.randn(B, p["u"].shape[0], dtype=DT, device=device)
-            y = x @ target + sigma * torch.randn(B, dtype=DT, device=device)
-            return ((x @ (p["u"] * p["w"]) - y) ** 2).mean()
-        if model == "mlp":
-            x = torch.randn(B, p["W1"].shape[1], dtype=DT, device=device)
-            with torch.no_grad():
-                y = torch.tanh(x @ target["W1"].T + target["b1"]) @ target["a"]
-                y = y + sigma * torch.randn(B, dtype=DT, device=device)
-            return ((torch.tanh(x @ p["W1"].T + p["b1"]) @ p["a"] - y) ** 2).mean()
-        noisy = target + sigma * torch.randn(target.shape, dtype=DT, device=device)
-        return ((p["U"] @ p["W"].T - noisy) ** 2).sum()
+    draw, data_loss = _torch_model(pb, device)
+    eta = float(pb["eta"])
 
     def run():
         for i in range(n_models):
             gamma = float(pb["gammas"][i])
             p = {k: v[i].clone().requires_grad_(True) for k, v in pb["params"].items()}
             for _ in range(steps):
-                loss = data_loss(p) + gamma * sum((v**2).sum() for v in p.values())
+                loss = data_loss(p, draw()) + gamma * sum((v**2).sum() for v in p.values())
                 loss.backward()
                 with torch.no_grad():
                     for v in p.values():
@@ -207,6 +222,47 @@ def _torch_loop(pb: dict, n_models: int, steps: int, device: torch.device | str 
         return p
 
     return run
+
+
+def _compiled_loop(pb: dict, n_models: int, steps: int):
+    """The same loop with the SGD step (loss, gradient by torch.func.grad, update) under
+    ``torch.compile``: the usual way to compile a training step, data drawn eagerly outside it.
+    γ goes in as a 0-d tensor so the 20 weight decays share one compiled graph."""
+    draw, data_loss = _torch_model(pb)
+    eta = float(pb["eta"])
+
+    def step(p, batch, gamma):
+        def loss(q):
+            return data_loss(q, batch) + gamma * sum((v**2).sum() for v in q.values())
+
+        grads = torch.func.grad(loss)(p)
+        return {k: v - eta * grads[k] for k, v in p.items()}
+
+    compiled_step = torch.compile(step, dynamic=False)
+
+    def run():
+        for i in range(n_models):
+            gamma = pb["gammas"][i].to(DT)
+            p = {k: v[i].clone() for k, v in pb["params"].items()}
+            for _ in range(steps):
+                p = compiled_step(p, draw(), gamma)
+        return p
+
+    return run
+
+
+def _check_compiled_loop(pb: dict):
+    """The compiled step takes the eager loop's steps: same seed, same data, float64 tolerance."""
+
+    def check():
+        results = []
+        for fn in (_torch_loop(pb, 1, 3), _compiled_loop(pb, 1, 3)):
+            torch.manual_seed(5)
+            results.append({k: v.detach() for k, v in fn().items()})
+        for k in results[0]:
+            assert_close(results[1][k], results[0][k], msg=f"compiled step, {k}: ")
+
+    return check
 
 
 @pytest.mark.parametrize("case", ["rescaling", "mlp", "factorization"])
@@ -218,13 +274,16 @@ def test_mirror_sweep_300_models(compare, smoke, case):
     ref_steps = 2 if smoke else REF_STEPS
     cpp_fn = _sweep_fn(pb, steps, "cpp")
     loop_fn = _one_torch_thread(_torch_loop(pb, loop_models, loop_steps))
+    compiled_fn = _one_torch_thread(_compiled_loop(pb, loop_models, loop_steps))
+    check_cpp, check_compiled = _check(pb), _check_compiled_loop(pb)
     info = compare(
         cpp_fn,
         baselines={
             "torch_loop": loop_fn,
+            "torch_compile_loop": compiled_fn,
             "symkern_torch_reference": _one_torch_thread(_sweep_fn(pb, ref_steps, "torch")),
         },
-        check=_check(pb),
+        check=lambda: (check_cpp(), check_compiled()),
     )
     if smoke:
         return
@@ -232,6 +291,7 @@ def test_mirror_sweep_300_models(compare, smoke, case):
     drop_per_call_speedups(ex)
     cpp_us = info["symkern_ms"] * 1e3 / (M * steps)
     loop_us = info["torch_loop_ms"] * 1e3 / (loop_models * loop_steps)
+    compiled_us = info["torch_compile_loop_ms"] * 1e3 / (loop_models * loop_steps)
     ref_us = info["symkern_torch_reference_ms"] * 1e3 / (M * ref_steps)
     threads = _C.build_info()["max_threads"]
     cpp_cpu_us = _cpu_seconds(cpp_fn) * 1e6 / (M * steps)
@@ -241,6 +301,8 @@ def test_mirror_sweep_300_models(compare, smoke, case):
         "torch_loop_us_per_model_step": loop_us, "torch_reference_us_per_model_step": ref_us,
         "speedup_per_model_step_vs_torch_loop": loop_us / cpp_us,
         "speedup_per_model_step_vs_torch_loop_per_thread": loop_us / cpp_us / threads,
+        "torch_compile_loop_us_per_model_step": compiled_us,
+        "speedup_per_model_step_vs_torch_compile_loop": compiled_us / cpp_us,
         "speedup_per_model_step_vs_torch_reference": ref_us / cpp_us,
         "speedup_per_model_step_vs_torch_reference_per_thread": ref_us / cpp_us / threads,
         "cpp_cpu_us_per_model_step": cpp_cpu_us, "torch_loop_cpu_us_per_model_step": loop_cpu_us,
@@ -254,6 +316,7 @@ def test_mirror_sweep_300_models(compare, smoke, case):
         f"\n  {case}: cpp {cpp_us:.3f} us/model-step ({M} models x {steps} steps, "
         f"{ex['threads']} threads, {ex['isa']}); torch loop {loop_us:.1f} us "
         f"(x{loop_us / cpp_us:.0f}, x{loop_us / cpp_us / threads:.0f} per thread); "
+        f"compiled step {compiled_us:.1f} us (x{compiled_us / cpp_us:.0f}); "
         f"torch reference {ref_us:.2f} us (x{ref_us / cpp_us:.1f}); CPU time per model-step: "
         f"cpp {cpp_cpu_us:.2f} us, torch loop {loop_cpu_us:.1f} us "
         f"(x{loop_cpu_us / cpp_cpu_us:.0f}); loadavg {ex['loadavg_1min']:.2f}"

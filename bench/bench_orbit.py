@@ -9,6 +9,7 @@ plan with ``make_orbit_plan``; it then times, on the same x in the same run:
                     B x |G| x D (4.8 GB for S5 at full size, PERF.md's measured baseline); only
                     where that fits in ``NAIVE_MAX_BYTES``
 * ``torch_index_add`` the best torch formulation (orbit ids + index_add: the reference kernel)
+* ``torch_compile`` that formulation under ``torch.compile`` (compiled once, outside the timing)
 * ``copy_into_fresh_tensor``  ``torch.empty_like(x).copy_(x)``: the floor for an op returning a
                     new tensor (allocation + first-touch page faults included, like symkern's call)
 * ``kernel_into_preallocated_out`` the same C++ kernel writing into a reused buffer
@@ -118,6 +119,19 @@ def _plan_from_generators(gens: np.ndarray, dtype: torch.dtype):
     return make_orbit_plan(labels, rel, dtype)
 
 
+def _index_add_mean(x, orbit_id, coef, inv_size, n_orbits: int):
+    """The natural torch orbit mean (orbit ids + index_add), as a user would write it."""
+    sums = torch.zeros(x.shape[0], n_orbits, dtype=x.dtype).index_add_(1, orbit_id, x * coef)
+    return (sums * inv_size)[:, orbit_id] * coef
+
+
+def _compiled_index_add(x: torch.Tensor, plan):
+    """``_index_add_mean`` under ``torch.compile`` (static shapes; the first call compiles and
+    is the warm-up, outside the timing)."""
+    fn = torch.compile(_index_add_mean, dynamic=False)
+    return lambda: fn(x, plan.orbit_id, plan.coef, plan.inv_size, plan.n_orbits)
+
+
 def _x(B: int, D: int, dtype=torch.float32) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.randn(B, D, generator=g, dtype=torch.float64).add_(0.5).to(dtype)
@@ -152,15 +166,20 @@ def test_orbit_mean_block_perm(compare, smoke, case):
     naive_bytes = B * G * D * x.element_size()
     naive_ok = naive_bytes <= NAIVE_MAX_BYTES
 
+    compiled = _compiled_index_add(x, plan)
+
     def check():
         out = cpp_mean(x, plan)
-        _check_close(out, torch_orbit_mean(x.double(), plan_f64))
+        ref = torch_orbit_mean(x.double(), plan_f64)
+        _check_close(out, ref)
+        _check_close(compiled(), ref)
         rows = x[: min(B, 16)]  # the naive group sum, on a few rows (exact definition of the mean)
         _check_close(out[: rows.shape[0]], rows.double()[:, perms].mean(1))
 
     plan_f64 = make_orbit_plan(*_cpp("orbit_labels")(gens, None), torch.float64)
     baselines = {
         "torch_index_add": lambda: torch_orbit_mean(x, plan),
+        "torch_compile": compiled,
         "copy_into_fresh_tensor": _fresh_copy(x),
         "kernel_into_preallocated_out": _prealloc_kernel(x, plan),
     }
@@ -193,14 +212,19 @@ def test_orbit_mean_t2_alternating(compare, smoke):
     cpp_mean = _cpp("orbit_mean")
     plan_f64 = make_orbit_plan(*_cpp("orbit_labels")(gens, None), torch.float64)
 
+    compiled = _compiled_index_add(x, plan)
+
     def check():
-        _check_close(cpp_mean(x, plan), torch_orbit_mean(x.double(), plan_f64))
+        ref = torch_orbit_mean(x.double(), plan_f64)
+        _check_close(cpp_mean(x, plan), ref)
+        _check_close(compiled(), ref)
 
     compare.benchmark.extra_info.update(D=n * n, B=B, n_orbits=plan.n_orbits)
     compare(
         lambda: cpp_mean(x, plan),
         baselines={
             "torch_index_add": lambda: torch_orbit_mean(x, plan),
+            "torch_compile": compiled,
             "copy_into_fresh_tensor": _fresh_copy(x),
             "kernel_into_preallocated_out": _prealloc_kernel(x, plan),
         },
