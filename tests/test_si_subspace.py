@@ -58,8 +58,9 @@ def test_recovers_eg_for_c2(tmp_path):
 
 @pytest.mark.slow
 def test_recovers_eg_for_s3(tmp_path):
-    """~2-4 min on 2 cores. At N = 100 this instance returns a 4-D space containing E^G (the
-    finite-N escape exceeds the threshold); at the quick preset's N = 300 it recovers E^G."""
+    """~16 s on 2 cores (2026-11-23). At N = 100 this instance returns a 4-D space containing
+    E^G (the finite-N escape exceeds the threshold); at the quick preset's N = 300 it recovers
+    E^G."""
     cfg = si.build_config("quick", None, {"groups": ["s3"], "figures": False})
     r = si.run(cfg, tmp_path, show_progress=False)["instances"][0]
     assert r["recovered"], (r["dim"], r["principal_angles_deg"])

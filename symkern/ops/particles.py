@@ -531,7 +531,9 @@ def model_output(
 
     x (B, d), theta (N, D) (float32 / float64, same device) → (B, c). Fused kernels never keep a
     B×N activation buffer: the backward recomputes activations. Use it to plug a mean-field model
-    into your own training loop (first-order gradients; no double backward). NaN is not
+    into your own training loop (first-order gradients through ``torch.autograd``; no double
+    backward, and not under ``torch.func`` transforms, which torch 2.13 refuses for custom ops
+    with a registered backward — pytorch#168393). NaN is not
     checked: it propagates (a NaN in x_b makes row b of the output NaN; one in θ_i, every row).
 
     Example::
