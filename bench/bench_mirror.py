@@ -41,6 +41,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from symkern.backends.reference.mirror import mirror_apply as torch_mirror_apply
 from symkern.backends.registry import get_backend
 from symkern.mirror import Mirror
 
@@ -141,23 +142,16 @@ def _prealloc_kernel(mirror: Mirror, theta: torch.Tensor):
     return lambda: ext.mirror_sparse(*args, out.numpy(), c.numpy())
 
 
-def _gather_coefficients(theta, index, value):
-    """c = Oᵀθ for a sparse O (column j: entries value[j] at rows index[j]): gather + sum."""
-    return (theta[:, index] * value).sum(-1)
-
-
-def _gather_index_add_reflect(theta, index, value):
-    """θ − 2 O Oᵀ θ the natural torch way: gather + sum for c, index_add to scatter O c."""
-    src = -2.0 * _gather_coefficients(theta, index, value)[:, :, None] * value
-    src = src.reshape(theta.shape[0], -1)
-    return theta + torch.zeros_like(theta).index_add(1, index.reshape(-1), src)
-
-
-def _compiled(fn, *args):
-    """``fn(*args)`` under ``torch.compile`` (static shapes; the first call, which compiles, is
-    the check or the timing's warm-up)."""
-    compiled = torch.compile(fn, dynamic=False)
-    return lambda: compiled(*args)
+def _compiled_reference(theta: torch.Tensor, mirror: Mirror, mode: str):
+    """The torch_gather baselines (symkern's torch kernel of ``mirror_apply``: gather + sum for
+    c, index_add to scatter O c) under ``torch.compile``, for ``mode`` "reflect" (returns out)
+    or "coefficients" (returns c). Static shapes; the first call, which compiles, is the check
+    or the timing's warm-up."""
+    plan = mirror._plan(theta)
+    fn = torch.compile(torch_mirror_apply, dynamic=False)
+    args = (theta, None, plan.index, plan.value, plan.dense_t, plan.rest, mode, plan.disjoint)
+    which = 0 if mode == "reflect" else 1
+    return lambda: fn(*args)[which]
 
 
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
@@ -173,10 +167,7 @@ def test_mirror_reflect(request, compare, smoke, case, backend):
     def torch_fn():
         return mirror.reflect(theta, backend="torch")
 
-    compiled = None
-    if mirror.index is not None:
-        index, value = mirror.index.to(device), mirror.value.to(device, theta.dtype)
-        compiled = _compiled(_gather_index_add_reflect, theta, index, value)
+    compiled = None if mirror.index is None else _compiled_reference(theta, mirror, "reflect")
 
     def check():
         out = symkern_fn()
@@ -225,9 +216,9 @@ def test_mirror_coefficients(request, compare, smoke, case, backend):
         return mirror.coefficients(theta, backend=backend)
 
     def torch_fn():
-        return _gather_coefficients(theta, index, value)
+        return (theta[:, index] * value).sum(-1)
 
-    compiled = _compiled(_gather_coefficients, theta, index, value)
+    compiled = _compiled_reference(theta, mirror, "coefficients")
 
     def check():
         c = symkern_fn()

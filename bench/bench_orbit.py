@@ -119,17 +119,11 @@ def _plan_from_generators(gens: np.ndarray, dtype: torch.dtype):
     return make_orbit_plan(labels, rel, dtype)
 
 
-def _index_add_mean(x, orbit_id, coef, inv_size, n_orbits: int):
-    """The natural torch orbit mean (orbit ids + index_add), as a user would write it."""
-    sums = torch.zeros(x.shape[0], n_orbits, dtype=x.dtype).index_add_(1, orbit_id, x * coef)
-    return (sums * inv_size)[:, orbit_id] * coef
-
-
 def _compiled_index_add(x: torch.Tensor, plan):
-    """``_index_add_mean`` under ``torch.compile`` (static shapes; the first call compiles and
-    is the warm-up, outside the timing)."""
-    fn = torch.compile(_index_add_mean, dynamic=False)
-    return lambda: fn(x, plan.orbit_id, plan.coef, plan.inv_size, plan.n_orbits)
+    """The torch_index_add baseline (the reference kernel) under ``torch.compile`` (static
+    shapes; the first call compiles and is the warm-up, outside the timing)."""
+    fn = torch.compile(torch_orbit_mean, dynamic=False)
+    return lambda: fn(x, plan)
 
 
 def _x(B: int, D: int, dtype=torch.float32) -> torch.Tensor:
