@@ -101,6 +101,16 @@ def test_sinkhorn_close_to_exact():
     approx = metrics.rmd(x, y, exact_max=100)  # forces the entropic path
     assert exact.method == "exact" and approx.method == "sinkhorn"
     assert approx.value == pytest.approx(exact.value, rel=0.05)
+    assert approx.value > exact.value  # S_ε is biased high at this ε (0.4 % here)
+
+
+def test_unconverged_sinkhorn_raises(monkeypatch):
+    """A plan whose marginals are still off after the iteration cap is an error, not a value."""
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(40, 3)), rng.normal(size=(30, 3)) + 1.0
+    monkeypatch.setattr(metrics, "SINKHORN_MAX_ITER", 5)
+    with pytest.raises(RuntimeError, match="did not converge in 5 iterations"):
+        metrics.w2_squared(x, y, method="sinkhorn")
 
 
 def test_exact_solver_status_is_checked(monkeypatch):
