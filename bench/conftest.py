@@ -25,6 +25,10 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+from symkern.testing import skip_triton_interpreter_repatching  # noqa: E402
+
+skip_triton_interpreter_repatching()  # the smoke run's interpreted Triton cases
+
 
 def _sync(device: torch.device | str | None) -> None:
     if device is not None and torch.device(device).type == "cuda":

@@ -11,7 +11,9 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from symkern.testing import backend_cases  # noqa: E402
+from symkern.testing import backend_cases, skip_triton_interpreter_repatching  # noqa: E402
+
+skip_triton_interpreter_repatching()
 
 BACKEND_CASES = backend_cases()
 

@@ -62,3 +62,48 @@ def test_bad_arguments():
     with pytest.raises(TypeError, match="two tensors"):
         assert_close([1.0], f64(1.0))
     assert_close(torch.ones(0), torch.ones(0, dtype=torch.float64))  # empty: nothing to compare
+
+
+def _interpreter_test_kernels():
+    """(device function, kernel) defined at module level: the interpreter resolves the kernel's
+    calls through the module's globals."""
+    global _square, _sum_of_squares_kernel
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _square(v):
+        return v * v
+
+    @triton.jit
+    def _sum_of_squares_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        acc = tl.zeros((BLOCK,), dtype=tl.float64)
+        for start in range(0, n, BLOCK):
+            acc += _square(tl.load(x_ptr + start + offs, mask=start + offs < n, other=0.0))
+        tl.store(out_ptr, tl.sum(acc, axis=0))
+
+    return _sum_of_squares_kernel
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter runs only without CUDA")
+def test_interpreter_shim_keeps_kernels_and_restores_the_language():
+    """The conftest's skip_triton_interpreter_repatching is installed, a kernel that calls
+    device functions (its own and Triton's tl.sum, tl.zeros) still computes the right numbers
+    with it, and the launch still restores triton.language's builtins when it ends."""
+    pytest.importorskip("triton")
+    import triton.language as tl
+    import triton.runtime.interpreter as interp
+
+    from symkern.testing import skip_triton_interpreter_repatching
+
+    assert interp._patch_lang._symkern_once  # installed by tests/conftest.py
+    assert skip_triton_interpreter_repatching() is False  # and only once
+    kernel = _interpreter_test_kernels()
+    exp_before = tl.exp
+    x = torch.randn(37, dtype=torch.float64)
+    out = torch.empty(1, dtype=torch.float64)
+    for _ in range(2):  # the second launch starts from the state the first left
+        kernel[(1,)](x, out, x.numel(), BLOCK=16)
+        assert_close(out[0], (x * x).sum())
+    assert tl.exp is exp_before  # the launch's patch was undone
