@@ -12,7 +12,9 @@ plan with ``make_orbit_plan``; it then times, on the same x in the same run:
 * ``torch_compile`` that formulation under ``torch.compile`` (compiled once, outside the timing)
 * ``copy_into_fresh_tensor``  ``torch.empty_like(x).copy_(x)``: the floor for an op returning a
                     new tensor (allocation + first-touch page faults included, like symkern's call)
-* ``kernel_into_preallocated_out`` the same C++ kernel writing into a reused buffer
+* ``symkern_out``    the public ``symkern.orbit_average(x, rep, backend="cpp", out=buf)`` into a
+                    reused buffer (no allocation / page faults: comparable with the copy floor)
+* ``symkern_in_place`` (block cases) ``symkern.project_fixed(y, rep, backend="cpp", out=y)``
 * the copy floor (conftest: copy into a reused buffer; ``ratio_vs_copy_floor``)
 
 Cases: S5 permuting 5 blocks of 200 (|G| = 120), one swap of 2 blocks of 500 (|G| = 2), S7
@@ -47,6 +49,7 @@ from device_ceilings import (  # noqa: E402
 
 pytest.importorskip("symkern._C")
 
+import symkern  # noqa: E402
 from symkern.backends.reference.orbit import orbit_mean as torch_orbit_mean  # noqa: E402
 from symkern.backends.registry import select_kernel  # noqa: E402
 from symkern.groups.orbits import orbit_labels as numpy_orbit_labels  # noqa: E402
@@ -64,16 +67,20 @@ def _fresh_copy(x: torch.Tensor):
     return lambda: torch.empty_like(x).copy_(x)
 
 
-def _prealloc_kernel(x: torch.Tensor, plan):
-    """The bare C++ kernel writing into a reused output (no allocation / page faults): comparable
-    with the copy floor, which also reuses its destination."""
-    import symkern._C as ext
-
-    out = torch.empty_like(x)
-    args = [
-        t.numpy() for t in (plan.orbit_id, plan.coef, plan.inv_size, plan.order, plan.seg_start)
-    ]
-    return lambda: ext.orbit_mean(x.numpy(), *args, out.numpy())
+def _public_into(x: torch.Tensor, gens: np.ndarray, ref: torch.Tensor, *, in_place=False):
+    """The public op writing into a reused buffer (``out=``: no allocation / page faults, so
+    comparable with the copy floor, which also reuses its destination), checked against ``ref``
+    first. In place: ``project_fixed(y, rep, out=y)`` on a copy y of x (a projection: the values
+    stay in E^G, the memory traffic is the same every call)."""
+    rep = symkern.groups.perm_rep(list(gens))
+    if in_place:
+        y = x.clone()
+        run = lambda: symkern.project_fixed(y, rep, backend="cpp", out=y)  # noqa: E731
+    else:
+        out = torch.empty_like(x)
+        run = lambda: symkern.orbit_average(x, rep, backend="cpp", out=out)  # noqa: E731
+    _check_close(run(), ref)
+    return run
 
 
 def block_perm(sigma: tuple[int, ...], block: int) -> np.ndarray:
@@ -171,11 +178,13 @@ def test_orbit_mean_block_perm(compare, smoke, case):
         _check_close(out[: rows.shape[0]], rows.double()[:, perms].mean(1))
 
     plan_f64 = make_orbit_plan(*_cpp("orbit_labels")(gens, None), torch.float64)
+    ref_f64 = torch_orbit_mean(x.double(), plan_f64)
     baselines = {
         "torch_index_add": lambda: torch_orbit_mean(x, plan),
         "torch_compile": compiled,
         "copy_into_fresh_tensor": _fresh_copy(x),
-        "kernel_into_preallocated_out": _prealloc_kernel(x, plan),
+        "symkern_out": _public_into(x, gens, ref_f64),
+        "symkern_in_place": _public_into(x, gens, ref_f64, in_place=True),
     }
     if naive_ok:
         baselines["naive_gather_mean"] = lambda: x[:, perms].mean(1)
@@ -220,7 +229,7 @@ def test_orbit_mean_t2_alternating(compare, smoke):
             "torch_index_add": lambda: torch_orbit_mean(x, plan),
             "torch_compile": compiled,
             "copy_into_fresh_tensor": _fresh_copy(x),
-            "kernel_into_preallocated_out": _prealloc_kernel(x, plan),
+            "symkern_out": _public_into(x, gens, torch_orbit_mean(x.double(), plan_f64)),
         },
         floor_of=x,
         check=check,

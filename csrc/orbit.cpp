@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 namespace symkern {
@@ -409,12 +410,29 @@ SYMKERN_INLINE void row_runs(const MeanCtx<T>& c, const T* SYMKERN_RESTRICT x,
 }
 
 // Rows [begin, end) of one thread. `xbuf` (D) receives a row when x's columns are not unit-stride.
+// Whether the memory spans of x (B, D; strides xs0, xs1, either sign) and out (B, D; row stride
+// os0, unit column stride) intersect.
+template <class T>
+bool ranges_overlap(const T* x, index_t B, index_t D, index_t xs0, index_t xs1, const T* out,
+                    index_t os0) {
+  const auto span = [](const T* p, index_t B, index_t D, index_t s0, index_t s1) {
+    const index_t lo = std::min<index_t>(0, (B - 1) * s0) + std::min<index_t>(0, (D - 1) * s1);
+    const index_t hi = std::max<index_t>(0, (B - 1) * s0) + std::max<index_t>(0, (D - 1) * s1);
+    return std::pair<std::uintptr_t, std::uintptr_t>{
+        reinterpret_cast<std::uintptr_t>(p + lo), reinterpret_cast<std::uintptr_t>(p + hi + 1)};
+  };
+  const auto [x0, x1] = span(x, B, D, xs0, xs1);
+  const auto [o0, o1] = span(out, B, D, os0, 1);
+  return x0 < o1 && o0 < x1;
+}
+
 template <class T, int V>
 SYMKERN_INLINE void rows_impl(const MeanCtx<T>& c, const T* x, index_t xs0, index_t xs1, T* out,
-                              index_t os0, index_t begin, index_t end, T* acc, T* xbuf) {
+                              index_t os0, index_t begin, index_t end, T* acc, T* xbuf,
+                              bool copy_rows) {
   for (index_t b = begin; b < end; ++b) {
     const T* xr = x + b * xs0;
-    if (xs1 != 1) {
+    if (copy_rows) {
       for (index_t i = 0; i < c.D; ++i) xbuf[i] = xr[i * xs1];
       xr = xbuf;
     }
@@ -431,19 +449,19 @@ SYMKERN_INLINE void rows_impl(const MeanCtx<T>& c, const T* x, index_t xs0, inde
 // Two compiled copies of each row loop: baseline and AVX2+FMA (see orbit.h).
 template <class T, int V>
 void rows_base(const MeanCtx<T>& c, const T* x, index_t xs0, index_t xs1, T* out, index_t os0,
-               index_t begin, index_t end, T* acc, T* xbuf) {
-  rows_impl<T, V>(c, x, xs0, xs1, out, os0, begin, end, acc, xbuf);
+               index_t begin, index_t end, T* acc, T* xbuf, bool copy_rows) {
+  rows_impl<T, V>(c, x, xs0, xs1, out, os0, begin, end, acc, xbuf, copy_rows);
 }
 template <class T, int V>
 SYMKERN_TARGET_AVX2 void rows_avx2(const MeanCtx<T>& c, const T* x, index_t xs0, index_t xs1,
                                    T* out, index_t os0, index_t begin, index_t end, T* acc,
-                                   T* xbuf) {
-  rows_impl<T, V>(c, x, xs0, xs1, out, os0, begin, end, acc, xbuf);
+                                   T* xbuf, bool copy_rows) {
+  rows_impl<T, V>(c, x, xs0, xs1, out, os0, begin, end, acc, xbuf, copy_rows);
 }
 
 template <class T>
 using RowsFn = void (*)(const MeanCtx<T>&, const T*, index_t, index_t, T*, index_t, index_t,
-                        index_t, T*, T*);
+                        index_t, T*, T*, bool);
 
 template <class T>
 RowsFn<T> rows_fn(MeanVariant v) {
@@ -538,7 +556,12 @@ MeanVariant orbit_mean(const T* x, index_t B, index_t D, index_t xs0, index_t xs
                  c2_sorted.data(),
                  small_id};
   const RowsFn<T> fn = rows_fn<T>(variant);
-  const bool strided = xs1 != 1;
+  // In place (out is x, e.g. project_fixed(x, rep, out=x)): the row sweeps take x and out as
+  // restrict pointers and write a row's outputs while other coordinates of it may not have been
+  // read yet (Sorted), so each row is first copied to the thread's buffer, as for a strided x.
+  // Callers guarantee out is x itself or disjoint from it (symkern.ops checks).
+  const bool in_place = ranges_overlap(x, B, D, xs0, xs1, out, os0);
+  const bool strided = xs1 != 1 || in_place;
   // Blocks of ~64K elements handed out dynamically; ~16K elements before a second thread is
   // worth waking.
   const index_t block = std::max<index_t>(1, (index_t{1} << 16) / D);
@@ -548,7 +571,7 @@ MeanVariant orbit_mean(const T* x, index_t B, index_t D, index_t xs0, index_t xs
     return [&, acc = std::vector<T>(static_cast<size_t>(K)),
             xbuf = std::vector<T>(strided ? static_cast<size_t>(D) : 0)](index_t begin,
                                                                         index_t end) mutable {
-      fn(ctx, x, xs0, xs1, out, os0, begin, end, acc.data(), xbuf.data());
+      fn(ctx, x, xs0, xs1, out, os0, begin, end, acc.data(), xbuf.data(), strided);
     };
   });
   return variant;

@@ -131,7 +131,8 @@ enum class MeanVariant : int {
 
 // out[b, j] = coef[j] * inv_size[id[j]] * sum_{i : id[i] = id[j]} coef[i] x[b, i].
 // x: (B, D) with element strides (xs0, xs1), any (including 0 and non-unit column stride).
-// out: (B, D) with row stride os0 and unit column stride. Plan arrays are contiguous:
+// out: (B, D) with row stride os0 and unit column stride; it may be x itself (in place: each row
+// is then read into a buffer first) but must not otherwise overlap x. Plan arrays are contiguous:
 // orbit_id, coef, order (D,), inv_size (K,), seg_start (K + 1,); orbit_id in [0, K).
 // Returns the variant that ran.
 template <class T>

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 import symkern
 from symkern import groups
 from symkern.backends.registry import BackendUnavailableError
-from symkern.ops.fixed_point import _project_lowrank_op
-from symkern.ops.orbit import _orbit_mean_op, orbit_plan
+from symkern.ops.fixed_point import _project_lowrank_op, _project_lowrank_out_op
+from symkern.ops.orbit import _orbit_mean_op, _orbit_mean_out_op, orbit_plan
 from symkern.testing import assert_close
 
 # name -> factory; small groups so the reference can enumerate them.
@@ -203,6 +203,83 @@ def test_gradcheck(backend_case, name):
     )
 
 
+# --- out= (into a given tensor, or in place) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["S5", "B2_T2_signed", "A5", "c2_conj", "so3_T2"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_out_and_in_place_match_group_sum(backend_case, name, dtype):
+    """out= fills the given tensor with the same numbers as a fresh result, for every layout the
+    ops meet: a contiguous out, out = x (in place), an out with padded rows (row stride > D), an
+    in-place x whose rows are strided, and an axis that is not last (the last two have no row
+    view to write into: computed, then copied)."""
+    rep = rep_named(name)
+    D, dev, be = rep.dim, backend_case.device, backend_case.backend
+    x = _x((129, D), dtype, dev, seed=3)
+    ref = reference_average(x, rep)
+    scale = x.abs().max().item()
+
+    out = torch.full_like(x, float("nan"))
+    assert symkern.orbit_average(x, rep, backend=be, out=out) is out
+    assert_close(out, ref, scale=scale, msg="fresh out: ")
+    y = x.clone()
+    assert symkern.project_fixed(y, rep, backend=be, out=y) is y
+    assert_close(y, ref, scale=scale, msg="in place: ")
+    padded = torch.full((129, D + 3), float("nan"), dtype=dtype, device=dev)
+    symkern.orbit_average(x, rep, backend=be, out=padded[:, 1 : D + 1])
+    assert_close(padded[:, 1 : D + 1], ref, scale=scale, msg="padded rows: ")
+    assert padded[:, 0].isnan().all() and padded[:, D + 1 :].isnan().all()  # nothing else written
+    wide = x.T.contiguous().T.clone()  # x's transpose layout: column-strided rows
+    symkern.orbit_average(wide, rep, backend=be, out=wide)  # in place, no row view: via a copy
+    assert_close(wide, ref, scale=scale, msg="in place, strided: ")
+    x3 = _x((3, D, 4), dtype, dev, seed=4)
+    out3 = torch.empty_like(x3)
+    symkern.project_fixed(x3, rep, dim=1, backend=be, out=out3)
+    assert_close(out3, reference_average(x3, rep, 1), scale=x3.abs().max().item(), msg="dim=1: ")
+
+
+@pytest.mark.parametrize("variant", [1, 2, 3, 4], ids=["scatter", "sorted", "runs", "masked"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cpp_row_sweeps_in_place(variant, dtype):
+    """Each C++ row sweep (forced) gives the same numbers in place (out is x: each row is read
+    into a buffer first) as into a fresh out, on a block permutation (long runs), a tensor
+    square (interleaved orbits) and a signed rep (zero orbits)."""
+    ext = pytest.importorskip("symkern._C")
+    blocks = groups.perm_rep([np.roll(np.arange(120), 40)])  # C3 moving 3 blocks of 40
+    for rep in (blocks, rep_named("S4_T2"), rep_named("B2_T2_signed")):
+        plan = orbit_plan(rep, dtype, torch.device("cpu"))
+        args = [t.numpy() for t in (plan.orbit_id, plan.coef, plan.inv_size, plan.order,
+                                    plan.seg_start)]  # fmt: skip
+        x = _x((37, rep.dim), dtype, "cpu", seed=variant)
+        ref = reference_average(x, rep)
+        fresh = torch.empty_like(x)
+        ext.orbit_mean(x.numpy(), *args, fresh.numpy(), variant)
+        inplace = x.clone()
+        ext.orbit_mean(inplace.numpy(), *args, inplace.numpy(), variant)
+        assert_close(fresh, ref, scale=x.abs().max().item(), msg=f"fresh D={rep.dim}: ")
+        assert_close(inplace, ref, scale=x.abs().max().item(), msg=f"in place D={rep.dim}: ")
+
+
+def test_out_bad_arguments_raise_clear_errors():
+    rep = rep_named("S5")
+    x = _x((4, 5), torch.float32, "cpu")
+    with pytest.raises(ValueError, match="out must match x"):
+        symkern.orbit_average(x, rep, out=torch.empty(4, 6))
+    with pytest.raises(ValueError, match="out must match x"):
+        symkern.orbit_average(x, rep, out=torch.empty(4, 5, dtype=torch.float64))
+    with pytest.raises(TypeError, match="out must be a torch.Tensor"):
+        symkern.orbit_average(x, rep, out=np.empty((4, 5), np.float32))
+    with pytest.raises(ValueError, match="store an element twice"):
+        symkern.orbit_average(x, rep, out=torch.empty(1, 5).expand(4, 5))
+    base = _x((5, 5), torch.float32, "cpu")
+    with pytest.raises(ValueError, match="not overlap"):  # out = x shifted by a row
+        symkern.project_fixed(base[:4], rep, out=base[1:])
+    with pytest.raises(RuntimeError, match="automatic differentiation"):
+        symkern.orbit_average(x.clone().requires_grad_(), rep, out=torch.empty_like(x))
+    with torch.no_grad():  # allowed without autograd
+        symkern.orbit_average(x.clone().requires_grad_(), rep, out=torch.empty_like(x))
+
+
 def test_opcheck(backend_case):
     be = backend_case.backend
     rep = rep_named("B3_signed")
@@ -214,6 +291,13 @@ def test_opcheck(backend_case):
     q = symkern.fixed_point_basis(rep_named("so3_T2")).to(backend_case.device)
     x9 = _x((5, 9), torch.float64, backend_case.device).requires_grad_()
     torch.library.opcheck(_project_lowrank_op, (x9, q, be))
+    x_plain, x9_plain = x.detach(), x9.detach()
+    torch.library.opcheck(
+        _orbit_mean_out_op,
+        (x_plain, p.orbit_id, p.coef, p.inv_size, p.order, p.seg_start, be,
+         torch.empty_like(x_plain)),
+    )  # fmt: skip
+    torch.library.opcheck(_project_lowrank_out_op, (x9_plain, q, be, torch.empty_like(x9_plain)))
 
 
 def test_torch_compile_fullgraph():
@@ -227,6 +311,17 @@ def test_torch_compile_fullgraph():
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     assert_close(compiled(x, z).reshape(1), f(x, z).double().reshape(1))
+
+    def g(x, z, out_x, out_z):  # out= (a mutating op) traces too
+        symkern.orbit_average(x * 2, rep_p, out=out_x)
+        symkern.project_fixed(z, rep_m, out=out_z)
+        return out_x.sum() + out_z.sum()
+
+    outs = torch.empty_like(x), torch.empty_like(z)
+    got = torch.compile(g, fullgraph=True, backend="aot_eager")(x, z, *outs)
+    assert_close(got.reshape(1), f(x, z).double().reshape(1))
+    assert_close(outs[0], reference_average(x * 2, rep_p))
+    assert_close(outs[1], reference_average(z, rep_m))
 
 
 # --- bad input -----------------------------------------------------------------------------------

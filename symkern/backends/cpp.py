@@ -62,13 +62,15 @@ def _np_as(t: torch.Tensor, dtype: torch.dtype, contiguous: bool = True) -> np.n
 
 
 @register_kernel("orbit_mean", "cpp", dtypes=_DTYPES, check=_check_x)
-def orbit_mean(x: torch.Tensor, plan) -> torch.Tensor:
+def orbit_mean(x: torch.Tensor, plan, out: torch.Tensor | None = None) -> torch.Tensor:
     """out[b, j] = coef[j] / |O(j)| * sum_{i in O(j)} coef[i] x[b, i]   (x: (B, D), any strides).
 
-    O(B·D) whatever the group order; see csrc/orbit.cpp for the row sweeps.
+    O(B·D) whatever the group order; see csrc/orbit.cpp for the row sweeps. Written directly into
+    a given ``out`` (B, D) with unit column stride: x itself (in place) or not overlapping it.
     """
     B, D = x.shape
-    out = torch.empty((B, D), dtype=x.dtype)
+    if out is None:
+        out = torch.empty((B, D), dtype=x.dtype)
     _C.orbit_mean(
         _np(x),
         _np_as(plan.orbit_id, torch.int64),
@@ -82,14 +84,18 @@ def orbit_mean(x: torch.Tensor, plan) -> torch.Tensor:
 
 
 @register_kernel("project_lowrank", "cpp", dtypes=_DTYPES, check=_check_x)
-def project_lowrank(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+def project_lowrank(
+    x: torch.Tensor, basis: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """out = (x Q) Qᵀ for Q = basis (D, k) (x: (B, D), any strides; k = 0 gives zeros).
 
     Memory-bound for small k: x is read once and out written once (both products run on each row
-    while it is in L1). Q may have any strides; the kernel copies Qᵀ (k × D, tiny) per call.
+    while it is in L1). Q may have any strides; the kernel copies Qᵀ (k × D, tiny) per call. A
+    given ``out`` is written directly, as for orbit_mean.
     """
     B, D = x.shape
-    out = torch.empty((B, D), dtype=x.dtype)
+    if out is None:
+        out = torch.empty((B, D), dtype=x.dtype)
     _C.project_lowrank(_np(x), _np_as(basis, x.dtype, contiguous=False), out.numpy())
     return out
 

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "into",
     "BACKEND_PRIORITY",
     "Backend",
     "BackendUnavailableError",
@@ -105,6 +106,14 @@ def register_kernel(
         return fn
 
     return decorator
+
+
+def into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
+    """``result``, or ``out`` filled with it: for kernels of ops with an ``out`` argument that
+    compute into a fresh buffer (one extra copy; the C++ kernels write into ``out`` directly)."""
+    if out is None:
+        return result
+    return out.copy_(result)
 
 
 def triton_interpreter_enabled() -> bool:

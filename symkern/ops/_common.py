@@ -56,6 +56,65 @@ def as_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, tuple[int, ...]]:
     return moved.reshape(-1, moved.shape[-1]), tuple(moved.shape)
 
 
+def rows_view(t: torch.Tensor, dim: int) -> torch.Tensor | None:
+    """``t`` as a (B, D) VIEW with ``dim`` last and unit column stride (what the kernels write
+    into), or None when its layout has none."""
+    moved = t.movedim(dim, -1)
+    try:
+        rows = moved.view(-1, moved.shape[-1])
+    except RuntimeError:
+        return None
+    return rows if rows.shape[1] <= 1 or rows.stride(1) == 1 else None
+
+
+def _memory_span(t: torch.Tensor) -> tuple[int, int]:
+    """[first, last + 1) byte addresses covered by the elements of a non-empty tensor."""
+    lo = sum(min(0, (n - 1) * s) for n, s in zip(t.shape, t.stride(), strict=True))
+    hi = sum(max(0, (n - 1) * s) for n, s in zip(t.shape, t.stride(), strict=True))
+    size = t.element_size()
+    return t.data_ptr() + lo * size, t.data_ptr() + (hi + 1) * size
+
+
+def check_out(out: object, x: torch.Tensor) -> None:
+    """Validate an ``out=`` argument for a result of x's shape computed from x: a tensor of x's
+    shape, dtype and device, and no autograd involved (like torch's ``out=``). Its memory is
+    checked by :func:`check_out_memory` where a kernel writes into it (inside the op, so also
+    under torch.compile)."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+    if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(
+            f"out must match x: shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}; got "
+            f"shape {tuple(out.shape)}, dtype {out.dtype}, device {out.device}"
+        )
+    if torch.is_grad_enabled() and (x.requires_grad or out.requires_grad):
+        raise RuntimeError(
+            "out= does not support automatic differentiation (x or out requires grad); call "
+            "without out, or under torch.no_grad()"
+        )
+
+
+def check_out_memory(out: torch.Tensor, x: torch.Tensor) -> None:
+    """A kernel reads x while it writes out: out must store no element twice (not an expanded
+    view) and be x itself (in place) or not overlap x at all."""
+    if out.numel() == 0:
+        return
+    # 0: none, 1: overlap, 2: too hard to tell (torch's own out= ops refuse only 1, likewise)
+    if torch._debug_has_internal_overlap(out) == 1:
+        raise ValueError(
+            "out must not store an element twice (an expanded or stride-0 view); pass a tensor "
+            "with its own memory, e.g. torch.empty_like(x)"
+        )
+    same_view = out.data_ptr() == x.data_ptr() and out.stride() == x.stride()
+    if not same_view:
+        (x0, x1), (o0, o1) = _memory_span(x), _memory_span(out)
+        if x0 < o1 and o0 < x1:
+            raise ValueError(
+                "out must be x itself (in place) or not overlap x's memory; its memory span "
+                "intersects x's"
+            )
+
+
 def from_rows(rows: torch.Tensor, moved_shape: tuple[int, ...], dim: int) -> torch.Tensor:
     return rows.reshape(moved_shape).movedim(-1, dim)
 

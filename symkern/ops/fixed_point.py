@@ -23,13 +23,16 @@ from symkern.groups import Representation
 from symkern.ops._common import (
     as_rows,
     check_float_tensor,
+    check_out,
+    check_out_memory,
     check_rep,
     from_rows,
     normalize_dim,
     rep_cache,
     resolve_backend,
+    rows_view,
 )
-from symkern.ops.orbit import _is_perm_like, _rows_orbit_mean, orbit_plan
+from symkern.ops.orbit import _is_perm_like, _rows_orbit_mean, apply_orbit_mean_into, orbit_plan
 
 __all__ = ["fixed_point_basis", "project_fixed"]
 
@@ -156,8 +159,26 @@ _project_lowrank_op.register_autograd(
 )
 
 
-def reynolds(x: torch.Tensor, rep: Representation, dim: int, backend: str) -> torch.Tensor:
-    """The orthogonal projection onto E^G along ``dim`` (= the Reynolds operator)."""
+@torch.library.custom_op("symkern::project_lowrank_out", mutates_args=("out",))
+def _project_lowrank_out_op(
+    x: torch.Tensor, basis: torch.Tensor, backend: str, out: torch.Tensor
+) -> None:
+    """(x Q) Qᵀ written into ``out`` (B, D), unit column stride: x itself or not overlapping it."""
+    check_out_memory(out, x)
+    select_kernel("project_lowrank", {"x": x, "basis": basis}, backend).fn(x, basis, out)
+
+
+def reynolds(
+    x: torch.Tensor,
+    rep: Representation,
+    dim: int,
+    backend: str,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The orthogonal projection onto E^G along ``dim`` (= the Reynolds operator); into ``out``
+    when given (see :func:`symkern.orbit_average`)."""
+    if out is not None:
+        return _reynolds_into(x, rep, dim, backend, out)
     if _is_perm_like(rep):
         return _rows_orbit_mean(x, rep, dim, backend)
     dim = normalize_dim(x, dim, rep.dim)
@@ -167,8 +188,31 @@ def reynolds(x: torch.Tensor, rep: Representation, dim: int, backend: str) -> to
     return from_rows(_project_lowrank_op(rows, basis, backend), moved_shape, dim)
 
 
+def _reynolds_into(
+    x: torch.Tensor, rep: Representation, dim: int, backend: str, out: torch.Tensor
+) -> torch.Tensor:
+    dim = normalize_dim(x, dim, rep.dim)
+    check_out(out, x)
+    out_rows = rows_view(out, dim)
+    if out_rows is None:  # no (B, D) view with unit column stride to write into
+        return out.copy_(reynolds(x, rep, dim, backend))
+    rows, _ = as_rows(x, dim)  # a view of x when out's layout allows one (x is out, or alike)
+    if _is_perm_like(rep):
+        apply_orbit_mean_into(rows, orbit_plan(rep, x.dtype, x.device), backend, out_rows)
+    else:
+        basis = _basis_on(rep, x.dtype, x.device)
+        backend = resolve_backend("project_lowrank", {"x": rows, "basis": basis}, backend)
+        _project_lowrank_out_op(rows, basis, backend, out_rows)
+    return out
+
+
 def project_fixed(
-    x: torch.Tensor, rep: Representation, dim: int = -1, backend: str = "auto"
+    x: torch.Tensor,
+    rep: Representation,
+    dim: int = -1,
+    backend: str = "auto",
+    *,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Orthogonal projection P_{E^G} x along ``dim``.
 
@@ -177,7 +221,8 @@ def project_fixed(
     permutation reps (O(B·D), memory-bound), Q (Qᵀ x) for matrix / continuous reps with the cached
     basis Q (D, k) (O(B·D·k), never a D×D projector).
 
-    Args / returns / backends / NaN semantics: as :func:`symkern.orbit_average`.
+    Args (``out`` included) / returns / backends / NaN semantics: as
+    :func:`symkern.orbit_average`. In place: ``project_fixed(theta, rep, out=theta)``.
 
     Example::
 
@@ -187,4 +232,4 @@ def project_fixed(
     """
     check_float_tensor(x)
     check_rep(rep)
-    return reynolds(x, rep, dim, backend)
+    return reynolds(x, rep, dim, backend, out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from symkern.backends.registry import register_kernel
+from symkern.backends.registry import into, register_kernel
 from symkern.groups.orbits import orbit_labels as _numpy_orbit_labels
 
 
@@ -20,21 +20,25 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @register_kernel("orbit_mean", "torch")
-def orbit_mean(x: torch.Tensor, plan) -> torch.Tensor:
-    """out[b, j] = coef[j] / |O(j)| * sum_{i in O(j)} coef[i] x[b, i]   (x: (B, D))."""
+def orbit_mean(x: torch.Tensor, plan, out: torch.Tensor | None = None) -> torch.Tensor:
+    """out[b, j] = coef[j] / |O(j)| * sum_{i in O(j)} coef[i] x[b, i]   (x: (B, D)); into ``out``
+    (B, D) when given (x itself, or not overlapping it)."""
     acc = _accumulation_dtype(x.dtype)
     coef = plan.coef.to(acc)
     sums = torch.zeros(x.shape[0], plan.n_orbits, dtype=acc, device=x.device)
     sums.index_add_(1, plan.orbit_id, x.to(acc) * coef)
-    return ((sums * plan.inv_size.to(acc))[:, plan.orbit_id] * coef).to(x.dtype)
+    return into(out, ((sums * plan.inv_size.to(acc))[:, plan.orbit_id] * coef).to(x.dtype))
 
 
 @register_kernel("project_lowrank", "torch")
-def project_lowrank(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """out = (x Q) Q^T for an orthonormal basis Q: (D, k)   (x: (B, D))."""
+def project_lowrank(
+    x: torch.Tensor, basis: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """out = (x Q) Q^T for an orthonormal basis Q: (D, k)   (x: (B, D)); into ``out`` when
+    given."""
     acc = _accumulation_dtype(x.dtype)
     q = basis.to(acc)
-    return ((x.to(acc) @ q) @ q.T).to(x.dtype)
+    return into(out, ((x.to(acc) @ q) @ q.T).to(x.dtype))
 
 
 @register_kernel("orbit_labels", "torch")

@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from symkern.backends.registry import register_kernel, triton_interpreter_enabled
+from symkern.backends.registry import into, register_kernel, triton_interpreter_enabled
 from symkern.backends.triton import on_tensor_device
 
 __all__ = ["MAX_RANK", "project_lowrank_triton"]
@@ -204,6 +204,9 @@ def _lowrank_check(inputs: Mapping[str, Any]) -> list[str]:
     dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
     check=_lowrank_check,
 )
-def project_lowrank(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """out = (x Q) Q^T for an orthonormal basis Q: (D, k)   (x: (B, D))."""
-    return project_lowrank_triton(x, basis)
+def project_lowrank(
+    x: torch.Tensor, basis: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """out = (x Q) Q^T for an orthonormal basis Q: (D, k)   (x: (B, D)). A given ``out`` is
+    filled by a copy of the kernel's fresh output (not yet written in place)."""
+    return into(out, project_lowrank_triton(x, basis))

@@ -59,7 +59,7 @@ import torch
 import triton
 import triton.language as tl
 
-from symkern.backends.registry import register_kernel
+from symkern.backends.registry import into, register_kernel
 from symkern.backends.triton import on_tensor_device
 
 __all__ = ["orbit_mean_triton"]
@@ -373,6 +373,7 @@ def orbit_mean_triton(
     "triton",
     dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
 )
-def orbit_mean(x: torch.Tensor, plan) -> torch.Tensor:
-    """out[b, j] = coef[j] / |O(j)| * sum_{i in O(j)} coef[i] x[b, i]   (x: (B, D))."""
-    return orbit_mean_triton(x, plan)
+def orbit_mean(x: torch.Tensor, plan, out: torch.Tensor | None = None) -> torch.Tensor:
+    """out[b, j] = coef[j] / |O(j)| * sum_{i in O(j)} coef[i] x[b, i]   (x: (B, D)). A given
+    ``out`` is filled by a copy of the kernel's fresh output (not yet written in place)."""
+    return into(out, orbit_mean_triton(x, plan))
