@@ -260,6 +260,33 @@ def test_cpp_row_sweeps_in_place(variant, dtype):
         assert_close(inplace, ref, scale=x.abs().max().item(), msg=f"in place D={rep.dim}: ")
 
 
+@pytest.mark.parametrize("two_stage", [False, True], ids=["fused", "two-stage"])
+def test_triton_writes_out_and_in_place(two_stage):
+    """The Triton launcher writes a given out directly, through its row stride, on both paths:
+    the fused one (a program loads its rows whole before storing them) and the two-stage one
+    (forced by fused_max_d; the second launch reads only the orbit sums), in place too."""
+    pytest.importorskip("triton")
+    from symkern.backends.registry import triton_interpreter_enabled
+    from symkern.backends.triton.orbit import orbit_mean_triton
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cpu" and not triton_interpreter_enabled():
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    rep = rep_named("B2_T2_signed")  # D = 16, signed, orbits that average to zero
+    plan = orbit_plan(rep, torch.float64, torch.device(dev))
+    opts = dict(fused_max_d=8, block_b=2, block_d=8) if two_stage else dict(block_b=4)
+    x = _x((7, rep.dim), torch.float64, dev, seed=5)
+    ref = reference_average(x, rep)
+    padded = torch.full((7, rep.dim + 5), float("nan"), dtype=torch.float64, device=dev)
+    out = padded[:, 2 : 2 + rep.dim]
+    assert orbit_mean_triton(x, plan, out=out, **opts) is out
+    assert_close(out, ref, scale=x.abs().max().item())
+    assert padded[:, :2].isnan().all() and padded[:, 2 + rep.dim :].isnan().all()
+    y = x.clone()
+    orbit_mean_triton(y, plan, out=y, **opts)
+    assert_close(y, ref, scale=x.abs().max().item())
+
+
 def test_out_bad_arguments_raise_clear_errors():
     rep = rep_named("S5")
     x = _x((4, 5), torch.float32, "cpu")

@@ -110,7 +110,8 @@ def register_kernel(
 
 def into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
     """``result``, or ``out`` filled with it: for kernels of ops with an ``out`` argument that
-    compute into a fresh buffer (one extra copy; the C++ kernels write into ``out`` directly)."""
+    compute into a fresh buffer (one extra copy; the C++ kernels and the Triton orbit mean write
+    into ``out`` directly)."""
     if out is None:
         return result
     return out.copy_(result)

@@ -59,7 +59,7 @@ import torch
 import triton
 import triton.language as tl
 
-from symkern.backends.registry import into, register_kernel
+from symkern.backends.registry import register_kernel
 from symkern.backends.triton import on_tensor_device
 
 __all__ = ["orbit_mean_triton"]
@@ -94,9 +94,12 @@ def _orbit_mean_fused_kernel(
     D,
     stride_xb,
     stride_xd,
+    stride_ob,  # out's row stride (unit column stride)
     BLOCK_B: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
+    # A program owns rows [pid * BLOCK_B, ...) whole: it loads them before it stores them, and no
+    # other program touches them, so out may be x itself (in place).
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
@@ -123,7 +126,7 @@ def _orbit_mean_fused_kernel(
     totals = tl.gather(scanned, last, axis=1)
     scale = tl.load(scale_ptr + cols, mask=col_ok, other=0.0)
     out = totals * scale.to(totals.dtype)[None, :]
-    out_offs = rows[:, None] * D + cols[None, :]
+    out_offs = rows[:, None] * stride_ob + cols[None, :]
     tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -191,9 +194,11 @@ def _orbit_mean_broadcast_kernel(
     D,
     K,
     n_tiles_d,
+    stride_ob,  # out's row stride (unit column stride)
     BLOCK_B: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
+    # Reads only the orbit sums, which the previous launch computed from all of x: out may be x.
     pid = tl.program_id(0)
     pid_b = pid // n_tiles_d
     pid_d = pid % n_tiles_d
@@ -208,7 +213,9 @@ def _orbit_mean_broadcast_kernel(
     sums = tl.load(acc_ptr + rows[:, None] * K + orbit[None, :], mask=mask, other=0.0)
     out = sums * scale[None, :]
     tl.store(
-        out_ptr + rows[:, None] * D + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask
+        out_ptr + rows[:, None] * stride_ob + cols[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=mask,
     )
 
 
@@ -313,19 +320,24 @@ def orbit_mean_triton(
     fused_max_d: int = FUSED_MAX_D,
     block_b: int | None = None,
     block_d: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Orbit average ``out[b, j] = coef[j] / |O(j)| * sum_{i in O(j)} coef[i] x[b, i]``.
 
     x: (B, D) float16 / bfloat16 / float32 / float64, any strides, on the plan's device.
-    Returns a contiguous (B, D) tensor of x's dtype. ``fused_max_d``: widest row handled by the
-    single-pass kernel (wider rows use the two-stage path); ``block_b`` / ``block_d`` override the
-    tile shape (tests use them to keep interpreter grids small).
+    Returns a contiguous (B, D) tensor of x's dtype, or ``out`` filled: (B, D), x's dtype, unit
+    column stride, x itself (in place) or not overlapping it. ``fused_max_d``: widest row handled
+    by the single-pass kernel (wider rows use the two-stage path); ``block_b`` / ``block_d``
+    override the tile shape (tests use them to keep interpreter grids small).
     """
     _check_plan(x, plan)
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise ValueError(f"x must be a floating tensor of a supported dtype, got {x.dtype}")
     B, D = x.shape
-    out = torch.empty((B, D), dtype=x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty((B, D), dtype=x.dtype, device=x.device)
+    elif out.shape != (B, D) or out.dtype != x.dtype or (D > 1 and out.stride(1) != 1):
+        raise ValueError(f"out must be ({B}, {D}) {x.dtype} with unit column stride")
     if B == 0 or D == 0:
         return out
     # float32 accumulation (float64 for float64 input), also for the partial sums across tiles.
@@ -341,7 +353,7 @@ def orbit_mean_triton(
         grid = (triton.cdiv(B, BLOCK_B),)
         _orbit_mean_fused_kernel[grid](
             x, out, prep.coef, prep.scale, prep.order, prep.seg_flag, prep.seg_last_of_col,
-            B, D, x.stride(0), x.stride(1),
+            B, D, x.stride(0), x.stride(1), out.stride(0),
             BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D, num_warps=num_warps,
         )  # fmt: skip
         return out
@@ -357,7 +369,7 @@ def orbit_mean_triton(
         BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D, num_warps=8,
     )  # fmt: skip
     _orbit_mean_broadcast_kernel[grid](
-        acc, out, prep.orbit, prep.scale, B, D, K, n_tiles_d,
+        acc, out, prep.orbit, prep.scale, B, D, K, n_tiles_d, out.stride(0),
         BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D, num_warps=8,
     )  # fmt: skip
     return out
@@ -374,6 +386,6 @@ def orbit_mean_triton(
     dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
 )
 def orbit_mean(x: torch.Tensor, plan, out: torch.Tensor | None = None) -> torch.Tensor:
-    """out[b, j] = coef[j] / |O(j)| * sum_{i in O(j)} coef[i] x[b, i]   (x: (B, D)). A given
-    ``out`` is filled by a copy of the kernel's fresh output (not yet written in place)."""
-    return into(out, orbit_mean_triton(x, plan))
+    """out[b, j] = coef[j] / |O(j)| * sum_{i in O(j)} coef[i] x[b, i]   (x: (B, D)); written
+    directly into a given ``out`` (x itself, or not overlapping it)."""
+    return orbit_mean_triton(x, plan, out=out)
