@@ -409,7 +409,6 @@ SYMKERN_INLINE void row_runs(const MeanCtx<T>& c, const T* SYMKERN_RESTRICT x,
   }
 }
 
-// Rows [begin, end) of one thread. `xbuf` (D) receives a row when x's columns are not unit-stride.
 // Whether the memory spans of x (B, D; strides xs0, xs1, either sign) and out (B, D; row stride
 // os0, unit column stride) intersect.
 template <class T>
@@ -426,6 +425,8 @@ bool ranges_overlap(const T* x, index_t B, index_t D, index_t xs0, index_t xs1, 
   return x0 < o1 && o0 < x1;
 }
 
+// Rows [begin, end) of one thread. `xbuf` (D) receives each row first when copy_rows: x's columns
+// are not unit-stride, or out is x (in place).
 template <class T, int V>
 SYMKERN_INLINE void rows_impl(const MeanCtx<T>& c, const T* x, index_t xs0, index_t xs1, T* out,
                               index_t os0, index_t begin, index_t end, T* acc, T* xbuf,

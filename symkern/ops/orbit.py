@@ -222,12 +222,12 @@ def orbit_average(
             if it cannot run). ``SYMKERN_BACKEND`` overrides ``"auto"``.
         out: optional tensor of x's shape, dtype and device to write the result into, and
             return: ``x`` itself (in place) or a tensor not overlapping it. It saves allocating
-            and first touching a fresh output, which on a CPU costs more than the kernel (S5 on
-            1e4 × 1e3 float32, 2-core EPYC: 1.5–1.9× a copy into a reused buffer, 1.0–1.4× in
-            place, instead of 2.4–4.9×). The C++ kernels and the Triton orbit mean write into it
-            directly; the torch reference and the Triton low-rank projection (matrix reps) copy
-            their result in, as does any backend when ``out`` has no row layout along ``dim``
-            with unit stride. Not differentiable (like torch's ``out=``): raises if x or out
+            and first touching a fresh output, which on a CPU costs more than the kernel
+            (permutation reps on 1e4 × 1e3 float32, 2-core EPYC: 1.5–1.9× a copy into a reused
+            buffer, 1.0–1.4× in place, instead of 2.4–4.9×). The C++ kernels and the Triton orbit
+            mean write into it directly; the torch reference and the Triton low-rank projection
+            (matrix reps) copy their result in, as does any backend when ``out`` has no row
+            layout along ``dim`` with unit stride. Not differentiable (like torch's ``out=``): raises if x or out
             requires grad.
 
     Returns a tensor of x's shape, dtype and device (``out`` when given). Differentiable without
