@@ -227,8 +227,8 @@ def orbit_average(
             buffer, 1.0–1.4× in place, instead of 2.4–4.9×). The C++ kernels and the Triton orbit
             mean write into it directly; the torch reference and the Triton low-rank projection
             (matrix reps) copy their result in, as does any backend when ``out`` has no row
-            layout along ``dim`` with unit stride. Not differentiable (like torch's ``out=``): raises if x or out
-            requires grad.
+            layout along ``dim`` with unit stride. Not differentiable (like torch's ``out=``):
+            raises if x or out requires grad.
 
     Returns a tensor of x's shape, dtype and device (``out`` when given). Differentiable without
     ``out`` (the operator is symmetric, so its backward is itself); traceable by
