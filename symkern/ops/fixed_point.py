@@ -32,7 +32,7 @@ from symkern.ops._common import (
     resolve_backend,
     rows_view,
 )
-from symkern.ops.orbit import _is_perm_like, _rows_orbit_mean, apply_orbit_mean_into, orbit_plan
+from symkern.ops.orbit import _is_perm_like, _rows_orbit_mean, apply_orbit_mean, orbit_plan
 
 __all__ = ["fixed_point_basis", "project_fixed"]
 
@@ -198,7 +198,7 @@ def _reynolds_into(
         return out.copy_(reynolds(x, rep, dim, backend))
     rows, _ = as_rows(x, dim)  # a view of x when out's layout allows one (x is out, or alike)
     if _is_perm_like(rep):
-        apply_orbit_mean_into(rows, orbit_plan(rep, x.dtype, x.device), backend, out_rows)
+        apply_orbit_mean(rows, orbit_plan(rep, x.dtype, x.device), backend, out_rows)
     else:
         basis = _basis_on(rep, x.dtype, x.device)
         backend = resolve_backend("project_lowrank", {"x": rows, "basis": basis}, backend)

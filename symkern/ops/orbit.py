@@ -167,14 +167,6 @@ def _orbit_mean_backward(ctx, grad):
 _orbit_mean_op.register_autograd(_orbit_mean_backward, setup_context=_orbit_mean_setup)
 
 
-def apply_orbit_mean(rows: torch.Tensor, plan: OrbitPlan, backend: str) -> torch.Tensor:
-    """The orbit mean of (B, D) ``rows`` with a plan already on their device and dtype."""
-    backend = resolve_backend("orbit_mean", {"x": rows}, backend)
-    return _orbit_mean_op(
-        rows, plan.orbit_id, plan.coef, plan.inv_size, plan.order, plan.seg_start, backend
-    )
-
-
 @torch.library.custom_op("symkern::orbit_mean_out", mutates_args=("out",))
 def _orbit_mean_out_op(
     x: torch.Tensor,
@@ -193,15 +185,18 @@ def _orbit_mean_out_op(
     select_kernel("orbit_mean", {"x": x}, backend).fn(x, plan, out)
 
 
-def apply_orbit_mean_into(
-    rows: torch.Tensor, plan: OrbitPlan, backend: str, out_rows: torch.Tensor
-) -> None:
-    """:func:`apply_orbit_mean` into ``out_rows`` (no autograd: the caller checks)."""
+def apply_orbit_mean(
+    rows: torch.Tensor, plan: OrbitPlan, backend: str, out_rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The orbit mean of (B, D) ``rows`` with a plan already on their device and dtype; written
+    into ``out_rows`` (B, D) and returned when given (not differentiable then: the caller
+    checks)."""
     backend = resolve_backend("orbit_mean", {"x": rows}, backend)
-    _orbit_mean_out_op(
-        rows, plan.orbit_id, plan.coef, plan.inv_size, plan.order, plan.seg_start, backend,
-        out_rows,
-    )  # fmt: skip
+    plan_tensors = (plan.orbit_id, plan.coef, plan.inv_size, plan.order, plan.seg_start)
+    if out_rows is None:
+        return _orbit_mean_op(rows, *plan_tensors, backend)
+    _orbit_mean_out_op(rows, *plan_tensors, backend, out_rows)
+    return out_rows
 
 
 def orbit_average(
