@@ -200,14 +200,15 @@ def w2_squared(
                 "particles"
             )
 
-        def ot_eps(u, wu, v, wv):
-            return _entropic_transport_cost(ot, u, wu, v, wv, reg)
-
-        value = ot_eps(x, a, y, b) - 0.5 * ot_eps(x, a, x, a) - 0.5 * ot_eps(y, b, y, b)
+        value = (
+            _entropic_transport_cost(x, a, y, b, reg)
+            - 0.5 * _entropic_transport_cost(x, a, x, a, reg)
+            - 0.5 * _entropic_transport_cost(y, b, y, b, reg)
+        )
     return Distance(max(value, 0.0), method)
 
 
-def _entropic_transport_cost(ot, x, a, y, b, reg: float) -> float:
+def _entropic_transport_cost(x, a, y, b, reg: float) -> float:
     """⟨π_ε, C⟩ for the entropic optimal plan π_ε between Σ a_i δ_{x_i} and Σ b_j δ_{y_j}
     (C_ij = ‖x_i − y_j‖², regularisation ε = ``reg``), by POT's log-domain Sinkhorn on torch
     tensors (POT's torch backend: 3.5-4.9x faster per iteration than its numpy one, measured
@@ -221,6 +222,8 @@ def _entropic_transport_cost(ot, x, a, y, b, reg: float) -> float:
     atoms need ~7000 iterations to 1e-5 — while the value itself settles to ~1e-5 relative
     within a few thousand.)
     """
+    import ot  # noqa: PLC0415 — as in w2_squared
+
     cost = torch.from_numpy(_sq_cost(x, y))
     wa, wb = torch.from_numpy(a), torch.from_numpy(b)
     plan = ot.sinkhorn(
