@@ -25,7 +25,11 @@ class SymkernBuildExt(build_ext):
         native = os.environ.get("SYMKERN_NATIVE", "0") == "1"
         for ext in self.extensions:
             if sys.platform != "win32":
-                ext.extra_compile_args += ["-O3", "-fno-math-errno"]
+                # -fno-trapping-math: FP exceptions are never inspected, and without it GCC
+                # will not if-convert a select whose arm computes (exp_d's NaN-keeping clamps)
+                # unless it can mask the lanes — so the AVX2 copies of the float64 particle
+                # loops stayed scalar (only AVX-512 has masks). Rounding is unchanged.
+                ext.extra_compile_args += ["-O3", "-fno-math-errno", "-fno-trapping-math"]
                 if native and has_flag(self.compiler, "-march=native"):
                     ext.extra_compile_args.append("-march=native")
             if want_openmp and sys.platform != "win32" and has_flag(self.compiler, "-fopenmp"):
