@@ -29,7 +29,9 @@
 //   1 / (1 + 2^t) on t = z (-x log2 e) (sigmoid_from_neg_log2e_x8: vreducepd, a degree-11
 //   minimax 2^f, vscalefpd, a Newton reciprocal instead of vdivpd). Measured against long double
 //   on double t for u in [-708, 708] (4e6 points): <= 1.7e-16 absolute, <= 2.7e-16 relative
-//   (sigmoid_f64_base2_*; exp_d's sigmoid: 1.7e-16 / 2.7e-16).
+//   (sigmoid_f64_base2_*; exp_d's sigmoid: 1.7e-16 / 2.7e-16). The AVX2 copy has its 4-lane
+//   form (sigmoid_from_neg_log2e_x4: floor, the same polynomial, 2^floor(t) in the exponent
+//   bits, vdivpd), measured the same way (4e5 points): <= 1.7e-16 absolute, <= 2.6e-16 relative.
 //   float32: branch-free vectorisable approximations (exp by 2^n * degree-7 Taylor on
 //   [-ln2/2, ln2/2] with Cody-Waite reduction; tanh by an odd Taylor polynomial for |u| < 0.5 and
 //   1 - 2/(e^{2|u|} + 1) above). Measured max error of the float32 result against double libm
@@ -42,7 +44,7 @@
 //   |z| <= 5.9). The Langevin noise is rng.normal4 (four normals per Philox counter: both word
 //   pairs, cos and sin), so D = 4 particles draw one counter each per step.
 // * AVX-512 float32 fast paths (matrix unit): data + teacher labels in registers
-//   (data_matrix_f), pass 1 for d = 2 (pass1_matrix2_zmm), and for c = d = 2 without EA / noise
+//   (data_matrix_f), pass 1 for d = 2 (pass1_matrix2_simd), and for c = d = 2 without EA / noise
 //   projection pass 2 + weight decay + Philox noise + update fused per 16 particles with the
 //   gradient in registers (pass2_update_matrix2_f). The 16-lane sigmoid (teacher labels) has
 //   measured error <= 9.6e-8 absolute, <= 2.7e-7 relative on [-87, 87] (particle_activation_errors
@@ -93,6 +95,17 @@
 //   and the noise drawn straight into parameter rows (noise_rows4; no element-order buffer and
 //   transpose): 120 runs (4 schemes x 3 teachers x 10 seeds, projected noise) at N = 5000, two
 //   threads, interleaved 3 x 3 calls: 32.4 -> 26.2 ms/step (one thread, vanilla: 356 -> 299 µs).
+//   AVX2 copy (2-core Zen 3 EPYC, no AVX-512; the same 120-run float64 grid at N = 5000, min of 3
+//   calls of 10 steps, loadavg ~0.9): it was mostly scalar, 165 ms/step (float32 133).
+//   a. -fno-trapping-math (setup.py), so GCC if-converts exp_d's NaN-keeping clamps and
+//      vectorises every loop calling it: 165 -> 67.5 (float32 133 -> 43.5).
+//   b. philox.h without int64 -> double casts (no vcvtqq2pd before AVX-512DQ) and with four
+//      scalar outputs instead of an array, so the Philox and Box-Muller loops vectorise: noise
+//      ~890k -> ~290k TSC cycles per run-step (rdtsc profile), 67.5 -> 57.8 (float32 28.7).
+//   c. explicit 4-lane base-2 sigmoid in pass 1 (pass1_matrix2_simd<Ymm>; 1.63 vs 2.45 ns per
+//      sigmoid in isolation): 57.8 -> 39.1.
+//   Tried and dropped: pass 2's register-blocked gradient on 4-lane groups (GB = 2 or 4) instead
+//   of the auto-vectorised pass2_matrix: no change (gradient 183-189k TSC cycles per run-step).
 // * Instruction sets: the kernel body below is compiled three times (AVX-512, AVX2+FMA,
 //   baseline x86-64) by including this file into itself under `#pragma GCC target`, and
 //   dispatched at run time on the CPU's features — the wheel stays portable (no -march=native).
@@ -145,10 +158,12 @@ namespace symkern::particles::isa_avx512 {
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,bmi,bmi2")
+#define SYMKERN_PARTICLES_AVX2 1
 #define SYMKERN_PARTICLES_VEC_BYTES 32
 namespace symkern::particles::isa_avx2 {
 #include "particles.cpp"
 }  // namespace symkern::particles::isa_avx2
+#undef SYMKERN_PARTICLES_AVX2
 #undef SYMKERN_PARTICLES_VEC_BYTES
 #pragma GCC pop_options
 #endif
@@ -233,7 +248,7 @@ void philox4x32_batch(const std::uint32_t* ctr, index_t n, std::uint32_t k0, std
                       std::uint32_t* out) {
   for (index_t i = 0; i < n; ++i)
     philox::philox4x32(ctr[4 * i], ctr[4 * i + 1], ctr[4 * i + 2], ctr[4 * i + 3], k0, k1,
-                       out + 4 * i);
+                       out[4 * i], out[4 * i + 1], out[4 * i + 2], out[4 * i + 3]);
 }
 
 template void particle_steps<float>(const Problem<float>&, const float*, index_t, index_t, float*,
@@ -382,16 +397,16 @@ inline void sigmoid_errors(double lo, double hi, index_t n, F&& sigmoid_lanes, d
   }
 }
 
-#if defined(SYMKERN_PARTICLES_AVX512)
+#if defined(SYMKERN_PARTICLES_AVX512) || defined(SYMKERN_PARTICLES_AVX2)
 inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[10]);
 #endif
 
 // out[0..3]: float32 sigmoid / tanh (AVX-512 build: the sigmoid entries are the worse of the
 // scalar sigmoid_t and the 16-lane sigmoid of the float32 matrix-unit fast path) against double
-// libm; out[4..5]: the float64 sigmoid (exp_d) against long-double libm; out[6..9] (AVX-512
-// build only, else NaN): the base-2 sigmoids 1 / (1 + 2^t) of the matrix-unit pass 1 on
-// t = -u log2(e) for u in [lo, hi], float32 against double (6..7), float64 against long double
-// (8..9).
+// libm; out[4..5]: the float64 sigmoid (exp_d) against long-double libm; out[6..9]: the base-2
+// sigmoids 1 / (1 + 2^t) of the matrix-unit pass 1 on t = -u log2(e) for u in [lo, hi], float32
+// against double (6..7; AVX-512 copy only), float64 against long double (8..9; AVX-512 and AVX2
+// copies); NaN where this copy has none.
 inline void activation_errors_impl(double lo, double hi, index_t n, double out[10]) {
   double e[4] = {0, 0, 0, 0};
   out[4] = out[5] = 0.0;
@@ -411,7 +426,7 @@ inline void activation_errors_impl(double lo, double hi, index_t n, double out[1
     if (t != 0.0) e[3] = std::max(e[3], std::abs(ft - t) / std::abs(t));
   }
   for (int k = 0; k < 4; ++k) out[k] = e[k];
-#if defined(SYMKERN_PARTICLES_AVX512)
+#if defined(SYMKERN_PARTICLES_AVX512) || defined(SYMKERN_PARTICLES_AVX2)
   vector_sigmoid_errors(lo, hi, n, out);
 #endif
 }
@@ -675,12 +690,9 @@ inline void normal4_slots_x16(const ::symkern::philox::Key key, std::uint32_t st
   for (int j = 0; j < 4; ++j) _mm512_store_si512(reinterpret_cast<__m512i*>(w[j]), o[j]);
 #else
 #pragma omp simd
-  for (int l = 0; l < CB; ++l) {
-    std::uint32_t o[4];
+  for (int l = 0; l < CB; ++l)
     ::symkern::philox::philox4x32(ctr0 + static_cast<std::uint32_t>(l) * stride, step, run,
-                                  stream, key.k0, key.k1, o);
-    for (int j = 0; j < 4; ++j) w[j][l] = o[j];
-  }
+                                  stream, key.k0, key.k1, w[0][l], w[1][l], w[2][l], w[3][l]);
 #endif
   for (int pair = 0; pair < 2; ++pair) {
     alignas(64) double rho[CB];
@@ -845,14 +857,7 @@ inline void data_matrix_f(const Problem<float>& p, index_t r, std::uint32_t step
 // NaN out (min returns its second operand when either is NaN). The rounding of t = z (-x log2 e)
 // is input rounding like that of u = z x itself (the relative error of 2^t it causes is
 // ~|u| 2^-53, the same order as e^u's from u's rounding).
-// 2^f ~ sum_j EXP2_D_POLY[11 - j] f^j on [0, 1]: Lawson-weighted least squares in 60-digit
-// mpmath (400 Chebyshev nodes), 3.1e-18 relative in exact arithmetic, 1.2e-16 in double Horner.
-constexpr double EXP2_D_POLY[12] = {
-    6.272433586794457e-10,  6.554457646603398e-09, 1.0254457263684661e-07,
-    1.3208193511305703e-06, 1.5253190247524716e-05, 0.00015403511446561284,
-    0.0013333558661573286,  0.009618129098792677,  0.055504108665711135,
-    0.2402265069590547,     0.6931471805599463,    1.0};
-constexpr double EXP2_D_CLAMP = 1021.44;  // 708 log2(e) = 1021.435 rounded up; 1 + 2^t stays finite
+// (EXP2_D_POLY, EXP2_D_CLAMP: csrc/vmath.h, shared with the AVX2 copy's 4-lane form.)
 
 SYMKERN_ALWAYS_INLINE __m512d sigmoid_from_neg_log2e_x8(__m512d t) {
   const __m512d one = _mm512_set1_pd(1.0);
@@ -892,6 +897,7 @@ template <class T>
 struct Zmm;
 template <>
 struct Zmm<float> {
+  using T = float;
   using V = __m512;
   using Mask = __mmask16;
   static constexpr index_t lanes = 16;
@@ -902,7 +908,10 @@ struct Zmm<float> {
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
-  static V mask_add(V a, Mask k, V b) { return _mm512_mask_add_ps(a, k, a, b); }
+  // a + b in the first min(n, lanes) lanes, a in the others
+  static V add_first(V a, index_t n, V b) {
+    return _mm512_mask_add_ps(a, n >= lanes ? Mask(~0u) : Mask((1u << n) - 1u), a, b);
+  }
   static double reduce_add(V v) { return static_cast<double>(_mm512_reduce_add_ps(v)); }
   // pass 1 multiplies -x by input_scale and passes the products to sigmoid_of_scaled
   static constexpr float input_scale = 1.44269504088896341f;  // log2(e): the base-2 sigmoid
@@ -910,6 +919,7 @@ struct Zmm<float> {
 };
 template <>
 struct Zmm<double> {
+  using T = double;
   using V = __m512d;
   using Mask = __mmask8;
   static constexpr index_t lanes = 8;
@@ -920,19 +930,92 @@ struct Zmm<double> {
   static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_pd(a, b, c); }
-  static V mask_add(V a, Mask k, V b) { return _mm512_mask_add_pd(a, k, a, b); }
+  static V add_first(V a, index_t n, V b) {
+    return _mm512_mask_add_pd(a, n >= lanes ? Mask(~0u) : Mask((1u << n) - 1u), a, b);
+  }
   static double reduce_add(V v) { return _mm512_reduce_add_pd(v); }
   static constexpr double input_scale = 1.4426950408889634;  // log2(e): the base-2 sigmoid
   static V sigmoid_of_scaled(V t) { return sigmoid_from_neg_log2e_x8(t); }
 };
 
-// Pass 1, matrix unit with d = 2: as pass1_matrix, one zmm of particles at a time, the explicit
-// sigmoids above. The sum over particles runs in lane accumulators, then one reduction (a
-// different rounding order from the scalar loop, at the level of the type's rounding).
-template <class T>
-inline void pass1_matrix2_zmm(index_t E, index_t c, const T* xe, const T* thf, index_t cap,
-                              index_t i_s, index_t m, T* actp, double* phi) {
-  using Z = Zmm<T>;
+#endif  // SYMKERN_PARTICLES_AVX512
+
+#if defined(SYMKERN_PARTICLES_AVX2)
+// The AVX2 copy's float64 base-2 sigmoid 1 / (1 + 2^t) on 4 lanes, for the matrix unit's pass 1:
+// the same polynomial EXP2_D_POLY of f = t - floor(t) as the AVX-512 one, without its vreducepd /
+// vscalefpd / vrcp14pd: 2^floor(t) is built in the exponent bits (floor(t) + 1.5 * 2^52 holds it
+// in the low mantissa bits), which needs t >= -1022 (a normal 2^floor(t); below, 1 + 2^t = 1
+// exactly, so the lower clamp changes nothing), and the reciprocal is a division (AVX2 has no
+// float64 reciprocal estimate; measured on a Zen 3 EPYC, the float rcp + three Newton steps was
+// slower). NaN in, NaN out (min / max return their second operand when either is NaN). Measured
+// against long double on t for u in [-708, 708] and [-800, 800]: particle_activation_errors'
+// sigmoid_f64_base2_* (tests/test_particles.py). 1.5x faster per sigmoid than the auto-vectorised
+// exp_d sigmoid here (1.63 vs 2.45 ns, 256-particle rows, Zen 3).
+SYMKERN_ALWAYS_INLINE __m256d sigmoid_from_neg_log2e_x4(__m256d t) {
+  const __m256d one = _mm256_set1_pd(1.0);
+  t = _mm256_min_pd(_mm256_set1_pd(EXP2_D_CLAMP), t);  // this order keeps NaN
+  t = _mm256_max_pd(_mm256_set1_pd(-1022.0), t);
+  const __m256d fl = _mm256_floor_pd(t);
+  const __m256d f = _mm256_sub_pd(t, fl);  // exact
+  __m256d y = _mm256_set1_pd(EXP2_D_POLY[0]);
+#pragma GCC unroll 16
+  for (int j = 1; j < 12; ++j) y = _mm256_fmadd_pd(y, f, _mm256_set1_pd(EXP2_D_POLY[j]));
+  constexpr double shifter_and_bias = 6755399441055744.0 + 1023.0;  // 1.5 * 2^52 + exponent bias
+  const __m256i biased = _mm256_castpd_si256(_mm256_add_pd(fl, _mm256_set1_pd(shifter_and_bias)));
+  const __m256d scale = _mm256_castsi256_pd(_mm256_slli_epi64(biased, 52));  // 2^floor(t)
+  const __m256d den = _mm256_fmadd_pd(y, scale, one);  // 1 + 2^t, in [1, 2^1022]
+  return _mm256_div_pd(one, den);
+}
+
+// The AVX2 operations pass1_matrix2_simd needs (4 double lanes; float32 stays on the
+// auto-vectorised pass1_matrix).
+struct Ymm {
+  using T = double;
+  using V = __m256d;
+  static constexpr index_t lanes = 4;
+  static V set1(double x) { return _mm256_set1_pd(x); }
+  static V zero() { return _mm256_setzero_pd(); }
+  static V loadu(const double* p) { return _mm256_loadu_pd(p); }
+  static void storeu(double* p, V v) { _mm256_storeu_pd(p, v); }
+  static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_pd(a, b, c); }
+  static V add_first(V a, index_t n, V b) {
+    if (n >= lanes) return _mm256_add_pd(a, b);
+    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+    const __m256d keep = _mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_set1_epi64x(n), lane));
+    return _mm256_add_pd(a, _mm256_and_pd(keep, b));
+  }
+  static double reduce_add(V v) {
+    const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+  }
+  static constexpr double input_scale = 1.4426950408889634;  // log2(e): the base-2 sigmoid
+  static V sigmoid_of_scaled(V t) { return sigmoid_from_neg_log2e_x4(t); }
+};
+
+// activation_errors_impl's out[8..9] for this copy: sigmoid_from_neg_log2e_x4 on t = -u log2(e)
+// for u in [lo, hi], against long double.
+inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[10]) {
+  const auto f64_base2 = [](const double* v, double* s) {
+    _mm256_store_pd(s, sigmoid_from_neg_log2e_x4(_mm256_load_pd(v)));
+  };
+  constexpr double LOG2E = 1.4426950408889634;
+  out[8] = out[9] = 0.0;
+  sigmoid_errors<double, long double, 4>(-hi * LOG2E, -lo * LOG2E, n, f64_base2, out + 8, true);
+}
+#endif  // SYMKERN_PARTICLES_AVX2
+
+#if defined(SYMKERN_PARTICLES_AVX512) || defined(SYMKERN_PARTICLES_AVX2)
+// Pass 1, matrix unit with d = 2: as pass1_matrix, one vector of particles at a time (Z: the
+// traits Zmm<T> or Ymm), the explicit base-2 sigmoids above. The sum over particles runs in lane
+// accumulators, then one reduction (a different rounding order from the scalar loop, at the
+// level of the type's rounding).
+template <class Z>
+inline void pass1_matrix2_simd(index_t E, index_t c, const typename Z::T* xe,
+                               const typename Z::T* thf, index_t cap, index_t i_s, index_t m,
+                               typename Z::T* actp, double* phi) {
+  using T = typename Z::T;
   constexpr index_t L = Z::lanes;
   for (index_t e = 0; e < E; ++e) {
     const typename Z::V nx0 = Z::set1(-xe[e * 2] * Z::input_scale);
@@ -943,18 +1026,19 @@ inline void pass1_matrix2_zmm(index_t E, index_t c, const T* xe, const T* thf, i
       T* __restrict sp = actp + (e * c + k) * TILE;
       typename Z::V acc = Z::zero();
       for (index_t i = 0; i < m; i += L) {  // rows are cap / TILE long: full loads stay inside
-        const auto mk = static_cast<typename Z::Mask>(m - i >= L ? ~0u : (1u << (m - i)) - 1u);
         const typename Z::V nu =
             Z::fmadd(Z::loadu(z0 + i), nx0, Z::mul(Z::loadu(z1 + i), nx1));
         const typename Z::V sg = Z::sigmoid_of_scaled(nu);
-        acc = Z::mask_add(acc, mk, sg);
+        acc = Z::add_first(acc, m - i, sg);
         Z::storeu(sp + i, Z::fnmadd(sg, sg, sg));
       }
       phi[e * c + k] += Z::reduce_add(acc);
     }
   }
 }
+#endif
 
+#if defined(SYMKERN_PARTICLES_AVX512)
 // Pass 2's gradient for the matrix unit with d = 2 and C outputs (D = 2C), register-blocked:
 // for GB zmm groups of particles (sp = their first stored derivative, rows TILE apart)
 // g[b][2k + j] = sum_e s'_{ek} coef[(e C + k) 2 + j], coef[(e C + k) 2 + j] = r_ek x_ej. Each
@@ -1556,8 +1640,15 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
       if (p.unit_code == 0) {
 #if defined(SYMKERN_PARTICLES_AVX512)
         if (d == 2) {
-          pass1_matrix2_zmm<T>(E, c, xe, thf, cap, i_s, m, actp, phi);
+          pass1_matrix2_simd<Zmm<T>>(E, c, xe, thf, cap, i_s, m, actp, phi);
           continue;
+        }
+#elif defined(SYMKERN_PARTICLES_AVX2)
+        if constexpr (std::is_same_v<T, double>) {
+          if (d == 2) {
+            pass1_matrix2_simd<Ymm>(E, c, xe, thf, cap, i_s, m, actp, phi);
+            continue;
+          }
         }
 #endif
         pass1_matrix(p, E, xe, thf, cap, i_s, m, actp, w.u.data(), phi);

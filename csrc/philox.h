@@ -21,7 +21,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #if defined(__GNUC__)
 #define SYMKERN_ALWAYS_INLINE inline __attribute__((always_inline))
@@ -40,10 +39,14 @@ constexpr int STREAM_AUGMENT = 2;
 constexpr int STREAM_INIT = 3;
 constexpr int STREAM_TEST = 4;
 
-// Full Philox4x32-10: counter (c0..c3), key (k0, k1) -> out[4].
+// Full Philox4x32-10: counter (c0..c3), key (k0, k1) -> (o0, o1, o2, o3). Four scalar outputs,
+// not an array: a caller's SIMD loop can then write each word straight into its own lane array
+// (GCC does not vectorise a per-lane local array written by index and read back: "not suitable
+// for scatter store", so the AVX2 copies stayed scalar).
 SYMKERN_ALWAYS_INLINE void philox4x32(std::uint32_t c0, std::uint32_t c1, std::uint32_t c2,
                                       std::uint32_t c3, std::uint32_t k0, std::uint32_t k1,
-                                      std::uint32_t out[4]) {
+                                      std::uint32_t& o0, std::uint32_t& o1, std::uint32_t& o2,
+                                      std::uint32_t& o3) {
   for (int round = 0; round < 10; ++round) {
     const std::uint64_t p0 = static_cast<std::uint64_t>(M0) * c0;
     const std::uint64_t p1 = static_cast<std::uint64_t>(M1) * c2;
@@ -57,10 +60,10 @@ SYMKERN_ALWAYS_INLINE void philox4x32(std::uint32_t c0, std::uint32_t c1, std::u
     k0 += W0;
     k1 += W1;
   }
-  out[0] = c0;
-  out[1] = c1;
-  out[2] = c2;
-  out[3] = c3;
+  o0 = c0;
+  o1 = c1;
+  o2 = c2;
+  o3 = c3;
 }
 
 // Only the first two output words (all that symkern uses); the compiler drops the dead half of
@@ -68,30 +71,34 @@ SYMKERN_ALWAYS_INLINE void philox4x32(std::uint32_t c0, std::uint32_t c1, std::u
 SYMKERN_ALWAYS_INLINE void philox2(std::uint32_t c0, std::uint32_t c1, std::uint32_t c2,
                                    std::uint32_t c3, std::uint32_t k0, std::uint32_t k1,
                                    std::uint32_t& o0, std::uint32_t& o1) {
-  std::uint32_t out[4];
-  philox4x32(c0, c1, c2, c3, k0, k1, out);
-  o0 = out[0];
-  o1 = out[1];
+  std::uint32_t o2, o3;
+  philox4x32(c0, c1, c2, c3, k0, k1, o0, o1, o2, o3);
 }
 
 SYMKERN_ALWAYS_INLINE std::uint32_t randint(std::uint32_t o0, std::uint32_t n) {
   return static_cast<std::uint32_t>((static_cast<std::uint64_t>(o0) * n) >> 32);
 }
 
+// The integer n (0 <= n < 2^52) as a double, exactly: 2^52 + n has n as its mantissa. Integer
+// bit operations and one subtraction, where a cast of an int64 would need AVX-512DQ's vcvtqq2pd
+// (without it GCC leaves the loop scalar); int32 casts (vcvtdq2pd) vectorise everywhere.
+SYMKERN_ALWAYS_INLINE double small_uint_to_double(std::uint64_t n) {
+  return __builtin_bit_cast(double, n | 0x4330000000000000ull) - 4503599627370496.0;
+}
+
 // ln(u(o)) for u(o) = ((o >> 8) + 0.5) 2^-24 = v 2^-25 with v = 2 (o >> 8) + 1 an odd integer.
 // v = m 2^e, m in [sqrt(1/2), sqrt(2)); ln m = 2 atanh(s), s = (m-1)/(m+1), |s| <= 0.1716,
 // series to s^21 (truncation < 3e-17 relative). ln u = ln m + (e - 25) ln 2 with ln 2 split in two.
+// All integers here are exact in int32 / double, so every ISA copy gives the same bits.
 SYMKERN_ALWAYS_INLINE double log_uniform(std::uint32_t o) {
-  const double v = static_cast<double>(static_cast<std::int64_t>((o >> 8) * 2u + 1u));
-  std::uint64_t bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  std::int64_t e = static_cast<std::int64_t>(bits >> 52) - 1023;
-  std::uint64_t mbits = (bits & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull;
-  double m;
-  std::memcpy(&m, &mbits, sizeof m);
+  const double v = static_cast<double>(static_cast<std::int32_t>((o >> 8) * 2u + 1u));  // < 2^25
+  const std::uint64_t bits = __builtin_bit_cast(std::uint64_t, v);
+  double biased_e = small_uint_to_double(bits >> 52);  // e + 1023 (v > 0: no sign bit)
+  const std::uint64_t mbits = (bits & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull;
+  double m = __builtin_bit_cast(double, mbits);
   const bool big = m > 1.4142135623730951;
   m = big ? 0.5 * m : m;
-  e = big ? e + 1 : e;
+  biased_e = big ? biased_e + 1.0 : biased_e;
   const double s = (m - 1.0) / (m + 1.0);
   const double s2 = s * s;
   double p = 1.0 / 21.0;
@@ -105,7 +112,7 @@ SYMKERN_ALWAYS_INLINE double log_uniform(std::uint32_t o) {
   p = p * s2 + 1.0 / 5.0;
   p = p * s2 + 1.0 / 3.0;
   const double lnm = 2.0 * s + 2.0 * s * (s2 * p);
-  const double k = static_cast<double>(e - 25);
+  const double k = biased_e - (1023.0 + 25.0);  // e - 25
   constexpr double LN2_HI = 6.93147180369123816490e-01;  // 0x3FE62E42FEE00000
   constexpr double LN2_LO = 1.90821492927058770002e-10;
   return k * LN2_HI + (k * LN2_LO + lnm);
@@ -115,10 +122,11 @@ SYMKERN_ALWAYS_INLINE double log_uniform(std::uint32_t o) {
 // a = f pi/2 in [-pi/4, pi/4]; cos / sin (q pi/2 + a) by quadrant. Taylor series of sin to a^15
 // and cos to a^16 (truncation < 5e-17).
 SYMKERN_ALWAYS_INLINE void cos_sin_2pi_uniform(std::uint32_t o, double& cos_out, double& sin_out) {
-  const std::int64_t k = static_cast<std::int64_t>(o >> 8);
+  // int32 throughout (k < 2^24, v < 2^25), so the cast to double vectorises without AVX-512DQ
+  const std::int32_t k = static_cast<std::int32_t>(o >> 8);
   // 4u = (2k + 1) 2^-23: quadrant = nearest integer = (2k + 1 + 2^22) >> 23
-  const std::int64_t v = 2 * k + 1;
-  const std::int64_t q = (v + (std::int64_t{1} << 22)) >> 23;
+  const std::int32_t v = 2 * k + 1;
+  const std::int32_t q = (v + (std::int32_t{1} << 22)) >> 23;
   const double f = static_cast<double>(v - (q << 23)) * (1.0 / 8388608.0);  // exact
   const double a = f * 1.57079632679489661923;
   const double a2 = a * a;
@@ -140,7 +148,7 @@ SYMKERN_ALWAYS_INLINE void cos_sin_2pi_uniform(std::uint32_t o, double& cos_out,
   cp = cp * a2 - 0.5;
   const double cs = 1.0 + a2 * cp;
   // quadrant qm: cos = cs, -sn, -cs, sn and sin = sn, cs, -sn, -cs
-  const std::int64_t qm = q & 3;
+  const std::int32_t qm = q & 3;
   const double cval = (qm & 1) ? sn : cs, sval = (qm & 1) ? cs : sn;
   cos_out = ((qm == 1) | (qm == 2)) ? -cval : cval;
   sin_out = (qm >= 2) ? -sval : sval;

@@ -17,8 +17,10 @@
 //   sign restored by copysign; NaN in, NaN out. Measured against std::tanh on 4e6 points of
 //   [-30, 30] and 2e6 of [-1, 1]: <= 2.3e-16 absolute, <= 4.1e-16 relative (~2 ulp)
 //   (symkern._C.mirror_sweep_tanh_errors, tests/test_mirror_sweeps.py).
-// GCC vectorises their loops on AVX-512; the AVX2 copies stay scalar (measured: the float64
-// particle step is 2.4x slower there).
+// GCC vectorises their loops on AVX-512 and AVX2. On AVX2 that needs -fno-trapping-math
+// (setup.py): the NaN-keeping clamps are selects whose arms compute, which GCC if-converts only
+// when it may evaluate both arms unmasked (AVX-512 masks the lanes instead); without it every
+// AVX2 loop calling exp_d stayed scalar (float64 paper grid 165 -> 58 ms per step, Zen 3).
 
 // exp_d's constants, shared with the explicit-SIMD float64 sigmoid of csrc/particles.cpp.
 constexpr double EXP_D_CLAMP = 708.0;
@@ -33,6 +35,17 @@ constexpr double EXP_D_POLY[10] = {
     2.4801493097261263e-05, 0.00019841269506578428, 0.0013888888943631803,
     0.008333333333494465,   0.04166666666653015,   0.16666666666666413,
     0.5000000000000011};
+
+// The explicit-SIMD float64 base-2 sigmoids 1 / (1 + 2^t) of the matrix unit's pass 1
+// (csrc/particles.cpp: AVX-512 sigmoid_from_neg_log2e_x8, AVX2 sigmoid_from_neg_log2e_x4).
+// 2^f ~ sum_j EXP2_D_POLY[11 - j] f^j on [0, 1]: Lawson-weighted least squares in 60-digit
+// mpmath (400 Chebyshev nodes), 3.1e-18 relative in exact arithmetic, 1.2e-16 in double Horner.
+constexpr double EXP2_D_POLY[12] = {
+    6.272433586794457e-10,  6.554457646603398e-09, 1.0254457263684661e-07,
+    1.3208193511305703e-06, 1.5253190247524716e-05, 0.00015403511446561284,
+    0.0013333558661573286,  0.009618129098792677,  0.055504108665711135,
+    0.2402265069590547,     0.6931471805599463,    1.0};
+constexpr double EXP2_D_CLAMP = 1021.44;  // 708 log2(e) = 1021.435 rounded up; 1 + 2^t stays finite
 
 SYMKERN_ALWAYS_INLINE double exp_d(double x) {
   x = x < -EXP_D_CLAMP ? -EXP_D_CLAMP : x;  // this form keeps NaN (max/min would clamp it)

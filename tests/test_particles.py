@@ -153,14 +153,16 @@ def test_standard_unit_matches_reference(particle_backend, activation, scheme):
     _compare(out, ref, torch.float64)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("unit", [MatrixUnit(2, 2), StandardUnit(3, 2, "sigmoid")], ids=repr)
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-def test_diverging_run_turns_nonfinite_like_reference(particle_backend, unit):
-    """Documented propagation of a mid-call divergence: run 1 (α = 1e8, τ = 1: the weight decay
-    multiplies θ by ~1 − 2e8/N per step) overflows float32 within a few steps; from there its θ and
-    losses must stay non-finite, starting at the step the float32 reference's do (± 1: which
-    step first lands past FLT_MAX is rounding) — the activations' range clamps must keep NaN,
+def test_diverging_run_turns_nonfinite_like_reference(particle_backend, unit, dtype):
+    """Documented propagation of a mid-call divergence: run 1 (α = 1e8 in float32, 1e60 in
+    float64, τ = 1: the weight decay multiplies θ by ~1 − 2α/N per step) overflows within a few
+    steps; from there its θ and losses must stay non-finite, starting at the step the same
+    dtype's reference's do (± 1: which step first lands past the largest finite value is
+    rounding) — the activations' range clamps must keep NaN,
     never turn an overflowed pre-activation back into a finite output (a NaN taken as the clamp
     bound gives a finite sigmoid and a finite loss). Run 0 (moderate α) shares the call and must
     stay finite and on the float64 reference."""
@@ -168,12 +170,13 @@ def test_diverging_run_turns_nonfinite_like_reference(particle_backend, unit):
     g = torch.Generator().manual_seed(9)
     teacher = torch.randn(3, unit.D, generator=g, dtype=torch.float64)
     theta = initial_particles(2, N, unit.D, seed=14, std=0.5)
-    args = dict(unit=unit, teacher=teacher, alpha=[0.5, 1e8], tau=[1e-3, 1.0], beta=0.0,
+    big = 1e8 if dtype == torch.float32 else 1e60
+    args = dict(unit=unit, teacher=teacher, alpha=[0.5, big], tau=[1e-3, 1.0], beta=0.0,
                 batch=5, sigma_pi=2.0, seed=31)  # fmt: skip
     steps, every = 10, 1
-    want = _run(theta, args, "torch", torch.float32, steps, every)
+    want = _run(theta, args, "torch", dtype, steps, every)
     dev = particle_backend.device
-    got = _run(theta.to(dev), args, particle_backend.backend, torch.float32, steps, every)
+    got = _run(theta.to(dev), args, particle_backend.backend, dtype, steps, every)
 
     def onset(values):
         """First snapshot with a non-finite value; every later one must be non-finite too."""
@@ -849,20 +852,26 @@ def test_team_mode_matches_reference():
 def test_cpp_activation_errors_as_documented():
     """The error bounds csrc/particles.cpp states for its own activations, re-measured: float32
     fast sigmoid / tanh against double libm, float64 sigmoid (exp_d) against long-double libm,
-    and the base-2 sigmoids 1 / (1 + 2^t) of the matrix unit's pass 1 (AVX-512 builds)."""
+    and the base-2 sigmoids 1 / (1 + 2^t) of the matrix unit's pass 1: float32 in the AVX-512
+    copy, float64 in the AVX-512 and AVX2 copies (each measured where it exists, never skipped
+    there; test_lower_isa_copies_match_reference runs this test on the lower copies)."""
     ext = pytest.importorskip("symkern._C")
+    isa = ext.particle_isa()
     e = ext.particle_activation_errors(-87.0, 87.0, 400_001)
     assert e["sigmoid_abs"] <= 1e-7 and e["sigmoid_rel"] <= 3e-7, e
-    if not math.isnan(e["sigmoid_base2_abs"]):  # AVX-512: the float32 matrix unit's pass 1
+    assert math.isnan(e["sigmoid_base2_abs"]) == (isa != "avx512"), (isa, e)
+    if isa == "avx512":  # the float32 matrix unit's pass 1
         assert e["sigmoid_base2_abs"] <= 1e-7 and e["sigmoid_base2_rel"] <= 3e-7, e
     assert e["tanh_abs"] <= 1e-7 and e["tanh_rel"] <= 2e-7, e
+    has_f64_base2 = isa in ("avx512", "avx2")  # the float64 matrix unit's pass 1
     e = ext.particle_activation_errors(-708.0, 708.0, 400_001)
     assert e["sigmoid_f64_rel"] <= 3e-16, e
-    if not math.isnan(e["sigmoid_f64_base2_abs"]):  # AVX-512: the float64 matrix unit's pass 1
-        assert e["sigmoid_f64_base2_rel"] <= 3e-16, e
+    assert math.isnan(e["sigmoid_f64_base2_abs"]) != has_f64_base2, (isa, e)
+    if has_f64_base2:
+        assert e["sigmoid_f64_base2_abs"] <= 2e-16 and e["sigmoid_f64_base2_rel"] <= 3e-16, e
     e = ext.particle_activation_errors(-800.0, 800.0, 100_001)  # beyond the clamp: absolute
     assert e["sigmoid_f64_abs"] <= 2e-16, e
-    if not math.isnan(e["sigmoid_f64_base2_abs"]):
+    if has_f64_base2:
         assert e["sigmoid_f64_base2_abs"] <= 2e-16, e
 
 
@@ -888,7 +897,10 @@ def test_lower_isa_copies_match_reference(isa):
     if probe.stdout.strip() != isa:
         pytest.skip(f"this build/CPU cannot run the {isa} copy (got {probe.stdout.strip()!r}; "
                     f"this process: {ext.particle_isa()!r})")  # fmt: skip
-    select = "(cpp and (one_step_matches or block_sizes)) or standard_unit_steps_at_block_sizes"
+    select = (
+        "(cpp and (one_step_matches or block_sizes)) or standard_unit_steps_at_block_sizes"
+        " or activation_errors_as_documented"
+    )
     res = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
          __file__, "-k", select],
