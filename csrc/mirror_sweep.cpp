@@ -51,9 +51,11 @@
 //      accumulated row): factorisation 4.0 -> 3.1.
 //   Now: rescaling 1.9-2.4 (408 normals per step: the RNG is ~all of it), factorisation 3.1-4.0
 //   (float32 2.5-2.8), mlp 2.2-2.7 us. AVX2 build: ~9-10 us, the Box-Muller part of philox.h
-//   does not vectorise well without AVX-512DQ (its int64 <-> double conversions; int32 ones
-//   measured 12.7 -> 8.2 ns per normal in a standalone test, but the same change in philox.h
-//   left this kernel's AVX2 copy at 10.2 us per model-step, so it was not kept).
+//   did not vectorise without AVX-512DQ (its int64 -> double casts), nor did anything calling
+//   exp_d / tanh_d (their NaN-keeping clamps need -fno-trapping-math to if-convert unmasked).
+//   With both fixed (setup.py, philox.h; 2026-11-23, 2-core Zen 3 EPYC, AVX2 only, 2 threads,
+//   wall per model-step, bench/results/cpu-epyc-avx2-2core-mirror-sweep-2026-11-23*.json):
+//   rescaling 6.0 -> 2.9, mlp 5.6 -> 2.4, factorisation 6.5 -> 3.5 us.
 #ifndef SYMKERN_MIRROR_SWEEP_BODY
 
 #include "mirror_sweep.h"
