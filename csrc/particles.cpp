@@ -31,7 +31,9 @@
 //   on double t for u in [-708, 708] (4e6 points): <= 1.7e-16 absolute, <= 2.7e-16 relative
 //   (sigmoid_f64_base2_*; exp_d's sigmoid: 1.7e-16 / 2.7e-16). The AVX2 copy has its 4-lane
 //   form (sigmoid_from_neg_log2e_x4: floor, the same polynomial, 2^floor(t) in the exponent
-//   bits, vdivpd), measured the same way (4e5 points): <= 1.7e-16 absolute, <= 2.6e-16 relative.
+//   bits, vdivpd), measured the same way (4e5 points): <= 1.7e-16 absolute, <= 2.6e-16 relative;
+//   and for float32 sigmoid_from_neg_log2e_x8f (the x16 polynomial, vdivps): measured against
+//   double on float t for u in [-87, 87] (4e5 points) <= 8.9e-8 absolute, <= 2.2e-7 relative.
 //   float32: branch-free vectorisable approximations (exp by 2^n * degree-7 Taylor on
 //   [-ln2/2, ln2/2] with Cody-Waite reduction; tanh by an odd Taylor polynomial for |u| < 0.5 and
 //   1 - 2/(e^{2|u|} + 1) above). Measured max error of the float32 result against double libm
@@ -102,8 +104,9 @@
 //   b. philox.h without int64 -> double casts (no vcvtqq2pd before AVX-512DQ) and with four
 //      scalar outputs instead of an array, so the Philox and Box-Muller loops vectorise: noise
 //      ~890k -> ~290k TSC cycles per run-step (rdtsc profile), 67.5 -> 57.8 (float32 28.7).
-//   c. explicit 4-lane base-2 sigmoid in pass 1 (pass1_matrix2_simd<Ymm>; 1.63 vs 2.45 ns per
-//      sigmoid in isolation): 57.8 -> 39.1.
+//   c. explicit 4-lane base-2 sigmoid in pass 1 (pass1_matrix2_simd<Ymm<double>>; 1.63 vs
+//      2.45 ns per sigmoid in isolation): 57.8 -> 39.1.
+//   d. its 8-lane float32 form (pass1_matrix2_simd<Ymm<float>>): float32 28.7 -> 18.8.
 //   Tried and dropped: pass 2's register-blocked gradient on 4-lane groups (GB = 2 or 4) instead
 //   of the auto-vectorised pass2_matrix: no change (gradient 183-189k TSC cycles per run-step).
 // * Instruction sets: the kernel body below is compiled three times (AVX-512, AVX2+FMA,
@@ -405,8 +408,8 @@ inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[10
 // scalar sigmoid_t and the 16-lane sigmoid of the float32 matrix-unit fast path) against double
 // libm; out[4..5]: the float64 sigmoid (exp_d) against long-double libm; out[6..9]: the base-2
 // sigmoids 1 / (1 + 2^t) of the matrix-unit pass 1 on t = -u log2(e) for u in [lo, hi], float32
-// against double (6..7; AVX-512 copy only), float64 against long double (8..9; AVX-512 and AVX2
-// copies); NaN where this copy has none.
+// against double (6..7), float64 against long double (8..9), in the AVX-512 and AVX2 copies; NaN
+// in the baseline copy (it has none).
 inline void activation_errors_impl(double lo, double hi, index_t n, double out[10]) {
   double e[4] = {0, 0, 0, 0};
   out[4] = out[5] = 0.0;
@@ -967,9 +970,59 @@ SYMKERN_ALWAYS_INLINE __m256d sigmoid_from_neg_log2e_x4(__m256d t) {
   return _mm256_div_pd(one, den);
 }
 
-// The AVX2 operations pass1_matrix2_simd needs (4 double lanes; float32 stays on the
-// auto-vectorised pass1_matrix).
-struct Ymm {
+// The float32 form: 1 / (1 + 2^t) on 8 lanes, the polynomial of sigmoid_from_neg_log2e_x16
+// (degree-5 minimax of 2^f on [0, 1]) with 2^floor(t) built in the exponent bits (t clamped to
+// [-126, 125.51447]: a normal 2^floor(t); below -126, 1 + 2^t = 1 in float) and a division (no
+// AVX2 reciprocal estimate accurate enough with one Newton step). NaN in, NaN out. Error against
+// 1 / (1 + 2^t) for float t: particle_activation_errors' sigmoid_base2_* (tests/test_particles.py).
+SYMKERN_ALWAYS_INLINE __m256 sigmoid_from_neg_log2e_x8f(__m256 t) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  t = _mm256_min_ps(_mm256_set1_ps(125.51447f), t);  // 87 log2(e) rounded up; keeps NaN
+  t = _mm256_max_ps(_mm256_set1_ps(-126.0f), t);
+  const __m256 fl = _mm256_floor_ps(t);
+  const __m256 f = _mm256_sub_ps(t, fl);  // exact
+  __m256 y = _mm256_set1_ps(1.8775765784084797e-3f);  // degree-5 minimax of 2^f on [0, 1]
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(8.989340625703335e-3f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(5.582631751894951e-2f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(2.4015361070632935e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(6.931530833244324e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(9.999999403953552e-1f));
+  const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(fl), _mm256_set1_epi32(127));
+  const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23));  // 2^floor(t)
+  return _mm256_div_ps(one, _mm256_fmadd_ps(y, scale, one));
+}
+
+// The AVX2 operations pass1_matrix2_simd needs, per element type (4 double / 8 float lanes).
+template <class T>
+struct Ymm;
+template <>
+struct Ymm<float> {
+  using T = float;
+  using V = __m256;
+  static constexpr index_t lanes = 8;
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V zero() { return _mm256_setzero_ps(); }
+  static V loadu(const float* p) { return _mm256_loadu_ps(p); }
+  static void storeu(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
+  static V add_first(V a, index_t n, V b) {
+    if (n >= lanes) return _mm256_add_ps(a, b);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i nv = _mm256_set1_epi32(static_cast<int>(n));
+    return _mm256_add_ps(a, _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(nv, lane)), b));
+  }
+  static double reduce_add(V v) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return static_cast<double>(_mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h))));
+  }
+  static constexpr float input_scale = 1.44269504088896341f;  // log2(e): the base-2 sigmoid
+  static V sigmoid_of_scaled(V t) { return sigmoid_from_neg_log2e_x8f(t); }
+};
+template <>
+struct Ymm<double> {
   using T = double;
   using V = __m256d;
   static constexpr index_t lanes = 4;
@@ -994,21 +1047,25 @@ struct Ymm {
   static V sigmoid_of_scaled(V t) { return sigmoid_from_neg_log2e_x4(t); }
 };
 
-// activation_errors_impl's out[8..9] for this copy: sigmoid_from_neg_log2e_x4 on t = -u log2(e)
-// for u in [lo, hi], against long double.
+// activation_errors_impl's out[6..9] for this copy: sigmoid_from_neg_log2e_x8f /
+// sigmoid_from_neg_log2e_x4 on t = -u log2(e) for u in [lo, hi], against double / long double.
 inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[10]) {
+  const auto f32_base2 = [](const float* v, float* s) {
+    _mm256_store_ps(s, sigmoid_from_neg_log2e_x8f(_mm256_load_ps(v)));
+  };
   const auto f64_base2 = [](const double* v, double* s) {
     _mm256_store_pd(s, sigmoid_from_neg_log2e_x4(_mm256_load_pd(v)));
   };
   constexpr double LOG2E = 1.4426950408889634;
-  out[8] = out[9] = 0.0;
+  for (int k = 6; k < 10; ++k) out[k] = 0.0;
+  sigmoid_errors<float, double, 8>(-hi * LOG2E, -lo * LOG2E, n, f32_base2, out + 6, true);
   sigmoid_errors<double, long double, 4>(-hi * LOG2E, -lo * LOG2E, n, f64_base2, out + 8, true);
 }
 #endif  // SYMKERN_PARTICLES_AVX2
 
 #if defined(SYMKERN_PARTICLES_AVX512) || defined(SYMKERN_PARTICLES_AVX2)
 // Pass 1, matrix unit with d = 2: as pass1_matrix, one vector of particles at a time (Z: the
-// traits Zmm<T> or Ymm), the explicit base-2 sigmoids above. The sum over particles runs in lane
+// traits Zmm<T> or Ymm<T>), the explicit base-2 sigmoids above. The sum over particles runs in lane
 // accumulators, then one reduction (a different rounding order from the scalar loop, at the
 // level of the type's rounding).
 template <class Z>
@@ -1644,11 +1701,9 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
           continue;
         }
 #elif defined(SYMKERN_PARTICLES_AVX2)
-        if constexpr (std::is_same_v<T, double>) {
-          if (d == 2) {
-            pass1_matrix2_simd<Ymm>(E, c, xe, thf, cap, i_s, m, actp, phi);
-            continue;
-          }
+        if (d == 2) {
+          pass1_matrix2_simd<Ymm<T>>(E, c, xe, thf, cap, i_s, m, actp, phi);
+          continue;
         }
 #endif
         pass1_matrix(p, E, xe, thf, cap, i_s, m, actp, w.u.data(), phi);

@@ -332,8 +332,7 @@ inline void bind_particles(pybind11::module_& m) {
       "(sigmoid_*, tanh_*), of the float64 sigmoid against long-double libm (sigmoid_f64_*), and\n"
       "of the base-2 sigmoids 1 / (1 + 2^t) of the matrix unit's pass 1 on t in\n"
       "[-hi log2 e, -lo log2 e]: float32 against double (sigmoid_base2_*), float64 against long\n"
-      "double (sigmoid_f64_base2_*; AVX-512 and AVX2 copies); NaN where the dispatched copy\n"
-      "has none (float32 base-2: AVX-512 only).");
+      "double (sigmoid_f64_base2_*); NaN where the dispatched copy has none (baseline).");
 
   m.def("particle_team_min_n",
         []() {

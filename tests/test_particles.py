@@ -852,26 +852,25 @@ def test_team_mode_matches_reference():
 def test_cpp_activation_errors_as_documented():
     """The error bounds csrc/particles.cpp states for its own activations, re-measured: float32
     fast sigmoid / tanh against double libm, float64 sigmoid (exp_d) against long-double libm,
-    and the base-2 sigmoids 1 / (1 + 2^t) of the matrix unit's pass 1: float32 in the AVX-512
-    copy, float64 in the AVX-512 and AVX2 copies (each measured where it exists, never skipped
-    there; test_lower_isa_copies_match_reference runs this test on the lower copies)."""
+    and the base-2 sigmoids 1 / (1 + 2^t) of the matrix unit's pass 1 (float32 and float64) in
+    the AVX-512 and AVX2 copies (measured wherever they exist, never skipped there;
+    test_lower_isa_copies_match_reference runs this test on the lower copies)."""
     ext = pytest.importorskip("symkern._C")
-    isa = ext.particle_isa()
+    has_base2 = ext.particle_isa() in ("avx512", "avx2")  # the matrix unit's pass 1 (d = 2)
     e = ext.particle_activation_errors(-87.0, 87.0, 400_001)
     assert e["sigmoid_abs"] <= 1e-7 and e["sigmoid_rel"] <= 3e-7, e
-    assert math.isnan(e["sigmoid_base2_abs"]) == (isa != "avx512"), (isa, e)
-    if isa == "avx512":  # the float32 matrix unit's pass 1
+    assert math.isnan(e["sigmoid_base2_abs"]) != has_base2, e
+    if has_base2:
         assert e["sigmoid_base2_abs"] <= 1e-7 and e["sigmoid_base2_rel"] <= 3e-7, e
     assert e["tanh_abs"] <= 1e-7 and e["tanh_rel"] <= 2e-7, e
-    has_f64_base2 = isa in ("avx512", "avx2")  # the float64 matrix unit's pass 1
     e = ext.particle_activation_errors(-708.0, 708.0, 400_001)
     assert e["sigmoid_f64_rel"] <= 3e-16, e
-    assert math.isnan(e["sigmoid_f64_base2_abs"]) != has_f64_base2, (isa, e)
-    if has_f64_base2:
+    assert math.isnan(e["sigmoid_f64_base2_abs"]) != has_base2, e
+    if has_base2:
         assert e["sigmoid_f64_base2_abs"] <= 2e-16 and e["sigmoid_f64_base2_rel"] <= 3e-16, e
     e = ext.particle_activation_errors(-800.0, 800.0, 100_001)  # beyond the clamp: absolute
     assert e["sigmoid_f64_abs"] <= 2e-16, e
-    if has_f64_base2:
+    if has_base2:
         assert e["sigmoid_f64_base2_abs"] <= 2e-16, e
 
 
