@@ -20,7 +20,7 @@
 // GCC vectorises their loops on AVX-512 and AVX2. On AVX2 that needs -fno-trapping-math
 // (setup.py): the NaN-keeping clamps are selects whose arms compute, which GCC if-converts only
 // when it may evaluate both arms unmasked (AVX-512 masks the lanes instead); without it every
-// AVX2 loop calling exp_d stayed scalar (float64 paper grid 165 -> 58 ms per step, Zen 3).
+// AVX2 loop calling exp_d stayed scalar (float64 paper grid 165 -> 67.5 ms per step, Zen 3).
 
 // exp_d's constants, shared with the explicit-SIMD float64 sigmoid of csrc/particles.cpp.
 constexpr double EXP_D_CLAMP = 708.0;
