@@ -107,6 +107,9 @@
 //   c. explicit 4-lane base-2 sigmoid in pass 1 (pass1_matrix2_simd<Ymm<double>>; 1.63 vs
 //      2.45 ns per sigmoid in isolation): 57.8 -> 39.1.
 //   d. its 8-lane float32 form (pass1_matrix2_simd<Ymm<float>>): float32 28.7 -> 18.8.
+//   e. the noise's Philox in explicit 8-lane intrinsics (philox4_words_x16; 3.8 vs 8.1-9.2 ns
+//      per counter standalone): noise ~310k -> ~245k TSC cycles per run-step (float64), float32
+//      18.8 -> 16.8; float64 39.1 -> 37.7 (min of 3; the machine's load moves it ~10 %).
 //   Tried and dropped: pass 2's register-blocked gradient on 4-lane groups (GB = 2 or 4) instead
 //   of the auto-vectorised pass2_matrix: no change (gradient 183-189k TSC cycles per run-step).
 // * Instruction sets: the kernel body below is compiled three times (AVX-512, AVX2+FMA,
