@@ -4,7 +4,8 @@ PERF.md targets (matrix unit, C2 = ``groups.c2_swap()``, B = 20, paper hyperpara
 
 * N = 5000, R = 1, vanilla and DA: ≤ 60 µs/step (≥ 20× torch eager);
 * N = 50, R = 1: ≤ 3 µs/step (≥ 100× eager);
-* R = 120 runs (4 schemes × 3 teachers × 10 seeds) at N = 500 in one call vs 120 eager runs.
+* R = 120 runs (4 schemes × 3 teachers × 10 seeds) at N = 500 in one call vs 120 eager runs
+  (float32 and float64; float64 also at N = 5000, the paper preset's largest cell).
 
 What is timed, in the same run on the same inputs:
 
