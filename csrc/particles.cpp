@@ -928,23 +928,6 @@ SYMKERN_ALWAYS_INLINE __m512d sigmoid_from_neg_log2e_x8(__m512d t) {
 // The explicit-SIMD sigmoids' errors: the 16-lane float32 one (teacher labels) merged into
 // activation_errors_impl's out[0..1]; out[6..7] / out[8..9]: the float32 / float64 base-2
 // sigmoids of pass 1 on t = -u log2(e) for u in [lo, hi], against double / long double.
-inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[10]) {
-  const auto f32 = [](const float* u, float* s) {
-    _mm512_store_ps(s, sigmoid_from_neg_x16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_load_ps(u))));
-  };
-  const auto f32_base2 = [](const float* v, float* s) {
-    _mm512_store_ps(s, sigmoid_from_neg_log2e_x16(_mm512_load_ps(v)));
-  };
-  const auto f64_base2 = [](const double* v, double* s) {
-    _mm512_store_pd(s, sigmoid_from_neg_log2e_x8(_mm512_load_pd(v)));
-  };
-  sigmoid_errors<float, double, 16>(lo, hi, n, f32, out);
-  constexpr double LOG2E = 1.4426950408889634;
-  for (int k = 6; k < 10; ++k) out[k] = 0.0;
-  sigmoid_errors<float, double, 16>(-hi * LOG2E, -lo * LOG2E, n, f32_base2, out + 6, true);
-  sigmoid_errors<double, long double, 8>(-hi * LOG2E, -lo * LOG2E, n, f64_base2, out + 8, true);
-}
-
 // The AVX-512 operations pass1_matrix2_zmm needs, per element type (16 float / 8 double lanes).
 template <class T>
 struct Zmm;
@@ -1096,24 +1079,39 @@ struct Ymm<double> {
   static constexpr double input_scale = 1.4426950408889634;  // log2(e): the base-2 sigmoid
   static V sigmoid_of_scaled(V t) { return sigmoid_from_neg_log2e_x4(t); }
 };
-
-// activation_errors_impl's out[6..9] for this copy: sigmoid_from_neg_log2e_x8f /
-// sigmoid_from_neg_log2e_x4 on t = -u log2(e) for u in [lo, hi], against double / long double.
-inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[10]) {
-  const auto f32_base2 = [](const float* v, float* s) {
-    _mm256_store_ps(s, sigmoid_from_neg_log2e_x8f(_mm256_load_ps(v)));
-  };
-  const auto f64_base2 = [](const double* v, double* s) {
-    _mm256_store_pd(s, sigmoid_from_neg_log2e_x4(_mm256_load_pd(v)));
-  };
-  constexpr double LOG2E = 1.4426950408889634;
-  for (int k = 6; k < 10; ++k) out[k] = 0.0;
-  sigmoid_errors<float, double, 8>(-hi * LOG2E, -lo * LOG2E, n, f32_base2, out + 6, true);
-  sigmoid_errors<double, long double, 4>(-hi * LOG2E, -lo * LOG2E, n, f64_base2, out + 8, true);
-}
 #endif  // SYMKERN_PARTICLES_AVX2
 
 #if defined(SYMKERN_PARTICLES_AVX512) || defined(SYMKERN_PARTICLES_AVX2)
+// activation_errors_impl's out[6..9]: the base-2 sigmoids of pass 1 (traits F for float32, Dbl
+// for float64: Zmm<T> or Ymm<T>) on t = -u log2(e) for u in [lo, hi], against double / long
+// double.
+template <class F, class Dbl>
+inline void base2_sigmoid_errors(double lo, double hi, index_t n, double out[10]) {
+  const auto f32 = [](const float* v, float* s) { F::storeu(s, F::sigmoid_of_scaled(F::loadu(v))); };
+  const auto f64 = [](const double* v, double* s) {
+    Dbl::storeu(s, Dbl::sigmoid_of_scaled(Dbl::loadu(v)));
+  };
+  constexpr double LOG2E = 1.4426950408889634;
+  for (int k = 6; k < 10; ++k) out[k] = 0.0;
+  sigmoid_errors<float, double, F::lanes>(-hi * LOG2E, -lo * LOG2E, n, f32, out + 6, true);
+  sigmoid_errors<double, long double, Dbl::lanes>(-hi * LOG2E, -lo * LOG2E, n, f64, out + 8, true);
+}
+
+#if defined(SYMKERN_PARTICLES_AVX512)
+// The AVX-512 copy also measures the 16-lane float32 sigmoid of the teacher labels (out[0..1]).
+inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[10]) {
+  const auto f32 = [](const float* u, float* s) {
+    _mm512_store_ps(s, sigmoid_from_neg_x16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_load_ps(u))));
+  };
+  sigmoid_errors<float, double, 16>(lo, hi, n, f32, out);
+  base2_sigmoid_errors<Zmm<float>, Zmm<double>>(lo, hi, n, out);
+}
+#else
+inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[10]) {
+  base2_sigmoid_errors<Ymm<float>, Ymm<double>>(lo, hi, n, out);
+}
+#endif
+
 // Pass 1, matrix unit with d = 2: as pass1_matrix, one vector of particles at a time (Z: the
 // traits Zmm<T> or Ymm<T>), the explicit base-2 sigmoids above. The sum over particles runs in lane
 // accumulators, then one reduction (a different rounding order from the scalar loop, at the
