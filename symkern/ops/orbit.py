@@ -132,6 +132,13 @@ def orbit_plan(rep: Representation, dtype: torch.dtype, device: torch.device) ->
 # backend is chosen inside (at run time, from the real tensors); "auto" follows the registry rules.
 
 
+def _run_orbit_mean(x, orbit_id, coef, inv_size, order, seg_start, backend, out=None):
+    """Both ops' body: the plan rebuilt from its tensors, the backend's kernel run on x (a fresh
+    result, or written into out)."""
+    plan = OrbitPlan(x.shape[1], inv_size.shape[0], orbit_id, coef, inv_size, order, seg_start)
+    return select_kernel("orbit_mean", {"x": x}, backend).fn(x, plan, out)
+
+
 @torch.library.custom_op("symkern::orbit_mean", mutates_args=())
 def _orbit_mean_op(
     x: torch.Tensor,
@@ -142,9 +149,7 @@ def _orbit_mean_op(
     seg_start: torch.Tensor,
     backend: str,
 ) -> torch.Tensor:
-    plan = OrbitPlan(x.shape[1], inv_size.shape[0], orbit_id, coef, inv_size, order, seg_start)
-    kernel = select_kernel("orbit_mean", {"x": x}, backend)
-    return kernel.fn(x, plan)
+    return _run_orbit_mean(x, orbit_id, coef, inv_size, order, seg_start, backend)
 
 
 @_orbit_mean_op.register_fake
@@ -181,8 +186,7 @@ def _orbit_mean_out_op(
     """The orbit mean of (B, D) x written into ``out`` (B, D), unit column stride: x itself or
     not overlapping it (checked here, on the real tensors, also under torch.compile)."""
     check_out_memory(out, x)
-    plan = OrbitPlan(x.shape[1], inv_size.shape[0], orbit_id, coef, inv_size, order, seg_start)
-    select_kernel("orbit_mean", {"x": x}, backend).fn(x, plan, out)
+    _run_orbit_mean(x, orbit_id, coef, inv_size, order, seg_start, backend, out)
 
 
 def apply_orbit_mean(
