@@ -70,6 +70,10 @@ void steps_typed(const py::array& theta, int unit_code, int activation_code, ind
   const auto th = cview<T>(theta, "theta", 3, {-1, -1, D});
   const index_t R = th.shape[0], N = th.shape[1];
   if (R < 1 || N < 1) sb::fail("theta", "must have R >= 1 runs and N >= 1 particles");
+  // the op's own message: symkern.particle_steps leaves this check to the kernel (registered
+  // with checks_finite=("theta",)), which saves a tensor reduction per call in Python
+  if (!sb::all_finite(th.data, R * N * D))
+    throw py::value_error("theta contains NaN or inf; particle training would only propagate it");
   const index_t S = steps / snapshot_every;
   const auto rid = cview<std::int64_t>(run_ids, "run_ids", 1, {R});
   const auto al = cview<T>(alpha, "alpha", 1, {R});

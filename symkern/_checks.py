@@ -54,18 +54,24 @@ def _is_bool(v: Any) -> bool:
 def as_int(v: Any, name: str, *, minimum: int | None = None, below: int | None = None) -> int:
     """``v`` as a Python int in [minimum, below) (either bound optional); ValueError naming
     ``name`` otherwise."""
+    if type(v) is int:  # the common case, without the general path's checks (per-step calls)
+        i = v
+    else:
+        try:
+            if _is_bool(v):
+                raise TypeError
+            i = operator.index(v)
+        except TypeError:
+            raise ValueError(f"{name} must be {_int_wanted(minimum, below)}, got {v!r}") from None
+    if (minimum is not None and i < minimum) or (below is not None and i >= below):
+        raise ValueError(f"{name} must be {_int_wanted(minimum, below)}, got {i}")
+    return i
+
+
+def _int_wanted(minimum: int | None, below: int | None) -> str:
     words = {None: "an int", 0: "a non-negative int", 1: "a positive int"}
     want = words.get(minimum, f"an int >= {minimum}")
-    want += f" < {below}" if below is not None else ""
-    try:
-        if _is_bool(v):
-            raise TypeError
-        i = operator.index(v)
-    except TypeError:
-        raise ValueError(f"{name} must be {want}, got {v!r}") from None
-    if (minimum is not None and i < minimum) or (below is not None and i >= below):
-        raise ValueError(f"{name} must be {want}, got {i}")
-    return i
+    return want + (f" < {below}" if below is not None else "")
 
 
 def as_real(v: Any, name: str, *, minimum: float | None = None, positive: bool = False) -> float:

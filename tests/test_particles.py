@@ -381,6 +381,100 @@ def test_per_call_fast_paths_build_the_same_problem():
             group_matrices(unit, groups.symmetric(3), f64, cpu)
 
 
+def test_problem_memo_reuses_only_what_is_the_same(particle_backend, monkeypatch):
+    """particle_steps remembers the problems it built (a loop of single-step calls builds its
+    problem once): a call with equal arguments gets the same problem, and every change that
+    matters — a teacher edited in place, a scheme list edited in place, another value, a bool
+    for an int, a NaN in theta — is seen."""
+    from symkern.ops.particles import _PROBLEM_MEMO
+
+    monkeypatch.setattr(_PROBLEM_MEMO, "_entries", type(_PROBLEM_MEMO._entries)())
+    unit, G = MatrixUnit(2, 2), groups.c2_swap()
+    dev, backend = particle_backend.device, particle_backend.backend
+    teacher = Teacher.paper("WI").particles.to(dev)
+    theta = initial_particles(2, 7, unit.D, seed=3).to(dev)
+    schemes = ["vanilla", "DA"]
+    args = dict(unit=unit, teacher=teacher, group=G, scheme=schemes, alpha=30.0, steps=3,
+                backend=backend)  # fmt: skip
+
+    def fresh(**kw):  # the same call with the memo emptied first: what a first call gives
+        _PROBLEM_MEMO._entries.clear()
+        return symkern.particle_steps(theta, **dict(args, **kw))
+
+    first = symkern.particle_steps(theta, **args)
+    assert len(_PROBLEM_MEMO._entries) == 1
+    (entry,) = _PROBLEM_MEMO._entries.values()
+    again = symkern.particle_steps(theta.clone(), **args)  # hit: the same problem object
+    assert len(_PROBLEM_MEMO._entries) == 1 and next(iter(_PROBLEM_MEMO._entries.values())) is entry
+    assert torch.equal(again.theta, first.theta)
+    # equal values in new objects hit too (a teacher rebuilt every call)
+    symkern.particle_steps(theta, **dict(args, teacher=teacher.clone(), scheme=list(schemes)))
+    assert len(_PROBLEM_MEMO._entries) == 1
+    # in-place edits are seen: the teacher's content and the scheme list's
+    teacher[0, 0] += 0.5
+    edited = symkern.particle_steps(theta, **args)
+    assert not torch.equal(edited.theta, first.theta)
+    assert torch.equal(edited.theta, fresh().theta)
+    schemes[1] = "EA"
+    assert torch.equal(symkern.particle_steps(theta, **args).theta, fresh().theta)
+    # another hyperparameter value, another problem; -0.0 and 0.0 build the same one
+    assert torch.equal(symkern.particle_steps(theta, **dict(args, tau=2e-3)).theta,
+                       fresh(tau=2e-3).theta)  # fmt: skip
+    zero, minus_zero = (symkern.particle_steps(theta, **dict(args, beta=b)) for b in (0.0, -0.0))
+    assert torch.equal(zero.theta, minus_zero.theta)
+    # a bool where an int was accepted is still refused; so is a NaN in theta (the cpp kernel
+    # checks it itself on a hit)
+    symkern.particle_steps(theta, **dict(args, batch=1))
+    with pytest.raises(ValueError, match="batch must be a positive int, got True"):
+        symkern.particle_steps(theta, **dict(args, batch=True))
+    bad = theta.clone()
+    bad[1, 6, 3] = float("inf")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="theta contains NaN or inf"):
+            symkern.particle_steps(bad, **args)
+    # bounded: old entries go
+    for k in range(_PROBLEM_MEMO.size + 3):
+        symkern.particle_steps(theta, **dict(args, alpha=1.0 + k))
+    assert len(_PROBLEM_MEMO._entries) == _PROBLEM_MEMO.size
+
+
+def test_problem_memo_leaves_data_and_large_tensors_alone(monkeypatch):
+    """Calls with x_data / y_data, or with a tensor argument over the size limit, build their
+    problem every time (comparing them would cost what the memo saves)."""
+    from symkern.ops.particles import _PROBLEM_MEMO
+
+    monkeypatch.setattr(_PROBLEM_MEMO, "_entries", type(_PROBLEM_MEMO._entries)())
+    unit, theta = MatrixUnit(2, 2), torch.randn(2, 5, 4)
+    x, y = torch.randn(2, 2, 3, 2), torch.randn(2, 2, 3, 2)
+    symkern.particle_steps(theta, unit, x_data=x, y_data=y, steps=2, batch=3)
+    monkeypatch.setattr(_PROBLEM_MEMO, "max_tensor_elements", 10)
+    symkern.particle_steps(theta, unit, teacher=Teacher.paper("WI").particles)  # 40 elements
+    assert len(_PROBLEM_MEMO._entries) == 0
+    with pytest.raises(ValueError, match="y_data needs x_data"):
+        symkern.particle_steps(theta, unit, teacher=Teacher.paper("WI").particles, y_data=y)
+
+
+def test_cached_kernel_choice_follows_the_environment(monkeypatch):
+    """particle_steps remembers its kernel choice per problem, and chooses again when
+    SYMKERN_BACKEND changes or the chosen kernel is unregistered."""
+    from symkern.backends import registry
+
+    if registry.get_backend("cpp").availability_reasons():
+        pytest.skip("the cpp extension is not built")
+    monkeypatch.delenv("SYMKERN_BACKEND", raising=False)
+    unit, theta = MatrixUnit(2, 2), torch.randn(2, 5, 4)
+    args = dict(teacher=Teacher.paper("WI").particles, alpha=10.0)
+    assert symkern.particle_step(theta, unit, **args).backend == "cpp"
+    monkeypatch.setenv("SYMKERN_BACKEND", "torch")
+    assert symkern.particle_step(theta, unit, **args).backend == "torch"
+    monkeypatch.delenv("SYMKERN_BACKEND")
+    assert symkern.particle_step(theta, unit, **args).backend == "cpp"
+    monkeypatch.delitem(registry._KERNELS, ("particle_steps", "cpp"))
+    assert symkern.particle_step(theta, unit, **args).backend == "torch"
+    with pytest.raises(registry.BackendUnavailableError, match="no 'cpp' kernel"):
+        symkern.particle_step(theta, unit, **args, backend="cpp")
+
+
 def test_all_finite_matches_the_elementwise_test():
     from symkern._checks import all_finite
 
@@ -397,6 +491,29 @@ def test_all_finite_matches_the_elementwise_test():
     ]
     for t in cases:
         assert all_finite(t) == bool(torch.isfinite(t).all()), t
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpp_kernel_refuses_nonfinite_particles(dtype):
+    """The cpp particle kernel scans theta itself (the op leaves that to it on a remembered
+    problem): every NaN / ±inf, wherever it sits, is refused with the op's message; the largest
+    finite and the subnormal values pass."""
+    if select_kernel("particle_steps", {}, "auto").backend != "cpp":
+        pytest.skip("the cpp extension is not built")
+    unit, teacher = MatrixUnit(2, 2), Teacher.paper("WI").particles
+    theta = initial_particles(3, 5, unit.D, seed=1).to(dtype)
+    symkern.particle_step(theta, unit, teacher=teacher, backend="cpp")  # remembered from here
+    for value in (float("nan"), float("inf"), -float("inf")):
+        for index in ((0, 0, 0), (1, 2, 3), (2, 4, 3)):
+            bad = theta.clone()
+            bad[index] = value
+            with pytest.raises(ValueError, match="theta contains NaN or inf"):
+                symkern.particle_step(bad, unit, teacher=teacher, backend="cpp")
+    info = torch.finfo(dtype)
+    edge = theta.clone()
+    edge[0, 0, 0], edge[2, 4, 3] = info.max, info.smallest_normal / 4  # finite: both pass
+    out = symkern.particle_step(edge, unit, teacher=teacher, alpha=0.0, beta=0.0, backend="cpp")
+    assert out.theta[0, 0, 0] == info.max and out.theta[2, 4, 3] == info.smallest_normal / 4
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -61,6 +61,7 @@ from symkern.meanfield.problem import SCHEMES, ParticleProblem
 __all__ = ["particle_steps"]
 
 _DTYPES = (torch.float32, torch.float64)
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def _np(t: torch.Tensor, dtype: torch.dtype | None = None) -> np.ndarray:
@@ -102,6 +103,13 @@ def _check(inputs: Mapping[str, Any]) -> list[str]:
     reasons = []
     if isinstance(theta, torch.Tensor) and theta.dim() != 3:
         reasons.append(f"theta: the cpp kernel takes (R, N, D), got shape {tuple(theta.shape)}")
+    if "cpp_reasons" not in problem.backend_cache:
+        problem.backend_cache["cpp_reasons"] = _problem_reasons(problem)
+    return reasons + problem.backend_cache["cpp_reasons"]
+
+
+def _problem_reasons(problem: ParticleProblem) -> list[str]:
+    reasons = []
     if problem.unit_code not in (0, 1):
         reasons.append(f"unit code {problem.unit_code} is not supported by the cpp kernel")
     for name in ("run_ids", "alpha", "teacher", "rho_x", "proj"):
@@ -115,7 +123,7 @@ def _check(inputs: Mapping[str, Any]) -> list[str]:
     return reasons
 
 
-@register_kernel("particle_steps", "cpp", dtypes=_DTYPES, check=_check)
+@register_kernel("particle_steps", "cpp", dtypes=_DTYPES, check=_check, checks_finite=("theta",))
 def particle_steps(
     theta: torch.Tensor,
     problem: ParticleProblem,
@@ -125,20 +133,38 @@ def particle_steps(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``steps`` particle SGD/Langevin steps of R runs in one C++ call (see the module docstring).
 
-    theta (R, N, D) → (theta_out (R, N, D), snapshots (R, S, N, D), losses (R, S)),
+    theta (R, N, D), detached and contiguous as the op passes it → (theta_out (R, N, D),
+    snapshots (R, S, N, D), losses (R, S)),
     S = steps // snapshot_every. The math is :mod:`symkern.meanfield.problem`.
     """
     R, N, D = theta.shape
     dtype = theta.dtype
     S = steps // snapshot_every
-    theta_out = torch.empty((R, N, D), dtype=dtype)
-    snaps = torch.empty((R, S, N, D), dtype=dtype)
-    losses = torch.empty((R, S), dtype=dtype)
-    p = problem
-    x_data = None if p.x_data is None else _np(p.x_data, dtype)
-    y_data = None if p.y_data is None else _np(p.y_data, dtype)
+    # outputs allocated by numpy and shared with torch: a third of torch.empty + .numpy()'s cost,
+    # which shows in a loop of single-step calls
+    np_dtype = _NP_DTYPES[dtype]
+    theta_out = np.empty((R, N, D), np_dtype)
+    snaps = np.empty((R, S, N, D), np_dtype)
+    losses = np.empty((R, S), np_dtype)
+    key = ("cpp_args", dtype)
+    if key not in problem.backend_cache:  # numpy views of the problem, once per problem
+        problem.backend_cache[key] = _problem_args(problem, dtype)
     _C.particle_steps(
-        _np(theta, dtype),
+        theta.numpy(),
+        *problem.backend_cache[key],
+        int(step0),
+        int(steps),
+        int(snapshot_every),
+        theta_out,
+        snaps,
+        losses,
+    )
+    return torch.from_numpy(theta_out), torch.from_numpy(snaps), torch.from_numpy(losses)
+
+
+def _problem_args(p: ParticleProblem, dtype: torch.dtype) -> tuple:
+    """The arguments of ``_C.particle_steps`` that come from the problem, in its order."""
+    return (
         int(p.unit_code),
         int(p.activation_code),
         int(p.c),
@@ -157,16 +183,9 @@ def particle_steps(
         _np(p.rho_x, dtype),
         _np(p.rho_y, dtype),
         _np(p.proj, dtype),
-        x_data,
-        y_data,
-        int(step0),
-        int(steps),
-        int(snapshot_every),
-        theta_out.numpy(),
-        snaps.numpy(),
-        losses.numpy(),
+        None if p.x_data is None else _np(p.x_data, dtype),
+        None if p.y_data is None else _np(p.y_data, dtype),
     )
-    return theta_out, snaps, losses
 
 
 @register_kernel("particle_forward", "cpp", dtypes=_DTYPES)

@@ -50,6 +50,7 @@ __all__ = [
     "get_backend",
     "register_kernel",
     "select_kernel",
+    "select_kernel_cached",
     "triton_interpreter_enabled",
 ]
 
@@ -75,6 +76,8 @@ class Kernel:
 
     ``dtypes``: floating dtypes the kernel accepts. ``check``: optional extra constraint, called
     with the call's inputs, returning reasons it cannot run them (e.g. an unsupported group kind).
+    ``checks_finite``: inputs the kernel itself rejects when they hold NaN or inf, with the op's
+    ValueError, so that the op need not scan them first (a tensor reduction per call).
     """
 
     op: str
@@ -82,6 +85,7 @@ class Kernel:
     fn: Callable[..., Any]
     dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
     check: Callable[[Mapping[str, Any]], list[str]] | None = None
+    checks_finite: tuple[str, ...] = ()
 
 
 _KERNELS: dict[tuple[str, str], Kernel] = {}
@@ -93,8 +97,10 @@ def register_kernel(
     *,
     dtypes: Iterable[torch.dtype] = FLOAT_DTYPES,
     check: Callable[[Mapping[str, Any]], list[str]] | None = None,
+    checks_finite: Iterable[str] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register ``fn`` as ``backend``'s implementation of ``op``."""
+    """Decorator: register ``fn`` as ``backend``'s implementation of ``op`` (see :class:`Kernel`
+    for the options)."""
     if backend not in BACKEND_PRIORITY:
         raise ValueError(f"backend must be one of {BACKEND_PRIORITY}, got {backend!r}")
 
@@ -102,7 +108,7 @@ def register_kernel(
         key = (op, backend)
         if key in _KERNELS and _KERNELS[key].fn is not fn:
             raise RuntimeError(f"a {backend!r} kernel for op {op!r} is already registered")
-        _KERNELS[key] = Kernel(op, backend, fn, tuple(dtypes), check)
+        _KERNELS[key] = Kernel(op, backend, fn, tuple(dtypes), check, tuple(checks_finite))
         return fn
 
     return decorator
@@ -313,6 +319,23 @@ def select_kernel(
         all_reasons[name] = reasons
     detail = "\n".join(f"  {n}: " + "; ".join(r) for n, r in all_reasons.items())
     raise NoBackendError(f"no backend can run op {op!r} on these inputs:\n{detail}")
+
+
+def select_kernel_cached(
+    cache: dict, op: str, inputs: Mapping[str, Any], backend: str = "auto", *, key: tuple = ()
+) -> Kernel:
+    """:func:`select_kernel`, remembered in ``cache`` under ``key`` — for a caller that selects
+    again and again for inputs it knows select alike (``key`` says what they share: the same
+    problem object, the same dtype and device, ...). The choice is remembered per requested
+    backend and per value of the environment variables that steer selection, and it is made
+    afresh when its kernel has been unregistered or replaced; availability of a backend is fixed
+    for the process (the cpp extension imports once, CUDA is there or not)."""
+    full_key = (op, key, backend, os.environ.get("SYMKERN_BACKEND"),
+                os.environ.get("TRITON_INTERPRET"))  # fmt: skip
+    kernel = cache.get(full_key)
+    if kernel is None or _KERNELS.get((op, kernel.backend)) is not kernel:
+        kernel = cache[full_key] = select_kernel(op, inputs, backend)
+    return kernel
 
 
 def _warn_if_reference_fallback(op: str, inputs: Mapping[str, Any], cpp_reasons: list[str]) -> None:

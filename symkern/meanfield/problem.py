@@ -38,7 +38,7 @@ and M; EA and the noise projection read P only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -50,6 +50,7 @@ SCHEMES = {"vanilla": 0, "DA": 1, "DA-sample": 2, "FA": 3, "EA": 4}
 @dataclass(frozen=True)
 class ParticleProblem:
     """Everything but the particles. Tensors on the particles' device; floats in their dtype.
+    A problem is a value: neither it nor its tensors change after it is built.
 
     Shapes: R runs, M teacher particles (padded), G group elements, D = unit.D.
 
@@ -89,6 +90,9 @@ class ParticleProblem:
     proj: torch.Tensor  # (D, D)
     x_data: torch.Tensor | None = None  # (T, R, B, d) user-supplied inputs, or None
     y_data: torch.Tensor | None = None  # (T, R, B, c)
+    # what a backend derives from the problem once and reuses on every call with it (its support
+    # check, its kernel's arguments); valid because a problem and its tensors are never changed
+    backend_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n_runs(self) -> int:

@@ -152,7 +152,8 @@ def per_item(
     value, n: int, name: str, dtype: torch.dtype, device, *, item: str, positive: bool = False
 ) -> torch.Tensor:
     """A hyperparameter given as a scalar or one value per run / model, as an (n,) tensor:
-    finite and >= 0 (> 0 when ``positive``), else ValueError naming ``name``."""
+    finite and >= 0 (> 0 when ``positive``), else ValueError naming ``name``. A -0.0 comes back
+    as 0.0 (equal hyperparameters give bitwise-equal tensors)."""
     t = torch.as_tensor(value, dtype=torch.float64)
     if t.dim() == 0:
         t = t.expand(n)
@@ -165,4 +166,4 @@ def per_item(
         raise ValueError(
             f"{name} must be finite and {'>' if positive else '>='} 0, got {t.tolist()}"
         )
-    return t.to(device=device, dtype=dtype).contiguous()
+    return t.abs().to(device=device, dtype=dtype).contiguous()  # abs: -0.0 -> 0.0

@@ -10,13 +10,15 @@ with. The math of one step is in :mod:`symkern.meanfield.problem`.
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 
 from symkern._checks import as_int, as_real, philox_ids, real_tensor
-from symkern.backends.registry import select_kernel
+from symkern.backends.registry import select_kernel, select_kernel_cached
 from symkern.groups import Representation
 from symkern.meanfield.problem import SCHEMES, ParticleProblem
 from symkern.meanfield.units import Unit, _check_pos_int, check_unit, unit_from_codes
@@ -158,7 +160,7 @@ def _hyper(value, R: int, name: str, dtype, device) -> torch.Tensor:
         except OverflowError:
             v = math.inf
         if math.isfinite(v) and v >= 0:
-            return torch.full((R,), v, dtype=dtype, device=device)
+            return torch.full((R,), v + 0.0, dtype=dtype, device=device)  # + 0.0: -0.0 -> 0.0
     want = f"{name} must be a real number or one real number per run ({R})"
     if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
         raise TypeError(f"{want}, got {value!r}")
@@ -169,6 +171,27 @@ def _hyper(value, R: int, name: str, dtype, device) -> torch.Tensor:
     if t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{want}, got dtype {t.dtype}")
     return per_item(value, R, name, dtype, device, item="run")
+
+
+def _check_particles(theta: torch.Tensor, unit: Unit, finite: bool = True) -> tuple[int, int, int]:
+    """(R, N, D) of particles ``theta`` of ``unit`` on a CPU or CUDA device, and finite unless
+    ``finite=False`` (for a caller that leaves that scan to its kernel)."""
+    check_unit(unit)
+    if not isinstance(theta, torch.Tensor) or not theta.is_floating_point():
+        raise TypeError("theta must be a floating torch.Tensor of shape (R, N, D)")
+    if theta.dim() != 3:
+        raise ValueError(f"theta must have shape (R, N, D), got {tuple(theta.shape)}")
+    R, N, D = theta.shape
+    if R < 1 or N < 1:
+        raise ValueError(f"theta must have R >= 1 runs and N >= 1 particles, got R={R}, N={N}")
+    _check_device(theta, "theta")
+    unit.check_theta(theta)
+    if finite:
+        require_finite(theta, "theta", _PROPAGATES)
+    return R, N, D
+
+
+_PROPAGATES = "particle training would only propagate it"  # why NaN / inf inputs are refused
 
 
 def particle_problem(
@@ -199,18 +222,7 @@ def particle_problem(
     ``steps`` is only used to check the shape of ``x_data`` / ``y_data``. Useful to call one
     backend's kernel directly (tests, benchmarks) on exactly the problem the op would build.
     """
-    check_unit(unit)
-    if not isinstance(theta, torch.Tensor) or not theta.is_floating_point():
-        raise TypeError("theta must be a floating torch.Tensor of shape (R, N, D)")
-    if theta.dim() != 3:
-        raise ValueError(f"theta must have shape (R, N, D), got {tuple(theta.shape)}")
-    R, N, D = theta.shape
-    if R < 1 or N < 1:
-        raise ValueError(f"theta must have R >= 1 runs and N >= 1 particles, got R={R}, N={N}")
-    _check_device(theta, "theta")
-    unit.check_theta(theta)
-    propagates = "particle training would only propagate it"
-    require_finite(theta, "theta", propagates)
+    R, _, D = _check_particles(theta, unit)
     steps = _check_pos_int(steps, "steps")
     batch = _check_pos_int(batch, "batch")
     sigma_pi = as_real(sigma_pi, "sigma_pi", positive=True)
@@ -261,6 +273,8 @@ def particle_problem(
 
     if (teacher is None) == (x_data is None):
         raise ValueError("give exactly one of teacher (labels drawn in-kernel) or x_data/y_data")
+    if x_data is None and y_data is not None:
+        raise ValueError("y_data needs x_data (with a teacher, the labels come from the teacher)")
     if teacher is not None:
         teacher = real_tensor(teacher, "teacher").to(dtype=dtype, device=device)
         if teacher.dim() == 2:
@@ -300,8 +314,8 @@ def particle_problem(
             )
         x_data = x_data.to(device=device, dtype=dtype).contiguous()
         y_data = y_data.to(device=device, dtype=dtype).contiguous()
-        require_finite(x_data, "x_data", propagates)
-        require_finite(y_data, "y_data", propagates)
+        require_finite(x_data, "x_data", _PROPAGATES)
+        require_finite(y_data, "y_data", _PROPAGATES)
         teacher = theta.new_zeros(R, 1, D)
         w = theta.new_zeros(R, 1)
 
@@ -331,6 +345,87 @@ def particle_problem(
         x_data=x_data,
         y_data=y_data,
     )
+
+
+class _ProblemMemo:
+    """The problems :func:`particle_steps` built lately, so that a loop of single-step calls
+    with the same teacher, group, scheme and hyperparameters builds its problem once (the build
+    costs ~100-150 µs of small torch ops per call, many times a small step's kernel).
+
+    A call is memoised when it passes no ``x_data`` / ``y_data`` and every other problem
+    argument is None, a Python bool, int, float or str, a Representation, a tensor of at most
+    ``max_tensor_elements`` elements, or a tuple / list of these; other calls build their
+    problem every time. Besides those arguments a problem depends on the particles only through
+    the unit, R, D, dtype and device, which the key holds. Scalars are keyed by type and value
+    (the hyperparameters' -0.0 is stored as 0.0, so equal values give equal problems),
+    Representations by identity (they are immutable; the key keeps them alive, so an id is not
+    reused), and tensors by dtype, shape and device in the key and then by content against a
+    private copy, so a teacher changed in place between calls is seen.
+    """
+
+    _PLAIN = frozenset((type(None), bool, int, float, str))
+    _UNMEMOISABLE = object()
+
+    def __init__(self, size: int = 8, max_tensor_elements: int = 1 << 16) -> None:
+        self.size, self.max_tensor_elements = size, max_tensor_elements
+        self._entries: OrderedDict[tuple, tuple[list[torch.Tensor], ParticleProblem]]
+        self._entries = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _key_part(self, v, tensors: list[torch.Tensor]):
+        t = type(v)
+        if t in self._PLAIN:
+            return t, v
+        if t in (tuple, list):
+            parts = tuple(self._key_part(x, tensors) for x in v)
+            return self._UNMEMOISABLE if self._UNMEMOISABLE in parts else (t, parts)
+        if isinstance(v, Representation):
+            return v
+        if isinstance(v, torch.Tensor) and v.numel() <= self.max_tensor_elements:
+            tensors.append(v)
+            return torch.Tensor, v.dtype, v.shape, v.device
+        return self._UNMEMOISABLE
+
+    def _key(self, theta: torch.Tensor, unit: Unit, args: dict, tensors: list) -> tuple | None:
+        if args["x_data"] is not None or args["y_data"] is not None:
+            return None
+        values = tuple(args.values())
+        types = tuple(map(type, values))
+        parts = list(values)
+        # the plain scalars are their own key (with the types, which tell True from 1); this
+        # runs on every call, so only the others go through _key_part
+        for i in [i for i, t in enumerate(types) if t not in self._PLAIN]:
+            parts[i] = self._key_part(values[i], tensors)
+            if parts[i] is self._UNMEMOISABLE:
+                return None
+        R, _, D = theta.shape
+        return unit, R, D, theta.dtype, theta.device, tuple(args), types, *parts
+
+    def problem(self, theta: torch.Tensor, unit: Unit, args: dict, steps: int) -> ParticleProblem:
+        """``particle_problem(theta, unit, steps=steps, **args)``, built or remembered. The
+        caller has checked ``theta``'s shape and device (:func:`_check_particles`); a built
+        problem also checks that it is finite, a remembered one leaves that to the caller."""
+        tensors: list[torch.Tensor] = []
+        key = self._key(theta, unit, args, tensors)
+        if key is not None:
+            with self._lock:
+                hit = self._entries.get(key)
+                if hit is not None:
+                    self._entries.move_to_end(key)
+            if hit is not None and all(map(torch.equal, hit[0], tensors)):
+                return hit[1]
+        problem = particle_problem(theta, unit, steps=steps, **args)
+        if key is not None:
+            copies = [t.detach().clone() for t in tensors]
+            with self._lock:
+                self._entries[key] = (copies, problem)
+                self._entries.move_to_end(key)
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        return problem
+
+
+_PROBLEM_MEMO = _ProblemMemo()
 
 
 def particle_steps(
@@ -437,13 +532,23 @@ def particle_steps(
             f"snapshot_every must be <= steps ({steps}), got {snapshot_every} (no step would be "
             "recorded)"
         )
-    problem = particle_problem(
-        theta, unit, teacher=teacher, teacher_weights=teacher_weights, group=group,
-        scheme=scheme, alpha=alpha, tau=tau, beta=beta, batch=batch, sigma_pi=sigma_pi,
-        seed=seed, run_ids=run_ids, steps=steps, project_noise=project_noise,
-        x_data=x_data, y_data=y_data, projector=projector,
+    _check_particles(theta, unit, finite=False)  # below: by the kernel or before it
+    problem = _PROBLEM_MEMO.problem(
+        theta, unit, dict(
+            teacher=teacher, teacher_weights=teacher_weights, group=group, scheme=scheme,
+            alpha=alpha, tau=tau, beta=beta, batch=batch, sigma_pi=sigma_pi, seed=seed,
+            run_ids=run_ids, project_noise=project_noise, x_data=x_data, y_data=y_data,
+            projector=projector,
+        ), steps,
     )  # fmt: skip
-    kernel = select_kernel("particle_steps", {"theta": theta, "problem": problem}, backend)
+    # what selection reads of theta: its device and dtype (its shape is checked); the problem's
+    # own backend cache holds the choice, so a memoised problem is selected for once
+    kernel = select_kernel_cached(
+        problem.backend_cache, "particle_steps", {"theta": theta, "problem": problem}, backend,
+        key=(theta.dtype, theta.device),
+    )  # fmt: skip
+    if "theta" not in kernel.checks_finite:
+        require_finite(theta, "theta", _PROPAGATES)
     out = kernel.fn(theta.detach().contiguous(), problem, step0, steps, snapshot_every)
     return ParticleStepsResult(*out, kernel.backend)
 
