@@ -110,6 +110,11 @@
 //   e. the noise's Philox in explicit 8-lane intrinsics (philox4_words_x16; 3.8 vs 8.1-9.2 ns
 //      per counter standalone): noise ~310k -> ~245k TSC cycles per run-step (float64), float32
 //      18.8 -> 16.8; float64 39.1 -> 37.7 (min of 3; the machine's load moves it ~10 %).
+//   f. float32 runs draw float normals (normal4_slots_f_x16: the AVX-512 float Box-Muller on 8
+//      lanes; 6.1e-7 max vs the double normals over 4e6): noise + update ~17.5k -> ~12k TSC
+//      cycles per run-step (120 float32 runs at N = 500, rdtsc profile, 2 x 2 interleaved runs;
+//      a step is ~50-60k), i.e. ~10 % of a float32 step. Wall-clock runs were too noisy that day
+//      to show it beyond doubt.
 //   Tried and dropped: pass 2's register-blocked gradient on 4-lane groups (GB = 2 or 4) instead
 //   of the auto-vectorised pass2_matrix: no change (gradient 183-189k TSC cycles per run-step).
 // * Instruction sets: the kernel body below is compiled three times (AVX-512, AVX2+FMA,
@@ -724,6 +729,70 @@ inline void philox4_words_x16(std::uint32_t k0, std::uint32_t k1, std::uint32_t 
     _mm256_store_si256(reinterpret_cast<__m256i*>(w[3] + 8 * h), c3);
   }
 }
+
+// The float32 Box-Muller of radius_f_x16 / cos_sin_2pi_f_x16 (AVX-512, below) on 8 lanes: the
+// same operations in the same order, so the same numbers; lane masks become compare vectors and
+// blends.
+SYMKERN_ALWAYS_INLINE __m256 radius_f_x8(__m256i o0) {
+  const auto i32 = [](int v) { return _mm256_set1_epi32(v); };
+  const __m256i vi = _mm256_add_epi32(_mm256_slli_epi32(_mm256_srli_epi32(o0, 8), 1), i32(1));
+  const __m256 vf = _mm256_cvtepi32_ps(vi);
+  const __m256i resid = _mm256_sub_epi32(vi, _mm256_cvtps_epi32(vf));
+  const __m256i bits = _mm256_castps_si256(vf);
+  __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(bits, 23), i32(127));
+  __m256 m = _mm256_castsi256_ps(
+      _mm256_or_si256(_mm256_and_si256(bits, i32(0x007FFFFF)), i32(0x3F800000)));
+  const __m256 big = _mm256_cmp_ps(m, _mm256_set1_ps(1.41421356f), _CMP_GT_OQ);
+  m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5f)), big);
+  e = _mm256_sub_epi32(e, _mm256_castps_si256(big));  // big lanes are all ones (-1): e + 1
+  const __m256 sc = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(i32(127), e), 23));
+  __m256 f = _mm256_sub_ps(m, _mm256_set1_ps(1.0f));
+  f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(resid), sc, f);
+  const __m256 s = _mm256_div_ps(f, _mm256_add_ps(f, _mm256_set1_ps(2.0f)));
+  const __m256 s2 = _mm256_mul_ps(s, s);
+  __m256 p = _mm256_set1_ps(1.0f / 11.0f);
+  p = _mm256_fmadd_ps(p, s2, _mm256_set1_ps(1.0f / 9.0f));
+  p = _mm256_fmadd_ps(p, s2, _mm256_set1_ps(1.0f / 7.0f));
+  p = _mm256_fmadd_ps(p, s2, _mm256_set1_ps(1.0f / 5.0f));
+  p = _mm256_fmadd_ps(p, s2, _mm256_set1_ps(1.0f / 3.0f));
+  const __m256 s2s = _mm256_add_ps(s, s);
+  const __m256 lnm = _mm256_fmadd_ps(s2s, _mm256_mul_ps(s2, p), s2s);
+  const __m256 k = _mm256_cvtepi32_ps(_mm256_sub_epi32(e, i32(25)));
+  const __m256 lnu = _mm256_fmadd_ps(k, _mm256_set1_ps(0.693145752f),
+                                     _mm256_fmadd_ps(k, _mm256_set1_ps(1.42860677e-06f), lnm));
+  return _mm256_sqrt_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), lnu));
+}
+
+SYMKERN_ALWAYS_INLINE void cos_sin_2pi_f_x8(__m256i o1, __m256& cos_out, __m256& sin_out) {
+  const auto i32 = [](int v) { return _mm256_set1_epi32(v); };
+  const __m256i vv = _mm256_add_epi32(_mm256_slli_epi32(_mm256_srli_epi32(o1, 8), 1), i32(1));
+  const __m256i q = _mm256_srli_epi32(_mm256_add_epi32(vv, i32(1 << 22)), 23);
+  const __m256 fr =
+      _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(vv, _mm256_slli_epi32(q, 23))),
+                    _mm256_set1_ps(1.0f / 8388608.0f));
+  const __m256 a = _mm256_mul_ps(fr, _mm256_set1_ps(1.57079632679f));
+  const __m256 a2 = _mm256_mul_ps(a, a);
+  __m256 sp = _mm256_set1_ps(2.75573192e-6f);
+  sp = _mm256_fmadd_ps(sp, a2, _mm256_set1_ps(-1.98412698e-4f));
+  sp = _mm256_fmadd_ps(sp, a2, _mm256_set1_ps(8.33333333e-3f));
+  sp = _mm256_fmadd_ps(sp, a2, _mm256_set1_ps(-1.66666667e-1f));
+  const __m256 sn = _mm256_fmadd_ps(a, _mm256_mul_ps(a2, sp), a);
+  __m256 cp = _mm256_set1_ps(2.48015873e-5f);
+  cp = _mm256_fmadd_ps(cp, a2, _mm256_set1_ps(-1.38888889e-3f));
+  cp = _mm256_fmadd_ps(cp, a2, _mm256_set1_ps(4.16666667e-2f));
+  cp = _mm256_fmadd_ps(cp, a2, _mm256_set1_ps(-0.5f));
+  const __m256 cs = _mm256_fmadd_ps(a2, cp, _mm256_set1_ps(1.0f));
+  // quadrant qm: cos = cs, -sn, -cs, sn and sin = sn, cs, -sn, -cs
+  const __m256i qm = _mm256_and_si256(q, i32(3));
+  const auto lanes_with = [&](__m256i v, int bit) {  // all ones where v & bit
+    return _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(v, i32(bit)), i32(bit)));
+  };
+  const __m256 odd = lanes_with(qm, 1), cneg = lanes_with(_mm256_add_epi32(qm, i32(1)), 2),
+               sneg = lanes_with(qm, 2), minus_zero = _mm256_set1_ps(-0.0f);
+  const __m256 c = _mm256_blendv_ps(cs, sn, odd), sv = _mm256_blendv_ps(sn, cs, odd);
+  cos_out = _mm256_xor_ps(c, _mm256_and_ps(cneg, minus_zero));
+  sin_out = _mm256_xor_ps(sv, _mm256_and_ps(sneg, minus_zero));
+}
 #endif
 
 // The four float64 normals (slots 0..3: rho0 cos, rho0 sin, rho2 cos, rho2 sin of rng.normal4)
@@ -762,6 +831,29 @@ inline void normal4_slots_x16(const ::symkern::philox::Key key, std::uint32_t st
   }
 }
 
+#if defined(SYMKERN_PARTICLES_AVX2)
+// normal4_slots_x16 for float32 runs: the same Philox words, the float Box-Muller on 8 lanes.
+inline void normal4_slots_f_x16(const ::symkern::philox::Key key, std::uint32_t step,
+                                std::uint32_t run, std::uint32_t stream, std::uint32_t ctr0,
+                                std::uint32_t stride, float (&slot)[4][16]) {
+  alignas(64) std::uint32_t w[4][16];
+  philox4_words_x16(key.k0, key.k1, step, run, stream, ctr0, stride, w);
+  for (int h = 0; h < 2; ++h) {
+    const auto word = [&](int j) {
+      return _mm256_load_si256(reinterpret_cast<const __m256i*>(w[j] + 8 * h));
+    };
+    const __m256 rho0 = radius_f_x8(word(0)), rho2 = radius_f_x8(word(2));
+    __m256 c1, s1, c3, s3;
+    cos_sin_2pi_f_x8(word(1), c1, s1);
+    cos_sin_2pi_f_x8(word(3), c3, s3);
+    _mm256_store_ps(slot[0] + 8 * h, _mm256_mul_ps(rho0, c1));
+    _mm256_store_ps(slot[1] + 8 * h, _mm256_mul_ps(rho0, s1));
+    _mm256_store_ps(slot[2] + 8 * h, _mm256_mul_ps(rho2, c3));
+    _mm256_store_ps(slot[3] + 8 * h, _mm256_mul_ps(rho2, s3));
+  }
+}
+#endif
+
 // out[j] = rng.normal4 element idx0 + j of (step, run, stream), float64 Box-Muller.
 inline void normals4(const ::symkern::philox::Key key, std::uint32_t step, std::uint32_t run,
                      std::uint32_t stream, std::uint64_t idx0, index_t n, double* __restrict out) {
@@ -777,11 +869,22 @@ template <class T>
 inline void noise_rows4(const ::symkern::philox::Key key, std::uint32_t step, std::uint32_t run,
                         std::uint32_t i_first, index_t m, index_t D, T* __restrict rows) {
   const std::uint32_t D4 = static_cast<std::uint32_t>(D / 4);
+#if defined(SYMKERN_PARTICLES_AVX2)
+  // float32 runs draw float normals (AVX-512: update_with_noise_f; elsewhere double, cast)
+  using Slot = std::conditional_t<std::is_same_v<T, float>, float, double>;
+#else
+  using Slot = double;
+#endif
   for (std::uint32_t q4 = 0; q4 < D4; ++q4)
     for (index_t i = 0; i < m; i += 16) {
-      alignas(64) double slot[4][16];
-      normal4_slots_x16(key, step, run, ::symkern::philox::STREAM_NOISE,
-                        (i_first + static_cast<std::uint32_t>(i)) * D4 + q4, D4, slot);
+      alignas(64) Slot slot[4][16];
+      const std::uint32_t ctr0 = (i_first + static_cast<std::uint32_t>(i)) * D4 + q4;
+#if defined(SYMKERN_PARTICLES_AVX2)
+      if constexpr (std::is_same_v<Slot, float>)
+        normal4_slots_f_x16(key, step, run, ::symkern::philox::STREAM_NOISE, ctr0, D4, slot);
+      else
+#endif
+        normal4_slots_x16(key, step, run, ::symkern::philox::STREAM_NOISE, ctr0, D4, slot);
       const index_t len = std::min<index_t>(16, m - i);
       for (int q = 0; q < 4; ++q) {
         T* __restrict o = rows + (4 * q4 + q) * TILE + i;
@@ -791,8 +894,8 @@ inline void noise_rows4(const ::symkern::philox::Key key, std::uint32_t step, st
 }
 
 // float32 rng.normal4 elements idx0 .. idx0 + n - 1 of one run, by the float Box-Muller of the
-// fused float32 noise (normal4_f_x16), for the philox_normals4 binding's measurement of it against
-// the double one. False in the ISA copies without it.
+// float32 noise (AVX-512: normal4_f_x16; AVX2: normal4_slots_f_x16), for the philox_normals4
+// binding's measurement of it against the double one. False in the baseline copy (no float one).
 inline bool normals4_f(const ::symkern::philox::Key key, std::uint32_t step, std::uint32_t run,
                        std::uint32_t stream, std::uint64_t idx0, index_t n, float* out) {
 #if defined(SYMKERN_PARTICLES_AVX512)
@@ -801,6 +904,11 @@ inline bool normals4_f(const ::symkern::philox::Key key, std::uint32_t step, std
     __m512 zv[4];
     counters.normal4_f(static_cast<std::uint32_t>(cb), zv);
     for (int s = 0; s < 4; ++s) _mm512_store_ps(slot[s], zv[s]);
+  });
+  return true;
+#elif defined(SYMKERN_PARTICLES_AVX2)
+  normal4_blocks(idx0, n, out, [&](std::uint64_t cb, float (&slot)[4][16]) {
+    normal4_slots_f_x16(key, step, run, stream, static_cast<std::uint32_t>(cb), 1, slot);
   });
   return true;
 #else

@@ -27,8 +27,8 @@ The registry imports this module only when ``symkern._C`` is importable. The ker
   sigmoid ≤ 9.6e-8 absolute / 2.7e-7 relative
   (the AVX-512 16-lane sigmoid of the matrix-unit fast path; the scalar one ≤ 9.0e-8 / 1.5e-7),
   tanh ≤ 9.2e-8 absolute / 1.9e-7 relative (``symkern._C.particle_activation_errors()``
-  re-measures it); float32 runs on AVX-512 also draw the Box–Muller normals in float (max error
-  5.6e-7 vs the float64 normals, i.e. rounding only);
+  re-measures it); float32 runs on AVX-512 and AVX2 also draw the Box–Muller normals in float
+  (max error 6.1e-7 vs the float64 normals over 4e6, i.e. rounding only);
 * the standard unit's products (pre-activations X Wᵀ, weight gradients, input gradients of the
   fused backward) run in register blocks of up to 8 inputs or columns × one SIMD vector of
   particles, one vector load per 8 FMAs;
