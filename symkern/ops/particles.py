@@ -491,6 +491,11 @@ def particle_steps(
     Ints (steps, batch, seed, step0, snapshot_every) may be Python ints, NumPy integers or
     integer 0-d tensors, not bools. Tensors must be on the CPU or a CUDA device.
 
+    A call whose arguments other than ``theta`` equal an earlier call's (tensors compared by
+    content; ``x_data`` calls excepted) reuses the problem that call built, so a loop of
+    single-step calls pays the argument checks once (~65 µs per call remain on a 2-core AVX2
+    machine at N = 50, against ~6 µs per step inside one multi-step call).
+
     Returns a :class:`ParticleStepsResult`. Autograd does not flow through multi-step calls.
     Inputs must be finite (ValueError otherwise). A run that diverges during the call (a step
     size too large for its dtype) is not stopped or clamped: its θ, snapshots and losses turn
