@@ -41,10 +41,11 @@
 //   sigmoid <= 9.0e-8 absolute, <= 1.5e-7 relative; tanh <= 9.2e-8 absolute, <= 1.9e-7 relative
 //   (i.e. ~1-3 float32 ulp). Below u = -87 the sigmoid is clamped (absolute error < 2e-38).
 // * Random numbers: csrc/philox.h, double-precision Box-Muller with own vectorisable ln/cos/sin
-//   for float64 runs; float32 runs on AVX-512 draw their normals in float (normal_f_x16,
-//   normal4_f_x16: max |error| 6.0e-7 against the double normals over 4e6, ~1 float ulp of
-//   |z| <= 5.9). The Langevin noise is rng.normal4 (four normals per Philox counter: both word
-//   pairs, cos and sin), so D = 4 particles draw one counter each per step.
+//   for float64 runs; float32 runs on AVX-512 and AVX2 draw their normals (data and noise) in
+//   float (normal_f_x16, normal4_f_x16 and their 8-lane forms: max |error| 6.0e-7 / 6.1e-7
+//   against the double normals over 4e6, ~1 float ulp of |z| <= 5.9). The Langevin noise is
+//   rng.normal4 (four normals per Philox counter: both word pairs, cos and sin), so D = 4
+//   particles draw one counter each per step.
 // * AVX-512 float32 fast paths (matrix unit): data + teacher labels in registers
 //   (data_matrix_f), pass 1 for d = 2 (pass1_matrix2_simd), and for c = d = 2 without EA / noise
 //   projection pass 2 + weight decay + Philox noise + update fused per 16 particles with the
@@ -117,6 +118,14 @@
 //      to show it beyond doubt.
 //   Tried and dropped: pass 2's register-blocked gradient on 4-lane groups (GB = 2 or 4) instead
 //   of the auto-vectorised pass2_matrix: no change (gradient 183-189k TSC cycles per run-step).
+//   g. the data of a step at small N (vanilla, R = 1, N = 50, B = 20, WI teacher of 10 particles;
+//      rdtsc profile, 3 interleaved runs each): the teacher labels in SIMD loops over the batch
+//      (teacher_labels; they were a scalar loop per sample, 400 scalar sigmoids per step), the
+//      data normals' Philox in philox4_words_x16, and float32 runs' data x from the float
+//      Box-Muller (scaled_normals_f): data section float32 14.6-15.4k -> 2.1-2.2k TSC cycles per
+//      step, float64 12.1-18.2k -> 3.5-4.5k. Wall clock (bench_particles, 3 interleaved rounds,
+//      loadavg ~1.1): float32 N = 50 6.5-7.0 -> 4.1-4.4 us/step, 120 float32 runs at N = 500
+//      1.78-2.28 -> 1.39-1.90 ms/step; N = 5000 unchanged (the data is < 1 % there).
 // * Instruction sets: the kernel body below is compiled three times (AVX-512, AVX2+FMA,
 //   baseline x86-64) by including this file into itself under `#pragma GCC target`, and
 //   dispatched at run time on the CPU's features — the wheel stays portable (no -march=native).
@@ -297,6 +306,9 @@ inline unsigned long long g_prof[8];
 #include "vmath.h"  // exp_d, tanh_d (this ISA's copy)
 
 constexpr index_t TILE = 256;  // particles per tile: scratch rows of TILE stay in L1
+// teacher_labels: the batch is padded to a multiple of TL_PAD samples (an AVX2 vector of float,
+// an AVX-512 one of double) and processed in blocks of at most TL_MAX samples
+constexpr index_t TL_PAD = 8, TL_MAX = 64;
 
 inline index_t round_up(index_t n, index_t m) { return (n + m - 1) / m * m; }
 
@@ -372,15 +384,6 @@ inline void with_act(int code, F&& f) {
   if (code == 0) f(ActTanh{});
   else if (code == 1) f(ActSigmoid{});
   else f(ActRelu{});
-}
-
-template <class T>
-inline T act_value(int code, T u) {
-  T h, hp;
-  if (code == 0) ActTanh::eval(u, h, hp);
-  else if (code == 1) ActSigmoid::eval(u, h, hp);
-  else ActRelu::eval(u, h, hp);
-  return h;
 }
 
 // out[0..1] = max of the absolute and relative error of a sigmoid on L lanes of T (L = 1: a scalar
@@ -639,35 +642,6 @@ inline void update_with_noise_f(float* th, index_t cap, index_t i_s, const float
 }
 #endif
 
-// out[i] = normal keyed by (idx0 + i, step, run, stream).
-inline void normals(const ::symkern::philox::Key key, std::uint32_t step, std::uint32_t run,
-                    std::uint32_t stream, std::uint64_t idx0, index_t n, double* __restrict out) {
-  const std::uint32_t k0 = key.k0, k1 = key.k1;
-  index_t i0 = 0;
-#if defined(SYMKERN_PARTICLES_AVX512)
-  {
-    alignas(64) std::uint32_t a0[16], a1[16];
-    const PhiloxLanes16 counters(k0, k1, step, run, stream, 1);
-    for (; i0 + 16 <= n; i0 += 16) {
-      __m512i w[2];
-      counters.words<2>(static_cast<std::uint32_t>(idx0 + i0), w);
-      _mm512_store_si512(reinterpret_cast<__m512i*>(a0), w[0]);
-      _mm512_store_si512(reinterpret_cast<__m512i*>(a1), w[1]);
-      double* __restrict o = out + i0;
-#pragma omp simd
-      for (int j = 0; j < 16; ++j) o[j] = ::symkern::philox::normal_from_bits(a0[j], a1[j]);
-    }
-  }
-#endif
-#pragma omp simd
-  for (index_t i = i0; i < n; ++i) {
-    std::uint32_t o0, o1;
-    ::symkern::philox::philox2(static_cast<std::uint32_t>(idx0 + static_cast<std::uint64_t>(i)),
-                               step, run, stream, k0, k1, o0, o1);
-    out[i] = ::symkern::philox::normal_from_bits(o0, o1);
-  }
-}
-
 // rng.normal4 elements idx0 .. idx0 + n - 1 into out, by blocks of 16 counters: fill(cb, slot)
 // writes the four normals of counters cb .. cb + 15 as slot[s][l] = slot s of counter cb + l; they
 // are interleaved into element order (4 l + s) and the part of each block inside the range is
@@ -850,6 +824,68 @@ inline void normal4_slots_f_x16(const ::symkern::philox::Key key, std::uint32_t 
     _mm256_store_ps(slot[1] + 8 * h, _mm256_mul_ps(rho0, s1));
     _mm256_store_ps(slot[2] + 8 * h, _mm256_mul_ps(rho2, c3));
     _mm256_store_ps(slot[3] + 8 * h, _mm256_mul_ps(rho2, s3));
+  }
+}
+#endif
+
+// out[i] = normal keyed by (idx0 + i, step, run, stream): the Philox words of 16 counters at a
+// time in explicit SIMD (AVX-512, AVX2), their double Box-Muller in a SIMD loop; the last block's
+// surplus normals are dropped.
+inline void normals(const ::symkern::philox::Key key, std::uint32_t step, std::uint32_t run,
+                    std::uint32_t stream, std::uint64_t idx0, index_t n, double* __restrict out) {
+  const std::uint32_t k0 = key.k0, k1 = key.k1;
+#if defined(SYMKERN_PARTICLES_AVX512) || defined(SYMKERN_PARTICLES_AVX2)
+  alignas(64) std::uint32_t w[4][16];
+#if defined(SYMKERN_PARTICLES_AVX512)
+  const PhiloxLanes16 counters(k0, k1, step, run, stream, 1);
+#endif
+  for (index_t i0 = 0; i0 < n; i0 += 16) {
+    const std::uint32_t ctr0 = static_cast<std::uint32_t>(idx0 + static_cast<std::uint64_t>(i0));
+#if defined(SYMKERN_PARTICLES_AVX512)
+    __m512i o[2];
+    counters.words<2>(ctr0, o);
+    _mm512_store_si512(reinterpret_cast<__m512i*>(w[0]), o[0]);
+    _mm512_store_si512(reinterpret_cast<__m512i*>(w[1]), o[1]);
+#else
+    philox4_words_x16(k0, k1, step, run, stream, ctr0, 1, w);
+#endif
+    alignas(64) double z[16];
+#pragma omp simd
+    for (int j = 0; j < 16; ++j) z[j] = ::symkern::philox::normal_from_bits(w[0][j], w[1][j]);
+    std::copy(z, z + std::min<index_t>(16, n - i0), out + i0);
+  }
+#else
+#pragma omp simd
+  for (index_t i = 0; i < n; ++i) {
+    std::uint32_t o0, o1;
+    ::symkern::philox::philox2(static_cast<std::uint32_t>(idx0 + static_cast<std::uint64_t>(i)),
+                               step, run, stream, k0, k1, o0, o1);
+    out[i] = ::symkern::philox::normal_from_bits(o0, o1);
+  }
+#endif
+}
+
+#if defined(SYMKERN_PARTICLES_AVX2)
+// out[i] = scale * rng.normal element i of (step, run, stream), for float32 runs: the Philox
+// words of normals(), the float Box-Muller of normal_f_x16 on 8 lanes, so the same numbers as the
+// AVX-512 copy's data_matrix_f.
+inline void scaled_normals_f(const ::symkern::philox::Key key, std::uint32_t step,
+                             std::uint32_t run, std::uint32_t stream, index_t n, float scale,
+                             float* __restrict out) {
+  alignas(64) std::uint32_t w[4][16];
+  const __m256 sc = _mm256_set1_ps(scale);
+  for (index_t i0 = 0; i0 < n; i0 += 16) {
+    philox4_words_x16(key.k0, key.k1, step, run, stream, static_cast<std::uint32_t>(i0), 1, w);
+    alignas(32) float z[16];
+    for (int h = 0; h < 2; ++h) {
+      const auto word = [&](int j) {
+        return _mm256_load_si256(reinterpret_cast<const __m256i*>(w[j] + 8 * h));
+      };
+      __m256 cv, sv;
+      cos_sin_2pi_f_x8(word(1), cv, sv);  // the dead sin is dropped after inlining
+      _mm256_store_ps(z + 8 * h, _mm256_mul_ps(sc, _mm256_mul_ps(radius_f_x8(word(0)), cv)));
+    }
+    std::copy(z, z + std::min<index_t>(16, n - i0), out + i0);
   }
 }
 #endif
@@ -1362,7 +1398,7 @@ struct Ctx {
 template <class T>
 struct Work {
   index_t cap = 0;
-  std::vector<T> th, tht, act, u, tmp, gbuf, g2, nzT, xip, x, y, xe, ye, r, coef;
+  std::vector<T> th, tht, act, u, tmp, gbuf, g2, nzT, xip, x, y, xe, ye, r, coef, xt, ts, yt;
   std::vector<double> nz, phi, xd, dy;
   std::vector<std::int32_t> gsel;
 
@@ -1382,6 +1418,9 @@ struct Work {
     nz.assign(D * TILE, 0.0);
     x.assign(B * p.d, T(0));
     y.assign(B * p.c, T(0));
+    xt.assign(round_up(B, TL_PAD) * p.d, T(0));
+    ts.assign(std::max<index_t>(p.M, 1) * p.c * TL_MAX, T(0));
+    yt.assign(round_up(B, TL_PAD) * p.c, T(0));
     xe.assign(cx.Emax * p.d, T(0));
     ye.assign(cx.Emax * p.c, T(0));
     r.assign(cx.Emax * p.c, T(0));
@@ -1399,31 +1438,83 @@ struct Team {
   index_t stride = 0;
 };
 
-// Teacher label y_b = sum_m w_m sigma*(x_b, teacher_m), in T like the reference.
+// Teacher label y_b = sum_m w_m sigma*(x_b, teacher_m), in T like the reference, vectorised over
+// the batch: x [B][d] is transposed into xt [d][Bp] (Bp = B rounded up to TL_PAD, zero-padded).
+// Per block of L <= TL_MAX samples, the pre-activations of all M teacher particles go into
+// s [M A][L] (A = c for the matrix unit, 1 for the standard one), one SIMD loop applies the
+// activation to all of them, and the labels accumulate in yt [c][Bp] (the sum over m, and each
+// pre-activation's sum over j, in the scalar order) before being transposed back into y [B][c].
+// Why this shape (AVX2, float32, N = 50, B = 20, 10 teacher particles, rdtsc profile): a scalar
+// loop per sample took ~10k cycles per step (400 scalar sigmoids); SIMD loops over the batch per
+// (m, k), ~3k (loop overhead, short dependency chains); this form, ~1.5k.
 template <class T>
-inline void teacher_labels(const Problem<T>& p, index_t r, const T* x, T* y) {
-  const index_t B = p.batch, c = p.c, d = p.d, D = p.D, M = p.M;
+inline void teacher_labels(const Problem<T>& p, index_t r, const T* x, T* y, T* __restrict xt,
+                           T* __restrict s, T* __restrict yt) {
+  const index_t B = p.batch, Bp = round_up(B, TL_PAD), c = p.c, d = p.d, D = p.D, M = p.M;
+  const bool matrix = p.unit_code == 0;
+  const index_t A = matrix ? c : 1;
   const T* tch = p.teacher + r * M * D;
   const T* tw = p.teacher_w + r * M;
-  for (index_t b = 0; b < B; ++b) {
-    const T* xb = x + b * d;
-    for (index_t k = 0; k < c; ++k) y[b * c + k] = T(0);
+  for (index_t j = 0; j < d; ++j) {
+    for (index_t b = 0; b < B; ++b) xt[j * Bp + b] = x[b * d + j];
+    for (index_t b = B; b < Bp; ++b) xt[j * Bp + b] = T(0);
+  }
+  std::fill(yt, yt + c * Bp, T(0));
+  for (index_t b0 = 0; b0 < Bp; b0 += TL_MAX) {
+    const index_t L = std::min(TL_MAX, Bp - b0);
     for (index_t m = 0; m < M; ++m) {
       const T* z = tch + m * D;
-      if (p.unit_code == 0) {
-        for (index_t k = 0; k < c; ++k) {
-          T u = T(0);
-          for (index_t j = 0; j < d; ++j) u += z[k * d + j] * xb[j];
-          y[b * c + k] += tw[m] * sigmoid_t(u);
+      for (index_t k = 0; k < A; ++k) {
+        // matrix: u = z_k . x; standard: u = bias + w . x, with z = (a, w, bias)
+        const T u0 = matrix ? T(0) : z[c + d];
+        const T* w = matrix ? z + k * d : z + c;
+        T* __restrict u = s + (m * A + k) * L;
+        const T w0 = w[0];
+        const T* __restrict x0 = xt + b0;
+#pragma omp simd
+        for (index_t l = 0; l < L; ++l) u[l] = u0 + w0 * x0[l];
+        for (index_t j = 1; j < d; ++j) {
+          const T wj = w[j];
+          const T* __restrict xj = xt + j * Bp + b0;
+#pragma omp simd
+          for (index_t l = 0; l < L; ++l) u[l] += wj * xj[l];
         }
-      } else {
-        T u = z[c + d];
-        for (index_t j = 0; j < d; ++j) u += z[c + j] * xb[j];
-        const T h = act_value(p.activation_code, u);
-        for (index_t k = 0; k < c; ++k) y[b * c + k] += tw[m] * (z[k] * h);
+      }
+    }
+    const index_t ns = M * A * L;
+    if (matrix) {
+#pragma omp simd
+      for (index_t i = 0; i < ns; ++i) s[i] = sigmoid_t(s[i]);
+    } else {
+      with_act(p.activation_code, [&](auto act) {
+#pragma omp simd
+        for (index_t i = 0; i < ns; ++i) {
+          T h, hp;
+          decltype(act)::eval(s[i], h, hp);
+          s[i] = h;
+        }
+      });
+    }
+    for (index_t m = 0; m < M; ++m) {
+      const T* z = tch + m * D;
+      const T wm = tw[m];
+      for (index_t k = 0; k < c; ++k) {
+        T* __restrict yk = yt + k * Bp + b0;
+        if (matrix) {
+          const T* __restrict sk = s + (m * c + k) * L;
+#pragma omp simd
+          for (index_t l = 0; l < L; ++l) yk[l] += wm * sk[l];
+        } else {
+          const T ak = z[k];
+          const T* __restrict sm = s + m * L;
+#pragma omp simd
+          for (index_t l = 0; l < L; ++l) yk[l] += wm * (ak * sm[l]);
+        }
       }
     }
   }
+  for (index_t b = 0; b < B; ++b)
+    for (index_t k = 0; k < c; ++k) y[b * c + k] = yt[k * Bp + b];
 }
 
 // ---- standard unit: register-blocked products ----------------------------------------------
@@ -1785,9 +1876,17 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
         }
       }
 #endif
-      normals(key, ut, runid, px::STREAM_DATA, 0, B * d, w.xd.data());
-      for (index_t k = 0; k < B * d; ++k) x[k] = static_cast<T>(p.sigma_pi * w.xd[k]);
-      teacher_labels(p, r, x, y);
+#if defined(SYMKERN_PARTICLES_AVX2)
+      if constexpr (std::is_same_v<T, float>) {
+        scaled_normals_f(key, ut, runid, px::STREAM_DATA, B * d, static_cast<float>(p.sigma_pi),
+                         x);
+      } else
+#endif
+      {
+        normals(key, ut, runid, px::STREAM_DATA, 0, B * d, w.xd.data());
+        for (index_t k = 0; k < B * d; ++k) x[k] = static_cast<T>(p.sigma_pi * w.xd[k]);
+      }
+      teacher_labels(p, r, x, y, w.xt.data(), w.ts.data(), w.yt.data());
     }
 #if defined(SYMKERN_PARTICLES_AVX512)
   have_data: __attribute__((unused));  // the goto is in the float32 instantiation only

@@ -345,6 +345,19 @@ def test_cpp_normal4_matches_reference():
             assert z32.dtype == np.float32 and np.abs(z32 - ref).max() <= 8e-7
 
 
+def test_cpp_normals_match_reference():
+    """C++ rng.normal (the in-kernel data x of float64 runs; the C++ draws 16 counters at a time
+    and drops the surplus of the last block) against the float64 reference, to rounding, at
+    lengths inside one block, at a block's end and past it."""
+    C = pytest.importorskip("symkern._C")
+    import numpy as np
+
+    for n in (1, 15, 16, 17, 154, 5000):
+        ref = rng.normal(7, torch.tensor([5]), 11, rng.STREAM_DATA, n)[0].numpy()
+        z = C.philox_normals(7, 5, 11, rng.STREAM_DATA, n)
+        assert z.shape == (n,) and np.abs(z - ref).max() <= 4e-15
+
+
 # --- bad input ---------------------------------------------------------------------------------
 
 
@@ -822,6 +835,27 @@ def test_triton_fused_path_refuses_tiles_too_large_to_compile(unit, batch, match
 
 @pytest.mark.parametrize(
     "unit",
+    [MatrixUnit(2, 2), MatrixUnit(3, 2), StandardUnit(3, 2, "relu"), StandardUnit(2, 1, "tanh")],
+    ids=repr,
+)
+def test_teacher_labels_over_several_batch_blocks(unit):
+    """The C++ kernel's in-kernel teacher labels run over the batch in blocks of up to 64 samples,
+    padded to a multiple of 8: B = 77 takes a full block, a ragged one and 3 padding samples. The
+    per-step losses are the labels' residuals, so a wrong or shifted label shows in them
+    directly; float32 and float64 against the float64 reference."""
+    pytest.importorskip("symkern._C")
+    g = torch.Generator().manual_seed(21)
+    teacher = torch.randn(3, unit.D, generator=g, dtype=torch.float64)
+    theta = initial_particles(2, 7, unit.D, seed=5, std=0.5)
+    args = dict(unit=unit, teacher=teacher, alpha=torch.tensor([0.5, 1.0]), tau=1e-3, beta=1e-4,
+                batch=77, sigma_pi=1.5, seed=404)  # fmt: skip
+    ref = _run(theta, args, "torch", torch.float64, 2, 1)
+    for dtype in (torch.float64, torch.float32):
+        _compare(_run(theta, args, "cpp", dtype, 2, 1), ref, dtype)
+
+
+@pytest.mark.parametrize(
+    "unit",
     [
         MatrixUnit(2, 2),
         MatrixUnit(3, 2),
@@ -1020,7 +1054,8 @@ def test_lower_isa_copies_match_reference(isa):
     select = (
         "(cpp and (one_step_matches or block_sizes or hundred_steps or noise_paths))"
         " or standard_unit_steps_at_block_sizes or activation_errors_as_documented"
-        " or cpp_normal4_matches_reference"
+        " or cpp_normal4_matches_reference or cpp_normals_match_reference"
+        " or teacher_labels_over_several_batch_blocks"
     )
     res = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
