@@ -41,11 +41,12 @@
 //   sigmoid <= 9.0e-8 absolute, <= 1.5e-7 relative; tanh <= 9.2e-8 absolute, <= 1.9e-7 relative
 //   (i.e. ~1-3 float32 ulp). Below u = -87 the sigmoid is clamped (absolute error < 2e-38).
 // * Random numbers: csrc/philox.h, double-precision Box-Muller with own vectorisable ln/cos/sin
-//   for float64 runs; float32 runs on AVX-512 and AVX2 draw their normals (data and noise) in
-//   float (normal_f_x16, normal4_f_x16 and their 8-lane forms: max |error| 6.0e-7 / 6.1e-7
-//   against the double normals over 4e6, ~1 float ulp of |z| <= 5.9). The Langevin noise is
-//   rng.normal4 (four normals per Philox counter: both word pairs, cos and sin), so D = 4
-//   particles draw one counter each per step.
+//   for float64 runs. float32 runs draw their normals by a float Box-Muller in the AVX2 copy
+//   (noise and data x) and in the AVX-512 one's fast paths (unprojected noise; the matrix unit's
+//   data), elsewhere the double ones cast (normal_f_x16, normal4_f_x16 and their 8-lane forms:
+//   max |error| 6.0e-7 / 6.1e-7 against the double normals over 4e6, ~1 float ulp of
+//   |z| <= 5.9). The Langevin noise is rng.normal4 (four normals per Philox counter: both word
+//   pairs, cos and sin), so D = 4 particles draw one counter each per step.
 // * AVX-512 float32 fast paths (matrix unit): data + teacher labels in registers
 //   (data_matrix_f), pass 1 for d = 2 (pass1_matrix2_simd), and for c = d = 2 without EA / noise
 //   projection pass 2 + weight decay + Philox noise + update fused per 16 particles with the
@@ -868,7 +869,7 @@ inline void normals(const ::symkern::philox::Key key, std::uint32_t step, std::u
 #if defined(SYMKERN_PARTICLES_AVX2)
 // out[i] = scale * rng.normal element i of (step, run, stream), for float32 runs: the Philox
 // words of normals(), the float Box-Muller of normal_f_x16 on 8 lanes, so the same numbers as the
-// AVX-512 copy's data_matrix_f.
+// AVX-512 copy's data_matrix_f (matrix unit; its standard unit casts normals()' doubles).
 inline void scaled_normals_f(const ::symkern::philox::Key key, std::uint32_t step,
                              std::uint32_t run, std::uint32_t stream, index_t n, float scale,
                              float* __restrict out) {
