@@ -98,6 +98,27 @@ def test_standard_unit_steps_at_block_sizes(scheme):
 
 @pytest.mark.parametrize(
     "unit",
+    [MatrixUnit(2, 2), MatrixUnit(3, 2), StandardUnit(3, 2, "relu"), StandardUnit(2, 1, "tanh")],
+    ids=repr,
+)
+def test_teacher_labels_over_several_batch_blocks(unit):
+    """The C++ kernel's in-kernel teacher labels run over the batch in blocks of up to 64 samples,
+    padded to a multiple of 8: B = 77 takes a full block, a ragged one and 3 padding samples. The
+    per-step losses are the labels' residuals, so a wrong or shifted label shows in them
+    directly; float32 and float64 against the float64 reference."""
+    pytest.importorskip("symkern._C")
+    g = torch.Generator().manual_seed(21)
+    teacher = torch.randn(3, unit.D, generator=g, dtype=torch.float64)
+    theta = initial_particles(2, 7, unit.D, seed=5, std=0.5)
+    args = dict(unit=unit, teacher=teacher, alpha=torch.tensor([0.5, 1.0]), tau=1e-3, beta=1e-4,
+                batch=77, sigma_pi=1.5, seed=404)  # fmt: skip
+    ref = _run(theta, args, "torch", torch.float64, 2, 1)
+    for dtype in (torch.float64, torch.float32):
+        _compare(_run(theta, args, "cpp", dtype, 2, 1), ref, dtype)
+
+
+@pytest.mark.parametrize(
+    "unit",
     [MatrixUnit(2, 4), StandardUnit(d=5, c=2, activation="tanh"),
      StandardUnit(d=2, c=2, activation="tanh")],
     ids=["matrix-D8", "standard-D8", "standard-D5"],
@@ -831,27 +852,6 @@ def test_triton_fused_path_refuses_tiles_too_large_to_compile(unit, batch, match
 
 
 # --- the fused model output (autograd) ---------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "unit",
-    [MatrixUnit(2, 2), MatrixUnit(3, 2), StandardUnit(3, 2, "relu"), StandardUnit(2, 1, "tanh")],
-    ids=repr,
-)
-def test_teacher_labels_over_several_batch_blocks(unit):
-    """The C++ kernel's in-kernel teacher labels run over the batch in blocks of up to 64 samples,
-    padded to a multiple of 8: B = 77 takes a full block, a ragged one and 3 padding samples. The
-    per-step losses are the labels' residuals, so a wrong or shifted label shows in them
-    directly; float32 and float64 against the float64 reference."""
-    pytest.importorskip("symkern._C")
-    g = torch.Generator().manual_seed(21)
-    teacher = torch.randn(3, unit.D, generator=g, dtype=torch.float64)
-    theta = initial_particles(2, 7, unit.D, seed=5, std=0.5)
-    args = dict(unit=unit, teacher=teacher, alpha=torch.tensor([0.5, 1.0]), tau=1e-3, beta=1e-4,
-                batch=77, sigma_pi=1.5, seed=404)  # fmt: skip
-    ref = _run(theta, args, "torch", torch.float64, 2, 1)
-    for dtype in (torch.float64, torch.float32):
-        _compare(_run(theta, args, "cpp", dtype, 2, 1), ref, dtype)
 
 
 @pytest.mark.parametrize(
