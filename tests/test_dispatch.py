@@ -228,3 +228,55 @@ def test_cli_passes_options_after_name_to_the_experiment():
     )
     assert out.returncode == 0
     assert "--resume" in out.stdout and "--preset" in out.stdout
+
+
+def test_first_op_call_does_not_import_dynamo():
+    """symkern's torch.library ops (symkern.ops._common.custom_op) call their implementation
+    directly until torch._dynamo is imported. In a fresh process: every one of them carries that
+    wrapper, eager calls of the orbit, fixed-point and particle-forward ops (forward and backward)
+    leave torch._dynamo unimported (torch's own wrapper imports it on an op's first call: ~2.2 s),
+    and torch.compile afterwards still traces and runs them, with the results of eager mode, and
+    from then on through torch's own torch._dynamo.disable."""
+    code = r"""
+import sys, torch, symkern
+from torch._library.custom_ops import CustomOpDef
+from symkern import groups
+from symkern.meanfield import MatrixUnit, initial_particles
+from symkern.ops import _common, fixed_point, mirror, orbit, particles
+
+ops = [v for m in (fixed_point, mirror, orbit, particles) for v in vars(m).values()
+       if isinstance(v, CustomOpDef)]
+assert len(ops) == 7, ops
+for op in ops:
+    for fn in op._backend_fns.values():
+        cached = getattr(fn.__wrapped__, "__dynamo_disable")
+        assert isinstance(cached, _common._DisableDynamoOnceImported), (op, cached)
+
+g = torch.Generator().manual_seed(0)
+x = torch.randn(6, 5, generator=g)
+z = torch.randn(6, 9, generator=g)
+s5, so3 = groups.symmetric(5), groups.so3().tensor_power(2)
+unit = MatrixUnit(2, 2)
+theta = initial_particles(1, 7, unit.D, seed=0)[0].requires_grad_()
+inputs = torch.randn(5, 2, generator=g, dtype=torch.float64)
+
+def f(x, z, theta):
+    return (symkern.orbit_average(x * 2, s5).sum() + symkern.project_fixed(z, so3).sum(),
+            symkern.model_output(inputs, theta, unit).sum())
+
+eager = f(x, z, theta)
+eager[1].backward()
+symkern.orbit_average(x, s5, out=torch.empty_like(x))
+symkern.project_fixed(z, so3, out=torch.empty_like(z))
+assert "torch._dynamo" not in sys.modules, "an eager symkern op imported torch._dynamo"
+compiled = torch.compile(f, fullgraph=True, backend="eager")(x, z, theta)
+assert "torch._dynamo" in sys.modules
+assert all(torch.allclose(a, b) for a, b in zip(compiled, eager))
+for op in (orbit._orbit_mean_op, fixed_point._project_lowrank_op, particles._particle_forward_op):
+    for fn in op._backend_fns.values():  # ran since the import: now torch's own disabled fn
+        cached = getattr(fn.__wrapped__, "__dynamo_disable")
+        assert not isinstance(cached, _common._DisableDynamoOnceImported), (op, cached)
+print("ok")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout + res.stderr[-3000:]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -130,6 +132,48 @@ def rep_cache(rep: Representation) -> dict:
         cache = {}
         rep.__dict__["_symkern_cache"] = cache
     return cache
+
+
+def custom_op(name: str, *, mutates_args: Sequence[str]) -> Callable[[Callable], Any]:
+    """``torch.library.custom_op(name, mutates_args=...)``, except that its first eager call does
+    not import torch._dynamo.
+
+    torch runs a custom op's implementation through ``torch._disable_dynamo``, which imports
+    torch._dynamo on the op's first call: 2.2 s on the project's 2-core EPYC, paid by every process
+    that calls a symkern op even when nothing is compiled (an eighth of the teacher-student quick
+    run). That wrapper only matters while dynamo runs compiled code, which needs torch._dynamo
+    imported; so until it is imported the implementation is called directly, and from then on
+    through ``torch._dynamo.disable`` exactly as torch does (_DisableDynamoOnceImported). Where
+    torch's internals are not the expected ones (another torch version), the op stays as torch
+    built it. tests/test_dispatch.py checks both sides.
+    """
+
+    def wrap(fn: Callable) -> Any:
+        op = torch.library.custom_op(name, mutates_args=tuple(mutates_args))(fn)
+        for wrapped in getattr(op, "_backend_fns", {}).values():
+            impl = getattr(wrapped, "__wrapped__", None)  # torch._compile._disable_dynamo's inner
+            if impl is not None and getattr(impl, "__dynamo_disable", None) is None:
+                setattr(impl, "__dynamo_disable", _DisableDynamoOnceImported(impl))
+        return op
+
+    return wrap
+
+
+class _DisableDynamoOnceImported:
+    """What ``torch._disable_dynamo`` caches on an implementation (its ``__dynamo_disable``
+    attribute): here ``fn`` itself while torch._dynamo is not (fully) imported, else
+    ``torch._dynamo.disable(fn)``, which then replaces this object in the cache."""
+
+    def __init__(self, fn: Callable) -> None:
+        self._fn = fn
+
+    def __call__(self, *args, **kwargs):
+        disable = getattr(sys.modules.get("torch._dynamo"), "disable", None)
+        if disable is None:  # no compiled code can be running
+            return self._fn(*args, **kwargs)
+        disabled = disable(self._fn, True, wrapping=False)  # as torch._compile._disable_dynamo
+        setattr(self._fn, "__dynamo_disable", disabled)
+        return disabled(*args, **kwargs)
 
 
 def resolve_backend(op: str, inputs: dict[str, Any], backend: str) -> str:

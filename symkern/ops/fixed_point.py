@@ -26,6 +26,7 @@ from symkern.ops._common import (
     check_out,
     check_out_memory,
     check_rep,
+    custom_op,
     from_rows,
     normalize_dim,
     rep_cache,
@@ -130,7 +131,7 @@ def _basis_on(rep: Representation, dtype: torch.dtype, device: torch.device) -> 
 # --- the registered op: symkern::project_lowrank -------------------------------------------------
 
 
-@torch.library.custom_op("symkern::project_lowrank", mutates_args=())
+@custom_op("symkern::project_lowrank", mutates_args=())
 def _project_lowrank_op(x: torch.Tensor, basis: torch.Tensor, backend: str) -> torch.Tensor:
     kernel = select_kernel("project_lowrank", {"x": x, "basis": basis}, backend)
     return kernel.fn(x, basis)
@@ -159,7 +160,7 @@ _project_lowrank_op.register_autograd(
 )
 
 
-@torch.library.custom_op("symkern::project_lowrank_out", mutates_args=("out",))
+@custom_op("symkern::project_lowrank_out", mutates_args=("out",))
 def _project_lowrank_out_op(
     x: torch.Tensor, basis: torch.Tensor, backend: str, out: torch.Tensor
 ) -> None:

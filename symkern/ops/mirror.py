@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import torch
 
 from symkern.backends.registry import select_kernel
-from symkern.ops._common import check_float_tensor, resolve_backend
+from symkern.ops._common import check_float_tensor, custom_op, resolve_backend
 
 __all__ = ["MODES", "MirrorPlan", "make_mirror_plan", "mirror_apply"]
 
@@ -110,7 +110,7 @@ def _inputs(theta, shift, index, value, dense_t, rest, mode, disjoint) -> dict[s
 # backend is chosen inside (at run time, from the real tensors); "auto" follows the registry rules.
 
 
-@torch.library.custom_op("symkern::mirror_apply", mutates_args=())
+@custom_op("symkern::mirror_apply", mutates_args=())
 def _mirror_apply_op(
     theta: torch.Tensor,
     shift: torch.Tensor | None,

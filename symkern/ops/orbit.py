@@ -35,6 +35,7 @@ from symkern.ops._common import (
     check_float_tensor,
     check_out_memory,
     check_rep,
+    custom_op,
     from_rows,
     normalize_dim,
     rep_cache,
@@ -139,7 +140,7 @@ def _run_orbit_mean(x, orbit_id, coef, inv_size, order, seg_start, backend, out=
     return select_kernel("orbit_mean", {"x": x}, backend).fn(x, plan, out)
 
 
-@torch.library.custom_op("symkern::orbit_mean", mutates_args=())
+@custom_op("symkern::orbit_mean", mutates_args=())
 def _orbit_mean_op(
     x: torch.Tensor,
     orbit_id: torch.Tensor,
@@ -172,7 +173,7 @@ def _orbit_mean_backward(ctx, grad):
 _orbit_mean_op.register_autograd(_orbit_mean_backward, setup_context=_orbit_mean_setup)
 
 
-@torch.library.custom_op("symkern::orbit_mean_out", mutates_args=("out",))
+@custom_op("symkern::orbit_mean_out", mutates_args=("out",))
 def _orbit_mean_out_op(
     x: torch.Tensor,
     orbit_id: torch.Tensor,

@@ -22,7 +22,13 @@ from symkern.backends.registry import select_kernel, select_kernel_cached
 from symkern.groups import Representation
 from symkern.meanfield.problem import SCHEMES, ParticleProblem
 from symkern.meanfield.units import Unit, _check_pos_int, check_unit, unit_from_codes
-from symkern.ops._common import per_item, rep_cache, require_finite, resolve_backend
+from symkern.ops._common import (
+    custom_op,
+    per_item,
+    rep_cache,
+    require_finite,
+    resolve_backend,
+)
 
 __all__ = [
     "ParticleStepsResult",
@@ -583,7 +589,7 @@ def particle_step(theta: torch.Tensor, unit: Unit, **kwargs) -> ParticleStepsRes
 # --- the fused model output with autograd: symkern::particle_forward -----------------------------
 
 
-@torch.library.custom_op("symkern::particle_forward", mutates_args=())
+@custom_op("symkern::particle_forward", mutates_args=())
 def _particle_forward_op(
     x: torch.Tensor, theta: torch.Tensor, unit_code: int, activation_code: int, c: int,
     d: int, backend: str,
@@ -607,7 +613,7 @@ def _particle_forward_setup(ctx, inputs, output):
 # The backward is an op of its own (with a fake implementation), so AOT autograd /
 # torch.compile can trace through model_output's gradient without running a kernel on fake
 # tensors.
-@torch.library.custom_op("symkern::particle_forward_backward", mutates_args=())
+@custom_op("symkern::particle_forward_backward", mutates_args=())
 def _particle_forward_backward_op(
     x: torch.Tensor, theta: torch.Tensor, grad_phi: torch.Tensor, unit_code: int,
     activation_code: int, c: int, d: int, backend: str,
