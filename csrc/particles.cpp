@@ -770,6 +770,26 @@ SYMKERN_ALWAYS_INLINE void cos_sin_2pi_f_x8(__m256i o1, __m256& cos_out, __m256&
 }
 #endif
 
+// The Philox4x32-10 words of the 16 counters (ctr0 + l * stride, step, run, stream), l < 16, into
+// w[word][l], in this copy's explicit SIMD (AVX-512: PhiloxLanes16, AVX2: philox4_words_x16) or
+// a SIMD loop over the counters (baseline).
+inline void philox_words_x16(const ::symkern::philox::Key key, std::uint32_t step,
+                             std::uint32_t run, std::uint32_t stream, std::uint32_t ctr0,
+                             std::uint32_t stride, std::uint32_t (&w)[4][16]) {
+#if defined(SYMKERN_PARTICLES_AVX512)
+  __m512i o[4];
+  PhiloxLanes16(key.k0, key.k1, step, run, stream, stride).words(ctr0, o);
+  for (int j = 0; j < 4; ++j) _mm512_store_si512(reinterpret_cast<__m512i*>(w[j]), o[j]);
+#elif defined(SYMKERN_PARTICLES_AVX2)
+  philox4_words_x16(key.k0, key.k1, step, run, stream, ctr0, stride, w);
+#else
+#pragma omp simd
+  for (int l = 0; l < 16; ++l)
+    ::symkern::philox::philox4x32(ctr0 + static_cast<std::uint32_t>(l) * stride, step, run,
+                                  stream, key.k0, key.k1, w[0][l], w[1][l], w[2][l], w[3][l]);
+#endif
+}
+
 // The four float64 normals (slots 0..3: rho0 cos, rho0 sin, rho2 cos, rho2 sin of rng.normal4)
 // of the 16 Philox counters ctr0 + l * stride (l < 16) of (step, run, stream): slot[q][l].
 // Box-Muller per word in SIMD loops over the 16 counters (one result per loop body, so they
@@ -779,18 +799,7 @@ inline void normal4_slots_x16(const ::symkern::philox::Key key, std::uint32_t st
                               std::uint32_t stride, double (&slot)[4][16]) {
   constexpr int CB = 16;
   alignas(64) std::uint32_t w[4][CB];
-#if defined(SYMKERN_PARTICLES_AVX512)
-  __m512i o[4];
-  PhiloxLanes16(key.k0, key.k1, step, run, stream, stride).words(ctr0, o);
-  for (int j = 0; j < 4; ++j) _mm512_store_si512(reinterpret_cast<__m512i*>(w[j]), o[j]);
-#elif defined(SYMKERN_PARTICLES_AVX2)
-  philox4_words_x16(key.k0, key.k1, step, run, stream, ctr0, stride, w);
-#else
-#pragma omp simd
-  for (int l = 0; l < CB; ++l)
-    ::symkern::philox::philox4x32(ctr0 + static_cast<std::uint32_t>(l) * stride, step, run,
-                                  stream, key.k0, key.k1, w[0][l], w[1][l], w[2][l], w[3][l]);
-#endif
+  philox_words_x16(key, step, run, stream, ctr0, stride, w);
   for (int pair = 0; pair < 2; ++pair) {
     alignas(64) double rho[CB];
 #pragma omp simd
@@ -830,40 +839,19 @@ inline void normal4_slots_f_x16(const ::symkern::philox::Key key, std::uint32_t 
 #endif
 
 // out[i] = normal keyed by (idx0 + i, step, run, stream): the Philox words of 16 counters at a
-// time in explicit SIMD (AVX-512, AVX2), their double Box-Muller in a SIMD loop; the last block's
-// surplus normals are dropped.
+// time (philox_words_x16), their double Box-Muller in a SIMD loop; the last block's surplus
+// normals are dropped.
 inline void normals(const ::symkern::philox::Key key, std::uint32_t step, std::uint32_t run,
                     std::uint32_t stream, std::uint64_t idx0, index_t n, double* __restrict out) {
-  const std::uint32_t k0 = key.k0, k1 = key.k1;
-#if defined(SYMKERN_PARTICLES_AVX512) || defined(SYMKERN_PARTICLES_AVX2)
   alignas(64) std::uint32_t w[4][16];
-#if defined(SYMKERN_PARTICLES_AVX512)
-  const PhiloxLanes16 counters(k0, k1, step, run, stream, 1);
-#endif
   for (index_t i0 = 0; i0 < n; i0 += 16) {
     const std::uint32_t ctr0 = static_cast<std::uint32_t>(idx0 + static_cast<std::uint64_t>(i0));
-#if defined(SYMKERN_PARTICLES_AVX512)
-    __m512i o[2];
-    counters.words<2>(ctr0, o);
-    _mm512_store_si512(reinterpret_cast<__m512i*>(w[0]), o[0]);
-    _mm512_store_si512(reinterpret_cast<__m512i*>(w[1]), o[1]);
-#else
-    philox4_words_x16(k0, k1, step, run, stream, ctr0, 1, w);
-#endif
+    philox_words_x16(key, step, run, stream, ctr0, 1, w);
     alignas(64) double z[16];
 #pragma omp simd
     for (int j = 0; j < 16; ++j) z[j] = ::symkern::philox::normal_from_bits(w[0][j], w[1][j]);
     std::copy(z, z + std::min<index_t>(16, n - i0), out + i0);
   }
-#else
-#pragma omp simd
-  for (index_t i = 0; i < n; ++i) {
-    std::uint32_t o0, o1;
-    ::symkern::philox::philox2(static_cast<std::uint32_t>(idx0 + static_cast<std::uint64_t>(i)),
-                               step, run, stream, k0, k1, o0, o1);
-    out[i] = ::symkern::philox::normal_from_bits(o0, o1);
-  }
-#endif
 }
 
 #if defined(SYMKERN_PARTICLES_AVX2)
