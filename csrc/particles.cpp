@@ -92,7 +92,7 @@
 //      (no measurable change, error 6.0e-7 -> 7.2e-7).
 //   8. pass 2's gradient register-blocked over four zmm groups of particles (grad_matrix2_block:
 //      the per-(e, k) sweeps over a gradient buffer were load-port bound), for float32 (fused)
-//      and float64 (pass2_matrix22_zmm); vanilla N = 5000, team of 2, interleaved 6 x 7 calls of
+//      and float64 (pass2_matrix22<Zmm>); vanilla N = 5000, team of 2, interleaved 6 x 7 calls of
 //      2000 steps: median 59.1 -> 56.3 µs/step.
 //   float64 (the teacher-student experiment's dtype; its N = 5000 cell is ~90 % of the paper
 //   preset): the base-2 sigmoid in pass 1 (four ops fewer per 8 sigmoids), the blocked gradient,
@@ -118,7 +118,8 @@
 //      a step is ~50-60k), i.e. ~10 % of a float32 step. Wall-clock runs were too noisy that day
 //      to show it beyond doubt.
 //   Tried and dropped: pass 2's register-blocked gradient on 4-lane groups (GB = 2 or 4) instead
-//   of the auto-vectorised pass2_matrix: no change (gradient 183-189k TSC cycles per run-step).
+//   of the auto-vectorised pass2_matrix: no change (gradient 183-189k TSC cycles per run-step);
+//   but see h.
 //   g. the data of a step at small N (vanilla, R = 1, N = 50, B = 20, WI teacher of 10 particles;
 //      rdtsc profile, 3 interleaved runs each): the teacher labels in SIMD loops over the batch
 //      (teacher_labels; they were a scalar loop per sample, 400 scalar sigmoids per step), the
@@ -127,6 +128,18 @@
 //      step, float64 12.1-18.2k -> 3.5-4.5k. Wall clock (bench_particles, 3 interleaved rounds,
 //      loadavg ~1.1): float32 N = 50 6.5-7.0 -> 4.1-4.4 us/step, 120 float32 runs at N = 500
 //      1.78-2.28 -> 1.39-1.90 ms/step; N = 5000 unchanged (the data is < 1 % there).
+//   h. pass 2 of the matrix unit (c = d = 2, every scheme): the gradient register-blocked one
+//      output at a time (pass2_matrix22_by_output: four vector groups, eight accumulators; the
+//      four-row blocks of grad_matrix2_block hold two groups in 16 registers, which helped
+//      float32 less and float64 not at all) with the weight decay added before the store (no
+//      zeroing, no second sweep of the gradient rows), and noise_rows4's copy of a whole block
+//      with a compile-time length (GCC had made it a memcpy, rep movsq, ~5 % of a float32 step
+//      in a perf profile). One thread, N = 5000, rdtsc, min of 5-6 interleaved runs: float32
+//      pass 2 188k -> 145k TSC cycles per step, step 164 -> 148 us; float64 338k -> 281k,
+//      407 -> 377 us. Wall clock (bench_particles, 3 interleaved rounds, loadavg ~1-1.5):
+//      vanilla N = 5000 (team of 2) 95-112 -> 78-103 us, DA 162-176 -> 151-161, 120 float32 runs
+//      at N = 500 1.40-1.69 -> 1.28-1.37 ms, 120 float64 runs at N = 5000 35.5-40.9 -> 35.5-39.3
+//      ms per step (noisy: the other tenant).
 // * Instruction sets: the kernel body below is compiled three times (AVX-512, AVX2+FMA,
 //   baseline x86-64) by including this file into itself under `#pragma GCC target`, and
 //   dispatched at run time on the CPU's features — the wheel stays portable (no -march=native).
@@ -910,10 +923,16 @@ inline void noise_rows4(const ::symkern::philox::Key key, std::uint32_t step, st
       else
 #endif
         normal4_slots_x16(key, step, run, ::symkern::philox::STREAM_NOISE, ctr0, D4, slot);
-      const index_t len = std::min<index_t>(16, m - i);
+      // a whole block copies with a compile-time length: with m - i, GCC calls memcpy (rep
+      // movsq, ~5 % of a float32 N = 5000 step on a Zen 3 EPYC) where T is the slot type
+      const index_t len = m - i >= 16 ? 16 : m - i;
       for (int q = 0; q < 4; ++q) {
         T* __restrict o = rows + (4 * q4 + q) * TILE + i;
-        for (index_t l = 0; l < len; ++l) o[l] = static_cast<T>(slot[q][l]);
+        if (len == 16) {
+          for (int l = 0; l < 16; ++l) o[l] = static_cast<T>(slot[q][l]);
+        } else {
+          for (index_t l = 0; l < len; ++l) o[l] = static_cast<T>(slot[q][l]);
+        }
       }
     }
 }
@@ -1276,18 +1295,18 @@ inline void pass1_matrix2_simd(index_t E, index_t c, const typename Z::T* xe,
 }
 #endif
 
-#if defined(SYMKERN_PARTICLES_AVX512)
-// Pass 2's gradient for the matrix unit with d = 2 and C outputs (D = 2C), register-blocked:
-// for GB zmm groups of particles (sp = their first stored derivative, rows TILE apart)
-// g[b][2k + j] = sum_e s'_{ek} coef[(e C + k) 2 + j], coef[(e C + k) 2 + j] = r_ek x_ej. Each
-// (e, k) broadcasts its two coefficients once for the GB groups (per group: 2/GB broadcast loads,
-// 1 derivative load, 2 FMAs), where a sweep per (e, k) over a gradient buffer loads and stores
-// the gradient rows every time (pass2_matrix): the load ports were the limit. GB * D accumulators
-// stay in registers (GB = 16 / D).
-template <class T, int C, int GB>
-SYMKERN_ALWAYS_INLINE void grad_matrix2_block(index_t E, const T* coef, const T* sp,
-                                              typename Zmm<T>::V g[GB][2 * C]) {
-  using Z = Zmm<T>;
+#if defined(SYMKERN_PARTICLES_AVX512) || defined(SYMKERN_PARTICLES_AVX2)
+// Pass 2's gradient for the matrix unit with d = 2 and C outputs (D = 2C), register-blocked
+// (Z: the traits Zmm<T> or Ymm<T>): for GB vector groups of particles (sp = their first stored
+// derivative, rows TILE apart) g[b][2k + j] = sum_e s'_{ek} coef[(e C + k) 2 + j],
+// coef[(e C + k) 2 + j] = r_ek x_ej. Each (e, k) broadcasts its two coefficients once for the GB
+// groups (per group: 2/GB broadcast loads, 1 derivative load, 2 FMAs), where a sweep per (e, k)
+// over a gradient buffer loads and stores the gradient rows every time (pass2_matrix): the load
+// ports were the limit. GB * D accumulators stay in registers.
+template <class Z, int C, int GB>
+SYMKERN_ALWAYS_INLINE void grad_matrix2_block(index_t E, const typename Z::T* coef,
+                                              const typename Z::T* sp,
+                                              typename Z::V g[GB][2 * C]) {
   for (int b = 0; b < GB; ++b)
     for (int q = 0; q < 2 * C; ++q) g[b][q] = Z::zero();
   for (index_t e = 0; e < E; ++e) {
@@ -1316,22 +1335,59 @@ inline void matrix2_coefficients(index_t E, index_t c, const T* r, const T* xe, 
     }
 }
 
-// pass2_matrix for d = 2, c = 2 on AVX-512 (any scheme): the gradient rows of a tile of m
-// particles into gbuf (D = 4 rows of TILE) by grad_matrix2_block, four zmm groups at a time.
-// Rows are TILE long, so the groups past m read (and write) inside them.
-template <class T>
-inline void pass2_matrix22_zmm(index_t E, const T* coef, index_t m, const T* actp, T* gbuf) {
-  using Z = Zmm<T>;
+// pass2_matrix for d = 2, c = 2 (any scheme): the gradient rows of a tile of m particles into
+// gbuf (D = 4 rows of TILE) by grad_matrix2_block, GB vector groups at a time (GB * lanes
+// divides TILE: the groups past m read and write inside the rows).
+template <class Z, int GB>
+inline void pass2_matrix22(index_t E, const typename Z::T* coef, index_t m,
+                           const typename Z::T* actp, typename Z::T* gbuf) {
   constexpr index_t L = Z::lanes;
-  constexpr int GB = 4;
+  static_assert(TILE % (GB * L) == 0, "whole groups per tile row");
   for (index_t i = 0; i < m; i += GB * L) {
     typename Z::V g[GB][4];
-    grad_matrix2_block<T, 2, GB>(E, coef, actp + i, g);
+    grad_matrix2_block<Z, 2, GB>(E, coef, actp + i, g);
     for (int b = 0; b < GB; ++b)
       for (int q = 0; q < 4; ++q) Z::storeu(gbuf + q * TILE + i + b * L, g[b][q]);
   }
 }
 
+// The same gradient rows plus the weight decay, gbuf[q][i] = grad + reg * z[q * cap + i] (z: the
+// tile's first forward particle; the generic loop's fma, so the same numbers), one output k at a
+// time (rows 2k and 2k + 1): 2 GB accumulators, so AVX2's 16 registers hold GB = 4 groups with
+// the broadcasts. Against pass2_matrix's sweeps (rdtsc, float32, N = 5000, one thread, Zen 3 EPYC,
+// min of 6 interleaved runs): pass 2 195k -> 148k TSC cycles per step, the step 168 -> 151 us.
+template <class Z, int GB>
+inline void pass2_matrix22_by_output(index_t E, const typename Z::T* coef, index_t m,
+                                     const typename Z::T* actp, const typename Z::T* z,
+                                     index_t cap, typename Z::T reg, typename Z::T* gbuf) {
+  constexpr index_t L = Z::lanes;
+  static_assert(TILE % (GB * L) == 0, "whole groups per tile row");
+  const typename Z::V vreg = Z::set1(reg);
+  for (int k = 0; k < 2; ++k)
+    for (index_t i = 0; i < m; i += GB * L) {
+      typename Z::V g[GB][2];
+      for (int b = 0; b < GB; ++b) g[b][0] = g[b][1] = Z::zero();
+      const typename Z::T* sp = actp + k * TILE + i;
+      const typename Z::T* cf = coef + 2 * k;
+      for (index_t e = 0; e < E; ++e, sp += 2 * TILE, cf += 4) {
+        const typename Z::V c0 = Z::set1(cf[0]), c1 = Z::set1(cf[1]);
+#pragma GCC unroll 8
+        for (int b = 0; b < GB; ++b) {
+          const typename Z::V sv = Z::loadu(sp + b * L);
+          g[b][0] = Z::fmadd(sv, c0, g[b][0]);
+          g[b][1] = Z::fmadd(sv, c1, g[b][1]);
+        }
+      }
+      for (int b = 0; b < GB; ++b)
+        for (int j = 0; j < 2; ++j) {
+          const index_t q = 2 * k + j, at = i + b * L;  // z rows are cap >= i_s + TILE long
+          Z::storeu(gbuf + q * TILE + at, Z::fmadd(vreg, Z::loadu(z + q * cap + at), g[b][j]));
+        }
+    }
+}
+#endif
+
+#if defined(SYMKERN_PARTICLES_AVX512)
 // Pass 2 + weight decay + noise + update fused, matrix unit d = 2 with C outputs (D = 2C),
 // float32, no EA / noise projection: per 16 particles the D gradient rows stay in registers
 // (grad_matrix2_block, 16 / D groups of 16 at a time); coef from matrix2_coefficients.
@@ -1346,7 +1402,7 @@ inline void pass2_update_matrix2_f(float* th, index_t cap, index_t i_s, index_t 
   const __m512 va = _mm512_set1_ps(-alpha), vn = _mm512_set1_ps(ns), vreg = _mm512_set1_ps(reg);
   for (index_t i0 = 0; i0 < m; i0 += 16 * GB) {
     __m512 gb[GB][D];
-    grad_matrix2_block<float, C, GB>(E, coef, actp + i0, gb);
+    grad_matrix2_block<Zmm<float>, C, GB>(E, coef, actp + i0, gb);
     for (int b = 0; b < GB; ++b) {
       const index_t i = i0 + 16 * b;
       if (i >= m) break;
@@ -2023,6 +2079,8 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
         goto after_pass2;
       }
     }
+#endif
+#if defined(SYMKERN_PARTICLES_AVX512) || defined(SYMKERN_PARTICLES_AVX2)
     if (matrix22) matrix2_coefficients(E, c, rr, xe, w.coef.data());
 #endif
     for (index_t tb = 0; tb < ntiles; ++tb) {
@@ -2030,18 +2088,25 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
       const index_t i_s = tb * TILE, m = std::min(TILE, n - i_s);
       T* actp = w.act.data() + tb * act_tile;
       T* gbuf = w.gbuf.data();
+      bool decay_added = false;  // the gradient rows already hold reg * z
       if (p.unit_code == 0) {
 #if defined(SYMKERN_PARTICLES_AVX512)
         if (matrix22)
-          pass2_matrix22_zmm<T>(E, w.coef.data(), m, actp, gbuf);
+          pass2_matrix22<Zmm<T>, 4>(E, w.coef.data(), m, actp, gbuf);
         else
+#elif defined(SYMKERN_PARTICLES_AVX2)
+        if (matrix22) {
+          pass2_matrix22_by_output<Ymm<T>, 4>(E, w.coef.data(), m, actp, thf + i_s, cap, reg,
+                                              gbuf);
+          decay_added = true;
+        } else
 #endif
           pass2_matrix(p, E, xe, rr, m, actp, w.tmp.data(), gbuf);
       } else {
         standard_backprop_weights(p, E, rr, thf, cap, i_s, m, actp);
         pass2_standard(p, E, xe, rr, m, actp, gbuf);
       }
-      for (index_t q = 0; q < D; ++q) {
+      for (index_t q = 0; q < D && !decay_added; ++q) {
         T* __restrict g = gbuf + q * TILE;
         const T* __restrict z = thf + q * cap + i_s;
 #pragma omp simd

@@ -96,6 +96,21 @@ def test_standard_unit_steps_at_block_sizes(scheme):
         _compare(_run(theta, args, "cpp", dtype, 3, 1), ref, dtype)
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_matrix_unit_steps_over_tiles(scheme):
+    """Training steps of the paper's matrix unit (c = d = 2) over several particle tiles: N = 300
+    is a full tile of 256 and a ragged one of 44, which the C++ pass 2's register-blocked
+    gradient (groups of 16 or 32 particles, reading past the tail inside the tile rows) and its
+    fused weight decay (τ = 0.1, so a wrong decay term shows in float32 too) must get right;
+    float32 and float64 against the float64 reference, runs with and without noise projection."""
+    pytest.importorskip("symkern._C")
+    theta, args = _matrix_case(2, 300, scheme, alpha=(5.0, 10.0))
+    args["tau"] = 0.1
+    ref = _run(theta, args, "torch", torch.float64, 3, 1)
+    for dtype in (torch.float64, torch.float32):
+        _compare(_run(theta, args, "cpp", dtype, 3, 1), ref, dtype)
+
+
 @pytest.mark.parametrize(
     "unit",
     [MatrixUnit(2, 2), MatrixUnit(3, 2), StandardUnit(3, 2, "relu"), StandardUnit(2, 1, "tanh")],
