@@ -106,18 +106,20 @@ std::string isa_name() { return ::symkern::isa::name(isa()); }
 #define SYMKERN_MS_DISPATCH(call) SYMKERN_ISA_DISPATCH(isa(), call)
 
 template <class T>
-void sweep(const Problem<T>& p, std::int64_t step0, std::int64_t steps,
-           std::int64_t record_every) {
+void sweep(const Problem<T>& p, std::int64_t step0, std::int64_t steps, std::int64_t record_every,
+           std::int64_t lt_begin, std::int64_t lt_end) {
   if (p.M <= 0) return;
-  SYMKERN_MS_DISPATCH(sweep_impl<T>(p, step0, steps, record_every))
+  SYMKERN_MS_DISPATCH(sweep_impl<T>(p, step0, steps, record_every, lt_begin, lt_end))
 }
 
 void tanh_errors(double lo, double hi, index_t n, double out[4]) {
   SYMKERN_MS_DISPATCH(tanh_errors_impl(lo, hi, n, out))
 }
 
-template void sweep<float>(const Problem<float>&, std::int64_t, std::int64_t, std::int64_t);
-template void sweep<double>(const Problem<double>&, std::int64_t, std::int64_t, std::int64_t);
+template void sweep<float>(const Problem<float>&, std::int64_t, std::int64_t, std::int64_t,
+                           std::int64_t, std::int64_t);
+template void sweep<double>(const Problem<double>&, std::int64_t, std::int64_t, std::int64_t,
+                            std::int64_t, std::int64_t);
 
 }  // namespace symkern::mirror_sweep
 
@@ -239,8 +241,14 @@ struct Run {
   px::Key key;
   std::uint32_t run;
   T gamma, eta, sigma;
-  std::int64_t step0, steps, record_every;
-  T* losses;  // row mi of (M, S)
+  std::int64_t step0, record_every;
+  std::int64_t lt_begin, lt_end;  // the call's steps this chunk runs (mirror_sweep.h)
+  T* losses;                      // row mi of (M, S)
+
+  // parameter array i to start from: the call's input, or the chunk before's output
+  const T* input(const Problem<T>& p, int i) const {
+    return lt_begin > 0 ? p.params_out[i] : p.params_in[i];
+  }
 
   SYMKERN_ALWAYS_INLINE std::uint32_t counter(std::int64_t lt) const {
     return static_cast<std::uint32_t>(static_cast<std::uint64_t>(step0 + lt));
@@ -282,11 +290,11 @@ void train_rescaling(const Problem<T>& p, const Run<T>& run, T* ws) {
   T* __restrict x = bf.x;
   T* __restrict eps = bf.eps;
   T* __restrict r = bf.r;
-  std::memcpy(u, p.params_in[0] + mi * d, sizeof(T) * d);
-  std::memcpy(w, p.params_in[1] + mi * d, sizeof(T) * d);
+  std::memcpy(u, run.input(p, 0) + mi * d, sizeof(T) * d);
+  std::memcpy(w, run.input(p, 1) + mi * d, sizeof(T) * d);
   const T* __restrict beta = p.target[0] + mi * d;
   const T eta = run.eta, two_gamma = T(2) * run.gamma, sigma = run.sigma;
-  for (std::int64_t lt = 0; lt < run.steps; ++lt) {
+  for (std::int64_t lt = run.lt_begin; lt < run.lt_end; ++lt) {
 #pragma omp simd
     for (index_t k = 0; k < d; ++k) delta[k] = u[k] * w[k] - beta[k];
     T loss = T(0);
@@ -390,8 +398,8 @@ void train_factorization(const Problem<T>& p, const Run<T>& run, T* ws) {
   T* __restrict R = bf.R;
   T* __restrict Ap = bf.Ap;
   T* __restrict xi = bf.xi;
-  load_padded(p.params_in[0] + mi * m * k, m, k, U, kp);
-  load_padded(p.params_in[1] + mi * n * k, n, k, W, kp);
+  load_padded(run.input(p, 0) + mi * m * k, m, k, U, kp);
+  load_padded(run.input(p, 1) + mi * n * k, n, k, W, kp);
   load_padded(p.target[0] + mi * m * n, m, n, Ap, np);
   for (index_t i = 0; i < k * np; ++i) WT[i] = T(0);
   const bool has_offset = p.offset != nullptr;
@@ -400,7 +408,7 @@ void train_factorization(const Problem<T>& p, const Run<T>& run, T* ws) {
   // without an offset Ue is U itself
   T* __restrict Ue = has_offset ? bf.Ue : bf.U;
   const T eta = run.eta, two_gamma = T(2) * run.gamma, sigma = run.sigma;
-  for (std::int64_t lt = 0; lt < run.steps; ++lt) {
+  for (std::int64_t lt = run.lt_begin; lt < run.lt_end; ++lt) {
     if (has_offset) {
 #pragma omp simd
       for (index_t i = 0; i < m * kp; ++i) Ue[i] = U[i] + Cp[i];
@@ -575,16 +583,16 @@ void train_mlp(const Problem<T>& p, const Run<T>& run, T* ws) {
   const T* __restrict tW1T = bf.tW1T;
   const T* __restrict tb1 = bf.tb1;
   const T* __restrict ta = bf.ta;
-  load_transposed(p.params_in[0] + mi * h * d, h, d, W1T, hp);
-  load_padded(p.params_in[1] + mi * h, 1, h, b1, hp);
-  load_padded(p.params_in[2] + mi * h, 1, h, a, hp);
+  load_transposed(run.input(p, 0) + mi * h * d, h, d, W1T, hp);
+  load_padded(run.input(p, 1) + mi * h, 1, h, b1, hp);
+  load_padded(run.input(p, 2) + mi * h, 1, h, a, hp);
   load_transposed(p.target[0] + mi * ht * d, ht, d, bf.tW1T, htp);
   load_padded(p.target[1] + mi * ht, 1, ht, bf.tb1, htp);
   load_padded(p.target[2] + mi * ht, 1, ht, bf.ta, htp);
   const Activation act = p.activation;
   const T eta = run.eta, two_gamma = T(2) * run.gamma, sigma = run.sigma;
   const T two_over_B = T(2) / static_cast<T>(B);
-  for (std::int64_t lt = 0; lt < run.steps; ++lt) {
+  for (std::int64_t lt = run.lt_begin; lt < run.lt_end; ++lt) {
     const std::uint32_t t = run.counter(lt);
     draw_normals(run.key, t, run.run, px::STREAM_DATA, B * d, x);
     if (sigma != T(0)) draw_normals(run.key, t, run.run, px::STREAM_NOISE, B, eps);
@@ -674,7 +682,7 @@ index_t scratch_elems(const Problem<T>& p) {
 
 template <class T>
 void sweep_impl(const Problem<T>& p, std::int64_t step0, std::int64_t steps,
-                std::int64_t record_every) {
+                std::int64_t record_every, std::int64_t lt_begin, std::int64_t lt_end) {
   const int threads = static_cast<int>(std::min<index_t>(::symkern::max_threads(), p.M));
   // One 64-byte-aligned slice per thread, plus one spare line between slices so no two threads
   // write the same cache line. Allocated here, outside the parallel region: a failure is a
@@ -694,8 +702,10 @@ void sweep_impl(const Problem<T>& p, std::int64_t step0, std::int64_t steps,
 #endif
 #pragma omp for schedule(dynamic, 1)
     for (index_t mi = 0; mi < p.M; ++mi) {
-      const Run<T> run{mi, key, static_cast<std::uint32_t>(p.model_ids[mi]), p.gamma[mi],
-                       p.eta[mi], p.noise[mi], step0, steps, record_every, p.losses + mi * S};
+      const Run<T> run{mi,          key,       static_cast<std::uint32_t>(p.model_ids[mi]),
+                       p.gamma[mi], p.eta[mi], p.noise[mi],
+                       step0,       record_every,
+                       lt_begin,    lt_end,    p.losses + mi * S};
       switch (p.model) {
         case Model::rescaling:
           train_rescaling(p, run, ws);

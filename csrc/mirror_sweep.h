@@ -41,9 +41,13 @@ struct Problem {
 };
 
 // Steps t = step0 .. step0 + steps - 1 of every model; losses[m, j] = the data loss of step
-// step0 + (j + 1) record_every - 1 before its update.
+// step0 + (j + 1) record_every - 1 before its update. One call may run a chunk of them: the
+// steps step0 + lt for lt_begin <= lt < lt_end; a chunk with lt_begin > 0 continues from
+// params_out, which the chunk before it wrote. The chunks of [0, steps) in order give exactly the
+// numbers of one call of all steps (csrc/chunks.h).
 template <class T>
-void sweep(const Problem<T>& p, std::int64_t step0, std::int64_t steps, std::int64_t record_every);
+void sweep(const Problem<T>& p, std::int64_t step0, std::int64_t steps, std::int64_t record_every,
+           std::int64_t lt_begin, std::int64_t lt_end);
 
 // Instruction-set variant the kernel dispatches to ("avx512", "avx2" or "baseline");
 // SYMKERN_MIRROR_SWEEP_ISA=avx2|baseline forces a lower one.

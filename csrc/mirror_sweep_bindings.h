@@ -7,11 +7,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "buffers.h"
+#include "chunks.h"
 #include "common.h"
 #include "mirror_sweep.h"
 
@@ -60,7 +62,8 @@ void sweep_typed(ms::Model model, const std::vector<py::array>& params,
                  const py::array& gamma, const py::array& eta, const py::array& noise,
                  const py::array& model_ids, index_t batch, int activation, std::uint64_t seed,
                  std::int64_t step0, std::int64_t steps, std::int64_t record_every,
-                 const std::vector<py::object>& params_out, const py::object& losses) {
+                 const std::vector<py::object>& params_out, const py::object& losses,
+                 std::int64_t chunk_steps) {
   const Names nm = names_of(model);
   const std::size_t np = nm.params.size(), nt = nm.target.size();
   if (params.size() != np)
@@ -139,8 +142,17 @@ void sweep_typed(ms::Model model, const std::vector<py::array>& params,
   p.losses =
       cview<T>(output_array(losses, "losses"), "losses", 2, {p.M, steps / record_every}, true)
           .data;
-  py::gil_scoped_release nogil;
-  ms::sweep<T>(p, step0, steps, record_every);
+  // chunks of ~0.2 s between checks for Ctrl-C (csrc/chunks.h); they change no number. Work
+  // per step of the M models: the products of the loss and its gradient.
+  const double B = static_cast<double>(std::max<index_t>(batch, 1)), M = static_cast<double>(p.M);
+  const double work_per_step =
+      model == ms::Model::rescaling       ? M * B * static_cast<double>(p.d)
+      : model == ms::Model::factorization ? M * static_cast<double>(p.m * p.n * p.k)
+                                          : M * B * static_cast<double>((p.h + p.ht) * p.d);
+  chunks::run_in_chunks(steps, chunks::first_chunk(work_per_step), chunk_steps,
+                        [&](std::int64_t lt_begin, std::int64_t lt_end) {
+                          ms::sweep<T>(p, step0, steps, record_every, lt_begin, lt_end);
+                        });
 }
 
 }  // namespace mirror_sweep_bind
@@ -157,7 +169,8 @@ inline void bind_mirror_sweep(pybind11::module_& m) {
          const py::object& offset, const py::array& gamma, const py::array& eta,
          const py::array& noise, const py::array& model_ids, index_t batch, int activation,
          std::uint64_t seed, std::int64_t step0, std::int64_t steps, std::int64_t record_every,
-         const std::vector<py::object>& params_out, const py::object& losses) {
+         const std::vector<py::object>& params_out, const py::object& losses,
+         std::int64_t chunk_steps) {
         const auto mdl = mb::model_of(model);
         const std::string first = mb::names_of(mdl).params[0];
         if (params.empty()) sb::fail("params", "must not be empty");
@@ -165,11 +178,11 @@ inline void bind_mirror_sweep(pybind11::module_& m) {
         if (p0.dtype().is(py::dtype::of<float>()))
           return mb::sweep_typed<float>(mdl, params, target, offset, gamma, eta, noise,
                                         model_ids, batch, activation, seed, step0, steps,
-                                        record_every, params_out, losses);
+                                        record_every, params_out, losses, chunk_steps);
         if (p0.dtype().is(py::dtype::of<double>()))
           return mb::sweep_typed<double>(mdl, params, target, offset, gamma, eta, noise,
                                          model_ids, batch, activation, seed, step0, steps,
-                                         record_every, params_out, losses);
+                                         record_every, params_out, losses, chunk_steps);
         sb::fail(first, "must have dtype float32 or float64, got " +
                             std::string(py::str(p0.dtype())));
       },
@@ -177,13 +190,16 @@ inline void bind_mirror_sweep(pybind11::module_& m) {
       py::arg("gamma"), py::arg("eta"), py::arg("noise"), py::arg("model_ids"), py::arg("batch"),
       py::arg("activation"), py::arg("seed"), py::arg("step0"), py::arg("steps"),
       py::arg("record_every"), py::arg("params_out"), py::arg("losses"),
+      py::arg("chunk_steps") = 0,
       "Batched small-model (S)GD sweep (symkern/mirror/sweeps.py), all steps of all M models.\n"
       "model: 0 rescaling (params [u, w] (M, d), target [beta (M, d)]), 1 factorization\n"
       "([U (M, m, k), W (M, n, k)], [A (M, m, n)], offset C (M, m, k) or None), 2 mlp\n"
       "([W1 (M, h, d), b1, a (M, h)], teacher [W1 (M, ht, d), b1, a (M, ht)]). All float arrays\n"
       "C-contiguous of params[0]'s dtype (float32/float64); gamma, eta, noise (M,); model_ids\n"
       "int64 (M,). batch: 0 = population loss / full matrix. activation: 0 tanh, 1 relu.\n"
-      "Fills params_out (shapes of params) and losses (M, steps // record_every).");
+      "Fills params_out (shapes of params) and losses (M, steps // record_every). The steps run\n"
+      "in chunks of ~0.2 s between checks for Ctrl-C (KeyboardInterrupt); chunk_steps > 0 fixes\n"
+      "the chunk size (the numbers do not depend on it).");
 
   m.def("mirror_sweep_isa", &mirror_sweep::isa_name,
         "Instruction-set variant the sweep kernel runs (avx512, avx2 or baseline).");

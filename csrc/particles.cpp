@@ -222,9 +222,9 @@ std::string isa_name() { return ::symkern::isa::name(isa()); }
 template <class T>
 void particle_steps(const Problem<T>& p, const T* theta_in, index_t R, index_t N, T* theta_out,
                     T* snaps, T* losses, std::int64_t step0, std::int64_t steps,
-                    std::int64_t snapshot_every) {
+                    std::int64_t snapshot_every, std::int64_t lt_begin, std::int64_t lt_end) {
   SYMKERN_DISPATCH(steps_impl<T>(p, theta_in, R, N, theta_out, snaps, losses, step0, steps,
-                                 snapshot_every))
+                                 snapshot_every, lt_begin, lt_end))
 }
 
 template <class T>
@@ -286,10 +286,11 @@ void philox4x32_batch(const std::uint32_t* ctr, index_t n, std::uint32_t k0, std
 }
 
 template void particle_steps<float>(const Problem<float>&, const float*, index_t, index_t, float*,
-                                    float*, float*, std::int64_t, std::int64_t, std::int64_t);
+                                    float*, float*, std::int64_t, std::int64_t, std::int64_t,
+                                    std::int64_t, std::int64_t);
 template void particle_steps<double>(const Problem<double>&, const double*, index_t, index_t,
                                      double*, double*, double*, std::int64_t, std::int64_t,
-                                     std::int64_t);
+                                     std::int64_t, std::int64_t, std::int64_t);
 template void particle_forward<float>(const float*, index_t, const float*, index_t, int, int,
                                       index_t, index_t, float*);
 template void particle_forward<double>(const double*, index_t, const double*, index_t, int, int,
@@ -1435,7 +1436,8 @@ struct Ctx {
   T* theta_out;
   T* snaps;
   T* losses;
-  std::int64_t step0, steps, every, S;
+  std::int64_t step0, every, S;
+  std::int64_t lt_begin, lt_end;  // the call's steps this chunk runs (see particles.h)
   index_t Emax;  // effective inputs per step, max over runs
   index_t nA;    // stored derivative arrays per effective input
 };
@@ -1897,10 +1899,11 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
   const index_t act_tile = cx.Emax * cx.nA * TILE;
   const T* P = p.proj;
 
+  const T* theta_from = cx.lt_begin > 0 ? cx.theta_out : cx.theta_in;  // a later chunk continues
   for (index_t i = 0; i < n; ++i)
-    for (index_t q = 0; q < D; ++q) th[q * cap + i] = cx.theta_in[((r * N) + i0 + i) * D + q];
+    for (index_t q = 0; q < D; ++q) th[q * cap + i] = theta_from[((r * N) + i0 + i) * D + q];
 
-  for (std::int64_t lt = 0; lt < cx.steps; ++lt) {
+  for (std::int64_t lt = cx.lt_begin; lt < cx.lt_end; ++lt) {
     const std::int64_t t = cx.step0 + lt;
     const std::uint32_t ut = static_cast<std::uint32_t>(t);
     // ---- data
@@ -2181,7 +2184,7 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
 template <class T>
 void steps_impl(const Problem<T>& p, const T* theta_in, index_t R, index_t N, T* theta_out,
                 T* snaps, T* losses, std::int64_t step0, std::int64_t steps,
-                std::int64_t snapshot_every) {
+                std::int64_t snapshot_every, std::int64_t lt_begin, std::int64_t lt_end) {
   Ctx<T> cx;
   cx.p = &p;
   cx.theta_in = theta_in;
@@ -2191,9 +2194,10 @@ void steps_impl(const Problem<T>& p, const T* theta_in, index_t R, index_t N, T*
   cx.snaps = snaps;
   cx.losses = losses;
   cx.step0 = step0;
-  cx.steps = steps;
   cx.every = snapshot_every;
   cx.S = steps / snapshot_every;
+  cx.lt_begin = lt_begin;
+  cx.lt_end = lt_end;
   bool wide = false;
   for (index_t r = 0; r < R; ++r) wide = wide || p.scheme[r] == 1 || p.scheme[r] == 3;
   cx.Emax = wide ? p.G * p.batch : p.batch;
@@ -2243,7 +2247,7 @@ void steps_impl(const Problem<T>& p, const T* theta_in, index_t R, index_t N, T*
   }
 #ifdef SYMKERN_PARTICLES_PROF
   {
-    const double per = 1.0 / static_cast<double>(steps * R);
+    const double per = 1.0 / static_cast<double>((lt_end - lt_begin) * R);
     std::fprintf(stderr, "prof kcyc/step: data %.1f pass1 %.1f resid %.1f grad %.1f upd+noise %.1f pass2tot %.1f\n",
                  g_prof[0] * per / 1e3, g_prof[1] * per / 1e3, g_prof[2] * per / 1e3,
                  g_prof[3] * per / 1e3, g_prof[4] * per / 1e3, g_prof[5] * per / 1e3);

@@ -37,11 +37,15 @@ struct Problem {
 };
 
 // theta_in (R, N, D) -> theta_out (R, N, D), snaps (R, S, N, D), losses (R, S),
-// S = steps / snapshot_every. theta_in may alias theta_out.
+// S = steps / snapshot_every. theta_in may alias theta_out. One call may run a chunk of the steps:
+// the call's steps lt_begin <= lt < lt_end (absolute step step0 + lt); a chunk with lt_begin > 0
+// continues from theta_out, which the chunk before it wrote. The chunks of [0, steps) in order
+// give exactly the numbers of one call of all steps (the random streams are keyed by the
+// absolute step; the particles round-trip through theta_out unchanged).
 template <class T>
 void particle_steps(const Problem<T>& p, const T* theta_in, index_t R, index_t N, T* theta_out,
                     T* snaps, T* losses, std::int64_t step0, std::int64_t steps,
-                    std::int64_t snapshot_every);
+                    std::int64_t snapshot_every, std::int64_t lt_begin, std::int64_t lt_end);
 
 // Fused particle model: phi (B, c) = (1/N) sum_i sigma*(x_b, theta_i).
 template <class T>

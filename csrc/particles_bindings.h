@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "buffers.h"
+#include "chunks.h"
 #include "common.h"
 #include "particles.h"
 
@@ -58,7 +59,7 @@ void steps_typed(const py::array& theta, int unit_code, int activation_code, ind
                  const py::array& rho_y, const py::object& x_data, const py::object& y_data,
                  const py::array& proj, std::int64_t step0, std::int64_t steps,
                  std::int64_t snapshot_every, py::array& theta_out, py::array& snaps,
-                 py::array& losses) {
+                 py::array& losses, std::int64_t chunk_steps) {
   if (c < 1 || d < 1) sb::fail("c/d", "must be >= 1");
   if (activation_code < 0 || activation_code > 2)
     sb::fail("activation_code", "must be 0 (tanh), 1 (sigmoid) or 2 (relu)");
@@ -126,9 +127,15 @@ void steps_typed(const py::array& theta, int unit_code, int activation_code, ind
     p.x_data = xd.data;
     p.y_data = yd.data;
   }
-  py::gil_scoped_release nogil;
-  particles::particle_steps<T>(p, th.data, R, N, to.data, sn.data, lo.data, step0, steps,
-                               snapshot_every);
+  // chunks of ~0.2 s between checks for Ctrl-C (csrc/chunks.h); they change no number
+  const double work_per_step = static_cast<double>(R) * static_cast<double>(N) *
+                               static_cast<double>(batch) * static_cast<double>(D);
+  chunks::run_in_chunks(steps, chunks::first_chunk(work_per_step), chunk_steps,
+                        [&](std::int64_t lt_begin, std::int64_t lt_end) {
+                          particles::particle_steps<T>(p, th.data, R, N, to.data, sn.data,
+                                                       lo.data, step0, steps, snapshot_every,
+                                                       lt_begin, lt_end);
+                        });
 }
 
 }  // namespace particles_bind
@@ -149,19 +156,20 @@ inline void bind_particles(pybind11::module_& m) {
          const py::array& teacher_w, const py::array& rho_x, const py::array& rho_y,
          const py::array& proj, const py::object& x_data, const py::object& y_data,
          std::int64_t step0, std::int64_t steps, std::int64_t snapshot_every,
-         py::array& theta_out, py::array& snapshots, py::array& losses) {
+         py::array& theta_out, py::array& snapshots, py::array& losses,
+         std::int64_t chunk_steps) {
         if (pb::is_dtype(theta, py::dtype::of<float>()))
           return pb::steps_typed<float>(theta, unit_code, activation_code, c, d, batch, sigma_pi,
                                         seed, run_ids, alpha, tau, beta, scheme, project_noise,
                                         teacher, teacher_w, rho_x, rho_y, x_data, y_data, proj,
                                         step0, steps, snapshot_every, theta_out, snapshots,
-                                        losses);
+                                        losses, chunk_steps);
         if (pb::is_dtype(theta, py::dtype::of<double>()))
           return pb::steps_typed<double>(theta, unit_code, activation_code, c, d, batch,
                                          sigma_pi, seed, run_ids, alpha, tau, beta, scheme,
                                          project_noise, teacher, teacher_w, rho_x, rho_y, x_data,
                                          y_data, proj, step0, steps, snapshot_every, theta_out,
-                                         snapshots, losses);
+                                         snapshots, losses, chunk_steps);
         sb::fail("theta", "must have dtype float32 or float64, got " +
                               std::string(py::str(theta.dtype())));
       },
@@ -171,11 +179,13 @@ inline void bind_particles(pybind11::module_& m) {
       py::arg("project_noise"), py::arg("teacher"), py::arg("teacher_w"), py::arg("rho_x"),
       py::arg("rho_y"), py::arg("proj"), py::arg("x_data"), py::arg("y_data"), py::arg("step0"),
       py::arg("steps"), py::arg("snapshot_every"), py::arg("theta_out"), py::arg("snapshots"),
-      py::arg("losses"),
+      py::arg("losses"), py::arg("chunk_steps") = 0,
       "Multi-step particle SGD / Langevin (symkern/meanfield/problem.py). All arrays C-contiguous;\n"
       "floats of theta's dtype (float32/float64); run_ids int64, scheme and project_noise int32.\n"
       "theta (R, N, D) -> fills theta_out (R, N, D), snapshots (R, S, N, D), losses (R, S),\n"
-      "S = steps // snapshot_every.");
+      "S = steps // snapshot_every. The steps run in chunks of ~0.2 s between checks for\n"
+      "Ctrl-C (KeyboardInterrupt); chunk_steps > 0 fixes the chunk size (the numbers do not\n"
+      "depend on it).");
 
   m.def(
       "particle_forward",

@@ -642,6 +642,83 @@ def test_cpp_binding_valid_call(model, dtype):
 
 
 @needs_cpp
+@pytest.mark.parametrize("model", ["rescaling", "factorization", "mlp"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_cpp_chunks_change_no_number(model, dtype):
+    """The binding runs a call's steps in chunks (between them it checks for Ctrl-C); every
+    chunking gives the numbers of one chunk bit for bit, with label noise, a factorization
+    offset, and loss records that do not line up with the chunks."""
+    args = _binding_args(model, dtype)
+    M = len(args["gamma"])
+    args.update(steps=10, record_every=4, losses=np.empty((M, 2), dtype))
+    if model == "factorization":
+        args["offset"] = np.random.default_rng(1).standard_normal((M, 4, 2)).astype(dtype)
+
+    def run(chunk_steps):
+        outs = [np.empty_like(a) for a in args["params"]]
+        losses = np.empty_like(args["losses"])
+        _EXT.mirror_sweep(**{**args, "params_out": outs, "losses": losses},
+                          chunk_steps=chunk_steps)  # fmt: skip
+        return outs, losses
+
+    whole, whole_losses = run(0)
+    assert not np.array_equal(whole[0], args["params"][0]) and np.isfinite(whole_losses).all()
+    for chunk in (1, 3, 7, 10, 25):
+        outs, losses = run(chunk)
+        assert np.array_equal(losses, whole_losses), chunk
+        for a, b in zip(outs, whole, strict=True):
+            assert np.array_equal(a, b), chunk
+
+
+_INTERRUPT_SCRIPT = """
+import json, os, signal, threading, time
+import numpy as np
+import symkern._C as C
+rs = np.random.default_rng(0)
+M, h, d, B = 64, 32, 16, 32
+args = dict(model=2, params=[rs.standard_normal(s) for s in ((M, h, d), (M, h), (M, h))],
+            target=[rs.standard_normal(s) for s in ((M, 4, d), (M, 4), (M, 4))], offset=None,
+            gamma=np.full(M, 1e-3), eta=np.full(M, 1e-3), noise=np.full(M, 0.1),
+            model_ids=np.arange(M), batch=B, activation=0, seed=0, step0=0, record_every=1)
+def call(steps):
+    C.mirror_sweep(**args, steps=steps, params_out=[np.empty_like(a) for a in args["params"]],
+                   losses=np.empty((M, steps)))
+t0 = time.perf_counter()
+call(200)
+per_step = (time.perf_counter() - t0) / 200
+steps = int(60.0 / per_step)  # a call of about a minute
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+t0 = time.perf_counter()
+try:
+    call(steps)
+    outcome = "returned"
+except KeyboardInterrupt:
+    outcome = "interrupted"
+print(json.dumps({"outcome": outcome, "after_s": time.perf_counter() - t0,
+                  "call_s": steps * per_step}))
+"""
+
+
+@needs_cpp
+def test_ctrl_c_stops_a_long_cpp_sweep():
+    """Ctrl-C (SIGINT) during a long C++ sweep raises KeyboardInterrupt within about a chunk
+    (~0.2 s), not when the call would have ended (~1 min here). In a subprocess: the signal would
+    otherwise reach pytest itself."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", _INTERRUPT_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["outcome"] == "interrupted", out
+    assert out["call_s"] > 30 and out["after_s"] < 10, out
+
+
+@needs_cpp
 @pytest.mark.parametrize("case", list(BAD_BINDING_CASES))
 def test_cpp_binding_rejects_bad_buffers(case):
     model, mutate, match = BAD_BINDING_CASES[case]

@@ -1019,6 +1019,93 @@ def test_team_mode_matches_reference():
         assert err < 1e-9, (case, err)
 
 
+# --- chunks of one call, and Ctrl-C between them -------------------------------------------------
+
+
+def _cpp_steps_in_chunks(theta, problem, steps, every, chunk_steps):
+    """``_C.particle_steps`` on ``problem`` with a fixed chunk size (0: the binding's own)."""
+    from symkern.backends.cpp_particles import _NP_DTYPES, _problem_args
+
+    R, N, D = theta.shape
+    dt = _NP_DTYPES[theta.dtype]
+    out, snaps = np.empty((R, N, D), dt), np.empty((R, steps // every, N, D), dt)
+    losses = np.empty((R, steps // every), dt)
+    symkern._C.particle_steps(theta.numpy(), *_problem_args(problem, theta.dtype), 0, steps, every,
+                              out, snaps, losses, chunk_steps=chunk_steps)  # fmt: skip
+    return out, snaps, losses
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpp_chunks_change_no_number(dtype):
+    """The C++ binding runs a call's steps in chunks (between them it checks for Ctrl-C); every
+    chunking gives the numbers of one chunk bit for bit: three runs of mixed schemes (noise
+    projected in one), one run of N = 2100 (a team of threads where there are two), and user
+    data x_data / y_data, with snapshots that do not line up with the chunks."""
+    pytest.importorskip("symkern._C")
+    unit, G = MatrixUnit(2, 2), groups.c2_swap()
+    teacher = Teacher.paper("arbitrary").particles
+    cases = []
+    theta = initial_particles(3, 300, unit.D, seed=4).to(dtype)
+    args = dict(teacher=teacher, group=G, scheme=["vanilla", "DA", "EA"], alpha=[5.0, 8.0, 10.0],
+                tau=1e-2, beta=1e-3, batch=5, project_noise=[False, True, False])  # fmt: skip
+    cases.append((theta, particle_problem(theta, unit, steps=10, **args)))
+    theta = initial_particles(1, 2100, unit.D, seed=5).to(dtype)
+    cases.append((theta, particle_problem(theta, unit, steps=10, teacher=teacher, beta=1e-3)))
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(10, 1, 5, 2, generator=g, dtype=torch.float64).to(dtype)
+    y = torch.randn(10, 1, 5, 2, generator=g, dtype=torch.float64).to(dtype)
+    theta = initial_particles(1, 40, unit.D, seed=6).to(dtype)
+    cases.append((theta, particle_problem(theta, unit, steps=10, batch=5, x_data=x, y_data=y)))
+    for theta, problem in cases:
+        whole = _cpp_steps_in_chunks(theta, problem, 10, 4, 0)
+        assert np.isfinite(whole[0]).all() and not np.array_equal(whole[0], theta.numpy())
+        for chunk in (1, 3, 7, 10, 25):
+            got = _cpp_steps_in_chunks(theta, problem, 10, 4, chunk)
+            for name, a, b in zip(("theta", "snapshots", "losses"), got, whole, strict=True):
+                assert np.array_equal(a, b), (name, chunk, tuple(theta.shape))
+
+
+_INTERRUPT_SCRIPT = """
+import json, os, signal, threading, time
+import symkern
+from symkern.meanfield import MatrixUnit, Teacher, initial_particles
+unit, teacher = MatrixUnit(2, 2), Teacher.paper("WI").particles
+theta = initial_particles(1, 1000, unit.D, seed=0)
+t0 = time.perf_counter()
+symkern.particle_steps(theta, unit, teacher=teacher, steps=500)
+per_step = (time.perf_counter() - t0) / 500
+steps = int(60.0 / per_step)  # a call of about a minute
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+t0 = time.perf_counter()
+try:
+    symkern.particle_steps(theta, unit, teacher=teacher, steps=steps)
+    outcome = "returned"
+except KeyboardInterrupt:
+    outcome = "interrupted"
+print(json.dumps({"outcome": outcome, "after_s": time.perf_counter() - t0,
+                  "call_s": steps * per_step}))
+"""
+
+
+def test_ctrl_c_stops_a_long_cpp_call():
+    """Ctrl-C (SIGINT) during a long C++ particle_steps call raises KeyboardInterrupt within
+    about a chunk (~0.2 s), not when the call would have ended (~1 min here). In a subprocess:
+    the signal would otherwise reach pytest itself."""
+    pytest.importorskip("symkern._C")
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", _INTERRUPT_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["outcome"] == "interrupted", out
+    assert out["call_s"] > 30 and out["after_s"] < 10, out
+
+
 def test_cpp_activation_errors_as_documented():
     """The error bounds csrc/particles.cpp states for its own activations, re-measured: float32
     fast sigmoid / tanh against double libm, float64 sigmoid (exp_d) against long-double libm,

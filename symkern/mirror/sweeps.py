@@ -293,6 +293,9 @@ def train_sweep(
             (default: steps, i.e. the last step only).
         backend: "auto" (cpp on CPU, triton on CUDA, torch otherwise) or a backend name.
 
+    Ctrl-C stops a long call with KeyboardInterrupt: the cpp kernel runs its steps in chunks of
+    ~0.2 s and checks for it between them (the chunks change no number).
+
     Example::
 
         >>> import torch

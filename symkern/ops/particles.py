@@ -502,6 +502,9 @@ def particle_steps(
     single-step calls pays the argument checks once (~65 µs per call remain on a 2-core AVX2
     machine at N = 50, against ~6 µs per step inside one multi-step call).
 
+    Ctrl-C stops a long call with KeyboardInterrupt: the cpp kernel runs its steps in chunks of
+    ~0.2 s and checks for it between them (the chunks change no number).
+
     Returns a :class:`ParticleStepsResult`. Autograd does not flow through multi-step calls.
     Inputs must be finite (ValueError otherwise). A run that diverges during the call (a step
     size too large for its dtype) is not stopped or clamped: its θ, snapshots and losses turn
