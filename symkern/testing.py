@@ -33,6 +33,7 @@ __all__ = [
     "BackendCase",
     "assert_close",
     "backend_cases",
+    "interrupt_long_call",
     "skip_triton_interpreter_repatching",
     "tolerance",
 ]
@@ -246,3 +247,43 @@ def skip_triton_interpreter_repatching() -> bool:
     patch_lang_once._symkern_once = True
     interp._patch_lang = patch_lang_once
     return True
+
+
+_INTERRUPT_TEMPLATE = """
+import json, os, signal, threading, time
+{setup}
+call(20)  # imports, first-call work
+t0 = time.perf_counter()
+call(200)
+per_step = (time.perf_counter() - t0) / 200
+steps = int({seconds} / per_step)
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+t0 = time.perf_counter()
+try:
+    call(steps)
+    outcome = "returned"
+except KeyboardInterrupt:
+    outcome = "interrupted"
+print(json.dumps({{"outcome": outcome, "after_s": time.perf_counter() - t0,
+                   "call_s": steps * per_step}}))
+"""
+
+
+def interrupt_long_call(setup: str, seconds: float = 60.0) -> dict:
+    """Send Ctrl-C (SIGINT) 0.5 s into a long call and say when it stopped. In a fresh
+    single-threaded interpreter (a test's own SIGINT would reach pytest), ``setup`` defines
+    ``call(steps)``; it is timed at 200 steps, then called with enough steps to take about
+    ``seconds``. Returns {"outcome": "interrupted" or "returned", "after_s": seconds from the call
+    to its end, "call_s": the call's estimated length}."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = _INTERRUPT_TEMPLATE.format(setup=setup, seconds=seconds)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=300 + seconds)  # fmt: skip
+    if res.returncode != 0:
+        raise RuntimeError(f"interrupt_long_call: the script failed:\n{res.stderr}")
+    return json.loads(res.stdout.strip().splitlines()[-1])

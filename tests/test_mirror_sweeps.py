@@ -670,8 +670,7 @@ def test_cpp_chunks_change_no_number(model, dtype):
             assert np.array_equal(a, b), chunk
 
 
-_INTERRUPT_SCRIPT = """
-import json, os, signal, threading, time
+_LONG_SWEEP_CALL = """
 import numpy as np
 import symkern._C as C
 rs = np.random.default_rng(0)
@@ -683,37 +682,16 @@ args = dict(model=2, params=[rs.standard_normal(s) for s in ((M, h, d), (M, h), 
 def call(steps):
     C.mirror_sweep(**args, steps=steps, params_out=[np.empty_like(a) for a in args["params"]],
                    losses=np.empty((M, steps)))
-t0 = time.perf_counter()
-call(200)
-per_step = (time.perf_counter() - t0) / 200
-steps = int(60.0 / per_step)  # a call of about a minute
-threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
-t0 = time.perf_counter()
-try:
-    call(steps)
-    outcome = "returned"
-except KeyboardInterrupt:
-    outcome = "interrupted"
-print(json.dumps({"outcome": outcome, "after_s": time.perf_counter() - t0,
-                  "call_s": steps * per_step}))
 """
 
 
 @needs_cpp
 def test_ctrl_c_stops_a_long_cpp_sweep():
     """Ctrl-C (SIGINT) during a long C++ sweep raises KeyboardInterrupt within about a chunk
-    (~0.2 s), not when the call would have ended (~1 min here). In a subprocess: the signal would
-    otherwise reach pytest itself."""
-    import json
-    import os
-    import subprocess
-    import sys
+    (~0.2 s), not when the call would have ended (~1 min here)."""
+    from symkern.testing import interrupt_long_call
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-c", _INTERRUPT_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = interrupt_long_call(_LONG_SWEEP_CALL)
     assert out["outcome"] == "interrupted", out
     assert out["call_s"] > 30 and out["after_s"] < 10, out
 

@@ -1065,43 +1065,23 @@ def test_cpp_chunks_change_no_number(dtype):
                 assert np.array_equal(a, b), (name, chunk, tuple(theta.shape))
 
 
-_INTERRUPT_SCRIPT = """
-import json, os, signal, threading, time
+_LONG_PARTICLE_CALL = """
 import symkern
 from symkern.meanfield import MatrixUnit, Teacher, initial_particles
 unit, teacher = MatrixUnit(2, 2), Teacher.paper("WI").particles
 theta = initial_particles(1, 1000, unit.D, seed=0)
-t0 = time.perf_counter()
-symkern.particle_steps(theta, unit, teacher=teacher, steps=500)
-per_step = (time.perf_counter() - t0) / 500
-steps = int(60.0 / per_step)  # a call of about a minute
-threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
-t0 = time.perf_counter()
-try:
+def call(steps):
     symkern.particle_steps(theta, unit, teacher=teacher, steps=steps)
-    outcome = "returned"
-except KeyboardInterrupt:
-    outcome = "interrupted"
-print(json.dumps({"outcome": outcome, "after_s": time.perf_counter() - t0,
-                  "call_s": steps * per_step}))
 """
 
 
 def test_ctrl_c_stops_a_long_cpp_call():
     """Ctrl-C (SIGINT) during a long C++ particle_steps call raises KeyboardInterrupt within
-    about a chunk (~0.2 s), not when the call would have ended (~1 min here). In a subprocess:
-    the signal would otherwise reach pytest itself."""
+    about a chunk (~0.2 s), not when the call would have ended (~1 min here)."""
     pytest.importorskip("symkern._C")
-    import json
-    import os
-    import subprocess
-    import sys
+    from symkern.testing import interrupt_long_call
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-c", _INTERRUPT_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = interrupt_long_call(_LONG_PARTICLE_CALL)
     assert out["outcome"] == "interrupted", out
     assert out["call_s"] > 30 and out["after_s"] < 10, out
 
