@@ -702,10 +702,9 @@ void sweep_impl(const Problem<T>& p, std::int64_t step0, std::int64_t steps,
 #endif
 #pragma omp for schedule(dynamic, 1)
     for (index_t mi = 0; mi < p.M; ++mi) {
-      const Run<T> run{mi,          key,       static_cast<std::uint32_t>(p.model_ids[mi]),
-                       p.gamma[mi], p.eta[mi], p.noise[mi],
-                       step0,       record_every,
-                       lt_begin,    lt_end,    p.losses + mi * S};
+      const Run<T> run{mi,       key,      static_cast<std::uint32_t>(p.model_ids[mi]),
+                       p.gamma[mi], p.eta[mi], p.noise[mi], step0, record_every, lt_begin, lt_end,
+                       p.losses + mi * S};
       switch (p.model) {
         case Model::rescaling:
           train_rescaling(p, run, ws);

@@ -1353,10 +1353,9 @@ inline void pass2_matrix22(index_t E, const typename Z::T* coef, index_t m,
 }
 
 // The same gradient rows plus the weight decay, gbuf[q][i] = grad + reg * z[q * cap + i] (z: the
-// tile's first forward particle; the generic loop's fma, so the same numbers), one output k at a
-// time (rows 2k and 2k + 1): 2 GB accumulators, so AVX2's 16 registers hold GB = 4 groups with
-// the broadcasts. Against pass2_matrix's sweeps (rdtsc, float32, N = 5000, one thread, Zen 3 EPYC,
-// min of 6 interleaved runs): pass 2 195k -> 148k TSC cycles per step, the step 168 -> 151 us.
+// forward particles' rows from the tile's first; the generic loop's fma, so the same numbers),
+// one output k at a time (rows 2k and 2k + 1): 2 GB accumulators, so AVX2's 16 registers hold
+// GB = 4 groups with the broadcasts. The AVX2 copy's pass 2 for c = d = 2 (performance log h.).
 template <class Z, int GB>
 inline void pass2_matrix22_by_output(index_t E, const typename Z::T* coef, index_t m,
                                      const typename Z::T* actp, const typename Z::T* z,
