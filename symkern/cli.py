@@ -43,6 +43,15 @@ def _cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
         return 2
     try:
         return int(module.main(rest) or 0)
+    except KeyboardInterrupt:
+        # Ctrl-C: the C++ kernels stop within ~0.2 s (csrc/chunks.h); what the experiment wrote
+        # so far (results, checkpoints) stays on disk. 130 = 128 + SIGINT, the shell convention.
+        print(
+            f"\nsymkern run {args.name}: interrupted (Ctrl-C). What it wrote so far stays in its "
+            f"output directory; see `symkern run {args.name} --help` for --resume.",
+            file=sys.stderr,
+        )
+        return 130
     except FloatingPointError as e:
         # a run that diverged (NaN/inf) with valid but too large parameters: bad input values
         # are usage errors (rc 2) before any work; this is found during the work

@@ -269,6 +269,13 @@ print(json.dumps({{"outcome": outcome, "after_s": time.perf_counter() - t0,
 """
 
 
+def _default_sigint() -> None:
+    """For a child process (``preexec_fn``): SIGINT back to its default disposition."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_long_call(setup: str, seconds: float = 60.0) -> dict:
     """Send Ctrl-C (SIGINT) 0.5 s into a long call and say when it stopped. In a fresh
     single-threaded interpreter (a test's own SIGINT would reach pytest), ``setup`` defines
@@ -282,8 +289,10 @@ def interrupt_long_call(setup: str, seconds: float = 60.0) -> dict:
 
     script = _INTERRUPT_TEMPLATE.format(setup=setup, seconds=seconds)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # a process started in the background by a shell inherits SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: the child gets the default disposition back
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                         timeout=300 + seconds)  # fmt: skip
+                         timeout=300 + seconds, preexec_fn=_default_sigint)  # fmt: skip
     if res.returncode != 0:
         raise RuntimeError(f"interrupt_long_call: the script failed:\n{res.stderr}")
     return json.loads(res.stdout.strip().splitlines()[-1])

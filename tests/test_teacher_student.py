@@ -250,6 +250,36 @@ def test_resume_after_sigkill(tmp_path):
     assert _metrics_only(got) == json.loads(json.dumps(_metrics_only(ref)))
 
 
+def test_ctrl_c_stops_the_cli_and_keeps_finished_cells(tmp_path):
+    """Ctrl-C (SIGINT) while a cell trains: the C++ call stops within about a chunk, the CLI says
+    so and exits 130 without a traceback, and the cell finished before stays on disk for
+    --resume (test_resume_after_sigkill resumes from such a state). Uninterrupted, the second
+    cell (N = 2000) trains for ~30 s on a 2-core machine."""
+    import time
+
+    from symkern.testing import _default_sigint
+
+    out = tmp_path / "i"
+    cmd = [sys.executable, "-m", "symkern.cli", "run", "teacher-student", "--n-values", "5,2000",
+           "--seeds", "1", "--horizon", "20", "--teachers", "arbitrary", "--test-samples", "256",
+           "--figures", "false", "--no-progress", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / "cells" / "N5.json").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "the first cell never finished"
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the N = 2000 cell's training
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert time.monotonic() - sent < 10
+    assert "interrupted (Ctrl-C)" in err and "Traceback" not in err, err[-2000:]
+    assert (out / "cells" / "N5.json").exists() and not (out / "cells" / "N2000.json").exists()
+    assert not (out / "results.json").exists()
+
+
 def test_rmd_wi_only_at_the_last_snapshot_above_wi_snapshots_max_n():
     """Above ``wi_snapshots_max_n`` the costly RMD to WI is measured at the last snapshot only
     (null before); the value measured there is the same as with every snapshot measured."""
