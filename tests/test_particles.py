@@ -1119,7 +1119,8 @@ def test_lower_isa_copies_match_reference(isa):
     """csrc/particles.cpp is compiled once per instruction set and dispatched on the CPU's
     features; a machine with AVX-512 only ever runs that copy. Force each lower copy
     (SYMKERN_PARTICLES_ISA, read once per process, so in a subprocess) and run the C++ cases of
-    the one-step and block-size tests against the float64 reference."""
+    the one-step, block-size and multi-tile tests against the float64 reference, and the chunk
+    test."""
     import os
     import subprocess
     import sys
@@ -1137,7 +1138,8 @@ def test_lower_isa_copies_match_reference(isa):
         "(cpp and (one_step_matches or block_sizes or hundred_steps or noise_paths))"
         " or standard_unit_steps_at_block_sizes or activation_errors_as_documented"
         " or cpp_normal4_matches_reference or cpp_normals_match_reference"
-        " or teacher_labels_over_several_batch_blocks"
+        " or teacher_labels_over_several_batch_blocks or matrix_unit_steps_over_tiles"
+        " or cpp_chunks_change_no_number"
     )
     res = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
