@@ -153,6 +153,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -389,7 +390,7 @@ struct ActSigmoid {
 struct ActRelu {
   template <class T>
   static SYMKERN_ALWAYS_INLINE void eval(T u, T& h, T& hp) {
-    h = u > T(0) ? u : T(0);
+    h = u < T(0) ? T(0) : u;  // NaN stays NaN, as torch.relu (u > 0 ? u : 0 would give 0)
     hp = u > T(0) ? T(1) : T(0);
   }
 };
@@ -2204,6 +2205,9 @@ void steps_impl(const Problem<T>& p, const T* theta_in, index_t R, index_t N, T*
   if (R <= 0 || N <= 0) return;
 
   const int nthr = ::symkern::max_threads();
+  // a thread's scratch is allocated in the parallel region (its size follows the thread's share
+  // of particles); a failed allocation is rethrown after it, never std::terminate
+  ::symkern::FirstException errors;
   if (nthr > 1 && R < nthr && N >= ::symkern::particles::team_min_particles()) {
     // a team of threads per run, runs one after the other
     const int nt = static_cast<int>(std::min<index_t>(nthr, N / 256));
@@ -2218,19 +2222,26 @@ void steps_impl(const Problem<T>& p, const T* theta_in, index_t R, index_t N, T*
       const int tid = 0, ntr = 1;
 #endif
       const index_t b0 = N * tid / ntr, b1 = N * (tid + 1) / ntr;
-      Work<T> w(cx, b1 - b0);
-      Team team;
-      team.tid = tid;
-      team.nt = ntr;
-      team.partial = partial.data();
-      team.stride = cx.Emax * p.c;
-      for (index_t r = 0; r < R; ++r) {
-        run_range(cx, w, r, b0, b1, &team);
+      std::unique_ptr<Work<T>> w;  // scratch; its allocation may fail (a huge batch or group)
+      errors.capture([&] { w = std::make_unique<Work<T>>(cx, b1 - b0); });
 #ifdef SYMKERN_WITH_OPENMP
 #pragma omp barrier
 #endif
+      if (!errors.failed()) {  // the same answer in every thread: all run, or none
+        Team team;
+        team.tid = tid;
+        team.nt = ntr;
+        team.partial = partial.data();
+        team.stride = cx.Emax * p.c;
+        for (index_t r = 0; r < R; ++r) {
+          run_range(cx, *w, r, b0, b1, &team);
+#ifdef SYMKERN_WITH_OPENMP
+#pragma omp barrier
+#endif
+        }
       }
     }
+    errors.rethrow_if_failed();
     return;
   }
   const int nt = static_cast<int>(std::min<index_t>(nthr, R));
@@ -2238,12 +2249,19 @@ void steps_impl(const Problem<T>& p, const T* theta_in, index_t R, index_t N, T*
 #pragma omp parallel num_threads(nt)
 #endif
   {
-    Work<T> w(cx, N);
+    std::unique_ptr<Work<T>> w;
+    errors.capture([&] { w = std::make_unique<Work<T>>(cx, N); });
+#ifdef SYMKERN_WITH_OPENMP
+#pragma omp barrier
+#endif
+    if (!errors.failed()) {  // every thread or none meets the worksharing loop
 #ifdef SYMKERN_WITH_OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-    for (index_t r = 0; r < R; ++r) run_range(cx, w, r, 0, N, nullptr);
+      for (index_t r = 0; r < R; ++r) run_range(cx, *w, r, 0, N, nullptr);
+    }
   }
+  errors.rethrow_if_failed();
 #ifdef SYMKERN_PARTICLES_PROF
   {
     const double per = 1.0 / static_cast<double>((lt_end - lt_begin) * R);

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -130,12 +131,20 @@ void steps_typed(const py::array& theta, int unit_code, int activation_code, ind
   // chunks of ~0.2 s between checks for Ctrl-C (csrc/chunks.h); they change no number
   const double work_per_step = static_cast<double>(R) * static_cast<double>(N) *
                                static_cast<double>(batch) * static_cast<double>(D);
-  chunks::run_in_chunks(steps, chunks::first_chunk(work_per_step), chunk_steps,
-                        [&](std::int64_t lt_begin, std::int64_t lt_end) {
-                          particles::particle_steps<T>(p, th.data, R, N, to.data, sn.data,
-                                                       lo.data, step0, steps, snapshot_every,
-                                                       lt_begin, lt_end);
-                        });
+  try {
+    chunks::run_in_chunks(steps, chunks::first_chunk(work_per_step), chunk_steps,
+                          [&](std::int64_t lt_begin, std::int64_t lt_end) {
+                            particles::particle_steps<T>(p, th.data, R, N, to.data, sn.data,
+                                                         lo.data, step0, steps, snapshot_every,
+                                                         lt_begin, lt_end);
+                          });
+  } catch (const std::bad_alloc&) {  // the kernel's scratch (~N x batch x |G| activations)
+    const std::string msg = "particle_steps: the kernel's scratch for N = " + std::to_string(N) +
+                            " particles and batch = " + std::to_string(batch) + " (x |G| = " +
+                            std::to_string(G) + " for DA / FA) does not fit in memory";
+    PyErr_SetString(PyExc_MemoryError, msg.c_str());
+    throw py::error_already_set();
+  }
 }
 
 }  // namespace particles_bind
