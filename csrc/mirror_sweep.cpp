@@ -546,7 +546,7 @@ SYMKERN_ALWAYS_INLINE void activate(Activation act, index_t len, T* __restrict Z
 #pragma omp simd
     for (index_t i = 0; i < len; ++i) {
       const T z = Z[i];
-      Z[i] = z > T(0) ? z : T(0);
+      Z[i] = z < T(0) ? T(0) : z;  // NaN stays NaN, as torch.relu
       if constexpr (with_derivative) dphi[i] = z > T(0) ? T(1) : T(0);
     }
   }

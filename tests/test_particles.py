@@ -1,6 +1,8 @@
 """Particle engine: every backend vs the float64 reference, RNG, theory checks, bad input."""
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -414,8 +416,8 @@ def test_per_call_fast_paths_build_the_same_problem():
         for name in ("alpha", "tau", "beta", "scheme", "project_noise"):
             a, b = getattr(fast, name), getattr(general, name)
             assert a.dtype == b.dtype and torch.equal(a, b), name
-    with pytest.raises(TypeError, match="alpha must be a real number"):
-        problem(alpha=10**400)  # too large for a float: refused as before, not made inf
+    with pytest.raises(ValueError, match="alpha must be finite and >= 0, got inf"):
+        problem(alpha=10**400)  # too large for a float: refused as not finite, not trained on
     # group matrices: built once per (unit shape, reps, dtype, device), then the same tensors
     f64, cpu = torch.float64, torch.device("cpu")
     first = group_matrices(unit, G, f64, cpu)
@@ -489,6 +491,49 @@ def test_problem_memo_reuses_only_what_is_the_same(particle_backend, monkeypatch
     for k in range(_PROBLEM_MEMO.size + 3):
         symkern.particle_steps(theta, **dict(args, alpha=1.0 + k))
     assert len(_PROBLEM_MEMO._entries) == _PROBLEM_MEMO.size
+
+
+@pytest.mark.parametrize("name", ["teacher", "teacher_weights", "projector", "run_ids", "alpha",
+                                  "project_noise"])  # fmt: skip
+def test_problem_memo_keeps_no_reference_to_the_callers_tensors(name, monkeypatch):
+    """A tensor argument that needs no conversion (already theta's dtype, device and layout)
+    would be kept as it is by the problem: the memo builds from its own copies, so editing the
+    tensor after the call cannot change what a later call with the old values gets."""
+    from symkern.ops.particles import _PROBLEM_MEMO
+
+    monkeypatch.setattr(_PROBLEM_MEMO, "_entries", type(_PROBLEM_MEMO._entries)())
+    unit, G, R = MatrixUnit(2, 2), groups.c2_swap(), 2
+    theta = initial_particles(R, 7, unit.D, seed=3)
+    proj = group_matrices(unit, G, torch.float64, "cpu")[3]
+    teacher = Teacher.paper("WI").particles
+    M = teacher.shape[0]
+    values = {  # each already in the form the problem stores (R, M, D) float64, int64 (R,), ...
+        "teacher": teacher.expand(R, -1, -1).contiguous(),
+        "teacher_weights": torch.full((R, M), 1 / M, dtype=torch.float64),
+        "projector": proj.clone(),
+        "run_ids": torch.tensor([4, 9]),
+        "alpha": torch.tensor([30.0, 20.0], dtype=torch.float64),
+        "project_noise": torch.tensor([True, False]),
+    }
+    edits = {
+        "teacher": lambda t: t.mul_(3.0),
+        "teacher_weights": lambda t: t.mul_(-2.0),
+        "projector": lambda t: t.copy_(torch.eye(unit.D)),
+        "run_ids": lambda t: t.add_(100),
+        "alpha": lambda t: t.mul_(0.5),
+        "project_noise": lambda t: t.logical_not_(),
+    }
+    args = dict(teacher=values["teacher"], teacher_weights=values["teacher_weights"], group=G,
+                scheme=["EA", "vanilla"], beta=1e-3, steps=3)  # fmt: skip
+    original = values[name].clone()
+    args[name] = values[name]
+    first = symkern.particle_steps(theta, unit, **args)
+    edits[name](values[name])  # the caller reuses their buffer
+    again = symkern.particle_steps(theta, unit, **dict(args, **{name: original.clone()}))
+    assert torch.equal(again.theta, first.theta)
+    _PROBLEM_MEMO._entries.clear()
+    edited = symkern.particle_steps(theta, unit, **dict(args, **{name: values[name]}))
+    assert not torch.equal(edited.theta, first.theta)  # the edit matters
 
 
 def test_problem_memo_leaves_data_and_large_tensors_alone(monkeypatch):
@@ -694,10 +739,50 @@ def test_particle_steps_rejects_bools_and_bad_numbers():
         for v in ("x", True, [1.0, "a"], 1j):
             with pytest.raises(TypeError, match=f"{name} must be a real number or one real"):
                 symkern.particle_steps(theta, unit, **ok, **{name: v})
+        for v in (10**400, -1, float("nan")):  # a Python int too large for a float: infinite
+            with pytest.raises(ValueError, match=f"{name} must be finite and >= 0"):
+                symkern.particle_steps(theta, unit, **ok, **{name: v})
+    # project_noise is a yes or a no per run: bool("False") would be True, 0.5 neither
+    for v in ("False", [0.5, 0.0], torch.tensor([1, 0]), 1, None):
+        with pytest.raises(TypeError, match=r"project_noise must be a bool or one bool per run"):
+            symkern.particle_steps(theta, unit, **ok, project_noise=v)
+    flags = np.array([True, False])  # NumPy bools are bools
+    a = symkern.particle_steps(theta, unit, **ok, beta=0.1, project_noise=flags)
+    b = symkern.particle_steps(theta, unit, **ok, beta=0.1, project_noise=[True, False])
+    assert torch.equal(a.theta, b.theta)
+    # the data index b·d + k of the Philox stream is 32-bit: a batch it cannot number is refused
+    with pytest.raises(ValueError, match=r"batch·d must be < 2\^32"):
+        symkern.particle_steps(theta, unit, **ok, batch=2**31)
+
+
+def test_particle_steps_scratch_too_large_is_a_memory_error():
+    """A call whose kernel scratch cannot be allocated raises MemoryError naming the sizes. The
+    scratch is allocated by each thread of a parallel region, where an escaping C++ exception
+    would call std::terminate and abort the process: run in a subprocess so that an abort fails
+    the test rather than killing pytest."""
+    script = (
+        "import torch, symkern\n"
+        "from symkern.meanfield import MatrixUnit, Teacher\n"
+        "theta = torch.randn({R}, 5, 4, dtype=torch.float64)\n"
+        "try:\n"
+        "    symkern.particle_steps(theta, MatrixUnit(2, 2), teacher=Teacher.paper('WI').particles,"
+        " batch=2**30, backend='cpp')\n"
+        "except MemoryError as e:\n"
+        "    print('MemoryError:', e)\n"
+    )
+    for R in (1, 3):  # one run (a team of threads when N is large) and runs over threads
+        out = subprocess.run([sys.executable, "-c", script.format(R=R)], capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "MemoryError: particle_steps: the kernel's scratch for N = 5" in out.stdout, out
 
 
 def test_particle_steps_clear_type_and_shape_errors():
     unit, teacher, ok, theta = _bad_input_case()
+    G = ok["group"]
+    for pair in ((G,), (G, G, G)):
+        with pytest.raises(ValueError, match=r"group must be a Representation .* or a pair"):
+            symkern.particle_steps(theta, unit, **dict(ok, group=pair))
     # a teacher with no particle (was a ZeroDivisionError)
     with pytest.raises(ValueError, match=r"teacher must hold at least one particle \(M >= 1\)"):
         symkern.particle_steps(theta, unit, **dict(ok, teacher=teacher[:0]))
@@ -931,9 +1016,10 @@ def test_model_output_standard_unit_at_block_sizes(backend_case, activation, dty
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize(
     "unit",
-    [MatrixUnit(2, 2), StandardUnit(3, 2, "tanh"), StandardUnit(3, 2, "sigmoid")],
+    [MatrixUnit(2, 2), StandardUnit(3, 2, "tanh"), StandardUnit(3, 2, "sigmoid"),
+     StandardUnit(3, 2, "relu")],
     ids=repr,
-)
+)  # fmt: skip
 def test_model_output_propagates_nan(backend_case, unit, dtype):
     """A NaN sample gives a NaN output row and leaves the others finite (documented
     propagation): the vectorised activations' range clamps must keep NaN, not clamp it to a
@@ -1204,3 +1290,32 @@ def test_trainer_without_group_and_device_checks():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             ParticleTrainer(unit, device="cuda")
+
+
+def test_trainer_checks_its_arguments_when_built():
+    """A bad dtype or hyperparameter is refused by the constructor, naming the argument (not
+    at the first run(), as theta's dtype or by torch); project_noise is None or a bool."""
+    unit = MatrixUnit(2, 2)
+    for dtype in (torch.int32, "float32"):
+        with pytest.raises(TypeError, match="dtype must be a floating torch dtype"):
+            ParticleTrainer(unit, dtype=dtype)
+    for v in ("False", 1, [True]):
+        with pytest.raises(TypeError, match="project_noise must be None or a bool"):
+            ParticleTrainer(unit, project_noise=v)
+    for name, v in (("alpha", -1.0), ("tau", float("nan")), ("beta", True), ("sigma_pi", 0.0)):
+        with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+            ParticleTrainer(unit, **{name: v})
+    with pytest.raises(ValueError, match="batch must be a positive int"):
+        ParticleTrainer(unit, batch=0)
+    # one alpha per run is still checked by run(), against the number of runs
+    trainer = ParticleTrainer(unit, alpha=[30.0, 20.0], dtype=torch.float64)
+    assert trainer.run(5, 1, runs=2, teacher=Teacher.paper("WI")).theta.shape == (2, 5, 4)
+    with pytest.raises(ValueError, match="alpha must be a scalar or have one value per run"):
+        trainer.run(5, 1, runs=3, teacher=Teacher.paper("WI"))
+
+
+def test_meanfield_exposes_metrics_and_rng():
+    """The README lists metrics and rng under symkern.meanfield: after import symkern only."""
+    script = "import symkern; m = symkern.meanfield; print(m.metrics.rmd, m.rng.normal)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=99)
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -4,6 +4,7 @@ See SPEC_MEANFIELD.md. The hot path is :func:`symkern.particle_steps` (all runs 
 one call, identical random streams on every backend); :class:`ParticleTrainer` wraps it.
 """
 
+from symkern.meanfield import metrics, rng
 from symkern.meanfield.laws import projected_law, symmetrized_law
 from symkern.meanfield.problem import SCHEMES, ParticleProblem
 from symkern.meanfield.teachers import Teacher
@@ -20,6 +21,8 @@ __all__ = [
     "TrainResult",
     "Unit",
     "initial_particles",
+    "metrics",
     "projected_law",
+    "rng",
     "symmetrized_law",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from symkern._checks import as_device, as_real, float_dtype
@@ -164,6 +165,15 @@ class ParticleTrainer:
         if not isinstance(scheme, str) or scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {list(SCHEMES)}, got {scheme!r}")
         device = as_device(device, "device")
+        dtype = float_dtype(dtype, "dtype")
+        if project_noise is not None and not isinstance(project_noise, (bool, np.bool_)):
+            raise TypeError(f"project_noise must be None or a bool, got {project_noise!r}")
+        # checked here rather than at the first run(); one value per run is checked by run()
+        for value, name in ((alpha, "alpha"), (tau, "tau"), (beta, "beta")):
+            if not isinstance(value, (torch.Tensor, np.ndarray, list, tuple)):
+                as_real(value, name, minimum=0)
+        _check_pos_int(batch, "batch")
+        as_real(sigma_pi, "sigma_pi", positive=True)
         self.unit, self.scheme, self.group = unit, scheme, group
         self.alpha, self.tau, self.beta = alpha, tau, beta
         self.batch, self.sigma_pi = batch, sigma_pi

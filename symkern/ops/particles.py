@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from symkern._checks import as_int, as_real, philox_ids, real_tensor
@@ -75,6 +76,11 @@ def group_matrices(
         if key not in _TRIVIAL_GROUP_MATRICES:
             _TRIVIAL_GROUP_MATRICES[key] = _build_group_matrices(unit, None, dtype, device)
         return _TRIVIAL_GROUP_MATRICES[key]
+    if isinstance(group, tuple) and len(group) != 2:
+        raise ValueError(
+            "group must be a Representation (acting on X and Y) or a pair (rep_x, rep_y), got a "
+            f"tuple of {len(group)}"
+        )
     rep_x, rep_y = group if isinstance(group, tuple) else (group, group)
     if isinstance(rep_x, Representation) and isinstance(rep_y, Representation):
         cache = rep_cache(rep_x).setdefault("particle_group_matrices", {})
@@ -138,6 +144,31 @@ def _schemes(scheme: str | Sequence[str], R: int, device) -> tuple[torch.Tensor,
     return torch.tensor([SCHEMES[s] for s in names], dtype=torch.int32, device=device), names
 
 
+def _project_noise(value, R: int) -> torch.Tensor:
+    """project_noise as a bool (R,) CPU tensor: from a bool, a bool tensor (0-d or (R,)) or a
+    sequence of R bools. Nothing else: bool("False") is True, and 0.5 is not a yes or a no."""
+    want = f"project_noise must be a bool or one bool per run ({R})"
+    if isinstance(value, (bool, np.bool_)):
+        return torch.full((R,), bool(value), dtype=torch.bool)
+    if isinstance(value, torch.Tensor):
+        if value.dtype != torch.bool:
+            raise TypeError(f"{want}, got a tensor of dtype {value.dtype}")
+        flags = value.cpu()
+    else:
+        try:
+            items = list(value)
+        except TypeError:
+            raise TypeError(f"{want}, got {value!r}") from None
+        if not all(isinstance(v, (bool, np.bool_)) for v in items):
+            raise TypeError(f"{want}, got {value!r}")
+        flags = torch.tensor([bool(v) for v in items], dtype=torch.bool)
+    if flags.dim() == 0:
+        flags = flags.expand(R)
+    if flags.shape != (R,):
+        raise ValueError(f"{want}, got shape {tuple(flags.shape)}")
+    return flags
+
+
 def _check_seed(seed) -> int:
     try:
         return as_int(seed, "seed", minimum=0, below=2**64)
@@ -165,8 +196,9 @@ def _hyper(value, R: int, name: str, dtype, device) -> torch.Tensor:
             v = float(value)
         except OverflowError:
             v = math.inf
-        if math.isfinite(v) and v >= 0:
-            return torch.full((R,), v + 0.0, dtype=dtype, device=device)  # + 0.0: -0.0 -> 0.0
+        if not (math.isfinite(v) and v >= 0):  # (an int too large for a float: inf)
+            raise ValueError(f"{name} must be finite and >= 0, got {v}")
+        return torch.full((R,), v + 0.0, dtype=dtype, device=device)  # + 0.0: -0.0 -> 0.0
     want = f"{name} must be a real number or one real number per run ({R})"
     if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
         raise TypeError(f"{want}, got {value!r}")
@@ -235,24 +267,14 @@ def particle_problem(
     seed = _check_seed(seed)
     dtype, device = theta.dtype, theta.device
 
-    schemes, names = _schemes(scheme, R, device)
-    try:
-        noise_proj = (
-            torch.full((R,), project_noise, dtype=torch.bool)
-            if type(project_noise) is bool
-            else torch.as_tensor(project_noise, dtype=torch.bool)
-        )
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(
-            f"project_noise must be a bool or one bool per run ({R}), got {project_noise!r}"
-        ) from None
-    if noise_proj.dim() == 0:
-        noise_proj = noise_proj.expand(R)
-    if noise_proj.shape != (R,):
+    if unit.d * batch >= 2**32 and x_data is None:
         raise ValueError(
-            f"project_noise must be a bool or one bool per run ({R}), got shape "
-            f"{tuple(noise_proj.shape)}"
+            f"batch: batch·d = {batch * unit.d} input coordinates per run and step; the Philox "
+            "element index is 32-bit, so batch·d must be < 2^32"
         )
+
+    schemes, names = _schemes(scheme, R, device)
+    noise_proj = _project_noise(project_noise, R)
     # DA, DA-sample and FA act on the data / particles by the group's matrices; EA and projected
     # noise only need the projector P, which projector= supplies without a group (the kernels
     # then get the trivial group's matrices, G = 1, which EA and the noise never read)
@@ -392,6 +414,16 @@ class _ProblemMemo:
             return torch.Tensor, v.dtype, v.shape, v.device
         return self._UNMEMOISABLE
 
+    def _privatised(self, v, copies: list[torch.Tensor]):
+        """``v`` with every tensor replaced by a private clone, appended to ``copies`` in the
+        order :meth:`_key_part` lists the tensors of a memoisable argument."""
+        if isinstance(v, torch.Tensor):
+            copies.append(v.detach().clone())
+            return copies[-1]
+        if type(v) in (tuple, list):
+            return type(v)(self._privatised(x, copies) for x in v)
+        return v
+
     def _key(self, theta: torch.Tensor, unit: Unit, args: dict, tensors: list) -> tuple | None:
         if args["x_data"] is not None or args["y_data"] is not None:
             return None
@@ -413,21 +445,25 @@ class _ProblemMemo:
         problem also checks that it is finite, a remembered one leaves that to the caller."""
         tensors: list[torch.Tensor] = []
         key = self._key(theta, unit, args, tensors)
-        if key is not None:
-            with self._lock:
-                hit = self._entries.get(key)
-                if hit is not None:
-                    self._entries.move_to_end(key)
-            if hit is not None and all(map(torch.equal, hit[0], tensors)):
-                return hit[1]
-        problem = particle_problem(theta, unit, steps=steps, **args)
-        if key is not None:
-            copies = [t.detach().clone() for t in tensors]
-            with self._lock:
-                self._entries[key] = (copies, problem)
+        if key is None:
+            return particle_problem(theta, unit, steps=steps, **args)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
                 self._entries.move_to_end(key)
-                while len(self._entries) > self.size:
-                    self._entries.popitem(last=False)
+        if hit is not None and all(map(torch.equal, hit[0], tensors)):
+            return hit[1]
+        # built from private copies of the tensor arguments, which are also what later calls are
+        # compared with: a problem keeps a tensor that needs no conversion (a teacher already of
+        # theta's dtype and device) as it is, and the caller may edit theirs after this call
+        copies: list[torch.Tensor] = []
+        private = {name: self._privatised(v, copies) for name, v in args.items()}
+        problem = particle_problem(theta, unit, steps=steps, **private)
+        with self._lock:
+            self._entries[key] = (copies, problem)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
         return problem
 
 

@@ -185,7 +185,7 @@ def _act(u, ACT: tl.constexpr):
         h = _sigmoid(u)
         hp = h * (1.0 - h)
     else:
-        h = tl.maximum(u, 0.0)
+        h = tl.where(u < 0, 0.0, u)  # NaN stays NaN, as torch.relu (tl.maximum gives 0)
         hp = tl.where(u > 0, 1.0, 0.0).to(u.dtype)
     return h, hp
 
