@@ -1,6 +1,8 @@
 """symkern.mirror: structured mirrors, detection, DCS, thresholds, Theorem 1(1). All float64."""
 
+import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -333,6 +335,67 @@ def test_detect_rotation_linear_linear_and_qk():
     assert m.is_symmetric(L, generator=gen(4))[0]
     wrong = detect.hidden_index_mirror(qk, [(qk.q.weight, 0), (qk.q.bias, 0)], n)  # Q only
     assert not wrong.is_symmetric(L, generator=gen(4))[0]
+
+
+def test_flat_loss_batchnorm_float64_and_no_side_effects():
+    """A float32 model with BatchNorm: flat_loss evaluates at float64 θ (its float32 buffers used
+    to break the Double check), gives the model's own loss in its current mode, and never
+    touches the running statistics."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2), nn.BatchNorm1d(2))
+    x, y = _data(4, 2)
+    bn = model[3]
+    with torch.no_grad():  # non-trivial running statistics, so eval mode differs from train mode
+        bn.running_mean.copy_(torch.tensor([0.3, -0.2]))
+        bn.running_var.copy_(torch.tensor([2.0, 0.5]))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = detect.flat_loss(model, nn.functional.mse_loss, x, y)
+    theta = nn.utils.parameters_to_vector(model.parameters()).detach().to(F64)
+    for train in (True, False):
+        model.train(train)
+        ref = copy.deepcopy(model).double()  # the model's own loss, on a copy
+        assert_close(loss(theta), nn.functional.mse_loss(ref(x), y), rtol=1e-12, atol=0)
+        found = detect.find_mirrors(model, loss, generator=gen(3))
+        assert len(found["permutation"]) == 3 and len(found["sign_flip"]) == 3
+        assert all(m.meta["verified"] for m in found["permutation"] + found["sign_flip"])
+    assert model.training is False  # the mode is the caller's, left as it is
+    for k, v in model.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+    g = torch.func.grad(loss)(theta)  # still differentiable in θ
+    assert g.dtype == F64 and torch.isfinite(g).all() and g.abs().max() > 0
+
+
+def test_tied_layer_pair_is_skipped_with_a_warning():
+    """W₂ = W₁ (tied): a neuron's coordinates overlap, so no neuron swap / sign flip / rescaling
+    / rotation is a coordinate symmetry: the pair is skipped with one warning naming it (it used
+    to raise about block_i / block_j, arguments the user never passed)."""
+    torch.manual_seed(0)
+    for act in (nn.Tanh(), nn.ReLU(), nn.Identity()):
+        net = nn.Sequential(nn.Linear(4, 4), act, nn.Linear(4, 4)).double()
+        net[2].weight = net[0].weight
+        x, y = _data(4, 4)
+        loss = detect.flat_loss(net, nn.functional.mse_loss, x, y)
+        with pytest.warns(UserWarning, match=r"layer pair 0->2 skipped: .*tied \(0.weight = 2.w"):
+            found = detect.find_mirrors(net, loss)
+        assert found == {"permutation": [], "sign_flip": [], "rotation": []}
+        with pytest.warns(UserWarning, match="tied"):
+            assert detect.rescaling_symmetries(net) == []
+    # three layers, the outer weights tied: both pairs skipped, one warning each
+    net = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
+    net[4].weight = net[0].weight
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert sum(len(v) for v in detect.find_mirrors(net).values()) == 0
+    msgs = sorted(str(w.message) for w in caught)
+    assert len(msgs) == 2 and "0->2" in msgs[0] and "2->4" in msgs[1], msgs
+    # a pair none of whose parameters is tied is still found (b₁ of pair 2->4 = its output bias)
+    net = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
+    net[4].bias = net[2].bias
+    with pytest.warns(UserWarning, match="2->4 skipped") as rec:
+        found = detect.find_mirrors(net)
+    assert len(rec) == 1
+    assert {m.meta["layer"] for m in found["permutation"]} == {"0->2"}
+    assert len(found["permutation"]) == 6 and len(found["sign_flip"]) == 4
 
 
 # ---------------------------------------------------------------- DCS

@@ -110,7 +110,7 @@ def test_mirror_lowrank_quick(tmp_path):
         assert not c[name]["holds"], (name, c[name])
 
 
-def test_mirror_dcs_quick(tmp_path):
+def test_mirror_dcs_quick(tmp_path, capsys):
     out = tmp_path / "dcs"
     args = ["--d", "12", "--k-constrained", "8", "--gammas", "0,0.5,1.5", "--steps", "2000",
             "--m", "5", "--n", "4", "--no-progress", "--out", str(out)]  # fmt: skip
@@ -135,6 +135,16 @@ def test_mirror_dcs_quick(tmp_path):
                          resume=True, show_progress=False)  # fmt: skip
     for name, c in res["claims"].items():
         assert not c["holds"], (name, c)
+
+    # a truncated cell file is recomputed on --resume (it used to be a JSONDecodeError)
+    path = out / "cells" / "lowrank.json"
+    path.write_text(path.read_text()[:100])
+    capsys.readouterr()
+    assert mirror_dcs.main([*args, "--resume", "--figures", "false"]) == 0
+    assert "cells/lowrank.json unreadable: recomputing" in capsys.readouterr().out
+    c = json.loads((out / "results.json").read_text())["claims"]
+    assert c["lowrank_dcs_matches_closed_form"]["holds"]  # recomputed: no longer NaN
+    assert not c["dcs_matches_soft_threshold"]["holds"]  # the poisoned regression cell: loaded
 
 
 def test_mirror_dcs_claims_need_a_resolvable_gamma(tmp_path):
@@ -422,3 +432,40 @@ def test_mirror_plasticity_quick(tmp_path, capsys):
     assert "resume: 4 finished cell(s) loaded" in capsys.readouterr().out
     res2 = json.loads((out / "results.json").read_text())
     assert not res2["claims"]["factorization_broken_full_rank_throughout"]["holds"]
+
+
+def test_resume_recomputes_unreadable_cells(tmp_path):
+    """--resume: a truncated, non-object or incomplete cell file is logged and recomputed (it
+    used to crash with a JSONDecodeError / AttributeError); good cells are still loaded."""
+    names = ["a", "b", "c", "d", "e", "f"]
+    computed = []
+
+    def compute(n):
+        computed.append(n)
+        return {"value": n * 2}
+
+    def run(resume):
+        logs = []
+        cells = common.run_cells(tmp_path, names, compute, {"x": 1}, set(), resume=resume,
+                                 desc="t", show_progress=False, log=logs.append)  # fmt: skip
+        return cells, logs
+
+    ref, _ = run(False)
+    cells_dir = tmp_path / "cells"
+    good = (cells_dir / "a.json").read_text()
+    (cells_dir / "b.json").write_text(good[:20])  # truncated
+    (cells_dir / "c.json").write_text("[1, 2]")  # not an object
+    (cells_dir / "d.json").write_text('{"cell": {"value": "dd"}}')  # no hash
+    (cells_dir / "e.json").write_bytes(b"\xff\xfe\x00")  # not text
+    data = json.loads(good)
+    (cells_dir / "f.json").write_text(json.dumps({**data, "cell": [1]}))  # right hash, bad cell
+    computed.clear()
+    cells, logs = run(True)
+    assert cells == ref
+    assert computed == ["b", "c", "d", "e", "f"]
+    for n in computed:
+        assert any(m.startswith(f"cells/{n}.json unreadable: recomputing") for m in logs), logs
+    assert "resume: 1 finished cell(s) loaded" in logs
+    # the recomputed cells were rewritten: a second resume loads all of them
+    computed.clear()
+    assert run(True)[0] == ref and computed == []

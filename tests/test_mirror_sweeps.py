@@ -2,6 +2,7 @@
 the same Philox data, closed forms (sparsity, singular values), batching independence, bad input.
 All float64, one torch thread, small sizes."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -385,6 +386,32 @@ def test_bad_input(kwargs, match):
         )
 
 
+@pytest.mark.parametrize("arg", ["gammas", "etas", "noise"])
+def test_hyperparameters_must_be_real_numbers(arg):
+    """gammas / etas / noise: a bool (of any kind) or a non-number is a TypeError naming the
+    argument (bools used to be read as 0 / 1, a string gave torch's "new(): invalid data type")."""
+    args = {"gammas": 0.1, "etas": 0.1, "noise": 0.0}
+
+    def call(value):
+        kw = {**args, arg: value}
+        return train_sweep("rescaling", _resc(), kw.pop("gammas"), kw.pop("etas"), 2, None,
+                           target=torch.ones(3), backend="torch", **kw)  # fmt: skip
+
+    bad = [True, np.bool_(True), torch.tensor(True), torch.tensor([True, False]),
+           np.array([True, True]), [False, True], "0.1", [0.1, "a"], 0.5j, None]  # fmt: skip
+    for value in bad:
+        with pytest.raises(TypeError, match=rf"^{arg} must be a real number or one real number "
+                           r"per model \(2\), got"):  # fmt: skip
+            call(value)
+    # real numbers of any kind still work, a list read in float64 (as the tensor)
+    ref = call(torch.tensor([0.25, 0.1], dtype=F64))
+    for value in ([0.25, 0.1], np.array([0.25, 0.1], np.float64), (0.25, 0.1)):
+        out = call(value)
+        for k in ref.params:
+            assert torch.equal(out.params[k], ref.params[k]), (value, k)
+    assert torch.equal(call(np.float32(0.5)).params["u"], call(0.5).params["u"])
+
+
 def test_bad_input_factorization_and_mlp():
     U, W = torch.ones(2, 4, 3, dtype=F64), torch.ones(2, 5, 3, dtype=F64)
     with pytest.raises(ValueError, match="batch must be None"):
@@ -413,8 +440,6 @@ def test_bad_input_factorization_and_mlp():
 # model-id counters at the 2^32 edge, instruction-set variants, tanh accuracy, and the binding's
 # input validation (every bad buffer raises ValueError naming the argument).
 # =================================================================================================
-
-import numpy as np  # noqa: E402 — used by this section only
 
 
 def _cpp_ext():

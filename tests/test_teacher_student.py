@@ -399,3 +399,29 @@ def test_claims_do_not_hold_on_nan_or_inf():
         assert not holds(("arbitrary", "vanilla", 10), "rmd_si_mean", bad)["leave"]
         got = holds(("arbitrary", "EA", None), "test_risk_mean", bad)
         assert not got["floor"] and not got["lower"]  # DA/FA "below" an inf EA risk
+
+
+def test_resume_recomputes_unreadable_cell_files(tmp_path):
+    """--resume: a truncated .npz, a non-object JSON or a truncated JSON cell is logged and
+    recomputed (they used to crash with BadZipFile / TypeError), giving the same numbers."""
+    cfg = ts.build_config("quick", None, {**TINY_GRID, "n_values": [5]})
+    ref = ts.run(cfg, tmp_path, show_progress=False)
+    jpath, npath = tmp_path / "cells" / "N5.json", tmp_path / "cells" / "N5.npz"
+    good_json, good_npz = jpath.read_text(), npath.read_bytes()
+    damage = [
+        (npath, good_npz[:300], "cells/N5.npz unreadable: recomputing"),
+        (npath, b"\x93NUMPY" + good_npz[6:], "cells/N5.npz unreadable: recomputing"),
+        (jpath, b"[1]", "cells/N5.json unreadable: recomputing"),
+        (jpath, good_json[:100].encode(), "cells/N5.json unreadable: recomputing"),
+        (jpath, json.dumps({"N": 5}).encode(), "cells/N5.json unreadable: recomputing"),
+    ]
+    for path, data, message in damage:
+        path.write_bytes(data)
+        logs = []
+        res = ts.run(cfg, tmp_path, resume=True, show_progress=False, log=logs.append)
+        assert res["resumed_cells"] == 0
+        assert any(m.startswith(message) for m in logs), (data[:20], logs)
+        assert _metrics_only(res) == _metrics_only(ref)
+    logs = []  # rewritten: loaded again
+    res = ts.run(cfg, tmp_path, resume=True, show_progress=False, log=logs.append)
+    assert res["resumed_cells"] == 1 and not any("unreadable" in m for m in logs), logs

@@ -28,6 +28,8 @@ import platform
 import sys
 import tempfile
 import typing
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,7 @@ __all__ = [
     "build_config",
     "config_hash",
     "format_table",
+    "load_checkpoint",
     "progress",
     "torch_threads",
     "versions",
@@ -469,6 +472,41 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     _atomic_write_bytes(Path(path), lambda fh: np.savez_compressed(fh, **arrays))
 
 
+# what reading a damaged checkpoint raises: truncated / hand-edited JSON or npz, a directory
+_UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, keys: Sequence[str] = (), log=print
+) -> dict[str, Any] | None:
+    """A finished-work file written by :func:`atomic_write_json` (``.json``: a JSON object that
+    must hold every key in ``keys``) or :func:`atomic_save_npz` (``.npz``: its arrays, read
+    eagerly), or None to recompute it. A missing file gives None silently; an unreadable one
+    (truncated, not JSON / npz, not such an object: atomic writes make it unlikely, a copy or a
+    hand edit need not) gives None and ``log("cells/NAME unreadable: recomputing (why)")``."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        if path.suffix == ".npz":
+            z = np.load(path, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an .npz archive")
+            with z:
+                data = {k: z[k] for k in z.files}
+        else:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError(f"a JSON {type(data).__name__}, not an object")
+            missing = [k for k in keys if k not in data]
+            if missing:
+                raise ValueError(f"no {', '.join(map(repr, missing))}")
+    except _UNREADABLE as e:
+        log(f"{path.parent.name}/{path.name} unreadable: recomputing ({type(e).__name__}: {e})")
+        return None
+    return data
+
+
 # ----------------------------------------------------------------------------------------------
 # provenance, backends, progress, tables
 
@@ -593,16 +631,19 @@ def run_cells(
     log=print,
 ) -> dict[str, dict[str, Any]]:
     """Compute every named cell (or load it from ``out/cells`` when resuming and its config
-    hash matches); each finished cell is written atomically before the next starts."""
+    hash matches; an unreadable cell file is logged and recomputed, see
+    :func:`load_checkpoint`); each finished cell is written atomically before the next
+    starts."""
     h = config_hash({k: v for k, v in cfg_dict.items() if k not in not_in_hash})
     cells: dict[str, dict[str, Any]] = {}
     if resume:
         for n in names:
-            path = out / "cells" / f"{n}.json"
-            if path.exists():
-                data = json.loads(path.read_text())
-                if data.get("hash") == h:
+            data = load_checkpoint(out / "cells" / f"{n}.json", keys=("hash", "cell"), log=log)
+            if data is not None and data["hash"] == h:
+                if isinstance(data["cell"], dict):
                     cells[n] = data["cell"]
+                else:
+                    log(f"cells/{n}.json unreadable: recomputing (its cell is not an object)")
         if cells:
             log(f"resume: {len(cells)} finished cell(s) loaded")
     bar = progress(len(names), desc, enabled=show_progress, initial=len(cells), unit="cell")

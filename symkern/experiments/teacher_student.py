@@ -369,20 +369,19 @@ def _cell_paths(out: Path, n: int) -> tuple[Path, Path]:
     return out / "cells" / f"N{n}.json", out / "cells" / f"N{n}.npz"
 
 
-def _load_cell(out: Path, n: int, cfg: Config) -> dict[str, Any] | None:
+def _load_cell(out: Path, n: int, cfg: Config, log=print) -> dict[str, Any] | None:
+    """The finished cell N = n, or None to recompute it (missing, unreadable: logged, or of
+    another config)."""
     jpath, npath = _cell_paths(out, n)
     if not (jpath.exists() and npath.exists()):
         return None
-    import json  # noqa: PLC0415
-
-    try:
-        cell = json.loads(jpath.read_text())
-        with np.load(npath) as z:
-            cell["_particles"] = {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError):
-        return None  # unreadable: recompute (atomic writes make this unlikely)
-    if cell.get("cell_hash") != _cell_hash(cfg) or cell.get("format") != RESULTS_FORMAT:
+    cell = common.load_checkpoint(jpath, keys=("cell_hash", "format"), log=log)
+    if cell is None or cell["cell_hash"] != _cell_hash(cfg) or cell["format"] != RESULTS_FORMAT:
         return None
+    particles = common.load_checkpoint(npath, log=log)
+    if particles is None:
+        return None
+    cell["_particles"] = particles
     return cell
 
 
@@ -794,7 +793,7 @@ def run(
     cells: dict[int, dict[str, Any]] = {}
     if resume:
         for n in n_values:
-            cell = _load_cell(out, n, cfg)
+            cell = _load_cell(out, n, cfg, log=log)
             if cell is not None:
                 cells[n] = cell
         if cells:

@@ -26,6 +26,11 @@ activations] → Linear``, hidden width h = first.out_features = second.in_featu
   R^h → :meth:`Mirror.householder`. For other layouts (e.g. attention scores x W_Q W_Kᵀ xᵀ, where
   the hidden index is the output index of both W_Q and W_K) use :func:`hidden_index_mirror`.
 
+A layer pair whose weights are tied (a parameter of W₁, b₁ or W₂ that another layer of the model
+also holds, e.g. ``net[2].weight = net[0].weight``) is skipped by all the detectors above, with a
+UserWarning naming it: a neuron's coordinates then overlap (or move another layer too), so none
+of these maps is a coordinate symmetry of the loss.
+
 With ``loss`` given, each mirror is verified by :meth:`Mirror.is_symmetric` on random θ
 (float64); mirrors that fail are dropped (``on_fail="drop"``) or raise (``on_fail="raise"``).
 The measured gap is stored in ``mirror.meta["gap"]``.
@@ -34,6 +39,7 @@ The measured gap is stored in ``mirror.meta["gap"]``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -110,6 +116,12 @@ def flat_loss(
 
     Differentiable in θ (``torch.func.functional_call``); floating inputs/targets are cast to
     θ's dtype. Raises ValueError naming ``theta`` for a θ of the wrong size.
+
+    The loss is the model's as it is in its current train / eval mode (BatchNorm in train mode
+    normalises with the batch statistics, in eval mode with its running ones; the mode is read
+    at each call), evaluated without side effects: each call runs on copies of the model's
+    buffers (floating ones cast to θ's dtype, integer ones such as ``num_batches_tracked`` as
+    they are), so the running statistics of the model are never updated.
     """
     _check_model(model)
     if not callable(loss_fn):
@@ -127,6 +139,7 @@ def flat_loss(
         shapes.append(p.shape)
         numels.append(p.numel())
     d = sum(numels)
+    buffers = dict(model.named_buffers())
 
     def f(theta: torch.Tensor) -> torch.Tensor:
         if not isinstance(theta, torch.Tensor) or theta.shape != (d,):
@@ -136,6 +149,9 @@ def flat_loss(
             raise TypeError(f"theta must be a floating tensor, got dtype {theta.dtype}")
         parts = torch.split(theta, numels)
         params = {n: t.view(s) for n, t, s in zip(names, parts, shapes, strict=True)}
+        for n, b in buffers.items():  # copies: a train-mode BatchNorm updates them in place
+            dtype = theta.dtype if b.is_floating_point() else b.dtype
+            params[n] = b.detach().to(dtype=dtype, copy=True)
         x = inputs.to(theta.dtype) if inputs.dtype.is_floating_point else inputs
         y = targets.to(theta.dtype) if targets.dtype.is_floating_point else targets
         out = torch.func.functional_call(model, params, (x,))
@@ -166,6 +182,35 @@ def linear_pairs(model: nn.Module) -> list[tuple[str, nn.Linear, list[nn.Module]
                     acts.append(m2)
                     continue
                 break
+    return out
+
+
+def _tied(model: nn.Module, params: Sequence[torch.Tensor]) -> list[str]:
+    """For each parameter among ``params`` that more than one module uses (tied weights, or a
+    module used twice): its names in the model joined by " = "."""
+    users: dict[int, list[str]] = {}
+    for mname, mod in model.named_modules(remove_duplicate=False):
+        for pname, p in mod.named_parameters(recurse=False):
+            users.setdefault(id(p), []).append(f"{mname}.{pname}".lstrip("."))
+    return [" = ".join(users[id(p)]) for p in params if len(users.get(id(p), ())) > 1]
+
+
+def _untied_pairs(model: nn.Module) -> list[tuple[str, nn.Linear, list[nn.Module], nn.Linear]]:
+    """:func:`linear_pairs` less the pairs with tied weights (see the module docstring), each
+    skipped one reported by a UserWarning."""
+    out = []
+    for name, first, acts, second in linear_pairs(model):
+        params = [first.weight, second.weight] + ([first.bias] if first.bias is not None else [])
+        tied = _tied(model, params)
+        if tied:
+            warnings.warn(
+                f"layer pair {name} skipped: its weights are tied ({'; '.join(tied)}), so its "
+                "neuron maps are not coordinate symmetries",
+                UserWarning,
+                stacklevel=3,
+            )
+            continue
+        out.append((name, first, acts, second))
     return out
 
 
@@ -225,7 +270,7 @@ def permutation_mirrors(
         max_pairs = as_int(max_pairs, "max_pairs", minimum=0)
     layout, d = param_layout(model), _dim(model)
     out = []
-    for name, first, _acts, second in linear_pairs(model):
+    for name, first, _acts, second in _untied_pairs(model):
         blocks = _neuron_blocks(layout, first, second)
         count = 0
         for i in range(len(blocks)):
@@ -252,7 +297,7 @@ def sign_flip_mirrors(
     are all odd. ReLU layers yield none (see the module docstring)."""
     layout, d = param_layout(model), _dim(model)
     out = []
-    for name, first, acts, second in linear_pairs(model):
+    for name, first, acts, second in _untied_pairs(model):
         if not all(_is_odd(a) for a in acts):
             continue
         for i, blk in enumerate(_neuron_blocks(layout, first, second)):
@@ -356,7 +401,7 @@ def rescaling_symmetries(
     ``loss`` when given (dropped or raised on failure, like the mirrors)."""
     layout, d = param_layout(model), _dim(model)
     out = []
-    for name, first, acts, second in linear_pairs(model):
+    for name, first, acts, second in _untied_pairs(model):
         if not all(_positively_homogeneous(a) for a in acts):
             continue
         n_in = first.in_features + (1 if first.bias is not None else 0)
@@ -403,7 +448,7 @@ def rotation_mirrors(
     """Householder mirrors for Linear → [Identity]* → Linear (no nonlinearity). ``normals``: unit
     vectors in R^h to use (default: one random unit n per site, drawn from ``generator``)."""
     out = []
-    for name, first, acts, second in linear_pairs(model):
+    for name, first, acts, second in _untied_pairs(model):
         if not all(isinstance(a, nn.Identity) for a in acts):
             continue
         h = first.out_features
@@ -432,11 +477,19 @@ def find_mirrors(
 ) -> dict[str, list[Mirror]]:
     """All the mirrors above: {"permutation": [...], "sign_flip": [...], "rotation": [...]},
     each verified against ``loss`` (θ (d,) → scalar, e.g. from :func:`flat_loss`) when given.
-    The continuous positive rescalings of ReLU layers are not mirrors: see
-    :func:`rescaling_symmetries`."""
+    A layer pair with tied weights is skipped, with one UserWarning naming it. The continuous
+    positive rescalings of ReLU layers are not mirrors: see :func:`rescaling_symmetries`."""
     kw = dict(on_fail=on_fail, trials=trials, rtol=rtol, generator=generator)
-    return {
-        "permutation": permutation_mirrors(model, loss, max_pairs=max_pairs, **kw),
-        "sign_flip": sign_flip_mirrors(model, loss, **kw),
-        "rotation": rotation_mirrors(model, loss, **kw),
-    }
+    with warnings.catch_warnings(record=True) as caught:  # each skipped pair: one warning
+        warnings.simplefilter("always")
+        found = {
+            "permutation": permutation_mirrors(model, loss, max_pairs=max_pairs, **kw),
+            "sign_flip": sign_flip_mirrors(model, loss, **kw),
+            "rotation": rotation_mirrors(model, loss, **kw),
+        }
+    seen = set()
+    for w in caught:
+        if (w.category, str(w.message)) not in seen:
+            seen.add((w.category, str(w.message)))
+            warnings.warn(w.message, stacklevel=2)
+    return found

@@ -243,8 +243,8 @@ def sweep_problem(
     problem = SweepProblem(
         model=model,
         n_models=M,
-        gamma=per_item(gammas, M, "gamma", dtype, device, item="model"),
-        eta=per_item(etas, M, "eta", dtype, device, item="model", positive=True),
+        gamma=per_item(gammas, M, "gammas", dtype, device, item="model"),
+        eta=per_item(etas, M, "etas", dtype, device, item="model", positive=True),
         noise=sigma,
         batch=batch,
         seed=seed,

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from symkern._checks import all_finite, as_int
@@ -196,9 +197,19 @@ def per_item(
     value, n: int, name: str, dtype: torch.dtype, device, *, item: str, positive: bool = False
 ) -> torch.Tensor:
     """A hyperparameter given as a scalar or one value per run / model, as an (n,) tensor:
-    finite and >= 0 (> 0 when ``positive``), else ValueError naming ``name``. A -0.0 comes back
-    as 0.0 (equal hyperparameters give bitwise-equal tensors)."""
-    t = torch.as_tensor(value, dtype=torch.float64)
+    finite and >= 0 (> 0 when ``positive``), else ValueError naming ``name``; not a real number
+    (a bool, a string, a complex number, ...): TypeError naming ``name``. A -0.0 comes back as
+    0.0 (equal hyperparameters give bitwise-equal tensors)."""
+    want = f"{name} must be a real number or one real number per {item} ({n})"
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{want}, got {value!r}")
+    try:
+        probe = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise TypeError(f"{want}, got {value!r}") from None
+    if probe.is_complex() or probe.dtype == torch.bool:  # also a bool tensor / array / list
+        raise TypeError(f"{want}, got dtype {probe.dtype}")
+    t = torch.as_tensor(value, dtype=torch.float64)  # a list of floats: read in float64
     if t.dim() == 0:
         t = t.expand(n)
     if t.shape != (n,):

@@ -190,7 +190,7 @@ def _check_device(t: torch.Tensor, name: str) -> None:
 
 
 def _hyper(value, R: int, name: str, dtype, device) -> torch.Tensor:
-    """per_item for alpha / tau / beta, with a clear error for non-numeric or bool values."""
+    """per_item for alpha / tau / beta, with a fast path for a plain Python number."""
     if type(value) in (float, int):  # a plain Python number: no tensor round trip (fast path)
         try:
             v = float(value)
@@ -199,16 +199,7 @@ def _hyper(value, R: int, name: str, dtype, device) -> torch.Tensor:
         if not (math.isfinite(v) and v >= 0):  # (an int too large for a float: inf)
             raise ValueError(f"{name} must be finite and >= 0, got {v}")
         return torch.full((R,), v + 0.0, dtype=dtype, device=device)  # + 0.0: -0.0 -> 0.0
-    want = f"{name} must be a real number or one real number per run ({R})"
-    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
-        raise TypeError(f"{want}, got {value!r}")
-    try:
-        t = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
-    except (TypeError, ValueError, RuntimeError, OverflowError):
-        raise TypeError(f"{want}, got {value!r}") from None
-    if t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{want}, got dtype {t.dtype}")
-    return per_item(value, R, name, dtype, device, item="run")
+    return per_item(value, R, name, dtype, device, item="run")  # bools, strings: TypeError
 
 
 def _check_particles(theta: torch.Tensor, unit: Unit, finite: bool = True) -> tuple[int, int, int]:

@@ -32,7 +32,8 @@ recorded loss. Per step the program draws its data in-kernel (no data tensor exi
 loss and the gradient, and updates the parameters. The batch is processed in chunks of BB rows
 (a runtime loop over chunks), so B is unbounded: only the gradient accumulators, not the batch,
 live across chunks. Every dimension is padded to a ``tl.constexpr`` power of two with masks
-(padded parameters, targets and samples are zero and stay zero; padded batch rows are masked out
+(an empty one to 1: a zero-size d, m, n, k, h or h_t gives the reference's result; padded
+parameters, targets and samples are zero and stay zero; padded batch rows are masked out
 of the residual). Products are broadcast-multiply-and-sum reductions in registers:
 (B_chunk, d) for the rescaling model, (m, n, k) for the factorization, (B_chunk, h, d) for the
 MLP.
@@ -308,7 +309,11 @@ def _mlp_kernel(
 # launcher
 # ---------------------------------------------------------------------------------------------
 
-_P2 = triton.next_power_of_2
+
+def _P2(n: int) -> int:
+    """The padded size of a dimension n: the smallest power of two >= max(n, 1) (an empty
+    dimension is padded to one masked element, so its blocks and aranges are never empty)."""
+    return triton.next_power_of_2(max(int(n), 1))
 
 
 def _padded_sizes(problem: SweepProblem, params: Mapping[str, torch.Tensor]):
