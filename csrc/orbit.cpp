@@ -181,6 +181,17 @@ struct Run {
 constexpr index_t kMinRun = 8;          // shorter runs are merged into scalar runs
 constexpr index_t kMaskedMaxOrbits = 8;  // Masked variant up to this many orbits
 
+// Orbit sums: a running float32 total of n terms carries a rounding error growing like n·eps
+// relative to the total (cyclic(4e6), x ~ 100: the mean was off by 0.17). So no T accumulator ever
+// takes more than kSumBlock terms: orbit sums are doubles (Acc), and the vectorised reductions
+// (dot, Masked) keep T partial sums per lane only within blocks of kSumBlock terms per lane, adding
+// the block totals in double. The error is then bounded by ~kSumBlock·eps whatever the orbit size,
+// for an O(1 / kSumBlock) share of extra work. Exception, for speed: Runs adds increasing runs into
+// a T accumulator (one term per orbit and run; a double one costs ~1.5x in cache on the S_n-on-
+// blocks plans) when no orbit is covered by more than kSumBlock of them (MeanCtx::inc_wide).
+using Acc = double;
+constexpr index_t kSumBlock = 256;
+
 // Cut the coordinate axis into constant / increasing runs (greedy, longest first). O(D).
 std::vector<Run> make_runs(const index_t* id, index_t D, index_t& vector_coords) {
   std::vector<Run> runs;
@@ -217,27 +228,35 @@ struct MeanCtx {
   const T* coef_sorted;  // coef[order[p]]
   const T* c2_sorted;    // c2[order[p]]
   const void* small_id;  // Masked: orbit_id as int32 (float) / int64 (double)
+  bool inc_wide;         // Runs: increasing runs add into the Acc sums (an orbit meets > kSumBlock)
+  bool any_wide;         // Runs: some run adds into the Acc sums (inc_wide, const or scalar runs)
 };
 
 // ---- vectorisable building blocks (restrict pointers; independent lanes, no reassociation) ----
 
-template <class T>
-SYMKERN_INLINE void fma_into(T* SYMKERN_RESTRICT acc, const T* SYMKERN_RESTRICT c,
+template <class A, class T>
+SYMKERN_INLINE void fma_into(A* SYMKERN_RESTRICT acc, const T* SYMKERN_RESTRICT c,
                              const T* SYMKERN_RESTRICT x, index_t n) {
-  for (index_t t = 0; t < n; ++t) acc[t] += c[t] * x[t];
+  for (index_t t = 0; t < n; ++t) acc[t] += static_cast<A>(c[t] * x[t]);
 }
 
+// sum_t c[t] x[t]: L lanes of T partial sums, restarted every kSumBlock terms per lane, block
+// totals added in double (see kSumBlock).
 template <class T>
-SYMKERN_INLINE T dot(const T* SYMKERN_RESTRICT c, const T* SYMKERN_RESTRICT x, index_t n) {
+SYMKERN_INLINE Acc dot(const T* SYMKERN_RESTRICT c, const T* SYMKERN_RESTRICT x, index_t n) {
   constexpr int L = 64 / sizeof(T);  // lanes of independent partial sums
-  T part[L] = {};
-  index_t t = 0;
-  for (; t + L <= n; t += L)
-    for (int l = 0; l < L; ++l) part[l] += c[t + l] * x[t + l];
-  for (int h = L / 2; h > 0; h /= 2)  // tree fold: vector adds, no serial chain over the lanes
-    for (int l = 0; l < h; ++l) part[l] += part[l + h];
-  T s = part[0];
-  for (; t < n; ++t) s += c[t] * x[t];
+  const index_t full = n - n % L;
+  Acc s = 0;
+  for (index_t t0 = 0; t0 < full; t0 += L * kSumBlock) {
+    const index_t t1 = std::min<index_t>(full, t0 + L * kSumBlock);
+    T part[L] = {};
+    for (index_t t = t0; t < t1; t += L)
+      for (int l = 0; l < L; ++l) part[l] += c[t + l] * x[t + l];
+    for (int h = L / 2; h > 0; h /= 2)  // tree fold: vector adds, no serial chain over the lanes
+      for (int l = 0; l < h; ++l) part[l] += part[l + h];
+    s += part[0];
+  }
+  for (index_t t = full; t < n; ++t) s += c[t] * x[t];
   return s;
 }
 
@@ -257,10 +276,10 @@ SYMKERN_INLINE void scale_into(T* SYMKERN_RESTRICT o, const T* SYMKERN_RESTRICT 
 
 template <class T>
 SYMKERN_INLINE void row_scatter(const MeanCtx<T>& c, const T* SYMKERN_RESTRICT x,
-                                T* SYMKERN_RESTRICT o, T* SYMKERN_RESTRICT acc) {
-  std::fill(acc, acc + c.K, T(0));
+                                T* SYMKERN_RESTRICT o, Acc* SYMKERN_RESTRICT acc) {
+  std::fill(acc, acc + c.K, Acc(0));
   for (index_t i = 0; i < c.D; ++i) acc[c.id[i]] += c.coef[i] * x[i];
-  for (index_t j = 0; j < c.D; ++j) o[j] = c.c2[j] * acc[c.id[j]];
+  for (index_t j = 0; j < c.D; ++j) o[j] = c.c2[j] * static_cast<T>(acc[c.id[j]]);
 }
 
 template <class T>
@@ -268,7 +287,7 @@ SYMKERN_INLINE void row_sorted(const MeanCtx<T>& c, const T* SYMKERN_RESTRICT x,
                                T* SYMKERN_RESTRICT o) {
   for (index_t k = 0; k < c.K; ++k) {
     const index_t s = c.seg[k], e = c.seg[k + 1];
-    T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    Acc a0 = 0, a1 = 0, a2 = 0, a3 = 0;  // gather-bound: double adds cost nothing here
     index_t p = s;
     for (; p + 4 <= e; p += 4) {
       a0 += c.coef_sorted[p] * x[c.order[p]];
@@ -277,7 +296,7 @@ SYMKERN_INLINE void row_sorted(const MeanCtx<T>& c, const T* SYMKERN_RESTRICT x,
       a3 += c.coef_sorted[p + 3] * x[c.order[p + 3]];
     }
     for (; p < e; ++p) a0 += c.coef_sorted[p] * x[c.order[p]];
-    const T sum = (a0 + a1) + (a2 + a3);
+    const T sum = static_cast<T>((a0 + a1) + (a2 + a3));
     for (p = s; p < e; ++p) o[c.order[p]] = c.c2_sorted[p] * sum;
   }
 }
@@ -318,39 +337,40 @@ SYMKERN_INLINE void row_masked(const MeanCtx<T>& c, const T* SYMKERN_RESTRICT x,
   constexpr int V = 32 / sizeof(T);
   const Id* ids = static_cast<const Id*>(c.small_id);
   const index_t D = c.D, full = D - D % V;
-  F acc[KO];
   I ov[KO];
-  for (int k = 0; k < KO; ++k) {
-    acc[k] = F{} + T(0);
-    ov[k] = I{} + Id(k);
-  }
-  for (index_t d = 0; d < full; d += V) {
-    F xv, cv;
-    I iv;
-    std::memcpy(&xv, x + d, sizeof(F));
-    std::memcpy(&cv, c.coef + d, sizeof(F));
-    std::memcpy(&iv, ids + d, sizeof(I));
-    const F prod = cv * xv;
-    I cx;
-    std::memcpy(&cx, &prod, sizeof(I));
-    for (int k = 0; k < KO; ++k) {
-      const I sel = cx & (iv == ov[k]);
-      F add;
-      std::memcpy(&add, &sel, sizeof(F));
-      acc[k] += add;
+  for (int k = 0; k < KO; ++k) ov[k] = I{} + Id(k);
+  Acc sums[KO] = {};
+  for (index_t d0 = 0; d0 < full; d0 += V * kSumBlock) {  // T lanes per block, totals in double
+    const index_t d1 = std::min<index_t>(full, d0 + V * kSumBlock);
+    F acc[KO];
+    for (int k = 0; k < KO; ++k) acc[k] = F{} + T(0);
+    for (index_t d = d0; d < d1; d += V) {
+      F xv, cv;
+      I iv;
+      std::memcpy(&xv, x + d, sizeof(F));
+      std::memcpy(&cv, c.coef + d, sizeof(F));
+      std::memcpy(&iv, ids + d, sizeof(I));
+      const F prod = cv * xv;
+      I cx;
+      std::memcpy(&cx, &prod, sizeof(I));
+      for (int k = 0; k < KO; ++k) {
+        const I sel = cx & (iv == ov[k]);
+        F add;
+        std::memcpy(&add, &sel, sizeof(F));
+        acc[k] += add;
+      }
     }
-  }
-  T sums[KO];
-  for (int k = 0; k < KO; ++k) {
-    T a[V];
-    std::memcpy(a, &acc[k], sizeof(F));
-    for (int h = V / 2; h > 0; h /= 2)
-      for (int l = 0; l < h; ++l) a[l] += a[l + h];
-    sums[k] = a[0];
+    for (int k = 0; k < KO; ++k) {
+      T a[V];
+      std::memcpy(a, &acc[k], sizeof(F));
+      for (int h = V / 2; h > 0; h /= 2)
+        for (int l = 0; l < h; ++l) a[l] += a[l + h];
+      sums[k] += a[0];
+    }
   }
   for (index_t j = full; j < D; ++j) sums[ids[j]] += c.coef[j] * x[j];
   F sv[KO];
-  for (int k = 0; k < KO; ++k) sv[k] = F{} + sums[k];
+  for (int k = 0; k < KO; ++k) sv[k] = F{} + static_cast<T>(sums[k]);
   for (index_t d = 0; d < full; d += V) {
     I iv;
     F cv;
@@ -381,21 +401,30 @@ SYMKERN_INLINE void row_masked_any(const MeanCtx<T>& c, const T* x, T* o) {
 #define SYMKERN_HAVE_MASKED 0
 #endif
 
+// acc (T) takes the increasing runs unless c.inc_wide; wide (Acc) the rest; their sum lands in acc
+// before the output sweep.
 template <class T>
 SYMKERN_INLINE void row_runs(const MeanCtx<T>& c, const T* SYMKERN_RESTRICT x,
-                             T* SYMKERN_RESTRICT o, T* SYMKERN_RESTRICT acc) {
+                             T* SYMKERN_RESTRICT o, T* SYMKERN_RESTRICT acc,
+                             Acc* SYMKERN_RESTRICT wide) {
   std::fill(acc, acc + c.K, T(0));
+  if (c.any_wide) std::fill(wide, wide + c.K, Acc(0));
   for (index_t r = 0; r < c.nruns; ++r) {
     const Run& run = c.runs[r];
     const index_t s = run.start;
     if (run.kind == kInc) {
-      fma_into(acc + run.base, c.coef + s, x + s, run.len);
+      if (c.inc_wide)
+        fma_into(wide + run.base, c.coef + s, x + s, run.len);
+      else
+        fma_into(acc + run.base, c.coef + s, x + s, run.len);
     } else if (run.kind == kConst) {
-      acc[run.base] += dot(c.coef + s, x + s, run.len);
+      wide[run.base] += dot(c.coef + s, x + s, run.len);
     } else {
-      for (index_t i = s; i < s + run.len; ++i) acc[c.id[i]] += c.coef[i] * x[i];
+      for (index_t i = s; i < s + run.len; ++i) wide[c.id[i]] += c.coef[i] * x[i];
     }
   }
+  if (c.any_wide)
+    for (index_t k = 0; k < c.K; ++k) acc[k] = static_cast<T>(acc[k] + wide[k]);
   for (index_t r = 0; r < c.nruns; ++r) {
     const Run& run = c.runs[r];
     const index_t s = run.start;
@@ -429,7 +458,7 @@ bool ranges_overlap(const T* x, index_t B, index_t D, index_t xs0, index_t xs1, 
 // are not unit-stride, or out is x (in place).
 template <class T, int V>
 SYMKERN_INLINE void rows_impl(const MeanCtx<T>& c, const T* x, index_t xs0, index_t xs1, T* out,
-                              index_t os0, index_t begin, index_t end, T* acc, T* xbuf,
+                              index_t os0, index_t begin, index_t end, Acc* wide, T* acc, T* xbuf,
                               bool copy_rows) {
   for (index_t b = begin; b < end; ++b) {
     const T* xr = x + b * xs0;
@@ -438,9 +467,9 @@ SYMKERN_INLINE void rows_impl(const MeanCtx<T>& c, const T* x, index_t xs0, inde
       xr = xbuf;
     }
     T* o = out + b * os0;
-    if constexpr (V == static_cast<int>(MeanVariant::Scatter)) row_scatter(c, xr, o, acc);
+    if constexpr (V == static_cast<int>(MeanVariant::Scatter)) row_scatter(c, xr, o, wide);
     if constexpr (V == static_cast<int>(MeanVariant::Sorted)) row_sorted(c, xr, o);
-    if constexpr (V == static_cast<int>(MeanVariant::Runs)) row_runs(c, xr, o, acc);
+    if constexpr (V == static_cast<int>(MeanVariant::Runs)) row_runs(c, xr, o, acc, wide);
 #if SYMKERN_HAVE_MASKED
     if constexpr (V == static_cast<int>(MeanVariant::Masked)) row_masked_any(c, xr, o);
 #endif
@@ -450,19 +479,19 @@ SYMKERN_INLINE void rows_impl(const MeanCtx<T>& c, const T* x, index_t xs0, inde
 // Two compiled copies of each row loop: baseline and AVX2+FMA (see orbit.h).
 template <class T, int V>
 void rows_base(const MeanCtx<T>& c, const T* x, index_t xs0, index_t xs1, T* out, index_t os0,
-               index_t begin, index_t end, T* acc, T* xbuf, bool copy_rows) {
-  rows_impl<T, V>(c, x, xs0, xs1, out, os0, begin, end, acc, xbuf, copy_rows);
+               index_t begin, index_t end, Acc* wide, T* acc, T* xbuf, bool copy_rows) {
+  rows_impl<T, V>(c, x, xs0, xs1, out, os0, begin, end, wide, acc, xbuf, copy_rows);
 }
 template <class T, int V>
 SYMKERN_TARGET_AVX2 void rows_avx2(const MeanCtx<T>& c, const T* x, index_t xs0, index_t xs1,
-                                   T* out, index_t os0, index_t begin, index_t end, T* acc,
-                                   T* xbuf, bool copy_rows) {
-  rows_impl<T, V>(c, x, xs0, xs1, out, os0, begin, end, acc, xbuf, copy_rows);
+                                   T* out, index_t os0, index_t begin, index_t end, Acc* wide,
+                                   T* acc, T* xbuf, bool copy_rows) {
+  rows_impl<T, V>(c, x, xs0, xs1, out, os0, begin, end, wide, acc, xbuf, copy_rows);
 }
 
 template <class T>
 using RowsFn = void (*)(const MeanCtx<T>&, const T*, index_t, index_t, T*, index_t, index_t,
-                        index_t, T*, T*, bool);
+                        index_t, Acc*, T*, T*, bool);
 
 template <class T>
 RowsFn<T> rows_fn(MeanVariant v) {
@@ -498,6 +527,19 @@ MeanVariant orbit_mean(const T* x, index_t B, index_t D, index_t xs0, index_t xs
   std::vector<Run> runs = make_runs(orbit_id, D, vector_coords);
   index_t vector_runs = 0;
   for (const Run& r : runs) vector_runs += r.kind != kScalar;
+  // Runs: how many increasing runs cover each orbit (each adds one term to its T accumulator)
+  bool inc_wide = false, any_wide = false;
+  {
+    std::vector<index_t> inc_terms(static_cast<size_t>(K), 0);
+    for (const Run& r : runs) {
+      if (r.kind != kInc) {
+        any_wide = true;
+        continue;
+      }
+      for (index_t t = 0; t < r.len; ++t) inc_wide |= ++inc_terms[r.base + t] > kSumBlock;
+    }
+    any_wide |= inc_wide;
+  }
 
   if (variant == MeanVariant::Masked && (K > kMaskedMaxOrbits || !SYMKERN_HAVE_MASKED))
     variant = MeanVariant::Auto;
@@ -555,7 +597,9 @@ MeanVariant orbit_mean(const T* x, index_t B, index_t D, index_t xs0, index_t xs
                  seg_start,
                  coef_sorted.data(),
                  c2_sorted.data(),
-                 small_id};
+                 small_id,
+                 inc_wide,
+                 any_wide};
   const RowsFn<T> fn = rows_fn<T>(variant);
   // In place (out is x, e.g. project_fixed(x, rep, out=x)): the row sweeps take x and out as
   // restrict pointers and write a row's outputs while other coordinates of it may not have been
@@ -569,10 +613,11 @@ MeanVariant orbit_mean(const T* x, index_t B, index_t D, index_t xs0, index_t xs
   const index_t grain = std::max<index_t>(1, (index_t{1} << 14) / D);
   parallel_row_blocks(B, block, grain, [&] {
     // per-thread scratch, allocated once per thread
-    return [&, acc = std::vector<T>(static_cast<size_t>(K)),
+    return [&, wide = std::vector<Acc>(static_cast<size_t>(K)),
+            acc = std::vector<T>(static_cast<size_t>(K)),
             xbuf = std::vector<T>(strided ? static_cast<size_t>(D) : 0)](index_t begin,
                                                                         index_t end) mutable {
-      fn(ctx, x, xs0, xs1, out, os0, begin, end, acc.data(), xbuf.data(), strided);
+      fn(ctx, x, xs0, xs1, out, os0, begin, end, wide.data(), acc.data(), xbuf.data(), strided);
     };
   });
   return variant;

@@ -134,6 +134,8 @@ enum class MeanVariant : int {
 // out: (B, D) with row stride os0 and unit column stride; it may be x itself (in place: each row
 // is then read into a buffer first) but must not otherwise overlap x. Plan arrays are contiguous:
 // orbit_id, coef, order (D,), inv_size (K,), seg_start (K + 1,); orbit_id in [0, K).
+// Orbit sums are accumulated in double whatever T is (no T partial sum takes more than kSumBlock
+// = 256 terms; see orbit.cpp), so the rounding error does not grow with the orbit size.
 // Returns the variant that ran.
 template <class T>
 MeanVariant orbit_mean(const T* x, index_t B, index_t D, index_t xs0, index_t xs1,

@@ -6,6 +6,7 @@ import torch
 
 import symkern
 from symkern import groups, symmetrize
+from symkern.ops import fixed_point as fp
 from symkern.testing import assert_close
 
 KNOWN_DIMS = [
@@ -49,7 +50,9 @@ def test_known_dimensions(name, factory, k):
     q = symkern.fixed_point_basis(rep)
     _check_basis(rep, q, k)
     assert q.shape[1] == rep.fixed_dim()
-    assert symkern.fixed_point_basis(rep) is q  # cached
+    again = symkern.fixed_point_basis(rep)  # from the cache, as a copy the caller may edit
+    assert again is not q and torch.equal(again, q)
+    assert fp._cached_basis(rep) is fp._cached_basis(rep)
 
 
 def test_c2_conjugation_basis_is_the_papers():
@@ -62,8 +65,6 @@ def test_c2_conjugation_basis_is_the_papers():
 
 def test_matrix_rep_enumerated_and_nullspace_paths_agree():
     """Reynolds eigh (enumerable) and generator null space give the same subspace."""
-    from symkern.ops import fixed_point as fp
-
     rep = groups.matrix_rep(groups.symmetric(4).generator_matrices()).tensor_power(2)
     q_eig = fp._matrix_basis(rep)
     old = fp._REYNOLDS_ENUMERATION_LIMIT
@@ -82,6 +83,46 @@ def test_empty_fixed_space_projects_to_zero(backend_case):
     assert symkern.fixed_point_basis(rep).shape == (3, 0)
     out = symkern.project_fixed(x, rep, backend=backend_case.backend)
     assert torch.equal(out.cpu(), torch.zeros(4, 3))
+
+
+def test_fixed_point_basis_returns_a_copy_of_the_cached_basis():
+    """Editing the returned basis in place must not reach the cache: .mul_(2) used to change every
+    later project_fixed, and .zero_() on a permutation rep's basis every later basis."""
+    for rep in (groups.c2_swap().conjugation(), groups.cyclic(3)):
+        x = torch.randn(4, rep.dim, dtype=torch.float64)
+        want = symkern.project_fixed(x, rep)
+        q = symkern.fixed_point_basis(rep)
+        q0 = q.clone()
+        q.mul_(2)
+        assert_close(symkern.project_fixed(x, rep), want)
+        q.zero_()
+        assert torch.equal(symkern.fixed_point_basis(rep), q0)
+        assert_close(symkern.project_fixed(x, rep), want)
+
+
+def test_nullspace_path_uses_fixed_dims_tolerance():
+    """A rotation by 2π/30000 (|G| = 30000 > max_order: the generator null space) fixes only 0.
+    The basis thresholded eigenvalues of Σ CᵀC at 1e-7, i.e. singular values at ~3e-4 (here
+    ~2e-4): it returned the whole plane and orbit_average left x unchanged."""
+    th = 2 * np.pi / 30000
+    rot = torch.tensor([[[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]]])
+    rep = groups.matrix_rep(rot.double(), max_order=10)
+    assert rep.fixed_dim() == 0
+    assert symkern.fixed_point_basis(rep).shape == (2, 0)
+    x = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    assert torch.equal(symkern.orbit_average(x, rep), torch.zeros(1, 2, dtype=torch.float64))
+
+
+def test_matrix_rep_of_a_group_above_max_order_uses_the_nullspace():
+    """S9 as 9×9 matrices: |G| = 362880 > max_order, but |G|·D² = 2.9e7 passed the Reynolds size
+    check, and enumerating raised GroupTooLargeError while rep.fixed_dim() worked."""
+    rep = groups.symmetric(9).to_matrix_rep()
+    q = symkern.fixed_point_basis(rep)
+    _check_basis(rep, q, rep.fixed_dim())
+    x = torch.randn(3, 9, dtype=torch.float64)
+    mean = x.mean(1, keepdim=True).expand(3, 9)  # E^G = the constants
+    assert_close(symkern.orbit_average(x, rep), mean)
+    assert_close(symkern.project_fixed(x, rep), mean)
 
 
 # --- symmetrize / augment ------------------------------------------------------------------------
@@ -179,6 +220,9 @@ def test_augment_and_symmetrize_bad_input():
     empty = torch.zeros(0, 2)
     xs, ys = symkern.augment(empty, torch.zeros(0), swap, mode="sample")  # no sample: no draw
     assert xs.shape == (0, 2) and ys.shape == (0,)
+    count = symmetrize(lambda v: (v[:, :2] > 0).sum(-1), groups.cyclic(3))  # int64 output
+    with pytest.raises(TypeError, match="fn must return a floating.*got dtype torch.int64"):
+        count(torch.tensor([[1.0, 2.0, -3.0]]))  # the weights 1/3 cast to int64 gave 0
     s3 = groups.symmetric(3)
     for bad in (2.5, True, 0):
         with pytest.raises(ValueError, match="samples: mode='sample' needs an int >= 1"):

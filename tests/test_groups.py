@@ -213,6 +213,26 @@ def test_group_too_large_to_enumerate():
     assert issubclass(GroupTooLargeError, ValueError)
 
 
+def test_size_checks_fail_fast_before_the_exact_order():
+    """S50 from bare generators (order unknown): element_matrices computed the exact order by
+    Schreier--Sims (~20 s) before refusing |G|·D² > the limit; the checks that need only a bound
+    (a BFS that stops at the limit) now come first. The basis / fixed_dim of its matrix rep take
+    the null space without it too."""
+    rep = G.perm_rep(G.symmetric(50).permutations())
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"\|G\| \* D\^2 exceeds the limit"):
+        rep.element_matrices()
+    assert time.perf_counter() - start < 5  # was ~20 s
+    assert rep.group._order is None  # the exact order was never needed
+    small = G.perm_rep(G.symmetric(20).permutations()).to_matrix_rep()
+    start = time.perf_counter()
+    assert small.fixed_dim() == 1 and symkern.fixed_point_basis(small).shape == (20, 1)
+    assert time.perf_counter() - start < 5
+    assert small.group._order is None
+    with pytest.raises(GroupTooLargeError):  # above max_order, below the entries limit: as before
+        G.perm_rep(G.symmetric(9).permutations()).element_matrices()
+
+
 # ----------------------------------------------------------------------------- fixed_dim
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
 def test_bell_numbers_orbits(k):
@@ -664,6 +684,10 @@ def test_finite_quadrature_and_sample():
     s = rep.sample(7, generator=torch.Generator().manual_seed(0))
     keys = set(nat.keys("matrix", mats))
     assert s.shape == (7, 25, 25) and set(nat.keys("matrix", s)) <= keys
+    assert rep.sample(np.int64(0)).shape == (0, 25, 25)
+    for bad in (2.7, -1, True):  # 2.7 drew 2 elements, -1 raised torch's RuntimeError
+        with pytest.raises(ValueError, match="n must be a non-negative int"):
+            G.cyclic(3).sample(bad)
 
 
 # ----------------------------------------------------------------------------- API surface
@@ -854,6 +878,8 @@ def test_bad_matrices():
         G.matrix_rep([torch.eye(2), torch.eye(3)])
     with pytest.raises(ValueError, match="matrices.*ndim"):
         G.matrix_rep(torch.eye(2))
+    with pytest.raises(ValueError, match=r"matrices: 0 x 0 matrices \(D=0\)"):
+        G.matrix_rep(torch.zeros(1, 0, 0))  # was a RuntimeError from amax
 
 
 def test_generator_count_mismatch():

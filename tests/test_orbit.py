@@ -18,6 +18,7 @@ from symkern import groups
 from symkern.backends.registry import BackendUnavailableError
 from symkern.ops.fixed_point import _project_lowrank_op, _project_lowrank_out_op
 from symkern.ops.orbit import _orbit_mean_op, _orbit_mean_out_op, orbit_plan
+from symkern.ops.plans import make_orbit_plan
 from symkern.testing import assert_close
 
 # name -> factory; small groups so the reference can enumerate them.
@@ -351,6 +352,31 @@ def test_torch_compile_fullgraph():
     assert_close(outs[1], reference_average(z, rep_m))
 
 
+def test_torch_compile_cold_cache():
+    """Fresh reps, nothing cached: the plan / basis builds (numpy, not traceable) used to crash
+    dynamo (Unsupported ndarray attribute access, or an AssertionError without fullgraph). Without
+    fullgraph the first compiled call now builds them eagerly; with fullgraph=True it raises an
+    error saying to call the op once eagerly first, after which fullgraph compiles."""
+    perm = groups.perm_rep([[1, 2, 3, 0], [3, 2, 1, 0]]).tensor_power(2)  # D4 on index pairs
+    mat = groups.matrix_rep(perm.generator_matrices())  # the same action: the basis path
+    x = _x((3, 16), torch.float32, "cpu")
+
+    def f(x):
+        return symkern.orbit_average(x, perm) + symkern.project_fixed(x, mat)
+
+    got = torch.compile(f, backend="aot_eager")(x)
+    assert_close(got, 2 * reference_average(x, perm))
+
+    fresh = groups.perm_rep([[1, 2, 0]])
+    compiled = torch.compile(lambda x: symkern.orbit_average(x, fresh), fullgraph=True,
+                             backend="aot_eager")  # fmt: skip
+    y = _x((2, 3), torch.float32, "cpu")
+    with pytest.raises(RuntimeError, match="once\\s+eagerly"):
+        compiled(y)
+    symkern.orbit_average(y, fresh)  # warms the cache
+    assert_close(compiled(y), reference_average(y, fresh))
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 
@@ -416,10 +442,11 @@ def test_dim_may_be_a_numpy_or_tensor_integer():
 
 
 def test_half_precision_reference_sums_in_float32():
-    """The torch reference (auto's choice for half tensors on CPU) sums in float32, as the
-    compiled kernels do, on both paths: the orbit mean of a permutation rep and Q (Qᵀ x) of the
-    same swap given as a matrix rep. float16: the average of coordinates near the top of its
-    range is exact although their sum is not representable (summed in float16 it was inf).
+    """The torch reference (auto's choice for half tensors on CPU) sums in float32 or wider (the
+    orbit mean: float64), as the compiled kernels do, on both paths: the orbit mean of a
+    permutation rep and Q (Qᵀ x) of the same swap given as a matrix rep. float16: the average of
+    coordinates near the top of its range is exact although their sum is not representable
+    (summed in float16 it was inf).
     bfloat16 (8-bit mantissa): the orbit {256, 1, 1} averages to 86 exactly; summed in bfloat16,
     256 + 1 rounds back to 256 and the mean came out 85.5."""
     big = torch.finfo(torch.float16).max / 1.2  # 2 big and √2 big overflow; the mean does not
@@ -434,6 +461,58 @@ def test_half_precision_reference_sums_in_float32():
         for rep in (perm_rep, matrix_rep):
             out = symkern.project_fixed(x, rep, backend="torch")
             assert out.dtype == x.dtype and torch.equal(out, want.to(x.dtype)), (rep, out)
+
+
+# Rows whose orbit means a running float32 sum gets wrong: random values around 100 (the torch
+# reference summed cyclic(1e6) to a mean of 101.4 instead of 100.5), and the constant 100 + 2^-6,
+# whose 2^-6 every float32 total past 2^18 rounds away (systematic: ~1e-4 relative at 1e6 terms,
+# on every row sweep, whatever its number of lanes).
+def _large_orbit_rows(n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.stack([torch.rand(n, generator=g) + 100.0, torch.full((n,), 100.0 + 2**-6)])
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_float32_mean_of_a_large_orbit_is_accurate(backend):
+    """cyclic(1e6) has one orbit: every output is the row's mean. Orbit sums of float32 input are
+    float64 (torch) or float32 only within blocks of 256 terms per lane (cpp), so the mean stays
+    within float32 tolerance of the float64 one whatever the orbit size."""
+    if backend == "cpp":
+        pytest.importorskip("symkern._C")
+    n = 10**6
+    x = _large_orbit_rows(n)
+    out = symkern.orbit_average(x, groups.cyclic(n), backend=backend)
+    assert_close(out, x.double().mean(1, keepdim=True).expand(2, n))
+
+
+@pytest.mark.parametrize("variant", [1, 2, 3, 4], ids=["scatter", "sorted", "runs", "masked"])
+def test_cpp_row_sweeps_sum_large_orbits_accurately(variant):
+    """Every C++ row sweep (forced) on orbits of ~1e6 / 3e5 / 1e4 coordinates: one orbit (a
+    constant run: the blocked dot), 3 interleaved orbits (Masked), and 100 orbits as 10⁴ increasing
+    runs of 100 (Runs: more than kSumBlock runs per orbit, so its sums go to double)."""
+    ext = pytest.importorskip("symkern._C")
+    n = 1_000_200  # divisible by 3 and 100
+    x = _large_orbit_rows(n)
+    for m in (1, 3, 100):
+        plan = make_orbit_plan(np.arange(n) % m, np.ones(n))
+        args = [t.numpy() for t in (plan.orbit_id, plan.coef, plan.inv_size, plan.order,
+                                    plan.seg_start)]  # fmt: skip
+        out = torch.empty_like(x)
+        ext.orbit_mean(x.numpy(), *args, out.numpy(), variant)
+        ref = x.double().view(2, n // m, m).mean(1).repeat(1, n // m)  # orbit of j: j mod m
+        assert_close(out, ref, msg=f"{m} orbits: ")
+
+
+def test_float16_mean_of_a_large_orbit_is_accurate():
+    """A float16 plan keeps 1/|O| in float32: in float16 1/10⁶ is subnormal (the mean of ones came
+    out 1.0137) and 1/|O| is 0 from |O| ~ 1.7e7."""
+    n = 10**6
+    rep = groups.cyclic(n)
+    assert orbit_plan(rep, torch.float16, torch.device("cpu")).inv_size.dtype == torch.float32
+    x = torch.stack([torch.ones(n), torch.rand(n, generator=torch.Generator().manual_seed(0))])
+    out = symkern.orbit_average(x.half(), rep)  # auto: the torch reference on a CPU
+    assert out.dtype == torch.float16
+    assert_close(out, x.half().double().mean(1, keepdim=True).expand(2, n))
 
 
 @pytest.mark.gpu

@@ -200,6 +200,8 @@ def validate_matrices(mats: Any, name: str = "matrices", dim: int | None = None)
     D = arr.shape[1]
     if dim is not None and D != dim:
         raise ValueError(f"{name}: expected D={dim}, got {D}")
+    if D == 0:
+        raise ValueError(f"{name}: 0 x 0 matrices (D=0) are not supported")
     check_dense_dim(D, name)
     t = torch.as_tensor(np.ascontiguousarray(arr), dtype=torch.float64).clone()
     if t.shape[0] and not torch.isfinite(t).all():

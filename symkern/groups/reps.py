@@ -36,7 +36,7 @@ import torch
 from symkern._checks import as_int
 
 from . import _native as nat
-from ._native import GroupTooLargeError, check_dense_dim
+from ._native import check_dense_dim
 from .group import ContinuousGroup, Group, _join_kind, evaluate_words, normalize_words
 from .orbits import orbit_labels as _orbit_labels
 
@@ -195,21 +195,42 @@ class Representation:
         """``dim E^G`` where ``E^G = {z : rho(g) z = z for all g}``."""
         raise NotImplementedError
 
+    def _constraints(self, what: str) -> torch.Tensor | None:
+        """The stacked ``(M_g - I)`` over generators and ``d rho(A)`` over Lie-algebra generators,
+        float64 ``(m * D, D)``: E^G is its null space. None when there is no constraint."""
+        D = self.dim
+        check_dense_dim(D, what)
+        eye = torch.eye(D, dtype=torch.float64)
+        blocks = [m - eye for m in self.generator_matrices(torch.float64)]
+        blocks += list(self.lie_algebra_matrices(torch.float64))
+        return torch.cat(blocks, 0) if blocks else None
+
+    @staticmethod
+    def _nullspace_tol(s: torch.Tensor) -> float:
+        """Singular values ``s <= NULLSPACE_RTOL * max(1, s_max)`` count as zero."""
+        return NULLSPACE_RTOL * max(1.0, float(s.max()) if s.numel() else 0.0)
+
     def _nullspace_dim(self) -> int:
         """Null-space dimension of the stacked ``(M_g - I)`` and ``d rho(A)`` (SVD).
 
         A singular value ``s`` counts as zero when ``s <= NULLSPACE_RTOL * max(1, s_max)``.
         """
-        D = self.dim
-        check_dense_dim(D, "fixed_dim(method='nullspace')")
-        eye = torch.eye(D, dtype=torch.float64)
-        blocks = [m - eye for m in self.generator_matrices(torch.float64)]
-        blocks += list(self.lie_algebra_matrices(torch.float64))
-        if not blocks:
-            return D
-        s = torch.linalg.svdvals(torch.cat(blocks, 0))
-        tol = NULLSPACE_RTOL * max(1.0, float(s.max()) if s.numel() else 0.0)
-        return D - int((s > tol).sum())
+        c = self._constraints("fixed_dim(method='nullspace')")
+        if c is None:
+            return self.dim
+        s = torch.linalg.svdvals(c)
+        return self.dim - int((s > self._nullspace_tol(s)).sum())
+
+    def _nullspace_basis(self) -> torch.Tensor:
+        """Orthonormal basis ``(D, k)`` float64 of E^G as the null space of the stacked
+        ``(M_g - I)`` and ``d rho(A)``: the right singular vectors whose singular value is zero
+        by the cut of :meth:`_nullspace_dim` (so ``k`` is that dimension)."""
+        c = self._constraints("fixed_point_basis")
+        if c is None:
+            return torch.eye(self.dim, dtype=torch.float64)
+        # c has m * D >= D rows: Vh is (D, D), one right singular vector per singular value
+        _, s, vh = torch.linalg.svd(c, full_matrices=False)
+        return vh[s <= self._nullspace_tol(s)].T.contiguous()
 
     # ------------------------------------------------------------------ integration
     def quadrature(self, degree: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -338,12 +359,16 @@ class _FiniteRep(Representation):
         if cached is not None:
             return cached.to(dtype=dtype, copy=True)
         check_dense_dim(self.dim, "element_matrices")
-        n = self.order()
-        if n * self.dim * self.dim > nat.MAX_ELEMENT_ENTRIES:
-            raise ValueError(
-                f"element_matrices: |G| * D^2 = {n} * {self.dim}^2 exceeds the limit "
-                f"{nat.MAX_ELEMENT_ENTRIES} entries"
-            )
+        # Size checks before any exact order: it may cost seconds (Schreier--Sims on large
+        # degrees) for a group far too large to enumerate anyway.
+        entries_cap = nat.MAX_ELEMENT_ENTRIES // (self.dim * self.dim)
+        if self.group._order_at_most(min(entries_cap, self.group.max_order)) is None:
+            if entries_cap < self.group.max_order:
+                raise ValueError(
+                    f"element_matrices: |G| * D^2 exceeds the limit {nat.MAX_ELEMENT_ENTRIES} "
+                    f"entries (|G| > {entries_cap} at D = {self.dim})"
+                )
+            self.group._enumerate()  # raises GroupTooLargeError (|G| > max_order)
         mats = torch.cat(
             [nat.to_matrices(self._kind, b, torch.float64) for b in self._level_batches()]
         )
@@ -413,8 +438,9 @@ class _FiniteRep(Representation):
         self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
     ) -> torch.Tensor:
         """``n`` uniformly random elements (with replacement) as ``(n, D, D)`` matrices."""
+        n = as_int(n, "n", minimum=0)
         mats = self.element_matrices(dtype)
-        idx = torch.randint(mats.shape[0], (int(n),), generator=generator)
+        idx = torch.randint(mats.shape[0], (n,), generator=generator)
         return mats[idx]
 
 
@@ -546,11 +572,13 @@ class MatrixRep(_FiniteRep):
         self._cache["gens"] = m
 
     def _auto_fixed_method(self) -> str:
+        # enumerable (the character formula) or not: a bounded BFS, never the exact order of a
+        # large group (seconds of Schreier--Sims for a MatrixRep of a high-degree perm group)
         try:
-            n = self.order()
-        except (GroupTooLargeError, RecursionError):
+            n = self.group._order_at_most(self.group.max_order)
+        except RecursionError:
             return "nullspace"
-        return "character" if n <= self.group.max_order else "nullspace"
+        return "nullspace" if n is None else "character"
 
 
 _CLASSES = {"perm": PermRep, "signed": SignedPermRep, "matrix": MatrixRep}

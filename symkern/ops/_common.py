@@ -135,6 +135,29 @@ def rep_cache(rep: Representation) -> dict:
     return cache
 
 
+def build_cold_cache(what: str, rep: Representation, build: Callable[[], Any]) -> Any:
+    """``build()``: the ``what`` of ``rep`` (an orbit plan, a fixed-point basis) on a cold cache,
+    never traced by torch.compile.
+
+    Building runs numpy / union-find / eigh code that dynamo cannot trace (it failed with
+    "Unsupported ndarray attribute access", or an internal AssertionError without fullgraph).
+    Inside a graph being traced this raises a clear RuntimeError: with ``fullgraph=True`` that is
+    the error the user sees; without, dynamo gives up on the frame and runs it eagerly, where we
+    get here again, not tracing, and build through ``torch._dynamo.disable`` (recursive: dynamo
+    would otherwise compile each frame the build calls). torch._dynamo is looked up, not imported:
+    it is always imported while anything is compiled, and importing it costs seconds.
+    """
+    if torch.compiler.is_compiling():
+        raise RuntimeError(
+            f"symkern: the {what} of {rep!r} is built on first use, which cannot happen inside "
+            "torch.compile(fullgraph=True): call the op (e.g. symkern.orbit_average(x, rep)) once "
+            "eagerly, outside the compiled function, before its first compiled call"
+        )
+    dynamo = sys.modules.get("torch._dynamo")
+    disable = getattr(dynamo, "disable", None)
+    return build() if disable is None else disable(build)()
+
+
 def custom_op(name: str, *, mutates_args: Sequence[str]) -> Callable[[Callable], Any]:
     """``torch.library.custom_op(name, mutates_args=...)``, except that its first eager call does
     not import torch._dynamo.

@@ -4,7 +4,8 @@
   Σ_{i∈O} s_i e_i / √|O| over the orbits O that do not contain a coordinate and its negative —
   exact, O(D), never a D×D matrix. Projection = the orbit mean (:mod:`symkern.ops.orbit`).
 * Finite matrix reps: eigenvectors of the Reynolds operator (1/|G|) Σ_g M_g with eigenvalue 1 when
-  G is enumerable, otherwise the null space of the stacked (M_g − I) over generators.
+  G is enumerable (|G| <= max_order and |G|·D² cheap), otherwise the null space of the stacked
+  (M_g − I) over generators (an SVD with the tolerance of ``rep.fixed_dim()``).
 * Compact continuous groups: the null space of (M_g − I) over discrete generators and of dρ(A) over
   Lie-algebra generators.
 * Projection for matrix / continuous reps: Q (Qᵀ x), two skinny products (the
@@ -13,8 +14,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -22,6 +21,7 @@ from symkern.backends.registry import select_kernel
 from symkern.groups import Representation
 from symkern.ops._common import (
     as_rows,
+    build_cold_cache,
     check_float_tensor,
     check_out,
     check_out_memory,
@@ -79,29 +79,26 @@ def _eigh_fixed(sym: torch.Tensor, target: float) -> torch.Tensor:
 def _matrix_basis(rep: Representation) -> torch.Tensor:
     D = rep.dim
     if rep.is_finite:
-        try:
-            order = rep.order()
-        except ValueError:  # too large to know or enumerate: use the generator null space
-            order = math.inf
-        if order * D * D <= _REYNOLDS_ENUMERATION_LIMIT:
+        # Enumerable and cheap: |G| <= max_order (else enumeration raises) and |G|·D² small. A
+        # bounded BFS decides, never the exact order (seconds of Schreier--Sims for a large group).
+        limit = min(rep.group.max_order, int(_REYNOLDS_ENUMERATION_LIMIT // (D * D)))
+        if limit >= 1 and rep.group._order_at_most(limit) is not None:
             reynolds = rep.element_matrices(dtype=torch.float64).mean(0)
             # Symmetrise away rounding: the exact Reynolds operator of an orthogonal rep is
             # symmetric since M_{g^-1} = M_gᵀ.
             return _eigh_fixed(0.5 * (reynolds + reynolds.T), 1.0)
-    eye = torch.eye(D, dtype=torch.float64)
-    constraints = [m - eye for m in rep.generator_matrices(dtype=torch.float64)]
-    constraints += list(rep.lie_algebra_matrices(dtype=torch.float64))
-    if not constraints:
-        return eye
-    gram = sum(c.T @ c for c in constraints)  # PSD; its null space is E^G
-    return _eigh_fixed(gram, 0.0)
+    # The null space of the stacked (M_g − I) and dρ(A), by SVD with fixed_dim's tolerance (not
+    # eigh of their Gram matrix: its eigenvalues are the squared singular values, so any cut on
+    # them is a far looser one on the singular values, and E^G came out too large).
+    return rep._nullspace_basis()
 
 
 def fixed_point_basis(rep: Representation) -> torch.Tensor:
     """An orthonormal basis of E^G = {z ∈ R^D : ρ(g) z = z ∀g} as a (D, k) float64 CPU tensor.
 
-    k = dim E^G (k = 0 gives a (D, 0) tensor). Cached per representation: the first call on
-    T(2) of Alt(100) (D = 10⁴) or T(5) of S5 (D = 3125) takes milliseconds, later calls are free.
+    k = dim E^G (k = 0 gives a (D, 0) tensor). Computed once per representation: the first call
+    on T(2) of Alt(100) (D = 10⁴) or T(5) of S5 (D = 3125) takes milliseconds; later calls return
+    a copy of the cached basis (yours to modify: project_fixed / orbit_average keep using theirs).
     For permutation reps the columns are signed orbit indicators / √|orbit|, ordered by the
     orbit's smallest coordinate; for matrix reps any orthonormal basis of E^G.
 
@@ -112,6 +109,12 @@ def fixed_point_basis(rep: Representation) -> torch.Tensor:
         torch.Size([4, 2])
     """
     check_rep(rep)
+    return _cached_basis(rep).clone()
+
+
+def _cached_basis(rep: Representation) -> torch.Tensor:
+    """The cached float64 CPU basis itself (internal: never handed to the user, who could edit
+    it in place and so change every later projection)."""
     cache = rep_cache(rep)
     if "basis" not in cache:
         basis = _perm_basis(rep) if _is_perm_like(rep) else _matrix_basis(rep)
@@ -124,7 +127,11 @@ def _basis_on(rep: Representation, dtype: torch.dtype, device: torch.device) -> 
     cache = rep_cache(rep)
     key = ("basis", dtype, str(device))
     if key not in cache:
-        cache[key] = fixed_point_basis(rep).to(device=device, dtype=dtype).contiguous()
+        cache[key] = build_cold_cache(
+            "fixed-point basis",
+            rep,
+            lambda: _cached_basis(rep).to(device=device, dtype=dtype).contiguous(),
+        )
     return cache[key]
 
 

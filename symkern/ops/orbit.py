@@ -32,6 +32,7 @@ from symkern.backends.registry import select_kernel
 from symkern.groups import PermRep, Representation, SignedPermRep
 from symkern.ops._common import (
     as_rows,
+    build_cold_cache,
     check_float_tensor,
     check_out_memory,
     check_rep,
@@ -123,8 +124,12 @@ def orbit_plan(rep: Representation, dtype: torch.dtype, device: torch.device) ->
     cache = rep_cache(rep)
     key = ("orbit_plan", dtype, str(device))
     if key not in cache:
-        labels, rel_sign = _orbit_labels(rep)
-        cache[key] = make_orbit_plan(labels, rel_sign, dtype, device)
+
+        def build() -> OrbitPlan:
+            labels, rel_sign = _orbit_labels(rep)
+            return make_orbit_plan(labels, rel_sign, dtype, device)
+
+        cache[key] = build_cold_cache("orbit plan", rep, build)
     return cache[key]
 
 
@@ -232,7 +237,10 @@ def orbit_average(
 
     Returns a tensor of x's shape, dtype and device (``out`` when given). Differentiable without
     ``out`` (the operator is symmetric, so its backward is itself); traceable by
-    ``torch.compile(fullgraph=True)``.
+    ``torch.compile``. The orbit plan / fixed-point basis of ``rep`` is built (numpy, not
+    traceable) on the first call per rep, dtype and device and cached: ``torch.compile`` without
+    ``fullgraph`` runs that first build eagerly (a graph break on that call only); with
+    ``fullgraph=True`` call the op once eagerly first, or it raises a RuntimeError saying so.
 
     Cost: O(B·D) for (signed) permutation reps whatever |G| is; O(B·D·k) for matrix and
     continuous reps with k = dim E^G. Same operator as :func:`symkern.project_fixed`.
@@ -374,7 +382,9 @@ def symmetrize(
     Sampled elements are drawn once, when ``symmetrize`` is called, so the returned function is
     deterministic.
 
-    Returns a callable (an nn.Module when ``fn`` is one, so its parameters are tracked).
+    Returns a callable (an nn.Module when ``fn`` is one, so its parameters are tracked). It raises
+    TypeError when ``fn`` returns an integer or bool tensor (an average is not an integer: convert
+    in ``fn``).
 
     Example::
 
@@ -418,6 +428,12 @@ def symmetrize(
                 f"fn must map an (M, {rep_in.dim}) batch to an (M, ...) tensor, one output row per "
                 f"input row (symmetrize evaluates the whole orbit as one batch of M = "
                 f"{flat.shape[0]}), got {got}"
+            )
+        if not (y.is_floating_point() or y.is_complex()):
+            # the weights 1/|G| cast to an integer dtype are 0: the average would silently be 0
+            raise TypeError(
+                f"fn must return a floating (or complex) tensor, got dtype {y.dtype}: symmetrize "
+                "averages fn's outputs with weights 1/|G|; convert them in fn (e.g. .float())"
             )
         y = y.reshape(n, *x.shape[:-1], *y.shape[1:])
         if rep_out is not None:

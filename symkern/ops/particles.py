@@ -64,8 +64,8 @@ def group_matrices(
     (rep_x, rep_y) of representations of the same group, or None (the trivial group).
 
     Cached per (unit shape, representations, dtype, device) — representations are immutable, and
-    building M_g and P costs more than a small particle step: like :func:`fixed_point_basis`, the
-    tensors returned are shared, read-only by contract.
+    building M_g and P costs more than a small particle step: the tensors returned are shared,
+    read-only by contract (unlike :func:`fixed_point_basis`, which returns a copy).
     """
     check_unit(unit)
     device = torch.device(device)

@@ -26,7 +26,8 @@ class OrbitPlan:
 
     ``orbit_id``  int64 (D,)   orbit of each coordinate, in [0, K), numbered by smallest member
     ``coef``      dtype (D,)   relative sign ±1 of each coordinate in its orbit, 0 on zero orbits
-    ``inv_size``  dtype (K,)   1 / |orbit|
+    ``inv_size``  dtype (K,)   1 / |orbit|; float32 for float16 / bfloat16 plans (1 / |orbit| is
+                               subnormal in float16 from |orbit| > 16384 and 0 above ~1.7e7)
     ``order``     int64 (D,)   coordinates sorted by orbit (stable): orbit o is
                                ``order[seg_start[o]:seg_start[o + 1]]``
     ``seg_start`` int64 (K+1,) segment offsets into ``order``
@@ -63,12 +64,17 @@ def make_orbit_plan(
     orbit_id = orbit_id.astype(np.int64).reshape(-1)
     order = np.argsort(orbit_id, kind="stable").astype(np.int64)
     seg_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    # Half plans keep 1/|O| in float32: the kernels accumulate half input in float32 or wider
+    # anyway, and a float16 1/|O| is off by up to ~1 % for |O| ~ 1e6 and 0 from |O| ~ 1.7e7.
+    inv_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     return OrbitPlan(
         dim=int(labels.shape[0]),
         n_orbits=int(counts.shape[0]),
         orbit_id=torch.from_numpy(orbit_id).to(device),
         coef=torch.from_numpy(rel_sign).to(device=device, dtype=dtype),
-        inv_size=torch.from_numpy(1.0 / counts.astype(np.float64)).to(device=device, dtype=dtype),
+        inv_size=torch.from_numpy(1.0 / counts.astype(np.float64)).to(
+            device=device, dtype=inv_dtype
+        ),
         order=torch.from_numpy(order).to(device),
         seg_start=torch.from_numpy(seg_start).to(device),
     )
