@@ -8,7 +8,9 @@ plan with ``make_orbit_plan``; it then times, on the same x in the same run:
 * ``naive``         ``x[:, perms].mean(1)`` over ALL |G| element permutations — materialises
                     B x |G| x D (4.8 GB for S5 at full size, PERF.md's measured baseline); only
                     where that fits in ``NAIVE_MAX_BYTES``
-* ``torch_index_add`` the best torch formulation (orbit ids + index_add: the reference kernel)
+* ``torch_index_add`` the best torch formulation (orbit ids + index_add in x's dtype, as a user
+                    writes it; the reference kernel sums in float64 for accuracy, and is the
+                    float64 reference here)
 * ``torch_compile`` that formulation under ``torch.compile`` (compiled once, outside the timing)
 * ``copy_into_fresh_tensor``  ``torch.empty_like(x).copy_(x)``: the floor for an op returning a
                     new tensor (allocation + first-touch page faults included, like symkern's call)
@@ -46,11 +48,12 @@ from device_ceilings import (  # noqa: E402
     GPU_TARGET_FRACTION_OF_COPY,
     copy_bandwidth_fractions,
 )
+from torch_baselines import torch_orbit_mean  # noqa: E402
 
 pytest.importorskip("symkern._C")
 
 import symkern  # noqa: E402
-from symkern.backends.reference.orbit import orbit_mean as torch_orbit_mean  # noqa: E402
+from symkern.backends.reference.orbit import orbit_mean as reference_orbit_mean  # noqa: E402
 from symkern.backends.registry import select_kernel  # noqa: E402
 from symkern.groups.orbits import orbit_labels as numpy_orbit_labels  # noqa: E402
 from symkern.ops.plans import make_orbit_plan  # noqa: E402
@@ -126,8 +129,8 @@ def _plan_from_generators(gens: np.ndarray, dtype: torch.dtype):
 
 
 def _compiled_index_add(x: torch.Tensor, plan):
-    """The torch_index_add baseline (the reference kernel) under ``torch.compile`` (static
-    shapes; the first call compiles and is the warm-up, outside the timing)."""
+    """The torch_index_add baseline under ``torch.compile`` (static shapes; the first call
+    compiles and is the warm-up, outside the timing)."""
     fn = torch.compile(torch_orbit_mean, dynamic=False)
     return lambda: fn(x, plan)
 
@@ -170,14 +173,14 @@ def test_orbit_mean_block_perm(compare, smoke, case):
 
     def check():
         out = cpp_mean(x, plan)
-        ref = torch_orbit_mean(x.double(), plan_f64)
+        ref = reference_orbit_mean(x.double(), plan_f64)
         _check_close(out, ref)
         _check_close(compiled(), ref)
         rows = x[: min(B, 16)]  # the naive group sum, on a few rows (exact definition of the mean)
         _check_close(out[: rows.shape[0]], rows.double()[:, perms].mean(1))
 
     plan_f64 = make_orbit_plan(*_cpp("orbit_labels")(gens, None), torch.float64)
-    ref_f64 = torch_orbit_mean(x.double(), plan_f64)
+    ref_f64 = reference_orbit_mean(x.double(), plan_f64)
     rep = symkern.groups.perm_rep(list(gens))  # the public ops' plan, built once for both
     baselines = {
         "torch_index_add": lambda: torch_orbit_mean(x, plan),
@@ -218,7 +221,7 @@ def test_orbit_mean_t2_alternating(compare, smoke):
     compiled = _compiled_index_add(x, plan)
 
     def check():
-        ref = torch_orbit_mean(x.double(), plan_f64)
+        ref = reference_orbit_mean(x.double(), plan_f64)
         _check_close(cpp_mean(x, plan), ref)
         _check_close(compiled(), ref)
 
@@ -230,7 +233,7 @@ def test_orbit_mean_t2_alternating(compare, smoke):
             "torch_compile": compiled,
             "copy_into_fresh_tensor": _fresh_copy(x),
             "symkern_out": _public_into(
-                x, symkern.groups.perm_rep(list(gens)), torch_orbit_mean(x.double(), plan_f64)
+                x, symkern.groups.perm_rep(list(gens)), reference_orbit_mean(x.double(), plan_f64)
             ),
         },
         floor_of=x,
@@ -339,7 +342,7 @@ def test_orbit_mean_block_perm_gpu(compare, smoke, gpu_device, case):
     def check():
         out = triton_mean(x, plan).cpu()
         assert out.shape == (B, D) and out.dtype == torch.float32
-        _check_close(out, torch_orbit_mean(x_cpu.double(), plan_f64))  # every row
+        _check_close(out, reference_orbit_mean(x_cpu.double(), plan_f64))  # every row
         rows = x_cpu[: min(B, 4)]  # the naive group sum on a few rows (definition of the mean)
         _check_close(out[: rows.shape[0]], rows.double()[:, perms].mean(1))
 
