@@ -17,12 +17,28 @@ from setuptools import setup
 ParallelCompile("SYMKERN_BUILD_JOBS", default=0).install()
 
 
+def _env_flag(name: str, default: bool) -> bool:
+    """A yes/no build switch: 1/true/yes/on or 0/false/no/off (any case); anything else is an
+    error (SYMKERN_OPENMP=off used to build with OpenMP: only "0" turned it off)."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(
+        f"the environment variable {name} must be 1/true/yes/on or 0/false/no/off, got {raw!r}"
+    )
+
+
 class SymkernBuildExt(build_ext):
     """Adds OpenMP only when the compiler accepts it, so the build never fails for lack of it."""
 
     def build_extensions(self) -> None:
-        want_openmp = os.environ.get("SYMKERN_OPENMP", "1") != "0"
-        native = os.environ.get("SYMKERN_NATIVE", "0") == "1"
+        want_openmp = _env_flag("SYMKERN_OPENMP", default=True)
+        native = _env_flag("SYMKERN_NATIVE", default=False)
         for ext in self.extensions:
             if sys.platform != "win32":
                 # -fno-trapping-math: FP exceptions are never inspected, and without it GCC

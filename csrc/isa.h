@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdlib>
+#include <stdexcept>
 #include <string>
 
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
@@ -19,7 +20,8 @@ namespace symkern::isa {
 enum class Isa { baseline = 0, avx2 = 1, avx512 = 2 };
 
 // The best ISA this CPU runs; the environment variable `env_var` ("baseline", "avx2",
-// "avx512") can lower it, never raise it.
+// "avx512") can lower it, never raise it. Another value throws std::invalid_argument (a callers'
+// function-local static then stays uninitialised, so every call reports it).
 inline Isa detect(const char* env_var) {
   Isa best = Isa::baseline;
 #ifdef SYMKERN_MULTI_ISA
@@ -30,12 +32,19 @@ inline Isa detect(const char* env_var) {
       __builtin_cpu_supports("avx512bw"))
     best = Isa::avx512;
 #endif
-  if (const char* env = std::getenv(env_var)) {
+  if (const char* env = std::getenv(env_var); env != nullptr && *env != '\0') {
     const std::string s(env);
     Isa want = best;
-    if (s == "baseline") want = Isa::baseline;
-    if (s == "avx2") want = Isa::avx2;
-    if (s == "avx512") want = Isa::avx512;
+    if (s == "baseline") {
+      want = Isa::baseline;
+    } else if (s == "avx2") {
+      want = Isa::avx2;
+    } else if (s == "avx512") {
+      want = Isa::avx512;
+    } else {  // a typo would otherwise silently run the best copy (pybind11: ValueError)
+      throw std::invalid_argument(std::string("the environment variable ") + env_var +
+                                  " must be baseline, avx2 or avx512, got '" + s + "'");
+    }
     if (static_cast<int>(want) < static_cast<int>(best)) best = want;
   }
   return best;

@@ -148,12 +148,14 @@
 #include "particles.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -273,7 +275,15 @@ index_t team_min_particles() {
     if (env == nullptr || *env == '\0') return index_t{2048};
     const std::string s(env);
     if (s == "off" || s == "0") return std::numeric_limits<index_t>::max();
-    const long long n = std::atoll(env);
+    // a whole positive number or nothing: atoll read "1e3" as 1 and "abc" as 0 (teams off)
+    char* end = nullptr;
+    errno = 0;
+    const long long n = std::strtoll(env, &end, 10);
+    if (end == env || *end != '\0' || errno == ERANGE || n < 0)
+      throw std::invalid_argument(
+          "the environment variable SYMKERN_PARTICLES_TEAM_MIN_N must be 'off' or a "
+          "non-negative integer (particles per run from which a team of threads splits a run), "
+          "got '" + s + "'");
     return n > 0 ? static_cast<index_t>(n) : std::numeric_limits<index_t>::max();
   }();
   return v;

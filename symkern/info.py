@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import platform
 from typing import Any
 
 import torch
 
 from symkern._version import __version__
-from symkern.backends.registry import backend_status, get_backend, triton_interpreter_enabled
+from symkern.backends.registry import (
+    _requested_backend,
+    backend_status,
+    get_backend,
+    triton_interpreter_enabled,
+)
 
 
 def info() -> dict[str, Any]:
@@ -26,18 +30,27 @@ def info() -> dict[str, Any]:
     except ImportError:
         triton_version = None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    try:
+        interpreter: bool | str = triton_interpreter_enabled()
+    except ValueError as e:
+        interpreter = f"INVALID: {e}"
+    try:  # the variable as every op reads it
+        forced = _requested_backend("auto")
+        forced = None if forced == "auto" else forced
+    except ValueError as e:
+        forced = f"INVALID: {e}"
     return {
         "symkern": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": __import__("numpy").__version__,
         "triton": triton_version,
-        "triton_interpreter": triton_interpreter_enabled(),
+        "triton_interpreter": interpreter,
         "gpu": gpu,
         "openmp": build.get("openmp", False),
         "omp_threads": build.get("max_threads"),
         "compiler": build.get("compiler"),
-        "forced_backend": os.environ.get("SYMKERN_BACKEND") or None,
+        "forced_backend": forced,
         "backends": [
             {"name": s.name, "available": s.available, "reasons": s.reasons, "ops": s.ops}
             for s in backend_status()
@@ -48,10 +61,12 @@ def info() -> dict[str, Any]:
 def format_info(data: dict[str, Any] | None = None) -> str:
     """Human-readable report of :func:`info`."""
     d = info() if data is None else data
+    interpreter = d["triton_interpreter"]  # True / False, or "INVALID: why"
+    if isinstance(interpreter, bool):
+        interpreter = "on" if interpreter else "off"
     lines = [
         f"symkern {d['symkern']}  (python {d['python']}, torch {d['torch']}, numpy {d['numpy']})",
-        f"triton:      {d['triton'] or 'not installed'}"
-        f"  (interpreter {'on' if d['triton_interpreter'] else 'off'})",
+        f"triton:      {d['triton'] or 'not installed'}  (interpreter {interpreter})",
         f"GPU:         {d['gpu'] or 'none (no CUDA device)'}",
         f"OpenMP:      {'on' if d['openmp'] else 'off'}"
         + (f", {d['omp_threads']} threads" if d["omp_threads"] else "")

@@ -280,3 +280,48 @@ print("ok")
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout + res.stderr[-3000:]
+
+
+def test_triton_interpret_is_read_as_triton_reads_it(monkeypatch):
+    """TRITON_INTERPRET: Triton's own true words (1, true, yes, on, y; any case) turn the
+    interpreter on, its false words off; anything else (Triton would read it as false) is a
+    ValueError naming the variable, and symkern info reports it instead of 'off'."""
+    from symkern.backends.registry import triton_interpreter_enabled
+
+    for v in ("1", "true", "True", "YES", "on", "y"):
+        monkeypatch.setenv("TRITON_INTERPRET", v)
+        assert triton_interpreter_enabled(), v
+    for v in ("0", "false", "Off", "no", ""):
+        monkeypatch.setenv("TRITON_INTERPRET", v)
+        assert not triton_interpreter_enabled(), v
+    for v in ("bogus", " 1", "2"):
+        monkeypatch.setenv("TRITON_INTERPRET", v)
+        with pytest.raises(ValueError, match="environment variable TRITON_INTERPRET must be"):
+            triton_interpreter_enabled()
+        if not torch.cuda.is_available():
+            assert "INVALID" in symkern.info()["triton_interpreter"]
+    monkeypatch.setenv("SYMKERN_BACKEND", "fortran")
+    assert symkern.info()["forced_backend"].startswith("INVALID: the environment variable")
+
+
+def test_triton_kernels_load_when_the_interpreter_is_turned_on_later():
+    """A process that asked for the triton backend while it was unavailable (symkern.info(), or
+    an auto dispatch) and then sets TRITON_INTERPRET=1 gets triton's kernels: the backend was
+    marked loaded before its availability check, so a forced call said none was implemented."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU makes triton available from the start")
+    script = (
+        "import os, torch, symkern\n"
+        "assert not symkern.info()['backends'][1]['available']\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "x = torch.randn(4, 5)\n"
+        "rep = symkern.groups.symmetric(5)\n"
+        "out = symkern.orbit_average(x, rep, backend='triton')\n"
+        "ref = x.mean(1, keepdim=True).expand(4, 5)\n"
+        "assert torch.allclose(out, ref, atol=1e-6), (out, ref)\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SYMKERN_BACKEND")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=300)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

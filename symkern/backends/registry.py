@@ -123,9 +123,24 @@ def into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
     return out.copy_(result)
 
 
+_TRUE_WORDS = frozenset(("1", "true", "yes", "on", "y"))  # as triton.knobs.getenv_bool (any case)
+_FALSE_WORDS = frozenset(("", "0", "false", "no", "off", "n"))
+
+
 def triton_interpreter_enabled() -> bool:
-    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when Triton kernels run in the CPU interpreter: ``TRITON_INTERPRET`` set to a true
+    word as Triton itself reads it (1, true, yes, on, y; any case). Another value than those and
+    the false words (0, false, no, off, empty) is a ValueError: Triton would read it as false."""
+    raw = os.environ.get("TRITON_INTERPRET", "0")
+    value = raw.lower()  # no strip: Triton reads " 1" as false
+    if value in _TRUE_WORDS:
+        return True
+    if value not in _FALSE_WORDS:
+        raise ValueError(
+            f"the environment variable TRITON_INTERPRET must be 1 / true / yes / on or "
+            f"0 / false / no / off, got {raw!r}"
+        )
+    return False
 
 
 def _tensors(inputs: Mapping[str, Any]) -> list[tuple[str, torch.Tensor]]:
@@ -219,7 +234,11 @@ class TritonBackend(Backend):
             importlib.import_module("triton")
         except ImportError as e:
             return [f"triton is not installed ({e})"]
-        if not torch.cuda.is_available() and not triton_interpreter_enabled():
+        try:
+            interpret = triton_interpreter_enabled()
+        except ValueError as e:  # a value Triton would read as false: say so, not "not set"
+            return [str(e)]
+        if not torch.cuda.is_available() and not interpret:
             return ["no CUDA device, and TRITON_INTERPRET=1 is not set"]
         return []
 
@@ -259,9 +278,12 @@ _warned_fallback: set[str] = set()
 def _load_kernels(name: str) -> None:
     if name in _loaded:
         return
-    _loaded.add(name)
     if _BACKENDS[name].availability_reasons():
-        return  # e.g. no triton: nothing to import, the reasons say why
+        # e.g. no triton: nothing to import, the reasons say why. Not marked loaded: triton
+        # becomes available when TRITON_INTERPRET=1 is set later in the process, and its kernels
+        # must then be imported (marked early, a forced call said no kernel was implemented)
+        return
+    _loaded.add(name)
     for module in _KERNEL_MODULES[name]:
         importlib.import_module(module)
 
