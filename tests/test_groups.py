@@ -1008,3 +1008,18 @@ def test_trivial_rep_of_a_group():
         with pytest.raises(ValueError, match="dim must be a positive int"):
             g.trivial_rep(bad)
     assert g.trivial_rep(np.int64(3)).dim == 3
+
+
+def test_continuous_fixed_dim_of_large_tensor_powers():
+    """D > 4096: "auto" takes the character formula (the null space needs dense D x D matrices;
+    it raised about a permutation form a continuous rep does not have). Its integer rounding
+    tolerates float64 rounding of terms as large as the traces (SO(3) T(24), D = 3^24: Riordan
+    R(24), which a fixed 1e-6 tolerance refused), and a mean beyond float64's reach is an error
+    (SO(3) T(40) came out off by 121)."""
+    assert G.so3().tensor_power(8).fixed_dim() == 91  # D = 6561, Riordan R(8)
+    assert G.so3().tensor_power(24).fixed_dim("quadrature") == 834086421
+    assert G.so2().tensor_power(40).fixed_dim("quadrature") == math.comb(40, 20)
+    with pytest.raises(ValueError, match="too large for float64 to pin down"):
+        G.so3().tensor_power(40).fixed_dim("quadrature")
+    with pytest.raises(ValueError, match=r"only \(signed\) permutation representations work"):
+        G.so3().tensor_power(8).fixed_dim("nullspace")

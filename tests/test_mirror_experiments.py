@@ -469,3 +469,13 @@ def test_resume_recomputes_unreadable_cells(tmp_path):
     # the recomputed cells were rewritten: a second resume loads all of them
     computed.clear()
     assert run(True)[0] == ref and computed == []
+
+
+def test_mirror_dcs_init_scale_reaches_the_lowrank_cell():
+    """--init-scale is the std of every DCS initialisation: the low-rank cell ignored it (always
+    0.1), so its singular values did not change with the option."""
+    small = {"steps": 20, "gammas": [0.5], "m": 4, "n": 3, "d": 6, "k_constrained": 4}
+    cfgs = [common.build_config(mirror_dcs.Config, mirror_dcs.PRESETS, "quick", None,
+                                {**small, "init_scale": s}) for s in (0.1, 0.7)]  # fmt: skip
+    a, b = (mirror_dcs.lowrank_cell(c)["rows"][0]["singular_values"] for c in cfgs)
+    assert a != b

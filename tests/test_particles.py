@@ -1,6 +1,7 @@
 """Particle engine: every backend vs the float64 reference, RNG, theory checks, bad input."""
 
 import math
+import os
 import subprocess
 import sys
 
@@ -1319,3 +1320,50 @@ def test_meanfield_exposes_metrics_and_rng():
     script = "import symkern; m = symkern.meanfield; print(m.metrics.rmd, m.rng.normal)"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=99)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "var, value",
+    [("SYMKERN_PARTICLES_ISA", "AVX2"), ("SYMKERN_PARTICLES_ISA", "bogus"),
+     ("SYMKERN_PARTICLES_TEAM_MIN_N", "1e3"), ("SYMKERN_PARTICLES_TEAM_MIN_N", "abc"),
+     ("SYMKERN_MIRROR_SWEEP_ISA", "avx-2")],
+)  # fmt: skip
+def test_cpp_environment_variables_are_checked(var, value):
+    """A value the C++ kernels cannot read is a ValueError naming the variable at the call that
+    reads it (the ISA was silently the best one for a typo; the team threshold read '1e3' as 1
+    and 'abc' as off)."""
+    pytest.importorskip("symkern._C")
+    call = (
+        "symkern.mirror.train_sweep('rescaling', {'u': torch.ones(2, 3, dtype=torch.float64), "
+        "'w': torch.ones(2, 3, dtype=torch.float64)}, 0.1, 0.1, 2, None, "
+        "target=torch.ones(3), backend='cpp')"
+        if "SWEEP" in var
+        else "symkern.particle_steps(torch.randn(1, 5, 4), MatrixUnit(2, 2), "
+        "teacher=Teacher.paper('WI').particles, backend='cpp')"
+    )
+    script = (
+        "import torch, symkern\n"
+        "from symkern.meanfield import MatrixUnit, Teacher\n"
+        f"try:\n    {call}\n"
+        "except ValueError as e:\n    print('ValueError:', e)\n"
+    )
+    env = {**os.environ, var: value}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"ValueError: the environment variable {var} must be" in out.stdout, out.stdout
+    assert repr(value) in out.stdout
+
+
+def test_default_teacher_weights_are_one_over_m_in_theta_dtype():
+    """teacher_weights=None means 1/M exactly in float64 (a float32 1/5 scaled every label by
+    1 + 1.5e-8): the same trajectory as explicit float64 weights, bit for bit."""
+    unit, theta = MatrixUnit(2, 2), initial_particles(2, 7, 4, seed=1)
+    teacher = Teacher.paper("arbitrary").particles  # M = 5: 1/5 is not a float32
+    M = teacher.shape[0]
+    w = torch.full((M,), 1.0 / M, dtype=torch.float64)
+    for backend in ("torch", "cpp"):
+        default = symkern.particle_steps(theta, unit, teacher=teacher, steps=3, backend=backend)
+        given = symkern.particle_steps(theta, unit, teacher=teacher, teacher_weights=w, steps=3,
+                                       backend=backend)  # fmt: skip
+        assert torch.equal(default.theta, given.theta), backend

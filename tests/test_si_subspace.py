@@ -94,3 +94,18 @@ def test_presets_pass_validation():
         si.build_config(preset)
     assert si.build_config("quick", None, {"sv_tol": "none"}).sv_tol is None
     assert si.build_config("quick", None, {"sv_tol": "0.1"}).sv_tol == 0.1
+
+
+def test_s3_teacher_does_not_share_a_stream_with_the_students():
+    """The S3 teacher's random particles come from run id 2^31, not 0: with --seed equal to
+    --teacher-seed they were exactly twice the first student run's initial particles."""
+    import torch
+
+    from symkern.meanfield.trainer import initial_particles
+
+    cfg = si.build_config("quick", None, {"seed": 1, "teacher_seed": 1, "teacher": "SI"})
+    unit, _, teacher, proj = si._instance("s3", cfg)
+    M = teacher.particles.shape[0]
+    student = initial_particles(1, M, unit.D, 1)[0] @ proj.T  # run 0, projected as the teacher
+    ratio = teacher.particles / (2 * student)  # 0.5 x N(0, 1) vs 0.25 x N(0, 1) on one stream
+    assert not torch.allclose(ratio, torch.ones_like(ratio), atol=1e-6)

@@ -378,7 +378,7 @@ def test_claims_do_not_hold_on_nan_or_inf():
     """``nan <= tol`` is False, but max() skips a NaN that is not first, ``inf >= 0.05`` is True
     and np.polyfit raises on NaN: every claim must fail (not hold, not crash) on such data."""
     cfg = ts.build_config("quick", None, {"n_values": [5, 10, 50], "seeds": 1})
-    floor = {"arbitrary": 0.3, "WI": 0.0, "SI": 0.0}
+    floor = {"arbitrary": 0.49, "WI": 0.0, "SI": 0.0}  # EA's risk 0.5: at the floor
     names = {
         "stay": "SI init: DA/FA/EA stay in E^G",
         "decrease": "WI teacher: vanilla RMD",
@@ -425,3 +425,25 @@ def test_resume_recomputes_unreadable_cell_files(tmp_path):
     logs = []  # rewritten: loaded again
     res = ts.run(cfg, tmp_path, resume=True, show_progress=False, log=logs.append)
     assert res["resumed_cells"] == 1 and not any("unreadable" in m for m in logs), logs
+
+
+def test_claims_that_could_not_fail_now_can():
+    """The claim "EA stays at the equivariant floor" held for an EA risk 100x the floor (a lower
+    bound, which no equivariant model can miss): it now needs EA within EA_FLOOR_RTOL of it.
+    "vanilla leaves E^G" held untrained from a WI init (which starts outside E^G): it is now
+    claimed from SI init only."""
+    cfg = ts.build_config("quick", None, {"n_values": [5, 10, 50], "seeds": 1})
+
+    def claim(cfg, floor, text):
+        found = [c for c in ts.check_claims(_summary(), cfg, floor) if text in c["claim"]]
+        return found[0]["holds"] if found else None
+
+    at_floor = "EA's test risk stays at the equivariant floor"
+    assert claim(cfg, {"arbitrary": 0.5, "WI": 0.0, "SI": 0.0}, at_floor)  # EA risk 0.5
+    for f in (0.05, 0.005):  # EA 10x and 100x the floor
+        assert claim(cfg, {"arbitrary": f, "WI": 0.0, "SI": 0.0}, at_floor) is False
+    leaves = "arbitrary teacher: vanilla leaves E^G"
+    floor = {"arbitrary": 0.5, "WI": 0.0, "SI": 0.0}
+    assert claim(cfg, floor, leaves) is True
+    wi = ts.build_config("quick", None, {"n_values": [5, 10, 50], "seeds": 1, "init": "WI"})
+    assert claim(wi, floor, leaves) is None

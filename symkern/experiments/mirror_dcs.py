@@ -119,7 +119,7 @@ def lowrank_cell(cfg: Config) -> dict[str, Any]:
     rows = []
     for i, gam in enumerate(cfg.gammas):
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + 500 + i)
-        model = LowRankDCS(cfg.m, cfg.n, r, gam, generator=gen)
+        model = LowRankDCS(cfg.m, cfg.n, r, gam, init_scale=cfg.init_scale, generator=gen)
         _gd(list(model.parameters()), lambda m=model: ((m() - A) ** 2).sum() + m.penalty(),
             cfg.lowrank_eta, cfg.steps)  # fmt: skip
         with torch.no_grad():

@@ -98,6 +98,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+_TEACHER_RUN = 2**31  # Philox run id of the S3 teacher's particles (STREAM_INIT)
+
+
 def _instance(name: str, cfg: Config):
     """(unit, group rep, teacher, P_{E^G}) of an instance."""
     if cfg.teacher not in ("SI", "WI"):
@@ -108,9 +111,9 @@ def _instance(name: str, cfg: Config):
     elif name == "s3":
         unit, group = MatrixUnit(3, 3), symmetric(3)
         _, _, m_z, proj = group_matrices(unit, group, torch.float64, torch.device("cpu"))
-        z = rng.normal(
+        z = rng.normal(  # run id 2^31: not a student's (0..runs-1), even when seeds coincide
             cfg.teacher_seed,
-            torch.zeros(1, dtype=torch.int64),
+            torch.tensor([_TEACHER_RUN]),
             0,
             rng.STREAM_INIT,
             cfg.teacher_particles * unit.D,

@@ -11,7 +11,10 @@ A *cell* is one N: all R = |teachers|·|schemes|·seeds runs of that N go to the
 together, one :func:`symkern.particle_steps` call per snapshot interval (``step0`` continues the
 counter-based random streams, so chunking does not change the trajectory). Run (teacher, scheme,
 seed s) has RNG identity ``run_id = s``: for a given seed every teacher and scheme sees the same
-initial particles, the same input batches and the same noise (common random numbers).
+initial particles, the same input batches and the same noise (common random numbers). The run id
+does not depend on N either: the N = 5 cell's initial particles are the first 5 of the N = 10
+cell's, and step t draws the same batch in every cell, so the estimates at different N (and the
+log-log slope fitted to them) are correlated too, as common random numbers make them.
 
 Metrics per run and snapshot (:mod:`symkern.meanfield.metrics`): RMD(ν, P#ν) (distance to the
 SI laws, closed form), RMD(ν, ν^G) (distance to the WI laws, exact OT up to ``exact_ot_max``
@@ -68,6 +71,10 @@ RESULTS_FORMAT = 1
 # "DA/FA below EA" must win by more than this relative margin: from SI init the three schemes
 # differ only by rounding (the paper preset of 2026-11-22 had DA 1.4e-17 below EA, the last bit)
 RISK_MARGIN = 1e-4
+# "EA stays at the equivariant floor": EA's test risk within this relative distance of the risk
+# of Q_G f* on the same test inputs (quick preset 2.1e-3 above it, the paper preset 1e-4). No
+# equivariant model is below the floor, so a lower bound alone could not fail.
+EA_FLOOR_RTOL = 0.05
 # Environment hook for crash tests: after this many freshly computed cells, the process kills
 # itself with SIGKILL (the harshest crash: no cleanup, no finally blocks).
 CRASH_ENV = "SYMKERN_TEST_KILL_AFTER_CELLS"
@@ -485,7 +492,8 @@ def check_claims(
                     "holds": finite and slope < 0 and v[-1][1] < v[0][1],
                 }
             )
-    if "arbitrary" in cfg.teachers and "vanilla" in cfg.schemes:
+    if cfg.init == "SI" and "arbitrary" in cfg.teachers and "vanilla" in cfg.schemes:
+        # from SI init only: a WI init starts outside E^G, so "leaves" would hold untrained
         v = [(r["N"], r["rmd_si_mean"]) for r in rows("arbitrary", "vanilla")]
         claims.append(
             {
@@ -507,10 +515,13 @@ def check_claims(
             claims.append(
                 {
                     "claim": f"arbitrary teacher, N={largest}: EA's test risk stays at the "
-                    "equivariant floor (>= 0.5 x risk of Q_G f*), far from the teacher's "
-                    "level 0 that vanilla approaches (vanilla <= 0.1 x EA)",
+                    f"equivariant floor (within {EA_FLOOR_RTOL:g} relative of the risk of "
+                    "Q_G f*), far from the teacher's level 0 that vanilla approaches "
+                    "(vanilla <= 0.1 x EA)",
                     "value": {"EA": at["EA"], "vanilla": at["vanilla"], "equivariant_floor": f},
-                    "holds": finite and at["EA"] >= 0.5 * f and at["vanilla"] <= 0.1 * at["EA"],
+                    "holds": finite
+                    and abs(at["EA"] - f) <= EA_FLOOR_RTOL * f
+                    and at["vanilla"] <= 0.1 * at["EA"],
                 }
             )
         others = {s: at[s] for s in ("DA", "FA") if s in at}
@@ -885,8 +896,9 @@ def run(
         "metric_definitions": {
             "rmd": "RMD^2 = W2^2 / (c*(M2(mu) + M2(nu))), M2 = int |z|^2, c = moment_factor "
             "(the public reproduction uses c = 2)",
-            "rmd_si": "RMD(nu, P#nu), closed form W2^2 = mean |(I-P) theta_i|^2 (method "
-            "'projection', exact)",
+            "rmd_si": "RMD(nu, P#nu) of the particles theta themselves, every scheme (closed "
+            "form W2^2 = mean |(I-P) theta_i|^2, method 'projection', exact); under --init WI, "
+            "EA keeps the (I-P) part of its initial particles, which its network never uses",
             "rmd_wi": f"RMD(nu, nu^G), W2 by {wi_methods} (exact = ot.emd2 up to "
             f"{cfg.exact_ot_max} atoms; sinkhorn = debiased, eps = {cfg.sinkhorn_reg} "
             "x mean |z|^2)",

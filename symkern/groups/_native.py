@@ -65,7 +65,8 @@ def check_dense_dim(D: int, what: str) -> None:
     if D > MAX_DENSE_DIM:
         raise ValueError(
             f"{what}: representation dimension D={D} exceeds the dense-matrix limit "
-            f"{MAX_DENSE_DIM}; use the permutation/orbit form instead of dense matrices"
+            f"{MAX_DENSE_DIM}; only (signed) permutation representations work at this size "
+            "(their orbit form needs no dense matrix)"
         )
 
 

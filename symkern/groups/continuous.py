@@ -26,7 +26,7 @@ import torch
 
 from symkern._checks import as_int
 
-from ._native import check_dense_dim
+from ._native import MAX_DENSE_DIM, check_dense_dim
 from .group import ContinuousGroup
 from .reps import Representation, _round_mean
 
@@ -182,20 +182,23 @@ class ContinuousRep(Representation):
     def fixed_dim(self, method: str = "auto") -> int:
         """``dim E^G``.
 
-        ``"nullspace"`` / ``"auto"``: ``D - rank`` of the stacked ``rho(g) - I`` over
+        ``"nullspace"``: ``D - rank`` of the stacked ``rho(g) - I`` over
         discrete generators and ``d rho(A)`` over the Lie algebra (SVD; singular values
         ``<= 1e-9 * max(1, s_max)`` count as zero; needs ``D <= 4096``).
         ``"quadrature"`` (alias ``"character"``): the character formula with the exact
-        cubature, ``sum_j w_j tr rho(g_j)``, traces from :meth:`character_of`.
+        cubature, ``sum_j w_j tr rho(g_j)``, traces from :meth:`character_of` (ValueError when
+        the terms are too large for float64 to round the mean to the right integer).
+        ``"auto"``: the null space up to D = 4096, the character formula above.
         """
-        if method in ("auto", "nullspace"):
+        if method == "nullspace" or (method == "auto" and self.dim <= MAX_DENSE_DIM):
             return self._nullspace_dim()
-        if method in ("quadrature", "character"):
+        if method in ("auto", "quadrature", "character"):
             # Quadrature nodes in the defining rep + traces from the construction tree:
-            # no (D, D) matrices, so this also works for D > 4096.
+            # no (D, D) matrices, so this also works for D > 4096 (where "auto" takes it).
             w, g = self.group.quadrature_defining(self.degree)
-            mean = float((w * self._trace(g)).sum())
-            return _round_mean(mean, f"fixed_dim of {self.name}")
+            terms = w * self._trace(g)
+            mean = float(terms.sum())
+            return _round_mean(mean, f"fixed_dim of {self.name}", float(terms.abs().sum()))
         raise ValueError(f"method: expected 'auto', 'nullspace' or 'quadrature', got {method!r}")
 
     # ------------------------------------------------------------------ meaningless here

@@ -63,9 +63,20 @@ def _check_k(k: Any) -> int:
     return as_int(k, "k (tensor_power)", minimum=1)
 
 
-def _round_mean(mean: float, what: str) -> int:
+def _round_mean(mean: float, what: str, magnitude: float = 0.0) -> int:
+    """The integer a character mean stands for. ``magnitude``: the sum of |terms| averaged
+    (e.g. Σ_j |w_j tr ρ(g_j)|), whose float64 rounding (~eps per term's size) widens the tolerance
+    beyond CHARACTER_TOL; past ~0.1 of it the nearest integer is not certain, which is an error
+    saying so rather than a rounded guess (SO(3) T(40): off by 121)."""
+    rounding = 64 * 2.0**-52 * magnitude
+    if rounding >= 0.1:
+        raise ValueError(
+            f"{what}: the character mean {mean!r} is a sum of terms up to {magnitude:.3g}, too "
+            "large for float64 to pin down the integer it stands for; use method='nullspace' "
+            "(D <= 4096) or a smaller representation"
+        )
     r = round(mean)
-    if abs(mean - r) > CHARACTER_TOL:
+    if abs(mean - r) > max(CHARACTER_TOL, rounding):
         raise RuntimeError(
             f"{what}: character mean {mean!r} is not within {CHARACTER_TOL} of an integer; "
             "the generator images probably do not define a representation of the group"
@@ -398,7 +409,9 @@ class _FiniteRep(Representation):
 
     def _character_fixed_dim(self) -> int:
         ch = self.character()
-        return _round_mean(float(ch.sum()) / ch.numel(), f"fixed_dim of {self.name}")
+        return _round_mean(
+            float(ch.sum()) / ch.numel(), f"fixed_dim of {self.name}", float(ch.abs().mean())
+        )
 
     def fixed_dim(self, method: str = "auto") -> int:
         """``dim E^G``.

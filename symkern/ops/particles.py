@@ -307,7 +307,11 @@ def particle_problem(
             raise ValueError(
                 f"teacher must hold at least one particle (M >= 1), got {tuple(teacher.shape)}"
             )
-        w = torch.full((M,), 1.0 / M) if teacher_weights is None else teacher_weights
+        w = (  # 1/M in float64: a float32 1/5 scaled every float64 label by 1 + 1.5e-8
+            torch.full((M,), 1.0 / M, dtype=torch.float64)
+            if teacher_weights is None
+            else teacher_weights
+        )
         w = real_tensor(w, "teacher_weights").to(dtype=dtype, device=device)
         if w.shape == (M,):
             w = w.expand(R, M)
