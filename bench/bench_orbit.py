@@ -141,6 +141,7 @@ def _x(B: int, D: int, dtype=torch.float32) -> torch.Tensor:
 
 
 def _check_close(out: torch.Tensor, ref: torch.Tensor, rtol: float = 2e-5) -> None:
+    assert out.shape == ref.shape, f"shape {tuple(out.shape)} != {tuple(ref.shape)}"
     err = (out.double() - ref.double()).abs().max().item()
     scale = ref.abs().max().item()
     assert err <= rtol * scale, f"max error {err:.3g} > {rtol:g} x max|ref| = {rtol * scale:.3g}"

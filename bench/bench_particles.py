@@ -189,7 +189,10 @@ def test_particle_step_one_call_per_step(compare, smoke, N):
     args = _args("vanilla")
     loop = _one_step_per_call(theta, args, steps)
 
+    reference = _check_against_reference(theta, args)
+
     def check():  # a loop of single steps continues the streams: it is the multi-step call
+        reference()  # ... whose kernel matches the float64 reference
         one_call = symkern.particle_steps(theta, UNIT, steps=steps, backend="cpp", **args)
         assert_close(loop().double(), one_call.theta.double(), rtol=1e-5, atol=1e-6)
 

@@ -18,6 +18,7 @@ subspace), pass the size of the inputs as ``scale``: the float64 reference is th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -120,6 +121,10 @@ def assert_close(
     finite = torch.isfinite(r)
     if scale is None:
         scale = r[finite].abs().max().item() if finite.any() else 0.0
+    # a NaN here would make every comparison below False: a check that cannot fail
+    for value, name in ((scale, "scale"), (rtol, "rtol"), (atol, "atol")):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"assert_close: {name} must be finite and >= 0, got {value!r}")
     allowed = atol * scale + rtol * r.abs()
     err = (a - r).abs()
     excess = torch.where(finite, err - allowed, torch.zeros_like(err))

@@ -1170,7 +1170,8 @@ def test_ctrl_c_stops_a_long_cpp_call():
 
     out = interrupt_long_call(_LONG_PARTICLE_CALL)
     assert out["outcome"] == "interrupted", out
-    assert out["call_s"] > 30 and out["after_s"] < 10, out
+    # the SIGINT comes at 0.5 s and a chunk takes ~0.2 s: 3 s leaves room for a loaded machine
+    assert out["call_s"] > 30 and out["after_s"] < 3, out
 
 
 def test_cpp_activation_errors_as_documented():

@@ -107,3 +107,14 @@ def test_interpreter_shim_keeps_kernels_and_restores_the_language():
         kernel[(1,)](x, out, x.numel(), BLOCK=16)
         assert_close(out[0], (x * x).sum())
     assert tl.exp is exp_before  # the launch's patch was undone
+
+
+def test_assert_close_refuses_a_tolerance_that_disables_it():
+    """A NaN scale (e.g. scale=x.abs().max().item() of an x holding NaN), rtol or atol made every
+    comparison False, so anything passed; a negative one is no tolerance either."""
+    got, want = torch.tensor([100.0], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
+    for kw in ({"scale": float("nan")}, {"atol": float("nan")}, {"rtol": float("nan")},
+               {"scale": float("inf")}, {"atol": -1e-3}):  # fmt: skip
+        name = next(iter(kw))
+        with pytest.raises(ValueError, match=f"assert_close: {name} must be finite and >= 0"):
+            assert_close(got, want, **kw)
