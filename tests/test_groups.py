@@ -17,6 +17,7 @@ from symkern.groups import GroupTooLargeError
 from symkern.groups import _native as nat
 from symkern.groups.orbits import orbit_labels
 from symkern.groups.schreier_sims import schreier_sims_order
+from symkern.testing import assert_close
 
 HYP = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -1008,6 +1009,39 @@ def test_trivial_rep_of_a_group():
         with pytest.raises(ValueError, match="dim must be a positive int"):
             g.trivial_rep(bad)
     assert g.trivial_rep(np.int64(3)).dim == 3
+
+
+@pytest.mark.parametrize("make", [G.so2, G.o2, G.so3], ids=["SO2", "O2", "SO3"])
+def test_trivial_rep_of_a_continuous_group(make):
+    """A compact group's trivial rep: identity matrices, zero Lie algebra, degree 0; in a direct
+    sum it adds its dimension to E^G, in a tensor product it multiplies it (it raised: the
+    finite-group method built a PermRep)."""
+    rep = make()
+    triv = rep.group.trivial_rep(2)
+    assert isinstance(triv, G.ContinuousRep) and triv.dim == 2 and triv.degree == 0
+    g = rep.group.sample_defining(3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(triv.matrix_of(g), torch.eye(2, dtype=torch.float64).expand(3, 2, 2))
+    assert torch.equal(triv.character_of(g), torch.full((3,), 2.0, dtype=torch.float64))
+    assert not triv.lie_algebra_matrices().any()
+    assert triv.fixed_dim() == triv.fixed_dim("quadrature") == 2
+    base = rep.fixed_dim()
+    both = rep.direct_sum(triv)
+    assert both.fixed_dim() == both.fixed_dim("quadrature") == base + 2
+    # the sum's matrices are the defining ones with an identity block
+    m = both.matrix_of(g)
+    eye2 = torch.eye(2, dtype=torch.float64).expand(3, 2, 2)
+    assert torch.equal(m[:, rep.dim :, rep.dim :], eye2)
+    assert torch.equal(m[:, : rep.dim, : rep.dim], rep.matrix_of(g))
+    tp = rep.tensor_product(triv)
+    assert tp.degree == rep.degree and tp.fixed_dim() == tp.fixed_dim("quadrature") == 2 * base
+    Q = symkern.fixed_point_basis(both)
+    assert Q.shape == (both.dim, base + 2)
+    x = torch.randn(4, both.dim, dtype=torch.float64)
+    projected = symkern.project_fixed(x, both)
+    assert_close(projected[:, rep.dim :], x[:, rep.dim :], rtol=1e-12, atol=1e-12)
+    for bad in (0, True, 1.5):
+        with pytest.raises(ValueError, match="dim must be a positive int"):
+            rep.group.trivial_rep(bad)
 
 
 def test_continuous_fixed_dim_of_large_tensor_powers():

@@ -10,8 +10,12 @@ that construction so that
 * ``lie_algebra_matrices()`` returns ``d rho(A)`` for the Lie-algebra basis, using
   the derivation rule ``d(rho_1 (x) rho_2)(A) = d rho_1(A) (x) I + I (x) d rho_2(A)``;
 * ``degree`` is the polynomial degree of the matrix coefficients in the entries of
-  ``g`` (defining 1, tensor product: sum, direct sum: max), so
+  ``g`` (defining 1, trivial 0, tensor product: sum, direct sum: max), so
   ``quadrature(rep.degree)`` integrates every matrix coefficient exactly.
+
+``group.trivial_rep(dim)`` is the trivial representation on R^dim (every element acts as
+the identity, ``d rho(A) = 0``): e.g. the action on an invariant output, and a building block of
+direct sums.
 
 Lie algebra bases: so(2) = span{[[0, -1], [1, 0]]}; so(3) = span{L_x, L_y, L_z}
 with ``(L_k)_{ij} = -epsilon_{kij}``.  O(2) additionally has the discrete generator
@@ -75,6 +79,8 @@ class ContinuousRep(Representation):
             raise ValueError(f"group: expected a ContinuousGroup, got {type(group).__name__}")
         if node[0] == "defining":
             dim, degree = group.dim, 1
+        elif node[0] == "trivial":
+            dim, degree = node[1], 0
         else:
             op, a, b = node
             dim = a.dim * b.dim if op == "tensor" else a.dim + b.dim
@@ -101,6 +107,8 @@ class ContinuousRep(Representation):
         node = self._node
         if node[0] == "defining":
             return g
+        if node[0] == "trivial":
+            return torch.eye(self.dim, dtype=g.dtype).expand(g.shape[0], self.dim, self.dim).clone()
         op, a, b = node
         ma, mb = a._matrix_of(g), b._matrix_of(g)
         return _bkron(ma, mb) if op == "tensor" else _bdiag(ma, mb)
@@ -119,6 +127,8 @@ class ContinuousRep(Representation):
         node = self._node
         if node[0] == "defining":
             return torch.diagonal(g, dim1=-2, dim2=-1).sum(-1)
+        if node[0] == "trivial":
+            return torch.full((g.shape[0],), float(self.dim), dtype=g.dtype)
         op, a, b = node
         ta, tb = a._trace(g), b._trace(g)
         return ta * tb if op == "tensor" else ta + tb
@@ -127,6 +137,8 @@ class ContinuousRep(Representation):
         node = self._node
         if node[0] == "defining":
             return A
+        if node[0] == "trivial":
+            return torch.zeros(A.shape[0], self.dim, self.dim, dtype=A.dtype)
         op, a, b = node
         da, db = a._dlie(A), b._dlie(A)
         if op == "sum":

@@ -409,6 +409,14 @@ class ContinuousGroup(Group):
             self._defining_rep = ContinuousRep(self)
         return self._defining_rep
 
+    def trivial_rep(self, dim: int = 1):
+        """The trivial :class:`~symkern.groups.continuous.ContinuousRep` on R^dim (every
+        element acts as the identity, the Lie algebra as 0; polynomial degree 0)."""
+        from .continuous import ContinuousRep  # local: continuous imports group
+
+        dim = as_int(dim, "dim", minimum=1)
+        return ContinuousRep(self, ("trivial", dim), f"trivial({self.name})")
+
     def order(self) -> int:
         raise ValueError(f"group {self.name!r} is infinite (continuous); order() is undefined")
 
