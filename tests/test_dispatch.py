@@ -53,7 +53,8 @@ def test_auto_prefers_cpp_for_cpu_tensors(test_ops, no_forcing):
 
 def test_auto_skips_backend_without_kernel_and_says_so(test_ops, no_forcing):
     test_ops("_t_only_torch", "torch")
-    assert select_kernel("_t_only_torch", {"x": torch.randn(3)}).backend == "torch"
+    with pytest.warns(ReferenceFallbackWarning, match="no cpp kernel for it is implemented"):
+        assert select_kernel("_t_only_torch", {"x": torch.randn(3)}).backend == "torch"
     reasons = registry.get_backend("cpp").not_supported_reasons("_t_only_torch", {})
     assert reasons == ["no 'cpp' kernel for op '_t_only_torch' is implemented"]
 
@@ -62,7 +63,8 @@ def test_auto_does_not_pick_triton_interpreter_for_cpu(test_ops, no_forcing, mon
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     for b in ("triton", "torch"):
         test_ops("_t_interp", b)
-    assert select_kernel("_t_interp", {"x": torch.randn(3)}).backend == "torch"
+    with pytest.warns(ReferenceFallbackWarning, match="'_t_interp' runs on the slow torch"):
+        assert select_kernel("_t_interp", {"x": torch.randn(3)}).backend == "torch"
     assert select_kernel("_t_interp", {"x": torch.randn(3)}, backend="triton").backend == "triton"
 
 
@@ -139,11 +141,31 @@ def test_kernel_check_reasons_reported(test_ops, no_forcing):
     register_kernel("_t_check", "cpp", check=lambda inputs: ["rank too high"])(lambda: "cpp")
     test_ops("_t_check", "torch")
     try:
-        assert select_kernel("_t_check", {"x": torch.randn(2)}).backend == "torch"
+        with pytest.warns(ReferenceFallbackWarning, match="cpp kernel cannot run this call: rank"):
+            assert select_kernel("_t_check", {"x": torch.randn(2)}).backend == "torch"
         with pytest.raises(BackendUnavailableError, match="rank too high"):
             select_kernel("_t_check", {"x": torch.randn(2)}, backend="cpp")
     finally:
         registry._KERNELS.pop(("_t_check", "cpp"))
+
+
+def test_reference_fallback_when_cpp_declines_the_call_warns_once_per_reason(test_ops, no_forcing):
+    """cpp is available but cannot run this call (a float16 tensor): auto's reference is not
+    silent (DESIGN §3); the warning names the reason, once per op and reason, and points at the
+    caller's line; backend="torch" is an explicit choice and says nothing."""
+    test_ops("_t_declined", "cpp", dtypes=(torch.float32, torch.float64))
+    test_ops("_t_declined", "torch")
+    half = {"x": torch.randn(2, dtype=torch.float16)}
+    with pytest.warns(ReferenceFallbackWarning, match="dtype torch.float16 not supported") as rec:
+        assert select_kernel("_t_declined", half).backend == "torch"
+    assert rec[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        select_kernel("_t_declined", half)  # the same reason again: silent
+        assert select_kernel("_t_declined", {"x": torch.randn(2)}).backend == "cpp"
+        assert select_kernel("_t_declined", half, backend="torch").backend == "torch"
+    with pytest.warns(ReferenceFallbackWarning, match="bfloat16"):  # another reason
+        select_kernel("_t_declined", {"x": torch.randn(2, dtype=torch.bfloat16)})
 
 
 def test_reference_fallback_warns_once_when_extension_missing(test_ops, no_forcing, monkeypatch):

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from symkern.backends.registry import BackendUnavailableError, get_backend, select_kernel
+from symkern.backends import registry
+from symkern.backends.registry import (
+    BackendUnavailableError,
+    ReferenceFallbackWarning,
+    get_backend,
+    select_kernel,
+)
 from symkern.mirror import Mirror
 from symkern.ops.mirror import mirror_apply
 from symkern.testing import TRITON_DEVICE, assert_close
@@ -290,10 +296,13 @@ def test_auto_dispatch_is_visible_per_dtype(ext):
     plan = m._plan(th)
     inputs = {"theta": th, "index": plan.index, "value": plan.value, "mode": "reflect"}
     assert select_kernel("mirror_apply", inputs).backend == "cpp"
-    # half precision: the cpp kernel registers float32/float64 only, so auto picks torch
+    # half precision: the cpp kernel registers float32/float64 only, so auto picks torch, and
+    # says so (once per op and reason)
     h = th.half()
     inputs_h = {**inputs, "theta": h, "value": m._plan(h).value}
-    assert select_kernel("mirror_apply", inputs_h).backend == "torch"
+    registry._warned_fallback.clear()
+    with pytest.warns(ReferenceFallbackWarning, match="float16 not supported"):
+        assert select_kernel("mirror_apply", inputs_h).backend == "torch"
     with pytest.raises(BackendUnavailableError, match="dtype torch.float16 not supported"):
         m.reflect(h, backend="cpp")
     ref_r, _, ref_c = dense_reference(m, h)

@@ -19,9 +19,12 @@ backend answers :meth:`Backend.not_supported_reasons` (empty list = can run it):
   falls back. The environment variable does not force the host-side planning step
   ``orbit_labels`` (numpy in, numpy out; cached per representation), which every backend's
   orbit and fixed-point kernels share.
-* Never a silent fallback: when ``auto`` lands on the torch reference for CPU tensors because the
-  C++ extension is missing, a :class:`ReferenceFallbackWarning` is emitted once per op, and
-  ``symkern info`` shows why ``cpp`` is unavailable.
+* Never a silent fallback: when ``auto`` lands on the torch reference although the inputs' fast
+  backend (``cpp`` for CPU tensors, ``triton`` for CUDA tensors) could have run the op — it is
+  unavailable (the C++ extension is missing: ``symkern info`` shows why), has no kernel for the
+  op, or its kernel cannot run this call (a dtype it lacks such as float16, a group action it
+  does not implement) — a :class:`ReferenceFallbackWarning` naming the reasons is emitted once per
+  op and reasons. ``backend="torch"`` chooses the reference without a warning.
 
 A kernel that is not written yet is simply not registered, and the backend says so in its reasons
 ("no 'cpp' kernel for op 'x' is implemented").
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -67,7 +71,8 @@ class NoBackendError(RuntimeError):
 
 
 class ReferenceFallbackWarning(UserWarning):
-    """``auto`` chose the slow torch reference for CPU tensors because ``cpp`` is unavailable."""
+    """``auto`` chose the slow torch reference where the inputs' fast backend (``cpp`` for CPU
+    tensors, ``triton`` for CUDA tensors) is unavailable, lacks the op, or cannot run the call."""
 
 
 @dataclass(frozen=True)
@@ -336,7 +341,7 @@ def select_kernel(
         reasons = be.not_supported_reasons(op, inputs)
         if not reasons:
             if name == "torch":
-                _warn_if_reference_fallback(op, inputs, all_reasons.get("cpp", []))
+                _warn_if_reference_fallback(op, inputs, all_reasons)
             return be.kernel(op)
         all_reasons[name] = reasons
     detail = "\n".join(f"  {n}: " + "; ".join(r) for n, r in all_reasons.items())
@@ -360,18 +365,46 @@ def select_kernel_cached(
     return kernel
 
 
-def _warn_if_reference_fallback(op: str, inputs: Mapping[str, Any], cpp_reasons: list[str]) -> None:
-    on_cpu = all(t.device.type == "cpu" for _, t in _tensors(inputs))
-    if not on_cpu or op in _warned_fallback:
+def _warn_if_reference_fallback(
+    op: str, inputs: Mapping[str, Any], all_reasons: Mapping[str, list[str]]
+) -> None:
+    """Warn (once per op and reasons) that ``auto`` runs ``op`` on the torch reference although
+    the inputs' fast backend exists: ``cpp`` for CPU tensors (and host-side inputs without
+    tensors), ``triton`` for CUDA tensors. Inputs on other or mixed devices have no fast backend."""
+    devices = {t.device.type for _, t in _tensors(inputs)}
+    if devices <= {"cpu"}:
+        fast = "cpp"
+    elif devices == {"cuda"}:
+        fast = "triton"
+    else:
         return
-    if _BACKENDS["cpp"].availability_reasons():
-        _warned_fallback.add(op)
-        warnings.warn(
-            f"symkern: op {op!r} runs on the slow torch reference because the cpp backend is "
-            f"unavailable: {'; '.join(cpp_reasons)}. Run `symkern info` for details.",
-            ReferenceFallbackWarning,
-            stacklevel=4,
-        )
+    reasons = "; ".join(all_reasons.get(fast, [])) or "no reason given"
+    if _BACKENDS[fast].availability_reasons():
+        why = f"the {fast} backend is unavailable: {reasons}. Run `symkern info` for details"
+    elif not _BACKENDS[fast].has_kernel(op):
+        why = f"no {fast} kernel for it is implemented"
+    else:
+        why = f"the {fast} kernel cannot run this call: {reasons}"
+    key = f"{op}: {why}"
+    if key in _warned_fallback:
+        return
+    _warned_fallback.add(key)
+    warnings.warn(
+        f"symkern: op {op!r} runs on the slow torch reference because {why}. "
+        "(backend='torch' chooses the reference without this warning.)",
+        ReferenceFallbackWarning,
+        stacklevel=_caller_stacklevel(),
+    )
+
+
+def _caller_stacklevel() -> int:
+    """The ``warnings.warn`` stacklevel, called from the function that warns, of the first frame
+    outside symkern and torch: the warning points at the user's call, whatever op path led here."""
+    inside = (os.path.dirname(os.path.dirname(__file__)), os.path.dirname(torch.__file__))
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @dataclass

@@ -523,7 +523,8 @@ def particle_steps(
         backend: "auto", "cpp", "triton" or "torch". The cpp kernel runs FA through joint
             equivariance, so only for orthogonal ρ with M_g = ``unit.param_action(ρ, ρ̂)`` and,
             for the matrix unit, permutation matrices ρ̂; other FA calls go to the torch
-            reference under "auto" and raise BackendUnavailableError when cpp is forced.
+            reference under "auto" (with a ReferenceFallbackWarning naming the reason) and raise
+            BackendUnavailableError when cpp is forced.
 
     Ints (steps, batch, seed, step0, snapshot_every) may be Python ints, NumPy integers or
     integer 0-d tensors, not bools. Tensors must be on the CPU or a CUDA device.
