@@ -365,6 +365,102 @@ def test_flat_loss_batchnorm_float64_and_no_side_effects():
     assert g.dtype == F64 and torch.isfinite(g).all() and g.abs().max() > 0
 
 
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Tanh, nn.GELU])
+def test_activation_instance_used_twice_counts_at_each_place(act):
+    """``a = act(); Sequential(lin, a, lin, a, lin)``: named_children listed ``a`` once, so the
+    second pair looked linear and got sign flips / rotations / rescalings through ReLU or GELU
+    (found by an audit). Every structural claim must now hold on the model's loss."""
+    torch.manual_seed(0)
+    a = act()
+    model = nn.Sequential(nn.Linear(3, 5), a, nn.Linear(5, 5), a, nn.Linear(5, 2)).double()
+    assert [(name, len(acts)) for name, _, acts, _ in detect.linear_pairs(model)] == [
+        ("0->2", 1),
+        ("2->4", 1),
+    ]
+    loss = detect.flat_loss(model, nn.functional.mse_loss, *_data(3, 2))
+    found = detect.find_mirrors(model, generator=gen(2))  # structural: no loss
+    assert found["rotation"] == []
+    assert len(found["sign_flip"]) == (10 if act is nn.Tanh else 0)
+    assert len(found["permutation"]) == 20
+    for m in found["permutation"] + found["sign_flip"]:
+        assert m.meta["verified"] is False  # unverified claims say so
+        ok, gap = m.is_symmetric(loss, generator=gen(3))
+        assert ok, (m.meta, gap)
+    rescalings = detect.rescaling_symmetries(model)
+    assert len(rescalings) == (10 if act is nn.ReLU else 0)
+    for r in rescalings:
+        assert r.is_symmetric(loss, generator=gen(4))[0], r.meta
+
+
+def test_nondeterministic_loss_is_refused():
+    """A train-mode Dropout makes the loss random: verification dropped every true mirror and
+    reported none (found by an audit). It is now a ValueError; in eval mode they verify."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Dropout(0.2), nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    loss = detect.flat_loss(model, nn.functional.mse_loss, *_data(3, 2))
+    with pytest.raises(ValueError, match="loss is not deterministic.*model.eval"):
+        detect.find_mirrors(model, loss, generator=gen(1))
+    relu = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    with pytest.raises(ValueError, match="not deterministic"):
+        detect.rescaling_symmetries(relu, loss=lambda t: torch.rand(()))
+    model.eval()
+    found = detect.find_mirrors(model, loss, generator=gen(1))
+    assert len(found["permutation"]) == 6 and len(found["sign_flip"]) == 4
+    assert all(m.meta["verified"] for m in found["permutation"] + found["sign_flip"])
+
+
+@pytest.mark.parametrize("wrap", ["weight_norm", "orthogonal", "spectral_norm"])
+def test_parametrised_layer_pair_is_skipped_with_a_warning(wrap):
+    """A parametrised weight is computed, not a parameter: detection raised a bare KeyError and
+    lost the other pairs too (found by an audit). The pair is skipped, naming it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    getattr(nn.utils.parametrizations, wrap)(model[4])
+    model.double()
+    with pytest.warns(UserWarning, match="layer pair 2->4 skipped: a weight is computed"):
+        found = detect.find_mirrors(model)
+    assert {m.meta["layer"] for m in found["permutation"]} == {"0->2"}
+    with pytest.warns(UserWarning, match="2->4 skipped"):
+        assert {r.meta["layer"] for r in detect.rescaling_symmetries(model)} == {"0->2"}
+
+
+def test_no_pair_found_warns_that_only_sequentials_are_searched():
+    class Net(nn.Module):  # an MLP written without nn.Sequential
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Linear(3, 4), nn.Linear(4, 2)])
+
+        def forward(self, x):
+            return self.layers[1](torch.tanh(self.layers[0](x)))
+
+    with pytest.warns(UserWarning, match="searches nn.Sequential containers only"):
+        assert detect.find_mirrors(Net()) == {"permutation": [], "sign_flip": [], "rotation": []}
+    with warnings.catch_warnings():  # one Linear: nothing to pair, nothing to say
+        warnings.simplefilter("error")
+        assert detect.find_mirrors(nn.Sequential(nn.Linear(3, 2), nn.Tanh()))["permutation"] == []
+
+
+def test_flat_loss_leaves_theta_alone_when_a_module_writes_its_weights():
+    """nn.Embedding(max_norm=...) renormalises its rows in place: it wrote into the caller's θ
+    (and raised for a θ requiring grad), breaking "without side effects" (found by an audit)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(5, 3, max_norm=1.0), nn.Flatten(), nn.Linear(6, 1)).double()
+    x, y = torch.tensor([[0, 3], [4, 1]]), torch.randn(2, 1, dtype=F64)
+    loss = detect.flat_loss(model, nn.functional.mse_loss, x, y)
+    theta = 5 * torch.randn(detect._dim(model), dtype=F64)
+    before = theta.clone()
+    loss(theta)
+    assert torch.equal(theta, before)
+    g = torch.func.grad(loss)(theta.requires_grad_())
+    assert torch.isfinite(g).all() and torch.equal(theta.detach(), before)
+
+
+def test_rotation_normals_are_checked_naming_the_argument():
+    model = nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2)).double()
+    with pytest.raises(ValueError, match=r"normals: each must be a tensor of shape \(h=5,\)"):
+        detect.rotation_mirrors(model, normals=[torch.ones(4, dtype=F64) / 2])
+
+
 def test_tied_layer_pair_is_skipped_with_a_warning():
     """W₂ = W₁ (tied): a neuron's coordinates overlap, so no neuron swap / sign flip / rescaling
     / rotation is a coordinate symmetry: the pair is skipped with one warning naming it (it used

@@ -31,9 +31,23 @@ also holds, e.g. ``net[2].weight = net[0].weight``) is skipped by all the detect
 UserWarning naming it: a neuron's coordinates then overlap (or move another layer too), so none
 of these maps is a coordinate symmetry of the loss.
 
-With ``loss`` given, each mirror is verified by :meth:`Mirror.is_symmetric` on random θ
-(float64); mirrors that fail are dropped (``on_fail="drop"``) or raise (``on_fail="raise"``).
-The measured gap is stored in ``mirror.meta["gap"]``.
+A pair whose layer is parametrised (``torch.nn.utils.parametrize``: weight_norm, orthogonal,
+spectral_norm; the old hook-based weight_norm / spectral_norm) is skipped the same way: its
+weight is computed from other parameters, so it has no coordinates of its own in θ. When the
+model has Linear layers but no pair is found (detection searches ``nn.Sequential`` containers
+only; a Dropout or normalisation layer between the Linears ends a pair), a UserWarning says so.
+
+Without ``loss`` the claims are **structural**: they hold when each detected Sequential is used
+as a whole — its hidden layer read by nothing else (no skip connection from it, no slice such as
+``net[:-1]`` feeding another head) and its weights used nowhere else (e.g. a decoder applying
+``F.linear(h, enc.weight.t())``). Such uses are invisible to module inspection; every returned
+object then has ``meta["verified"] = False``. With ``loss`` given, each one is verified by
+:meth:`Mirror.is_symmetric` on random θ (float64; ``meta["verified"] = True``, the measured gap
+in ``meta["gap"]``); those that fail are dropped (``on_fail="drop"``) or raise
+(``on_fail="raise"``). The loss must be deterministic: it is first evaluated twice at one θ, and
+a ValueError says so when the two values differ (e.g. Dropout in train mode: call
+``model.eval()``). Random θ and normals come from ``generator`` (default: torch's global one,
+which they then advance, like any torch sampler).
 """
 
 from __future__ import annotations
@@ -119,9 +133,10 @@ def flat_loss(
 
     The loss is the model's as it is in its current train / eval mode (BatchNorm in train mode
     normalises with the batch statistics, in eval mode with its running ones; the mode is read
-    at each call), evaluated without side effects: each call runs on copies of the model's
-    buffers (floating ones cast to θ's dtype, integer ones such as ``num_batches_tracked`` as
-    they are), so the running statistics of the model are never updated.
+    at each call), evaluated without side effects: each call runs on copies of θ's parts and of
+    the model's buffers (floating ones cast to θ's dtype, integer ones such as
+    ``num_batches_tracked`` as they are), so neither θ nor the running statistics of the model
+    are ever updated.
     """
     _check_model(model)
     if not callable(loss_fn):
@@ -148,7 +163,9 @@ def flat_loss(
         if not theta.is_floating_point():
             raise TypeError(f"theta must be a floating tensor, got dtype {theta.dtype}")
         parts = torch.split(theta, numels)
-        params = {n: t.view(s) for n, t, s in zip(names, parts, shapes, strict=True)}
+        # copies: a module may write its parameters in place (nn.Embedding's max_norm
+        # renormalises rows), which must not change the caller's theta
+        params = {n: t.reshape(s).clone() for n, t, s in zip(names, parts, shapes, strict=True)}
         for n, b in buffers.items():  # copies: a train-mode BatchNorm updates them in place
             dtype = theta.dtype if b.is_floating_point() else b.dtype
             params[n] = b.detach().to(dtype=dtype, copy=True)
@@ -162,13 +179,18 @@ def flat_loss(
 
 def linear_pairs(model: nn.Module) -> list[tuple[str, nn.Linear, list[nn.Module], nn.Linear]]:
     """(name, first, activations, second) for each Linear → [elementwise]* → Linear inside any
-    nn.Sequential of the model."""
+    nn.Sequential of the model.
+
+    The entries of a Sequential are read as its forward runs them: a module instance registered
+    twice (``act = nn.ReLU(); nn.Sequential(lin1, act, lin2, act, lin3)``) counts at each place
+    (``named_children`` lists it once, which hid the second ReLU and made lin2 → lin3 look
+    linear)."""
     _check_model(model)
     out = []
     for sname, seq in model.named_modules():
         if not isinstance(seq, nn.Sequential):
             continue
-        kids = list(seq.named_children())
+        kids = [(n, m) for n, m in seq._modules.items() if m is not None]
         for a, (na, m) in enumerate(kids):
             if not isinstance(m, nn.Linear):
                 continue
@@ -192,15 +214,35 @@ def _tied(model: nn.Module, params: Sequence[torch.Tensor]) -> list[str]:
     for mname, mod in model.named_modules(remove_duplicate=False):
         for pname, p in mod.named_parameters(recurse=False):
             users.setdefault(id(p), []).append(f"{mname}.{pname}".lstrip("."))
-    return [" = ".join(users[id(p)]) for p in params if len(users.get(id(p), ())) > 1]
+    shared = {id(p): p for p in params if len(users.get(id(p), ())) > 1}  # each tensor once
+    return [" = ".join(users[i]) for i in shared]
 
 
 def _untied_pairs(model: nn.Module) -> list[tuple[str, nn.Linear, list[nn.Module], nn.Linear]]:
     """:func:`linear_pairs` less the pairs with tied weights (see the module docstring), each
     skipped one reported by a UserWarning."""
     out = []
-    for name, first, acts, second in linear_pairs(model):
+    pairs = linear_pairs(model)
+    if not pairs and sum(isinstance(m, nn.Linear) for m in model.modules()) >= 2:
+        warnings.warn(
+            "no Linear → [elementwise activation]* → Linear pair found: mirror detection "
+            "searches nn.Sequential containers only, and a Dropout or normalisation layer "
+            "between two Linears ends a pair",
+            UserWarning,
+            stacklevel=3,
+        )
+    layout = param_layout(model)
+    for name, first, acts, second in pairs:
         params = [first.weight, second.weight] + ([first.bias] if first.bias is not None else [])
+        if any(id(p) not in layout for p in params):  # computed: parametrize, old weight_norm
+            warnings.warn(
+                f"layer pair {name} skipped: a weight is computed from other parameters "
+                "(a parametrisation such as weight_norm), so its neurons have no coordinates "
+                "of their own in θ",
+                UserWarning,
+                stacklevel=3,
+            )
+            continue
         tied = _tied(model, params)
         if tied:
             warnings.warn(
@@ -230,8 +272,25 @@ def _neuron_blocks(layout, first: nn.Linear, second: nn.Linear) -> list[torch.Te
     return [blocks[i] for i in range(h)]
 
 
+def _check_deterministic(loss, d: int, generator, rtol: float) -> None:
+    """A loss that differs between two calls at one θ would fail (or pass) every check by chance:
+    refuse it (train-mode Dropout, a loss that samples)."""
+    with torch.no_grad():
+        p = torch.randn(d, generator=generator, dtype=torch.float64)
+        a, b = _loss_value(loss(p)), _loss_value(loss(p))
+    gap = abs(a - b) / max(abs(a), abs(b), 1e-30)
+    if not gap <= rtol:  # NaN too
+        raise ValueError(
+            f"loss is not deterministic: two calls at the same theta gave {a!r} and {b!r}, so "
+            "no symmetry can be verified on it (Dropout in train mode? call model.eval(), or "
+            "fix the loss's randomness)"
+        )
+
+
 def _verify(mirrors, loss, on_fail, trials, generator, rtol):
     if loss is None:
+        for m in mirrors:
+            m.meta["verified"] = False
         return mirrors
     if on_fail not in ("drop", "raise"):
         raise ValueError(f"on_fail must be 'drop' or 'raise', got {on_fail!r}")
@@ -239,6 +298,8 @@ def _verify(mirrors, loss, on_fail, trials, generator, rtol):
         raise TypeError("loss must be callable: theta (d,) -> scalar")
     trials = _check_trials(trials)
     rtol = _check_tol(rtol, "rtol")
+    if mirrors:
+        _check_deterministic(loss, mirrors[0].d, generator, rtol)
     kept = []
     for m in mirrors:
         ok, gap = m.is_symmetric(loss, trials=trials, generator=generator, rtol=rtol)
@@ -264,8 +325,9 @@ def permutation_mirrors(
     max_pairs: int | None = None,
 ) -> list[Mirror]:
     """Neuron-swap mirrors for every pair i < j of every detected hidden layer (any elementwise
-    activation). ``max_pairs`` (None: no cap, else an int >= 0) caps the number per layer (first
-    pairs in lexicographic order)."""
+    activation): h(h − 1)/2 per layer of width h (32 640 at h = 256; verifying each costs
+    2 × ``trials`` loss evaluations). ``max_pairs`` (None: no cap, else an int >= 0) caps the
+    number per layer (first pairs in lexicographic order)."""
     if max_pairs is not None:
         max_pairs = as_int(max_pairs, "max_pairs", minimum=0)
     layout, d = param_layout(model), _dim(model)
@@ -456,6 +518,13 @@ def rotation_mirrors(
         if ns is None:
             z = torch.randn(h, generator=generator, dtype=torch.float64)
             ns = [z / z.norm()]
+        for n in ns:
+            if not isinstance(n, torch.Tensor) or n.shape != (h,):
+                got = tuple(n.shape) if isinstance(n, torch.Tensor) else type(n).__name__
+                raise ValueError(
+                    f"normals: each must be a tensor of shape (h={h},) for layer pair {name}, "
+                    f"got {got}"
+                )
         pa = [(first.weight, 0)] + ([(first.bias, 0)] if first.bias is not None else [])
         pa.append((second.weight, 1))
         for n in ns:
