@@ -243,6 +243,49 @@ def test_orbit_mean_t2_alternating(compare, smoke):
     )
 
 
+SMALL_CASES = {  # name: (representation, batch): a layer's worth of input, per-call cost
+    "S5_T2_perm_32x25": (lambda: symkern.groups.symmetric(5).tensor_power(2), 32),
+    "SO3_T2_lowrank_32x9": (lambda: symkern.groups.so3().tensor_power(2), 32),
+}
+
+
+@pytest.mark.parametrize("case", list(SMALL_CASES))
+def test_public_op_small_input_per_call(compare, smoke, case):
+    """The public ``symkern.project_fixed`` on a small input (a layer's batch inside a model):
+    the call's fixed cost, not bandwidth. Baselines: the torch code a user would write (orbit
+    ids + index_add for a permutation rep, Q (Qᵀ x) with the same basis for SO(3)), and the same
+    call through symkern's torch.library custom op (``through_custom_op``, the route every call
+    took before 2026-11-24 and autograd / torch.compile calls still take: ~100 µs of dispatch)."""
+    from symkern.ops.fixed_point import _basis_on, _project_lowrank_op  # noqa: PLC0415
+    from symkern.ops.orbit import _orbit_mean_op, orbit_plan  # noqa: PLC0415
+
+    make, B = SMALL_CASES[case]
+    rep = make()
+    x = _x(B, rep.dim)
+    if rep.is_finite:
+        plan = orbit_plan(rep, x.dtype, x.device)
+        tensors = (plan.orbit_id, plan.coef, plan.inv_size, plan.order, plan.seg_start)
+        natural = lambda: torch_orbit_mean(x, plan)  # noqa: E731
+        through_op = lambda: _orbit_mean_op(x, *tensors, "cpp")  # noqa: E731
+    else:
+        Q = _basis_on(rep, x.dtype, x.device)
+        natural = lambda: (x @ Q) @ Q.T  # noqa: E731
+        through_op = lambda: _project_lowrank_op(x, Q, "cpp")  # noqa: E731
+    run = lambda: symkern.project_fixed(x, rep, backend="cpp")  # noqa: E731
+    ref = symkern.project_fixed(x.double(), rep, backend="torch")
+
+    def check():
+        for fn in (run, natural, through_op):
+            _check_close(fn(), ref)
+
+    compare.benchmark.extra_info.update(B=B, D=rep.dim)
+    info = compare(
+        run, baselines={"torch_natural": natural, "through_custom_op": through_op}, check=check
+    )
+    if info:
+        compare.benchmark.extra_info["symkern_us_per_call"] = info["symkern_ms"] * 1e3
+
+
 def tensor_power_generators(gens: np.ndarray, power: int) -> np.ndarray:
     """Generators of a perm rep acting on index tuples (i_1, ..., i_p), row-major."""
     n = gens.shape[1]

@@ -469,3 +469,31 @@ def test_integer_inputs_never_truncate_the_plan():
     with pytest.raises(TypeError, match="c must be a floating tensor, got dtype torch.int64"):
         Mirror.dense(O).expand(torch.ones(2, dtype=torch.long))
     assert Mirror.dense(O).expand(torch.ones(2, dtype=F64)).tolist() == [0.6, 0.8, 1.0, 0.0]
+
+
+def test_plain_eager_mirror_calls_run_the_kernel_without_the_custom_op(monkeypatch):
+    """As for the orbit ops: a plain eager call without autograd runs the kernel directly (half
+    the cost of Mirror.reflect on a small θ); autograd goes through the op, with the same
+    numbers."""
+    import symkern.ops.mirror as mirror_module
+
+    op, calls = mirror_module._mirror_apply_op, []
+
+    def spy(*args):
+        calls.append(args[-1])
+        return op(*args)
+
+    monkeypatch.setattr(mirror_module, "_mirror_apply_op", spy)
+    m = make_mirror("rescaling_pairs", 13)
+    th = torch.randn(4, 13, generator=gen(11), dtype=F64)
+    ref_r, ref_p, ref_c = dense_reference(m, th)
+    assert_close(m.reflect(th), ref_r)
+    assert_close(m.project(th), ref_p)
+    assert_close(m.coefficients(th), ref_c)
+    assert calls == []
+    tg = th.clone().requires_grad_()
+    r = m.reflect(tg)
+    assert calls == ["cpp"]
+    assert_close(r, ref_r)
+    r.backward(torch.ones_like(r))  # the reflection is symmetric: its VJP is itself
+    assert_close(tg.grad, dense_reference(m, torch.ones_like(th))[0])

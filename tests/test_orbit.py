@@ -525,3 +525,50 @@ def test_half_precision_on_gpu(name, dtype):
     out = symkern.orbit_average(x, rep, backend="triton")
     assert out.dtype == dtype
     assert_close(out, reference_average(x, rep), scale=x.abs().max().item())
+
+
+@pytest.mark.parametrize("kind", ["perm", "lowrank"])
+def test_plain_eager_calls_run_the_kernel_without_the_custom_op(kind, monkeypatch):
+    """A plain eager call that records no autograd runs the backend kernel directly: the custom
+    op's dispatch cost ~100 µs per call, more than the kernel on a small input. Calls that need
+    the op — autograd, fake tensors (what torch.compile / export trace) — still go through it,
+    and every route gives the same numbers."""
+    import symkern.ops.fixed_point as fixed_point_module
+    import symkern.ops.orbit as orbit_module
+
+    module, name = (
+        (orbit_module, "_orbit_mean_op")
+        if kind == "perm"
+        else (fixed_point_module, "_project_lowrank_op")
+    )
+    rep = groups.symmetric(4) if kind == "perm" else groups.so2().tensor_power(2)
+    op, calls = getattr(module, name), []
+
+    def spy(*args):
+        calls.append(args[-1])  # the backend the op was given
+        return op(*args)
+
+    monkeypatch.setattr(module, name, spy)
+    x = torch.randn(5, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ref = symkern.project_fixed(x, rep, dim=-1, backend="torch")
+    assert calls == []  # the torch backend's direct call: no op either
+    for backend in ("auto", "cpp"):
+        assert_close(symkern.orbit_average(x, rep, backend=backend), ref, rtol=1e-12, atol=1e-12)
+    out = torch.empty_like(x)
+    assert symkern.project_fixed(x, rep, out=out) is out
+    assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    xg = x.clone().requires_grad_()
+    with torch.no_grad():  # requires grad, but nothing is recorded
+        assert_close(symkern.orbit_average(xg, rep), ref, rtol=1e-12, atol=1e-12)
+    assert calls == []
+    y = symkern.orbit_average(xg, rep)  # autograd: the op (and its backward: the op again)
+    assert calls == ["cpp"] and y.requires_grad
+    assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    y.backward(torch.ones_like(y))
+    assert calls == ["cpp", "cpp"]
+    assert_close(xg.grad, symkern.project_fixed(torch.ones_like(x), rep), rtol=1e-12, atol=1e-12)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:  # torch.compile traces with it
+        fake = symkern.orbit_average(mode.from_tensor(x), rep)
+    assert fake.shape == x.shape and len(calls) == 3

@@ -71,15 +71,16 @@ def orbit_mean(x: torch.Tensor, plan, out: torch.Tensor | None = None) -> torch.
     B, D = x.shape
     if out is None:
         out = torch.empty((B, D), dtype=x.dtype)
-    _C.orbit_mean(
-        _np(x),
-        _np_as(plan.orbit_id, torch.int64),
-        _np_as(plan.coef, x.dtype),
-        _np_as(plan.inv_size, x.dtype),
-        _np_as(plan.order, torch.int64),
-        _np_as(plan.seg_start, torch.int64),
-        out.numpy(),
-    )
+    plan_arrays = plan.host_arrays.get(("cpp", x.dtype))
+    if plan_arrays is None:  # the plan's tensors never change: their views are made once
+        plan_arrays = plan.host_arrays[("cpp", x.dtype)] = (
+            _np_as(plan.orbit_id, torch.int64),
+            _np_as(plan.coef, x.dtype),
+            _np_as(plan.inv_size, x.dtype),
+            _np_as(plan.order, torch.int64),
+            _np_as(plan.seg_start, torch.int64),
+        )
+    _C.orbit_mean(_np(x), *plan_arrays, out.numpy())
     return out
 
 

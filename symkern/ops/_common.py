@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from symkern._checks import all_finite, as_int
 from symkern.backends.registry import select_kernel
@@ -53,8 +54,11 @@ def normalize_dim(x: torch.Tensor, dim: int, size: int, *, arg: str = "x") -> in
 def as_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, tuple[int, ...]]:
     """View ``x`` as (B, D) rows with ``dim`` last; also return the moved shape to undo it.
 
-    No copy when the layout allows it: a strided 2-D view goes to the kernels as is.
+    No copy when the layout allows it: a strided 2-D view goes to the kernels as is (a 2-D x
+    along its last axis is its own rows: no view ops, ~8 µs per call less).
     """
+    if dim == x.dim() - 1:
+        return (x if x.dim() == 2 else x.reshape(-1, x.shape[-1])), tuple(x.shape)
     moved = x.movedim(dim, -1)
     return moved.reshape(-1, moved.shape[-1]), tuple(moved.shape)
 
@@ -119,7 +123,35 @@ def check_out_memory(out: torch.Tensor, x: torch.Tensor) -> None:
 
 
 def from_rows(rows: torch.Tensor, moved_shape: tuple[int, ...], dim: int) -> torch.Tensor:
-    return rows.reshape(moved_shape).movedim(-1, dim)
+    """Undo :func:`as_rows` on a result computed from its rows."""
+    if rows.shape != moved_shape:
+        rows = rows.reshape(moved_shape)
+    return rows if dim == len(moved_shape) - 1 else rows.movedim(-1, dim)
+
+
+def plain_eager_call(*tensors: torch.Tensor | None) -> bool:
+    """Whether an op may run its backend kernel directly instead of through its torch.library
+    custom op: plain tensors (no subclass such as a fake or functional tensor, none on the meta
+    device) in plain eager mode (not compiling, no torch function / dispatch mode, no torch.func
+    transform) with no autograd to record. The custom op's dispatch costs ~100 µs per call on a
+    2-core CPU (measured 2026-11-24: orbit_average of a 32 × 25 tensor 150–210 µs, the kernel
+    ~4 µs); it does what a plain eager call without autograd does not need: autograd, and the
+    fake / meta implementations that torch.compile, export and opcheck trace through. The
+    kernel, and so the result, is the same either way."""
+    if (
+        torch.compiler.is_compiling()
+        or torch._C._is_torch_function_mode_enabled()
+        or torch._C._are_functorch_transforms_active()
+        or is_in_torch_dispatch_mode()
+    ):
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is None:
+            continue
+        if type(t) is not torch.Tensor or t.is_meta or (grad and t.requires_grad):
+            return False
+    return True
 
 
 def rep_cache(rep: Representation) -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from symkern.backends.registry import select_kernel
+from symkern.backends.registry import select_kernel, select_kernel_cached
 from symkern.groups import Representation
 from symkern.ops._common import (
     as_rows,
@@ -29,6 +29,7 @@ from symkern.ops._common import (
     custom_op,
     from_rows,
     normalize_dim,
+    plain_eager_call,
     rep_cache,
     resolve_backend,
     rows_view,
@@ -136,6 +137,32 @@ def _basis_on(rep: Representation, dtype: torch.dtype, device: torch.device) -> 
 
 
 # --- the registered op: symkern::project_lowrank -------------------------------------------------
+_KERNEL_CHOICE: dict = {}  # _project_lowrank's direct calls: the kernel per dtype, device, backend
+
+
+def _project_lowrank(
+    rows: torch.Tensor, basis: torch.Tensor, backend: str, out_rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(rows Q) Qᵀ for (B, D) rows and the cached basis Q on their device and dtype: into
+    ``out_rows`` when given (not differentiable then: the caller checks); the kernel directly
+    for a plain eager call without autograd (see :func:`plain_eager_call`), else the op."""
+    inputs = {"x": rows, "basis": basis}
+    if plain_eager_call(rows, out_rows):
+        kernel = select_kernel_cached(
+            _KERNEL_CHOICE,
+            "project_lowrank",
+            inputs,
+            backend,
+            key=(rows.dtype, rows.device, basis.shape[1]),  # triton declines a large rank k
+        )
+        if out_rows is not None:
+            check_out_memory(out_rows, rows)
+        return kernel.fn(rows, basis, out_rows)
+    backend = resolve_backend("project_lowrank", inputs, backend)
+    if out_rows is None:
+        return _project_lowrank_op(rows, basis, backend)
+    _project_lowrank_out_op(rows, basis, backend, out_rows)
+    return out_rows
 
 
 @custom_op("symkern::project_lowrank", mutates_args=())
@@ -192,8 +219,7 @@ def reynolds(
     dim = normalize_dim(x, dim, rep.dim)
     rows, moved_shape = as_rows(x, dim)
     basis = _basis_on(rep, x.dtype, x.device)
-    backend = resolve_backend("project_lowrank", {"x": rows, "basis": basis}, backend)
-    return from_rows(_project_lowrank_op(rows, basis, backend), moved_shape, dim)
+    return from_rows(_project_lowrank(rows, basis, backend), moved_shape, dim)
 
 
 def _reynolds_into(
@@ -208,9 +234,7 @@ def _reynolds_into(
     if _is_perm_like(rep):
         apply_orbit_mean(rows, orbit_plan(rep, x.dtype, x.device), backend, out_rows)
     else:
-        basis = _basis_on(rep, x.dtype, x.device)
-        backend = resolve_backend("project_lowrank", {"x": rows, "basis": basis}, backend)
-        _project_lowrank_out_op(rows, basis, backend, out_rows)
+        _project_lowrank(rows, _basis_on(rep, x.dtype, x.device), backend, out_rows)
     return out
 
 

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import torch
 
 from symkern.backends.registry import select_kernel
-from symkern.ops._common import check_float_tensor, custom_op, resolve_backend
+from symkern.ops._common import check_float_tensor, custom_op, plain_eager_call, resolve_backend
 
 __all__ = ["MODES", "MirrorPlan", "make_mirror_plan", "mirror_apply"]
 
@@ -227,7 +227,10 @@ def mirror_apply(
             )
         shift_rows = shift.reshape(-1, k).contiguous()
     args = (rows, shift_rows, plan.index, plan.value, plan.dense_t, plan.rest, mode, plan.disjoint)
-    backend = resolve_backend("mirror_apply", _inputs(*args), backend)
-    out, c = _mirror_apply_op(*args, backend)
+    if plain_eager_call(rows, shift_rows):  # the kernel itself, without the op's dispatch
+        out, c = select_kernel("mirror_apply", _inputs(*args), backend).fn(*args)
+    else:
+        backend = resolve_backend("mirror_apply", _inputs(*args), backend)
+        out, c = _mirror_apply_op(*args, backend)
     out = None if mode == "coefficients" else out.reshape(theta.shape)
     return out, c.reshape(*batch, k)

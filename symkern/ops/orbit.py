@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from symkern._checks import as_int
-from symkern.backends.registry import select_kernel
+from symkern.backends.registry import select_kernel, select_kernel_cached
 from symkern.groups import PermRep, Representation, SignedPermRep
 from symkern.ops._common import (
     as_rows,
@@ -39,6 +39,7 @@ from symkern.ops._common import (
     custom_op,
     from_rows,
     normalize_dim,
+    plain_eager_call,
     rep_cache,
     resolve_backend,
 )
@@ -134,6 +135,8 @@ def orbit_plan(rep: Representation, dtype: torch.dtype, device: torch.device) ->
 
 
 # --- the registered op: symkern::orbit_mean ------------------------------------------------------
+_KERNEL_CHOICE: dict = {}  # apply_orbit_mean's direct calls: the kernel per dtype, device, backend
+
 # Plan tensors travel as explicit arguments so torch.compile / opcheck see a pure tensor op. The
 # backend is chosen inside (at run time, from the real tensors); "auto" follows the registry rules.
 
@@ -201,6 +204,13 @@ def apply_orbit_mean(
     """The orbit mean of (B, D) ``rows`` with a plan already on their device and dtype; written
     into ``out_rows`` (B, D) and returned when given (not differentiable then: the caller
     checks)."""
+    if plain_eager_call(rows, out_rows):  # the kernel itself, without the op's dispatch
+        kernel = select_kernel_cached(
+            _KERNEL_CHOICE, "orbit_mean", {"x": rows}, backend, key=(rows.dtype, rows.device)
+        )
+        if out_rows is not None:
+            check_out_memory(out_rows, rows)
+        return kernel.fn(rows, plan, out_rows)
     backend = resolve_backend("orbit_mean", {"x": rows}, backend)
     plan_tensors = (plan.orbit_id, plan.coef, plan.inv_size, plan.order, plan.seg_start)
     if out_rows is None:

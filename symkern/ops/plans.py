@@ -12,7 +12,7 @@ projection onto E^G, computed in O(B·D) whatever |G| is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ class OrbitPlan:
     ``order``     int64 (D,)   coordinates sorted by orbit (stable): orbit o is
                                ``order[seg_start[o]:seg_start[o + 1]]``
     ``seg_start`` int64 (K+1,) segment offsets into ``order``
+
+    ``host_arrays``: a backend's own views of these tensors (the cpp backend's numpy views, built
+    once per cached plan instead of on every call).
     """
 
     dim: int
@@ -40,6 +43,7 @@ class OrbitPlan:
     inv_size: torch.Tensor
     order: torch.Tensor
     seg_start: torch.Tensor
+    host_arrays: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def make_orbit_plan(
