@@ -130,14 +130,14 @@ def from_rows(rows: torch.Tensor, moved_shape: tuple[int, ...], dim: int) -> tor
 
 
 def plain_eager_call(*tensors: torch.Tensor | None) -> bool:
-    """Whether an op may run its backend kernel directly instead of through its torch.library
-    custom op: plain tensors (no subclass such as a fake or functional tensor, none on the meta
-    device) in plain eager mode (not compiling, no torch function / dispatch mode, no torch.func
-    transform) with no autograd to record. The custom op's dispatch costs ~100 µs per call on a
-    2-core CPU (measured 2026-11-24: orbit_average of a 32 × 25 tensor 150–210 µs, the kernel
-    ~4 µs); it does what a plain eager call without autograd does not need: autograd, and the
-    fake / meta implementations that torch.compile, export and opcheck trace through. The
-    kernel, and so the result, is the same either way."""
+    """Whether an op may run its backend kernel directly (with :class:`EagerSymmetricOp` for
+    autograd) instead of through its torch.library custom op: plain tensors (no subclass such as
+    a fake or functional tensor, none on the meta device) in plain eager mode (not compiling, no
+    torch function / dispatch mode, no torch.func transform). The custom op's dispatch costs
+    ~100 µs per call on a 2-core CPU (measured 2026-11-24: orbit_average of a 32 × 25 tensor
+    150–210 µs, the kernel ~4 µs); what it adds is needed only by torch.compile, export and
+    opcheck, which trace the op's fake implementation. The kernel, and so the result, is the
+    same either way."""
     if (
         torch.compiler.is_compiling()
         or torch._C._is_torch_function_mode_enabled()
@@ -145,13 +145,28 @@ def plain_eager_call(*tensors: torch.Tensor | None) -> bool:
         or is_in_torch_dispatch_mode()
     ):
         return False
-    grad = torch.is_grad_enabled()
-    for t in tensors:
-        if t is None:
-            continue
-        if type(t) is not torch.Tensor or t.is_meta or (grad and t.requires_grad):
-            return False
-    return True
+    return all(t is None or (type(t) is torch.Tensor and not t.is_meta) for t in tensors)
+
+
+def records_autograd(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd would record an op on these tensors."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+class EagerSymmetricOp(torch.autograd.Function):
+    """``apply(x)`` with autograd in eager mode, for a linear map that is its own adjoint (the
+    orthogonal projections onto E^G: the orbit mean, Q Qᵀ): the vector-Jacobian product is the
+    map applied to the gradient, recorded again for higher derivatives. ``apply`` must be the
+    backend kernel on plain tensors, with no autograd of its own."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, apply: Callable[[torch.Tensor], torch.Tensor]):
+        ctx.apply_map = apply
+        return apply(x.detach())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return EagerSymmetricOp.apply(grad.contiguous(), ctx.apply_map), None
 
 
 def rep_cache(rep: Representation) -> dict:

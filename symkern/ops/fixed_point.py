@@ -20,6 +20,7 @@ import torch
 from symkern.backends.registry import select_kernel, select_kernel_cached
 from symkern.groups import Representation
 from symkern.ops._common import (
+    EagerSymmetricOp,
     as_rows,
     build_cold_cache,
     check_float_tensor,
@@ -30,6 +31,7 @@ from symkern.ops._common import (
     from_rows,
     normalize_dim,
     plain_eager_call,
+    records_autograd,
     rep_cache,
     resolve_backend,
     rows_view,
@@ -145,7 +147,7 @@ def _project_lowrank(
 ) -> torch.Tensor:
     """(rows Q) Qᵀ for (B, D) rows and the cached basis Q on their device and dtype: into
     ``out_rows`` when given (not differentiable then: the caller checks); the kernel directly
-    for a plain eager call without autograd (see :func:`plain_eager_call`), else the op."""
+    for a plain eager call (see :func:`plain_eager_call`), else the op."""
     inputs = {"x": rows, "basis": basis}
     if plain_eager_call(rows, out_rows):
         kernel = select_kernel_cached(
@@ -157,6 +159,8 @@ def _project_lowrank(
         )
         if out_rows is not None:
             check_out_memory(out_rows, rows)
+        elif records_autograd(rows):  # the basis is a constant of the representation
+            return EagerSymmetricOp.apply(rows, lambda r: kernel.fn(r, basis))
         return kernel.fn(rows, basis, out_rows)
     backend = resolve_backend("project_lowrank", inputs, backend)
     if out_rows is None:

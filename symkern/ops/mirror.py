@@ -33,7 +33,13 @@ from typing import Any, NamedTuple
 import torch
 
 from symkern.backends.registry import select_kernel
-from symkern.ops._common import check_float_tensor, custom_op, plain_eager_call, resolve_backend
+from symkern.ops._common import (
+    check_float_tensor,
+    custom_op,
+    plain_eager_call,
+    records_autograd,
+    resolve_backend,
+)
 
 __all__ = ["MODES", "MirrorPlan", "make_mirror_plan", "mirror_apply"]
 
@@ -143,26 +149,51 @@ def _mirror_apply_setup(ctx, inputs, output):
     ctx.has_shift = shift is not None
 
 
-def _mirror_apply_backward(ctx, g_out, g_c):
-    # The map (θ, b) ↦ (out, c) is symmetric (module docstring): its VJP is the op itself.
-    index, value, dense_t, rest = ctx.saved_tensors
-    mode, disjoint, backend = ctx.static
-    none = (None,) * 7
+def _mirror_vjp(apply, mode, theta_shape, has_shift, g_out, g_c):
+    """(g_θ, g_b) of (out, c) = mirror_apply(θ, b, mode), by ``apply(θ, b, mode) -> (out, c)``
+    itself: the map (θ, b) ↦ (out, c) is symmetric (module docstring), so its VJP is the map."""
     if mode == "coefficients":
         if g_c is None:
-            return (None, None) + none
-        zeros = g_c.new_zeros(ctx.theta_shape)
-        g_theta, _ = _mirror_apply_op(
-            zeros, g_c.contiguous(), index, value, dense_t, rest, "project", disjoint, backend
-        )
-        return (g_theta, None) + none
+            return None, None
+        g_theta, _ = apply(g_c.new_zeros(theta_shape), g_c.contiguous(), "project")
+        return g_theta, None
     if g_out is None:
-        g_out = g_c.new_zeros(ctx.theta_shape)
-    shift = None if g_c is None else g_c.contiguous()
-    g_theta, g_shift = _mirror_apply_op(
-        g_out, shift, index, value, dense_t, rest, mode, disjoint, backend
-    )
-    return (g_theta, g_shift if ctx.has_shift else None) + none
+        g_out = g_c.new_zeros(theta_shape)
+    g_theta, g_shift = apply(g_out, None if g_c is None else g_c.contiguous(), mode)
+    return g_theta, g_shift if has_shift else None
+
+
+def _mirror_apply_backward(ctx, g_out, g_c):
+    index, value, dense_t, rest = ctx.saved_tensors
+    mode, disjoint, backend = ctx.static
+
+    def apply(theta, shift, mode):
+        return _mirror_apply_op(theta, shift, index, value, dense_t, rest, mode, disjoint, backend)
+
+    return _mirror_vjp(apply, mode, ctx.theta_shape, ctx.has_shift, g_out, g_c) + (None,) * 7
+
+
+class _EagerMirrorApply(torch.autograd.Function):
+    """mirror_apply with autograd in eager mode through the backend kernel directly (see
+    :func:`symkern.ops._common.plain_eager_call`); ``run(θ, b, mode) -> (out, c)`` runs the
+    kernel on plain tensors. The backward is the same map (:func:`_mirror_vjp`), recorded again
+    for higher derivatives."""
+
+    @staticmethod
+    def forward(ctx, theta, shift, mode, run):
+        ctx.run, ctx.mode, ctx.theta_shape = run, mode, tuple(theta.shape)
+        ctx.has_shift = shift is not None
+        return run(theta.detach(), None if shift is None else shift.detach(), mode)
+
+    @staticmethod
+    def backward(ctx, g_out, g_c):
+        def apply(theta, shift, mode):
+            return _EagerMirrorApply.apply(theta, shift, mode, ctx.run)
+
+        return _mirror_vjp(apply, ctx.mode, ctx.theta_shape, ctx.has_shift, g_out, g_c) + (
+            None,
+            None,
+        )
 
 
 _mirror_apply_op.register_autograd(_mirror_apply_backward, setup_context=_mirror_apply_setup)
@@ -228,7 +259,16 @@ def mirror_apply(
         shift_rows = shift.reshape(-1, k).contiguous()
     args = (rows, shift_rows, plan.index, plan.value, plan.dense_t, plan.rest, mode, plan.disjoint)
     if plain_eager_call(rows, shift_rows):  # the kernel itself, without the op's dispatch
-        out, c = select_kernel("mirror_apply", _inputs(*args), backend).fn(*args)
+        if records_autograd(rows, shift_rows):
+
+            def run(theta, shift, mode):  # chosen per mode: triton's choice depends on it
+                a = (theta, shift, plan.index, plan.value, plan.dense_t, plan.rest, mode)
+                a += (plan.disjoint,)
+                return select_kernel("mirror_apply", _inputs(*a), backend).fn(*a)
+
+            out, c = _EagerMirrorApply.apply(rows, shift_rows, mode, run)
+        else:
+            out, c = select_kernel("mirror_apply", _inputs(*args), backend).fn(*args)
     else:
         backend = resolve_backend("mirror_apply", _inputs(*args), backend)
         out, c = _mirror_apply_op(*args, backend)

@@ -31,6 +31,7 @@ from symkern._checks import as_int
 from symkern.backends.registry import select_kernel, select_kernel_cached
 from symkern.groups import PermRep, Representation, SignedPermRep
 from symkern.ops._common import (
+    EagerSymmetricOp,
     as_rows,
     build_cold_cache,
     check_float_tensor,
@@ -40,6 +41,7 @@ from symkern.ops._common import (
     from_rows,
     normalize_dim,
     plain_eager_call,
+    records_autograd,
     rep_cache,
     resolve_backend,
 )
@@ -210,6 +212,8 @@ def apply_orbit_mean(
         )
         if out_rows is not None:
             check_out_memory(out_rows, rows)
+        elif records_autograd(rows):
+            return EagerSymmetricOp.apply(rows, lambda r: kernel.fn(r, plan))
         return kernel.fn(rows, plan, out_rows)
     backend = resolve_backend("orbit_mean", {"x": rows}, backend)
     plan_tensors = (plan.orbit_id, plan.coef, plan.inv_size, plan.order, plan.seg_start)
