@@ -1042,6 +1042,47 @@ def test_model_output_propagates_nan(backend_case, unit, dtype):
     assert torch.isfinite(out[[0, 2, 3, 4]]).all(), out
 
 
+def test_model_output_eager_skips_the_custom_ops_and_refuses_second_derivatives(monkeypatch):
+    """Eager model_output runs the kernels directly (the custom ops' dispatch doubled its cost
+    on small inputs); fake tensors (torch.compile) still take the op. First-order only, like the
+    op: a second derivative, or a gradient penalty built on create_graph=True gradients, raises
+    a clear error instead of silently contributing nothing."""
+    import symkern.ops.particles as particles_module
+    from symkern.ops.particles import model_output
+
+    op, calls = particles_module._particle_forward_op, []
+
+    def spy(*args):
+        calls.append(args[-1])
+        return op(*args)
+
+    monkeypatch.setattr(particles_module, "_particle_forward_op", spy)
+    unit = MatrixUnit(2, 2)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    theta = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    out = model_output(x, theta, unit)
+    assert_close(out, unit.output(x, theta))
+    assert torch.autograd.gradcheck(lambda a, b: model_output(a, b, unit), (x, theta))
+    assert calls == []
+    grad_theta, grad_x = torch.autograd.grad(model_output(x, theta, unit).sum(), (theta, x),
+                                             create_graph=True)  # fmt: skip
+    ref_theta, ref_x = torch.autograd.grad(unit.output(x, theta).sum(), (theta, x))
+    assert_close(grad_theta, ref_theta)  # the first derivatives are right under create_graph
+    assert_close(grad_x, ref_x)
+    with pytest.raises(RuntimeError, match="first-order gradients only"):
+        torch.autograd.grad(grad_theta.sum(), theta)
+    penalty = model_output(x, theta, unit).pow(2).sum() + grad_x.pow(2).sum()
+    with pytest.raises(RuntimeError, match="first-order gradients only"):
+        penalty.backward()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    xd, td = x.detach(), theta.detach()
+    with FakeTensorMode() as mode:
+        fake = model_output(mode.from_tensor(xd), mode.from_tensor(td), unit)
+    assert fake.shape == (6, 2) and calls == ["cpp"]
+
+
 def test_model_output_bad_inputs():
     from symkern.ops.particles import model_output
 

@@ -26,6 +26,7 @@ from symkern.meanfield.units import Unit, _check_pos_int, check_unit, unit_from_
 from symkern.ops._common import (
     custom_op,
     per_item,
+    plain_eager_call,
     rep_cache,
     require_finite,
     resolve_backend,
@@ -675,6 +676,44 @@ _particle_forward_op.register_autograd(
 )
 
 
+class _EagerParticleForward(torch.autograd.Function):
+    """model_output in eager mode through the backend kernels directly (the custom ops' dispatch
+    costs ~100 µs per call: see :func:`symkern.ops._common.plain_eager_call`). First-order
+    gradients only, like the op: a second derivative raises."""
+
+    @staticmethod
+    def forward(ctx, x, theta, unit, backend):
+        ctx.save_for_backward(x, theta)
+        ctx.unit, ctx.backend = unit, backend
+        kernel = select_kernel("particle_forward", {"x": x, "theta": theta}, backend)
+        return kernel.fn(x.detach(), theta.detach(), unit)
+
+    @staticmethod
+    def backward(ctx, grad_phi):
+        x, theta = ctx.saved_tensors
+        kernel = select_kernel("particle_forward_backward", {"x": x, "theta": theta}, ctx.backend)
+        with torch.no_grad():
+            grad_theta, grad_x = kernel.fn(x, theta, ctx.unit, grad_phi.contiguous())
+        grads = grad_x.contiguous(), grad_theta.contiguous()
+        if torch.is_grad_enabled():  # create_graph=True: the gradients are not constants, and
+            # differentiating them raises (once_differentiable would return constants here,
+            # and a gradient penalty built on them would silently contribute nothing). Each is
+            # tied to its input by a where that keeps its values, so that a derivative with
+            # respect to x or θ reaches the error.
+            never = torch.zeros((), dtype=torch.bool, device=x.device)
+            tied = [
+                torch.where(never, src, g) if src.requires_grad else g.detach().requires_grad_()
+                for g, src in zip(grads, (x, theta), strict=True)
+            ]
+            raise_on_backward = torch._C._functions.DelayedError(
+                b"model_output has first-order gradients only: its gradient cannot be "
+                b"differentiated again (no double backward)",
+                2,
+            )
+            grads = raise_on_backward(*tied)
+        return (*grads, None, None)
+
+
 def model_output(
     x: torch.Tensor, theta: torch.Tensor, unit: Unit, backend: str = "auto"
 ) -> torch.Tensor:
@@ -717,6 +756,8 @@ def model_output(
     if x.dtype != theta.dtype or x.device != theta.device:
         raise ValueError("x and theta must share dtype and device")
     backend = resolve_backend("particle_forward", {"x": x, "theta": theta}, backend)
+    if plain_eager_call(x, theta):  # the kernels themselves, without the ops' dispatch
+        return _EagerParticleForward.apply(x.contiguous(), theta.contiguous(), unit, backend)
     return _particle_forward_op(
         x.contiguous(), theta.contiguous(), unit.code, unit.activation_code, unit.c, unit.d,
         backend,
