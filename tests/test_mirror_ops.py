@@ -508,3 +508,31 @@ def test_plain_eager_mirror_calls_run_the_kernel_without_the_custom_op(monkeypat
         )
     assert torch.autograd.gradcheck(lambda t: mirror_apply(t, plan, "coefficients")[1], (t2,))
     assert calls == []
+
+
+def test_torch_func_transforms():
+    """torch.func on the Mirror ops (grad, jvp, vmap incl. a vmapped shift only, jacrev =
+    jacfwd in θ and b), against the dense reflection."""
+    F = torch.func
+    m = make_mirror("rescaling_pairs", 13)
+    g = gen(13)
+    th, tt = (torch.randn(2, 13, generator=g, dtype=F64) for _ in range(2))
+    O = m.to_dense()
+    R = torch.eye(13, dtype=F64) - 2 * O @ O.T
+    assert_close(F.grad(lambda a: (m.reflect(a) ** 2).sum())(th), 2 * (th @ R) @ R)
+    assert_close(F.jvp(m.reflect, (th,), (tt,))[1], tt @ R)
+    ths = torch.randn(4, 2, 13, generator=g, dtype=F64)
+    assert_close(F.vmap(m.reflect)(ths), ths @ R)
+    assert_close(F.vmap(m.coefficients)(ths), ths @ O)
+    plan = m._plan(th)
+    b = torch.randn(2, plan.k, generator=g, dtype=F64)
+    bs = torch.randn(3, 2, plan.k, generator=g, dtype=F64)
+    got = F.vmap(lambda s: mirror_apply(th, plan, "project", shift=s)[0])(bs)
+    assert_close(got, th - (th @ O - bs) @ O.T)  # out = θ + O(b − c)
+
+    def out(a, s):
+        return mirror_apply(a, plan, "reflect", shift=s)[0]
+
+    for rev, fwd in zip(F.jacrev(out, argnums=(0, 1))(th, b), F.jacfwd(out, argnums=(0, 1))(th, b),
+                        strict=True):  # fmt: skip
+        assert_close(rev, fwd)

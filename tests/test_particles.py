@@ -1083,6 +1083,37 @@ def test_model_output_eager_skips_the_custom_ops_and_refuses_second_derivatives(
     assert fake.shape == (6, 2) and calls == ["cpp"]
 
 
+def test_model_output_torch_func_transforms():
+    """torch.func grad / vmap (over inputs, over particle sets, per-sample gradients) / jacrev
+    of model_output against the plain torch formula; jvp and second derivatives raise."""
+    F = torch.func
+    from symkern.ops.particles import model_output
+
+    unit = StandardUnit(3, 2, "tanh")
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    theta = torch.randn(7, unit.D, generator=g, dtype=torch.float64)
+    assert_close(F.grad(lambda p: model_output(x, p, unit).sum())(theta),
+                 F.grad(lambda p: unit.output(x, p).sum())(theta))  # fmt: skip
+    thetas = torch.randn(3, 7, unit.D, generator=g, dtype=torch.float64)
+    assert_close(F.vmap(lambda p: model_output(x, p, unit))(thetas),
+                 torch.stack([unit.output(x, p) for p in thetas]))  # fmt: skip
+    xs = torch.randn(4, 5, 3, generator=g, dtype=torch.float64)
+    assert_close(F.vmap(lambda a: model_output(a, theta, unit))(xs),
+                 torch.stack([unit.output(a, theta) for a in xs]))  # fmt: skip
+    per_sample = F.vmap(F.grad(lambda xi, p: model_output(xi[None], p, unit).sum(), argnums=1),
+                        in_dims=(0, None))(x, theta)  # fmt: skip
+    want = F.vmap(F.grad(lambda xi, p: unit.output(xi[None], p).sum(), argnums=1),
+                  in_dims=(0, None))(x, theta)  # fmt: skip
+    assert_close(per_sample, want)
+    assert_close(F.jacrev(lambda a: model_output(a, theta, unit))(x),
+                 F.jacrev(lambda a: unit.output(a, theta))(x))  # fmt: skip
+    with pytest.raises(NotImplementedError, match="jvp"):
+        F.jvp(lambda a: model_output(a, theta, unit), (x,), (x,))
+    with pytest.raises(RuntimeError, match="first-order gradients only"):
+        F.jacrev(F.grad(lambda p: model_output(x, p, unit).sum()))(theta)
+
+
 def test_model_output_bad_inputs():
     from symkern.ops.particles import model_output
 

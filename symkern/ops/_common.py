@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.autograd import forward_ad
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from symkern._checks import all_finite, as_int
-from symkern.backends.registry import select_kernel
+from symkern.backends.registry import select_kernel, select_kernel_cached
 from symkern.groups import Representation
 
 
@@ -129,44 +130,107 @@ def from_rows(rows: torch.Tensor, moved_shape: tuple[int, ...], dim: int) -> tor
     return rows if dim == len(moved_shape) - 1 else rows.movedim(-1, dim)
 
 
-def plain_eager_call(*tensors: torch.Tensor | None) -> bool:
-    """Whether an op may run its backend kernel directly (with :class:`EagerSymmetricOp` for
-    autograd) instead of through its torch.library custom op: plain tensors (no subclass such as
-    a fake or functional tensor, none on the meta device) in plain eager mode (not compiling, no
-    torch function / dispatch mode, no torch.func transform). The custom op's dispatch costs
-    ~100 µs per call on a 2-core CPU (measured 2026-11-24: orbit_average of a 32 × 25 tensor
-    150–210 µs, the kernel ~4 µs); what it adds is needed only by torch.compile, export and
-    opcheck, which trace the op's fake implementation. The kernel, and so the result, is the
-    same either way."""
+def eager_route(*tensors: torch.Tensor | None) -> str | None:
+    """How an op call may run its backend kernel without its torch.library custom op:
+
+    * ``"plain"``: plain eager mode — the kernel directly (through an autograd.Function when
+      autograd records the call: :func:`records_autograd`);
+    * ``"transform"``: inside a torch.func transform (grad, vmap, jvp, jacrev, ...) — through the
+      op's autograd.Function, which implements the transforms (see :class:`EagerSymmetricOp`);
+    * ``None``: the custom op — under torch.compile / export (which trace its fake
+      implementation), a torch function or dispatch mode, or for a tensor subclass (fake,
+      functional) or a meta tensor.
+
+    The custom op's dispatch costs ~50–100 µs per call on a 2-core CPU (measured 2026-11-24:
+    orbit_average of a 32 × 25 tensor 80–210 µs through it, the kernel ~4 µs). The kernel, and
+    so the result, is the same on every route."""
     if (
         torch.compiler.is_compiling()
         or torch._C._is_torch_function_mode_enabled()
-        or torch._C._are_functorch_transforms_active()
         or is_in_torch_dispatch_mode()
+        or not all(t is None or (type(t) is torch.Tensor and not t.is_meta) for t in tensors)
     ):
-        return False
-    return all(t is None or (type(t) is torch.Tensor and not t.is_meta) for t in tensors)
+        return None
+    return "transform" if torch._C._are_functorch_transforms_active() else "plain"
 
 
 def records_autograd(*tensors: torch.Tensor | None) -> bool:
-    """Whether autograd would record an op on these tensors."""
+    """Whether autograd would record an op on these tensors: reverse mode (a tensor requires
+    grad, grad mode on), or forward mode (inside ``torch.autograd.forward_ad.dual_level()``,
+    where any tensor may carry a tangent; the op's autograd.Function then computes or refuses
+    the tangent, where a bare kernel call would silently drop it)."""
+    if getattr(forward_ad, "_current_level", -1) >= 0:
+        return True
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def rows_under_vmap(t: torch.Tensor | None, bdim: int | None, n: int) -> torch.Tensor | None:
+    """A (B, D) argument of a row-wise op under vmap, as (n B, D) rows: its vmapped dimension
+    (``bdim``; None: not vmapped, expanded) moved first and merged into the rows."""
+    if t is None:
+        return None
+    t = t.expand(n, *t.shape) if bdim is None else t.movedim(bdim, 0)
+    return t.reshape(-1, t.shape[-1])
+
+
 class EagerSymmetricOp(torch.autograd.Function):
-    """``apply(x)`` with autograd in eager mode, for a linear map that is its own adjoint (the
-    orthogonal projections onto E^G: the orbit mean, Q Qᵀ): the vector-Jacobian product is the
-    map applied to the gradient, recorded again for higher derivatives. ``apply`` must be the
-    backend kernel on plain tensors, with no autograd of its own."""
+    """``apply(x)`` with autograd for a linear map on (B, D) rows that is its own adjoint (the
+    orthogonal projections onto E^G: the orbit mean, Q Qᵀ): the vector-Jacobian product and the
+    forward-mode tangent are the map applied to the gradient / tangent (recorded again, so
+    higher derivatives work), and under vmap the vmapped rows join the batch. Written in
+    torch.func style (``setup_context``), so torch.func.grad / vmap / jvp / jacrev / hessian work.
+    ``apply`` must be the backend kernel on plain tensors, with no autograd of its own."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, apply: Callable[[torch.Tensor], torch.Tensor]):
-        ctx.apply_map = apply
+    def forward(x: torch.Tensor, apply: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         return apply(x.detach())
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.apply_map = inputs[1]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         return EagerSymmetricOp.apply(grad.contiguous(), ctx.apply_map), None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: torch.Tensor, _apply_tangent: None) -> torch.Tensor:
+        return EagerSymmetricOp.apply(x_tangent.contiguous(), ctx.apply_map)
+
+    @staticmethod
+    def vmap(info, in_dims, x, apply):
+        rows = rows_under_vmap(x, in_dims[0], info.batch_size)
+        out = EagerSymmetricOp.apply(rows, apply)
+        return out.reshape(info.batch_size, rows.shape[0] // info.batch_size, out.shape[-1]), 0
+
+
+def run_projection(
+    op: str,
+    inputs: dict[str, Any],
+    backend: str,
+    out_rows: torch.Tensor | None,
+    kernel_call: Callable[[Any, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    via_op: Callable[[str], torch.Tensor],
+    choice_cache: dict,
+    key: tuple,
+) -> torch.Tensor:
+    """The dispatch of the projections onto E^G (the orbit mean, Q Qᵀ) on (B, D) rows
+    ``inputs["x"]``: ``kernel_call(kernel, rows, out_rows)`` on the routes of :func:`eager_route`
+    (autograd and torch.func by :class:`EagerSymmetricOp`; ``out_rows``: written into, checked,
+    no autograd), else ``via_op(backend)``, the custom op with the resolved backend name.
+    ``choice_cache`` / ``key``: the kernel choice is remembered per key (what the backends'
+    checks read: dtype, device, ...)."""
+    rows = inputs["x"]
+    route = eager_route(rows, out_rows)
+    if route == "plain" or (route == "transform" and out_rows is None):
+        kernel = select_kernel_cached(choice_cache, op, inputs, backend, key=key)
+        if out_rows is not None:
+            check_out_memory(out_rows, rows)
+            return kernel_call(kernel, rows, out_rows)
+        if route == "transform" or records_autograd(rows):
+            return EagerSymmetricOp.apply(rows, lambda r: kernel_call(kernel, r, None))
+        return kernel_call(kernel, rows, None)
+    return via_op(resolve_backend(op, inputs, backend))
 
 
 def rep_cache(rep: Representation) -> dict:
@@ -192,7 +256,9 @@ def build_cold_cache(what: str, rep: Representation, build: Callable[[], Any]) -
     the error the user sees; without, dynamo gives up on the frame and runs it eagerly, where we
     get here again, not tracing, and build through ``torch._dynamo.disable`` (recursive: dynamo
     would otherwise compile each frame the build calls). torch._dynamo is looked up, not imported:
-    it is always imported while anything is compiled, and importing it costs seconds.
+    it is always imported while anything is compiled, and importing it costs seconds. Inside a
+    torch.func transform the build runs with the transforms disabled: it makes constants of the
+    representation, never functions of the transformed inputs.
     """
     if torch.compiler.is_compiling():
         raise RuntimeError(
@@ -202,7 +268,8 @@ def build_cold_cache(what: str, rep: Representation, build: Callable[[], Any]) -
         )
     dynamo = sys.modules.get("torch._dynamo")
     disable = getattr(dynamo, "disable", None)
-    return build() if disable is None else disable(build)()
+    with torch._C._DisableFuncTorch():
+        return build() if disable is None else disable(build)()
 
 
 def custom_op(name: str, *, mutates_args: Sequence[str]) -> Callable[[Callable], Any]:

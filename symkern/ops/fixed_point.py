@@ -17,10 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from symkern.backends.registry import select_kernel, select_kernel_cached
+from symkern.backends.registry import select_kernel
 from symkern.groups import Representation
 from symkern.ops._common import (
-    EagerSymmetricOp,
     as_rows,
     build_cold_cache,
     check_float_tensor,
@@ -30,11 +29,9 @@ from symkern.ops._common import (
     custom_op,
     from_rows,
     normalize_dim,
-    plain_eager_call,
-    records_autograd,
     rep_cache,
-    resolve_backend,
     rows_view,
+    run_projection,
 )
 from symkern.ops.orbit import _is_perm_like, _rows_orbit_mean, apply_orbit_mean, orbit_plan
 
@@ -121,8 +118,7 @@ def _cached_basis(rep: Representation) -> torch.Tensor:
     cache = rep_cache(rep)
     if "basis" not in cache:
         basis = _perm_basis(rep) if _is_perm_like(rep) else _matrix_basis(rep)
-        basis.requires_grad_(False)
-        cache["basis"] = basis
+        cache["basis"] = basis.detach()  # a constant (never part of a caller's graph)
     return cache["basis"]
 
 
@@ -145,28 +141,26 @@ _KERNEL_CHOICE: dict = {}  # _project_lowrank's direct calls: the kernel per dty
 def _project_lowrank(
     rows: torch.Tensor, basis: torch.Tensor, backend: str, out_rows: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """(rows Q) Qᵀ for (B, D) rows and the cached basis Q on their device and dtype: into
-    ``out_rows`` when given (not differentiable then: the caller checks); the kernel directly
-    for a plain eager call (see :func:`plain_eager_call`), else the op."""
-    inputs = {"x": rows, "basis": basis}
-    if plain_eager_call(rows, out_rows):
-        kernel = select_kernel_cached(
-            _KERNEL_CHOICE,
-            "project_lowrank",
-            inputs,
-            backend,
-            key=(rows.dtype, rows.device, basis.shape[1]),  # triton declines a large rank k
-        )
-        if out_rows is not None:
-            check_out_memory(out_rows, rows)
-        elif records_autograd(rows):  # the basis is a constant of the representation
-            return EagerSymmetricOp.apply(rows, lambda r: kernel.fn(r, basis))
-        return kernel.fn(rows, basis, out_rows)
-    backend = resolve_backend("project_lowrank", inputs, backend)
-    if out_rows is None:
-        return _project_lowrank_op(rows, basis, backend)
-    _project_lowrank_out_op(rows, basis, backend, out_rows)
-    return out_rows
+    """(rows Q) Qᵀ for (B, D) rows and the cached basis Q (a constant of the representation) on
+    their device and dtype: into ``out_rows`` when given (not differentiable then: the caller
+    checks); routes as :func:`symkern.ops._common.run_projection`."""
+
+    def via_op(backend: str) -> torch.Tensor:
+        if out_rows is None:
+            return _project_lowrank_op(rows, basis, backend)
+        _project_lowrank_out_op(rows, basis, backend, out_rows)
+        return out_rows
+
+    return run_projection(
+        "project_lowrank",
+        {"x": rows, "basis": basis},
+        backend,
+        out_rows,
+        lambda kernel, x, out: kernel.fn(x, basis, out),
+        via_op,
+        _KERNEL_CHOICE,
+        (rows.dtype, rows.device, basis.shape[1]),  # triton declines a large rank k
+    )
 
 
 @custom_op("symkern::project_lowrank", mutates_args=())

@@ -36,9 +36,10 @@ from symkern.backends.registry import select_kernel
 from symkern.ops._common import (
     check_float_tensor,
     custom_op,
-    plain_eager_call,
+    eager_route,
     records_autograd,
     resolve_backend,
+    rows_under_vmap,
 )
 
 __all__ = ["MODES", "MirrorPlan", "make_mirror_plan", "mirror_apply"]
@@ -152,9 +153,9 @@ def _mirror_apply_setup(ctx, inputs, output):
 def _mirror_vjp(apply, mode, theta_shape, has_shift, g_out, g_c):
     """(g_θ, g_b) of (out, c) = mirror_apply(θ, b, mode), by ``apply(θ, b, mode) -> (out, c)``
     itself: the map (θ, b) ↦ (out, c) is symmetric (module docstring), so its VJP is the map."""
+    if g_c is None and (g_out is None or mode == "coefficients"):  # nothing flows back
+        return None, None
     if mode == "coefficients":
-        if g_c is None:
-            return None, None
         g_theta, _ = apply(g_c.new_zeros(theta_shape), g_c.contiguous(), "project")
         return g_theta, None
     if g_out is None:
@@ -174,26 +175,45 @@ def _mirror_apply_backward(ctx, g_out, g_c):
 
 
 class _EagerMirrorApply(torch.autograd.Function):
-    """mirror_apply with autograd in eager mode through the backend kernel directly (see
-    :func:`symkern.ops._common.plain_eager_call`); ``run(θ, b, mode) -> (out, c)`` runs the
-    kernel on plain tensors. The backward is the same map (:func:`_mirror_vjp`), recorded again
-    for higher derivatives."""
+    """mirror_apply with autograd through the backend kernel directly (the routes of
+    :func:`symkern.ops._common.eager_route`); ``run(θ, b, mode) -> (out, c)`` runs the kernel on
+    plain (M, d) / (M, k) rows. The map (θ, b) ↦ (out, c) is linear and symmetric, so its VJP
+    (:func:`_mirror_vjp`) and its forward-mode tangent are the map itself, recorded again for
+    higher derivatives; under vmap the vmapped rows join the batch. Written in torch.func style
+    (``setup_context``), so torch.func.grad / vmap / jvp / jacrev work."""
 
     @staticmethod
-    def forward(ctx, theta, shift, mode, run):
-        ctx.run, ctx.mode, ctx.theta_shape = run, mode, tuple(theta.shape)
-        ctx.has_shift = shift is not None
+    def forward(theta, shift, mode, run):
         return run(theta.detach(), None if shift is None else shift.detach(), mode)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        theta, shift, ctx.mode, ctx.run = inputs
+        ctx.theta_shape, ctx.has_shift = tuple(theta.shape), shift is not None
+        ctx.set_materialize_grads(False)  # _mirror_vjp takes a missing gradient as zero
 
     @staticmethod
     def backward(ctx, g_out, g_c):
         def apply(theta, shift, mode):
             return _EagerMirrorApply.apply(theta, shift, mode, ctx.run)
 
-        return _mirror_vjp(apply, ctx.mode, ctx.theta_shape, ctx.has_shift, g_out, g_c) + (
-            None,
-            None,
-        )
+        return (*_mirror_vjp(apply, ctx.mode, ctx.theta_shape, ctx.has_shift, g_out, g_c), None,
+                None)  # fmt: skip
+
+    @staticmethod
+    def jvp(ctx, theta_tangent, shift_tangent, _mode, _run):
+        if theta_tangent is None:  # only b carries a tangent: θ's is zero
+            theta_tangent = shift_tangent.new_zeros(ctx.theta_shape)
+        return _EagerMirrorApply.apply(theta_tangent.contiguous(), shift_tangent, ctx.mode, ctx.run)
+
+    @staticmethod
+    def vmap(info, in_dims, theta, shift, mode, run):
+        n = info.batch_size
+        theta_rows = rows_under_vmap(theta, in_dims[0], n)
+        shift_rows = rows_under_vmap(shift, in_dims[1], n)
+        out, c = _EagerMirrorApply.apply(theta_rows, shift_rows, mode, run)
+        m = theta_rows.shape[0] // n  # (out is (M, 0) for "coefficients": no -1 in the shapes)
+        return (out.reshape(n, m, out.shape[-1]), c.reshape(n, m, c.shape[-1])), (0, 0)
 
 
 _mirror_apply_op.register_autograd(_mirror_apply_backward, setup_context=_mirror_apply_setup)
@@ -258,17 +278,17 @@ def mirror_apply(
             )
         shift_rows = shift.reshape(-1, k).contiguous()
     args = (rows, shift_rows, plan.index, plan.value, plan.dense_t, plan.rest, mode, plan.disjoint)
-    if plain_eager_call(rows, shift_rows):  # the kernel itself, without the op's dispatch
-        if records_autograd(rows, shift_rows):
+    route = eager_route(rows, shift_rows)  # the kernel itself, without the op's dispatch
+    if route == "transform" or (route == "plain" and records_autograd(rows, shift_rows)):
 
-            def run(theta, shift, mode):  # chosen per mode: triton's choice depends on it
-                a = (theta, shift, plan.index, plan.value, plan.dense_t, plan.rest, mode)
-                a += (plan.disjoint,)
-                return select_kernel("mirror_apply", _inputs(*a), backend).fn(*a)
+        def run(theta, shift, mode):  # chosen per mode: triton's choice depends on it
+            a = (theta, shift, plan.index, plan.value, plan.dense_t, plan.rest, mode)
+            a += (plan.disjoint,)
+            return select_kernel("mirror_apply", _inputs(*a), backend).fn(*a)
 
-            out, c = _EagerMirrorApply.apply(rows, shift_rows, mode, run)
-        else:
-            out, c = select_kernel("mirror_apply", _inputs(*args), backend).fn(*args)
+        out, c = _EagerMirrorApply.apply(rows, shift_rows, mode, run)
+    elif route == "plain":
+        out, c = select_kernel("mirror_apply", _inputs(*args), backend).fn(*args)
     else:
         backend = resolve_backend("mirror_apply", _inputs(*args), backend)
         out, c = _mirror_apply_op(*args, backend)

@@ -28,10 +28,9 @@ import numpy as np
 import torch
 
 from symkern._checks import as_int
-from symkern.backends.registry import select_kernel, select_kernel_cached
+from symkern.backends.registry import select_kernel
 from symkern.groups import PermRep, Representation, SignedPermRep
 from symkern.ops._common import (
-    EagerSymmetricOp,
     as_rows,
     build_cold_cache,
     check_float_tensor,
@@ -40,10 +39,8 @@ from symkern.ops._common import (
     custom_op,
     from_rows,
     normalize_dim,
-    plain_eager_call,
-    records_autograd,
     rep_cache,
-    resolve_backend,
+    run_projection,
 )
 from symkern.ops.plans import OrbitPlan, make_orbit_plan
 
@@ -206,21 +203,24 @@ def apply_orbit_mean(
     """The orbit mean of (B, D) ``rows`` with a plan already on their device and dtype; written
     into ``out_rows`` (B, D) and returned when given (not differentiable then: the caller
     checks)."""
-    if plain_eager_call(rows, out_rows):  # the kernel itself, without the op's dispatch
-        kernel = select_kernel_cached(
-            _KERNEL_CHOICE, "orbit_mean", {"x": rows}, backend, key=(rows.dtype, rows.device)
-        )
-        if out_rows is not None:
-            check_out_memory(out_rows, rows)
-        elif records_autograd(rows):
-            return EagerSymmetricOp.apply(rows, lambda r: kernel.fn(r, plan))
-        return kernel.fn(rows, plan, out_rows)
-    backend = resolve_backend("orbit_mean", {"x": rows}, backend)
-    plan_tensors = (plan.orbit_id, plan.coef, plan.inv_size, plan.order, plan.seg_start)
-    if out_rows is None:
-        return _orbit_mean_op(rows, *plan_tensors, backend)
-    _orbit_mean_out_op(rows, *plan_tensors, backend, out_rows)
-    return out_rows
+
+    def via_op(backend: str) -> torch.Tensor:
+        plan_tensors = (plan.orbit_id, plan.coef, plan.inv_size, plan.order, plan.seg_start)
+        if out_rows is None:
+            return _orbit_mean_op(rows, *plan_tensors, backend)
+        _orbit_mean_out_op(rows, *plan_tensors, backend, out_rows)
+        return out_rows
+
+    return run_projection(
+        "orbit_mean",
+        {"x": rows},
+        backend,
+        out_rows,
+        lambda kernel, x, out: kernel.fn(x, plan, out),
+        via_op,
+        _KERNEL_CHOICE,
+        (rows.dtype, rows.device),
+    )
 
 
 def orbit_average(

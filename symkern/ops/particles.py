@@ -25,11 +25,12 @@ from symkern.meanfield.problem import SCHEMES, ParticleProblem
 from symkern.meanfield.units import Unit, _check_pos_int, check_unit, unit_from_codes
 from symkern.ops._common import (
     custom_op,
+    eager_route,
     per_item,
-    plain_eager_call,
     rep_cache,
     require_finite,
     resolve_backend,
+    rows_under_vmap,
 )
 
 __all__ = [
@@ -677,41 +678,78 @@ _particle_forward_op.register_autograd(
 
 
 class _EagerParticleForward(torch.autograd.Function):
-    """model_output in eager mode through the backend kernels directly (the custom ops' dispatch
-    costs ~100 µs per call: see :func:`symkern.ops._common.plain_eager_call`). First-order
-    gradients only, like the op: a second derivative raises."""
+    """model_output through the backend kernels directly (the routes of
+    :func:`symkern.ops._common.eager_route`: the custom ops' dispatch costs ~100 µs per call).
+    First-order gradients only, like the op: a second derivative raises, and so does a
+    forward-mode tangent (no jvp). Written in torch.func style (``setup_context``): under vmap, a
+    batch of inputs is one call on all its rows, a batch of particle sets one call per set."""
 
     @staticmethod
-    def forward(ctx, x, theta, unit, backend):
-        ctx.save_for_backward(x, theta)
-        ctx.unit, ctx.backend = unit, backend
+    def forward(x, theta, unit, backend):
         kernel = select_kernel("particle_forward", {"x": x, "theta": theta}, backend)
         return kernel.fn(x.detach(), theta.detach(), unit)
 
     @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, theta, ctx.unit, ctx.backend = inputs
+        ctx.save_for_backward(x, theta)
+
+    @staticmethod
+    def vmap(info, in_dims, x, theta, unit, backend):
+        n, (x_dim, theta_dim) = info.batch_size, in_dims[:2]
+        if theta_dim is None:
+            rows = rows_under_vmap(x, x_dim, n)
+            out = _EagerParticleForward.apply(rows, theta, unit, backend)
+            return out.reshape(n, rows.shape[0] // n, out.shape[-1]), 0
+        xs = x.expand(n, *x.shape) if x_dim is None else x.movedim(x_dim, 0)
+        thetas = theta.movedim(theta_dim, 0)
+        outs = [_EagerParticleForward.apply(xs[i].contiguous(), thetas[i].contiguous(), unit,
+                                            backend) for i in range(n)]  # fmt: skip
+        return torch.stack(outs), 0
+
+    @staticmethod
     def backward(ctx, grad_phi):
         x, theta = ctx.saved_tensors
-        kernel = select_kernel("particle_forward_backward", {"x": x, "theta": theta}, ctx.backend)
-        with torch.no_grad():
-            grad_theta, grad_x = kernel.fn(x, theta, ctx.unit, grad_phi.contiguous())
-        grads = grad_x.contiguous(), grad_theta.contiguous()
-        if torch.is_grad_enabled():  # create_graph=True: the gradients are not constants, and
-            # differentiating them raises (once_differentiable would return constants here,
-            # and a gradient penalty built on them would silently contribute nothing). Each is
-            # tied to its input by a where that keeps its values, so that a derivative with
-            # respect to x or θ reaches the error.
-            never = torch.zeros((), dtype=torch.bool, device=x.device)
-            tied = [
-                torch.where(never, src, g) if src.requires_grad else g.detach().requires_grad_()
-                for g, src in zip(grads, (x, theta), strict=True)
-            ]
-            raise_on_backward = torch._C._functions.DelayedError(
-                b"model_output has first-order gradients only: its gradient cannot be "
-                b"differentiated again (no double backward)",
-                2,
-            )
-            grads = raise_on_backward(*tied)
-        return (*grads, None, None)
+        grad_theta, grad_x = _EagerParticleGradients.apply(x, theta, grad_phi, ctx.unit,
+                                                           ctx.backend)  # fmt: skip
+        return grad_x, grad_theta, None, None
+
+
+class _EagerParticleGradients(torch.autograd.Function):
+    """(∂/∂θ, ∂/∂x) of ⟨grad_phi, Φ_θ(x)⟩ by the backend's backward kernel: model_output's
+    backward as a function of its own, so that torch.func can run it on unwrapped tensors, and
+    so that differentiating the gradients (create_graph=True, a gradient penalty, hessian)
+    raises instead of treating them as constants."""
+
+    @staticmethod
+    def forward(x, theta, grad_phi, unit, backend):
+        kernel = select_kernel("particle_forward_backward", {"x": x, "theta": theta}, backend)
+        grad_theta, grad_x = kernel.fn(x.detach(), theta.detach(), unit,
+                                       grad_phi.detach().contiguous())  # fmt: skip
+        return grad_theta.contiguous(), grad_x.contiguous()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            "model_output has first-order gradients only: its gradient cannot be differentiated "
+            "again (no double backward)"
+        )
+
+    @staticmethod
+    def vmap(info, in_dims, x, theta, grad_phi, unit, backend):
+        def item(t, dim, i):
+            return t if dim is None else t.select(dim, i).contiguous()
+
+        pairs = [
+            _EagerParticleGradients.apply(item(x, in_dims[0], i), item(theta, in_dims[1], i),
+                                          item(grad_phi, in_dims[2], i), unit, backend)
+            for i in range(info.batch_size)
+        ]  # fmt: skip
+        return (torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])), (0, 0)
 
 
 def model_output(
@@ -721,9 +759,9 @@ def model_output(
 
     x (B, d), theta (N, D) (float32 / float64, same device) → (B, c). Fused kernels never keep a
     B×N activation buffer: the backward recomputes activations. Use it to plug a mean-field model
-    into your own training loop (first-order gradients through ``torch.autograd``; no double
-    backward, and not under ``torch.func`` transforms, which torch 2.13 refuses for custom ops
-    with a registered backward — pytorch#168393). NaN is not
+    into your own training loop (first-order gradients through ``torch.autograd`` and
+    ``torch.func.grad`` / ``vjp`` / ``vmap`` / ``jacrev``; a second derivative or a forward-mode
+    tangent raises). NaN is not
     checked: it propagates (a NaN in x_b makes row b of the output NaN; one in θ_i, every row).
 
     Example::
@@ -756,7 +794,9 @@ def model_output(
     if x.dtype != theta.dtype or x.device != theta.device:
         raise ValueError("x and theta must share dtype and device")
     backend = resolve_backend("particle_forward", {"x": x, "theta": theta}, backend)
-    if plain_eager_call(x, theta):  # the kernels themselves, without the ops' dispatch
+    if eager_route(x, theta) is not None:  # the kernels themselves, without the ops' dispatch
+        # (always the Function: it records reverse-mode autograd, and refuses forward-mode
+        # tangents with torch's "implement the jvp function" error instead of dropping them)
         return _EagerParticleForward.apply(x.contiguous(), theta.contiguous(), unit, backend)
     return _particle_forward_op(
         x.contiguous(), theta.contiguous(), unit.code, unit.activation_code, unit.c, unit.d,
