@@ -255,7 +255,7 @@ def test_public_op_small_input_per_call(compare, smoke, case):
     the call's fixed cost, not bandwidth. Baselines: the torch code a user would write (orbit
     ids + index_add for a permutation rep, Q (Qᵀ x) with the same basis for SO(3)), and the same
     call through symkern's torch.library custom op (``through_custom_op``, the route every call
-    took before 2026-11-24 and autograd / torch.compile calls still take: ~100 µs of dispatch)."""
+    took before 2026-11-24 and torch.compile still traces: ~50–100 µs of dispatch)."""
     from symkern.ops.fixed_point import _basis_on, _project_lowrank_op  # noqa: PLC0415
     from symkern.ops.orbit import _orbit_mean_op, orbit_plan  # noqa: PLC0415
 
