@@ -536,3 +536,22 @@ def test_torch_func_transforms():
     for rev, fwd in zip(F.jacrev(out, argnums=(0, 1))(th, b), F.jacfwd(out, argnums=(0, 1))(th, b),
                         strict=True):  # fmt: skip
         assert_close(rev, fwd)
+
+
+def test_mirror_routes_that_keep_the_custom_op_and_plans_built_in_a_transform():
+    """jacobian(vectorize=True) (legacy batched gradients: the op's fallback) works; a plan
+    first built inside torch.func.grad holds plain tensors, so the Triton kernel can read it on
+    every later call (it cached wrapped tensors, and every later triton call raised)."""
+    m = make_mirror("rescaling_pairs", 7)
+    th = torch.randn(7, generator=gen(14), dtype=F64)
+    R = torch.eye(7, dtype=F64) - 2 * m.to_dense() @ m.to_dense().T
+    assert_close(torch.autograd.functional.jacobian(m.reflect, th, vectorize=True), R)
+    if not get_backend("triton").has_kernel("mirror_apply"):
+        pytest.skip("triton backend unavailable")
+    fresh = make_mirror("rescaling_pairs", 7)
+    t = th.to(TRITON_DEVICE)
+    g = torch.func.grad(lambda a: (fresh.reflect(a, backend="triton") ** 2).sum())(t)
+    assert_close(g.cpu(), 2 * th)  # a reflection keeps the norm
+    plan = fresh._plan(t)
+    assert not torch._C._functorch.is_functorch_wrapped_tensor(plan.value)
+    assert_close(fresh.reflect(t, backend="triton").cpu(), th @ R)

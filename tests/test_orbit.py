@@ -6,6 +6,7 @@ the kernels use.
 """
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -614,3 +615,63 @@ def test_torch_func_transforms(name):
         y = f(forward_ad.make_dual(x, t))
         close(forward_ad.unpack_dual(y).tangent, ref(t))
         assert forward_ad.unpack_dual(f(x)).tangent is None  # no tangent in, none out
+
+
+def test_routes_that_keep_the_custom_op():
+    """Where something records or transforms ops, the projections run as the custom op, as
+    before the eager routes (found by a review of them): torch.jit.trace records it (it recorded
+    nothing and replayed uninitialised memory), an out= write bumps out's version counter (a
+    stale saved tensor silently gave a wrong gradient), the legacy batched gradients of
+    jacobian(vectorize=True) / is_grads_batched and torch.func.functionalize work (they
+    crashed); forward-mode AD on the op route raises instead of a silent zero tangent."""
+    rep = groups.symmetric(3)
+    x = torch.tensor([[1.0, 2.0, 6.0]], dtype=torch.float64)
+    ref = torch.full((1, 3), 3.0, dtype=torch.float64)
+    symkern.orbit_average(x, rep)  # warm the plan outside the tracer
+    with warnings.catch_warnings():  # jit.trace is deprecated, and warns about shape checks
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(lambda a: symkern.orbit_average(a, rep), (x,), check_trace=False)
+    assert "symkern::orbit_mean" in str(traced.graph)
+    assert_close(traced(10 * x), 10 * ref)
+    w = torch.ones(1, 3, dtype=torch.float64, requires_grad=True)
+    buf = torch.zeros(1, 3, dtype=torch.float64)
+    loss = (w * buf).sum()  # saves buf for backward
+    symkern.orbit_average(x, rep, out=buf)
+    assert buf._version == 1
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    P = torch.full((3, 3), 1 / 3, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda a: symkern.orbit_average(a, rep), x[0],
+                                             vectorize=True)  # fmt: skip
+    assert_close(jac, P)
+    xg = x.clone().requires_grad_()
+    rows_of_eye = torch.eye(3, dtype=torch.float64)[:, None]
+    (batched,) = torch.autograd.grad(symkern.orbit_average(xg, rep), xg, rows_of_eye,
+                                     is_grads_batched=True)  # fmt: skip
+    assert_close(batched[:, 0], P)
+    assert_close(torch.func.functionalize(lambda a: symkern.orbit_average(a, rep))(x), ref)
+    with pytest.raises(RuntimeError, match="forward-mode AD .* silently zero"):
+        torch.func.linearize(lambda a: symkern.orbit_average(a, rep), x)
+    with pytest.raises(RuntimeError, match="out= is not supported inside torch.func"):
+        torch.func.vmap(lambda a: symkern.orbit_average(a, rep, out=torch.empty_like(a)))(x)
+
+
+def test_transforms_on_empty_batches_and_under_a_default_device():
+    """vmap over a size-0 dimension (it raised ZeroDivisionError); torch.set_default_device's
+    function mode takes the eager routes (through the op, jvp was silently zero) and the cpp
+    kernels allocate on the CPU whatever the default device; a basis first built inside
+    torch.func.grad is a plain constant (it crashed, then cached a wrapped tensor)."""
+    rep, so = groups.symmetric(3), groups.so2().tensor_power(2)
+    empty = torch.zeros(0, 2, 3, dtype=torch.float64)
+    assert torch.func.vmap(lambda a: symkern.orbit_average(a, rep))(empty).shape == (0, 2, 3)
+    x = torch.tensor([1.0, 2.0, 6.0], dtype=torch.float64)
+    v = torch.tensor([3.0, 0.0, 0.0], dtype=torch.float64)
+    with torch.device("cpu"):
+        tangent = torch.func.jvp(lambda a: symkern.orbit_average(a, rep), (x,), (v,))[1]
+    assert_close(tangent, torch.ones(3, dtype=torch.float64))
+    fresh = groups.matrix_rep(so.generator_matrices())  # nothing cached yet
+    z = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    grad = torch.func.grad(lambda a: (symkern.project_fixed(a, fresh) ** 2).sum())(z)
+    Q = symkern.fixed_point_basis(fresh)
+    assert not torch._C._functorch.is_functorch_wrapped_tensor(Q)
+    assert_close(grad, 2 * (z @ Q) @ Q.T)

@@ -1108,6 +1108,11 @@ def test_model_output_torch_func_transforms():
     assert_close(per_sample, want)
     assert_close(F.jacrev(lambda a: model_output(a, theta, unit))(x),
                  F.jacrev(lambda a: unit.output(a, theta))(x))  # fmt: skip
+    jac = torch.autograd.functional.jacobian(
+        lambda p: model_output(x, p, unit), theta, vectorize=True
+    )  # the legacy batched gradients
+    assert_close(jac, F.jacrev(lambda p: unit.output(x, p))(theta))
+    assert F.vmap(lambda p: model_output(x, p, unit))(thetas[:0]).shape == (0, 5, 2)
     with pytest.raises(NotImplementedError, match="jvp"):
         F.jvp(lambda a: model_output(a, theta, unit), (x,), (x,))
     with pytest.raises(RuntimeError, match="first-order gradients only"):

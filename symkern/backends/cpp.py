@@ -11,8 +11,9 @@ How a call crosses the boundary, without copies:
   strided row into per-thread scratch only when its columns are not unit-stride.
 * ``x`` is detached first: these wrappers run inside the ``symkern::*`` custom ops, which own
   autograd (both operators are symmetric, so the backward is the same kernel on the gradient).
-* The output is allocated here with torch (``torch.empty((B, D), dtype=x.dtype)``, contiguous), and
-  ``out.numpy()`` is passed to C++ to fill, so the result is an ordinary torch tensor.
+* The output is allocated here with torch (``torch.empty((B, D), dtype=x.dtype,
+  device="cpu")``, contiguous: the device explicit, whatever ``torch.set_default_device`` says),
+  and ``out.numpy()`` is passed to C++ to fill, so the result is an ordinary torch tensor.
 * The C++ bindings validate every buffer (dtype, rank, extents, strides, index ranges) and raise
   ``ValueError`` naming the offending argument; they release the GIL around every kernel.
 """
@@ -70,7 +71,7 @@ def orbit_mean(x: torch.Tensor, plan, out: torch.Tensor | None = None) -> torch.
     """
     B, D = x.shape
     if out is None:
-        out = torch.empty((B, D), dtype=x.dtype)
+        out = torch.empty((B, D), dtype=x.dtype, device="cpu")
     plan_arrays = plan.host_arrays.get(("cpp", x.dtype))
     if plan_arrays is None:  # the plan's tensors never change: their views are made once
         plan_arrays = plan.host_arrays[("cpp", x.dtype)] = (
@@ -96,7 +97,7 @@ def project_lowrank(
     """
     B, D = x.shape
     if out is None:
-        out = torch.empty((B, D), dtype=x.dtype)
+        out = torch.empty((B, D), dtype=x.dtype, device="cpu")
     _C.project_lowrank(_np(x), _np_as(basis, x.dtype, contiguous=False), out.numpy())
     return out
 

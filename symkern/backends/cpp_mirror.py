@@ -65,9 +65,9 @@ def mirror_apply(
     """
     M, d = theta.shape
     k = index.shape[0] if index is not None else dense_t.shape[0]
-    c = torch.empty((M, k), dtype=theta.dtype)
+    c = torch.empty((M, k), dtype=theta.dtype, device="cpu")
     coef_only = mode == "coefficients"
-    out = torch.empty((M, 0 if coef_only else d), dtype=theta.dtype)
+    out = torch.empty((M, 0 if coef_only else d), dtype=theta.dtype, device="cpu")
     out_np = None if coef_only else out.numpy()
     shift_np = None if shift is None else _np(shift.contiguous())
     if dense_t is not None:

@@ -63,8 +63,8 @@ def mirror_sweep(
     """
     keys = MODELS[problem.model]
     dtype = params[keys[0]].dtype
-    out = {k: torch.empty(params[k].shape, dtype=dtype) for k in keys}
-    losses = torch.empty((problem.n_models, steps // record_every), dtype=dtype)
+    out = {k: torch.empty(params[k].shape, dtype=dtype, device="cpu") for k in keys}
+    losses = torch.empty((problem.n_models, steps // record_every), dtype=dtype, device="cpu")
     _C.mirror_sweep(
         _MODEL_CODES[problem.model],
         [_np(params[k], dtype) for k in keys],

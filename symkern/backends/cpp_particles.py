@@ -79,7 +79,7 @@ def _fa_reasons(problem: ParticleProblem) -> list[str]:
     rho_y = problem.rho_y.detach().cpu().double()
     m_z = problem.m_z.detach().cpu().double()
     reasons = []
-    eye = torch.eye(rho_x.shape[-1], dtype=torch.float64)
+    eye = torch.eye(rho_x.shape[-1], dtype=torch.float64, device="cpu")
     if not torch.allclose(rho_x @ rho_x.transpose(1, 2), eye.expand_as(rho_x), atol=1e-6):
         reasons.append("FA: the cpp kernel needs orthogonal rho_x (it averages over rho_g^T x)")
     if not torch.allclose(unit_of(problem).param_action(rho_x, rho_y), m_z, atol=1e-6):

@@ -444,9 +444,13 @@ class Mirror:
             raise TypeError(f"a mirror plan needs a floating dtype, got {like.dtype}")
         key = (like.dtype, like.device)
         if key not in self._cache:
-            self._cache[key] = make_mirror_plan(
-                self.d, self.index, self.value, self._dense, like.dtype, like.device
-            )
+            # constants of the mirror: never built as functions of a torch.func transform's
+            # inputs (a plan first built inside grad / jvp held wrapped tensors, which the
+            # Triton kernels cannot read, on every later call)
+            with torch._C._DisableFuncTorch():
+                self._cache[key] = make_mirror_plan(
+                    self.d, self.index, self.value, self._dense, like.dtype, like.device
+                )
         return self._cache[key]
 
     # ------------------------------------------------------------------ ops

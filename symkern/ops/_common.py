@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from torch._C import _functorch
 from torch.autograd import forward_ad
+from torch.overrides import _get_current_function_mode_stack
+from torch.utils._device import DeviceContext
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from symkern._checks import all_finite, as_int
@@ -59,9 +63,13 @@ def as_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, tuple[int, ...]]:
     along its last axis is its own rows: no view ops, ~8 µs per call less).
     """
     if dim == x.dim() - 1:
-        return (x if x.dim() == 2 else x.reshape(-1, x.shape[-1])), tuple(x.shape)
-    moved = x.movedim(dim, -1)
-    return moved.reshape(-1, moved.shape[-1]), tuple(moved.shape)
+        moved = x
+        if x.dim() == 2:
+            return x, tuple(x.shape)
+    else:
+        moved = x.movedim(dim, -1)
+    # explicit row count, not -1: a vmapped size-0 batch makes -1 ambiguous
+    return moved.reshape(math.prod(moved.shape[:-1]), moved.shape[-1]), tuple(moved.shape)
 
 
 def rows_view(t: torch.Tensor, dim: int) -> torch.Tensor | None:
@@ -100,6 +108,11 @@ def check_out(out: object, x: torch.Tensor) -> None:
             "out= does not support automatic differentiation (x or out requires grad); call "
             "without out, or under torch.no_grad()"
         )
+    if torch._C._are_functorch_transforms_active():
+        raise RuntimeError(
+            "out= is not supported inside torch.func transforms (grad, vmap, jvp, ...): call "
+            "without out"
+        )
 
 
 def check_out_memory(out: torch.Tensor, x: torch.Tensor) -> None:
@@ -137,21 +150,72 @@ def eager_route(*tensors: torch.Tensor | None) -> str | None:
       autograd records the call: :func:`records_autograd`);
     * ``"transform"``: inside a torch.func transform (grad, vmap, jvp, jacrev, ...) — through the
       op's autograd.Function, which implements the transforms (see :class:`EagerSymmetricOp`);
-    * ``None``: the custom op — under torch.compile / export (which trace its fake
-      implementation), a torch function or dispatch mode, or for a tensor subclass (fake,
-      functional) or a meta tensor.
+    * ``None``: the custom op — under torch.compile / export / torch.jit.trace (which record
+      the op), torch.func.functionalize, a torch function mode (other than
+      ``torch.set_default_device``'s) or a dispatch mode, or for a tensor subclass (fake,
+      functional), a meta tensor or a legacy-vmap batched tensor
+      (``torch.autograd.grad(is_grads_batched=True)``, ``jacobian(vectorize=True)``).
 
     The custom op's dispatch costs ~50–100 µs per call on a 2-core CPU (measured 2026-11-24:
     orbit_average of a 32 × 25 tensor 80–210 µs through it, the kernel ~4 µs). The kernel, and
     so the result, is the same on every route."""
     if (
         torch.compiler.is_compiling()
-        or torch._C._is_torch_function_mode_enabled()
+        or torch._C._get_tracing_state() is not None
+        or (torch._C._is_torch_function_mode_enabled() and not _only_default_device_modes())
         or is_in_torch_dispatch_mode()
-        or not all(t is None or (type(t) is torch.Tensor and not t.is_meta) for t in tensors)
+        or not all(
+            t is None or (type(t) is torch.Tensor and not t.is_meta and not is_legacy_batched(t))
+            for t in tensors
+        )
     ):
         return None
-    return "transform" if torch._C._are_functorch_transforms_active() else "plain"
+    if not torch._C._are_functorch_transforms_active():
+        return "plain"
+    interpreters = _functorch.get_interpreter_stack() or ()
+    if any(i.key() == _functorch.TransformType.Functionalize for i in interpreters):
+        return None  # autograd.Function has no functionalize rule; the op has
+    return "transform"
+
+
+def is_legacy_batched(t: torch.Tensor | None) -> bool:
+    """A tensor batched by the legacy vmap (``torch.autograd.grad(is_grads_batched=True)``,
+    ``torch.autograd.functional.jacobian(vectorize=True)``): only the custom ops handle it."""
+    return t is not None and _functorch.is_legacy_batchedtensor(t)
+
+
+def _only_default_device_modes() -> bool:
+    """Whether every active torch function mode is ``torch.set_default_device``'s: it only
+    places factory calls, and the kernels allocate on their inputs' device explicitly."""
+    return all(isinstance(m, DeviceContext) for m in _get_current_function_mode_stack())
+
+
+def forward_tangents_possible(*tensors: torch.Tensor | None) -> bool:
+    """Whether an input may carry a forward-mode tangent — a dual tensor of the current
+    ``forward_ad.dual_level``, or any input inside a torch.func jvp / jacfwd / hessian
+    transform (which wraps what it differentiates, so no input can be told apart): the custom
+    ops have no forward-mode formula, and their tangent would silently be zero."""
+    if getattr(forward_ad, "_current_level", -1) >= 0 and any(
+        t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors
+    ):
+        return True
+    if not torch._C._are_functorch_transforms_active():
+        return False
+    interpreters = _functorch.get_interpreter_stack() or ()
+    return any(i.key() == _functorch.TransformType.Jvp for i in interpreters)
+
+
+def refuse_forward_ad_on_op_route(op: str, *tensors: torch.Tensor | None) -> None:
+    """The custom-op route cannot carry a forward-mode tangent: a RuntimeError, not a silent
+    zero (see :func:`forward_tangents_possible`)."""
+    if forward_tangents_possible(*tensors):
+        raise RuntimeError(
+            f"symkern: forward-mode AD (jvp, jacfwd, hessian, forward_ad dual tensors) of {op} "
+            "is not supported where the op runs as a torch.library custom op (inside "
+            "torch.compile / export / torch.jit.trace, a torch function or dispatch mode, a "
+            "tensor subclass, or with out=): its tangent would be silently zero. Call it "
+            "eagerly on plain tensors, or use reverse mode (grad, jacrev)"
+        )
 
 
 def records_autograd(*tensors: torch.Tensor | None) -> bool:
@@ -164,13 +228,17 @@ def records_autograd(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def rows_under_vmap(t: torch.Tensor | None, bdim: int | None, n: int) -> torch.Tensor | None:
-    """A (B, D) argument of a row-wise op under vmap, as (n B, D) rows: its vmapped dimension
-    (``bdim``; None: not vmapped, expanded) moved first and merged into the rows."""
+def batch_first(t: torch.Tensor | None, bdim: int | None, n: int) -> torch.Tensor | None:
+    """A (B, D) argument of an op under vmap as (n, B, D): its vmapped dimension (``bdim``;
+    None: not vmapped, expanded) first."""
     if t is None:
         return None
-    t = t.expand(n, *t.shape) if bdim is None else t.movedim(bdim, 0)
-    return t.reshape(-1, t.shape[-1])
+    return t.expand(n, *t.shape) if bdim is None else t.movedim(bdim, 0)
+
+
+def merged_rows(t: torch.Tensor | None) -> torch.Tensor | None:
+    """(n, B, D) → (n B, D): a row-wise op's vmapped rows joined into one batch."""
+    return None if t is None else t.reshape(t.shape[0] * t.shape[1], t.shape[2])
 
 
 class EagerSymmetricOp(torch.autograd.Function):
@@ -179,29 +247,33 @@ class EagerSymmetricOp(torch.autograd.Function):
     forward-mode tangent are the map applied to the gradient / tangent (recorded again, so
     higher derivatives work), and under vmap the vmapped rows join the batch. Written in
     torch.func style (``setup_context``), so torch.func.grad / vmap / jvp / jacrev / hessian work.
-    ``apply`` must be the backend kernel on plain tensors, with no autograd of its own."""
+    ``apply`` must be the backend kernel on plain tensors, with no autograd of its own;
+    ``op_apply`` the same map through the custom op, for gradients batched by the legacy vmap
+    (which the op's batching fallback handles, and ``apply`` cannot)."""
 
     @staticmethod
-    def forward(x: torch.Tensor, apply: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def forward(x: torch.Tensor, apply: Callable, op_apply: Callable) -> torch.Tensor:
         return apply(x.detach())
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        ctx.apply_map = inputs[1]
+        _, ctx.apply_map, ctx.op_apply = inputs
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return EagerSymmetricOp.apply(grad.contiguous(), ctx.apply_map), None
+        if is_legacy_batched(grad):  # autograd.grad(is_grads_batched=True), jacobian(vectorize)
+            return ctx.op_apply(grad.contiguous()), None, None  # the op's batching fallback
+        return EagerSymmetricOp.apply(grad.contiguous(), ctx.apply_map, ctx.op_apply), None, None
 
     @staticmethod
-    def jvp(ctx, x_tangent: torch.Tensor, _apply_tangent: None) -> torch.Tensor:
-        return EagerSymmetricOp.apply(x_tangent.contiguous(), ctx.apply_map)
+    def jvp(ctx, x_tangent: torch.Tensor, _apply: None, _op_apply: None) -> torch.Tensor:
+        return EagerSymmetricOp.apply(x_tangent.contiguous(), ctx.apply_map, ctx.op_apply)
 
     @staticmethod
-    def vmap(info, in_dims, x, apply):
-        rows = rows_under_vmap(x, in_dims[0], info.batch_size)
-        out = EagerSymmetricOp.apply(rows, apply)
-        return out.reshape(info.batch_size, rows.shape[0] // info.batch_size, out.shape[-1]), 0
+    def vmap(info, in_dims, x, apply, op_apply):
+        x = batch_first(x, in_dims[0], info.batch_size)
+        out = EagerSymmetricOp.apply(merged_rows(x), apply, op_apply)
+        return out.reshape(x.shape[0], x.shape[1], out.shape[-1]), 0
 
 
 def run_projection(
@@ -209,28 +281,29 @@ def run_projection(
     inputs: dict[str, Any],
     backend: str,
     out_rows: torch.Tensor | None,
-    kernel_call: Callable[[Any, torch.Tensor, torch.Tensor | None], torch.Tensor],
-    via_op: Callable[[str], torch.Tensor],
+    kernel_call: Callable[[Any, torch.Tensor], torch.Tensor],
+    via_op: Callable[[torch.Tensor, str, torch.Tensor | None], torch.Tensor],
     choice_cache: dict,
     key: tuple,
 ) -> torch.Tensor:
     """The dispatch of the projections onto E^G (the orbit mean, Q Qᵀ) on (B, D) rows
-    ``inputs["x"]``: ``kernel_call(kernel, rows, out_rows)`` on the routes of :func:`eager_route`
-    (autograd and torch.func by :class:`EagerSymmetricOp`; ``out_rows``: written into, checked,
-    no autograd), else ``via_op(backend)``, the custom op with the resolved backend name.
-    ``choice_cache`` / ``key``: the kernel choice is remembered per key (what the backends'
-    checks read: dtype, device, ...)."""
+    ``inputs["x"]``: ``kernel_call(kernel, rows)`` on the routes of :func:`eager_route`
+    (autograd and torch.func by :class:`EagerSymmetricOp`), else ``via_op(rows, backend,
+    out_rows)``, the custom op with the resolved backend name — always for ``out_rows`` (the
+    mutating op bumps out's version counter, so autograd sees the write). ``choice_cache`` /
+    ``key``: the kernel choice is remembered per key (what the backends' checks read: dtype,
+    device, ...)."""
     rows = inputs["x"]
-    route = eager_route(rows, out_rows)
-    if route == "plain" or (route == "transform" and out_rows is None):
-        kernel = select_kernel_cached(choice_cache, op, inputs, backend, key=key)
-        if out_rows is not None:
-            check_out_memory(out_rows, rows)
-            return kernel_call(kernel, rows, out_rows)
-        if route == "transform" or records_autograd(rows):
-            return EagerSymmetricOp.apply(rows, lambda r: kernel_call(kernel, r, None))
-        return kernel_call(kernel, rows, None)
-    return via_op(resolve_backend(op, inputs, backend))
+    route = None if out_rows is not None else eager_route(rows)
+    if route is None:
+        refuse_forward_ad_on_op_route(op, rows)
+        return via_op(rows, resolve_backend(op, inputs, backend), out_rows)
+    kernel = select_kernel_cached(choice_cache, op, inputs, backend, key=key)
+    if route == "transform" or records_autograd(rows):
+        return EagerSymmetricOp.apply(
+            rows, lambda r: kernel_call(kernel, r), lambda r: via_op(r, kernel.backend, None)
+        )
+    return kernel_call(kernel, rows)
 
 
 def rep_cache(rep: Representation) -> dict:

@@ -117,8 +117,9 @@ def _cached_basis(rep: Representation) -> torch.Tensor:
     it in place and so change every later projection)."""
     cache = rep_cache(rep)
     if "basis" not in cache:
-        basis = _perm_basis(rep) if _is_perm_like(rep) else _matrix_basis(rep)
-        cache["basis"] = basis.detach()  # a constant (never part of a caller's graph)
+        with torch._C._DisableFuncTorch():  # a constant, also when first built in a transform
+            basis = _perm_basis(rep) if _is_perm_like(rep) else _matrix_basis(rep)
+        cache["basis"] = basis.detach()
     return cache["basis"]
 
 
@@ -145,18 +146,18 @@ def _project_lowrank(
     their device and dtype: into ``out_rows`` when given (not differentiable then: the caller
     checks); routes as :func:`symkern.ops._common.run_projection`."""
 
-    def via_op(backend: str) -> torch.Tensor:
-        if out_rows is None:
-            return _project_lowrank_op(rows, basis, backend)
-        _project_lowrank_out_op(rows, basis, backend, out_rows)
-        return out_rows
+    def via_op(x: torch.Tensor, backend: str, out: torch.Tensor | None) -> torch.Tensor:
+        if out is None:
+            return _project_lowrank_op(x, basis, backend)
+        _project_lowrank_out_op(x, basis, backend, out)
+        return out
 
     return run_projection(
         "project_lowrank",
         {"x": rows, "basis": basis},
         backend,
         out_rows,
-        lambda kernel, x, out: kernel.fn(x, basis, out),
+        lambda kernel, x: kernel.fn(x, basis),
         via_op,
         _KERNEL_CHOICE,
         (rows.dtype, rows.device, basis.shape[1]),  # triton declines a large rank k

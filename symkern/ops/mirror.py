@@ -28,18 +28,22 @@ row's c and out entirely NaN.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
 
 from symkern.backends.registry import select_kernel
 from symkern.ops._common import (
+    batch_first,
     check_float_tensor,
     custom_op,
     eager_route,
+    is_legacy_batched,
+    merged_rows,
     records_autograd,
+    refuse_forward_ad_on_op_route,
     resolve_backend,
-    rows_under_vmap,
 )
 
 __all__ = ["MODES", "MirrorPlan", "make_mirror_plan", "mirror_apply"]
@@ -176,43 +180,47 @@ def _mirror_apply_backward(ctx, g_out, g_c):
 
 class _EagerMirrorApply(torch.autograd.Function):
     """mirror_apply with autograd through the backend kernel directly (the routes of
-    :func:`symkern.ops._common.eager_route`); ``run(θ, b, mode) -> (out, c)`` runs the kernel on
-    plain (M, d) / (M, k) rows. The map (θ, b) ↦ (out, c) is linear and symmetric, so its VJP
-    (:func:`_mirror_vjp`) and its forward-mode tangent are the map itself, recorded again for
-    higher derivatives; under vmap the vmapped rows join the batch. Written in torch.func style
+    :func:`symkern.ops._common.eager_route`); ``runs``: ``(run, run_op)``, where ``run(θ, b,
+    mode) -> (out, c)`` runs the kernel on plain (M, d) / (M, k) rows, and ``run_op`` the same
+    through the custom op, for gradients batched by the legacy vmap. The map (θ, b) ↦ (out, c)
+    is linear and symmetric, so its VJP (:func:`_mirror_vjp`) and its forward-mode tangent are
+    the map itself, recorded again for higher derivatives; under vmap the vmapped rows join the
+    batch. Written in torch.func style
     (``setup_context``), so torch.func.grad / vmap / jvp / jacrev work."""
 
     @staticmethod
-    def forward(theta, shift, mode, run):
-        return run(theta.detach(), None if shift is None else shift.detach(), mode)
+    def forward(theta, shift, mode, runs):
+        return runs[0](theta.detach(), None if shift is None else shift.detach(), mode)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        theta, shift, ctx.mode, ctx.run = inputs
+        theta, shift, ctx.mode, ctx.runs = inputs
         ctx.theta_shape, ctx.has_shift = tuple(theta.shape), shift is not None
         ctx.set_materialize_grads(False)  # _mirror_vjp takes a missing gradient as zero
 
     @staticmethod
     def backward(ctx, g_out, g_c):
         def apply(theta, shift, mode):
-            return _EagerMirrorApply.apply(theta, shift, mode, ctx.run)
+            return _EagerMirrorApply.apply(theta, shift, mode, ctx.runs)
 
+        if is_legacy_batched(g_out) or is_legacy_batched(g_c):
+            apply = ctx.runs[1]  # noqa: F811 — the op's batching fallback handles these
         return (*_mirror_vjp(apply, ctx.mode, ctx.theta_shape, ctx.has_shift, g_out, g_c), None,
                 None)  # fmt: skip
 
     @staticmethod
-    def jvp(ctx, theta_tangent, shift_tangent, _mode, _run):
+    def jvp(ctx, theta_tangent, shift_tangent, _mode, _runs):
         if theta_tangent is None:  # only b carries a tangent: θ's is zero
             theta_tangent = shift_tangent.new_zeros(ctx.theta_shape)
-        return _EagerMirrorApply.apply(theta_tangent.contiguous(), shift_tangent, ctx.mode, ctx.run)
+        return _EagerMirrorApply.apply(theta_tangent.contiguous(), shift_tangent, ctx.mode,
+                                       ctx.runs)  # fmt: skip
 
     @staticmethod
-    def vmap(info, in_dims, theta, shift, mode, run):
-        n = info.batch_size
-        theta_rows = rows_under_vmap(theta, in_dims[0], n)
-        shift_rows = rows_under_vmap(shift, in_dims[1], n)
-        out, c = _EagerMirrorApply.apply(theta_rows, shift_rows, mode, run)
-        m = theta_rows.shape[0] // n  # (out is (M, 0) for "coefficients": no -1 in the shapes)
+    def vmap(info, in_dims, theta, shift, mode, runs):
+        theta = batch_first(theta, in_dims[0], info.batch_size)
+        shift = batch_first(shift, in_dims[1], info.batch_size)
+        out, c = _EagerMirrorApply.apply(merged_rows(theta), merged_rows(shift), mode, runs)
+        n, m = theta.shape[:2]  # (out is (M, 0) for "coefficients": explicit shapes, no -1)
         return (out.reshape(n, m, out.shape[-1]), c.reshape(n, m, c.shape[-1])), (0, 0)
 
 
@@ -263,7 +271,7 @@ def mirror_apply(
     if theta.dim() < 1 or theta.shape[-1] != d:
         raise ValueError(f"theta must have shape (..., d={d}), got {tuple(theta.shape)}")
     batch = theta.shape[:-1]
-    rows = theta.reshape(-1, d)
+    rows = theta.reshape(math.prod(batch), d)  # not -1: a vmapped size-0 batch is ambiguous
     shift_rows = None
     if shift is not None:
         if mode == "coefficients":
@@ -276,7 +284,7 @@ def mirror_apply(
                 f"shift must have theta's dtype and device ({theta.dtype}, {theta.device}), got "
                 f"{shift.dtype}, {shift.device}"
             )
-        shift_rows = shift.reshape(-1, k).contiguous()
+        shift_rows = shift.reshape(math.prod(batch), k).contiguous()
     args = (rows, shift_rows, plan.index, plan.value, plan.dense_t, plan.rest, mode, plan.disjoint)
     route = eager_route(rows, shift_rows)  # the kernel itself, without the op's dispatch
     if route == "transform" or (route == "plain" and records_autograd(rows, shift_rows)):
@@ -286,10 +294,16 @@ def mirror_apply(
             a += (plan.disjoint,)
             return select_kernel("mirror_apply", _inputs(*a), backend).fn(*a)
 
-        out, c = _EagerMirrorApply.apply(rows, shift_rows, mode, run)
+        def run_op(theta, shift, mode):
+            a = (theta, shift, plan.index, plan.value, plan.dense_t, plan.rest, mode)
+            a += (plan.disjoint,)
+            return _mirror_apply_op(*a, resolve_backend("mirror_apply", _inputs(*a), backend))
+
+        out, c = _EagerMirrorApply.apply(rows, shift_rows, mode, (run, run_op))
     elif route == "plain":
         out, c = select_kernel("mirror_apply", _inputs(*args), backend).fn(*args)
     else:
+        refuse_forward_ad_on_op_route("the Mirror ops", rows, shift_rows)
         backend = resolve_backend("mirror_apply", _inputs(*args), backend)
         out, c = _mirror_apply_op(*args, backend)
     out = None if mode == "coefficients" else out.reshape(theta.shape)

@@ -204,19 +204,19 @@ def apply_orbit_mean(
     into ``out_rows`` (B, D) and returned when given (not differentiable then: the caller
     checks)."""
 
-    def via_op(backend: str) -> torch.Tensor:
+    def via_op(x: torch.Tensor, backend: str, out: torch.Tensor | None) -> torch.Tensor:
         plan_tensors = (plan.orbit_id, plan.coef, plan.inv_size, plan.order, plan.seg_start)
-        if out_rows is None:
-            return _orbit_mean_op(rows, *plan_tensors, backend)
-        _orbit_mean_out_op(rows, *plan_tensors, backend, out_rows)
-        return out_rows
+        if out is None:
+            return _orbit_mean_op(x, *plan_tensors, backend)
+        _orbit_mean_out_op(x, *plan_tensors, backend, out)
+        return out
 
     return run_projection(
         "orbit_mean",
         {"x": rows},
         backend,
         out_rows,
-        lambda kernel, x, out: kernel.fn(x, plan, out),
+        lambda kernel, x: kernel.fn(x, plan),
         via_op,
         _KERNEL_CHOICE,
         (rows.dtype, rows.device),

@@ -24,13 +24,16 @@ from symkern.groups import Representation
 from symkern.meanfield.problem import SCHEMES, ParticleProblem
 from symkern.meanfield.units import Unit, _check_pos_int, check_unit, unit_from_codes
 from symkern.ops._common import (
+    batch_first,
     custom_op,
     eager_route,
+    is_legacy_batched,
+    merged_rows,
     per_item,
+    refuse_forward_ad_on_op_route,
     rep_cache,
     require_finite,
     resolve_backend,
-    rows_under_vmap,
 )
 
 __all__ = [
@@ -697,12 +700,13 @@ class _EagerParticleForward(torch.autograd.Function):
     @staticmethod
     def vmap(info, in_dims, x, theta, unit, backend):
         n, (x_dim, theta_dim) = info.batch_size, in_dims[:2]
-        if theta_dim is None:
-            rows = rows_under_vmap(x, x_dim, n)
-            out = _EagerParticleForward.apply(rows, theta, unit, backend)
-            return out.reshape(n, rows.shape[0] // n, out.shape[-1]), 0
-        xs = x.expand(n, *x.shape) if x_dim is None else x.movedim(x_dim, 0)
-        thetas = theta.movedim(theta_dim, 0)
+        xs = batch_first(x, x_dim, n)
+        if theta_dim is None:  # a batch of inputs: one call on all their rows
+            out = _EagerParticleForward.apply(merged_rows(xs), theta, unit, backend)
+            return out.reshape(n, xs.shape[1], out.shape[-1]), 0
+        if n == 0:
+            return x.new_empty((0, xs.shape[1], unit.c)), 0
+        thetas = theta.movedim(theta_dim, 0)  # a batch of particle sets: one call per set
         outs = [_EagerParticleForward.apply(xs[i].contiguous(), thetas[i].contiguous(), unit,
                                             backend) for i in range(n)]  # fmt: skip
         return torch.stack(outs), 0
@@ -710,8 +714,14 @@ class _EagerParticleForward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_phi):
         x, theta = ctx.saved_tensors
-        grad_theta, grad_x = _EagerParticleGradients.apply(x, theta, grad_phi, ctx.unit,
-                                                           ctx.backend)  # fmt: skip
+        if is_legacy_batched(grad_phi):  # jacobian(vectorize=True): the op's batching fallback
+            unit = ctx.unit
+            grad_theta, grad_x = _particle_forward_backward_op(
+                x, theta, grad_phi, unit.code, unit.activation_code, unit.c, unit.d, ctx.backend
+            )
+        else:
+            grad_theta, grad_x = _EagerParticleGradients.apply(x, theta, grad_phi, ctx.unit,
+                                                               ctx.backend)  # fmt: skip
         return grad_x, grad_theta, None, None
 
 
@@ -743,6 +753,11 @@ class _EagerParticleGradients(torch.autograd.Function):
     def vmap(info, in_dims, x, theta, grad_phi, unit, backend):
         def item(t, dim, i):
             return t if dim is None else t.select(dim, i).contiguous()
+
+        if info.batch_size == 0:  # the unbatched shapes of (∂/∂θ, ∂/∂x), none of them
+            shapes = [t.shape if d is None else t.shape[:d] + t.shape[d + 1 :]
+                      for t, d in ((theta, in_dims[1]), (x, in_dims[0]))]  # fmt: skip
+            return tuple(theta.new_empty((0, *s)) for s in shapes), (0, 0)
 
         pairs = [
             _EagerParticleGradients.apply(item(x, in_dims[0], i), item(theta, in_dims[1], i),
@@ -798,6 +813,7 @@ def model_output(
         # (always the Function: it records reverse-mode autograd, and refuses forward-mode
         # tangents with torch's "implement the jvp function" error instead of dropping them)
         return _EagerParticleForward.apply(x.contiguous(), theta.contiguous(), unit, backend)
+    refuse_forward_ad_on_op_route("model_output", x, theta)
     return _particle_forward_op(
         x.contiguous(), theta.contiguous(), unit.code, unit.activation_code, unit.c, unit.d,
         backend,
