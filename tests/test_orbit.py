@@ -675,3 +675,27 @@ def test_transforms_on_empty_batches_and_under_a_default_device():
     Q = symkern.fixed_point_basis(fresh)
     assert not torch._C._functorch.is_functorch_wrapped_tensor(Q)
     assert_close(grad, 2 * (z @ Q) @ Q.T)
+
+
+def test_parameters_take_the_eager_routes():
+    """A layer projecting its weight onto E^G: an nn.Parameter is a plain tensor for the eager
+    routes (taken as a subclass, it went to the custom op, whose forward-mode AD refuses, and
+    its torch.func.grad raised); forward-mode jacobian(vectorize=True) batches the tangent with
+    the legacy vmap, which the op's fallback handles (it crashed; before the eager routes it was
+    silently zero)."""
+    rep = groups.symmetric(4)
+    g = torch.Generator().manual_seed(9)
+    weight = torch.nn.Parameter(torch.randn(3, 4, generator=g, dtype=torch.float64))
+    x = torch.randn(4, generator=g, dtype=torch.float64)
+
+    def layer(inp):
+        return symkern.orbit_average(weight, rep) @ inp
+
+    want = symkern.orbit_average(weight.detach(), rep, backend="torch")  # the layer's Jacobian
+    assert_close(torch.func.jacfwd(layer)(x), want)
+    assert_close(torch.func.jacrev(layer)(x), want)
+    P = torch.full((4, 4), 0.25, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(
+        lambda a: symkern.orbit_average(a, rep), x, strategy="forward-mode", vectorize=True
+    )
+    assert_close(jac, P)

@@ -1108,6 +1108,9 @@ def test_model_output_torch_func_transforms():
     assert_close(per_sample, want)
     assert_close(F.jacrev(lambda a: model_output(a, theta, unit))(x),
                  F.jacrev(lambda a: unit.output(a, theta))(x))  # fmt: skip
+    param = torch.nn.Parameter(theta.clone())  # an nn.Module's particles: the eager route too
+    assert_close(F.grad(lambda a: model_output(a, param, unit).sum())(x),
+                 F.grad(lambda a: unit.output(a, theta).sum())(x))  # fmt: skip
     jac = torch.autograd.functional.jacobian(
         lambda p: model_output(x, p, unit), theta, vectorize=True
     )  # the legacy batched gradients

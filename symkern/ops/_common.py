@@ -165,7 +165,7 @@ def eager_route(*tensors: torch.Tensor | None) -> str | None:
         or (torch._C._is_torch_function_mode_enabled() and not _only_default_device_modes())
         or is_in_torch_dispatch_mode()
         or not all(
-            t is None or (type(t) is torch.Tensor and not t.is_meta and not is_legacy_batched(t))
+            t is None or (type(t) in _PLAIN_TYPES and not t.is_meta and not is_legacy_batched(t))
             for t in tensors
         )
     ):
@@ -176,6 +176,11 @@ def eager_route(*tensors: torch.Tensor | None) -> str | None:
     if any(i.key() == _functorch.TransformType.Functionalize for i in interpreters):
         return None  # autograd.Function has no functionalize rule; the op has
     return "transform"
+
+
+# nn.Parameter is plain too: it disables its own __torch_function__ (a weight projected onto
+# E^G in a layer took the op route, which refused forward-mode AD and torch.func.grad)
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def is_legacy_batched(t: torch.Tensor | None) -> bool:
@@ -267,6 +272,8 @@ class EagerSymmetricOp(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, x_tangent: torch.Tensor, _apply: None, _op_apply: None) -> torch.Tensor:
+        if is_legacy_batched(x_tangent):  # jacobian(strategy="forward-mode", vectorize=True)
+            return ctx.op_apply(x_tangent.contiguous())
         return EagerSymmetricOp.apply(x_tangent.contiguous(), ctx.apply_map, ctx.op_apply)
 
     @staticmethod

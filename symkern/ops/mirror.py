@@ -212,6 +212,8 @@ class _EagerMirrorApply(torch.autograd.Function):
     def jvp(ctx, theta_tangent, shift_tangent, _mode, _runs):
         if theta_tangent is None:  # only b carries a tangent: θ's is zero
             theta_tangent = shift_tangent.new_zeros(ctx.theta_shape)
+        if is_legacy_batched(theta_tangent) or is_legacy_batched(shift_tangent):
+            return ctx.runs[1](theta_tangent.contiguous(), shift_tangent, ctx.mode)  # op fallback
         return _EagerMirrorApply.apply(theta_tangent.contiguous(), shift_tangent, ctx.mode,
                                        ctx.runs)  # fmt: skip
 
