@@ -776,8 +776,8 @@ def model_output(
     B×N activation buffer: the backward recomputes activations. Use it to plug a mean-field model
     into your own training loop (first-order gradients through ``torch.autograd`` and
     ``torch.func.grad`` / ``vjp`` / ``vmap`` / ``jacrev``; a second derivative or a forward-mode
-    tangent raises). NaN is not
-    checked: it propagates (a NaN in x_b makes row b of the output NaN; one in θ_i, every row).
+    tangent raises). NaN is not checked: it propagates (a NaN in x_b makes row b of the output
+    NaN; one in θ_i, every row).
 
     Example::
 
