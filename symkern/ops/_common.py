@@ -172,10 +172,14 @@ def eager_route(*tensors: torch.Tensor | None) -> str | None:
         return None
     if not torch._C._are_functorch_transforms_active():
         return "plain"
-    interpreters = _functorch.get_interpreter_stack() or ()
-    if any(i.key() == _functorch.TransformType.Functionalize for i in interpreters):
+    if _transform_active(_functorch.TransformType.Functionalize):
         return None  # autograd.Function has no functionalize rule; the op has
     return "transform"
+
+
+def _transform_active(kind) -> bool:
+    """Whether a torch.func transform of this ``TransformType`` is on the interpreter stack."""
+    return any(i.key() == kind for i in _functorch.get_interpreter_stack() or ())
 
 
 # nn.Parameter is plain too: it disables its own __torch_function__ (a weight projected onto
@@ -204,10 +208,9 @@ def forward_tangents_possible(*tensors: torch.Tensor | None) -> bool:
         t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors
     ):
         return True
-    if not torch._C._are_functorch_transforms_active():
-        return False
-    interpreters = _functorch.get_interpreter_stack() or ()
-    return any(i.key() == _functorch.TransformType.Jvp for i in interpreters)
+    return torch._C._are_functorch_transforms_active() and _transform_active(
+        _functorch.TransformType.Jvp
+    )
 
 
 def refuse_forward_ad_on_op_route(op: str, *tensors: torch.Tensor | None) -> None:

@@ -287,26 +287,25 @@ def mirror_apply(
                 f"{shift.dtype}, {shift.device}"
             )
         shift_rows = shift.reshape(math.prod(batch), k).contiguous()
-    args = (rows, shift_rows, plan.index, plan.value, plan.dense_t, plan.rest, mode, plan.disjoint)
+
+    def op_args(theta, shift, mode):  # the op's arguments, the plan's tensors included
+        return (theta, shift, plan.index, plan.value, plan.dense_t, plan.rest, mode, plan.disjoint)
+
+    def run(theta, shift, mode):  # the kernel, chosen per mode (triton's choice depends on it)
+        a = op_args(theta, shift, mode)
+        return select_kernel("mirror_apply", _inputs(*a), backend).fn(*a)
+
+    def run_op(theta, shift, mode):  # the same through the custom op
+        a = op_args(theta, shift, mode)
+        return _mirror_apply_op(*a, resolve_backend("mirror_apply", _inputs(*a), backend))
+
     route = eager_route(rows, shift_rows)  # the kernel itself, without the op's dispatch
     if route == "transform" or (route == "plain" and records_autograd(rows, shift_rows)):
-
-        def run(theta, shift, mode):  # chosen per mode: triton's choice depends on it
-            a = (theta, shift, plan.index, plan.value, plan.dense_t, plan.rest, mode)
-            a += (plan.disjoint,)
-            return select_kernel("mirror_apply", _inputs(*a), backend).fn(*a)
-
-        def run_op(theta, shift, mode):
-            a = (theta, shift, plan.index, plan.value, plan.dense_t, plan.rest, mode)
-            a += (plan.disjoint,)
-            return _mirror_apply_op(*a, resolve_backend("mirror_apply", _inputs(*a), backend))
-
         out, c = _EagerMirrorApply.apply(rows, shift_rows, mode, (run, run_op))
     elif route == "plain":
-        out, c = select_kernel("mirror_apply", _inputs(*args), backend).fn(*args)
+        out, c = run(rows, shift_rows, mode)
     else:
         refuse_forward_ad_on_op_route("the Mirror ops", rows, shift_rows)
-        backend = resolve_backend("mirror_apply", _inputs(*args), backend)
-        out, c = _mirror_apply_op(*args, backend)
+        out, c = run_op(rows, shift_rows, mode)
     out = None if mode == "coefficients" else out.reshape(theta.shape)
     return out, c.reshape(*batch, k)

@@ -688,27 +688,27 @@ class _EagerParticleForward(torch.autograd.Function):
     batch of inputs is one call on all its rows, a batch of particle sets one call per set."""
 
     @staticmethod
-    def forward(x, theta, unit, backend):
-        kernel = select_kernel("particle_forward", {"x": x, "theta": theta}, backend)
+    def forward(x, theta, unit, kernel):
         return kernel.fn(x.detach(), theta.detach(), unit)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, theta, ctx.unit, ctx.backend = inputs
+        x, theta, ctx.unit, kernel = inputs
+        ctx.backend = kernel.backend  # the backward kernel from the same backend
         ctx.save_for_backward(x, theta)
 
     @staticmethod
-    def vmap(info, in_dims, x, theta, unit, backend):
+    def vmap(info, in_dims, x, theta, unit, kernel):
         n, (x_dim, theta_dim) = info.batch_size, in_dims[:2]
         xs = batch_first(x, x_dim, n)
         if theta_dim is None:  # a batch of inputs: one call on all their rows
-            out = _EagerParticleForward.apply(merged_rows(xs), theta, unit, backend)
+            out = _EagerParticleForward.apply(merged_rows(xs), theta, unit, kernel)
             return out.reshape(n, xs.shape[1], out.shape[-1]), 0
         if n == 0:
             return x.new_empty((0, xs.shape[1], unit.c)), 0
         thetas = theta.movedim(theta_dim, 0)  # a batch of particle sets: one call per set
         outs = [_EagerParticleForward.apply(xs[i].contiguous(), thetas[i].contiguous(), unit,
-                                            backend) for i in range(n)]  # fmt: skip
+                                            kernel) for i in range(n)]  # fmt: skip
         return torch.stack(outs), 0
 
     @staticmethod
@@ -808,12 +808,13 @@ def model_output(
         raise ValueError("theta must hold at least one particle")
     if x.dtype != theta.dtype or x.device != theta.device:
         raise ValueError("x and theta must share dtype and device")
-    backend = resolve_backend("particle_forward", {"x": x, "theta": theta}, backend)
     if eager_route(x, theta) is not None:  # the kernels themselves, without the ops' dispatch
         # (always the Function: it records reverse-mode autograd, and refuses forward-mode
         # tangents with torch's "implement the jvp function" error instead of dropping them)
-        return _EagerParticleForward.apply(x.contiguous(), theta.contiguous(), unit, backend)
+        kernel = select_kernel("particle_forward", {"x": x, "theta": theta}, backend)
+        return _EagerParticleForward.apply(x.contiguous(), theta.contiguous(), unit, kernel)
     refuse_forward_ad_on_op_route("model_output", x, theta)
+    backend = resolve_backend("particle_forward", {"x": x, "theta": theta}, backend)
     return _particle_forward_op(
         x.contiguous(), theta.contiguous(), unit.code, unit.activation_code, unit.c, unit.d,
         backend,
