@@ -152,6 +152,13 @@ def _loss_value(out) -> float:
     raise TypeError(f"loss must return a scalar (0-d tensor or number), got {type(out).__name__}")
 
 
+def _relative_gap(a: float, b: float) -> float:
+    """|a − b| / max(|a|, |b|, 1e-30), the symmetry checks' measure; NaN (a loss gone NaN) is
+    inf, so it never passes a tolerance."""
+    gap = abs(a - b) / max(abs(a), abs(b), 1e-30)
+    return math.inf if math.isnan(gap) else gap
+
+
 def _check_d(d, name: str = "d") -> int:
     return as_int(d, name, minimum=1)
 
@@ -592,10 +599,7 @@ class Mirror:
             for p in points:
                 a = _loss_value(loss(p))
                 b = _loss_value(loss(self.reflect(p)))
-                gap = abs(a - b) / max(abs(a), abs(b), 1e-30)
-                if math.isnan(gap):
-                    gap = math.inf
-                worst = max(worst, gap)
+                worst = max(worst, _relative_gap(a, b))
         return worst <= rtol, worst
 
     def __repr__(self) -> str:

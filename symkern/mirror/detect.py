@@ -52,7 +52,6 @@ which they then advance, like any torch sampler).
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -61,7 +60,7 @@ import torch
 from torch import nn
 
 from symkern._checks import as_int, as_real
-from symkern.mirror.core import Mirror, _check_tol, _check_trials, _loss_value
+from symkern.mirror.core import Mirror, _check_tol, _check_trials, _loss_value, _relative_gap
 
 __all__ = [
     "Rescaling",
@@ -278,8 +277,7 @@ def _check_deterministic(loss, d: int, generator, rtol: float) -> None:
     with torch.no_grad():
         p = torch.randn(d, generator=generator, dtype=torch.float64)
         a, b = _loss_value(loss(p)), _loss_value(loss(p))
-    gap = abs(a - b) / max(abs(a), abs(b), 1e-30)
-    if not gap <= rtol:  # NaN too
+    if not _relative_gap(a, b) <= rtol:
         raise ValueError(
             f"loss is not deterministic: two calls at the same theta gave {a!r} and {b!r}, so "
             "no symmetry can be verified on it (Dropout in train mode? call model.eval(), or "
@@ -444,8 +442,7 @@ class Rescaling:
                 a = _loss_value(loss(p))
                 for lam in lambdas:
                     b = _loss_value(loss(self.apply(p, lam)))
-                    gap = abs(a - b) / max(abs(a), abs(b), 1e-30)
-                    worst = max(worst, math.inf if math.isnan(gap) else gap)
+                    worst = max(worst, _relative_gap(a, b))
         return worst <= rtol, worst
 
 
