@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import symkern
 import symkern.groups as G
 from symkern.groups import GroupTooLargeError
 from symkern.groups import _native as nat
+from symkern.groups import schreier_sims as ss
 from symkern.groups.orbits import orbit_labels
 from symkern.groups.schreier_sims import schreier_sims_order
 from symkern.testing import assert_close
@@ -155,8 +157,6 @@ def test_schreier_sims_matches_formulas():
     assert G.perm_rep(G.symmetric(7).permutations()).order() == 5040
     assert G.perm_rep(G.alternating(8).permutations()).order() == math.factorial(8) // 2
     assert G.perm_rep(G.alternating(20).permutations()).order() == math.factorial(20) // 2
-    # A_30 via Schreier-Sims (~0.2 s); A_100 takes ~16 s with this pure-numpy implementation,
-    # so alternating(100) is checked through its formula in test_known_orders.
     assert G.perm_rep(G.alternating(30).permutations()).order() == math.factorial(30) // 2
     assert G.perm_rep(G.dihedral(9).permutations()).order() == 18
     # signed: via the action on the 2D points
@@ -177,6 +177,55 @@ def test_schreier_sims_equals_bfs(gens):
     n_bfs = len(rep.group.elements())
     assert schreier_sims_order(gens) == n_bfs
     assert rep.order() == n_bfs
+
+
+def _wreath_gens(k: int, m: int) -> np.ndarray:
+    """Generators of S_k wr S_m on k*m points (blocks of k): S_k on block 0 (k-cycle and a
+    transposition), the cyclic shift of the blocks, and the swap of blocks 0 and 1."""
+    n = k * m
+    cycle, swap_pts, shift, swap_blocks = (np.arange(n) for _ in range(4))
+    cycle[:k] = np.roll(np.arange(k), -1)
+    swap_pts[[0, 1]] = [1, 0]
+    shift = (shift + k) % n
+    swap_blocks[: 2 * k] = np.r_[np.arange(k, 2 * k), np.arange(k)]
+    return np.stack([cycle, swap_pts, shift, swap_blocks])
+
+
+def test_schreier_sims_large_degree():
+    """Degrees where the one-generator-at-a-time implementation took seconds to minutes (S_60 from
+    an n-cycle and a transposition: 61 s; A_100: ~16 s); and an imprimitive group whose order the
+    orbit/parity bound cannot certify, so the Schreier-generator verification runs."""
+    for n in (60, 100):
+        cycle_and_transposition = np.stack([np.roll(np.arange(n), -1), np.r_[1, 0, 2:n]])
+        assert schreier_sims_order(cycle_and_transposition) == math.factorial(n)
+    assert G.perm_rep(G.alternating(100).permutations()).order() == math.factorial(100) // 2
+    assert schreier_sims_order(_wreath_gens(4, 8)) == math.factorial(4) ** 8 * math.factorial(8)
+    assert schreier_sims_order(_wreath_gens(3, 5)) == 6**5 * 120
+
+
+@HYP
+@given(perm_gens(max_points=8))
+def test_schreier_sims_each_phase_alone_is_exact(gens):
+    """The verification alone (no random phase, no bound shortcut) and the random phase plus the
+    verification both give the BFS order: neither relies on the other being complete."""
+    n_bfs = len(G.perm_rep(gens).group.elements())
+    with mock.patch.object(ss, "_RANDOM_TRIVIAL_RUN", 0):
+        assert schreier_sims_order(gens) == n_bfs
+    with mock.patch.object(ss, "_order_upper_bound", lambda gens: -1):
+        assert schreier_sims_order(gens) == n_bfs
+    assert ss._order_upper_bound(gens) >= n_bfs
+
+
+def test_schreier_sims_order_upper_bound():
+    """Orbits and parities: Sym of each orbit, Alt where every generator is even on it, and the
+    even permutations when every generator is."""
+    double_swap = np.array([[1, 0, 3, 2]])  # odd on both orbits, even overall: order 2
+    assert ss._order_upper_bound(double_swap) == 2
+    a4 = np.array([[1, 2, 0, 3], [0, 2, 3, 1]])  # 3-cycles, transitive: A_4
+    assert ss._order_upper_bound(a4) == 12 == schreier_sims_order(a4)
+    s3_times_a4 = np.array([[1, 0, 2, 3, 4, 5, 6], [1, 2, 0, 3, 4, 5, 6], [0, 1, 2, 4, 5, 3, 6]])
+    s3_times_a4 = np.concatenate([s3_times_a4, [[0, 1, 2, 3, 5, 6, 4]]])
+    assert ss._order_upper_bound(s3_times_a4) == 6 * 12 == schreier_sims_order(s3_times_a4)
 
 
 @HYP

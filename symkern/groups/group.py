@@ -35,9 +35,9 @@ from .schreier_sims import schreier_sims_order
 # symmetrize) is refused: SO(3) at degree 270 already has 1e7 nodes (~0.7 GB of matrices).
 MAX_QUADRATURE_NODES = 10_000_000
 
-# Schreier--Sims on at most this many points takes milliseconds (S_9: ~25 ms), on many more it can
-# take seconds (S_30: ~8 s, S_50: ~20 s): up to it Group._order_at_most computes the exact order,
-# above it a bounded BFS.
+# Schreier--Sims on at most this many points takes milliseconds; on many more it can take seconds
+# (S_2 wr S_64 on 128 points: ~5 s): up to it Group._order_at_most computes the exact order, above
+# it a bounded BFS.
 _CHEAP_SCHREIER_SIMS_POINTS = 16
 
 __all__ = ["Group", "ContinuousGroup", "GroupTooLargeError", "normalize_words", "evaluate_words"]
@@ -182,8 +182,8 @@ class Group:
     def _order_at_most(self, limit: int) -> int | None:
         """|G| when it is at most ``limit``, else None; never slower than O(limit) when |G| is not
         known yet: a BFS closure that stops after ``limit`` elements instead of the exact order
-        (Schreier--Sims on S_50's degree-50 generators takes ~20 s). For size checks made before
-        enumerating or building |G| dense matrices."""
+        (Schreier--Sims on an imprimitive group of degree 128 can take seconds). For size checks
+        made before enumerating or building |G| dense matrices."""
         points = {"perm": self.dim, "signed": 2 * self.dim}.get(self.kind)
         if self._order is None and (
             callable(self._order_hint)  # a formula: cheap
