@@ -19,7 +19,8 @@
 //   the stored derivatives, weight decay, EA pull-back, Philox Langevin noise (projected for
 //   EA / project_noise runs), update in place), snapshots.
 // * Threads: OpenMP over runs. When R < threads and N >= team_min_particles() (2048 by default;
-//   SYMKERN_PARTICLES_TEAM_MIN_N=n or =off) the threads split a run's particles (a team)
+//   SYMKERN_PARTICLES_TEAM_MIN_N=n or =off; at least 256 particles per team thread) the threads
+//   split a run's particles (a team)
 //   and meet at one barrier per step, where the partial
 //   sums over particles are combined in a fixed order (double-buffered, so one barrier suffices;
 //   the result does not depend on timing, only — at rounding level — on the team size).
@@ -2218,9 +2219,14 @@ void steps_impl(const Problem<T>& p, const T* theta_in, index_t R, index_t N, T*
   // a thread's scratch is allocated in the parallel region (its size follows the thread's share
   // of particles); a failed allocation is rethrown after it, never std::terminate
   ::symkern::FirstException errors;
-  if (nthr > 1 && R < nthr && N >= ::symkern::particles::team_min_particles()) {
+  // a team splits one run's particles, at least 256 per thread: below 512 particles there is no
+  // team whatever SYMKERN_PARTICLES_TEAM_MIN_N says (a team of 0 wrote into an empty buffer)
+  const int team_size = (nthr > 1 && R < nthr && N >= ::symkern::particles::team_min_particles())
+                            ? static_cast<int>(std::min<index_t>(nthr, N / 256))
+                            : 0;
+  if (team_size >= 2) {
     // a team of threads per run, runs one after the other
-    const int nt = static_cast<int>(std::min<index_t>(nthr, N / 256));
+    const int nt = team_size;
     std::vector<double> partial(2 * static_cast<std::size_t>(nt) * cx.Emax * p.c, 0.0);
 #ifdef SYMKERN_WITH_OPENMP
 #pragma omp parallel num_threads(nt)

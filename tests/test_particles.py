@@ -1188,6 +1188,31 @@ def test_team_mode_matches_reference():
         assert err < 1e-9, (case, err)
 
 
+def test_team_threshold_below_two_teams_worth_of_particles():
+    """SYMKERN_PARTICLES_TEAM_MIN_N below 512 with one run of N < 512 particles: a team would get
+    fewer than 256 particles per thread, so the run goes unsplit (a team of N // 256 = 0 threads
+    wrote into an empty buffer: a segfault). The numbers match the reference."""
+    import subprocess
+    import sys
+
+    script = """
+import torch, symkern
+from symkern.meanfield import MatrixUnit, Teacher, initial_particles
+unit, teacher = MatrixUnit(2, 2), Teacher.paper("WI").particles
+for n in (16, 200, 511):
+    theta = initial_particles(1, n, unit.D, seed=n)
+    got = symkern.particle_steps(theta, unit, teacher=teacher, steps=3, backend="cpp")
+    ref = symkern.particle_steps(theta, unit, teacher=teacher, steps=3, backend="torch")
+    assert torch.allclose(got.theta, ref.theta, rtol=1e-10, atol=1e-12), n
+print("ok", symkern._C.particle_team_min_n())
+"""
+    env = {**os.environ, "SYMKERN_PARTICLES_TEAM_MIN_N": "16", "OMP_NUM_THREADS": "2"}
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+    assert res.stdout.split() == ["ok", "16"]
+
+
 # --- chunks of one call, and Ctrl-C between them -------------------------------------------------
 
 

@@ -17,8 +17,8 @@ The registry imports this module only when ``symkern._C`` is importable. The ker
 * OpenMP over runs; when there are fewer runs than threads and N ≥ 2048, the threads split each
   run's particles instead (a team, one barrier per step; partial sums combined in a fixed order,
   so results depend on the team size only at rounding level). ``symkern._C.particle_team_min_n()``
-  reports the threshold; ``SYMKERN_PARTICLES_TEAM_MIN_N=n`` changes it and ``=off`` disables
-  teams — worth it on a machine shared with other busy processes, where the per-step barrier
+  reports the threshold; ``SYMKERN_PARTICLES_TEAM_MIN_N=n`` changes it (a team still takes at least 256
+  particles per thread) and ``=off`` disables teams — worth it on a machine shared with other busy processes, where the per-step barrier
   waits for a descheduled thread (milliseconds per step measured on the project's 2-core box);
 * activations: float64 uses the branch-free exp_d / tanh_d of csrc/vmath.h (vectorised; on
   AVX-512 the matrix unit's pass 1 runs an explicit 8-lane sigmoid with a Newton reciprocal):
