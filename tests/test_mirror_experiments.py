@@ -31,6 +31,12 @@ SPARSITY_ARGS = [
 ]  # fmt: skip
 
 
+def _resigned(data: dict) -> dict:
+    """A cell record whose cell a test edited on purpose (to show a claim can fail), with its
+    digest recomputed: run_cells recomputes a cell whose digest does not match (an edit)."""
+    return {**data, "digest": common._cell_digest(data["name"], data["cell"])}
+
+
 def _outputs(out, names):
     for n in names:
         assert (out / n).exists() and (out / n).stat().st_size > 0, n
@@ -54,7 +60,7 @@ def test_mirror_sparsity_quick(tmp_path, capsys):
     path = out / "cells" / "noise_b16.json"
     data = json.loads(path.read_text())
     data["cell"]["sparsity"] = [0.123]
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(_resigned(data)))
     capsys.readouterr()
     assert mirror_sparsity.main([*SPARSITY_ARGS, "--out", str(out), "--resume"]) == 0
     assert "resume: 3 finished cell(s) loaded" in capsys.readouterr().out
@@ -71,7 +77,7 @@ def test_mirror_sparsity_quick(tmp_path, capsys):
     data = json.loads(path.read_text())
     data["cell"]["max_abs_err_vs_soft_threshold"][0] = float("nan")
     data["cell"]["linear_max_abs_err_vs_beta_over_1_plus_gamma"] = float("inf")
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(_resigned(data)))
     assert mirror_sparsity.main([*SPARSITY_ARGS, "--out", str(out), "--resume",
                                  "--noise-sigma", "4.5", "--figures", "false"]) == 0  # fmt: skip
     c = json.loads((out / "results.json").read_text())["claims"]
@@ -102,7 +108,7 @@ def test_mirror_lowrank_quick(tmp_path):
         data["cell"]["singular_values"][-1][0] = float("nan")
         if name == "symmetric":
             data["cell"]["max_abs_sv_err"] = [float("nan")] * len(data["cell"]["gammas"])
-        path.write_text(json.dumps(data))
+        path.write_text(json.dumps(_resigned(data)))
     assert mirror_lowrank.main([*args, "--resume", "--figures", "false"]) == 0
     c = json.loads((out / "results.json").read_text())["claims"]
     for name in ("rank_matches_closed_form", "singular_values_match_closed_form",
@@ -130,7 +136,7 @@ def test_mirror_dcs_quick(tmp_path, capsys):
             r["max_abs_err"] = float("nan")
             if name == "regression":
                 r["zeros_constrained"] = r["zeros_constrained_closed_form"]
-        path.write_text(json.dumps(data))
+        path.write_text(json.dumps(_resigned(data)))
     res = mirror_dcs.run(mirror_dcs.Config(**{**res["config"], "figures": False}), out,
                          resume=True, show_progress=False)  # fmt: skip
     for name, c in res["claims"].items():
@@ -373,7 +379,7 @@ def test_mirror_ensemble_quick(tmp_path, capsys):
     path = out / "cells" / "noise_tanh.json"
     data = json.loads(path.read_text())
     data["cell"]["live"] = [12, 1]
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(_resigned(data)))
     capsys.readouterr()
     args = [*ENSEMBLE_ARGS, "--out", str(out), "--resume", "--figures", "false"]
     assert mirror_ensemble.main(args) == 0
@@ -425,7 +431,7 @@ def test_mirror_plasticity_quick(tmp_path, capsys):
     path = out / "cells" / "factorization_broken.json"
     data = json.loads(path.read_text())
     data["cell"]["curve"]["rank"][0] = [5, 4]
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(_resigned(data)))
     capsys.readouterr()
     args = [*PLASTICITY_ARGS, "--out", str(out), "--resume", "--figures", "false"]
     assert mirror_plasticity.main(args) == 0
@@ -436,8 +442,10 @@ def test_mirror_plasticity_quick(tmp_path, capsys):
 
 def test_resume_recomputes_unreadable_cells(tmp_path):
     """--resume: a truncated, non-object or incomplete cell file is logged and recomputed (it
-    used to crash with a JSONDecodeError / AttributeError); good cells are still loaded."""
-    names = ["a", "b", "c", "d", "e", "f"]
+    used to crash with a JSONDecodeError / AttributeError), and so is another cell's file copied
+    over it or an edited one (loaded as they were: a copy gave the wrong cell's numbers, an edit
+    that removed a key crashed later); good cells are still loaded."""
+    names = ["a", "b", "c", "d", "e", "f", "g", "h"]
     computed = []
 
     def compute(n):
@@ -459,12 +467,19 @@ def test_resume_recomputes_unreadable_cells(tmp_path):
     (cells_dir / "e.json").write_bytes(b"\xff\xfe\x00")  # not text
     data = json.loads(good)
     (cells_dir / "f.json").write_text(json.dumps({**data, "cell": [1]}))  # right hash, bad cell
+    # right hash, readable, but not this cell: a's file copied over g's, h's value edited
+    (cells_dir / "g.json").write_text(good)
+    edited = json.loads((cells_dir / "h.json").read_text())
+    (cells_dir / "h.json").write_text(json.dumps({**edited, "cell": {"value": "hhh"}}))
     computed.clear()
     cells, logs = run(True)
     assert cells == ref
-    assert computed == ["b", "c", "d", "e", "f"]
-    for n in computed:
+    assert computed == ["b", "c", "d", "e", "f", "g", "h"]
+    for n in computed[:5]:
         assert any(m.startswith(f"cells/{n}.json unreadable: recomputing") for m in logs), logs
+    for n in computed[5:]:
+        message = f"cells/{n}.json is not this run's cell {n} (copied or edited): recomputing"
+        assert message in logs, logs
     assert "resume: 1 finished cell(s) loaded" in logs
     # the recomputed cells were rewritten: a second resume loads all of them
     computed.clear()

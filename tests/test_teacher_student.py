@@ -427,6 +427,41 @@ def test_resume_recomputes_unreadable_cell_files(tmp_path):
     assert res["resumed_cells"] == 1 and not any("unreadable" in m for m in logs), logs
 
 
+def test_resume_recomputes_edited_cell_files(tmp_path):
+    """--resume: cell files that parse and carry the right hash but are not the cell N = n of
+    this run (another N's files copied over it; a key, a record or a snapshot value removed; a
+    particle array of the wrong shape) are logged and recomputed. The copied N = 5 cell used to
+    load as N = 10, so results.json lost N = 10; a missing key crashed with KeyError."""
+    cfg = ts.build_config("quick", None, {**TINY_GRID, "n_values": [5, 10]})
+    ref = ts.run(cfg, tmp_path, show_progress=False)
+    cells = tmp_path / "cells"
+    good = {p.name: p.read_bytes() for p in cells.iterdir()}
+    cell10 = json.loads(good["N10.json"])
+
+    def edited(**changes):
+        return json.dumps({**cell10, **changes}).encode()
+
+    record = dict(cell10["records"][0], test_risk=cell10["records"][0]["test_risk"][:-1])
+    damage = [
+        {"N10.json": good["N5.json"], "N10.npz": good["N5.npz"]},  # the N = 5 cell copied over
+        {"N10.json": json.dumps({k: v for k, v in cell10.items() if k != "records"}).encode()},
+        {"N10.json": edited(records=cell10["records"][1:])},
+        {"N10.json": edited(records=[record, *cell10["records"][1:]])},
+        {"N10.json": edited(pairwise=cell10["pairwise"][:-1])},
+        {"N10.npz": good["N5.npz"]},  # particles of N = 5 under N = 10's json
+    ]
+    for files in damage:
+        for name, data in files.items():
+            (cells / name).write_bytes(data)
+        logs = []
+        res = ts.run(cfg, tmp_path, resume=True, show_progress=False, log=logs.append)
+        assert res["resumed_cells"] == 1, logs
+        assert any(m.startswith("cells/N10.json is not this run's cell N = 10") for m in logs), logs
+        assert _metrics_only(res) == _metrics_only(ref)
+        for name, data in good.items():
+            (cells / name).write_bytes(data)
+
+
 def test_claims_that_could_not_fail_now_can():
     """The claim "EA stays at the equivariant floor" held for an EA risk 100x the floor (a lower
     bound, which no equivariant model can miss): it now needs EA within EA_FLOOR_RTOL of it.

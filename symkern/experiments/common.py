@@ -618,6 +618,14 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 # --- cells: named units of work, each checkpointed atomically (the mirror experiments) ----------
 
 
+def _cell_digest(name: str, cell: dict[str, Any]) -> str:
+    """A hash of a cell's name and content as JSON stores them (so the computed cell and the one
+    read back agree): a cell file copied under another name, or edited, fails it."""
+    stored = json.loads(json.dumps(cell, default=_json_default, allow_nan=True))
+    blob = json.dumps({"name": name, "cell": stored}, sort_keys=True, allow_nan=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 def run_cells(
     out: Path,
     names: list[str],
@@ -631,19 +639,22 @@ def run_cells(
     log=print,
 ) -> dict[str, dict[str, Any]]:
     """Compute every named cell (or load it from ``out/cells`` when resuming and its config
-    hash matches; an unreadable cell file is logged and recomputed, see
-    :func:`load_checkpoint`); each finished cell is written atomically before the next
-    starts."""
+    hash matches; an unreadable cell file, see :func:`load_checkpoint`, or one whose name or
+    content digest is not its own — copied from another cell, edited — is logged and
+    recomputed); each finished cell is written atomically before the next starts."""
     h = config_hash({k: v for k, v in cfg_dict.items() if k not in not_in_hash})
     cells: dict[str, dict[str, Any]] = {}
     if resume:
         for n in names:
             data = load_checkpoint(out / "cells" / f"{n}.json", keys=("hash", "cell"), log=log)
-            if data is not None and data["hash"] == h:
-                if isinstance(data["cell"], dict):
-                    cells[n] = data["cell"]
-                else:
-                    log(f"cells/{n}.json unreadable: recomputing (its cell is not an object)")
+            if data is None or data["hash"] != h:
+                continue
+            if not isinstance(data["cell"], dict):
+                log(f"cells/{n}.json unreadable: recomputing (its cell is not an object)")
+            elif data.get("name") != n or data.get("digest") != _cell_digest(n, data["cell"]):
+                log(f"cells/{n}.json is not this run's cell {n} (copied or edited): recomputing")
+            else:
+                cells[n] = data["cell"]
         if cells:
             log(f"resume: {len(cells)} finished cell(s) loaded")
     bar = progress(len(names), desc, enabled=show_progress, initial=len(cells), unit="cell")
@@ -653,7 +664,8 @@ def run_cells(
                 continue
             bar.set_postfix_str(n)
             cells[n] = compute(n)
-            atomic_write_json(out / "cells" / f"{n}.json", {"hash": h, "cell": cells[n]})
+            record = {"hash": h, "name": n, "digest": _cell_digest(n, cells[n]), "cell": cells[n]}
+            atomic_write_json(out / "cells" / f"{n}.json", record)
             bar.update(1)
     finally:
         bar.close()

@@ -388,8 +388,67 @@ def _load_cell(out: Path, n: int, cfg: Config, log=print) -> dict[str, Any] | No
     particles = common.load_checkpoint(npath, log=log)
     if particles is None:
         return None
+    try:
+        _check_cell(cell, particles, n, cfg)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        log(
+            f"cells/N{n}.json is not this run's cell N = {n}: recomputing ({type(e).__name__}: {e})"
+        )
+        return None
     cell["_particles"] = particles
     return cell
+
+
+def _check_cell(cell: dict[str, Any], particles: dict[str, Any], n: int, cfg: Config) -> None:
+    """Raise when a cell read back is not what :func:`run_cell` writes for N = n of ``cfg``: a
+    copied or hand-edited file with the right hash (its N, steps, runs, pairs, per-snapshot lists
+    and particle shapes are all checked, so the summary and figures cannot use a wrong one)."""
+
+    def expect(ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(what)
+
+    def numbers(values, count: int, what: str, none_ok: bool = False) -> None:
+        expect(
+            isinstance(values, list)
+            and len(values) == count
+            and all(
+                (v is None and none_ok) or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                for v in values
+            ),
+            f"{what}: expected {count} numbers",
+        )
+
+    total = max(1, round(n * cfg.horizon))
+    bounds = _snapshot_bounds(total, cfg.snapshots)
+    expect(cell["N"] == n, f"N is {cell['N']!r}")
+    expect(cell["steps"] == total and cell["snapshot_steps"] == bounds, "steps or snapshots differ")
+    runs = [
+        (t, s, k, n) for t, s, k in itertools.product(cfg.teachers, cfg.schemes, range(cfg.seeds))
+    ]
+    records = cell["records"]
+    expect(
+        [(r["teacher"], r["scheme"], r["seed"], r["N"]) for r in records] == runs,
+        "records are not this grid's runs",
+    )
+    for r in records:
+        for key in ("rmd_si", "test_risk", "train_loss"):
+            numbers(r[key], len(bounds), f"records: {key}")
+        numbers(r["rmd_wi"], len(bounds), "records: rmd_wi", none_ok=True)
+        expect(isinstance(r["rmd_wi_method"], str), "records: rmd_wi_method")
+    pairs = [f"{a}-{b}" for a, b in itertools.combinations(cfg.schemes, 2)]
+    want = sorted((t, k, p) for t in cfg.teachers for k in range(cfg.seeds) for p in pairs)
+    pairwise = cell["pairwise"]
+    expect(sorted((p["teacher"], p["seed"], p["pair"]) for p in pairwise) == want, "pairwise")
+    numbers([p["rmd"] for p in pairwise], len(want), "pairwise: rmd")
+    expect(all(isinstance(p["method"], str) for p in pairwise), "pairwise: method")
+    expect(isinstance(cell["backend"], list), "backend")
+    numbers([cell["train_wall_s"], cell["metrics_wall_s"]], 2, "wall times")
+    theta0, final, names = particles["theta0"], particles["final"], particles["runs"]
+    kept = len(cfg.teachers) * len(cfg.schemes)  # seed 0 of every teacher and scheme
+    expect(theta0.ndim == 2 and theta0.shape[0] == n, f"theta0 has shape {theta0.shape}")
+    expect(final.shape == (kept, n, theta0.shape[1]), f"final has shape {final.shape}")
+    expect(names.shape == (kept,), f"runs has shape {names.shape}")
 
 
 def _save_cell(out: Path, cell: dict[str, Any]) -> None:
