@@ -15,7 +15,7 @@ from symkern.backends.registry import select_kernel
 from symkern.meanfield import MatrixUnit, ParticleTrainer, StandardUnit, Teacher, rng
 from symkern.meanfield.trainer import initial_particles
 from symkern.ops.particles import group_matrices, particle_problem
-from symkern.testing import TRITON_DEVICE, assert_close
+from symkern.testing import TRITON_DEVICE, assert_close, backend_cases
 
 SCHEMES = ["vanilla", "DA", "DA-sample", "FA", "EA"]
 
@@ -303,6 +303,41 @@ def test_joint_equivariance(unit, rep_x, rep_y):
     if not torch.allclose(m_z[-1], torch.eye(unit.D, dtype=torch.float64)):
         lhs = unit.features(x @ rho_x[-1].T, z)
         assert not torch.allclose(lhs, base @ rho_y[-1].T)
+
+
+def test_fa_trains_the_feature_averaged_model_when_the_unit_is_not_jointly_equivariant():
+    """FA is Q_G Φ(x) = (1/|G|) Σ_g ρ̂_g⁻¹ Φ(ρ_g x). Sign flips acting on both x and y do not make
+    the matrix unit jointly equivariant (sigmoid(−u) ≠ −sigmoid(u)), so Φ of the symmetrised
+    particles is another model: the reference trained that one silently. It now trains Q_G Φ
+    (checked against autograd of the definition, with the noise off), and the compiled kernels,
+    which evaluate the symmetrised-particle form, decline the call with the reason."""
+    from symkern.backends.registry import BackendUnavailableError
+
+    unit, flips = MatrixUnit(2, 2), groups.sign_flips(2)
+    teacher = Teacher.paper("WI").particles
+    theta = initial_particles(2, 7, unit.D, seed=3)
+    kw = dict(teacher=teacher, group=flips, scheme="FA", alpha=[20.0, 50.0], tau=1e-3, beta=0.0)
+    got = symkern.particle_step(theta, unit, backend="torch", **kw).theta
+
+    rho = flips.element_matrices().double()  # (4, 2, 2), ρ̂ = ρ
+    x = 4.0 * rng.normal(0, torch.arange(2), 0, rng.STREAM_DATA, 20 * 2, torch.float64)
+    x = x.view(2, 20, 2)
+    weights = torch.full((10,), 0.1, dtype=torch.float64)  # the default 1 / M
+    y = torch.einsum("rbmc,m->rbc", unit.features(x, teacher), weights)
+    th = theta.clone().requires_grad_(True)
+    phi = torch.stack([unit.output(x @ r.T, th) @ torch.linalg.inv(r).T for r in rho]).mean(0)
+    loss = ((phi - y) ** 2).sum(-1).mean(-1) + 1e-3 * (th**2).sum(-1).mean(-1)
+    (grad,) = torch.autograd.grad(loss.sum(), th)
+    want = theta - torch.tensor([20.0, 50.0], dtype=torch.float64).view(2, 1, 1) * grad
+    assert_close(got, want, rtol=1e-12, atol=1e-14)
+    symmetrised = torch.einsum("gij,rnj->rgni", group_matrices(unit, flips, torch.float64,
+                               torch.device("cpu"))[2], th).flatten(1, 2)  # fmt: skip
+    assert not torch.allclose(unit.output(x, symmetrised), phi, atol=1e-3)  # another model
+    for case in backend_cases():
+        if case.backend != "torch":
+            on = {**kw, "teacher": teacher.to(case.device)}
+            with pytest.raises(BackendUnavailableError, match="permutation rho_y"):
+                symkern.particle_step(theta.to(case.device), unit, backend=case.backend, **on)
 
 
 # --- RNG ---------------------------------------------------------------------------------------

@@ -11,14 +11,16 @@ The registry imports this module only when ``symkern._C`` is importable. The ker
 * every scheme is a batch of E "effective inputs" through the same loops: vanilla/EA E = B (EA on
   Pθ, gradient pulled back by Pᵀ), DA E = B|G|, DA-sample E = B, FA E = B|G| inputs ρ_gᵀx with
   output (1/|G|) Σ_g ρ̂_g Φ(ρ_gᵀx) — by joint equivariance this is Φ of the N|G| symmetrised
-  particles M_g θ_i, never materialised. :func:`_check` verifies the premise (m_z is the unit's
-  ``param_action`` of orthogonal ρ; for the matrix unit ρ̂ are permutations) and otherwise
-  reports the call unsupported, so it goes to another backend;
+  particles M_g θ_i, never materialised. ``symkern.meanfield.problem.fa_kernel_reasons``
+  verifies the premise (m_z is the unit's ``param_action`` of orthogonal ρ; for the matrix unit
+  ρ̂ are permutations) and otherwise reports the call unsupported, so it goes to another
+  backend;
 * OpenMP over runs; when there are fewer runs than threads and N ≥ 2048, the threads split each
   run's particles instead (a team, one barrier per step; partial sums combined in a fixed order,
-  so results depend on the team size only at rounding level). ``symkern._C.particle_team_min_n()``
-  reports the threshold; ``SYMKERN_PARTICLES_TEAM_MIN_N=n`` changes it (a team still takes at least 256
-  particles per thread) and ``=off`` disables teams — worth it on a machine shared with other busy processes, where the per-step barrier
+  so results depend on the team size only at rounding level).
+  ``symkern._C.particle_team_min_n()`` reports the threshold; ``SYMKERN_PARTICLES_TEAM_MIN_N=n``
+  changes it (a team still takes at least 256 particles per thread) and ``=off`` disables
+  teams — worth it on a machine shared with other busy processes, where the per-step barrier
   waits for a descheduled thread (milliseconds per step measured on the project's 2-core box);
 * activations: float64 uses the branch-free exp_d / tanh_d of csrc/vmath.h (vectorised; on
   AVX-512 the matrix unit's pass 1 runs an explicit 8-lane sigmoid with a Newton reciprocal):
@@ -56,7 +58,7 @@ import torch
 
 import symkern._C as _C
 from symkern.backends.registry import register_kernel
-from symkern.meanfield.problem import SCHEMES, ParticleProblem
+from symkern.meanfield.problem import ParticleProblem, fa_kernel_reasons
 
 __all__ = ["particle_steps"]
 
@@ -69,30 +71,6 @@ def _np(t: torch.Tensor, dtype: torch.dtype | None = None) -> np.ndarray:
     if dtype is not None and t.dtype != dtype:
         t = t.to(dtype)
     return t.contiguous().numpy()
-
-
-def _fa_reasons(problem: ParticleProblem) -> list[str]:
-    """FA runs use joint equivariance; check that the group data satisfy it."""
-    from symkern.backends.reference.particles import unit_of
-
-    rho_x = problem.rho_x.detach().cpu().double()
-    rho_y = problem.rho_y.detach().cpu().double()
-    m_z = problem.m_z.detach().cpu().double()
-    reasons = []
-    eye = torch.eye(rho_x.shape[-1], dtype=torch.float64, device="cpu")
-    if not torch.allclose(rho_x @ rho_x.transpose(1, 2), eye.expand_as(rho_x), atol=1e-6):
-        reasons.append("FA: the cpp kernel needs orthogonal rho_x (it averages over rho_g^T x)")
-    if not torch.allclose(unit_of(problem).param_action(rho_x, rho_y), m_z, atol=1e-6):
-        reasons.append("FA: the cpp kernel needs m_z = unit.param_action(rho_x, rho_y)")
-    if problem.unit_code == 0:
-        ok = (
-            ((rho_y == 0) | (rho_y == 1)).all()
-            and (rho_y.sum(1) == 1).all()
-            and (rho_y.sum(2) == 1).all()
-        )
-        if not ok:
-            reasons.append("FA with the matrix unit: the cpp kernel needs permutation rho_y")
-    return reasons
 
 
 def _check(inputs: Mapping[str, Any]) -> list[str]:
@@ -118,8 +96,8 @@ def _problem_reasons(problem: ParticleProblem) -> list[str]:
             reasons.append(f"problem.{name}: the cpp kernel needs CPU tensors, got {t.device}")
     if problem.x_data is not None and problem.x_data.device.type != "cpu":
         reasons.append("problem.x_data: the cpp kernel needs CPU tensors")
-    if not reasons and bool((problem.scheme == SCHEMES["FA"]).any()):
-        reasons.extend(_fa_reasons(problem))
+    if not reasons:
+        reasons.extend(fa_kernel_reasons(problem))
     return reasons
 
 

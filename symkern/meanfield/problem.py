@@ -15,7 +15,9 @@ trained by the particle SGD of SPEC_MEANFIELD.md. Per step t (absolute step inde
    1       DA          (1/(B|G|)) Σ_b Σ_g ‖Φ_θ(ρ_g x_b) − ρ̂_g y_b‖²    (full orbit)
    2       DA-sample   (1/B) Σ_b ‖Φ_θ(ρ_{g_b} x_b) − ρ̂_{g_b} y_b‖²,
                        g_b = randint(seed, run_ids[r], t, STREAM_AUGMENT, index b, |G|)
-   3       FA          (1/B) Σ_b ‖Φ_{θ^G}(x_b) − y_b‖², θ^G = the N|G| particles M_g θ_i
+   3       FA          (1/B) Σ_b ‖Q_G Φ_θ(x_b) − y_b‖², Q_G Φ(x) = (1/|G|) Σ_g ρ̂_g⁻¹ Φ(ρ_g x)
+                       = Φ_{θ^G}(x), θ^G the N|G| particles M_g θ_i, when the unit is jointly
+                       equivariant (the compiled kernels' form: :func:`fa_kernel_reasons`)
    4       EA          (1/B) Σ_b ‖Φ_{Pθ}(x_b) − y_b‖², P = projection onto E^G
    ======  ==========  =====================================================================
 
@@ -42,7 +44,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["SCHEMES", "ParticleProblem"]
+__all__ = ["SCHEMES", "ParticleProblem", "fa_kernel_reasons"]
 
 SCHEMES = {"vanilla": 0, "DA": 1, "DA-sample": 2, "FA": 3, "EA": 4}
 
@@ -101,3 +103,39 @@ class ParticleProblem:
     @property
     def group_size(self) -> int:
         return int(self.rho_x.shape[0])
+
+
+def fa_kernel_reasons(problem: ParticleProblem) -> list[str]:
+    """Why a compiled kernel may not run the problem's FA runs (empty: it may).
+
+    The cpp and Triton kernels evaluate FA as Φ of the symmetrised particles M_g θ_i with the
+    inputs ρ_gᵀ x; that equals Q_G Φ only when ρ is orthogonal, M_g = ``unit.param_action(ρ, ρ̂)``
+    and the unit is jointly equivariant, which for the matrix unit (sigmoid elementwise) needs
+    permutation ρ̂_g. The torch reference evaluates Q_G Φ itself and takes any group.
+    """
+    from .units import unit_from_codes  # noqa: PLC0415 — units imports nothing from here
+
+    if not bool((problem.scheme == SCHEMES["FA"]).any()):
+        return []
+    rho_x = problem.rho_x.detach().cpu().double()
+    rho_y = problem.rho_y.detach().cpu().double()
+    m_z = problem.m_z.detach().cpu().double()
+    unit = unit_from_codes(problem.unit_code, problem.activation_code, problem.c, problem.d)
+    reasons = []
+    eye = torch.eye(rho_x.shape[-1], dtype=torch.float64)
+    if not torch.allclose(rho_x @ rho_x.transpose(1, 2), eye.expand_as(rho_x), atol=1e-6):
+        reasons.append("FA: the compiled kernels need orthogonal rho_x (they average rho_g^T x)")
+    if not torch.allclose(unit.param_action(rho_x, rho_y), m_z, atol=1e-6):
+        reasons.append("FA: the compiled kernels need m_z = unit.param_action(rho_x, rho_y)")
+    if problem.unit_code == 0:
+        permutation = (
+            ((rho_y == 0) | (rho_y == 1)).all() and (rho_y.sum(1) == 1).all()
+            and (rho_y.sum(2) == 1).all()
+        )  # fmt: skip
+        if not permutation:
+            reasons.append(
+                "FA with the matrix unit: the compiled kernels need permutation rho_y (sigmoid "
+                "commutes with permutations only, so otherwise Φ of the symmetrised particles "
+                "is not Q_G Φ)"
+            )
+    return reasons

@@ -3,7 +3,10 @@
 A particle model is Φ_θ(x) = (1/N) Σ_i σ*(x, θ_i) with x ∈ R^d, output in R^c and one particle's
 parameters θ_i ∈ R^D (flattened). A group acts on X by ρ_g, on Y by ρ̂_g and on Z by M_g; the unit
 is *jointly equivariant* when σ*(ρ_g x, M_g z) = ρ̂_g σ*(x, z). :meth:`Unit.param_action` gives
-the M_g that makes each unit jointly equivariant for orthogonal ρ, ρ̂.
+the M_g that makes the standard unit jointly equivariant for orthogonal ρ (any ρ̂), and the
+matrix unit for orthogonal ρ and permutation ρ̂ (sigmoid acts elementwise, so it commutes with
+permutations only: sign flips on y, say, leave no M_g that works). FA's Q_G Φ equals Φ of the
+symmetrised particles M_g θ_i only for such pairs.
 
 Units (the integer ``code`` is what the compiled kernels receive):
 
@@ -71,7 +74,8 @@ class Unit:
         return self.features(x, theta).mean(-2)
 
     def param_action(self, rho_x: torch.Tensor, rho_y: torch.Tensor) -> torch.Tensor:
-        """M_g (G, D, D) from ρ_g (G, d, d), ρ̂_g (G, c, c): makes the unit jointly equivariant."""
+        """M_g (G, D, D) from ρ_g (G, d, d), ρ̂_g (G, c, c): the action on parameters that makes
+        the unit jointly equivariant where any does (see the module docstring)."""
         raise NotImplementedError
 
     def check_theta(self, theta: torch.Tensor, name: str = "theta") -> None:

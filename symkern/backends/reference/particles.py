@@ -53,11 +53,18 @@ def data_loss(
             ).to(theta.device)  # fmt: skip
             xs = torch.einsum("rbij,rbj->rbi", problem.rho_x[g], xs)
             ys = torch.einsum("rbij,rbj->rbi", problem.rho_y[g], ys)
-        elif name == "FA":
-            th = torch.einsum("gij,rnj->rgni", problem.m_z, th).flatten(1, 2)
         elif name == "EA":
             th = th @ problem.proj.T
-        phi = unit.output(xs, th)
+        if name == "FA":
+            # Q_G Φ(x) = (1/|G|) Σ_g ρ̂_g⁻¹ Φ(ρ_g x), the spec's definition. It equals Φ of the
+            # symmetrised particles {M_g θ_i} (what the compiled kernels evaluate, and check
+            # they may) only when the unit is jointly equivariant: for the matrix unit ρ̂_g must
+            # be permutations, as sigmoid acts elementwise.
+            phi_g = unit.output(torch.einsum("gij,rbj->rgbi", problem.rho_x, xs), th[:, None])
+            rho_y_inv = torch.linalg.inv(problem.rho_y)
+            phi = torch.einsum("gij,rgbj->rbi", rho_y_inv, phi_g) / problem.group_size
+        else:
+            phi = unit.output(xs, th)
         loss = loss.index_put((idx,), ((phi - ys) ** 2).sum(-1).mean(-1))
     return loss
 

@@ -94,7 +94,7 @@ from triton.language.random import philox_impl
 
 from symkern.backends.registry import register_kernel, triton_interpreter_enabled
 from symkern.backends.triton import on_tensor_device
-from symkern.meanfield.problem import SCHEMES, ParticleProblem
+from symkern.meanfield.problem import SCHEMES, ParticleProblem, fa_kernel_reasons
 from symkern.meanfield.units import MatrixUnit, StandardUnit, Unit
 
 __all__ = [
@@ -1322,6 +1322,9 @@ def _check(inputs: Mapping[str, Any]) -> list[str]:
     N = int(theta.shape[1]) if isinstance(theta, torch.Tensor) and theta.ndim == 3 else 1
     if not _auto_two_pass(problem, N):
         reasons += _fused_reasons(problem)
+    if "fa_reasons" not in problem.backend_cache:  # once per (memoised) problem
+        problem.backend_cache["fa_reasons"] = fa_kernel_reasons(problem)
+    reasons += problem.backend_cache["fa_reasons"]
     if isinstance(theta, torch.Tensor):
         for name in ("alpha", "tau", "beta", "teacher", "rho_x", "m_z", "proj", "x_data"):
             tens = getattr(problem, name)
