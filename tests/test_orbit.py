@@ -699,3 +699,31 @@ def test_parameters_take_the_eager_routes():
         lambda a: symkern.orbit_average(a, rep), x, strategy="forward-mode", vectorize=True
     )
     assert_close(jac, P)
+
+
+def test_symmetrized_module_copies_average_their_own_inner_module():
+    """symmetrize(module) returned a module whose forward called the original module through a
+    closure: a deepcopy (EMA / teacher copies) silently computed with the original's weights, its
+    gradients flowed into them, and torch.save failed on the closure. Now each copy averages its
+    own ``inner``, and the module pickles."""
+    import copy
+    import io
+
+    rep = groups.cyclic(3)
+    torch.manual_seed(0)
+    sym = symkern.symmetrize(torch.nn.Linear(3, 3, bias=False), rep, rep)
+    x = torch.randn(4, 3)
+    clone = copy.deepcopy(sym)
+    with torch.no_grad():
+        clone.inner.weight.mul_(-2.0)
+    assert torch.allclose(clone(x), -2.0 * sym(x), atol=1e-6)  # Q_G is linear in the weights
+    clone(x).sum().backward()
+    assert sym.inner.weight.grad is None and clone.inner.weight.grad is not None
+    buf = io.BytesIO()
+    torch.save(sym, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert torch.equal(loaded(x), sym(x))
+    with torch.no_grad():
+        loaded.inner.weight.zero_()
+    assert loaded(x).abs().max() == 0 and sym(x).abs().max() > 0

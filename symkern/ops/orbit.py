@@ -21,6 +21,7 @@ the output is exactly 0 whatever x holds (Q(Qᵀx) with an empty basis Q reads n
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -422,17 +423,31 @@ def symmetrize(
     check_rep(rep_in, "rep_in")
     if rep_out is not None:
         check_rep(rep_out, "rep_out")
-    elems_in, elems_out, weights = _group_elements(
-        rep_in, rep_out, mode, samples, generator, degree
+    averager = _OrbitAverager(
+        rep_in, rep_out, *_group_elements(rep_in, rep_out, mode, samples, generator, degree)
     )
+    if isinstance(fn, torch.nn.Module):
+        return _SymmetrizedModule(fn, averager)
+    return functools.partial(averager, fn)
 
-    def averaged(x: torch.Tensor) -> torch.Tensor:
+
+class _OrbitAverager:
+    """(fn, x) ↦ Σ_k w_k ρ_out(g_k)^{-1} fn(ρ_in(g_k) x) over fixed elements g_k and weights w_k,
+    with ``fn`` passed at each call: a module's copy (deepcopy, EMA / teacher copies) then
+    averages its own ``inner``, and the module pickles (no closure)."""
+
+    def __init__(self, rep_in, rep_out, elems_in, elems_out, weights: torch.Tensor) -> None:
+        self.rep_in, self.rep_out = rep_in, rep_out
+        self.elems_in, self.elems_out, self.weights = elems_in, elems_out, weights
+
+    def __call__(self, fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> torch.Tensor:
+        rep_in, rep_out = self.rep_in, self.rep_out
         check_float_tensor(x)
         if x.dim() < 1 or x.shape[-1] != rep_in.dim:
             raise ValueError(
                 f"x must have last axis of size rep_in.dim={rep_in.dim}, got shape {tuple(x.shape)}"
             )
-        images = _element_images(rep_in, x, elems_in)  # (n, *batch, D_in)
+        images = _element_images(rep_in, x, self.elems_in)  # (n, *batch, D_in)
         n = images.shape[0]
         flat = images.reshape(-1, rep_in.dim)
         y = fn(flat)
@@ -455,23 +470,21 @@ def symmetrize(
                 raise ValueError(
                     f"fn output has last axis {y.shape[-1]}, but rep_out acts on R^{rep_out.dim}"
                 )
-            y = _element_inverse_images(rep_out, y, elems_out)
-        w = weights.to(device=y.device, dtype=y.dtype).view(n, *([1] * (y.dim() - 1)))
+            y = _element_inverse_images(rep_out, y, self.elems_out)
+        w = self.weights.to(device=y.device, dtype=y.dtype).view(n, *([1] * (y.dim() - 1)))
         return (w * y).sum(0)
-
-    if isinstance(fn, torch.nn.Module):
-        return _SymmetrizedModule(fn, averaged)
-    return averaged
 
 
 class _SymmetrizedModule(torch.nn.Module):
-    def __init__(self, inner: torch.nn.Module, averaged: Callable[[torch.Tensor], Any]):
+    """Q_G ``inner``: forward averages this module's own ``inner`` over the orbit."""
+
+    def __init__(self, inner: torch.nn.Module, averager: _OrbitAverager):
         super().__init__()
         self.inner = inner
-        self._averaged = averaged
+        self._averager = averager
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._averaged(x)
+        return self._averager(self.inner, x)
 
 
 def augment(
