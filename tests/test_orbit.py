@@ -727,3 +727,28 @@ def test_symmetrized_module_copies_average_their_own_inner_module():
     with torch.no_grad():
         loaded.inner.weight.zero_()
     assert loaded(x).abs().max() == 0 and sym(x).abs().max() > 0
+
+
+def test_jit_trace_of_a_first_call_records_only_the_op():
+    """torch.jit.trace of the first call on a rep (or mirror): the cold build of its plan / basis
+    ran under the tracer, which recorded its torch ops into the graph, so check_trace failed
+    ("Graphs differed across invocations") and a traced graph replayed the build on every call.
+    The build now runs with tracing paused."""
+    from symkern.mirror import Mirror
+
+    reps = [groups.symmetric(3).tensor_power(2).to_matrix_rep(), groups.so3().tensor_power(2)]
+    cases = [(rep, op) for rep in reps for op in (symkern.orbit_average, symkern.project_fixed)]
+    for rep, op in cases:
+        x = torch.randn(3, rep.dim, dtype=torch.float64)
+        with warnings.catch_warnings():  # jit.trace is deprecated
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(lambda a, op=op, rep=rep: op(a, rep), (x,))  # cold cache
+        assert_close(traced(2 * x), op(2 * x, rep))
+        assert "aten::linalg" not in str(traced.graph) and "aten::eig" not in str(traced.graph)
+    for method in ("reflect", "project"):
+        mirror = Mirror.rescaling_pairs([0, 1], [2, 3], 6)
+        x = torch.randn(4, 6, dtype=torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(getattr(mirror, method), (x,))  # cold plan
+        assert_close(traced(2 * x), getattr(mirror, method)(2 * x))

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from symkern._checks import as_int, as_real, float_dtype
+from symkern.ops._common import building_constants
 from symkern.ops.mirror import MirrorPlan, make_mirror_plan, mirror_apply
 
 __all__ = ["Mirror"]
@@ -453,8 +454,8 @@ class Mirror:
         if key not in self._cache:
             # constants of the mirror: never built as functions of a torch.func transform's
             # inputs (a plan first built inside grad / jvp held wrapped tensors, which the
-            # Triton kernels cannot read, on every later call)
-            with torch._C._DisableFuncTorch():
+            # Triton kernels cannot read, on every later call), nor recorded by jit.trace
+            with building_constants():
                 self._cache[key] = make_mirror_plan(
                     self.d, self.index, self.value, self._dense, like.dtype, like.device
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -340,8 +341,8 @@ def build_cold_cache(what: str, rep: Representation, build: Callable[[], Any]) -
     get here again, not tracing, and build through ``torch._dynamo.disable`` (recursive: dynamo
     would otherwise compile each frame the build calls). torch._dynamo is looked up, not imported:
     it is always imported while anything is compiled, and importing it costs seconds. Inside a
-    torch.func transform the build runs with the transforms disabled: it makes constants of the
-    representation, never functions of the transformed inputs.
+    torch.func transform or torch.jit.trace the build runs as :func:`building_constants`: it
+    makes constants of the representation, never functions of the inputs.
     """
     if torch.compiler.is_compiling():
         raise RuntimeError(
@@ -351,8 +352,26 @@ def build_cold_cache(what: str, rep: Representation, build: Callable[[], Any]) -
         )
     dynamo = sys.modules.get("torch._dynamo")
     disable = getattr(dynamo, "disable", None)
-    with torch._C._DisableFuncTorch():
+    with building_constants():
         return build() if disable is None else disable(build)()
+
+
+@contextlib.contextmanager
+def building_constants():
+    """Build cached constants of a representation or mirror (a plan, a basis) inside this block:
+    torch.func transforms are disabled (a constant first built inside grad / jvp held wrapped
+    tensors on every later call) and torch.jit.trace is paused (the build's own torch ops were
+    recorded into the user's graph and replayed on every call; check_trace then failed with
+    "Graphs differed across invocations")."""
+    tracing = torch._C._get_tracing_state()
+    if tracing is not None:
+        torch._C._set_tracing_state(None)
+    try:
+        with torch._C._DisableFuncTorch():
+            yield
+    finally:
+        if tracing is not None:
+            torch._C._set_tracing_state(tracing)
 
 
 def custom_op(name: str, *, mutates_args: Sequence[str]) -> Callable[[Callable], Any]:

@@ -22,6 +22,7 @@ from symkern.groups import Representation
 from symkern.ops._common import (
     as_rows,
     build_cold_cache,
+    building_constants,
     check_float_tensor,
     check_out,
     check_out_memory,
@@ -117,7 +118,7 @@ def _cached_basis(rep: Representation) -> torch.Tensor:
     it in place and so change every later projection)."""
     cache = rep_cache(rep)
     if "basis" not in cache:
-        with torch._C._DisableFuncTorch():  # a constant, also when first built in a transform
+        with building_constants():  # a constant, also when first built in a transform / trace
             basis = _perm_basis(rep) if _is_perm_like(rep) else _matrix_basis(rep)
         cache["basis"] = basis.detach()
     return cache["basis"]
