@@ -906,6 +906,35 @@ def test_ea_with_projector_needs_no_group(backend):
         symkern.particle_steps(theta, unit, **args)
 
 
+def test_unit_outputs_and_teacher_labels_check_their_inputs():
+    """Unit.features / output and Teacher's labels took a θ of the wrong width (the extra
+    column silently dropped) and an x of the wrong width (broadcast by einsum) and returned
+    numbers; an integer x or a mis-shaped m_z raised torch internals. Now each is an error naming
+    the argument."""
+    for unit in (MatrixUnit(2, 2), StandardUnit(2, 1, "tanh")):
+        x = torch.randn(3, 2, dtype=torch.float64)
+        theta = torch.randn(6, unit.D, dtype=torch.float64)
+        assert unit.output(x, theta).shape == (3, unit.c)
+        with pytest.raises(ValueError, match="theta has 5 parameters per particle"):
+            unit.output(x, torch.randn(6, 5, dtype=torch.float64))
+        with pytest.raises(ValueError, match=r"x must be \(\.\.\., B, d = 2\)"):
+            unit.output(torch.randn(3, 1, dtype=torch.float64), theta)
+        with pytest.raises(ValueError, match="x must be"):
+            unit.features(torch.randn(2, dtype=torch.float64), theta)
+        with pytest.raises(TypeError, match="x must be a floating"):
+            unit.output(torch.ones(3, 2, dtype=torch.int64), theta)
+        with pytest.raises(TypeError, match="must have the same dtype"):
+            unit.output(x.float(), theta)
+    teacher = Teacher.paper("WI")
+    assert teacher(torch.randn(4, 2, dtype=torch.float64)).shape == (4, 2)
+    with pytest.raises(ValueError, match="x must be"):
+        teacher(torch.randn(4, 1, dtype=torch.float64))
+    with pytest.raises(TypeError, match="x must be a floating"):
+        teacher(torch.ones(4, 2, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"m_z must have shape \(G >= 1, 4, 4\)"):
+        teacher.symmetrized(torch.eye(3, dtype=torch.float64)[None])
+
+
 def test_units_compare_by_value_and_trainer_checks_its_teacher():
     assert MatrixUnit(2, 2) == MatrixUnit(2, 2) and hash(MatrixUnit(2, 2)) == hash(MatrixUnit())
     assert MatrixUnit(2, 2) != StandardUnit(2, 1)  # same D = 4, different unit

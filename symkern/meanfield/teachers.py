@@ -81,13 +81,21 @@ class Teacher:
         return f"Teacher({self.name!r}, M={self.particles.shape[0]}, {self.unit!r})"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Labels (..., B, c) for inputs x (..., B, d)."""
+        """Labels (..., B, c) for floating inputs x (..., B, d)."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"x must be a floating torch.Tensor of shape (..., B, {self.unit.d})")
         th = self.particles.to(x)
         feats = self.unit.features(x, th)  # (..., B, M, c)
         return torch.einsum("...bmc,m->...bc", feats, self.weights.to(x))
 
     def symmetrized(self, m_z: torch.Tensor, name: str | None = None) -> Teacher:
-        """The WI teacher: every particle's images M_g θ*, weights split evenly (G·M atoms)."""
+        """The WI teacher: every particle's images M_g θ*, weights split evenly (G·M atoms);
+        ``m_z`` (G, D, D), e.g. ``unit.param_action(ρ, ρ̂)``."""
+        D = self.unit.D
+        if not isinstance(m_z, torch.Tensor) or not m_z.is_floating_point():
+            raise TypeError(f"m_z must be a floating torch.Tensor of shape (G, {D}, {D})")
+        if m_z.dim() != 3 or m_z.shape[1:] != (D, D) or m_z.shape[0] < 1:
+            raise ValueError(f"m_z must have shape (G >= 1, {D}, {D}), got {tuple(m_z.shape)}")
         imgs = torch.einsum("gij,mj->gmi", m_z.double(), self.particles).reshape(-1, self.unit.D)
         w = (self.weights / m_z.shape[0]).repeat(m_z.shape[0])
         return Teacher(self.unit, imgs, w, name or f"{self.name}-WI")

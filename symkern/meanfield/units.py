@@ -66,7 +66,23 @@ class Unit:
         return ACTIVATIONS[self.activation]
 
     def features(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """σ*(x_b, θ_i) for every pair: x (..., B, d), θ (..., N, D) → (..., B, N, c)."""
+        """σ*(x_b, θ_i) for every pair: x (..., B, d), θ (..., N, D) → (..., B, N, c); leading
+        dims broadcast. x and θ must be floating tensors of one dtype (ValueError / TypeError
+        naming them otherwise: a wrong width was silently cut or broadcast)."""
+        self.check_theta(theta)
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"x must be a floating torch.Tensor of shape (..., B, {self.d})")
+        if x.dim() < 2 or theta.dim() < 2 or x.shape[-1] != self.d:
+            raise ValueError(
+                f"x must be (..., B, d = {self.d}) and theta (..., N, D = {self.D}) for {self!r}, "
+                f"got x {tuple(x.shape)}, theta {tuple(theta.shape)}"
+            )
+        if x.dtype != theta.dtype:
+            raise TypeError(f"x ({x.dtype}) and theta ({theta.dtype}) must have the same dtype")
+        return self._features(x, theta)
+
+    def _features(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """:meth:`features` on checked inputs."""
         raise NotImplementedError
 
     def output(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -119,7 +135,7 @@ class MatrixUnit(Unit):
     def D(self) -> int:  # noqa: N802
         return self.c * self.d
 
-    def features(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    def _features(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         z = theta.reshape(*theta.shape[:-1], self.c, self.d)
         return torch.sigmoid(torch.einsum("...nkd,...bd->...bnk", z, x))
 
@@ -160,7 +176,7 @@ class StandardUnit(Unit):
     def D(self) -> int:  # noqa: N802
         return self.c + self.d + 1
 
-    def features(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    def _features(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         a = theta[..., : self.c]
         w = theta[..., self.c : self.c + self.d]
         b = theta[..., self.c + self.d]

@@ -542,7 +542,8 @@ def particle_steps(
     Ctrl-C stops a long call with KeyboardInterrupt: the cpp kernel runs its steps in chunks of
     ~0.2 s and checks for it between them (the chunks change no number).
 
-    Returns a :class:`ParticleStepsResult`. Autograd does not flow through multi-step calls.
+    Returns a :class:`ParticleStepsResult`. Autograd does not flow through these calls, one step
+    or many (θ comes back detached; :func:`model_output` is the differentiable forward).
     Inputs must be finite (ValueError otherwise). A run that diverges during the call (a step
     size too large for its dtype) is not stopped or clamped: its θ, snapshots and losses turn
     inf / NaN from that step on, as in the reference, and the other runs are unaffected — check
