@@ -1480,6 +1480,8 @@ def test_trainer_checks_its_arguments_when_built():
             ParticleTrainer(unit, **{name: v})
     with pytest.raises(ValueError, match="batch must be a positive int"):
         ParticleTrainer(unit, batch=0)
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
+        ParticleTrainer(unit, backend="bogus")  # was accepted until run()
     # one alpha per run is still checked by run(), against the number of runs
     trainer = ParticleTrainer(unit, alpha=[30.0, 20.0], dtype=torch.float64)
     assert trainer.run(5, 1, runs=2, teacher=Teacher.paper("WI")).theta.shape == (2, 5, 4)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from symkern._checks import as_device, as_real, float_dtype
+from symkern.backends.registry import _requested_backend
 from symkern.groups import Representation
 from symkern.meanfield import rng
 from symkern.meanfield.problem import SCHEMES
@@ -174,6 +175,7 @@ class ParticleTrainer:
                 as_real(value, name, minimum=0)
         _check_pos_int(batch, "batch")
         as_real(sigma_pi, "sigma_pi", positive=True)
+        _requested_backend(backend, use_env=False)  # the name; availability is run()'s to check
         self.unit, self.scheme, self.group = unit, scheme, group
         self.alpha, self.tau, self.beta = alpha, tau, beta
         self.batch, self.sigma_pi = batch, sigma_pi
