@@ -113,6 +113,28 @@ def test_nullspace_path_uses_fixed_dims_tolerance():
     assert torch.equal(symkern.orbit_average(x, rep), torch.zeros(1, 2, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("n,max_order", [(12, 10), (60, 100_000)])
+def test_nearly_orthogonal_generators_keep_the_fixed_space(n, max_order):
+    """A C_n rotation rounded to 8 decimals is accepted as orthogonal (defect <= 1e-8). With C12
+    past max_order (the null space) the basis of its conjugation rep came out empty and
+    project_fixed(I) gave 0: the cut 1e-9 lay below the defect; C60 enumerated (the Reynolds
+    eigh) lost both invariants too, its eigenvalues 2.5e-7 away from 1."""
+    th = 2 * np.pi / n
+    R = np.round([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]], 8)
+    rep = groups.matrix_rep(R[None], max_order=max_order).conjugation()
+    q = symkern.fixed_point_basis(rep)
+    assert q.shape == (4, 2)
+    assert_close(q.T @ q, torch.eye(2, dtype=torch.float64))
+    for m in rep.generator_matrices():
+        assert (m @ q - q).abs().max() < 1e-7  # invariant up to the generators' own defect
+    eye = torch.eye(2, dtype=torch.float64).reshape(1, 4)  # commutes with every rotation
+    assert_close(symkern.project_fixed(eye, rep), eye)
+    J = torch.tensor([[0.0, -1.0, 1.0, 0.0]], dtype=torch.float64)
+    assert_close(symkern.project_fixed(J, rep), J)
+    x = torch.tensor([[1.0, 0.0, 0.0, -1.0]], dtype=torch.float64)  # orthogonal to I and J
+    assert (symkern.project_fixed(x, rep)).abs().max() < 1e-7
+
+
 def test_matrix_rep_of_a_group_above_max_order_uses_the_nullspace():
     """S9 as 9×9 matrices: |G| = 362880 > max_order, but |G|·D² = 2.9e7 passed the Reynolds size
     check, and enumerating raised GroupTooLargeError while rep.fixed_dim() worked."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import time
 from unittest import mock
 
@@ -938,6 +939,146 @@ def test_generator_count_mismatch():
         G.PermRep(g, [[0, 1, 2]])
     with pytest.raises(ValueError, match="matrices.*generators"):
         G.MatrixRep(g, torch.eye(3, dtype=torch.float64)[None])
+
+
+def test_generator_and_lie_algebra_matrices_are_new_tensors():
+    """generator_matrices() of a MatrixRep (float64) and of so3() / o2() handed back the cached
+    images themselves: editing the result changed the rep, and for the singleton SO(3) / O(2)
+    groups every rep of them in the process."""
+    R = torch.tensor([[[0.0, -1.0], [1.0, 0.0]]], dtype=torch.float64)  # C4 on R^2
+    mat = G.matrix_rep(R)
+    reps = [mat, mat.conjugation(), mat.to_matrix_rep(), G.dihedral(4), G.hyperoctahedral(2)]
+    reps += [G.o2(), G.o2().tensor_power(2), G.so3(), G.so3().tensor_power(2)]
+    for rep in reps:
+        before = (rep.generator_matrices(), rep.lie_algebra_matrices(), rep.fixed_dim("nullspace"))
+        rep.generator_matrices().fill_(7.0)  # the caller's tensor, not the rep's
+        rep.lie_algebra_matrices().fill_(7.0)
+        assert torch.equal(rep.generator_matrices(), before[0]), rep
+        assert torch.equal(rep.lie_algebra_matrices(), before[1]), rep
+        assert rep.fixed_dim("nullspace") == before[2], rep
+    assert G.so3().fixed_dim() == 0 and G.so3().tensor_power(2).fixed_dim("nullspace") == 1
+    assert G.o2().tensor_power(2).fixed_dim("nullspace") == 1
+
+
+def test_group_constructor_validates_generators():
+    """Group(...) took its generators unchecked: a non-permutation made order() (Schreier--Sims)
+    loop forever, a plain list raised AttributeError, a contradicting dim was accepted."""
+    with pytest.raises(ValueError, match=r"generators: row 0 is not a permutation of range\(3\)"):
+        G.Group("bad", "perm", np.array([[0, 0, 2]]), dim=3)
+    with pytest.raises(ValueError, match=r"generators\[0\] \(perms\): row 0 is not a perm"):
+        G.Group("bad", "signed", (np.array([[1, 1, 2]]), np.ones((1, 3))), dim=3)
+    with pytest.raises(ValueError, match=r"generators\[1\] \(signs\).*\+1 or -1"):
+        G.Group("bad", "signed", ([[1, 0]], [[1.0, 2.0]]), dim=2)
+    with pytest.raises(ValueError, match=r"generators: a 'signed' group takes a pair"):
+        G.Group("bad", "signed", np.array([[1, 0]]), dim=2)
+    with pytest.raises(ValueError, match=r"generators: expected D=3 columns, got 2"):
+        G.Group("bad", "perm", [[1, 0]], dim=3)
+    with pytest.raises(ValueError, match=r"generators: expected D=3, got 2"):
+        G.Group("bad", "matrix", torch.eye(2, dtype=torch.float64)[None], dim=3)
+    with pytest.raises(ValueError, match=r"generators: matrices must be orthogonal"):
+        G.Group("bad", "matrix", [[[1.0, 0.5], [0.0, 1.0]]], dim=2)
+    with pytest.raises(ValueError, match=r"generators: expected an integer dtype"):
+        G.Group("bad", "perm", [[1.0, 0.0]], dim=2)
+    with pytest.raises(ValueError, match="dim"):
+        G.Group("bad", "perm", [[1, 0]], dim=0)
+    # lists and tensors are fine, and the group keeps its own copy
+    gens = [[1, 0, 2], [0, 2, 1]]
+    g = G.Group("S3", "perm", gens, dim=3)
+    gens[0][0] = 2
+    assert g.order() == 6 and g.generators().tolist() == [[1, 0, 2], [0, 2, 1]]
+    assert G.Group("C2", "signed", ([[1, 0]], [[1, 1]]), dim=2).order() == 2
+    assert G.Group("C4", "matrix", [[[0, -1], [1, 0]]], dim=2).order() == 4
+    assert G.Group("e", "perm", [], dim=2).order() == 1
+
+
+def test_subgroup_of_nearly_orthogonal_generators_is_not_revalidated():
+    """Subgroup generators are words in validated ones: the cube of a rotation accepted within
+    ORTHO_TOL (defect 6.6e-9) has defect ~2e-8 and must not be refused by Group's checks."""
+    th = 2 * math.pi / 12
+    R = np.round([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]], 8)
+    rep = G.matrix_rep(R[None])
+    sub = rep.restrict([[0, 0, 0]])  # the quarter turn R^3
+    assert sub.order() == 4 and sub.conjugation().fixed_dim("nullspace") == 2
+
+
+def test_schreier_sims_validates_gens():
+    """schreier_sims_order([[0, 0, 2]]) never returned: the random phase sifts a non-permutation
+    forever."""
+    for bad, match in [
+        ([[0, 0, 2]], r"gens: row 0 is not a permutation of range\(3\)"),
+        ([[-1, 0, 1]], r"gens: entries must be indices in \[0, 3\)"),
+        ([[1.0, 0.0]], "gens: expected an integer dtype"),
+        ([0, 1, 2], "gens: expected a 2-D integer array"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            schreier_sims_order(bad)
+        with pytest.raises(ValueError, match=match):
+            ss.schreier_sims(bad)
+    assert schreier_sims_order([]) == 1 == schreier_sims_order(np.zeros((0, 4), dtype=np.int64))
+    assert schreier_sims_order([[1, 0, 2]]) == 2
+
+
+@pytest.mark.parametrize(
+    "perms,signs,match",
+    [
+        ([[-1, 0, 1]], None, r"perms: entries must be indices in \[0, 3\)"),
+        ([[0, 0, 1]], None, r"perms: row 0 is not a permutation"),
+        ([[1.7, 0.2, 2.0]], None, "perms: expected an integer dtype"),
+        ([], None, "perms: expected a \\(G, D\\) integer array"),
+        ([0, 1], None, "perms: expected a 2-D"),
+        ([[1, 0]], [[1.0, 0.5]], r"signs.*\+1 or -1"),
+        ([[1, 0]], [[1.0 + 5j, -1.0]], "signs.*complex"),
+        ([[1, 0]], [[1.0, -1.0, 1.0]], "signs.*shape"),
+    ],
+)
+def test_orbit_labels_validates_input(perms, signs, match):
+    """The numpy orbit_labels wrapped negative entries, truncated floats and labelled the
+    components of non-permutations, where the C++ one raises."""
+    with pytest.raises(ValueError, match=match):
+        orbit_labels(perms, signs)
+
+
+def test_signed_perm_rep_rejects_complex_signs():
+    """1 + 5j passed the +-1 check after a cast to float64 dropped its imaginary part."""
+    with pytest.raises(ValueError, match="signs: expected real entries.*complex"):
+        G.signed_perm_rep([[1, 0]], np.array([[1 + 5j, -1 + 0j]]))
+    with pytest.raises(ValueError, match="signs: expected real entries.*complex"):
+        G.signed_perm_rep([[1, 0]], np.array([[1 + 0j, -1 + 0j]]))  # even with zero imaginary
+
+
+@pytest.mark.parametrize("n", [12, 60])
+def test_nearly_orthogonal_generators_keep_their_invariants(n):
+    """A C_n rotation rounded to 8 decimals is accepted (|R R^T - I| <= ORTHO_TOL = 1e-8), so
+    every fixed-space method must find the 2 invariants a*I + b*J of its conjugation rep: the
+    null space cut at 1e-9 found 0, below the generator's defect."""
+    th = 2 * math.pi / n
+    R = np.round([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]], 8)
+    assert 1e-9 < np.abs(R @ R.T - np.eye(2)).max() <= nat.ORTHO_TOL
+    rep = G.matrix_rep(R[None])
+    T2 = rep.conjugation()
+    assert T2.fixed_dim("character") == T2.fixed_dim("nullspace") == T2.fixed_dim() == 2
+    assert rep.fixed_dim("nullspace") == 0 == rep.fixed_dim("character")  # no false invariants
+    # a group past max_order (as any non-enumerable one) takes the null space for "auto"
+    big = G.matrix_rep(R[None], max_order=n - 2).conjugation()
+    assert big.fixed_dim() == 2
+    # T(4): defect ~4x the generator's; 6 = the weight-0 words of (e^{i th}, e^{-i th})^{(x)4}
+    assert (
+        big.tensor_power(2).fixed_dim("nullspace") == 6 == T2.tensor_power(2).fixed_dim("nullspace")
+    )
+    # exact reps keep the relative cut: their defect is rounding-sized
+    assert G.matrix_rep(G.dihedral(5).generator_matrices())._orthogonality_defect() == 0.0
+    assert 0 < T2._orthogonality_defect() < 1e-7
+
+
+def test_groups_with_a_cached_direct_product_pickle():
+    """direct_product caches the product group on both factors with a lambda order formula, so
+    once any code had formed C3 x C2, pickling cyclic(3) (torch.save of a symmetrized module)
+    failed: Can't pickle local object 'Group.direct_product.<locals>.<lambda>'."""
+    a, b = G.cyclic(3), G.c2_swap()
+    G.direct_product(a, b)
+    assert pickle.loads(pickle.dumps(a)).order() == 3
+    prod = pickle.loads(pickle.dumps(G.direct_product(a, b)))
+    assert prod.order() == 6 and prod.fixed_dim() == 2
 
 
 def test_named_groups_are_canonical():

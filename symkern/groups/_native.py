@@ -38,7 +38,9 @@ MAX_DENSE_DIM = 4096
 MAX_ELEMENT_ENTRIES = 100_000_000
 #: Default enumeration / BFS-closure limit.
 DEFAULT_MAX_ORDER = 100_000
-#: Entrywise tolerance on |M M^T - I| for orthogonality checks.
+#: Entrywise tolerance on |M M^T - I| for orthogonality checks. Fixed-space computations widen
+#: their zero cuts by the measured defect of the matrices they use (``Representation.
+#: _orthogonality_defect``), so an accepted, slightly non-orthogonal rep keeps its invariants.
 ORTHO_TOL = 1e-8
 
 
@@ -142,8 +144,11 @@ def validate_perms(perms: Any, name: str = "perms", dim: int | None = None) -> n
         raise ValueError(
             f"{name}: entries must be indices in [0, {D}), got range [{arr.min()}, {arr.max()}]"
         )
-    srt = np.sort(arr, axis=1)
-    bad = np.flatnonzero((srt != np.arange(D)).any(axis=1))
+    # D entries in [0, D) form a permutation iff they hit every index: O(n_gens * D), no sort
+    # (orbit_labels validates the perms of tensor powers with D ~ 1e4 on every call).
+    hit = np.zeros(arr.shape, dtype=bool)
+    np.put_along_axis(hit, arr, True, axis=1)
+    bad = np.flatnonzero(~hit.all(axis=1))
     if bad.size:
         raise ValueError(
             f"{name}: row {int(bad[0])} is not a permutation of range({D}) (repeated entries)"
@@ -166,6 +171,8 @@ def validate_signs(signs: Any, shape: tuple[int, int], name: str = "signs") -> n
         )
     if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.number)):
         raise ValueError(f"{name}: expected a numeric array of +-1, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):  # the cast below would silently drop the imaginary part
+        raise ValueError(f"{name}: expected real entries +1 or -1, got complex dtype {arr.dtype}")
     arr = arr.astype(np.float64)
     if arr.size and not np.all((arr == 1.0) | (arr == -1.0)):
         raise ValueError(f"{name}: every entry must be +1 or -1")
@@ -317,9 +324,10 @@ def to_kind(kind_from: str, b: Any, kind_to: str) -> Any:
 
 
 def to_matrices(kind: str, b: Any, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Dense ``(m, D, D)`` matrices with ``M[i, p[i]] = s[i]``."""
+    """Dense ``(m, D, D)`` matrices with ``M[i, p[i]] = s[i]``; always a new tensor (never ``b``
+    itself, which may be a representation's cached generator images)."""
     if kind == "matrix":
-        return b.to(dtype)
+        return b.to(dtype, copy=True)
     p, s = (b[0], b[1]) if kind == "signed" else (b, np.ones(b.shape))
     m, D = p.shape
     check_dense_dim(D, "to_matrices")

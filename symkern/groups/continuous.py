@@ -149,14 +149,18 @@ class ContinuousRep(Representation):
         return _bkron(da, ib) + _bkron(ia, db)
 
     def generator_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """Discrete generators' images ``(k, D, D)`` (O(2): the reflection; SO(n): ``k = 0``)."""
+        """Discrete generators' images ``(k, D, D)`` (O(2): the reflection; SO(n): ``k = 0``).
+
+        A new tensor: for the defining rep the images are the group's own (shared by every rep
+        of the singleton group), which an in-place edit of the result must not change."""
         check_dense_dim(self.dim, "generator_matrices")
-        return self._matrix_of(self.group.discrete).to(dtype)
+        return self._matrix_of(self.group.discrete).to(dtype, copy=True)
 
     def lie_algebra_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """``d rho(A)`` for the Lie-algebra basis, ``(m, D, D)`` (skew-symmetric)."""
+        """``d rho(A)`` for the Lie-algebra basis, ``(m, D, D)`` (skew-symmetric); a new tensor,
+        as for :meth:`generator_matrices`."""
         check_dense_dim(self.dim, "lie_algebra_matrices")
-        return self._dlie(self.group.lie_algebra).to(dtype)
+        return self._dlie(self.group.lie_algebra).to(dtype, copy=True)
 
     # ------------------------------------------------------------------ combinations
     def _combine(self, other: Representation, op: str) -> ContinuousRep:
@@ -196,7 +200,8 @@ class ContinuousRep(Representation):
 
         ``"nullspace"``: ``D - rank`` of the stacked ``rho(g) - I`` over
         discrete generators and ``d rho(A)`` over the Lie algebra (SVD; singular values
-        ``<= 1e-9 * max(1, s_max)`` count as zero; needs ``D <= 4096``).
+        ``<= 1e-9 * max(1, s_max)`` count as zero, or up to twice the matrices' measured
+        orthogonality defect where that is larger; needs ``D <= 4096``).
         ``"quadrature"`` (alias ``"character"``): the character formula with the exact
         cubature, ``sum_j w_j tr rho(g_j)``, traces from :meth:`character_of` (ValueError when
         the terms are too large for float64 to round the mean to the right integer).

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -114,6 +115,12 @@ class Group:
         n_generators: number of (discrete) defining generators.
         max_order: enumeration / BFS-closure limit (default 100_000).
 
+    ``generators`` are validated like the module-level constructors' arguments and copied:
+    ``"perm"``: an integer ``(k, dim)`` array (or nested list) of permutations of
+    ``range(dim)``; ``"signed"``: a pair ``(perms, signs)`` of such an array and a ``(k, dim)``
+    array of +-1; ``"matrix"``: ``(k, dim, dim)`` orthogonal matrices.  A non-permutation would
+    send Schreier--Sims into an endless loop, so it is refused here (ValueError).
+
     ``order()`` uses, in this order: a known formula passed by the constructor, the
     deterministic Schreier--Sims algorithm on the permutation action (signed
     permutations act on the 2D points ``+-e_i``), or BFS closure of matrix
@@ -141,6 +148,35 @@ class Group:
     ) -> None:
         if kind not in nat.KINDS:
             raise ValueError(f"kind: expected one of {nat.KINDS}, got {kind!r}")
+        dim = as_int(dim, "dim", minimum=1)
+        self._setup(name, kind, _validate_generators(kind, generators, dim), dim, order, max_order)
+
+    @classmethod
+    def _from_native(
+        cls,
+        name: str,
+        kind: str,
+        generators: Any,
+        dim: int,
+        order: int | Callable[[], int] | None = None,
+        max_order: int = DEFAULT_MAX_ORDER,
+    ) -> Group:
+        """A group on a native batch built from already validated generators (subgroup words,
+        direct products), not checked again: a word's product of accepted, slightly
+        non-orthogonal matrices may exceed ORTHO_TOL itself, and is still a valid element."""
+        obj = cls.__new__(cls)
+        obj._setup(name, kind, generators, dim, order, max_order)
+        return obj
+
+    def _setup(
+        self,
+        name: str,
+        kind: str,
+        generators: Any,
+        dim: int,
+        order: int | Callable[[], int] | None,
+        max_order: int,
+    ) -> None:
         self.name = name
         self.kind = kind
         self.is_finite = True
@@ -310,7 +346,7 @@ class Group:
         w = normalize_words(words, self.n_generators)
         if w not in self._subgroups:
             gens = evaluate_words(self.kind, self._gens, self.dim, w)
-            self._subgroups[w] = Group(
+            self._subgroups[w] = Group._from_native(
                 f"{self.name}<{','.join('*'.join(map(str, x)) or 'e' for x in w)}>",
                 self.kind,
                 gens,
@@ -338,16 +374,39 @@ class Group:
         ia = nat.identity(kind, self.dim, other.n_generators)
         ib = nat.identity(kind, other.dim, self.n_generators)
         gens = nat.concat(kind, [nat.dsum(kind, ga, ib), nat.dsum(kind, ia, gb)])
-        prod = Group(
+        prod = Group._from_native(
             f"{self.name}x{other.name}",
             kind,
             gens,
             self.dim + other.dim,
-            order=lambda: self.order() * other.order(),
+            # a partial, not a lambda: the product is cached on self, and a lambda would make
+            # self (and every rep of it) unpicklable -- torch.save of a symmetrized module
+            order=partial(_product_order, self, other),
             max_order=self.max_order,
         )
         self._products[id(other)] = (other, prod)
         return prod
+
+
+def _product_order(a: Group, b: Group) -> int:
+    """|A x B| = |A| |B| (the order formula of :meth:`Group.direct_product`)."""
+    return a.order() * b.order()
+
+
+def _validate_generators(kind: str, generators: Any, dim: int) -> Any:
+    """The native batch of ``generators`` for :class:`Group` (a validated copy; see its
+    docstring), with ``dim`` the number of columns every generator must have."""
+    if kind == "perm":
+        return nat.validate_perms(generators, "generators", dim)
+    if kind == "signed":
+        if not (isinstance(generators, (tuple, list)) and len(generators) == 2):
+            raise ValueError(
+                "generators: a 'signed' group takes a pair (perms, signs) of (n_gens, dim) "
+                f"arrays, got {type(generators).__name__}"
+            )
+        p = nat.validate_perms(generators[0], "generators[0] (perms)", dim)
+        return p, nat.validate_signs(generators[1], p.shape, "generators[1] (signs)")
+    return nat.validate_matrices(generators, "generators", dim)
 
 
 def _join_kind(a: str, b: str) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._native import signed_to_points
+from ._native import signed_to_points, validate_perms, validate_signs
 
 __all__ = ["orbit_labels", "point_components"]
 
@@ -68,8 +68,11 @@ def orbit_labels(
     """Canonical orbit labels of coordinates and their signs relative to the orbit root.
 
     Args:
-        perms: int64 ``(G, D)`` permutation arrays (generators or all elements).
-        signs: optional float64 ``(G, D)`` of +-1 (signed permutations) or ``None``.
+        perms: integer ``(G, D)`` permutation arrays (generators or all elements); each row must
+            be a permutation of ``range(D)`` -- anything else (a negative or out-of-range index,
+            a repeated entry, a float array) is a ValueError, not labels of a graph that is no
+            group action.
+        signs: optional ``(G, D)`` real array of +-1 (signed permutations) or ``None``.
 
     Returns:
         ``(labels, rel_sign)``: ``labels`` int64 ``(D,)`` with ``labels[i]`` the
@@ -93,16 +96,13 @@ def orbit_labels(
         >>> orbit_labels([[1, 0]], [[1.0, -1.0]])[1].tolist()  # quarter turn: averages to 0
         [0.0, 0.0]
     """
-    perms = np.asarray(perms)
-    if perms.ndim != 2:
-        raise ValueError(f"perms: expected shape (G, D), got ndim={perms.ndim}")
-    perms = perms.astype(np.int64, copy=False)
+    if isinstance(perms, (list, tuple)) and len(perms) == 0:
+        raise ValueError("perms: expected a (G, D) integer array, got an empty list (D unknown)")
+    perms = validate_perms(perms, "perms")
     G, D = perms.shape
     if signs is None:
         return point_components(perms), np.ones(D, dtype=np.float64)
-    signs = np.asarray(signs, dtype=np.float64)
-    if signs.shape != perms.shape:
-        raise ValueError(f"signs: shape {signs.shape} does not match perms shape {perms.shape}")
+    signs = validate_signs(signs, perms.shape, "signs")
     Lp = point_components(signed_to_points(perms, signs))  # (2D,)
     # Smallest *coordinate* in each point-component; mirror components -C share it.
     mincoord = np.full(2 * D, np.iinfo(np.int64).max, dtype=np.int64)

@@ -51,7 +51,9 @@ __all__ = [
 
 #: Relative tolerance of the null-space rank cut: singular values
 #: ``<= NULLSPACE_RTOL * max(1, s_max)`` count as zero (the stacked matrices are
-#: differences of orthogonal matrices / skew Lie-algebra images with O(1) entries).
+#: differences of orthogonal matrices / skew Lie-algebra images with O(1) entries); the cut is
+#: widened to twice the rep's measured orthogonality defect where that is larger (see
+#: ``Representation._nullspace_tol``).
 NULLSPACE_RTOL = 1e-9
 #: Tolerance on the character-formula mean being an integer.
 CHARACTER_TOL = 1e-6
@@ -132,11 +134,13 @@ class Representation:
         return self.group.order()
 
     def generator_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """Dense generator images ``(n_generators, D, D)`` (ValueError if D > 4096)."""
+        """Dense generator images ``(n_generators, D, D)`` (ValueError if D > 4096); a new tensor
+        (like ``element_matrices``): editing it never changes the representation."""
         raise NotImplementedError
 
     def lie_algebra_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """Images ``d rho(A)`` of a Lie-algebra basis, ``(m, D, D)``; ``m = 0`` if finite."""
+        """Images ``d rho(A)`` of a Lie-algebra basis, ``(m, D, D)``; ``m = 0`` if finite; a new
+        tensor."""
         return torch.zeros((0, self.dim, self.dim), dtype=dtype)
 
     # ------------------------------------------------------------------ combinations
@@ -216,15 +220,43 @@ class Representation:
         blocks += list(self.lie_algebra_matrices(torch.float64))
         return torch.cat(blocks, 0) if blocks else None
 
-    @staticmethod
-    def _nullspace_tol(s: torch.Tensor) -> float:
-        """Singular values ``s <= NULLSPACE_RTOL * max(1, s_max)`` count as zero."""
-        return NULLSPACE_RTOL * max(1.0, float(s.max()) if s.numel() else 0.0)
+    def _orthogonality_defect(self) -> float:
+        """``eta = sqrt(sum_g |M_g M_g^T - I|_F^2 + sum_A |(dA + dA^T) / 2|_F^2)`` over this rep's
+        generator images ``M_g`` and Lie-algebra images ``dA`` (cached): how far its matrices
+        are from exactly orthogonal / skew-symmetric. ~1e-15 for exact reps; up to ~1e-8 per
+        entry for generators accepted within ``ORTHO_TOL``, compounding in derived reps
+        (``T(k)`` of such generators: about ``k`` times theirs), which is why it is measured on
+        this rep's own matrices."""
+        if "defect" not in self._cache:
+            check_dense_dim(self.dim, "fixed-space tolerance")
+            eye = torch.eye(self.dim, dtype=torch.float64)
+            m = self.generator_matrices(torch.float64)
+            a = self.lie_algebra_matrices(torch.float64)
+            sq = float(((m @ m.mT - eye) ** 2).sum()) + float((((a + a.mT) / 2) ** 2).sum())
+            self._cache["defect"] = sq**0.5
+        return self._cache["defect"]
+
+    def _nullspace_tol(self, s: torch.Tensor) -> float:
+        """Singular values ``s <= max(NULLSPACE_RTOL * max(1, s_max), 2 * eta)`` of the stacked
+        constraints count as zero, ``eta`` the :meth:`_orthogonality_defect`.
+
+        Why ``eta``: write ``M_g = Q_g P_g`` (polar decomposition, ``Q_g`` orthogonal,
+        ``P_g = (M_g^T M_g)^{1/2}``) and suppose the orthogonal factors act exactly. A unit
+        ``z`` fixed by them has ``|(M_g - I) z| = |Q_g (P_g - I) z| <= max_i |sigma_i - 1| <=
+        max_i |sigma_i^2 - 1| = |M_g^T M_g - I|_2 <= |M_g M_g^T - I|_F`` (``sigma_i`` the
+        singular values of ``M_g``; ``M^T M`` and ``M M^T`` share eigenvalues), and likewise
+        ``|dA z| <= |(dA + dA^T) / 2|_F`` (only the symmetric part moves it). Stacked, the
+        constraint matrix moves every unit vector of that ``E^G`` by at most ``eta``, so (min-max)
+        it has ``dim E^G`` singular values ``<= eta``: with the cut below ``eta`` generators
+        accepted within ``ORTHO_TOL`` lost invariants (defect 6.6e-9 > 1e-9). The factor 2 covers
+        the SVD's own rounding; exact reps keep the relative cut."""
+        rel = NULLSPACE_RTOL * max(1.0, float(s.max()) if s.numel() else 0.0)
+        return max(rel, 2.0 * self._orthogonality_defect())
 
     def _nullspace_dim(self) -> int:
         """Null-space dimension of the stacked ``(M_g - I)`` and ``d rho(A)`` (SVD).
 
-        A singular value ``s`` counts as zero when ``s <= NULLSPACE_RTOL * max(1, s_max)``.
+        A singular value ``s`` counts as zero when it is at most :meth:`_nullspace_tol`.
         """
         c = self._constraints("fixed_dim(method='nullspace')")
         if c is None:
@@ -300,6 +332,10 @@ class _FiniteRep(Representation):
     def generator_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         check_dense_dim(self.dim, "generator_matrices")
         return nat.to_matrices(self._kind, self._native_gens(), dtype)
+
+    def _orthogonality_defect(self) -> float:
+        # (signed) permutation matrices are exactly orthogonal: no D x D products to measure it
+        return super()._orthogonality_defect() if self._kind == "matrix" else 0.0
 
     def to_matrix_rep(self) -> MatrixRep:
         """The same representation (same group object) as a dense :class:`MatrixRep`."""
