@@ -145,38 +145,17 @@ class Group:
         dim: int,
         order: int | Callable[[], int] | None = None,
         max_order: int = DEFAULT_MAX_ORDER,
+        *,
+        _validated: bool = False,
     ) -> None:
         if kind not in nat.KINDS:
             raise ValueError(f"kind: expected one of {nat.KINDS}, got {kind!r}")
         dim = as_int(dim, "dim", minimum=1)
-        self._setup(name, kind, _validate_generators(kind, generators, dim), dim, order, max_order)
-
-    @classmethod
-    def _from_native(
-        cls,
-        name: str,
-        kind: str,
-        generators: Any,
-        dim: int,
-        order: int | Callable[[], int] | None = None,
-        max_order: int = DEFAULT_MAX_ORDER,
-    ) -> Group:
-        """A group on a native batch built from already validated generators (subgroup words,
-        direct products), not checked again: a word's product of accepted, slightly
-        non-orthogonal matrices may exceed ORTHO_TOL itself, and is still a valid element."""
-        obj = cls.__new__(cls)
-        obj._setup(name, kind, generators, dim, order, max_order)
-        return obj
-
-    def _setup(
-        self,
-        name: str,
-        kind: str,
-        generators: Any,
-        dim: int,
-        order: int | Callable[[], int] | None,
-        max_order: int,
-    ) -> None:
+        if not _validated:
+            # subgroup words and direct products pass _validated=True: their generators are
+            # products of checked ones, and a word of accepted, slightly non-orthogonal matrices
+            # may exceed ORTHO_TOL itself while still being a valid element
+            generators = _validate_generators(kind, generators, dim)
         self.name = name
         self.kind = kind
         self.is_finite = True
@@ -346,12 +325,13 @@ class Group:
         w = normalize_words(words, self.n_generators)
         if w not in self._subgroups:
             gens = evaluate_words(self.kind, self._gens, self.dim, w)
-            self._subgroups[w] = Group._from_native(
+            self._subgroups[w] = Group(
                 f"{self.name}<{','.join('*'.join(map(str, x)) or 'e' for x in w)}>",
                 self.kind,
                 gens,
                 self.dim,
                 max_order=self.max_order,
+                _validated=True,
             )
         return self._subgroups[w]
 
@@ -374,7 +354,7 @@ class Group:
         ia = nat.identity(kind, self.dim, other.n_generators)
         ib = nat.identity(kind, other.dim, self.n_generators)
         gens = nat.concat(kind, [nat.dsum(kind, ga, ib), nat.dsum(kind, ia, gb)])
-        prod = Group._from_native(
+        prod = Group(
             f"{self.name}x{other.name}",
             kind,
             gens,
@@ -383,6 +363,7 @@ class Group:
             # self (and every rep of it) unpicklable -- torch.save of a symmetrized module
             order=partial(_product_order, self, other),
             max_order=self.max_order,
+            _validated=True,
         )
         self._products[id(other)] = (other, prod)
         return prod
