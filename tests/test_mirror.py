@@ -661,6 +661,34 @@ def test_critical_decay_rescaling_regression_per_pair():
     assert critical_decay(loss, theta, m) == pytest.approx(BETA.abs().max().item(), rel=1e-12)
 
 
+def test_critical_decay_per_group_is_taken_at_the_whole_mirrors_point():
+    """per_group evaluated each pair at θ with only that pair zeroed, the other pairs at their
+    off-constraint values: with a loss that couples the pairs (correlated features of a u ⊙ w
+    regression), a pair's γ* came out above the whole mirror's. Now every group's γ* is −½ λ_min
+    of its diagonal block of the dense Hessian at the one point θ_∥ = (I − OOᵀ)θ."""
+    d = 3
+    g = gen(21)
+    X = torch.randn(40, d, generator=g, dtype=F64) @ torch.tensor(
+        [[1.0, 0.8, 0.0], [0.0, 1.0, 0.7], [0.0, 0.0, 1.0]], dtype=F64
+    )  # correlated features
+    y = X @ torch.tensor([1.5, -1.0, 0.5], dtype=F64)
+
+    def loss(t):
+        return ((X @ (t[:d] * t[d:]) - y) ** 2).mean()
+
+    m = Mirror.rescaling_pairs(range(d), range(d, 2 * d), 2 * d)
+    theta = torch.randn(2 * d, generator=g, dtype=F64)
+    per = critical_decay(loss, theta, m, per_group=True, generator=gen(22))
+    at = m.project(theta)  # the u and w of every pair zeroed: here θ_∥ = 0
+    H = torch.autograd.functional.hessian(loss, at)  # O's columns: e_u, e_w of each pair
+    want = [-0.5 * torch.linalg.eigvalsh(H[[j, d + j]][:, [j, d + j]]).min().item()
+            for j in range(d)]  # fmt: skip
+    assert_close(per, torch.tensor(want, dtype=F64), atol=1e-10)
+    whole = critical_decay(loss, theta, m, generator=gen(23))
+    assert per.max().item() <= whole + 1e-10
+    assert whole == pytest.approx(-0.5 * torch.linalg.eigvalsh(H).min().item(), rel=1e-9)
+
+
 def test_noise_lyapunov_sign_flip_and_simulation():
     # h two-point: E[h] + 2γ = −0.5 < 0 (GD along O would escape), yet large-η SGD is attracted
     g = gen(10)
@@ -889,6 +917,12 @@ def test_dcs_needs_a_floating_dtype():
         GroupGateDCS([0, 1], init=torch.tensor([0.0, math.inf]))
     with pytest.raises(TypeError, match="groups must hold non-negative ints, got dtype torch.bool"):
         GroupGateDCS([True, False])
+    for bad in ("ab", None, [[0], [1, 2]]):  # raised torch's own errors, not naming groups
+        with pytest.raises(TypeError, match="groups must be a 1-D tensor or sequence"):
+            GroupGateDCS(bad)
+    for bad in ([[1.0, 2.0], [3.0, 4.0]], torch.ones(3, 4, 5)):  # were flattened silently
+        with pytest.raises(ValueError, match="curvatures must be a 1-D .* got shape"):
+            noise_lyapunov(bad, eta=0.1, gamma=0.0)
     assert GroupGateDCS([0, 1], dtype=torch.float32)().dtype == torch.float32
 
 

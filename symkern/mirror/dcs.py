@@ -144,7 +144,13 @@ class GroupGateDCS(nn.Module):
     ):
         super().__init__()
         dtype = float_dtype(dtype)
-        g = torch.as_tensor(groups)
+        try:
+            g = torch.as_tensor(groups)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(
+                f"groups must be a 1-D tensor or sequence of non-negative ints (one group index "
+                f"per coordinate), got {type(groups).__name__}"
+            ) from e
         if g.dtype == torch.bool or g.is_complex():
             raise TypeError(f"groups must hold non-negative ints, got dtype {g.dtype}")
         if g.ndim != 1 or g.numel() == 0 or g.dtype.is_floating_point or g.min() < 0:

@@ -198,7 +198,9 @@ def critical_decay(
     γ* may be negative (stable even at γ = 0). ``loss``: θ (d,) → scalar (the loss *without*
     decay). Lanczos with min(iters, k) Hessian-vector products by double backward; never a dense
     d×d Hessian. ``per_group=True``: one γ* per column group of the mirror (e.g. per pair of
-    :meth:`Mirror.rescaling_pairs`), returned as a float64 tensor (G,).
+    :meth:`Mirror.rescaling_pairs`), returned as a float64 tensor (G,), all at the same θ_∥ of
+    the whole mirror: each is −½ λ_min of that group's diagonal block of Oᵀ ∇²L(θ_∥) O, so none
+    exceeds the whole mirror's γ* (equal to their max when the block is block-diagonal).
 
     Example::
 
@@ -211,8 +213,13 @@ def critical_decay(
     """
     _check_mirror(mirror)
     if per_group:
+        # every group at the one point θ_∥ of the whole mirror (projecting it again by a group
+        # changes nothing); at θ with only its own group zeroed, the other groups' off-constraint
+        # values entered each group's Hessian block and a group's γ* could exceed the whole's
+        mirror._check_theta(theta)
+        at = mirror.project(theta.detach())
         return torch.tensor(
-            [critical_decay(loss, theta, m, iters, generator=generator) for m in mirror.split()],
+            [critical_decay(loss, at, m, iters, generator=generator) for m in mirror.split()],
             dtype=torch.float64,
         )
     res = projected_hessian_eigs(loss, theta, mirror, iters, generator=generator)
@@ -244,6 +251,8 @@ def noise_lyapunov(curvatures, eta: float, gamma: float) -> float:
     if isinstance(curvatures, torch.Tensor):
         if curvatures.is_complex() or curvatures.dtype == torch.bool:
             raise TypeError(f"{expected}, got dtype {curvatures.dtype}")
+        if curvatures.ndim > 1:  # a matrix of samples is a caller's mix-up, not a sample set
+            raise ValueError(f"{expected}, got shape {tuple(curvatures.shape)}")
         h = curvatures.detach().to("cpu", torch.float64).reshape(-1)
     else:
         # read in float64 (numpy), so Python floats are not rounded through float32
@@ -253,6 +262,8 @@ def noise_lyapunov(curvatures, eta: float, gamma: float) -> float:
             raise TypeError(f"{expected}, got {type(curvatures).__name__}") from e
         if arr.dtype.kind not in "iuf":
             raise TypeError(f"{expected}, got {_short(curvatures)}")
+        if arr.ndim > 1:
+            raise ValueError(f"{expected}, got shape {arr.shape}")
         h = torch.from_numpy(arr.astype(np.float64)).reshape(-1)
     if h.numel() == 0:
         raise ValueError("curvatures must be non-empty")
