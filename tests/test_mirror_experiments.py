@@ -83,6 +83,15 @@ def test_mirror_sparsity_quick(tmp_path, capsys):
     c = json.loads((out / "results.json").read_text())["claims"]
     assert not c["gd_sparsity_matches_closed_form"]["holds"]
     assert not c["plain_linear_never_sparse"]["holds"]
+    # a diverged but finite plain-linear run (|θ| ~ 1e146 at --eta 5) is not sparse either: the
+    # claim, about the converged β / (1 + γ), held vacuously on it
+    data["cell"]["linear_max_abs_err_vs_beta_over_1_plus_gamma"] = 1.5e146
+    data["cell"]["max_abs_err_vs_soft_threshold"][0] = 0.0
+    path.write_text(json.dumps(_resigned(data)))
+    assert mirror_sparsity.main([*SPARSITY_ARGS, "--out", str(out), "--resume",
+                                 "--noise-sigma", "4.5", "--figures", "false"]) == 0  # fmt: skip
+    c = json.loads((out / "results.json").read_text())["claims"]["plain_linear_never_sparse"]
+    assert c["all_finite"] and c["max_sparsity"] == 0.0 and not c["holds"]
 
 
 def test_mirror_lowrank_quick(tmp_path):
