@@ -242,8 +242,10 @@ def test_rmd_to_projection_requires_an_orthogonal_projector():
         metrics.rmd_to_projection(x, np.eye(2))
     with pytest.raises(ValueError, match="proj contains NaN"):
         metrics.rmd_to_projection(x, np.full((3, 3), np.nan))
-    with pytest.raises(ValueError, match="overflows float64"):
-        metrics.rmd_to_projection(x * 1e200, np.zeros((3, 3)))
+    # particles too large for their squared norms: computed at a power-of-two scale instead
+    assert metrics.rmd_to_projection(x * 1e200, np.zeros((3, 3))).value == pytest.approx(
+        metrics.rmd_to_projection(x, np.zeros((3, 3))).value, rel=1e-12
+    )
     # a float32 projector is accepted at its own precision, with the float64 value
     _, proj = _c2()
     th = Teacher.paper("arbitrary").particles
@@ -346,3 +348,63 @@ def test_strided_inputs_accepted():
     a = (torch.zeros(8, dtype=torch.float64) + 0.25)[::2]
     want = metrics.w2_squared(x[::2].contiguous(), y, a.contiguous(), method="exact").value
     assert metrics.w2_squared(x[::2], y, a, method="exact").value == want
+
+
+def test_rmd_is_scale_free_at_any_scale():
+    """RMD(cx, cy) = RMD(x, y). POT's network simplex has absolute tolerances, so on particles of
+    ~1e-8 it stopped early with "optimal" (RMD 0.86 for 0.48; checked here against an
+    assignment, the exact W₂ of uniform laws of equal size); around 1e154 M₂ overflowed (RMD 0)
+    and around 1e-170 everything underflowed (0 / 0 gave 0). The particles are scaled by a power
+    of two first, the cost matrix too."""
+    from scipy.optimize import linear_sum_assignment
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 3, generator=g, dtype=torch.float64).numpy()
+    y = torch.randn(40, 3, generator=g, dtype=torch.float64).numpy() + 0.3
+    cost = ((x[:, None] - y[None]) ** 2).sum(-1)
+    rows, cols = linear_sum_assignment(cost)
+    m2 = (x * x).sum(1).mean() + (y * y).sum(1).mean()
+    want = math.sqrt(cost[rows, cols].mean() / m2)
+    P = np.diag([1.0, 1.0, 0.0])
+    proj_want = metrics.rmd_to_projection(x, P).value
+    for c in (1.0, 1e-8, 1e-9, 1e154, 1e-170):
+        assert metrics.rmd(c * x, c * y).value == pytest.approx(want, rel=1e-9), c
+        assert metrics.rmd_to_projection(c * x, P).value == pytest.approx(proj_want, rel=1e-12)
+    for c in (1e-8, 1e-9):  # W₂² itself, scaled back
+        w2 = metrics.w2_squared(c * x, c * y).value
+        assert w2 == pytest.approx(c * c * cost[rows, cols].mean(), rel=1e-9)
+
+
+def test_weights_must_sum_to_one_at_their_own_precision():
+    """The tolerance was n·eps: float16 weights summing to 1.5 (n = 1000) passed and gave a
+    second moment 1.5x too large, and rmd then failed inside POT. Weights normalised in their
+    own dtype still pass, and are renormalised in float64."""
+    x = torch.randn(1000, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    w = torch.rand(1000, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        ok = (w / w.sum()).to(dtype)
+        want = float((w / w.sum()) @ (x * x).sum(1))
+        assert metrics.second_moment(x, ok) == pytest.approx(want, rel=1e-2)
+        with pytest.raises(ValueError, match="a must sum to 1"):
+            metrics.second_moment(x, (1.5 * w / w.sum()).to(dtype))
+    with pytest.raises(ValueError, match="a must sum to 1"):
+        metrics.second_moment(x, (1.01 * w / w.sum()).float())
+    a16 = (w / w.sum()).to(torch.float16)
+    assert metrics.rmd(x, x[:500], a16).value > 0  # POT gets sums of exactly 1
+
+
+def test_laws_shapes_and_their_checks():
+    """projected_law with D = 0 raised "proj must be (0, 0) ..., got (0, 0)": the G >= 1 check of
+    m_z was applied to the 2-D projector too."""
+    from symkern.meanfield import laws
+
+    theta = torch.randn(3, 2, dtype=torch.float64)
+    P = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    assert torch.equal(laws.projected_law(theta, P), theta @ P.T)
+    assert laws.projected_law(torch.zeros(3, 0), torch.zeros(0, 0)).shape == (3, 0)
+    swap = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]], dtype=torch.float64)
+    assert torch.equal(laws.symmetrized_law(theta, swap), torch.cat([theta, theta.flip(-1)]))
+    with pytest.raises(ValueError, match=r"m_z must be \(G, 2, 2\) with G >= 1"):
+        laws.symmetrized_law(theta, torch.zeros(0, 2, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"proj must be \(2, 2\)"):
+        laws.projected_law(theta, torch.zeros(1, 2, 2, dtype=torch.float64))

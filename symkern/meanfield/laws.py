@@ -22,7 +22,8 @@ def _check(theta, mat, name: str, want_dim: int) -> int:
     if not isinstance(mat, torch.Tensor) or mat.is_complex():
         raise TypeError(f"{name} must be a real torch.Tensor")
     shape = f"({D}, {D})" if want_dim == 2 else f"(G, {D}, {D}) with G >= 1"
-    if mat.dim() != want_dim or tuple(mat.shape[-2:]) != (D, D) or mat.shape[0] < 1:
+    no_elements = want_dim == 3 and mat.dim() == 3 and mat.shape[0] < 1  # G ≥ 1 for m_z only
+    if mat.dim() != want_dim or tuple(mat.shape[-2:]) != (D, D) or no_elements:
         raise ValueError(f"{name} must be {shape} for theta with D = {D}, got {tuple(mat.shape)}")
     return D
 

@@ -113,9 +113,26 @@ def _weights(w, n: int, name: str) -> np.ndarray:
     s = w.sum()
     if not s > 0:
         raise ValueError(f"{name} must have a positive sum")
-    if not abs(s - 1.0) <= max(1e-9, n * eps):  # float32 weights sum to 1 only to ~n ulps
+    # weights normalised in their own dtype (w / w.sum()) sum to 1 within a few ulps of it: each
+    # w_i is rounded by ≤ eps/2 relative, so their sum by ≤ eps/2, plus the sum's own rounding.
+    # (The old n·eps admitted float16 weights summing to 1.5.) Renormalised in float64, so the
+    # solvers get sums of exactly 1 (POT asserts equal sums).
+    if not abs(s - 1.0) <= max(1e-9, 16 * eps):
         raise ValueError(f"{name} must sum to 1, got {s!r}")
-    return w
+    return w / s
+
+
+def _common_scale(*arrays: np.ndarray) -> list[np.ndarray]:
+    """The arrays multiplied by one power of two that brings their largest |entry| into
+    [0.5, 1): exact in floating point. RMD is scale-free, so it is computed on these: W₂² and
+    M₂ of particles around 1e154 overflowed (M₂ = inf gave RMD 0), around 1e-170 underflowed
+    (0 / 0 gave 0), and POT's network simplex, whose tolerances are absolute, misjudged
+    optimality on tiny costs (particles of 1e-8: RMD 0.86 for 0.48)."""
+    top = max(float(np.abs(a).max()) if a.size else 0.0 for a in arrays)
+    if top == 0.0:
+        return list(arrays)
+    shift = -int(np.frexp(top)[1])
+    return [np.ldexp(a, shift) for a in arrays]
 
 
 def _check_moment_factor(v) -> float:
@@ -182,7 +199,12 @@ def w2_squared(
     if method == "auto":
         method = "exact" if max(x.shape[0], y.shape[0]) <= exact_max else "sinkhorn"
     if method == "exact":
-        cost, log = ot.emd2(a, b, _sq_cost(x, y), numItermax=100_000_000, log=True)
+        # the cost matrix scaled by a power of two to max ~1 (exact): POT's network simplex uses
+        # absolute tolerances and stopped early on tiny costs (W₂² off by 4x at ‖x‖ ~ 1e-8)
+        cost_matrix = _sq_cost(x, y)
+        shift = -int(np.frexp(cost_matrix.max())[1]) if cost_matrix.size else 0
+        cost, log = ot.emd2(a, b, np.ldexp(cost_matrix, shift), numItermax=100_000_000, log=True)
+        cost = np.ldexp(float(cost), -shift)
         if log["result_code"] != 1:  # 1 = optimal; otherwise the value is not W₂²
             raise RuntimeError(
                 f"ot.emd2 did not reach the optimum ({log['warning']}; {x.shape[0]} x "
@@ -293,6 +315,7 @@ def rmd(x, y, a=None, b=None, *, moment_factor: float = 1.0, **w2_kwargs) -> Dis
     1.414214
     """
     moment_factor = _check_moment_factor(moment_factor)
+    x, y = _common_scale(_np(x, "x"), _np(y, "y"))  # see _common_scale: RMD is scale-free
     w2 = w2_squared(x, y, a, b, **w2_kwargs)
     m2 = moment_factor * (second_moment(x, a) + second_moment(y, b))
     return Distance(_ratio(w2.value, m2), w2.method)
@@ -334,13 +357,10 @@ def rmd_to_projection(x, proj, a=None, *, moment_factor: float = 1.0) -> Distanc
             f"max |P − Pᵀ| = {np.abs(p - p.T).max():.3g}, max |P @ P − P| = "
             f"{np.abs(p @ p - p).max():.3g}"
         )
-    with np.errstate(over="ignore", invalid="ignore"):
-        px = x @ p.T
-        w2 = float(a @ ((x - px) ** 2).sum(1))
-        m2 = moment_factor * float(a @ (x * x).sum(1) + a @ (px * px).sum(1))
-    if not math.isfinite(w2):
-        raise ValueError("Σ a_i ‖(I − P) x_i‖² overflows float64: the particles are too large; "
-                         "rescale them")  # fmt: skip
+    (x,) = _common_scale(x)  # RMD is scale-free: no overflow / underflow of the moments
+    px = x @ p.T
+    w2 = float(a @ ((x - px) ** 2).sum(1))
+    m2 = moment_factor * float(a @ (x * x).sum(1) + a @ (px * px).sum(1))
     return Distance(_ratio(w2, m2), "projection")
 
 
