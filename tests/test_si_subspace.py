@@ -72,6 +72,7 @@ BAD_VALUES = [
     ("--horizon", "1e12"), ("--seed", "-1"), ("--alpha", "0"), ("--alpha", "inf"),
     ("--tau", "nan"), ("--beta", "-1"), ("--batch", "0"), ("--sigma-pi", "inf"),
     ("--threshold", "-1"), ("--threshold", "nan"), ("--sv-tol", "nan"), ("--max-iter", "0"),
+    ("--threshold", "0"), ("--threshold", "1"), ("--sv-tol", "0"), ("--sv-tol", "1.5"),
     ("--angle-tol", "0"), ("--start", "bogus"), ("--teacher", "XI"),
     ("--teacher-particles", "0"), ("--teacher-seed", "-1"), ("--dtype", "float16"),
     ("--backend", "bogus"), ("--groups", "c5"),
@@ -109,3 +110,16 @@ def test_s3_teacher_does_not_share_a_stream_with_the_students():
     student = initial_particles(1, M, unit.D, 1)[0] @ proj.T  # run 0, projected as the teacher
     ratio = teacher.particles / (2 * student)  # 0.5 x N(0, 1) vs 0.25 x N(0, 1) on one stream
     assert not torch.allclose(ratio, torch.ones_like(ratio), atol=1e-6)
+
+
+def test_max_iter_reports_the_last_subspace_it_measured(tmp_path):
+    """Stopping at --max-iter without converging, the result was E_j plus the directions picked
+    from the last iteration's escape, a subspace never trained or measured (its angles shown as
+    the final ones). Now it is the last measured E_j, and the last iteration adds nothing."""
+    cfg = si.build_config("quick", None, {"groups": ["c2"], "n_particles": 100, "max_iter": 1,
+                                          "figures": False})  # fmt: skip
+    r = si.run(cfg, tmp_path, show_progress=False)["instances"][0]
+    last = r["iterations"][-1]
+    assert not r["converged"] and last["rmd"] > cfg.threshold
+    assert r["dim"] == last["dim"] == 0 and "added" not in last
+    assert not r["recovered"]

@@ -13,13 +13,14 @@ equivariant (WI) teacher; the group is never given to the learner, only used to 
         E_{j+1} = E_j ⊕ span of the right singular vectors v_k of Y whose share of the escape,
                   r_k = s_k / sqrt(Σ_i ‖θ_i‖² + ‖P_j θ_i‖²)   (so that d_j² = Σ_k r_k²),
                   is ≥ ``sv_tol`` (at least the top one).
+    after ``max_iter`` iterations without d_j ≤ threshold: return the last E_j (not converged).
 
 Each iteration reports dim E_j, d_j, the singular spectrum of the escape and the principal
 angles between E_j and the true E^G. Instances: C2 on 2×2 matrix units and S3 on 3×3 matrix
 units (dim E^G = 2 for both), each with an equivariant teacher: ``--teacher SI`` (default:
 the paper's SI teacher for C2; for S3 random particles projected onto E^G) or ``--teacher WI``
 (the paper's WI teacher; for S3 random particles symmetrised over S3 — equivariant but not SI:
-vanilla training then *leaves* E^G at finite N, see the report in results.json).
+vanilla training then *leaves* E^G at finite N: its iterations in results.json show it).
 
 Noise projection. The noise must be projected on E_j, not on E^G: the engine call passes
 ``projector=P_j`` with ``project_noise=True`` (the learner is never given the group), so the
@@ -235,13 +236,12 @@ def discover(
         }
         if d <= cfg.threshold:
             converged = True
-        else:
+        elif j + 1 < cfg.max_iter:  # after the last iteration E_j stays the one measured
             tol = cfg.threshold if cfg.sv_tol is None else cfg.sv_tol
             keep = [k for k in range(len(s)) if share[k] >= tol] or [0]
             new = vt[keep].T
             q_new, _ = np.linalg.qr(np.concatenate([q, new - q @ (q.T @ new)], axis=1))
-            # drop numerically dependent columns (a direction already in E_j)
-            q = q_new[:, : min(D, q.shape[1] + len(keep))]
+            q = q_new[:, : min(D, q.shape[1] + len(keep))]  # E_j ⊕ the new directions, ≤ D
             it["added"] = len(keep)
         it["wall_s"] = time.perf_counter() - t0
         iterations.append(it)
@@ -386,8 +386,8 @@ _RULES = {
     "beta": "finite >= 0",
     "batch": "int >= 1",
     "sigma_pi": "finite > 0",
-    "threshold": "finite >= 0",
-    "sv_tol": "finite >= 0",
+    "threshold": "finite > 0",
+    "sv_tol": "finite > 0",
     "max_iter": "int >= 1",
     "angle_tol": "finite > 0",
     "teacher_particles": "int >= 1",
@@ -402,6 +402,12 @@ def _validate(cfg: Config) -> None:
     if bad or not cfg.groups:
         raise ValueError(f"--groups must be a non-empty subset of {list(GROUPS)}, got {cfg.groups}")
     common.check_fields(cfg, _RULES)
+    # RMD(ν, P#ν) ≤ 1 and every escape share ≤ 1 (W₂² = Σ‖(I − P)θ‖² ≤ M₂(ν)): a threshold
+    # ≥ 1 stopped at once with dim 0 "converged", an sv_tol > 1 could add nothing
+    for name, value in (("threshold", cfg.threshold), ("sv_tol", cfg.sv_tol)):
+        if value is not None and value >= 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be < 1 (RMD and escape shares "
+                             f"are at most 1), got {value:g}")  # fmt: skip
     if cfg.start not in ("zero", "identity"):
         raise ValueError(f"--start must be zero or identity, got {cfg.start!r}")
     if cfg.teacher not in ("SI", "WI"):
