@@ -220,8 +220,9 @@ class CppBackend(Backend):
                 self.extension()
             except ImportError as e:  # built without a compiler, or a broken build
                 self._import_error = (
-                    f"C++ extension symkern._C is not importable ({e}); reinstall symkern with "
-                    "a C++17 compiler (pip install -e .)"
+                    f"C++ extension symkern._C is not importable ({e}); reinstall symkern where "
+                    "a C++17 compiler is available (pip install --force-reinstall --no-binary "
+                    "symkern symkern; from a checkout: pip install -e .)"
                 )
         return [self._import_error] if self._import_error else []
 
