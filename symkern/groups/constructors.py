@@ -215,7 +215,10 @@ def perm_rep(
         (1, 3)
     """
     p = nat.validate_perms(perms, "perms", dim)
-    g = Group(name, "perm", p, p.shape[1], order=None if p.shape[0] else 1, max_order=max_order)
+    g = Group(
+        name, "perm", p, p.shape[1], order=None if p.shape[0] else 1, max_order=max_order,
+        _validated=True,  # just above: Group would check the same arrays again
+    )  # fmt: skip
     return PermRep(g, p, name, dim=p.shape[1])
 
 
@@ -238,8 +241,9 @@ def signed_perm_rep(
     p = nat.validate_perms(perms, "perms", dim)
     s = nat.validate_signs(signs, p.shape, "signs")
     g = Group(
-        name, "signed", (p, s), p.shape[1], order=None if p.shape[0] else 1, max_order=max_order
-    )
+        name, "signed", (p, s), p.shape[1], order=None if p.shape[0] else 1, max_order=max_order,
+        _validated=True,
+    )  # fmt: skip
     return SignedPermRep(g, p, s, name, dim=p.shape[1])
 
 
@@ -264,5 +268,8 @@ def matrix_rep(
         2
     """
     m = nat.validate_matrices(matrices, "matrices", dim)
-    g = Group(name, "matrix", m, m.shape[1], order=None if m.shape[0] else 1, max_order=max_order)
+    g = Group(
+        name, "matrix", m, m.shape[1], order=None if m.shape[0] else 1, max_order=max_order,
+        _validated=True,  # the orthogonality check is O(k D^3): once is enough
+    )  # fmt: skip
     return MatrixRep(g, m, name, dim=m.shape[1])

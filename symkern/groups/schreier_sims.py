@@ -44,7 +44,7 @@ import math
 
 import numpy as np
 
-from ._native import validate_perms
+from ._native import inverse, validate_perms
 from .orbits import point_components
 
 __all__ = ["schreier_sims", "schreier_sims_order"]
@@ -53,13 +53,6 @@ __all__ = ["schreier_sims", "schreier_sims_order"]
 _RANDOM_TRIVIAL_RUN = 20
 # Rows x points of one batch of Schreier generators sifted together (bounds memory).
 _SIFT_BATCH_ELEMENTS = 1 << 21
-
-
-def _inverse(p: np.ndarray) -> np.ndarray:
-    """Inverse of the permutation(s) ``p`` (last axis)."""
-    inv = np.empty_like(p)
-    np.put_along_axis(inv, p, np.arange(p.shape[-1], dtype=p.dtype), axis=-1)
-    return inv
 
 
 class _Level:
@@ -96,7 +89,7 @@ class _Level:
             self.pos[pts] = frontier
             self.points = np.concatenate([self.points, pts])
             self.reps = np.concatenate([self.reps, reps])
-            self.inv_reps = np.concatenate([self.inv_reps, _inverse(reps)])
+            self.inv_reps = np.concatenate([self.inv_reps, inverse("perm", reps)])
             frontier_gens = self.gens
 
     @property
@@ -167,7 +160,7 @@ def _random_phase(chain: _Chain, gens: list[np.ndarray]) -> None:
         nonlocal acc
         i, j = int(rng.integers(len(pool))), int(rng.integers(len(pool) - 1))
         j += j >= i  # j != i
-        other = pool[j] if rng.random() < 0.5 else _inverse(pool[j])
+        other = pool[j] if rng.random() < 0.5 else inverse("perm", pool[j][None])[0]
         pool[i] = other[pool[i]]  # pool_i then other
         acc = pool[i][acc]  # acc then pool_i
         return acc
