@@ -144,7 +144,7 @@ class _Grid:
             self.unit, self.group, torch.float64, torch.device("cpu")
         )
         self.teachers = {k: Teacher.paper(k) for k in cfg.teachers}
-        self.runs = list(itertools.product(cfg.teachers, cfg.schemes, range(cfg.seeds)))
+        self.runs = _grid_runs(cfg)
         M = max(t.particles.shape[0] for t in self.teachers.values())
         R, D = len(self.runs), self.unit.D
         self.teacher_particles = torch.zeros(R, M, D, dtype=torch.float64)
@@ -229,7 +229,7 @@ def _validate(cfg: Config) -> None:
     device = common.check_device(cfg.device)
     common.check_backend(cfg.backend, device)
     # each run takes round(N·T) steps of the particle engine, whose step counter is 32-bit
-    steps = round(max(cfg.n_values) * cfg.horizon)
+    steps = _cell_steps(cfg, max(cfg.n_values))
     if steps > common.PHILOX_STEP_LIMIT:
         raise ValueError(
             f"{opt('horizon')} {cfg.horizon:g} x the largest {opt('n_values')} "
@@ -240,6 +240,16 @@ def _validate(cfg: Config) -> None:
 def _cell_hash(cfg: Config) -> str:
     d = asdict(cfg)
     return common.config_hash(d, [k for k in sorted(d) if k not in _NOT_IN_CELL_HASH])
+
+
+def _grid_runs(cfg: Config) -> list[tuple[str, str, int]]:
+    """Every run of a cell, (teacher, scheme, seed), in the engine's run order."""
+    return list(itertools.product(cfg.teachers, cfg.schemes, range(cfg.seeds)))
+
+
+def _cell_steps(cfg: Config, n: int) -> int:
+    """Steps of every run of the cell N = n: round(N·T), at least one."""
+    return max(1, round(n * cfg.horizon))
 
 
 def _snapshot_bounds(total: int, snapshots: int) -> list[int]:
@@ -253,7 +263,7 @@ def run_cell(grid: _Grid, n: int, on_steps=None) -> dict[str, Any]:
     cfg = grid.cfg
     dtype = getattr(torch, cfg.dtype)
     device = torch.device(cfg.device)
-    total = max(1, round(n * cfg.horizon))
+    total = _cell_steps(cfg, n)
     bounds = _snapshot_bounds(total, cfg.snapshots)
     theta0_seeds = initial_particles(
         cfg.seeds, n, grid.unit.D, cfg.seed, proj=grid.proj if cfg.init == "SI" else None
@@ -419,13 +429,11 @@ def _check_cell(cell: dict[str, Any], particles: dict[str, Any], n: int, cfg: Co
             f"{what}: expected {count} numbers",
         )
 
-    total = max(1, round(n * cfg.horizon))
+    total = _cell_steps(cfg, n)
     bounds = _snapshot_bounds(total, cfg.snapshots)
     expect(cell["N"] == n, f"N is {cell['N']!r}")
     expect(cell["steps"] == total and cell["snapshot_steps"] == bounds, "steps or snapshots differ")
-    runs = [
-        (t, s, k, n) for t, s, k in itertools.product(cfg.teachers, cfg.schemes, range(cfg.seeds))
-    ]
+    runs = [(t, s, k, n) for t, s, k in _grid_runs(cfg)]
     records = cell["records"]
     expect(
         [(r["teacher"], r["scheme"], r["seed"], r["N"]) for r in records] == runs,
@@ -870,7 +878,7 @@ def run(
             log(f"resume: {len(cells)} finished cell(s) loaded (N = {sorted(cells)})")
 
     def work(n: int) -> int:
-        return max(1, round(n * cfg.horizon)) * n
+        return _cell_steps(cfg, n) * n
 
     total_work = sum(work(n) for n in n_values)
     bar = common.progress(
