@@ -1,6 +1,9 @@
 """symkern.meanfield.metrics: W₂ / RMD against exact closed forms and POT, test risk."""
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -408,3 +411,54 @@ def test_laws_shapes_and_their_checks():
         laws.symmetrized_law(theta, torch.zeros(0, 2, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"proj must be \(2, 2\)"):
         laws.projected_law(theta, torch.zeros(1, 2, 2, dtype=torch.float64))
+
+
+def test_pot_is_imported_without_its_jax_backend(tmp_path):
+    """POT imported with its JAX backend initialises JAX, which preallocates 75 % of a GPU's
+    memory (a test process on an H100 held 60 GiB, and the others' CUDA allocations failed), so
+    the metrics import POT with the backends they never use off, and restore the environment. A
+    fake jax package on the path records whether POT imported it."""
+    marker = tmp_path / "jax-was-imported"
+    (tmp_path / "jax").mkdir()
+    (tmp_path / "jax" / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nraise ImportError('a fake jax')\n"
+    )
+    script = (
+        "import os\n"
+        "from symkern.meanfield.metrics import w2_squared\n"
+        "print(w2_squared([[0.0]], [[3.0]]).value, w2_squared([[0.0]], [[3.0]], method='sinkhorn')"
+        ".method, os.environ.get('POT_BACKEND_DISABLE_JAX'))\n"
+    )
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=path), timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["9.0", "sinkhorn", "None"]
+    assert not marker.exists()
+
+
+def test_pot_first_import_from_many_threads():
+    """The teacher-student experiment measures W₂ from a thread pool: threads that call the
+    metrics while another thread is still importing POT must wait for the whole module (CI,
+    2026-11-24: 'partially initialized module ot has no attribute emd2'). A fresh interpreter so
+    the first import happens under the threads; their starts are staggered over the ~1 s that
+    `import ot` takes, so that later threads arrive while the module is half initialised."""
+    script = (
+        "import threading, time\n"
+        "from symkern.meanfield.metrics import w2_squared\n"
+        "values, errors = [], []\n"
+        "def measure(i):\n"
+        "    time.sleep(0.02 * i)\n"
+        "    try:\n"
+        "        values.append(w2_squared([[0.0], [1.0]], [[3.0], [5.0]]).value)\n"
+        "    except Exception as exc:\n"
+        "        errors.append(repr(exc))\n"
+        "threads = [threading.Thread(target=measure, args=(i,)) for i in range(16)]\n"
+        "for t in threads: t.start()\n"
+        "for t in threads: t.join()\n"
+        "print(errors, sorted(set(values)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[] [12.5]", out.stdout

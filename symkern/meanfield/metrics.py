@@ -39,6 +39,8 @@ symkern does not implement an OT solver: every non-closed-form W₂ comes from P
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -169,6 +171,49 @@ def second_moment(x, a=None) -> float:
     return float(a @ (x * x).sum(1))
 
 
+# POT's optional backends for arrays symkern never passes it (numpy and torch arrays only).
+# Imported with them enabled, POT initialises those frameworks: on a GPU machine with JAX
+# installed, JAX preallocates 75 % of the device memory at `import ot` (seen on an H100,
+# 2026-11-24: 60 GiB held by a process that computed a Sinkhorn W₂, and other processes' CUDA
+# allocations failed).
+_POT_UNUSED_BACKENDS = (
+    "POT_BACKEND_DISABLE_JAX",
+    "POT_BACKEND_DISABLE_CUPY",
+    "POT_BACKEND_DISABLE_TENSORFLOW",
+)
+
+
+_pot_module = None
+_pot_import_lock = threading.Lock()
+
+
+def _pot():
+    """The ``ot`` module (POT, an experiments dependency, imported on first use) with its JAX,
+    CuPy and TensorFlow backends off; the environment is restored after the import. A POT the
+    process imported before keeps the backends it has.
+
+    Thread-safe: the teacher-student experiment measures runs from a thread pool, and a second
+    thread that took ``sys.modules["ot"]`` while the first was still executing ``import ot`` got a
+    partially initialised module without ``emd2``; the lock also keeps two threads from
+    interleaving their save / restore of the environment."""
+    global _pot_module
+    with _pot_import_lock:
+        if _pot_module is None:
+            saved = {key: os.environ.get(key) for key in _POT_UNUSED_BACKENDS}
+            os.environ.update(dict.fromkeys(_POT_UNUSED_BACKENDS, "1"))
+            try:
+                import ot  # noqa: PLC0415
+
+                _pot_module = ot
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+        return _pot_module
+
+
 def w2_squared(
     x,
     y,
@@ -189,8 +234,7 @@ def w2_squared(
     >>> w2_squared([[0.0, 0.0]], [[3.0, 4.0]]).value
     25.0
     """
-    import ot  # noqa: PLC0415 — POT is an experiments dependency, imported on use
-
+    ot = _pot()
     _check_w2_options(method, exact_max, sinkhorn_reg)
     x, y = _np(x, "x"), _np(y, "y")
     if x.shape[1] != y.shape[1]:
@@ -244,8 +288,7 @@ def _entropic_transport_cost(x, a, y, b, reg: float) -> float:
     atoms need ~7000 iterations to 1e-5 — while the value itself settles to ~1e-5 relative
     within a few thousand.)
     """
-    import ot  # noqa: PLC0415 — as in w2_squared
-
+    ot = _pot()
     cost = torch.from_numpy(_sq_cost(x, y))
     wa, wb = torch.from_numpy(a), torch.from_numpy(b)
     plan = ot.sinkhorn(
