@@ -7,8 +7,13 @@
 #include <cstdint>
 #include <exception>
 
+#include <limits>
+
 #ifdef SYMKERN_WITH_OPENMP
 #include <omp.h>
+#endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
 #endif
 
 namespace symkern {
@@ -21,6 +26,18 @@ inline bool openmp_enabled() {
 #else
   return false;
 #endif
+}
+
+// Bytes of physical memory (infinity where the platform does not say). Scratch larger than
+// this is refused before it is allocated: where memory is overcommitted (Linux
+// vm.overcommit_memory = 1) an impossible allocation succeeds and zero-filling it gets the
+// process OOM-killed instead of raising std::bad_alloc.
+inline double physical_memory_bytes() {
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0) return static_cast<double>(pages) * static_cast<double>(page);
+#endif
+  return std::numeric_limits<double>::infinity();
 }
 
 inline int max_threads() {

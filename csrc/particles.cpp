@@ -1453,6 +1453,20 @@ struct Ctx {
   index_t nA;    // stored derivative arrays per effective input
 };
 
+// Bytes of one Work for n_particles (the sizes of its constructor, counted in double so a huge
+// batch or group cannot overflow the count).
+template <class T>
+double work_bytes(const Ctx<T>& cx, index_t n_particles) {
+  const Problem<T>& p = *cx.p;
+  const double D = p.D, B = p.batch, c = p.c, d = p.d, E = cx.Emax, M = std::max<index_t>(p.M, 1);
+  const double cap = round_up(std::max<index_t>(n_particles, 1), TILE), tile = TILE;
+  const double Bpad = round_up(p.batch, TL_PAD);
+  const double n_t = 2 * D * cap + E * cx.nA * cap + 2 * tile + 4 * D * tile + B * (d + c) +
+                     Bpad * (d + c) + M * c * TL_MAX + E * (d + 2 * c + c * d);
+  const double n_double = D * tile + E * c + std::max(B * d, 1.0) + c;
+  return sizeof(T) * n_t + sizeof(double) * n_double + sizeof(std::int32_t) * B;
+}
+
 template <class T>
 struct Work {
   index_t cap = 0;
@@ -2224,6 +2238,13 @@ void steps_impl(const Problem<T>& p, const T* theta_in, index_t R, index_t N, T*
   const int team_size = (nthr > 1 && R < nthr && N >= ::symkern::particles::team_min_particles())
                             ? static_cast<int>(std::min<index_t>(nthr, N / 256))
                             : 0;
+  // the whole scratch of the call, refused up front when the machine cannot hold it (see
+  // physical_memory_bytes): std::bad_alloc, which the binding reports as a MemoryError
+  const double scratch =
+      team_size >= 2
+          ? team_size * (work_bytes(cx, N / team_size + 1) + 2.0 * cx.Emax * p.c * sizeof(double))
+          : std::min<index_t>(nthr, R) * work_bytes(cx, N);
+  if (scratch > ::symkern::physical_memory_bytes()) throw std::bad_alloc();
   if (team_size >= 2) {
     // a team of threads per run, runs one after the other
     const int nt = team_size;
