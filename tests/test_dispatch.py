@@ -18,6 +18,7 @@ from symkern.backends.registry import (
     register_kernel,
     select_kernel,
 )
+from symkern.testing import TRITON_DEVICE
 
 
 @pytest.fixture
@@ -116,10 +117,10 @@ def test_env_var_does_not_force_host_planning(monkeypatch):
     from symkern import groups
 
     monkeypatch.setenv("SYMKERN_BACKEND", "triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
     rep = groups.symmetric(3)  # a fresh rep: nothing cached yet
     assert [o.indices.tolist() for o in symkern.orbits(rep)] == [[0, 1, 2]]
-    x = torch.randn(4, 3, dtype=torch.float64)
+    # where triton runs: CUDA on a GPU machine, the interpreter (conftest) on CPU tensors else
+    x = torch.randn(4, 3, dtype=torch.float64, device=TRITON_DEVICE)
     want = x.mean(1, keepdim=True).expand(4, 3)
     torch.testing.assert_close(symkern.orbit_average(x, rep), want)
     assert symkern.fixed_point_basis(groups.cyclic(4)).shape == (4, 1)

@@ -145,9 +145,11 @@ def test_empty_dimensions_match_the_reference(model, shapes):
             _assert_match(out, ref, f"rescaling d=0 batch={batch}")
             assert (ref[1] > 0).all()  # σ² / (σε)²: not a trivially zero loss
         # through the public entry point, as reported
-        args = ("rescaling", p, gam, eta, 3, 2)
-        tri = train_sweep(*args, target=torch.zeros(0), noise=0.5, backend="triton")
-        ref = train_sweep(*args, target=torch.zeros(0), noise=0.5, backend="torch")
+        p_dev = {name: v.to(DEV) for name, v in p.items()}
+        tri = train_sweep("rescaling", p_dev, gam.to(DEV), eta, 3, 2, noise=0.5,
+                          target=torch.zeros(0, device=DEV), backend="triton")  # fmt: skip
+        ref = train_sweep("rescaling", p, gam, eta, 3, 2, target=torch.zeros(0), noise=0.5,
+                          backend="torch")  # fmt: skip
         assert tri.params["u"].shape == (2, 0)
         assert_close(tri.losses.cpu(), ref.losses)
         return
