@@ -2,10 +2,12 @@
 # One call on a lent GPU machine (the `device` tool of this workplace; any CUDA box works):
 # install carried wheels, build the C++ core, then run what the first argument names.
 #
-#   bash bench/device_session.sh tests [pytest args]   # the whole test suite on CUDA (+ -m gpu)
+#   bash bench/device_session.sh tests [pytest args]   # the whole test suite on CUDA (+ -m gpu);
+#                                                      # args that start with paths run those
 #   bash bench/device_session.sh bench [pytest args]   # bench/ (default: the GPU cases, -k gpu)
 #                                                      # with JSON under $OUT
 #   bash bench/device_session.sh ceilings              # measured copy GB/s and matmul TFLOP/s
+#   bash bench/device_session.sh tune                  # bench/tune_particles_gpu.py's sweep
 #   bash bench/device_session.sh teacher-student [preset] [args]   # the main job on the GPU
 #                                                      # (default preset quick; paper: the grid)
 #
@@ -37,7 +39,10 @@ tests)
     extra=()
     python3 -c "import xdist" 2>/dev/null && extra+=(-n 8)
     python3 -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout 300)
-    python3 -m pytest tests -q -rfEs ${extra[@]+"${extra[@]}"} --junitxml="$OUT/junit.xml" "$@" 2>&1 \
+    paths=(tests)
+    [ $# -gt 0 ] && [[ $1 != -* ]] && paths=()
+    python3 -m pytest ${paths[@]+"${paths[@]}"} -q -rfEs ${extra[@]+"${extra[@]}"} \
+        --junitxml="$OUT/junit.xml" "$@" 2>&1 \
         | tee "$OUT/tests.log" | grep -v "^\." | tail -60
     ;;
 bench)
@@ -54,6 +59,9 @@ teacher-student)
         | grep -v "particle-step/s" | tee "$OUT/ts-$preset.log" | tail -40
     cp "/tmp/ts-$preset/results.json" "/tmp/ts-$preset/summary.csv" \
         "/tmp/ts-$preset/fig_rmd_si.png" "$OUT/" 2>/dev/null
+    ;;
+tune)
+    python3 bench/tune_particles_gpu.py --out "$OUT" "$@" 2>&1 | tee "$OUT/tune.log" | tail -150
     ;;
 ceilings)
     python3 - <<'EOF' | tee "$OUT/ceilings.txt"

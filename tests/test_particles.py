@@ -994,6 +994,78 @@ def test_triton_two_pass_large_n_path(unit, dtype):
 
 
 @pytest.mark.parametrize(
+    "unit, scheme, project_noise, dtype, user_data",
+    [(MatrixUnit(2, 2), "DA", False, torch.float64, False),
+     (MatrixUnit(2, 2), "DA", False, torch.float64, True),
+     (MatrixUnit(2, 2), "FA", False, torch.float32, False),
+     (MatrixUnit(2, 2), "EA", True, torch.float64, False),
+     (StandardUnit(d=2, c=2, activation="tanh"), "DA-sample", True, torch.float32, False)],
+    ids=["matrix-DA-f64", "matrix-DA-userdata-f64", "matrix-FA-f32", "matrix-EA-projected-f64",
+         "standard-DAsample-f32"],
+)  # fmt: skip
+def test_triton_split_path_matches_reference(unit, scheme, project_noise, dtype, user_data):
+    """The split path (each run's particles over several programs, two launches per step: the
+    paper's N = 5000 on a GPU) gives the reference's trajectory, snapshots and losses for every
+    kind of scheme. R = 2, N = 37 in blocks of 4 over 3 programs per run: chunks of 16, 16 and 5
+    particles, so the partial sums, the per-program residuals and a ragged block all count.
+    user_data: batches (x, y) given per step instead of drawn and labelled by a teacher."""
+    from symkern.backends.registry import get_backend
+
+    if get_backend("triton").availability_reasons():
+        pytest.skip("; ".join(get_backend("triton").availability_reasons()))
+    from symkern.backends.triton.particles import particle_steps_triton
+
+    group = groups.c2_swap()
+    if isinstance(unit, StandardUnit):  # swap the two inputs; the outputs are invariant
+        group = (group, group.group.trivial_rep(unit.c))
+    g = torch.Generator().manual_seed(2)
+    teacher = torch.randn(3, unit.D, generator=g, dtype=torch.float64)
+    theta = initial_particles(2, 37, unit.D, seed=9, std=0.5)
+    args = dict(unit=unit, teacher=teacher, group=group, scheme=scheme, alpha=5.0, tau=1e-3,
+                beta=1e-3, batch=7, sigma_pi=2.0, seed=11, project_noise=project_noise,
+                steps=2)  # fmt: skip
+    if user_data:
+        del args["teacher"]
+        args["x_data"] = torch.randn(2, 2, 7, unit.d, generator=g, dtype=torch.float64)
+        args["y_data"] = torch.rand(2, 2, 7, unit.c, generator=g, dtype=torch.float64)
+    ref = symkern.particle_steps(theta, backend="torch", snapshot_every=1, **args)
+    th = theta.to(TRITON_DEVICE, dtype)
+    out = particle_steps_triton(th, particle_problem(th, **args), 0, 2, 1, path="split",
+                                block_n=4, split=3)  # fmt: skip
+    rtol = 1e-10 if dtype == torch.float64 else 2e-5
+    assert_close(out[0].double().cpu(), ref.theta, rtol=rtol, atol=rtol, msg="theta: ")
+    assert_close(out[1].double().cpu(), ref.snapshots, rtol=rtol, atol=rtol, msg="snapshots: ")
+    assert_close(out[2].double().cpu(), ref.losses, rtol=10 * rtol, atol=rtol, msg="losses: ")
+
+
+@pytest.mark.gpu
+def test_triton_two_pass_tf32_follows_torch_switch(monkeypatch):
+    """The two-pass path's float32 products are TF32 exactly when torch's switch for float32
+    matrix products allows them: off (torch's default) the step matches the float64 reference
+    to float32 accuracy; on, the update Δθ matches it to TF32 accuracy (2 % of its size) and
+    differs from the IEEE result (the switch took effect)."""
+    from symkern.backends.triton.particles import particle_steps_triton
+
+    unit = StandardUnit(d=100, c=1, activation="tanh")
+    g = torch.Generator().manual_seed(3)
+    teacher = torch.randn(4, unit.D, generator=g, dtype=torch.float64)
+    theta = 0.3 * torch.randn(1, 2048, unit.D, generator=g, dtype=torch.float64)
+    args = dict(unit=unit, teacher=teacher, alpha=1.0, tau=1e-4, beta=1e-6, batch=512,
+                sigma_pi=1.0, seed=0, steps=2)  # fmt: skip
+    ref = symkern.particle_steps(theta, backend="torch", **args)
+    th = theta.to("cuda", torch.float32)
+    problem = particle_problem(th, **args)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    ieee = particle_steps_triton(th, problem, 0, 2, 2, path="two_pass")[0].double().cpu()
+    assert_close(ieee, ref.theta, rtol=2e-5, atol=2e-5)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    tf32 = particle_steps_triton(th, problem, 0, 2, 2, path="two_pass")[0].double().cpu()
+    delta_ref = ref.theta - theta
+    assert_close(tf32 - theta, delta_ref, rtol=0.0, atol=2e-2)
+    assert not torch.equal(tf32, ieee)
+
+
+@pytest.mark.parametrize(
     "unit, batch, match",
     [
         (StandardUnit(d=100, c=1), 20, r"padded B·D·d <= 16384, got B = 20, D = 102, d = 100"),

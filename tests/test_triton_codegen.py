@@ -155,13 +155,15 @@ def _cases():
         target={"W1": r(16, 20), "b1": r(16), "a": r(16)}, activation="tanh",
     )  # fmt: skip
 
-    def particles(unit, group, scheme):
+    def particles(unit, group, scheme, path="fused"):
         theta = initial_particles(2, 40, unit.D, seed=3).float()
         problem = particle_problem(
             theta, unit, teacher=r(3, unit.D), group=group, scheme=scheme, alpha=1.0,
             tau=1e-3, beta=1e-4, batch=16, sigma_pi=1.0, seed=0, steps=2,
         )  # fmt: skip
-        return lambda: tp.particle_steps_triton(theta, problem, 0, 2, 1, path="fused")
+        if path == "split":  # one step: a PHASE 1 and a PHASE 2 launch, 2 programs per run
+            return lambda: tp.particle_steps_triton(theta, problem, 0, 1, 1, path=path, split=2)
+        return lambda: tp.particle_steps_triton(theta, problem, 0, 2, 1, path=path)
 
     c4, c16 = groups.cyclic(4), groups.cyclic(16)
     yield (
@@ -169,6 +171,12 @@ def _cases():
         tp,
         "_particle_steps_fused_kernel",
         particles(MatrixUnit(4, 4), (c4, c4), "FA"),
+    )
+    yield (
+        "particles matrix 4x4 FA split",
+        tp,
+        "_particle_steps_fused_kernel",
+        particles(MatrixUnit(4, 4), (c4, c4), "FA", path="split"),
     )
     yield (
         "particles standard d=16 c=16 EA",
@@ -307,6 +315,7 @@ def dot_counts() -> dict[str, list[int]]:
         "mirror_sweep factorization",
         "mirror_sweep mlp",
         "particles matrix 4x4 FA",
+        "particles matrix 4x4 FA split",
         "particles standard d=16 c=16 EA",
     ],
 )

@@ -63,11 +63,22 @@ projected noise, N up to ~1e6, B up to ~1e4, D ≤ 256). Per step four launches,
    (FlashAttention-style), accumulate ∂a = Hᵀ E and ∂(w, b) = ((E Aᵀ) ⊙ act'(Z))ᵀ X̃ in registers,
    then write θ ← θ − (α/N)(g + 2τθ) + sqrt(2βα/N) ξ in place.
 
-Precision of the two-pass path: float32 products on a GPU use TF32 tensor cores (10-bit
-mantissa inputs, fp32 accumulation; ~1e-3 relative error of Z for d = 100) unless
-``allow_tf32=False``; float64, and everything under the interpreter, use IEEE products.
+Precision of the two-pass path: float32 products on a GPU follow torch's switch for float32
+matrix products, ``torch.backends.cuda.matmul.allow_tf32`` (off by default; on after
+``torch.set_float32_matmul_precision("high")``): on, they use TF32 tensor cores (10-bit mantissa
+inputs, fp32 accumulation; ~1e-3 relative error of Z for d = 100), off, IEEE fp32 products.
+``allow_tf32=`` overrides the switch per call; float64, and everything under the interpreter,
+use IEEE products.
 The launcher picks it automatically when the problem qualifies and N·B ≥ ``TWO_PASS_MIN_NB``;
-``path=`` forces either path (tests use it).
+``path=`` forces any path (tests use it).
+
+**Split fused step** (``path="split"``; few runs of many particles on a GPU: the paper's N = 5000
+at R = 1 kept one SM of 132 busy, 1.1 ms per step on an H100). The fused kernel, with each run's
+particles split over P programs (grid (R, P)) and one step per pair of launches: PHASE 1 draws
+the batch and writes each program's partial Φ_a (R, P, |G|, B, c), PHASE 2 sums the P partials
+into the residuals (each program for itself) and updates the program's particles. Every scheme;
+same arithmetic as the fused path except the order of the sum over particles. Auto on a GPU
+when N ≥ ``SPLIT_MIN_N`` and 2R < SMs.
 
 **Fused model output** (ops ``particle_forward`` / ``particle_forward_backward``, behind
 :func:`symkern.model_output`): Φ_θ(x_b) = (1/N) Σ_i σ*(x_b, θ_i) for x (B, d), θ (N, D) → (B, c)
@@ -116,6 +127,10 @@ FUSED_MAX_EXPAND = 16384
 FUSED_MAX_MATRIX_C = 16  # matrix unit: c static_range-unrolled heads (c = 64 never compiled)
 TWO_PASS_MAX_D = 256  # the two-pass kernel keeps a (BLOCK_N, D) gradient tile in registers
 TWO_PASS_MIN_NB = 1 << 20  # auto: N·B at or above this uses the two-pass path (when eligible)
+# auto on a GPU: a run of at least SPLIT_MIN_N particles is split over programs when the runs
+# alone leave most SMs idle (R < SMs / 2); each program then owns at most ~N / SPLIT_MAX_P
+SPLIT_MIN_N = 512
+SPLIT_MAX_P = 64
 
 _STREAM_DATA = tl.constexpr(0)  # symkern.meanfield.rng.STREAM_DATA
 _STREAM_NOISE = tl.constexpr(1)  # rng.STREAM_NOISE
@@ -257,6 +272,28 @@ def _phi_block(
 
 
 @triton.jit
+def _teacher_labels(
+    xt, teacher_ptr, tw_ptr, r64, M,
+    UNIT: tl.constexpr, ACT: tl.constexpr, C: tl.constexpr, DIN: tl.constexpr, D: tl.constexpr,
+    C_BLK: tl.constexpr, D_BLK: tl.constexpr, M_BLK: tl.constexpr,
+):  # fmt: skip
+    # y_b = Σ_m w_m σ*(x_b, teacher_m) of run r64's teacher (M, D) and weights (M,), M_BLK
+    # teacher particles at a time: xt (rows, D_BLK) expanded inputs → (rows, C_BLK)
+    mi = tl.arange(0, D_BLK)
+    y = tl.zeros((xt.shape[0], C_BLK), dtype=xt.dtype)
+    for mb in range(0, M, M_BLK):
+        mm = mb + tl.arange(0, M_BLK)
+        mm_ok = mm < M
+        tt = tl.load(
+            teacher_ptr + (r64 * M + mm[:, None]) * D + mi[None, :],
+            mask=mm_ok[:, None] & (mi < D)[None, :], other=0.0,
+        ).to(xt.dtype)  # fmt: skip
+        tw = tl.load(tw_ptr + r64 * M + mm, mask=mm_ok, other=0.0).to(xt.dtype)
+        y += _phi_block(xt, tt, tw, UNIT, ACT, C, DIN, C_BLK, D_BLK)
+    return y
+
+
+@triton.jit
 def _grad_block(
     xt, e, th,
     UNIT: tl.constexpr, ACT: tl.constexpr, C: tl.constexpr, DIN: tl.constexpr,
@@ -311,7 +348,10 @@ def _apply_rows_t(g, T):
 # ---------------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["N", "M", "G", "step0", "steps", "snap_every", "k0", "k1", "T_data"])
+@triton.jit(
+    do_not_specialize=["N", "M", "G", "step0", "ls0", "steps", "snap_every", "k0", "k1", "T_data",
+                       "P", "chunk"]
+)  # fmt: skip
 def _particle_steps_fused_kernel(
     theta_ptr,  # (R, N, D), updated in place
     snap_ptr,  # (R, S, N, D)
@@ -328,17 +368,27 @@ def _particle_steps_fused_kernel(
     proj_ptr,  # (D, D)
     xdata_ptr,  # (T, R, B, d) or dummy
     ydata_ptr,  # (T, R, B, c) or dummy
-    sx_ptr,  # scratch (R, G, B_BLK, D_BLK)
-    se_ptr,  # scratch (R, G, B_BLK, C_BLK)
+    sx_ptr,  # scratch (R, G, B_BLK, D_BLK): expanded inputs of every data copy
+    se_ptr,  # scratch (R·P, G, B_BLK, C_BLK): residuals (one slab per program)
+    part_ptr,  # split: (R, P, G, B_BLK, C_BLK) partial Φ_a of each program's particles
+    sy_ptr,  # split: (R, G, B_BLK, C_BLK) labels of every data copy
     R, N, M, G, B, T_data,
-    step0, steps, snap_every, S,
-    k0, k1, sig_ptr,
+    step0, ls0, steps, snap_every, S,
+    k0, k1, sig_ptr, P, chunk,
     UNIT: tl.constexpr, ACT: tl.constexpr, C: tl.constexpr, DIN: tl.constexpr, D: tl.constexpr,
     B_BLK: tl.constexpr, DIN_BLK: tl.constexpr, C_BLK: tl.constexpr, D_BLK: tl.constexpr,
-    N_BLK: tl.constexpr, M_BLK: tl.constexpr, HAS_DATA: tl.constexpr,
+    N_BLK: tl.constexpr, M_BLK: tl.constexpr, HAS_DATA: tl.constexpr, PHASE: tl.constexpr,
 ):  # fmt: skip
+    # PHASE 0: the local steps ls0 .. ls0 + steps of run r in this one program (grid (R,), P = 1,
+    # chunk = N). Split path (grid (R, P), one step per pair of launches): program (r, p) owns
+    # the particles [p·chunk, (p + 1)·chunk); PHASE 1 draws the batch and writes its partial Φ_a
+    # (program 0 also every copy's inputs and labels), PHASE 2 sums the P partials into the
+    # residuals and updates its particles. The launch boundary is the only cross-program sync.
     r = tl.program_id(0)
+    p = tl.program_id(1)
     r64 = r.to(tl.int64)
+    n_lo = p * chunk
+    n_hi = tl.minimum(n_lo + chunk, N)
     DT = theta_ptr.dtype.element_ty
     key0 = k0.to(tl.uint32)
     key1 = k1.to(tl.uint32)
@@ -365,136 +415,155 @@ def _particle_steps_fused_kernel(
     b_ok = bi < B
     m_ok = mi < D
     dd_mask = m_ok[:, None] & m_ok[None, :]
-    P = tl.load(proj_ptr + mi[:, None] * D + mi[None, :], mask=dd_mask, other=0.0).to(DT)
+    P_mat = tl.load(proj_ptr + mi[:, None] * D + mi[None, :], mask=dd_mask, other=0.0).to(DT)
 
     th_base = theta_ptr + r64 * N * D
     sx_base = sx_ptr + r64 * G * (B_BLK * D_BLK)
-    se_base = se_ptr + r64 * G * (B_BLK * C_BLK)
+    se_base = se_ptr + (r64 * P + p) * G * (B_BLK * C_BLK)
+    part_run = part_ptr + r64 * P * G * (B_BLK * C_BLK)
+    sy_base = sy_ptr + r64 * G * (B_BLK * C_BLK)
     bd_offs = bi[:, None] * D_BLK + mi[None, :]
     bc_offs = bi[:, None] * C_BLK + ci[None, :]
     bc_mask = b_ok[:, None] & (ci < C)[None, :]
 
-    for ls in range(0, steps):
+    for ls in range(ls0, ls0 + steps):
         t = step0 + ls
-        # ---- data of this step: x (B, d), y (B, c)
-        if HAS_DATA:
-            xo = ((ls * R + r).to(tl.int64) * B + bi[:, None]) * DIN + ji[None, :]
-            x2 = tl.load(xdata_ptr + xo, mask=b_ok[:, None] & (ji < DIN)[None, :], other=0.0)
-            x2 = x2.to(DT)
-            yo = ((ls * R + r).to(tl.int64) * B + bi[:, None]) * C + ci[None, :]
-            y = tl.load(ydata_ptr + yo, mask=bc_mask, other=0.0).to(DT)
-        else:
-            xidx = (bi[:, None] * DIN + ji[None, :]).to(tl.uint32)
-            x2 = tl.load(sig_ptr).to(DT) * _normal(xidx, t, run, _STREAM_DATA, key0, key1, DT)
-            x2 = tl.where(b_ok[:, None] & (ji < DIN)[None, :], x2, 0.0)
-            xt0 = _expand_x(x2, rho_x_ptr, bi, no_rho, B, UNIT, C, DIN, D, B_BLK, DIN_BLK, D_BLK)
-            y = tl.zeros((B_BLK, C_BLK), dtype=DT)
-            for mb in range(0, M, M_BLK):
-                mm = mb + tl.arange(0, M_BLK)
-                mm_ok = mm < M
-                tt = tl.load(
-                    teacher_ptr + (r64 * M + mm[:, None]) * D + mi[None, :],
-                    mask=mm_ok[:, None] & m_ok[None, :], other=0.0,
-                ).to(DT)  # fmt: skip
-                tw = tl.load(tw_ptr + r64 * M + mm, mask=mm_ok, other=0.0).to(DT)
-                y += _phi_block(xt0, tt, tw, UNIT, ACT, C, DIN, C_BLK, D_BLK)
-            y = tl.where(bc_mask, y, 0.0)
-        # sampled group elements (DA-sample): g_b = (o0 · |G|) >> 32
-        o0, _ = _philox01(bi.to(tl.uint32), t, run, _STREAM_AUGMENT, key0, key1)
-        g_rand = ((o0.to(tl.uint64) * G) >> 32).to(tl.int32)
-
-        # ---- forward over every data copy a
         loss = tl.zeros((B_BLK,), dtype=DT)
-        for a in range(0, n_a):
-            gb = tl.where(scheme == 1, a, tl.where(scheme == 2, g_rand, 0))
-            xt = _expand_x(x2, rho_x_ptr, gb, use_rho, B, UNIT, C, DIN, D, B_BLK, DIN_BLK, D_BLK)
-            ya = y
-            if use_rho != 0:
-                ry = tl.load(
-                    rho_y_ptr + gb[:, None, None] * (C * C) + ci[None, :, None] * C
-                    + ci[None, None, :],
-                    mask=b_ok[:, None, None] & (ci < C)[None, :, None] & (ci < C)[None, None, :],
-                    other=0.0,
-                ).to(DT)  # fmt: skip
-                ya = tl.sum(ry * y[:, None, :], axis=2)
-            phi = tl.zeros((B_BLK, C_BLK), dtype=DT)
-            for nb in range(0, N, N_BLK):
-                # int64: N·D may exceed 2^31
-                nn = (nb + ni).to(tl.int64)
-                n_ok = nn < N
-                th = tl.load(
-                    th_base + nn[:, None] * D + mi[None, :],
-                    mask=n_ok[:, None] & m_ok[None, :], other=0.0,
+        if PHASE != 2:
+            # ---- data of this step: x (B, d), y (B, c)
+            if HAS_DATA:
+                xo = ((ls * R + r).to(tl.int64) * B + bi[:, None]) * DIN + ji[None, :]
+                x2 = tl.load(xdata_ptr + xo, mask=b_ok[:, None] & (ji < DIN)[None, :], other=0.0)
+                x2 = x2.to(DT)
+                yo = ((ls * R + r).to(tl.int64) * B + bi[:, None]) * C + ci[None, :]
+                y = tl.load(ydata_ptr + yo, mask=bc_mask, other=0.0).to(DT)
+            else:
+                xidx = (bi[:, None] * DIN + ji[None, :]).to(tl.uint32)
+                x2 = tl.load(sig_ptr).to(DT) * _normal(xidx, t, run, _STREAM_DATA, key0, key1, DT)
+                x2 = tl.where(b_ok[:, None] & (ji < DIN)[None, :], x2, 0.0)
+                xt0 = _expand_x(
+                    x2, rho_x_ptr, bi, no_rho, B, UNIT, C, DIN, D, B_BLK, DIN_BLK, D_BLK
                 )  # fmt: skip
-                if is_ea:
-                    th = _apply_rows(th, P)
-                wts = tl.where(n_ok, 1.0 / (N * n_f).to(DT), 0.0).to(DT)
-                for f in range(0, n_f):
-                    thf = th
-                    if scheme == 3:
-                        Mf = tl.load(
-                            mz_ptr + f * (D * D) + mi[:, None] * D + mi[None, :],
-                            mask=dd_mask, other=0.0,
-                        ).to(DT)  # fmt: skip
-                        thf = _apply_rows(th, Mf)
-                    phi += _phi_block(xt, thf, wts, UNIT, ACT, C, DIN, C_BLK, D_BLK)
-            diff = tl.where(bc_mask, phi - ya, 0.0)
-            loss += tl.sum(diff * diff, axis=1) / b_eff
-            tl.store(sx_base + a * (B_BLK * D_BLK) + bd_offs, xt)
-            tl.store(se_base + a * (B_BLK * C_BLK) + bc_offs, 2.0 * diff / b_eff)
+                y = _teacher_labels(
+                    xt0, teacher_ptr, tw_ptr, r64, M, UNIT, ACT, C, DIN, D, C_BLK, D_BLK, M_BLK
+                )  # fmt: skip
+                y = tl.where(bc_mask, y, 0.0)
+            # sampled group elements (DA-sample): g_b = (o0 · |G|) >> 32
+            o0, _ = _philox01(bi.to(tl.uint32), t, run, _STREAM_AUGMENT, key0, key1)
+            g_rand = ((o0.to(tl.uint64) * G) >> 32).to(tl.int32)
+
+            # ---- forward over every data copy a (this program's particles)
+            for a in range(0, n_a):
+                gb = tl.where(scheme == 1, a, tl.where(scheme == 2, g_rand, 0))
+                xt = _expand_x(
+                    x2, rho_x_ptr, gb, use_rho, B, UNIT, C, DIN, D, B_BLK, DIN_BLK, D_BLK
+                )  # fmt: skip
+                ya = y
+                if use_rho != 0:
+                    ry = tl.load(
+                        rho_y_ptr + gb[:, None, None] * (C * C) + ci[None, :, None] * C
+                        + ci[None, None, :],
+                        mask=b_ok[:, None, None] & (ci < C)[None, :, None]
+                        & (ci < C)[None, None, :],
+                        other=0.0,
+                    ).to(DT)  # fmt: skip
+                    ya = tl.sum(ry * y[:, None, :], axis=2)
+                phi = tl.zeros((B_BLK, C_BLK), dtype=DT)
+                for nb in range(n_lo, n_hi, N_BLK):
+                    # int64: N·D may exceed 2^31
+                    nn = (nb + ni).to(tl.int64)
+                    n_ok = nn < n_hi
+                    th = tl.load(
+                        th_base + nn[:, None] * D + mi[None, :],
+                        mask=n_ok[:, None] & m_ok[None, :], other=0.0,
+                    )  # fmt: skip
+                    if is_ea:
+                        th = _apply_rows(th, P_mat)
+                    wts = tl.where(n_ok, 1.0 / (N * n_f).to(DT), 0.0).to(DT)
+                    for f in range(0, n_f):
+                        thf = th
+                        if scheme == 3:
+                            Mf = tl.load(
+                                mz_ptr + f * (D * D) + mi[:, None] * D + mi[None, :],
+                                mask=dd_mask, other=0.0,
+                            ).to(DT)  # fmt: skip
+                            thf = _apply_rows(th, Mf)
+                        phi += _phi_block(xt, thf, wts, UNIT, ACT, C, DIN, C_BLK, D_BLK)
+                if PHASE == 0:
+                    diff = tl.where(bc_mask, phi - ya, 0.0)
+                    loss += tl.sum(diff * diff, axis=1) / b_eff
+                    tl.store(sx_base + a * (B_BLK * D_BLK) + bd_offs, xt)
+                    tl.store(se_base + a * (B_BLK * C_BLK) + bc_offs, 2.0 * diff / b_eff)
+                else:
+                    tl.store(part_run + (p * G + a) * (B_BLK * C_BLK) + bc_offs, phi)
+                    if p == 0:
+                        tl.store(sx_base + a * (B_BLK * D_BLK) + bd_offs, xt)
+                        tl.store(sy_base + a * (B_BLK * C_BLK) + bc_offs, ya)
+        if PHASE == 2:
+            # ---- residuals of every data copy from the P programs' partial Φ_a
+            for a in range(0, n_a):
+                phi = tl.zeros((B_BLK, C_BLK), dtype=DT)
+                for q in range(0, P):
+                    phi += tl.load(part_run + (q * G + a) * (B_BLK * C_BLK) + bc_offs)
+                ya = tl.load(sy_base + a * (B_BLK * C_BLK) + bc_offs)
+                diff = tl.where(bc_mask, phi - ya, 0.0)
+                loss += tl.sum(diff * diff, axis=1) / b_eff
+                tl.store(se_base + a * (B_BLK * C_BLK) + bc_offs, 2.0 * diff / b_eff)
         tl.debug_barrier()
 
-        # ---- backward + update, block by block
-        is_snap = (((ls + 1) % snap_every) == 0) * 1  # int32 (a python int under the interpreter)
-        s_idx = (ls + 1) // snap_every - 1
-        for nb in range(0, N, N_BLK):
-            # int64: N·D may exceed 2^31 (th_base + nd_offs, the snapshot store)
-            nn = (nb + ni).to(tl.int64)
-            n_ok = nn < N
-            nd_mask = n_ok[:, None] & m_ok[None, :]
-            nd_offs = nn[:, None] * D + mi[None, :]
-            th = tl.load(th_base + nd_offs, mask=nd_mask, other=0.0)
-            grad = tl.zeros((N_BLK, D_BLK), dtype=DT)
-            for f in range(0, n_f):
-                # M_f is read for every scheme (one D×D tile, L1-resident) so that it is defined
-                # on both sides of the runtime branches below
-                Mf = tl.load(
-                    mz_ptr + f * (D * D) + mi[:, None] * D + mi[None, :],
-                    mask=dd_mask, other=0.0,
-                ).to(DT)  # fmt: skip
-                thf = th
+        if PHASE != 1:
+            # ---- backward + update, block by block
+            is_snap = (((ls + 1) % snap_every) == 0) * 1  # int32 (python int in the interpreter)
+            s_idx = (ls + 1) // snap_every - 1
+            for nb in range(n_lo, n_hi, N_BLK):
+                # int64: N·D may exceed 2^31 (th_base + nd_offs, the snapshot store)
+                nn = (nb + ni).to(tl.int64)
+                n_ok = nn < n_hi
+                nd_mask = n_ok[:, None] & m_ok[None, :]
+                nd_offs = nn[:, None] * D + mi[None, :]
+                th = tl.load(th_base + nd_offs, mask=nd_mask, other=0.0)
+                grad = tl.zeros((N_BLK, D_BLK), dtype=DT)
+                for f in range(0, n_f):
+                    # M_f is read for every scheme (one D×D tile, L1-resident) so that it is
+                    # defined on both sides of the runtime branches below
+                    Mf = tl.load(
+                        mz_ptr + f * (D * D) + mi[:, None] * D + mi[None, :],
+                        mask=dd_mask, other=0.0,
+                    ).to(DT)  # fmt: skip
+                    thf = th
+                    if is_ea:
+                        thf = _apply_rows(th, P_mat)
+                    if scheme == 3:
+                        thf = _apply_rows(th, Mf)
+                    gf = tl.zeros((N_BLK, D_BLK), dtype=DT)
+                    for a in range(0, n_a):
+                        xt = tl.load(sx_base + a * (B_BLK * D_BLK) + bd_offs)
+                        e = tl.load(se_base + a * (B_BLK * C_BLK) + bc_offs)
+                        gf += _grad_block(xt, e, thf, UNIT, ACT, C, DIN, C_BLK, D_BLK)
+                    if is_ea:
+                        gf = _apply_rows_t(gf, P_mat)
+                    if scheme == 3:
+                        gf = _apply_rows_t(gf, Mf)
+                    grad += gf
+                grad = grad / n_f.to(DT)
+                reg = th
                 if is_ea:
-                    thf = _apply_rows(th, P)
-                if scheme == 3:
-                    thf = _apply_rows(th, Mf)
-                gf = tl.zeros((N_BLK, D_BLK), dtype=DT)
-                for a in range(0, n_a):
-                    xt = tl.load(sx_base + a * (B_BLK * D_BLK) + bd_offs)
-                    e = tl.load(se_base + a * (B_BLK * C_BLK) + bc_offs)
-                    gf += _grad_block(xt, e, thf, UNIT, ACT, C, DIN, C_BLK, D_BLK)
-                if is_ea:
-                    gf = _apply_rows_t(gf, P)
-                if scheme == 3:
-                    gf = _apply_rows_t(gf, Mf)
-                grad += gf
-            grad = grad / n_f.to(DT)
-            reg = th
-            if is_ea:
-                reg = _apply_rows_t(_apply_rows(th, P), P)
-            # the Philox element index is i·D + k mod 2^32, as before (int64 only for addressing)
-            xi = _normal4(
-                (nn[:, None] * D + mi[None, :]).to(tl.uint32), t, run, _STREAM_NOISE,
-                key0, key1, DT,
-            )  # fmt: skip
-            if project:
-                xi = _apply_rows(tl.where(nd_mask, xi, 0.0), P)
-            new = th - step_n * (grad + 2.0 * tau * reg) + noise_scale * xi
-            tl.store(th_base + nd_offs, new, mask=nd_mask)
-            snap_off = (r64 * S + s_idx) * N * D
-            snap_mask = nd_mask & ((tl.zeros((N_BLK, D_BLK), dtype=tl.int32) + is_snap) != 0)
-            tl.store(snap_ptr + snap_off + nd_offs, new, mask=snap_mask)
-        if is_snap != 0:
-            tl.store(loss_ptr + r64 * S + s_idx, tl.sum(loss, axis=0))
+                    reg = _apply_rows_t(_apply_rows(th, P_mat), P_mat)
+                # the Philox element index is i·D + k mod 2^32, as before (int64 only for
+                # addressing)
+                xi = _normal4(
+                    (nn[:, None] * D + mi[None, :]).to(tl.uint32), t, run, _STREAM_NOISE,
+                    key0, key1, DT,
+                )  # fmt: skip
+                if project:
+                    xi = _apply_rows(tl.where(nd_mask, xi, 0.0), P_mat)
+                new = th - step_n * (grad + 2.0 * tau * reg) + noise_scale * xi
+                tl.store(th_base + nd_offs, new, mask=nd_mask)
+                snap_off = (r64 * S + s_idx) * N * D
+                snap_mask = nd_mask & ((tl.zeros((N_BLK, D_BLK), dtype=tl.int32) + is_snap) != 0)
+                tl.store(snap_ptr + snap_off + nd_offs, new, mask=snap_mask)
+            if (is_snap != 0) & (p == 0):
+                tl.store(loss_ptr + r64 * S + s_idx, tl.sum(loss, axis=0))
         tl.debug_barrier()
 
 
@@ -540,16 +609,7 @@ def _tp_data_kernel(
         xt = tl.where(x_mask, xt, 0.0)
     xt = tl.where((mi == C + DIN)[None, :], 1.0, xt)
     if not HAS_DATA:
-        y = tl.zeros((BB, C_BLK), dtype=DT)
-        for mb in range(0, M, M_BLK):
-            mm = mb + tl.arange(0, M_BLK)
-            mm_ok = mm < M
-            tt = tl.load(
-                teacher_ptr + (r64 * M + mm[:, None]) * D + mi[None, :],
-                mask=mm_ok[:, None] & (mi < D)[None, :], other=0.0,
-            ).to(DT)  # fmt: skip
-            tw = tl.load(tw_ptr + r64 * M + mm, mask=mm_ok, other=0.0).to(DT)
-            y += _phi_block(xt, tt, tw, 1, ACT, C, DIN, C_BLK, D_BLK)
+        y = _teacher_labels(xt, teacher_ptr, tw_ptr, r64, M, 1, ACT, C, DIN, D, C_BLK, D_BLK, M_BLK)
     tl.store(xt_ptr + (r64 * B + bi[:, None]) * D + mi[None, :], xt,
              mask=b_ok[:, None] & (mi < D)[None, :])  # fmt: skip
     tl.store(y_ptr + (r64 * B + bi[:, None]) * C + ci[None, :], y, mask=bc_mask)
@@ -934,6 +994,24 @@ def _fused_reasons(problem: ParticleProblem) -> list[str]:
     return reasons
 
 
+def _n_sm(dev: torch.device) -> int:
+    return torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 1
+
+
+def _auto_split(R: int, N: int, dev: torch.device) -> bool:
+    """Split each run over programs (two launches per step) when one program per run would
+    leave most of a GPU idle and a run is large enough to pay for the extra launches."""
+    if dev.type != "cuda" or triton_interpreter_enabled():
+        return False
+    return N >= SPLIT_MIN_N and 2 * R < _n_sm(dev)
+
+
+def _split_programs(R: int, n_nblk: int, dev: torch.device) -> int:
+    """Programs per run of the split path: ~2 per SM over all runs, at most SPLIT_MAX_P (each
+    program sums all P partials per step) and at most one per particle block."""
+    return max(1, min(n_nblk, SPLIT_MAX_P, triton.cdiv(2 * _n_sm(dev), R)))
+
+
 def _auto_two_pass(problem: ParticleProblem, N: int) -> bool:
     return not _two_pass_reasons(problem) and (
         N * problem.batch >= TWO_PASS_MIN_NB or bool(_fused_reasons(problem))
@@ -1005,24 +1083,30 @@ def particle_steps_triton(
     block_n: int | None = None,
     block_b: int | None = None,
     split: int | None = None,
-    allow_tf32: bool = True,
+    allow_tf32: bool | None = None,
+    tile_config: Mapping[str, tuple[int, int, int, int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``steps`` particle SGD/Langevin steps from absolute step ``step0`` (see module docstring).
 
     theta (R, N, D) float32/float64 → (theta_out (R, N, D), snapshots (R, S, N, D), losses (R, S))
     with S = steps // snapshot_every. ``path``: "auto", "fused" (one program per run, all steps in
-    one launch) or "two_pass" (standard unit, vanilla, unprojected noise; grid over particle and
+    one launch), "split" (the fused kernel with each run's particles split over ``split``
+    programs, two launches per step: the paper regime on a GPU, few runs of thousands of
+    particles) or "two_pass" (standard unit, vanilla, unprojected noise; grid over particle and
     batch blocks, four launches per step). ``block_n`` / ``block_b`` / ``split`` override tile
-    sizes (tests keep interpreter grids small); ``allow_tf32`` lets the two-pass path use TF32
-    tensor cores for float32 on a GPU.
+    sizes and programs per run (tests keep interpreter grids small); ``allow_tf32`` lets the
+    two-pass path use TF32 tensor cores for float32 on a GPU (None: as
+    ``torch.backends.cuda.matmul.allow_tf32``). ``tile_config`` (tuning,
+    bench/tune_particles_gpu.py): {"fwd": (BB, BN, num_warps, num_stages), "bwd": ...} of the
+    two-pass forward and backward kernels.
 
     Example::
 
         out, snaps, losses = particle_steps_triton(theta, problem, 0, 100, 20)
     """
     _check_inputs(theta, problem, steps, snapshot_every)
-    if path not in ("auto", "fused", "two_pass"):
-        raise ValueError(f"path must be 'auto', 'fused' or 'two_pass', got {path!r}")
+    if path not in ("auto", "fused", "split", "two_pass"):
+        raise ValueError(f"path must be 'auto', 'fused', 'split' or 'two_pass', got {path!r}")
     R, N, D = theta.shape
     dtype, dev = theta.dtype, theta.device
     S = steps // snapshot_every
@@ -1033,7 +1117,10 @@ def particle_steps_triton(
         losses.fill_(float("nan"))  # N = 0: Φ is an empty mean, as in the reference
         return out, snaps, losses
     if path == "auto":
-        path = "two_pass" if _auto_two_pass(problem, N) else "fused"
+        if _auto_two_pass(problem, N):
+            path = "two_pass"
+        else:
+            path = "split" if _auto_split(R, N, dev) else "fused"
     reasons = _two_pass_reasons(problem) if path == "two_pass" else _fused_reasons(problem)
     if reasons:
         raise ValueError(
@@ -1058,30 +1145,56 @@ def particle_steps_triton(
     # σ_π through memory: a Python float kernel argument would be rounded to float32
     sig = torch.tensor([float(problem.sigma_pi)], dtype=dtype, device=dev)
 
-    if path == "fused":
+    if path in ("fused", "split"):
         G = _group_size(problem)
         B_BLK = _P2(B)
         if block_n is None:
             block_n = max(1, min(_P2(N), 4096 // (B_BLK * D_BLK), 128))
         N_BLK = _P2(block_n)
+        n_nblk = triton.cdiv(N, N_BLK)
+        if path == "fused":
+            P = 1
+        elif split is None:
+            P = _split_programs(R, n_nblk, dev)
+        else:
+            P = max(1, min(int(split), n_nblk, 65535))  # grid axis 1 is capped at 65535
+        chunk = triton.cdiv(n_nblk, P) * N_BLK  # particles per program, whole blocks
+        P = triton.cdiv(N, chunk)  # no program without particles
         sx = torch.empty((R, G, B_BLK, D_BLK), dtype=dtype, device=dev)
-        se = torch.empty((R, G, B_BLK, C_BLK), dtype=dtype, device=dev)
-        _particle_steps_fused_kernel[(R,)](
+        se = torch.empty((R * P, G, B_BLK, C_BLK), dtype=dtype, device=dev)
+        part = torch.empty((R, P, G, B_BLK, C_BLK) if P > 1 else (1,), dtype=dtype, device=dev)
+        sy = torch.empty((R, G, B_BLK, C_BLK) if P > 1 else (1,), dtype=dtype, device=dev)
+        args = (
             out, snaps, losses, runs, alpha, tau, beta,
             problem.scheme.to(torch.int32).to(dev).contiguous(),
             problem.project_noise.to(torch.int32).to(dev).contiguous(),
             teacher, tw, _f(problem.rho_x, dtype), _f(problem.rho_y, dtype), _f(problem.m_z, dtype),
-            _f(problem.proj, dtype), xdata, ydata, sx, se,
-            R, N, M, G, B, T_data, int(step0), steps, snapshot_every, S,
-            k0, k1, sig,
+            _f(problem.proj, dtype), xdata, ydata, sx, se, part, sy,
+            R, N, M, G, B, T_data,
+        )  # fmt: skip
+        meta = dict(
             UNIT=problem.unit_code, ACT=problem.activation_code, C=c, DIN=d, D=D,
             B_BLK=B_BLK, DIN_BLK=DIN_BLK, C_BLK=C_BLK, D_BLK=D_BLK, N_BLK=N_BLK, M_BLK=M_BLK,
             HAS_DATA=has_data, num_warps=4,
         )  # fmt: skip
+        if P == 1:  # every step in one launch
+            _particle_steps_fused_kernel[(R,)](
+                *args, int(step0), 0, steps, snapshot_every, S, k0, k1, sig, 1, N,
+                PHASE=0, **meta,
+            )  # fmt: skip
+            return out, snaps, losses
+        for ls in range(steps):  # two launches per step; the boundary syncs the P programs
+            for phase in (1, 2):
+                _particle_steps_fused_kernel[(R, P)](
+                    *args, int(step0), ls, 1, snapshot_every, S, k0, k1, sig, P, chunk,
+                    PHASE=phase, **meta,
+                )  # fmt: skip
         return out, snaps, losses
 
     # ---- two-pass path
     interp = triton_interpreter_enabled() or dev.type != "cuda"
+    if allow_tf32 is None:
+        allow_tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
     precision = "tf32" if (dtype == torch.float32 and allow_tf32 and not interp) else "ieee"
     D_BLK2 = max(16, D_BLK)
     C_BLK2 = max(16, C_BLK)
@@ -1100,31 +1213,42 @@ def particle_steps_triton(
     BB = _P2(block_b) if block_b else tile
     BN = _P2(block_n) if block_n else tile
     BB, BN = max(16, BB), max(16, BN)
-    n_bblk = triton.cdiv(B, BB)
-    n_nblk = triton.cdiv(N, BN)
+    nw = 4 if dev.type != "cuda" else 8
+    # (batch block, particle block, warps, stages) of the forward and the backward kernel
+    fwd_cfg, bwd_cfg = (BB, BN, nw, ns), (BB, BN, nw, ns)
+    if dev.type == "cuda" and dtype == torch.float32 and D_BLK2 <= 128 and C_BLK2 <= 16:
+        if not block_b and not block_n:
+            # measured on an H100 (bench/tune_particles_gpu.py, d = 100, c = 1, N = 1e6,
+            # B = 1e4, TF32; 2026-11-24): a 128-sample forward block reads Θ half as often
+            # (140.5 -> 123.7 ms/step), a 128-particle backward block reads X̃ half as often
+            # (140.5 -> 130.3 ms/step)
+            fwd_cfg, bwd_cfg = (128, 64, 8, 3), (64, 128, 8, 3)
+    if tile_config is not None:
+        fwd_cfg, bwd_cfg = tile_config.get("fwd", fwd_cfg), tile_config.get("bwd", bwd_cfg)
+    BBf, BNf, nwf, nsf = fwd_cfg
+    BBb, BNb, nwb, nsb = bwd_cfg
+    n_bblk = triton.cdiv(B, BBf)
+    n_nblk = triton.cdiv(N, BNb)
     if split is None:
-        target = 4 * (
-            torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 1
-        )
-        split = max(1, min(n_nblk, triton.cdiv(target, R * n_bblk)))
-    SPLIT = max(1, min(int(split), n_nblk))
+        target = 4 * _n_sm(dev)
+        split = max(1, min(triton.cdiv(N, BNf), triton.cdiv(target, R * n_bblk)))
+    SPLIT = max(1, min(int(split), triton.cdiv(N, BNf)))
     xt = torch.empty((R, B, D), dtype=dtype, device=dev)
     y = torch.empty((R, B, c), dtype=dtype, device=dev)
     e = torch.empty((R, B, c), dtype=dtype, device=dev)
     part = torch.empty((R, SPLIT, B, c), dtype=dtype, device=dev)
-    nw = 4 if dev.type != "cuda" else 8
     for ls in range(steps):
         t = int(step0) + ls
         s_idx = (ls + 1) // snapshot_every - 1 if (ls + 1) % snapshot_every == 0 else -1
         _tp_data_kernel[(R * n_bblk,)](
             xt, y, runs, teacher, tw, xdata, ydata, R, M, B, n_bblk, t, ls, k0, k1, sig,
-            ACT=problem.activation_code, C=c, DIN=d, D=D, BB=BB, C_BLK=C_BLK, D_BLK=D_BLK,
+            ACT=problem.activation_code, C=c, DIN=d, D=D, BB=BBf, C_BLK=C_BLK, D_BLK=D_BLK,
             M_BLK=min(M_BLK, 4), HAS_DATA=has_data,
         )  # fmt: skip
         _tp_forward_kernel[(R * n_bblk * SPLIT,)](
             out, xt, part, N, B, n_bblk, SPLIT,
-            ACT=problem.activation_code, C=c, D=D, BB=BB, BN=BN, C_BLK=C_BLK2,
-            D_BLK=D_BLK2, PRECISION=precision, num_warps=nw, num_stages=ns,
+            ACT=problem.activation_code, C=c, D=D, BB=BBf, BN=BNf, C_BLK=C_BLK2,
+            D_BLK=D_BLK2, PRECISION=precision, num_warps=nwf, num_stages=nsf,
         )  # fmt: skip
         _tp_residual_kernel[(R,)](
             part, y, e, losses, N, B, S, s_idx, SPLIT, C=c, BB=min(_P2(B), 1024),
@@ -1132,8 +1256,8 @@ def particle_steps_triton(
         )  # fmt: skip
         _tp_backward_kernel[(R * n_nblk,)](
             out, snaps, xt, e, runs, alpha, tau, beta, N, B, S, s_idx, n_nblk, t, k0, k1,
-            ACT=problem.activation_code, C=c, D=D, BB=BB, BN=BN, C_BLK=C_BLK2, D_BLK=D_BLK2,
-            PRECISION=precision, num_warps=nw, num_stages=ns,
+            ACT=problem.activation_code, C=c, D=D, BB=BBb, BN=BNb, C_BLK=C_BLK2, D_BLK=D_BLK2,
+            PRECISION=precision, num_warps=nwb, num_stages=nsb,
         )  # fmt: skip
     return out, snaps, losses
 
