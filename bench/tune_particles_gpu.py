@@ -1,12 +1,16 @@
 """Tuning sweep of the Triton particle paths on a GPU: one device call, many variants.
 
-    python bench/tune_particles_gpu.py [--out DIR]
+    python bench/tune_particles_gpu.py [--out DIR] [--only split,grid,two_pass]
 
-1. split vs fused (paper regime: matrix unit, C2, B = 20): µs/step of the fused kernel (one
+1. split (paper regime: matrix unit, C2, B = 20): µs/step of the fused kernel (one
    program per run) and of the split path at several programs per run P, over N and R, with
    split == fused (float32, same arithmetic up to the order of the particle sum) checked first
    and the split path against the float64 reference at N = 5000;
-2. two-pass tiles (GPU regime: standard unit, d = 100, c = 1, B = 1e4, N = 1e6, TF32): ms/step
+2. grid: the paper grid's cells as the teacher-student experiment runs them, R = 120 runs (4
+   schemes x 3 teachers x 10 seeds; here the 4 schemes x 30 seeds of one teacher) at its larger
+   N, fused against split at P = 2 ... 16: the auto rule splits only when 2R < SMs, and at R = 64
+   the split path was 3.3x faster (2026-11-24), so does it pay at R = 120 too?
+3. two-pass tiles (GPU regime: standard unit, d = 100, c = 1, B = 1e4, N = 1e6, TF32): ms/step
    for (batch block, particle block, warps, stages) of the forward kernel with the backward at
    its default, and of the backward with the forward at its default.
 
@@ -34,12 +38,14 @@ PAPER = dict(alpha=50.0, tau=1e-4, beta=1e-6, batch=20, sigma_pi=4.0, seed=0)
 SPLIT_NS = (256, 512, 2000, 5000, 20000)
 SPLIT_PS = (None, 16, 64)  # None: the launcher's choice
 SPLIT_RS = (4, 16, 64)  # N = 5000: when do the runs alone fill the GPU?
+GRID_R, GRID_NS, GRID_PS = 120, (500, 1000, 5000), (2, 4, 8, 16)
+GRID_SCHEMES = ("vanilla", "DA", "FA", "EA")
 LARGE = dict(N=1_000_000, B=10_000, d=100)
 FWD_CFGS = [(64, 64, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (256, 64, 8, 2)]
 BWD_CFGS = [(64, 64, 8, 3), (64, 128, 8, 3), (128, 128, 8, 2), (32, 128, 8, 3)]
 
 
-def _paper_problem(R: int, N: int, scheme: str):
+def _paper_problem(R: int, N: int, scheme):
     from symkern import groups
     from symkern.meanfield import MatrixUnit, Teacher
     from symkern.meanfield.trainer import initial_particles
@@ -81,9 +87,19 @@ def _large_call(cfg):
                                          allow_tf32=True, tile_config=cfg)  # fmt: skip
 
 
-def _cases():
-    """(part, key, builder args) of every timed variant."""
+def _cases(parts):
+    """(part, builder args) of every timed variant of the given parts."""
     cases = []
+    if "grid" in parts:
+        # one scheme per run, cycling as the experiment's run list does
+        schemes = tuple(GRID_SCHEMES[r % 4] for r in range(GRID_R))
+        for N in GRID_NS:
+            steps = 50 if N <= 1000 else 20
+            cases.append(("split", (GRID_R, N, schemes, "fused", None, steps)))
+            for P in GRID_PS:
+                cases.append(("split", (GRID_R, N, schemes, "split", P, steps)))
+    if "split" not in parts:
+        return cases + _two_pass_cases() if "two_pass" in parts else cases
     for scheme in ("vanilla", "DA"):
         for N in SPLIT_NS:
             steps = 200 if N <= 2000 else 50
@@ -94,11 +110,13 @@ def _cases():
     for R in SPLIT_RS:
         cases.append(("split", (R, 5000, "vanilla", "fused", None, 20)))
         cases.append(("split", (R, 5000, "vanilla", "split", None, 20)))
-    for cfg in FWD_CFGS:
-        cases.append(("two_pass", ({"fwd": cfg},)))
-    for cfg in BWD_CFGS[1:]:
-        cases.append(("two_pass", ({"bwd": cfg},)))
-    return cases
+    return cases + _two_pass_cases() if "two_pass" in parts else cases
+
+
+def _two_pass_cases():
+    return [("two_pass", ({"fwd": cfg},)) for cfg in FWD_CFGS] + [
+        ("two_pass", ({"bwd": cfg},)) for cfg in BWD_CFGS[1:]
+    ]
 
 
 def _build(part, args):
@@ -153,15 +171,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "device-out"))
     ap.add_argument("--workers", type=int, default=12)
+    ap.add_argument("--only", default="split,grid,two_pass",
+                    help="comma-separated parts to run: split, grid, two_pass")  # fmt: skip
     opts = ap.parse_args()
+    parts = set(opts.only.split(","))
+    if not parts or not parts <= {"split", "grid", "two_pass"}:
+        ap.error(f"--only takes split, grid and / or two_pass, got {opts.only!r}")
     os.makedirs(opts.out, exist_ok=True)
-    cases = _cases()
+    cases = _cases(parts)
     t0 = time.time()
     with mp.get_context("spawn").Pool(opts.workers) as pool:
         errors = pool.map(_compile_one, cases, chunksize=1)
     print(f"compiled {len(cases)} variants in {time.time() - t0:.0f} s", flush=True)
     try:
-        for line in _checks():
+        for line in _checks() if parts & {"split", "grid"} else []:
             print(line, flush=True)
     except (AssertionError, ValueError) as exc:  # reported; the timings still run
         print(f"CHECK FAILED: {exc}", flush=True)
@@ -170,6 +193,8 @@ def main() -> None:
     for case, err in zip(cases, errors, strict=True):
         part, args = case
         ms = None if err else _time(_build(part, args))
+        if part == "split" and not isinstance(args[2], str):  # the grid's scheme per run
+            args = (*args[:2], "mixed", *args[3:])
         rows.append({"part": part, "args": repr(args), "ms": ms, "error": err})
         if part == "split":
             R, N, scheme, path, P, steps = args

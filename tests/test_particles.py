@@ -999,16 +999,20 @@ def test_triton_two_pass_large_n_path(unit, dtype):
      (MatrixUnit(2, 2), "DA", False, torch.float64, True),
      (MatrixUnit(2, 2), "FA", False, torch.float32, False),
      (MatrixUnit(2, 2), "EA", True, torch.float64, False),
-     (StandardUnit(d=2, c=2, activation="tanh"), "DA-sample", True, torch.float32, False)],
+     (StandardUnit(d=2, c=2, activation="tanh"), "DA-sample", True, torch.float32, False),
+     (MatrixUnit(2, 2), ("vanilla", "DA", "FA", "EA"), (True, False, True, False), torch.float64,
+      False)],
     ids=["matrix-DA-f64", "matrix-DA-userdata-f64", "matrix-FA-f32", "matrix-EA-projected-f64",
-         "standard-DAsample-f32"],
+         "standard-DAsample-f32", "matrix-mixed-schemes-f64"],
 )  # fmt: skip
 def test_triton_split_path_matches_reference(unit, scheme, project_noise, dtype, user_data):
     """The split path (each run's particles over several programs, two launches per step: the
     paper's N = 5000 on a GPU) gives the reference's trajectory, snapshots and losses for every
     kind of scheme. R = 2, N = 37 in blocks of 4 over 3 programs per run: chunks of 16, 16 and 5
     particles, so the partial sums, the per-program residuals and a ragged block all count.
-    user_data: batches (x, y) given per step instead of drawn and labelled by a teacher."""
+    user_data: batches (x, y) given per step instead of drawn and labelled by a teacher. A tuple
+    of schemes is one per run, as in the teacher-student grid (R = 4, |G| = 2 data copies for
+    DA and FA and one for the others in one launch)."""
     from symkern.backends.registry import get_backend
 
     if get_backend("triton").availability_reasons():
@@ -1020,7 +1024,8 @@ def test_triton_split_path_matches_reference(unit, scheme, project_noise, dtype,
         group = (group, group.group.trivial_rep(unit.c))
     g = torch.Generator().manual_seed(2)
     teacher = torch.randn(3, unit.D, generator=g, dtype=torch.float64)
-    theta = initial_particles(2, 37, unit.D, seed=9, std=0.5)
+    R = 2 if isinstance(scheme, str) else len(scheme)
+    theta = initial_particles(R, 37, unit.D, seed=9, std=0.5)
     args = dict(unit=unit, teacher=teacher, group=group, scheme=scheme, alpha=5.0, tau=1e-3,
                 beta=1e-3, batch=7, sigma_pi=2.0, seed=11, project_noise=project_noise,
                 steps=2)  # fmt: skip
