@@ -7,7 +7,7 @@
 #   bash bench/device_session.sh bench [pytest args]   # bench/ (default: the GPU cases, -k gpu)
 #                                                      # with JSON under $OUT
 #   bash bench/device_session.sh ceilings              # measured copy GB/s and matmul TFLOP/s
-#   bash bench/device_session.sh tune                  # bench/tune_particles_gpu.py's sweep
+#   bash bench/device_session.sh tune [--only grid]    # bench/tune_particles_gpu.py's sweep
 #   bash bench/device_session.sh teacher-student [preset] [args]   # the main job on the GPU
 #                                                      # (default preset quick; paper: the grid)
 #
