@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import platform
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from symkern._version import __version__
 from symkern.backends.registry import (
+    CppBackend,
     _requested_backend,
     backend_status,
     get_backend,
@@ -19,7 +20,7 @@ from symkern.backends.registry import (
 def info() -> dict[str, Any]:
     """Version, backends (available or the reasons they are not, and their ops), OpenMP threads,
     triton version, interpreter on/off, GPU name. Safe to call on any machine."""
-    cpp = get_backend("cpp")
+    cpp = cast(CppBackend, get_backend("cpp"))  # the "cpp" entry of the registry
     build: dict[str, Any] = {}
     if not cpp.availability_reasons():
         build = dict(cpp.extension().build_info())
@@ -34,6 +35,7 @@ def info() -> dict[str, Any]:
         interpreter: bool | str = triton_interpreter_enabled()
     except ValueError as e:
         interpreter = f"INVALID: {e}"
+    forced: str | None
     try:  # the variable as every op reads it
         forced = _requested_backend("auto")
         forced = None if forced == "auto" else forced

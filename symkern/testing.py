@@ -249,7 +249,7 @@ def skip_triton_interpreter_repatching() -> bool:
         scope.restore = restore_and_end_launch
         return scope
 
-    patch_lang_once._symkern_once = True
+    patch_lang_once.__dict__["_symkern_once"] = True  # the marker read above (a function attribute)
     interp._patch_lang = patch_lang_once
     return True
 

@@ -857,6 +857,24 @@ def test_tolerances_must_be_finite_and_nan_fails_orthonormality():
         projected_hessian_eigs(lambda t: t.pow(2).sum(), torch.zeros(2, dtype=F64), m, tol=-1.0)
 
 
+def test_sparse_mirror_without_index_or_value_is_a_type_error():
+    # a None index / value used to reach index.ndim / value.shape: AttributeError on NoneType
+    with pytest.raises(TypeError, match="index and value .* are required unless dense"):
+        Mirror(None, None, 3)
+    with pytest.raises(TypeError, match="index and value .* are required unless dense"):
+        Mirror(torch.tensor([[0]]), None, 3)
+
+
+def test_lanczos_without_a_nonzero_start_vector_says_so(monkeypatch):
+    # not reachable with a real generator (three Gaussian draws of norm <= 1e-8): a zero start
+    # vector used to fail later with a bare "can't assign a NoneType to a torch.DoubleTensor"
+    monkeypatch.setattr(torch, "randn", lambda n, **kw: torch.zeros(n, dtype=kw.get("dtype")))
+    with pytest.raises(RuntimeError, match="no nonzero random start vector"):
+        projected_hessian_eigs(
+            lambda t: t.pow(2).sum(), torch.ones(2, dtype=F64), Mirror.coordinates([0], 2)
+        )
+
+
 def test_negative_groups_rejected():
     with pytest.raises(ValueError, match=r"groups must be non-negative ints, got \[-1, 0\]"):
         Mirror.coordinates([0, 1], 3, groups=[-1, 0])

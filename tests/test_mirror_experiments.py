@@ -6,6 +6,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -322,6 +323,17 @@ def test_valid_config_files_still_load(tmp_path):
     (tmp_path / "b.toml").write_text("d = 12\ngammas = [0.5]\n# caf\u00e9\n", encoding="utf-8")
     for name in ("a.json", "b.toml"):
         assert common.load_config_file(tmp_path / name) == {"d": 12, "gammas": [0.5]}
+
+
+def test_atomic_save_npz_refuses_an_array_named_allow_pickle(tmp_path):
+    # np.savez_compressed takes allow_pickle= for its flag: such an array was silently not saved
+    path = tmp_path / "a.npz"
+    with pytest.raises(ValueError, match="cannot be named 'allow_pickle'"):
+        common.atomic_save_npz(path, x=np.zeros(2), allow_pickle=np.ones(3))
+    assert not path.exists()
+    common.atomic_save_npz(path, x=np.zeros(2), y=np.ones(3))
+    with np.load(path) as z:
+        assert sorted(z.files) == ["x", "y"]
 
 
 def test_nan_max_and_all_finite():

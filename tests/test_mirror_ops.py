@@ -15,7 +15,7 @@ from symkern.backends.registry import (
     select_kernel,
 )
 from symkern.mirror import Mirror
-from symkern.ops.mirror import mirror_apply
+from symkern.ops.mirror import make_mirror_plan, mirror_apply
 from symkern.testing import TRITON_DEVICE, assert_close
 
 F64 = torch.float64
@@ -442,6 +442,15 @@ def test_mirror_apply_checks_its_arguments():
         mirror_apply(th.float(), dense._plan(th), "project")
     out, c = mirror_apply(th, plan, "reflect")  # valid call unchanged
     assert out.shape == (2, 9) and c.shape == (2, plan.k)
+
+
+def test_make_mirror_plan_needs_dense_or_index_and_value():
+    # without dense, a None index / value used to reach index.reshape: AttributeError on NoneType
+    for index, value in ((None, None), (torch.tensor([[0]]), None), (None, torch.ones(1, 1))):
+        with pytest.raises(TypeError, match="needs dense, or both index and value"):
+            make_mirror_plan(3, index, value, None, F64, "cpu")
+    plan = make_mirror_plan(3, torch.tensor([[0]]), torch.ones(1, 1, dtype=F64), None, F64, "cpu")
+    assert plan.k == 1 and plan.disjoint and plan.rest.tolist() == [1, 2]
 
 
 def test_integer_inputs_never_truncate_the_plan():

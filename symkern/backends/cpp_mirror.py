@@ -64,7 +64,9 @@ def mirror_apply(
     measures disjointness while validating ``index``).
     """
     M, d = theta.shape
-    k = index.shape[0] if index is not None else dense_t.shape[0]
+    o = index if index is not None else dense_t
+    assert o is not None  # a plan holds index / value (sparse) or dense_t
+    k = o.shape[0]
     c = torch.empty((M, k), dtype=theta.dtype, device="cpu")
     coef_only = mode == "coefficients"
     out = torch.empty((M, 0 if coef_only else d), dtype=theta.dtype, device="cpu")
@@ -75,6 +77,7 @@ def mirror_apply(
             _np(theta), _np(dense_t.contiguous()), shift_np, MODES[mode], out_np, c.numpy()
         )
     else:
+        assert index is not None and value is not None  # a sparse plan holds both
         _C.mirror_sparse(
             _np(theta),
             _np(index.contiguous()),

@@ -360,7 +360,7 @@ def select_kernel_cached(
     for the process (the cpp extension imports once, CUDA is there or not)."""
     full_key = (op, key, backend, os.environ.get("SYMKERN_BACKEND"),
                 os.environ.get("TRITON_INTERPRET"))  # fmt: skip
-    kernel = cache.get(full_key)
+    kernel: Kernel | None = cache.get(full_key)
     if kernel is None or _KERNELS.get((op, kernel.backend)) is not kernel:
         kernel = cache[full_key] = select_kernel(op, inputs, backend)
     return kernel

@@ -137,10 +137,10 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     text = path.read_bytes()
     try:
         if path.suffix.lower() == ".toml":
-            try:
+            if sys.version_info >= (3, 11):
                 import tomllib  # noqa: PLC0415 — Python ≥ 3.11
-            except ModuleNotFoundError:  # pragma: no cover — Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef]  # noqa: PLC0415
+            else:  # pragma: no cover — Python 3.10
+                import tomli as tomllib  # noqa: PLC0415
             data = tomllib.loads(text.decode())
         else:
             data = json.loads(text)  # bytes: UTF-8 (BOM allowed), UTF-16 / 32 detected
@@ -367,8 +367,8 @@ def add_config_arguments(
     different values, each preset's (the dataclass default alone would misstate it)."""
     for f in dataclasses.fields(cls):
         help_text = f.metadata.get("help", "")
-        has_factory = f.default_factory is not dataclasses.MISSING
-        default = f.default_factory() if has_factory else f.default
+        factory = f.default_factory
+        default = factory() if factory is not dataclasses.MISSING else f.default
         per_preset = {name: values.get(f.name, default) for name, values in (presets or {}).items()}
         if any(v != default for v in per_preset.values()):
             shown = "; ".join(f"--preset {name}: {v!r}" for name, v in per_preset.items())
@@ -468,8 +468,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """``np.savez_compressed`` atomically."""
-    _atomic_write_bytes(Path(path), lambda fh: np.savez_compressed(fh, **arrays))
+    """``np.savez_compressed`` atomically. An array may not be named ``allow_pickle``: numpy
+    ≥ 2.1 takes that keyword for its own flag and would not save the array (older numpy saves
+    it), so the name is refused on every version."""
+    if "allow_pickle" in arrays:
+        raise ValueError("atomic_save_npz: an array cannot be named 'allow_pickle'")
+    # (Any: numpy's stubs match a ``**dict`` against the ``allow_pickle: bool`` keyword too)
+    named: dict[str, Any] = dict(arrays)
+    _atomic_write_bytes(Path(path), lambda fh: np.savez_compressed(fh, **named))
 
 
 # what reading a damaged checkpoint raises: truncated / hand-edited JSON or npz, a directory

@@ -268,6 +268,7 @@ def sweep_cell(cfg: Config, kind: str, activation: str) -> dict[str, Any]:
     y = _forward(x, {k: v.double()[None] for k, v in teacher.items()}, activation)
     f = _forward(x, {k: v.double() for k, v in p.items()}, activation)
     test = ((f - y) ** 2).mean(-1)
+    assert stats_half is not None  # set in the loop's first half (t0 == 0)
     return {
         "kind": kind,
         "activation": activation,

@@ -212,6 +212,8 @@ def rescaling_cell(cfg: Config, noise: bool) -> dict[str, Any]:
     dtype = common.torch_dtype(cfg)
     d = cfg.noise_d if noise else cfg.d
     beta_a, beta_b = _draw(cfg, 0, d), _draw(cfg, 1, d)
+    eta_a: float | torch.Tensor
+    gam_a: float | torch.Tensor
     if noise:
         values, batch_a, sigma_a, gam_a = cfg.noise_etas, cfg.noise_batch, cfg.noise_sigma, 0.0
         eta_a = torch.tensor(cfg.noise_etas, dtype=torch.float64)

@@ -269,7 +269,7 @@ def run_cell(grid: _Grid, n: int, on_steps=None) -> dict[str, Any]:
         cfg.seeds, n, grid.unit.D, cfg.seed, proj=grid.proj if cfg.init == "SI" else None
     )  # (seeds, N, D) keyed by (seed, run id s): identical across teachers and schemes
     theta = theta0_seeds[grid.run_ids].to(device=device, dtype=dtype)
-    kw = dict(
+    kw: dict[str, Any] = dict(
         teacher=grid.teacher_particles.to(device=device, dtype=dtype),
         teacher_weights=grid.teacher_weights.to(device=device, dtype=dtype),
         group=grid.group,
@@ -865,8 +865,8 @@ def run(
     wall0 = time.perf_counter()
     grid = _Grid(cfg)
     n_values = sorted(set(cfg.n_values))
-    kill_after = os.environ.get(CRASH_ENV)
-    kill_after = int(kill_after) if kill_after else None
+    kill_env = os.environ.get(CRASH_ENV)
+    kill_after = int(kill_env) if kill_env else None
 
     cells: dict[int, dict[str, Any]] = {}
     if resume:

@@ -72,6 +72,8 @@ class ContinuousRep(Representation):
         (torch.Size([18, 9, 9]), 1.0)
     """
 
+    group: ContinuousGroup
+
     def __init__(
         self, group: ContinuousGroup, node: tuple = ("defining",), name: str | None = None
     ) -> None:

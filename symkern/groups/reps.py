@@ -28,7 +28,7 @@ images defining a homomorphism; the module-level constructors in
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -290,6 +290,9 @@ class Representation:
 
 
 # =============================================================================== finite reps
+_FR = TypeVar("_FR", bound="_FiniteRep")
+
+
 class _FiniteRep(Representation):
     """Shared machinery of PermRep / SignedPermRep / MatrixRep.
 
@@ -302,7 +305,9 @@ class _FiniteRep(Representation):
     _kind = "perm"
 
     @classmethod
-    def _make(cls, group: Group, dim: int, name: str, node: tuple, gens: Any = None) -> _FiniteRep:
+    def _make(
+        cls: type[_FR], group: Group, dim: int, name: str, node: tuple, gens: Any = None
+    ) -> _FR:
         obj = cls.__new__(cls)
         Representation.__init__(obj, group, dim, name, node)
         if gens is not None:
@@ -374,6 +379,7 @@ class _FiniteRep(Representation):
     def _restrict_to(self, sub: Group, words: tuple, memo: dict) -> Representation:
         if id(self) in memo:
             return memo[id(self)]
+        out: Representation
         if self._node[0] == "base":
             gens = evaluate_words(self._kind, self._native_gens(), self.dim, words)
             out = type(self)._make(sub, self.dim, f"{self.name}|{sub.name}", ("base",), gens)
@@ -647,7 +653,11 @@ class MatrixRep(_FiniteRep):
         return "nullspace" if n is None else "character"
 
 
-_CLASSES = {"perm": PermRep, "signed": SignedPermRep, "matrix": MatrixRep}
+_CLASSES: dict[str, type[_FiniteRep]] = {
+    "perm": PermRep,
+    "signed": SignedPermRep,
+    "matrix": MatrixRep,
+}
 
 
 def _check_n_gens(group: Group, k: int, name: str) -> None:
@@ -690,6 +700,8 @@ def direct_product(
             raise ValueError(
                 f"{nm}: direct_product needs a finite-group representation, got {type(r).__name__}"
             )
+    # narrowing only: the loop above raised unless both are _FiniteRep
+    assert isinstance(rep_a, _FiniteRep) and isinstance(rep_b, _FiniteRep)
     group = rep_a.group.direct_product(rep_b.group)
     kind = _join_kind(rep_a._kind, rep_b._kind)
     Da, Db = rep_a.dim, rep_b.dim

@@ -96,7 +96,9 @@ def _key(seed: int) -> tuple[int, int]:
     return seed & _MASK32, (seed >> 32) & _MASK32
 
 
-def _counters(run_ids: torch.Tensor, step: int, stream: int, n: int):
+def _counters(
+    run_ids: torch.Tensor, step: int, stream: int, n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     index = torch.arange(n, dtype=torch.int64).view(1, n)
     runs = torch.as_tensor(run_ids, dtype=torch.int64).view(-1, 1)
     return index, torch.tensor(step, dtype=torch.int64), runs, torch.tensor(stream)

@@ -189,8 +189,8 @@ class Mirror:
 
     def __init__(
         self,
-        index: torch.Tensor,
-        value: torch.Tensor,
+        index: torch.Tensor | None,
+        value: torch.Tensor | None,
         d: int,
         *,
         groups: torch.Tensor | None = None,
@@ -202,6 +202,9 @@ class Mirror:
     ):
         self.d = _check_d(d)
         tol = _check_tol(tol)
+        self._dense: torch.Tensor | None
+        self.index: torch.Tensor | None
+        self.value: torch.Tensor | None
         if dense is not None:
             self._dense = dense.detach().to("cpu", torch.float64)
             self.index = None
@@ -209,6 +212,8 @@ class Mirror:
             k = self._dense.shape[1]
         else:
             self._dense = None
+            if index is None or value is None:
+                raise TypeError("index and value (k, s) are required unless dense is given")
             if index.ndim != 2 or value.shape != index.shape:
                 raise ValueError(
                     f"index and value must both be (k, s); got {tuple(index.shape)}, "
@@ -421,6 +426,8 @@ class Mirror:
 
     # ------------------------------------------------------------------ validation
     def _check_orthonormal(self, tol: float) -> None:
+        # called by the constructor for sparse columns only, which it has just stored
+        assert self.index is not None and self.value is not None
         norms = (self.value**2).sum(1)
         err = (norms - 1).abs().max().item()
         if not err <= tol:
@@ -485,6 +492,7 @@ class Mirror:
         plan = self._plan(c)
         if plan.dense_t is not None:
             return c @ plan.dense_t
+        assert plan.index is not None and plan.value is not None  # sparse plan: both are set
         src = (c[..., None] * plan.value).reshape(*c.shape[:-1], plan.value.numel())
         out = c.new_zeros(*c.shape[:-1], self.d)
         return out.index_add(-1, plan.index.reshape(-1), src)
@@ -495,7 +503,9 @@ class Mirror:
         ``backend``: as :meth:`coefficients`.
         """
         self._check_theta(theta)
-        return mirror_apply(theta, self._plan(theta), "reflect", backend=backend)[0]
+        out = mirror_apply(theta, self._plan(theta), "reflect", backend=backend)[0]
+        assert out is not None  # None only for mode "coefficients"
+        return out
 
     def project(self, theta: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
         """θ_∥ = (I − OOᵀ)θ = θ − O(Oᵀθ): the orthogonal projection onto {Oᵀθ = 0}.
@@ -503,7 +513,9 @@ class Mirror:
         ``backend``: as :meth:`coefficients`.
         """
         self._check_theta(theta)
-        return mirror_apply(theta, self._plan(theta), "project", backend=backend)[0]
+        out = mirror_apply(theta, self._plan(theta), "project", backend=backend)[0]
+        assert out is not None  # None only for mode "coefficients"
+        return out
 
     def breaking(
         self, theta: torch.Tensor, *, backend: str = "auto"
@@ -526,6 +538,7 @@ class Mirror:
         float_dtype(dtype)
         if self._dense is not None:
             return self._dense.to(dtype)
+        assert self.index is not None and self.value is not None  # sparse: the constructor set both
         O = torch.zeros(self.d, self.k, dtype=torch.float64)
         cols = torch.arange(self.k)[:, None].expand_as(self.index)
         O[self.index.reshape(-1), cols.reshape(-1)] = self.value.reshape(-1)
@@ -547,6 +560,7 @@ class Mirror:
                     check=False,
                 )
             else:
+                assert self.index is not None and self.value is not None  # sparse: both are set
                 m = Mirror(
                     self.index[sel],
                     self.value[sel],
@@ -582,6 +596,7 @@ class Mirror:
         rtol = _check_tol(rtol, "rtol")
         float_dtype(dtype)
         points = []
+        device: torch.device | str
         if theta is not None:
             self._check_theta(theta)
             if theta.ndim != 1:

@@ -101,6 +101,7 @@ class DCS(nn.Module):
     def forward(self) -> torch.Tensor:
         out = self.mirror.expand(self.u * self.v)
         if self.has_w:
+            assert self.w is not None  # __init__ sets w whenever has_w
             out = out + self.mirror.project(self.w)
         return out
 
@@ -108,6 +109,7 @@ class DCS(nn.Module):
         """γ(‖w‖² + ‖u‖² + ‖v‖²) (weight-decay convention ℓ + γ‖·‖²)."""
         p = self.u.pow(2).sum() + self.v.pow(2).sum()
         if self.has_w:
+            assert self.w is not None  # __init__ sets w whenever has_w
             p = p + self.w.pow(2).sum()
         return self.gamma * p
 
@@ -132,6 +134,8 @@ class GroupGateDCS(nn.Module):
         >>> round(gate.penalty().item(), 6)  # 2 * gamma * (||(3, 4)|| + ||(1,)||) = 1 * (5 + 1)
         6.0
     """
+
+    groups: torch.Tensor  # a buffer (register_buffer in __init__)
 
     def __init__(
         self,

@@ -55,6 +55,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -193,7 +194,7 @@ def linear_pairs(model: nn.Module) -> list[tuple[str, nn.Linear, list[nn.Module]
         for a, (na, m) in enumerate(kids):
             if not isinstance(m, nn.Linear):
                 continue
-            acts = []
+            acts: list[nn.Module] = []
             for nb, m2 in kids[a + 1 :]:
                 if isinstance(m2, nn.Linear):
                     if m2.in_features == m.out_features:
@@ -545,7 +546,7 @@ def find_mirrors(
     each verified against ``loss`` (θ (d,) → scalar, e.g. from :func:`flat_loss`) when given.
     A layer pair with tied weights is skipped, with one UserWarning naming it. The continuous
     positive rescalings of ReLU layers are not mirrors: see :func:`rescaling_symmetries`."""
-    kw = dict(on_fail=on_fail, trials=trials, rtol=rtol, generator=generator)
+    kw: dict[str, Any] = dict(on_fail=on_fail, trials=trials, rtol=rtol, generator=generator)
     with warnings.catch_warnings(record=True) as caught:  # each skipped pair: one warning
         warnings.simplefilter("always")
         found = {

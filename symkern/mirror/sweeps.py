@@ -150,16 +150,16 @@ def sweep_problem(
     keys = MODELS[model]
     if set(params) != set(keys):
         raise ValueError(f"params for model {model!r} must have keys {keys}, got {sorted(params)}")
-    for k in keys:
-        v = params[k]
+    for key in keys:
+        v = params[key]
         if not isinstance(v, torch.Tensor) or not v.is_floating_point():
-            raise TypeError(f"params[{k!r}] must be a floating torch.Tensor")
+            raise TypeError(f"params[{key!r}] must be a floating torch.Tensor")
         if not torch.isfinite(v).all():
-            raise ValueError(f"params[{k!r}] contains NaN or inf")
+            raise ValueError(f"params[{key!r}] contains NaN or inf")
     first = params[keys[0]]
     dtype, device = first.dtype, first.device
-    for k in keys:
-        if params[k].dtype != dtype or params[k].device != device:
+    for key in keys:
+        if params[key].dtype != dtype or params[key].device != device:
             raise ValueError("all params must share dtype and device")
     M = first.shape[0] if first.dim() > 0 else 0
     if M < 1:

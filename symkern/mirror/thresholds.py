@@ -152,6 +152,8 @@ def projected_hessian_eigs(
         return None
 
     q = fresh(0)
+    if q is None:  # three Gaussian draws in R^k, k >= 1, all of norm <= 1e-8: not in practice
+        raise RuntimeError("projected_hessian_eigs: no nonzero random start vector in 3 draws")
     exhausted = m == k
     for j in range(m):
         Q[j] = q

@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import numpy as np
 import torch
 
@@ -37,6 +39,9 @@ from symkern.ops._common import (
     run_projection,
 )
 from symkern.ops.orbit import _is_perm_like, _rows_orbit_mean, apply_orbit_mean, orbit_plan
+
+if TYPE_CHECKING:
+    from symkern.groups.reps import _FiniteRep
 
 __all__ = ["fixed_point_basis", "project_fixed"]
 
@@ -93,7 +98,8 @@ def _matrix_basis(rep: Representation) -> torch.Tensor:
             # Symmetrise away rounding: the exact Reynolds operator of an orthogonal rep is
             # symmetric since M_{g^-1} = M_gᵀ. Its eigenvalues drift from {0, 1} by up to
             # rep._element_drift() for generators only within ORTHO_TOL of orthogonal.
-            return _eigh_fixed(0.5 * (reynolds + reynolds.T), 1.0, rep._element_drift())
+            drift = cast("_FiniteRep", rep)._element_drift()  # a finite group's rep
+            return _eigh_fixed(0.5 * (reynolds + reynolds.T), 1.0, drift)
     # The null space of the stacked (M_g − I) and dρ(A), by SVD with fixed_dim's tolerance (not
     # eigh of their Gram matrix: its eigenvalues are the squared singular values, so any cut on
     # them is a far looser one on the singular values, and E^G came out too large).

@@ -29,7 +29,7 @@ row's c and out entirely NaN.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 
@@ -62,7 +62,8 @@ class MirrorPlan(NamedTuple):
 
     d: int
     k: int
-    index: torch.Tensor | None
+    # the field shadows tuple.index (the method) on purpose: plan.index is the (k, S) tensor
+    index: torch.Tensor | None  # type: ignore[assignment]
     value: torch.Tensor | None
     dense_t: torch.Tensor | None
     rest: torch.Tensor | None
@@ -81,6 +82,8 @@ def make_mirror_plan(
     if dense is not None:
         dense_t = dense.T.to(device=device, dtype=dtype).contiguous()
         return MirrorPlan(d, dense.shape[1], None, None, dense_t, None, False)
+    if index is None or value is None:
+        raise TypeError("make_mirror_plan needs dense, or both index and value (sparse columns)")
     flat = index.reshape(-1)
     disjoint = torch.unique(flat).numel() == flat.numel()
     rest = None
@@ -263,7 +266,8 @@ def mirror_apply(
     if not isinstance(plan, MirrorPlan):
         raise TypeError(f"plan must be a MirrorPlan (Mirror._plan), got {type(plan).__name__}")
     check_float_tensor(theta, "theta")
-    o = plan.value if plan.dense_t is None else plan.dense_t
+    # a plan holds value (sparse) or dense_t (see MirrorPlan)
+    o = cast(torch.Tensor, plan.value if plan.dense_t is None else plan.dense_t)
     if theta.dtype != o.dtype or theta.device != o.device:
         raise TypeError(
             f"theta must have the plan's dtype and device ({o.dtype}, {o.device}), got "

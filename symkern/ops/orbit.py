@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
 
 from symkern._checks import as_int
 from symkern.backends.registry import select_kernel
-from symkern.groups import PermRep, Representation, SignedPermRep
+from symkern.groups import ContinuousRep, PermRep, Representation, SignedPermRep
 from symkern.ops._common import (
     as_rows,
     build_cold_cache,
@@ -78,7 +78,9 @@ def _orbit_labels(rep: Representation) -> tuple[np.ndarray, np.ndarray]:
     """(labels, rel_sign) of a (signed) permutation rep, by union-find over its generators."""
     cache = rep_cache(rep)
     if "orbit_labels" not in cache:
-        perms = np.ascontiguousarray(rep.permutations(), dtype=np.int64)
+        # callers (orbits, orbit_plan) pass (signed) permutation reps only
+        perm_rep = cast("PermRep | SignedPermRep", rep)
+        perms = np.ascontiguousarray(perm_rep.permutations(), dtype=np.int64)
         signs = (
             np.ascontiguousarray(rep.signs(), dtype=np.float64)
             if isinstance(rep, SignedPermRep)
@@ -346,7 +348,9 @@ def _group_elements(
         if rep_in.is_finite:
             raise ValueError("mode='quadrature' is for continuous groups; use mode='exact'")
         if degree is None:  # exact for linear fn: the integrand's degree is deg ρ_in + deg ρ_out
-            degree = rep_in.degree + (rep_out.degree if rep_out is not None else 0)
+            # a continuous group's reps (rep_out: the same group object) are ContinuousReps
+            cin, cout = cast(ContinuousRep, rep_in), cast("ContinuousRep | None", rep_out)
+            degree = cin.degree + (cout.degree if cout is not None else 0)
         base = rep_in.group.defining_rep()
         weights, base_mats = base.quadrature(degree)
     elif mode == "sample":
@@ -367,8 +371,10 @@ def _group_elements(
         weights = torch.full((samples,), 1.0 / samples, dtype=torch.float64)
     else:
         raise ValueError(f"mode must be 'exact', 'sample' or 'quadrature', got {mode!r}")
-    elems_in = [rep_in.matrix_of(g) for g in base_mats]
-    elems_out = [rep_out.matrix_of(g) for g in base_mats] if rep_out is not None else None
+    # only a continuous group gets here: its reps (rep_out: same group object) are ContinuousReps
+    cin, cout = cast(ContinuousRep, rep_in), cast("ContinuousRep | None", rep_out)
+    elems_in = [cin.matrix_of(g) for g in base_mats]
+    elems_out = [cout.matrix_of(g) for g in base_mats] if cout is not None else None
     return elems_in, elems_out, weights
 
 
@@ -549,12 +555,17 @@ def augment(
         if rep_out is None:
             ys = y.expand(len(elems_in), *y.shape).reshape(-1, *y.shape[1:])
         else:
+            assert elems_out is not None  # _group_elements pairs them whenever rep_out is given
             ys = _element_images(rep_out, y, elems_out).reshape(-1, y.shape[1])
         return xs, ys
     if mode == "sample":
         elems_in, elems_out, _ = _group_elements(rep_in, rep_out, "sample", x.shape[0], generator)
         xs = _per_sample_images(rep_in, x, elems_in)
-        ys = y if rep_out is None else _per_sample_images(rep_out, y, elems_out)
+        if rep_out is None:
+            ys = y
+        else:
+            assert elems_out is not None  # _group_elements pairs them whenever rep_out is given
+            ys = _per_sample_images(rep_out, y, elems_out)
         return xs, ys
     raise ValueError(f"mode must be 'orbit' or 'sample', got {mode!r}")
 

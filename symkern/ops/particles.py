@@ -77,7 +77,7 @@ def group_matrices(
     if device.type == "cuda" and device.index is None:  # "cuda" means the current device: key it
         device = torch.device("cuda", torch.cuda.current_device())
     if group is None:
-        key = (type(unit), unit.c, unit.d, dtype, str(device))
+        key: tuple = (type(unit), unit.c, unit.d, dtype, str(device))
         if key not in _TRIVIAL_GROUP_MATRICES:
             _TRIVIAL_GROUP_MATRICES[key] = _build_group_matrices(unit, None, dtype, device)
         return _TRIVIAL_GROUP_MATRICES[key]
@@ -99,7 +99,9 @@ def group_matrices(
     return _build_group_matrices(unit, group, dtype, device)  # raises the TypeError
 
 
-_TRIVIAL_GROUP_MATRICES: dict[tuple, tuple[torch.Tensor, ...]] = {}
+_TRIVIAL_GROUP_MATRICES: dict[
+    tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+] = {}
 
 
 def _build_group_matrices(unit, group, dtype, device):
@@ -328,6 +330,7 @@ def particle_problem(
     else:
         if y_data is None:
             raise ValueError("x_data needs y_data")
+        assert x_data is not None  # teacher is None here, and exactly one of the two was given
         want_x, want_y = (steps, R, batch, unit.d), (steps, R, batch, unit.c)
         for t, name, want in ((x_data, "x_data", want_x), (y_data, "y_data", want_y)):
             if not isinstance(t, torch.Tensor):
@@ -601,7 +604,9 @@ def particle_steps(
     )  # fmt: skip
     if "theta" not in kernel.checks_finite:
         require_finite(theta, "theta", _PROPAGATES)
-    out = kernel.fn(theta.detach().contiguous(), problem, step0, steps, snapshot_every)
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = kernel.fn(
+        theta.detach().contiguous(), problem, step0, steps, snapshot_every
+    )
     return ParticleStepsResult(*out, kernel.backend)
 
 

@@ -30,6 +30,7 @@ def mirror_apply(
     if dense_t is not None:
         c = theta @ dense_t.T
     else:
+        assert value is not None  # a sparse plan (dense_t None) holds index and value
         c = (theta[:, index] * value).sum(-1)
     if mode == "coefficients":
         return theta.new_empty((M, 0)), c
@@ -38,5 +39,6 @@ def mirror_apply(
         coef = coef + shift
     if dense_t is not None:
         return theta + coef @ dense_t, c
+    assert index is not None and value is not None  # a sparse plan holds both
     src = (coef[:, :, None] * value).reshape(M, value.numel())
     return theta + theta.new_zeros((M, d)).index_add(1, index.reshape(-1), src), c

@@ -109,6 +109,7 @@ def _step_mlp(p, problem: SweepProblem, t: int, draw):
     W1, b1, a = p["W1"], p["b1"], p["a"]
     M, _, d = W1.shape
     B = problem.batch
+    assert B is not None  # sweep_problem: mlp needs an int batch size
     x = draw(t, rng.STREAM_DATA, B * d).view(M, B, d)
     eps = draw(t, rng.STREAM_NOISE, B)
     tg = problem.target

@@ -23,6 +23,7 @@ def unit_of(problem: ParticleProblem) -> Unit:
 def step_data(problem: ParticleProblem, unit: Unit, t: int, local_t: int, dtype: torch.dtype):
     """(x (R, B, d), y (R, B, c)) of step t for every run."""
     if problem.x_data is not None:
+        assert problem.y_data is not None  # particle_problem gives x_data and y_data together
         return problem.x_data[local_t], problem.y_data[local_t]
     R, B, d = problem.n_runs, problem.batch, problem.d
     z = rng.normal(problem.seed, problem.run_ids.cpu(), t, rng.STREAM_DATA, B * d, torch.float64)
@@ -129,6 +130,7 @@ def particle_forward_backward(
 
     torch.func.vjp, not torch.autograd.grad: this runs inside the symkern::particle_forward_backward
     custom op, below the autograd dispatch key, where only functorch transforms still record."""
-    _, vjp = torch.func.vjp(lambda t, a: unit.output(a, t), theta.detach(), x.detach())
+    # (output, vjp_fn) without has_aux; [1] since the stub's return type also admits an aux
+    vjp = torch.func.vjp(lambda t, a: unit.output(a, t), theta.detach(), x.detach())[1]
     gt, gx = vjp(grad_phi)
     return gt, gx

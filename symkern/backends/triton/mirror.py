@@ -244,8 +244,8 @@ def _check_args(theta, shift, index, value, dense_t, rest, mode, disjoint) -> No
         if index.ndim != 2 or index.dtype != torch.int64:
             raise ValueError(f"index must be an int64 (k, S) tensor, got {index.dtype}")
         if value is None or value.shape != index.shape:
-            shape = None if value is None else tuple(value.shape)
-            raise ValueError(f"value must have index's shape {tuple(index.shape)}, got {shape}")
+            got = None if value is None else tuple(value.shape)
+            raise ValueError(f"value must have index's shape {tuple(index.shape)}, got {got}")
         k, floats = index.shape[0], [("value", value)]
         if disjoint and mode != "coefficients" and (rest is None or rest.dtype != torch.int64):
             raise ValueError("rest (int64 coordinates outside every support) is needed if disjoint")
@@ -281,7 +281,9 @@ def mirror_apply_triton(
     """
     _check_args(theta, shift, index, value, dense_t, rest, mode, disjoint)
     M, d = theta.shape
-    k = dense_t.shape[0] if dense_t is not None else index.shape[0]
+    o = dense_t if dense_t is not None else index
+    assert o is not None  # _check_args: exactly one of dense_t and index is given
+    k = o.shape[0]
     write_out = mode != "coefficients"
     c = torch.empty((M, k), dtype=theta.dtype, device=theta.device)
     out = torch.empty((M, d if write_out else 0), dtype=theta.dtype, device=theta.device)
@@ -307,6 +309,7 @@ def mirror_apply_triton(
         )  # fmt: skip
         return out, c
 
+    assert index is not None and value is not None  # _check_args: sparse needs both
     index = index.contiguous()
     value = value.contiguous()
     S = index.shape[1]
@@ -332,6 +335,7 @@ def mirror_apply_triton(
     if not write_out:
         launch(0, index, 16, True, False, False)
     elif disjoint:
+        assert rest is not None  # _check_args: rest is needed if disjoint and writing out
         n_rest = rest.numel()
         BLOCK_R = max(16, min(2048 // BLOCK_M, triton.next_power_of_2(max(n_rest, 1))))
         launch(n_rest, rest.contiguous() if n_rest else index, BLOCK_R, True, True, False)

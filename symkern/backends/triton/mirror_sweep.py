@@ -482,7 +482,7 @@ def mirror_sweep_triton(
         has_off = problem.offset is not None
         _factorization_kernel[(M,)](
             p["U"], p["W"], out["U"], out["W"], f(problem.target["A"]),
-            f(problem.offset) if has_off else p["U"], *hyper,
+            f(problem.offset) if problem.offset is not None else p["U"], *hyper,
             m, n, k, *timing,
             HAS_OFFSET=has_off, M_BLK=_P2(m), N_BLK=_P2(n), K_BLK=_P2(k), num_warps=nw,
         )  # fmt: skip

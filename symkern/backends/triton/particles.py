@@ -1053,6 +1053,7 @@ def _check_inputs(theta: torch.Tensor, problem: ParticleProblem, steps: int, sna
     if (problem.x_data is None) != (problem.y_data is None):
         raise ValueError("x_data and y_data must be given together")
     if problem.x_data is not None:
+        assert problem.y_data is not None  # checked just above: they come together
         B = problem.batch
         if problem.x_data.ndim != 4 or tuple(problem.x_data.shape[1:]) != (R, B, d):
             raise ValueError(
@@ -1136,9 +1137,12 @@ def particle_steps_triton(
     tw = _f(problem.teacher_w, dtype)
     M = teacher.shape[1]
     has_data = problem.x_data is not None
-    xdata = _f(problem.x_data, dtype) if has_data else out
-    ydata = _f(problem.y_data, dtype) if has_data else out
-    T_data = int(problem.x_data.shape[0]) if has_data else 0
+    if problem.x_data is not None:
+        assert problem.y_data is not None  # _check_inputs: x_data and y_data come together
+        xdata, ydata = _f(problem.x_data, dtype), _f(problem.y_data, dtype)
+        T_data = int(problem.x_data.shape[0])
+    else:
+        xdata, ydata, T_data = out, out, 0
     B, c, d = problem.batch, problem.c, problem.d
     C_BLK, D_BLK, DIN_BLK = _P2(c), _P2(D), _P2(d)
     M_BLK = min(_P2(max(M, 1)), 16)
