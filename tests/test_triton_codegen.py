@@ -273,6 +273,16 @@ def _shared_cases():
         "two-pass backward float64 d=20 c=200", tp, "_tp_backward_kernel",
         two_pass(StandardUnit(d=20, c=200), f64), gpu,
     )  # fmt: skip
+    # the tuned CUDA float32 tiles (tp.TWO_PASS_CUDA_F32_TILES: D_BLK <= 128, C_BLK <= 16) at
+    # the largest D and c they serve (the launcher picks them only for CUDA tensors, so they are
+    # passed here): forward 176128, backward 147456
+    for which, kernel in (("fwd", "_tp_forward_kernel"), ("bwd", "_tp_backward_kernel")):
+        bb, bn, warps, stages = tp.TWO_PASS_CUDA_F32_TILES[which]
+        yield (
+            f"two-pass {which} float32 tuned CUDA tiles d=100 c=16", tp, kernel,
+            two_pass(StandardUnit(d=100, c=16), torch.float32),
+            {"BB": bb, "BN": bn, "num_warps": warps, "num_stages": stages, "PRECISION": "tf32"},
+        )  # fmt: skip
     unit = StandardUnit(d=4, c=129)
     xs, th = torch.zeros(100, unit.d, dtype=f64), torch.zeros(100, unit.D, dtype=f64)
     g = torch.zeros(100, unit.c, dtype=f64)
@@ -338,10 +348,10 @@ def test_two_pass_kernels_compile_for_sm90_with_only_their_own_dots(dot_counts, 
 
 def test_launch_configs_fit_h100_shared_memory():
     """Launch configs that once needed 248-456 KiB of shared memory per block on sm_90 (float64
-    tiles, wide two-pass tiles), and each two-pass tile regime's worst case (c close to D), fit in
-    an H100 block (227 KiB)."""
+    tiles, wide two-pass tiles), each two-pass tile regime's worst case (c close to D) and the
+    tuned CUDA float32 tiles fit in an H100 block (227 KiB)."""
     shared = _run_main("shared")
-    assert len(shared) == 7, shared
+    assert len(shared) == 9, shared
     over = {name: n for name, n in shared.items() if n > H100_SHARED_PER_BLOCK}
     assert not over, f"shared memory per block over {H100_SHARED_PER_BLOCK} B on sm_90: {over}"
 

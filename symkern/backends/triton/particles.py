@@ -131,6 +131,12 @@ TWO_PASS_MIN_NB = 1 << 20  # auto: N·B at or above this uses the two-pass path 
 # alone leave most SMs idle (R < SMs / 2); each program then owns at most ~N / SPLIT_MAX_P
 SPLIT_MIN_N = 512
 SPLIT_MAX_P = 64
+# two-pass (batch block, particle block, warps, stages) of the forward and backward kernels for
+# float32 on CUDA with D_BLK <= 128 and C_BLK <= 16, measured on an H100
+# (bench/tune_particles_gpu.py, d = 100, c = 1, N = 1e6, B = 1e4, TF32; 2026-11-24): a
+# 128-sample forward block reads Θ half as often (140.5 -> 123.7 ms/step), a 128-particle
+# backward block reads X̃ half as often (140.5 -> 130.3 ms/step); both: 113.9
+TWO_PASS_CUDA_F32_TILES = {"fwd": (128, 64, 8, 3), "bwd": (64, 128, 8, 3)}
 
 _STREAM_DATA = tl.constexpr(0)  # symkern.meanfield.rng.STREAM_DATA
 _STREAM_NOISE = tl.constexpr(1)  # rng.STREAM_NOISE
@@ -1221,12 +1227,8 @@ def particle_steps_triton(
     # (batch block, particle block, warps, stages) of the forward and the backward kernel
     fwd_cfg, bwd_cfg = (BB, BN, nw, ns), (BB, BN, nw, ns)
     if dev.type == "cuda" and dtype == torch.float32 and D_BLK2 <= 128 and C_BLK2 <= 16:
-        if not block_b and not block_n:
-            # measured on an H100 (bench/tune_particles_gpu.py, d = 100, c = 1, N = 1e6,
-            # B = 1e4, TF32; 2026-11-24): a 128-sample forward block reads Θ half as often
-            # (140.5 -> 123.7 ms/step), a 128-particle backward block reads X̃ half as often
-            # (140.5 -> 130.3 ms/step)
-            fwd_cfg, bwd_cfg = (128, 64, 8, 3), (64, 128, 8, 3)
+        if not block_b and not block_n:  # the measured tiles (TWO_PASS_CUDA_F32_TILES)
+            fwd_cfg, bwd_cfg = TWO_PASS_CUDA_F32_TILES["fwd"], TWO_PASS_CUDA_F32_TILES["bwd"]
     if tile_config is not None:
         fwd_cfg, bwd_cfg = tile_config.get("fwd", fwd_cfg), tile_config.get("bwd", bwd_cfg)
     BBf, BNf, nwf, nsf = fwd_cfg
