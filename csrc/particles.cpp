@@ -18,6 +18,21 @@
 //   derivatives stored per tile of TILE particles), residuals, pass 2 (analytic gradient from
 //   the stored derivatives, weight decay, EA pull-back, Philox Langevin noise (projected for
 //   EA / project_noise runs), update in place), snapshots.
+// * Exact invariance of E^G. For a group of order 2 acting by (signed) permutations — the paper's
+//   C2 swap — and the matrix unit with d = 2, the DA and FA steps commute with M_g in floating
+//   point: a particle with theta = M_g theta bit for bit keeps it (with projected noise, or none).
+//   In exact arithmetic E^G is invariant; in floating point it stays so only if the two copies
+//   of every orbit round alike, and at small N and the paper's step size E^G is a saddle that
+//   amplifies any difference (the float64 torch reference leaves it by 6e-4 over the paper
+//   preset's N = 5 run). Two places would round the copies apart: the pre-activation
+//   z_k0 x0 + z_k1 x1 (an FMA rounds one product and not the other, and the swap exchanges
+//   them: pass1_matrix2_simd<Z, true> rounds both), and the gradient's sum over the 2B inputs
+//   (one chain adds the same terms in two orders: the sum of each copy's block is formed on its
+//   own and the two added, a + b = b + a; grad_matrix2_blocks). Everything else is elementwise
+//   or the same operations on equal numbers. tests/test_particles.py checks it bit for bit on
+//   every instruction-set copy, float32 and float64, one thread and a team. Larger groups get
+//   the same per-block sums, but a sum of three or more blocks depends on their order, so there
+//   E^G is kept only to rounding.
 // * Threads: OpenMP over runs. When R < threads and N >= team_min_particles() (2048 by default;
 //   SYMKERN_PARTICLES_TEAM_MIN_N=n or =off; at least 256 particles per team thread) the threads
 //   split a run's particles (a team)
@@ -141,6 +156,12 @@
 //      vanilla N = 5000 (team of 2) 95-112 -> 78-103 us, DA 162-176 -> 151-161, 120 float32 runs
 //      at N = 500 1.40-1.69 -> 1.28-1.37 ms, 120 float64 runs at N = 5000 35.5-40.9 -> 35.5-39.3
 //      ms per step (noisy: the other tenant).
+//   i. the cost of exact E^G invariance (DA / FA: the pre-activation as two rounded products and
+//      an add, the gradient summed per group block), 2-core AVX-512 EPYC, N = 5000, R = 1,
+//      2000 steps, min of 5 calls, old and new builds interleaved twice: float32 DA 75.9 / 77.7 ->
+//      80.5 / 79.9 us, FA 79.1 / 77.0 -> 80.7 / 80.1; float64 DA 227 / 230 -> 228 / 232, FA
+//      230 / 229 -> 230 / 231; the 120-run float64 grid at N = 5000 22.9 / 22.9 -> 23.0 / 23.1 ms
+//      per step. Vanilla and EA run the same code as before.
 // * Instruction sets: the kernel body below is compiled three times (AVX-512, AVX2+FMA,
 //   baseline x86-64) by including this file into itself under `#pragma GCC target`, and
 //   dispatched at run time on the CPU's features — the wheel stays portable (no -march=native).
@@ -1107,6 +1128,8 @@ struct Zmm<float> {
   static V loadu(const float* p) { return _mm512_loadu_ps(p); }
   static void storeu(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V opaque(V v) { __asm__("" : "+v"(v)); return v; }  // see pass1_matrix2_simd
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
   // a + b in the first min(n, lanes) lanes, a in the others
@@ -1129,6 +1152,8 @@ struct Zmm<double> {
   static V loadu(const double* p) { return _mm512_loadu_pd(p); }
   static void storeu(double* p, V v) { _mm512_storeu_pd(p, v); }
   static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
+  static V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static V opaque(V v) { __asm__("" : "+v"(v)); return v; }
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_pd(a, b, c); }
   static V add_first(V a, index_t n, V b) {
@@ -1203,6 +1228,8 @@ struct Ymm<float> {
   static V loadu(const float* p) { return _mm256_loadu_ps(p); }
   static void storeu(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V opaque(V v) { __asm__("" : "+x"(v)); return v; }  // see pass1_matrix2_simd
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
   static V add_first(V a, index_t n, V b) {
@@ -1229,6 +1256,8 @@ struct Ymm<double> {
   static V loadu(const double* p) { return _mm256_loadu_pd(p); }
   static void storeu(double* p, V v) { _mm256_storeu_pd(p, v); }
   static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static V opaque(V v) { __asm__("" : "+x"(v)); return v; }
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_pd(a, b, c); }
   static V add_first(V a, index_t n, V b) {
@@ -1281,7 +1310,12 @@ inline void vector_sigmoid_errors(double lo, double hi, index_t n, double out[10
 // traits Zmm<T> or Ymm<T>), the explicit base-2 sigmoids above. The sum over particles runs in lane
 // accumulators, then one reduction (a different rounding order from the scalar loop, at the
 // level of the type's rounding).
-template <class Z>
+// kSymmetric (DA and FA runs): the pre-activation z_k0 x0 + z_k1 x1 as two rounded products and
+// one add, never an FMA (Z::opaque keeps GCC from contracting them): the FMA rounds the two
+// products differently, and a group element that swaps the two coordinates of x (and the two of
+// z_k) swaps their roles — the orbit's copies of a symmetric particle would then round apart.
+// See "Exact invariance of E^G" at the top of the file.
+template <class Z, bool kSymmetric>
 inline void pass1_matrix2_simd(index_t E, index_t c, const typename Z::T* xe,
                                const typename Z::T* thf, index_t cap, index_t i_s, index_t m,
                                typename Z::T* actp, double* phi) {
@@ -1296,8 +1330,12 @@ inline void pass1_matrix2_simd(index_t E, index_t c, const typename Z::T* xe,
       T* __restrict sp = actp + (e * c + k) * TILE;
       typename Z::V acc = Z::zero();
       for (index_t i = 0; i < m; i += L) {  // rows are cap / TILE long: full loads stay inside
-        const typename Z::V nu =
-            Z::fmadd(Z::loadu(z0 + i), nx0, Z::mul(Z::loadu(z1 + i), nx1));
+        typename Z::V nu;
+        if constexpr (kSymmetric)
+          nu = Z::add(Z::opaque(Z::mul(Z::loadu(z0 + i), nx0)),
+                      Z::opaque(Z::mul(Z::loadu(z1 + i), nx1)));
+        else
+          nu = Z::fmadd(Z::loadu(z0 + i), nx0, Z::mul(Z::loadu(z1 + i), nx1));
         const typename Z::V sg = Z::sigmoid_of_scaled(nu);
         acc = Z::add_first(acc, m - i, sg);
         Z::storeu(sp + i, Z::fnmadd(sg, sg, sg));
@@ -1338,6 +1376,26 @@ SYMKERN_ALWAYS_INLINE void grad_matrix2_block(index_t E, const typename Z::T* co
   }
 }
 
+// grad_matrix2_block over E = blocks * Eb inputs, the sum of each block of Eb (one group
+// element's copies of the batch under DA / FA) formed on its own, then the blocks' sums added in
+// block order. For a group of order 2 the two blocks' sums of a symmetric particle are each
+// other's permutation bit for bit, and a + b = b + a: the gradient is symmetric bit for bit (a
+// sum over all E in one chain would add the same terms in two different orders).
+template <class Z, int C, int GB>
+SYMKERN_ALWAYS_INLINE void grad_matrix2_blocks(index_t E, index_t blocks,
+                                               const typename Z::T* coef,
+                                               const typename Z::T* sp,
+                                               typename Z::V g[GB][2 * C]) {
+  const index_t Eb = E / blocks;
+  grad_matrix2_block<Z, C, GB>(Eb, coef, sp, g);
+  for (index_t k = 1; k < blocks; ++k) {
+    typename Z::V h[GB][2 * C];
+    grad_matrix2_block<Z, C, GB>(Eb, coef + k * Eb * C * 2, sp + k * Eb * C * TILE, h);
+    for (int b = 0; b < GB; ++b)
+      for (int q = 0; q < 2 * C; ++q) g[b][q] = Z::add(g[b][q], h[b][q]);
+  }
+}
+
 // coef[(e C + k) 2 + j] = r_ek x_ej for grad_matrix2_block (d = 2).
 template <class T>
 inline void matrix2_coefficients(index_t E, index_t c, const T* r, const T* xe, T* coef) {
@@ -1349,16 +1407,16 @@ inline void matrix2_coefficients(index_t E, index_t c, const T* r, const T* xe, 
 }
 
 // pass2_matrix for d = 2, c = 2 (any scheme): the gradient rows of a tile of m particles into
-// gbuf (D = 4 rows of TILE) by grad_matrix2_block, GB vector groups at a time (GB * lanes
-// divides TILE: the groups past m read and write inside the rows).
+// gbuf (D = 4 rows of TILE) by grad_matrix2_blocks (the E inputs in `blocks` blocks), GB vector
+// groups at a time (GB * lanes divides TILE: the groups past m read and write inside the rows).
 template <class Z, int GB>
-inline void pass2_matrix22(index_t E, const typename Z::T* coef, index_t m,
+inline void pass2_matrix22(index_t E, index_t blocks, const typename Z::T* coef, index_t m,
                            const typename Z::T* actp, typename Z::T* gbuf) {
   constexpr index_t L = Z::lanes;
   static_assert(TILE % (GB * L) == 0, "whole groups per tile row");
   for (index_t i = 0; i < m; i += GB * L) {
     typename Z::V g[GB][4];
-    grad_matrix2_block<Z, 2, GB>(E, coef, actp + i, g);
+    grad_matrix2_blocks<Z, 2, GB>(E, blocks, coef, actp + i, g);
     for (int b = 0; b < GB; ++b)
       for (int q = 0; q < 4; ++q) Z::storeu(gbuf + q * TILE + i + b * L, g[b][q]);
   }
@@ -1368,8 +1426,10 @@ inline void pass2_matrix22(index_t E, const typename Z::T* coef, index_t m,
 // forward particles' rows from the tile's first; the generic loop's fma, so the same numbers),
 // one output k at a time (rows 2k and 2k + 1): 2 GB accumulators, so AVX2's 16 registers hold
 // GB = 4 groups with the broadcasts. The AVX2 copy's pass 2 for c = d = 2 (performance log h.).
+// The E inputs are summed in `blocks` blocks, as grad_matrix2_blocks does.
 template <class Z, int GB>
-inline void pass2_matrix22_by_output(index_t E, const typename Z::T* coef, index_t m,
+inline void pass2_matrix22_by_output(index_t E, index_t blocks, const typename Z::T* coef,
+                                     index_t m,
                                      const typename Z::T* actp, const typename Z::T* z,
                                      index_t cap, typename Z::T reg, typename Z::T* gbuf) {
   constexpr index_t L = Z::lanes;
@@ -1378,17 +1438,23 @@ inline void pass2_matrix22_by_output(index_t E, const typename Z::T* coef, index
   for (int k = 0; k < 2; ++k)
     for (index_t i = 0; i < m; i += GB * L) {
       typename Z::V g[GB][2];
-      for (int b = 0; b < GB; ++b) g[b][0] = g[b][1] = Z::zero();
       const typename Z::T* sp = actp + k * TILE + i;
       const typename Z::T* cf = coef + 2 * k;
-      for (index_t e = 0; e < E; ++e, sp += 2 * TILE, cf += 4) {
-        const typename Z::V c0 = Z::set1(cf[0]), c1 = Z::set1(cf[1]);
+      const index_t Eb = E / blocks;
+      for (index_t blk = 0; blk < blocks; ++blk) {
+        typename Z::V h[GB][2];
+        for (int b = 0; b < GB; ++b) h[b][0] = h[b][1] = Z::zero();
+        for (index_t e = 0; e < Eb; ++e, sp += 2 * TILE, cf += 4) {
+          const typename Z::V c0 = Z::set1(cf[0]), c1 = Z::set1(cf[1]);
 #pragma GCC unroll 8
-        for (int b = 0; b < GB; ++b) {
-          const typename Z::V sv = Z::loadu(sp + b * L);
-          g[b][0] = Z::fmadd(sv, c0, g[b][0]);
-          g[b][1] = Z::fmadd(sv, c1, g[b][1]);
+          for (int b = 0; b < GB; ++b) {
+            const typename Z::V sv = Z::loadu(sp + b * L);
+            h[b][0] = Z::fmadd(sv, c0, h[b][0]);
+            h[b][1] = Z::fmadd(sv, c1, h[b][1]);
+          }
         }
+        for (int b = 0; b < GB; ++b)
+          for (int j = 0; j < 2; ++j) g[b][j] = blk == 0 ? h[b][j] : Z::add(g[b][j], h[b][j]);
       }
       for (int b = 0; b < GB; ++b)
         for (int j = 0; j < 2; ++j) {
@@ -1405,7 +1471,7 @@ inline void pass2_matrix22_by_output(index_t E, const typename Z::T* coef, index
 // (grad_matrix2_block, 16 / D groups of 16 at a time); coef from matrix2_coefficients.
 template <int C>
 inline void pass2_update_matrix2_f(float* th, index_t cap, index_t i_s, index_t m, index_t E,
-                                   const float* coef, const float* actp, float reg,
+                                   index_t blocks, const float* coef, const float* actp, float reg,
                                    std::uint32_t base, std::uint32_t step, std::uint32_t run,
                                    std::uint32_t k0, std::uint32_t k1, float alpha, float ns) {
   constexpr int D = 2 * C, D4 = D / 4, GB = 16 / D > 0 ? 16 / D : 1;
@@ -1414,7 +1480,7 @@ inline void pass2_update_matrix2_f(float* th, index_t cap, index_t i_s, index_t 
   const __m512 va = _mm512_set1_ps(-alpha), vn = _mm512_set1_ps(ns), vreg = _mm512_set1_ps(reg);
   for (index_t i0 = 0; i0 < m; i0 += 16 * GB) {
     __m512 gb[GB][D];
-    grad_matrix2_block<Zmm<float>, C, GB>(E, coef, actp + i0, gb);
+    grad_matrix2_blocks<Zmm<float>, C, GB>(E, blocks, coef, actp + i0, gb);
     for (int b = 0; b < GB; ++b) {
       const index_t i = i0 + 16 * b;
       if (i >= m) break;
@@ -1911,7 +1977,11 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
   const int sch = p.scheme[r];
   const bool ea = sch == 4, fa = sch == 3;
   const bool projn = ea || p.project_noise[r] != 0;
-  const index_t E = (sch == 1 || sch == 3) ? G * B : B;
+  // DA and FA: E = G blocks of B inputs, one per group element (g-major); their matrix-unit
+  // passes keep a group of order 2's orbit copies bitwise alike ("Exact invariance of E^G")
+  const bool orbit_blocks = sch == 1 || sch == 3;
+  const index_t E = orbit_blocks ? G * B : B;
+  const index_t blocks = orbit_blocks ? G : 1;
   const T alpha = p.alpha[r], tau = p.tau[r];
   const T ns = std::sqrt(T(2) * p.beta[r] * alpha / static_cast<T>(N));
   const T reg = T(2) * tau / static_cast<T>(N);
@@ -2025,12 +2095,18 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
       if (p.unit_code == 0) {
 #if defined(SYMKERN_PARTICLES_AVX512)
         if (d == 2) {
-          pass1_matrix2_simd<Zmm<T>>(E, c, xe, thf, cap, i_s, m, actp, phi);
+          if (orbit_blocks)
+            pass1_matrix2_simd<Zmm<T>, true>(E, c, xe, thf, cap, i_s, m, actp, phi);
+          else
+            pass1_matrix2_simd<Zmm<T>, false>(E, c, xe, thf, cap, i_s, m, actp, phi);
           continue;
         }
 #elif defined(SYMKERN_PARTICLES_AVX2)
         if (d == 2) {
-          pass1_matrix2_simd<Ymm<T>>(E, c, xe, thf, cap, i_s, m, actp, phi);
+          if (orbit_blocks)
+            pass1_matrix2_simd<Ymm<T>, true>(E, c, xe, thf, cap, i_s, m, actp, phi);
+          else
+            pass1_matrix2_simd<Ymm<T>, false>(E, c, xe, thf, cap, i_s, m, actp, phi);
           continue;
         }
 #endif
@@ -2100,7 +2176,8 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
         matrix2_coefficients(E, c, rr, xe, coef);
         for (index_t tb = 0; tb < ntiles; ++tb) {
           const index_t i_s = tb * TILE, m = std::min(TILE, n - i_s);
-          pass2_update_matrix2_f<2>(th, cap, i_s, m, E, coef, w.act.data() + tb * act_tile, reg,
+          pass2_update_matrix2_f<2>(th, cap, i_s, m, E, blocks, coef, w.act.data() + tb * act_tile,
+                                    reg,
                                     static_cast<std::uint32_t>((i0 + i_s) * D), ut, runid,
                                     key.k0, key.k1, alpha, ns);
         }
@@ -2120,16 +2197,33 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
       if (p.unit_code == 0) {
 #if defined(SYMKERN_PARTICLES_AVX512)
         if (matrix22)
-          pass2_matrix22<Zmm<T>, 4>(E, w.coef.data(), m, actp, gbuf);
+          pass2_matrix22<Zmm<T>, 4>(E, blocks, w.coef.data(), m, actp, gbuf);
         else
 #elif defined(SYMKERN_PARTICLES_AVX2)
         if (matrix22) {
-          pass2_matrix22_by_output<Ymm<T>, 4>(E, w.coef.data(), m, actp, thf + i_s, cap, reg,
+          pass2_matrix22_by_output<Ymm<T>, 4>(E, blocks, w.coef.data(), m, actp, thf + i_s, cap,
+                                              reg,
                                               gbuf);
           decay_added = true;
         } else
 #endif
-          pass2_matrix(p, E, xe, rr, m, actp, w.tmp.data(), gbuf);
+        {
+          // one block of inputs at a time (as grad_matrix2_blocks), the later ones through g2
+          // (free until EA's pull-back, and EA has one block)
+          const index_t Eb = E / blocks;
+          pass2_matrix(p, Eb, xe, rr, m, actp, w.tmp.data(), gbuf);
+          for (index_t k = 1; k < blocks; ++k) {
+            T* part = w.g2.data();
+            pass2_matrix(p, Eb, xe + k * Eb * d, rr + k * Eb * c, m, actp + k * Eb * c * TILE,
+                         w.tmp.data(), part);
+            for (index_t q = 0; q < D; ++q) {
+              T* __restrict g = gbuf + q * TILE;
+              const T* __restrict h = part + q * TILE;
+#pragma omp simd
+              for (index_t i = 0; i < m; ++i) g[i] += h[i];
+            }
+          }
+        }
       } else {
         standard_backprop_weights(p, E, rr, thf, cap, i_s, m, actp);
         pass2_standard(p, E, xe, rr, m, actp, gbuf);

@@ -1447,6 +1447,45 @@ def test_cpp_activation_errors_as_documented():
         assert e["sigmoid_f64_base2_abs"] <= 2e-16, e
 
 
+# --- exact invariance of E^G under C2 (the paper's group) ----------------------------------------
+
+
+def _c2_param_perm(unit):
+    """The permutation of the 2x2 matrix unit's parameters that M_g of C2 swap is (z ↦ P z P)."""
+    rho = groups.c2_swap().generator_matrices()  # (1, 2, 2): the swap
+    m = unit.param_action(rho, rho)[0]
+    perm = m.argmax(dim=1)
+    assert torch.equal(m, torch.eye(unit.D, dtype=torch.float64)[perm])  # a permutation matrix
+    return perm
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("scheme", ["DA", "FA"])
+@pytest.mark.parametrize("N", [5, 2500])  # 2500: the threads split the run (a team) here
+def test_cpp_da_fa_keep_c2_fixed_points_exactly(N, scheme, dtype):
+    """With a group of order 2 acting by permutations and the 2x2 matrix unit (the paper's
+    setting), the C++ DA and FA steps commute with M_g in floating point: from particles in
+    E^G exactly (θ = M_g θ bit for bit) they stay there bit for bit, with projected noise. At
+    N = 5 and the paper's step size E^G is a saddle that amplifies any asymmetric rounding (the
+    float64 torch reference drifts to 6e-4 over the paper preset's steps), so a kernel that
+    rounds the two copies of an orbit differently fails this at once."""
+    pytest.importorskip("symkern._C")
+    unit = MatrixUnit(2, 2)
+    perm = _c2_param_perm(unit)
+    theta = initial_particles(1, N, unit.D, seed=11).to(dtype)
+    theta = (theta + theta[..., perm]) * 0.5  # in E^G bit for bit
+    assert torch.equal(theta, theta[..., perm])
+    out = symkern.particle_steps(
+        theta, unit, teacher=Teacher.paper("arbitrary").particles, group=groups.c2_swap(),
+        scheme=scheme, alpha=50.0, tau=1e-4, beta=1e-6, batch=20, sigma_pi=4.0, seed=5,
+        steps=1000, snapshot_every=100, project_noise=True, backend="cpp",
+    )  # fmt: skip
+    assert torch.isfinite(out.theta).all()
+    assert (out.theta - theta).abs().max() > 0.1  # the particles did move
+    assert torch.equal(out.snapshots, out.snapshots[..., perm])
+    assert torch.equal(out.theta, out.theta[..., perm])
+
+
 # --- the lower instruction-set copies of the C++ kernels ------------------------------------------
 
 
@@ -1475,7 +1514,7 @@ def test_lower_isa_copies_match_reference(isa):
         " or standard_unit_steps_at_block_sizes or activation_errors_as_documented"
         " or cpp_normal4_matches_reference or cpp_normals_match_reference"
         " or teacher_labels_over_several_batch_blocks or matrix_unit_steps_over_tiles"
-        " or cpp_chunks_change_no_number"
+        " or cpp_chunks_change_no_number or cpp_da_fa_keep_c2_fixed_points_exactly"
     )
     res = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",

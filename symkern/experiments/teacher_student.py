@@ -103,8 +103,9 @@ class Config:
     project_noise: str = _f("auto", "project the noise onto E^G: auto (= init is SI), true, false")
     dtype: str = _f(
         "float64",
-        "particle dtype: float64 or float32 (float32 trains the paper grid 2.7x faster, but its "
-        "rounding drives DA/FA out of E^G near the small-N saddle: up to 0.24, measured)",
+        "particle dtype: float64 or float32 (float32 trains the paper grid 2.7x faster; the cpp "
+        "engine keeps DA/FA runs from SI init in E^G bit for bit in either dtype under C2, the "
+        "torch and triton engines only to rounding, which the small-N saddle amplifies)",
     )
     backend: str = _f("auto", "particle engine backend: auto, cpp, triton, torch")
     device: str = _f("cpu", "torch device of the particles")
