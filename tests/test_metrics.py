@@ -97,6 +97,28 @@ def test_rmd_to_symmetrized():
     assert metrics.rmd_to_symmetrized(arb, m_z).value > 0.1
 
 
+def test_rmd_to_symmetrized_of_fixed_atoms_is_zero_without_a_solve(monkeypatch):
+    """A law whose atoms are all fixed by M_g (SI particles, as DA / FA / EA keep them) is its own
+    symmetrisation: RMD 0, what the network simplex gives, but without calling POT. One atom off
+    E^G by one ulp goes to the solver again."""
+    m_z, proj = _c2()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 4, generator=g, dtype=torch.float64) @ proj.T
+    x = (x + x @ m_z[1].T) * 0.5  # fixed bit for bit (proj's rounding would leave ulps)
+    assert torch.equal(x @ m_z[1].T, x)
+    solved = metrics.rmd(x, torch.cat([x, x @ m_z[1].T]), method="exact")
+    assert solved.value == 0.0
+
+    def no_pot():
+        raise AssertionError("POT called for a law on E^G")
+
+    monkeypatch.setattr(metrics, "_pot", no_pot)
+    assert metrics.rmd_to_symmetrized(x, m_z) == metrics.Distance(0.0, "exact")
+    x[7, 0] = torch.nextafter(x[7, 0], torch.tensor(10.0, dtype=torch.float64))
+    with pytest.raises(AssertionError, match="POT called"):
+        metrics.rmd_to_symmetrized(x, m_z)
+
+
 def test_sinkhorn_close_to_exact():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(150, 4)), rng.normal(size=(150, 4)) + 0.5

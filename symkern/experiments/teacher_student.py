@@ -105,7 +105,7 @@ class Config:
         "float64",
         "particle dtype: float64 or float32 (float32 trains the paper grid 2.7x faster; the cpp "
         "engine keeps DA/FA runs from SI init in E^G bit for bit in either dtype under C2, the "
-        "torch and triton engines only to rounding, which the small-N saddle amplifies)",
+        "torch engine only to rounding, which the small-N saddle amplifies)",
     )
     backend: str = _f("auto", "particle engine backend: auto, cpp, triton, torch")
     device: str = _f("cpu", "torch device of the particles")
