@@ -18,9 +18,10 @@
 //   derivatives stored per tile of TILE particles), residuals, pass 2 (analytic gradient from
 //   the stored derivatives, weight decay, EA pull-back, Philox Langevin noise (projected for
 //   EA / project_noise runs), update in place), snapshots.
-// * Exact invariance of E^G. For a group of order 2 acting by (signed) permutations — the paper's
-//   C2 swap — and the matrix unit with d = 2, the DA and FA steps commute with M_g in floating
-//   point: a particle with theta = M_g theta bit for bit keeps it (with projected noise, or none).
+// * Exact invariance of E^G. For a group of order 2 acting by permutations — the paper's C2
+//   swap — and the matrix unit with d = 2 (tested: the paper's 2x2), the DA and FA steps commute
+//   with M_g in floating point: a particle with theta = M_g theta bit for bit keeps it (with
+//   projected noise, or none).
 //   In exact arithmetic E^G is invariant; in floating point it stays so only if the two copies
 //   of every orbit round alike, and at small N and the paper's step size E^G is a saddle that
 //   amplifies any difference (the float64 torch reference leaves it by 6e-4 over the paper
@@ -1429,9 +1430,9 @@ inline void pass2_matrix22(index_t E, index_t blocks, const typename Z::T* coef,
 // The E inputs are summed in `blocks` blocks, as grad_matrix2_blocks does.
 template <class Z, int GB>
 inline void pass2_matrix22_by_output(index_t E, index_t blocks, const typename Z::T* coef,
-                                     index_t m,
-                                     const typename Z::T* actp, const typename Z::T* z,
-                                     index_t cap, typename Z::T reg, typename Z::T* gbuf) {
+                                     index_t m, const typename Z::T* actp,
+                                     const typename Z::T* z, index_t cap, typename Z::T reg,
+                                     typename Z::T* gbuf) {
   constexpr index_t L = Z::lanes;
   static_assert(TILE % (GB * L) == 0, "whole groups per tile row");
   const typename Z::V vreg = Z::set1(reg);
@@ -2202,8 +2203,7 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
 #elif defined(SYMKERN_PARTICLES_AVX2)
         if (matrix22) {
           pass2_matrix22_by_output<Ymm<T>, 4>(E, blocks, w.coef.data(), m, actp, thf + i_s, cap,
-                                              reg,
-                                              gbuf);
+                                              reg, gbuf);
           decay_added = true;
         } else
 #endif
