@@ -1454,9 +1454,8 @@ def _c2_param_perm(unit):
 
 
 def _c2_si_run(backend, N, scheme, dtype, steps, device="cpu"):
-    """(θ₀, result) of a DA / FA run from particles in E^G bit for bit, paper hyperparameters,
-    projected noise, under C2 swap; θ₀ and the result are checked for M_g invariance by the
-    callers."""
+    """(θ₀, result, M_g as a parameter permutation) of a DA / FA run under C2 swap from
+    particles in E^G bit for bit (θ₀ = M_g θ₀), paper hyperparameters, projected noise."""
     unit = MatrixUnit(2, 2)
     perm = _c2_param_perm(unit)
     theta = initial_particles(1, N, unit.D, seed=11).to(dtype)
