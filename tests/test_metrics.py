@@ -119,6 +119,33 @@ def test_rmd_to_symmetrized_of_fixed_atoms_is_zero_without_a_solve(monkeypatch):
         metrics.rmd_to_symmetrized(x, m_z)
 
 
+def test_identical_laws_are_at_distance_zero_without_a_solve(monkeypatch):
+    """The same atoms with the same weights (DA vs FA from SI init, bit for bit) are at W₂ = 0 by
+    the identity coupling: no solver call, whichever method was asked. A one-ulp change of one atom
+    or different weights go to the solver."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(30, 4))
+    w = rng.uniform(0.5, 1.5, size=30)
+    w /= w.sum()
+    assert metrics.w2_squared(x, x.copy(), w, w.copy(), method="exact").value == 0.0  # solved
+
+    def no_pot():
+        raise AssertionError("POT called for identical laws")
+
+    monkeypatch.setattr(metrics, "_pot", no_pot)
+    for method in ("auto", "exact", "sinkhorn"):
+        assert metrics.w2_squared(x, x.copy(), method=method) == metrics.Distance(0.0, "exact")
+        assert metrics.rmd(x, x.copy(), w, w.copy(), method=method).value == 0.0
+    y = x.copy()
+    y[11, 2] = np.nextafter(y[11, 2], np.inf)
+    with pytest.raises(AssertionError, match="POT called"):
+        metrics.w2_squared(x, y)
+    with pytest.raises(AssertionError, match="POT called"):
+        metrics.w2_squared(x, x.copy(), w)  # weights w against uniform
+    with pytest.raises(AssertionError, match="POT called"):
+        metrics.w2_squared(x, x[::-1].copy())  # the same law, atoms reordered: solved
+
+
 def test_sinkhorn_close_to_exact():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(150, 4)), rng.normal(size=(150, 4)) + 0.5
