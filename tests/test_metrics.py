@@ -120,7 +120,7 @@ def test_rmd_to_symmetrized_of_fixed_atoms_is_zero_without_a_solve(monkeypatch):
 
 
 def test_identical_laws_are_at_distance_zero_without_a_solve(monkeypatch):
-    """The same atoms with the same weights (DA vs FA from SI init, bit for bit) are at W₂ = 0 by
+    """The same atoms with the same weights (DA vs FA from SI init in float32) are at W₂ = 0 by
     the identity coupling: no solver call, whichever method was asked. A one-ulp change of one atom
     or different weights go to the solver."""
     rng = np.random.default_rng(3)
