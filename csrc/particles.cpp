@@ -1345,6 +1345,18 @@ inline void pass1_matrix2_simd(index_t E, index_t c, const typename Z::T* xe,
     }
   }
 }
+
+// pass1_matrix2_simd<Z, symmetric> chosen at run time: symmetric for DA and FA runs (their E
+// inputs are the orbit's copies of the batch).
+template <class Z>
+inline void pass1_matrix2_simd(bool symmetric, index_t E, index_t c, const typename Z::T* xe,
+                               const typename Z::T* thf, index_t cap, index_t i_s, index_t m,
+                               typename Z::T* actp, double* phi) {
+  if (symmetric)
+    pass1_matrix2_simd<Z, true>(E, c, xe, thf, cap, i_s, m, actp, phi);
+  else
+    pass1_matrix2_simd<Z, false>(E, c, xe, thf, cap, i_s, m, actp, phi);
+}
 #endif
 
 #if defined(SYMKERN_PARTICLES_AVX512) || defined(SYMKERN_PARTICLES_AVX2)
@@ -2096,18 +2108,12 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
       if (p.unit_code == 0) {
 #if defined(SYMKERN_PARTICLES_AVX512)
         if (d == 2) {
-          if (orbit_blocks)
-            pass1_matrix2_simd<Zmm<T>, true>(E, c, xe, thf, cap, i_s, m, actp, phi);
-          else
-            pass1_matrix2_simd<Zmm<T>, false>(E, c, xe, thf, cap, i_s, m, actp, phi);
+          pass1_matrix2_simd<Zmm<T>>(orbit_blocks, E, c, xe, thf, cap, i_s, m, actp, phi);
           continue;
         }
 #elif defined(SYMKERN_PARTICLES_AVX2)
         if (d == 2) {
-          if (orbit_blocks)
-            pass1_matrix2_simd<Ymm<T>, true>(E, c, xe, thf, cap, i_s, m, actp, phi);
-          else
-            pass1_matrix2_simd<Ymm<T>, false>(E, c, xe, thf, cap, i_s, m, actp, phi);
+          pass1_matrix2_simd<Ymm<T>>(orbit_blocks, E, c, xe, thf, cap, i_s, m, actp, phi);
           continue;
         }
 #endif
@@ -2177,8 +2183,8 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
         matrix2_coefficients(E, c, rr, xe, coef);
         for (index_t tb = 0; tb < ntiles; ++tb) {
           const index_t i_s = tb * TILE, m = std::min(TILE, n - i_s);
-          pass2_update_matrix2_f<2>(th, cap, i_s, m, E, blocks, coef, w.act.data() + tb * act_tile,
-                                    reg,
+          pass2_update_matrix2_f<2>(th, cap, i_s, m, E, blocks, coef,
+                                    w.act.data() + tb * act_tile, reg,
                                     static_cast<std::uint32_t>((i0 + i_s) * D), ut, runid,
                                     key.k0, key.k1, alpha, ns);
         }
