@@ -65,14 +65,15 @@
 //   |z| <= 5.9). The Langevin noise is rng.normal4 (four normals per Philox counter: both word
 //   pairs, cos and sin), so D = 4 particles draw one counter each per step.
 // * AVX-512 float32 fast paths (matrix unit): data + teacher labels in registers
-//   (data_matrix_f), pass 1 for d = 2 (pass1_matrix2_simd), and for c = d = 2 without EA / noise
-//   projection pass 2 + weight decay + Philox noise + update fused per 16 particles with the
-//   gradient in registers (pass2_update_matrix2_f). The 16-lane sigmoid (teacher labels) has
-//   measured error <= 9.6e-8 absolute, <= 2.7e-7 relative on [-87, 87] (particle_activation_errors
-//   reports the worse of it and the scalar one). Pass 1 folds log2(e) into -x and evaluates the
-//   base-2 form 1 / (1 + 2^t) (sigmoid_from_neg_log2e_x16): measured against double on float t
-//   for u in [-87, 87] (4e6 points) <= 8.9e-8 absolute, <= 2.3e-7 relative (sigmoid_base2_*). The
-//   rounding of -x log2(e) is input rounding like that of u = z x itself (~1 float ulp of t).
+//   (data_matrix_f), pass 1 for d = 2 (pass1_matrix2_simd), and for c = d = 2 (every scheme,
+//   projected noise or not) pass 2 + weight decay + EA pull-back + Philox noise (+ projection) +
+//   update fused per 16 particles with the gradient in registers (pass2_update_matrix2_f). The
+//   16-lane sigmoid (teacher labels) has measured error <= 9.6e-8 absolute, <= 2.7e-7 relative
+//   on [-87, 87] (particle_activation_errors reports the worse of it and the scalar one). Pass 1
+//   folds log2(e) into -x and evaluates the base-2 form 1 / (1 + 2^t) (sigmoid_from_neg_log2e_x16):
+//   measured against double on float t for u in [-87, 87] (4e6 points) <= 8.9e-8 absolute,
+//   <= 2.3e-7 relative (sigmoid_base2_*). The rounding of -x log2(e) is input rounding like that
+//   of u = z x itself (~1 float ulp of t).
 //
 // Performance log (float32, matrix unit 2x2, C2, B = 20, R = 1, 200 steps/call at N = 5000, 2000
 // at N = 50; µs/step min/median of 5-9 calls; shared 2-core EPYC (Zen 4-class AVX-512), loadavg
@@ -163,6 +164,16 @@
 //      80.5 / 79.9 us, FA 79.1 / 77.0 -> 80.7 / 80.1; float64 DA 227 / 230 -> 228 / 232, FA
 //      230 / 229 -> 230 / 231; the 120-run float64 grid at N = 5000 22.9 / 22.9 -> 23.0 / 23.1 ms
 //      per step. Vanilla and EA run the same code as before.
+//   j. float32 EA and projected-noise runs (the paper preset: every run projects its noise) through
+//      the fused pass 2 (pass2_update_matrix2_f with P: float normals in registers, the projection
+//      and EA's pull-back per 16 particles; they took the unfused path with double normals, gbuf
+//      and noise-row sweeps). The 120-run float32 grid at N = 5000, two threads, old and new
+//      builds interleaved 3 x 3 calls of 200 steps: 8.44-8.71 -> 7.34-7.64 ms per step (a noisier
+//      third round 9.79-10.23 -> 7.89-8.71); at N = 500, 0.88-0.92 -> 0.75-0.93. One thread,
+//      R = 1, N = 5000, projected noise (noisy, another job on the second core): EA 121-126 ->
+//      95-114 us, DA 175-205 -> 162-166, FA 187-196 -> 167-169. The same fusion for float64 was
+//      tried and measured no faster (sigmoid-bound: 249 / 452 / 446 / 262 -> 244 / 461 / 440 /
+//      258 us for vanilla / DA / FA / EA), so float64 keeps the unfused path.
 // * Instruction sets: the kernel body below is compiled three times (AVX-512, AVX2+FMA,
 //   baseline x86-64) by including this file into itself under `#pragma GCC target`, and
 //   dispatched at run time on the CPU's features — the wheel stays portable (no -march=native).
@@ -1479,12 +1490,50 @@ inline void pass2_matrix22_by_output(index_t E, index_t blocks, const typename Z
 #endif
 
 #if defined(SYMKERN_PARTICLES_AVX512)
-// Pass 2 + weight decay + noise + update fused, matrix unit d = 2 with C outputs (D = 2C),
-// float32, no EA / noise projection: per 16 particles the D gradient rows stay in registers
-// (grad_matrix2_block, 16 / D groups of 16 at a time); coef from matrix2_coefficients.
+// y = A x (transpose: A^T x) for one vector block of D rows, A (D x D, row-major): each output
+// sums A's nonzero entries of its row in column order from zero, as apply_dxd does, so the fused
+// pass 2 gets the same numbers as the unfused one (and rows of A that are equal give equal
+// outputs bit for bit: the projected noise of a particle in E^G stays in E^G exactly).
+template <class Z, int D>
+SYMKERN_ALWAYS_INLINE void apply_dxd_vec(const typename Z::T* A, bool transpose,
+                                         const typename Z::V x[D], typename Z::V y[D]) {
+  for (int q = 0; q < D; ++q) {
+    typename Z::V acc = Z::zero();
+    for (int pp = 0; pp < D; ++pp) {
+      const typename Z::T a = transpose ? A[pp * D + q] : A[q * D + pp];
+      if (a != typename Z::T(0)) acc = Z::fmadd(Z::set1(a), x[pp], acc);
+    }
+    y[q] = acc;
+  }
+}
+
+// The gradient g of D rows (decay added) and the noise xi of one vector block: with P (not
+// nullptr) xi <- P xi, and with ea also g <- P^T g (EA's pull-back).
+template <class Z, int D>
+SYMKERN_ALWAYS_INLINE void project_block(const typename Z::T* P, bool ea, typename Z::V g[D],
+                                         typename Z::V xi[D]) {
+  if (P == nullptr) return;
+  typename Z::V t[D];
+  if (ea) {
+    apply_dxd_vec<Z, D>(P, true, g, t);
+    for (int q = 0; q < D; ++q) g[q] = t[q];
+  }
+  apply_dxd_vec<Z, D>(P, false, xi, t);
+  for (int q = 0; q < D; ++q) xi[q] = t[q];
+}
+
+// Pass 2 + weight decay + pull-back + noise + update fused, matrix unit d = 2 with C outputs
+// (D = 2C), float32: per 16 particles the D gradient rows stay in registers
+// (grad_matrix2_blocks, 16 / D groups of 16 at a time); coef from matrix2_coefficients. The decay
+// acts on the forward particles thf (theta; EA: P theta). P (D x D) projects the noise
+// (project_noise and EA; nullptr: no projection) and with ea pulls the gradient back (P^T g), in
+// apply_dxd's order: the numbers of the unfused path, which EA and projected noise took before
+// (20-28 us more per float32 run-step at N = 5000: the double normals, gbuf and the noise rows'
+// passes over memory).
 template <int C>
-inline void pass2_update_matrix2_f(float* th, index_t cap, index_t i_s, index_t m, index_t E,
-                                   index_t blocks, const float* coef, const float* actp, float reg,
+inline void pass2_update_matrix2_f(float* th, const float* thf, index_t cap, index_t i_s,
+                                   index_t m, index_t E, index_t blocks, const float* coef,
+                                   const float* actp, float reg, const float* P, bool ea,
                                    std::uint32_t base, std::uint32_t step, std::uint32_t run,
                                    std::uint32_t k0, std::uint32_t k1, float alpha, float ns) {
   constexpr int D = 2 * C, D4 = D / 4, GB = 16 / D > 0 ? 16 / D : 1;
@@ -1500,16 +1549,16 @@ inline void pass2_update_matrix2_f(float* th, index_t cap, index_t i_s, index_t 
       const __mmask16 mk = tail_mask16(m - i);
       // noise: rng.normal4 element base + i D + q = slot q mod 4 of counter (base + i D + q) / 4
       const std::uint32_t ctr_i = base / 4 + static_cast<std::uint32_t>(i * D4);
-      for (int q4 = 0; q4 < D4; ++q4) {
-        __m512 xi[4];
-        noise.normal4_f(ctr_i + static_cast<std::uint32_t>(q4), xi);
-        for (int j = 0; j < 4; ++j) {
-          const int q = 4 * q4 + j;
-          float* z = th + q * cap + i_s + i;
-          const __m512 wq = _mm512_loadu_ps(z);
-          const __m512 gq = _mm512_fmadd_ps(vreg, wq, gb[b][q]);
-          _mm512_mask_storeu_ps(z, mk, _mm512_fmadd_ps(vn, xi[j], _mm512_fmadd_ps(va, gq, wq)));
-        }
+      __m512 xi[D], g[D];
+      for (int q4 = 0; q4 < D4; ++q4)
+        noise.normal4_f(ctr_i + static_cast<std::uint32_t>(q4), xi + 4 * q4);
+      for (int q = 0; q < D; ++q)  // rows are cap >= i_s + TILE long: whole blocks load
+        g[q] = _mm512_fmadd_ps(vreg, _mm512_loadu_ps(thf + q * cap + i_s + i), gb[b][q]);
+      project_block<Zmm<float>, D>(P, ea, g, xi);
+      for (int q = 0; q < D; ++q) {
+        float* z = th + q * cap + i_s + i;
+        const __m512 u = _mm512_fmadd_ps(va, g[q], _mm512_loadu_ps(z));
+        _mm512_mask_storeu_ps(z, mk, _mm512_fmadd_ps(vn, xi[q], u));
       }
     }
   }
@@ -2178,13 +2227,13 @@ void run_range(const Ctx<T>& cx, Work<T>& w, index_t r, index_t i0, index_t i1, 
     [[maybe_unused]] const bool matrix22 = p.unit_code == 0 && d == 2 && c == 2;
 #if defined(SYMKERN_PARTICLES_AVX512)
     if constexpr (std::is_same_v<T, float>) {
-      if (matrix22 && !ea && !projn) {
+      if (matrix22) {
         float* coef = w.coef.data();
         matrix2_coefficients(E, c, rr, xe, coef);
         for (index_t tb = 0; tb < ntiles; ++tb) {
           const index_t i_s = tb * TILE, m = std::min(TILE, n - i_s);
-          pass2_update_matrix2_f<2>(th, cap, i_s, m, E, blocks, coef,
-                                    w.act.data() + tb * act_tile, reg,
+          pass2_update_matrix2_f<2>(th, thf, cap, i_s, m, E, blocks, coef,
+                                    w.act.data() + tb * act_tile, reg, projn ? P : nullptr, ea,
                                     static_cast<std::uint32_t>((i0 + i_s) * D), ut, runid,
                                     key.k0, key.k1, alpha, ns);
         }
