@@ -1140,3 +1140,48 @@ def test_rescaling_apply_needs_floating_theta():
     assert r.is_symmetric(lambda t: (t[0] * t[1]) ** 2, lambdas=np.array([0.5, 3.0]))[0]
     with pytest.raises(TypeError, match="lambdas must be a sequence"):
         r.is_symmetric(lambda t: t.sum(), lambdas=2.0)
+
+
+def test_constructor_checks_a_dense_o_as_the_dense_classmethod_does():
+    """Mirror(None, None, d, dense=O) took O unchecked even with check=True: a non-orthonormal O
+    made reflect no involution (R(R(1)) = 25 for O = ones(3, 1)), and a d mismatch failed later
+    inside a kernel."""
+    with pytest.raises(ValueError, match=r"dense must have orthonormal columns: max\|OᵀO − I\| = 2"):
+        Mirror(None, None, 3, dense=torch.ones(3, 1, dtype=F64))
+    with pytest.raises(ValueError, match=r"dense must have d=5 rows, got shape \(3, 1\)"):
+        Mirror(None, None, 5, dense=torch.eye(3, dtype=F64)[:, :1])
+    with pytest.raises(TypeError, match="dense must be a torch.Tensor, got list"):
+        Mirror(None, None, 2, dense=[[1.0], [0.0]])
+    with pytest.raises(ValueError, match="dense contains non-finite values"):
+        Mirror(None, None, 2, dense=torch.tensor([[math.nan], [1.0]], dtype=F64))
+    with pytest.raises(TypeError, match=r"index must be a \(k, s\) torch.Tensor, got list"):
+        Mirror([[0]], [[1.0]], 3)  # was AttributeError: 'list' object has no attribute 'ndim'
+    q = torch.linalg.qr(torch.randn(5, 2, generator=gen(1), dtype=F64))[0]
+    m = Mirror(None, None, 5, dense=q)
+    theta = torch.randn(5, generator=gen(2), dtype=F64)
+    assert_close(m.reflect(m.reflect(theta)), theta, atol=1e-14, rtol=0)
+    # check=False is the classmethods' way in after their own check: shape checks still run
+    assert Mirror(None, None, 3, dense=torch.ones(3, 1), check=False).k == 1
+    with pytest.raises(ValueError, match="dense must have d=4 rows"):
+        Mirror(None, None, 4, dense=torch.ones(3, 1), check=False)
+
+
+def test_group_ids_are_bounded_and_unsigned_ids_work():
+    """Group ids index one gate / one norm per id up to the largest: ids of 10**12 were
+    accepted until an allocation of terabytes, and unsigned integer ids (valid ints) raised
+    NotImplementedError from torch."""
+    theta0 = torch.tensor([3.0, 4.0, 1.0], dtype=F64)
+    want = GroupGateDCS([0, 0, 1], init=theta0)
+    for ids in (
+        np.array([0, 0, 1], dtype=np.uint32),
+        np.array([0, 0, 1], dtype=np.uint64),
+        torch.tensor([0, 0, 1], dtype=torch.uint32),
+    ):
+        got = GroupGateDCS(ids, init=theta0)
+        assert torch.equal(got.groups, want.groups) and torch.equal(got.s, want.s)
+    with pytest.raises(ValueError, match=r"groups must lie in \[0, d\) with d = 2 coordinates"):
+        GroupGateDCS([0, 10**12])
+    with pytest.raises(ValueError, match=r"groups must lie in \[0, k\) with k = 2 columns"):
+        Mirror.coordinates([0, 1], 3, groups=[0, 10**15])
+    m = Mirror.coordinates([0, 2], 3, groups=[1, 1])  # ids below k, group 0 empty: fine
+    assert m.group_norms(torch.ones(3, dtype=F64)).tolist() == [0.0, math.sqrt(2)]

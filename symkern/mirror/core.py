@@ -24,7 +24,7 @@ C++, Triton and torch kernels chosen by the backend registry, differentiable): o
 gives c and θ − s·O c, one pass over θ when the columns have disjoint supports.
 :meth:`Mirror.expand` stays a torch ``index_add``.
 
-Columns may carry a group id (``groups``, shape (k,)): e.g. one group per pair of
+Columns may carry a group id (``groups``, shape (k,), ids in [0, k)): e.g. one group per pair of
 :meth:`Mirror.rescaling_pairs`. :meth:`Mirror.split` returns one Mirror per group (each one is a
 mirror on its own when the loss has the per-group symmetry).
 """
@@ -164,6 +164,34 @@ def _check_d(d, name: str = "d") -> int:
     return as_int(d, name, minimum=1)
 
 
+def _dense_columns(O, name: str, tol: float | None, d: int | None = None) -> torch.Tensor:
+    """A dense O (d, k) with orthonormal columns, as a CPU float64 tensor; ValueError / TypeError
+    naming ``name`` otherwise. ``d``: the required number of rows; ``tol`` None skips the check
+    of ‖OᵀO − I‖_max ≤ tol (the shape, dtype and finiteness checks always run)."""
+    if not isinstance(O, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(O).__name__}")
+    if not O.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating tensor, got dtype {O.dtype}")
+    if O.ndim != 2 or O.shape[1] < 1 or O.shape[0] < 1:
+        raise ValueError(f"{name} must have shape (d, k) with d, k >= 1, got {tuple(O.shape)}")
+    rows, k = O.shape
+    if d is not None and rows != d:
+        raise ValueError(f"{name} must have d={d} rows, got shape {tuple(O.shape)}")
+    if k > rows:
+        raise ValueError(f"{name} has k={k} > d={rows} columns: they cannot be orthonormal")
+    O64 = O.detach().to("cpu", torch.float64)
+    if not torch.isfinite(O64).all():
+        raise ValueError(f"{name} contains non-finite values")
+    if tol is not None:
+        tol = _check_tol(tol)
+        err = (O64.T @ O64 - torch.eye(k, dtype=torch.float64)).abs().max().item()
+        if not err <= tol:
+            raise ValueError(
+                f"{name} must have orthonormal columns: max|OᵀO − I| = {err:.3g} > {tol:g}"
+            )
+    return O64
+
+
 class Mirror:
     """An orthonormal O ∈ R^{d×k} (k ≥ 1) and the ops of its reflection R_O = I − 2OOᵀ.
 
@@ -206,7 +234,9 @@ class Mirror:
         self.index: torch.Tensor | None
         self.value: torch.Tensor | None
         if dense is not None:
-            self._dense = dense.detach().to("cpu", torch.float64)
+            # the dense classmethod has checked O and passes check=False; a direct call gets the
+            # same checks (a non-orthonormal O would make reflect no involution, silently)
+            self._dense = _dense_columns(dense, "dense", tol if check else None, d=self.d)
             self.index = None
             self.value = None
             k = self._dense.shape[1]
@@ -214,6 +244,9 @@ class Mirror:
             self._dense = None
             if index is None or value is None:
                 raise TypeError("index and value (k, s) are required unless dense is given")
+            for name, t in (("index", index), ("value", value)):
+                if not isinstance(t, torch.Tensor):
+                    raise TypeError(f"{name} must be a (k, s) torch.Tensor, got {type(t).__name__}")
             if index.ndim != 2 or value.shape != index.shape:
                 raise ValueError(
                     f"index and value must both be (k, s); got {tuple(index.shape)}, "
@@ -236,6 +269,12 @@ class Mirror:
             raise ValueError(f"groups must have k={self.k} entries, got {groups.numel()}")
         if (groups < 0).any():
             raise ValueError(f"groups must be non-negative ints, got {_short(groups.tolist())}")
+        if int(groups.max()) >= self.k:
+            # group_norms has one entry per id up to the largest: ids >= k only add empty groups
+            # (and an id like 10**15 would allocate petabytes there)
+            raise ValueError(
+                f"groups must lie in [0, k) with k = {self.k} columns, got max {int(groups.max())}"
+            )
         self.groups = groups
         self.kind = kind
         self.meta = dict(meta or {})
@@ -251,32 +290,18 @@ class Mirror:
         Raises ValueError naming ``O`` if ‖OᵀO − I‖_max > tol (default 1e-10 for float64 input,
         1e-5 for lower precision) or k > d.
         """
-        if not isinstance(O, torch.Tensor):
-            raise TypeError(f"O must be a torch.Tensor, got {type(O).__name__}")
-        if not O.dtype.is_floating_point:
-            raise TypeError(f"O must be a floating tensor, got dtype {O.dtype}")
-        if O.ndim != 2 or O.shape[1] < 1 or O.shape[0] < 1:
-            raise ValueError(f"O must have shape (d, k) with d, k >= 1, got {tuple(O.shape)}")
-        d, k = O.shape
-        if k > d:
-            raise ValueError(f"O has k={k} > d={d} columns: they cannot be orthonormal")
-        if not torch.isfinite(O).all():
-            raise ValueError("O contains non-finite values")
         if tol is None:
-            tol = 1e-10 if O.dtype == torch.float64 else 1e-5
-        tol = _check_tol(tol)
-        O64 = O.detach().to("cpu", torch.float64)
-        err = (O64.T @ O64 - torch.eye(k, dtype=torch.float64)).abs().max().item()
-        if not err <= tol:
-            raise ValueError(f"O must have orthonormal columns: max|OᵀO − I| = {err:.3g} > {tol:g}")
-        return cls(None, None, d, dense=O64, kind="dense", check=False)
+            tol = 1e-10 if getattr(O, "dtype", None) == torch.float64 else 1e-5
+        O64 = _dense_columns(O, "O", tol)
+        return cls(None, None, O64.shape[0], dense=O64, kind="dense", check=False)
 
     @classmethod
     def coordinates(cls, idx, d: int, *, groups=None) -> Mirror:
         """O = [e_{idx_0}, …, e_{idx_{k−1}}]: the reflection flips the sign of the selected
         coordinates; the constraint sets them to zero (O = I: ``idx = range(d)``).
 
-        ``groups`` (optional, (k,)) tags columns; default: each coordinate its own group.
+        ``groups`` (optional, (k,) ints in [0, k)) tags columns; default: each coordinate its own
+        group.
         """
         d = _check_d(d)
         idx = _as_index(idx, "idx")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from symkern._checks import as_int, as_real, float_dtype
-from symkern.mirror.core import Mirror
+from symkern.mirror.core import Mirror, _as_index
 
 __all__ = ["DCS", "GroupGateDCS", "LowRankDCS"]
 
@@ -122,7 +122,8 @@ class GroupGateDCS(nn.Module):
     """Per-group scalar gates: θ_i = s_{g(i)} w_i, penalty γ(‖s‖² + ‖w‖²).
 
     Mirror (s_g, w_g) → (−s_g, −w_g); balanced, the penalty is 2γ Σ_g ‖θ_g‖₂ (group lasso), so a
-    whole group becomes exactly zero once 2γ > ‖∂ℓ/∂θ_g‖. ``groups`` (d,) ints in [0, G).
+    whole group becomes exactly zero once 2γ > ‖∂ℓ/∂θ_g‖. ``groups`` (d,) ints in [0, G), G ≤ d
+    (one gate per id).
 
     Example::
 
@@ -157,8 +158,17 @@ class GroupGateDCS(nn.Module):
             ) from e
         if g.dtype == torch.bool or g.is_complex():
             raise TypeError(f"groups must hold non-negative ints, got dtype {g.dtype}")
+        if g.ndim == 1 and g.dtype in (torch.uint16, torch.uint32, torch.uint64):
+            g = _as_index(g, "groups")  # torch has no min / max for these dtypes on the CPU
         if g.ndim != 1 or g.numel() == 0 or g.dtype.is_floating_point or g.min() < 0:
             raise ValueError("groups must be a non-empty 1-D tensor of non-negative ints")
+        if int(g.max()) >= g.numel():
+            # one gate s_g per id up to the largest: an id >= d can only add empty groups (and
+            # an id like 10**12 would allocate terabytes)
+            raise ValueError(
+                f"groups must lie in [0, d) with d = {g.numel()} coordinates, "
+                f"got max {int(g.max())}"
+            )
         self.register_buffer("groups", g.long())
         self.gamma = _check_gamma(gamma)
         G = int(g.max()) + 1
