@@ -300,6 +300,14 @@ def test_out_bad_arguments_raise_clear_errors():
         symkern.orbit_average(x, rep, out=np.empty((4, 5), np.float32))
     with pytest.raises(ValueError, match="store an element twice"):
         symkern.orbit_average(x, rep, out=torch.empty(1, 5).expand(4, 5))
+    # rows sharing elements (torch cannot tell: its own out= ops let this through), which gave a
+    # wrong answer on every backend; strided layouts that only interleave are fine
+    for shape, strides in (((4, 5), (2, 1)), ((4, 5), (1, 3)), ((4, 5), (3, 2))):
+        with pytest.raises(ValueError, match="store an element twice"):
+            symkern.orbit_average(x, rep, out=torch.empty(40).as_strided(shape, strides))
+    for shape, strides in (((4, 5), (1, 4)), ((4, 5), (5, 2)), ((4, 5), (11, 2))):
+        out = torch.empty(60).as_strided(shape, strides)
+        assert torch.equal(symkern.orbit_average(x, rep, out=out), symkern.orbit_average(x, rep))
     base = _x((5, 5), torch.float32, "cpu")
     with pytest.raises(ValueError, match="not overlap"):  # out = x shifted by a row
         symkern.project_fixed(base[:4], rep, out=base[1:])

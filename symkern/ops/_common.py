@@ -94,9 +94,10 @@ def _memory_span(t: torch.Tensor) -> tuple[int, int]:
 
 def check_out(out: object, x: torch.Tensor) -> None:
     """Validate an ``out=`` argument for a result of x's shape computed from x: a tensor of x's
-    shape, dtype and device, and no autograd involved (like torch's ``out=``). Its memory is
-    checked by :func:`check_out_memory` where a kernel writes into it (inside the op, so also
-    under torch.compile)."""
+    shape, dtype and device, storing no element twice (:func:`check_out_layout`), and no autograd
+    involved (like torch's ``out=``). Its memory against x's is checked by
+    :func:`check_out_memory` where a kernel writes into it (inside the op, so also under
+    torch.compile)."""
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
     if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
@@ -114,6 +115,56 @@ def check_out(out: object, x: torch.Tensor) -> None:
             "out= is not supported inside torch.func transforms (grad, vmap, jvp, ...): call "
             "without out"
         )
+    check_out_layout(out)
+
+
+# Up to this many elements, a strided layout that the stride test below cannot clear is checked
+# exactly by listing its offsets (8 bytes each); a larger one is refused.
+_EXACT_OVERLAP_MAX = 1 << 20
+
+
+def _stores_an_element_twice(t: torch.Tensor) -> bool:
+    """Whether two indices of the strided view t address one memory element.
+
+    Sorted by stride, the dims of size > 1 cannot collide when each stride exceeds the largest
+    offset the smaller-stride dims reach (Σ_{j<k} stride_j (size_j − 1)); every layout made by
+    slicing, transposing or permuting a tensor passes this. Other layouts are checked exactly by
+    listing their offsets (at most ``_EXACT_OVERLAP_MAX`` elements; larger ones count as
+    overlapping, so they are refused with the caller's message)."""
+    dims = sorted((abs(st), n) for n, st in zip(t.shape, t.stride(), strict=True) if n > 1)
+    reach = 0
+    for stride, n in dims:
+        if stride <= reach:
+            break
+        reach += stride * (n - 1)
+    else:
+        return False
+    if t.numel() > _EXACT_OVERLAP_MAX:
+        return True
+    offsets = np.zeros(1, dtype=np.int64)
+    for stride, n in dims:
+        offsets = (offsets[:, None] + stride * np.arange(n, dtype=np.int64)).reshape(-1)
+    offsets.sort()
+    return bool((offsets[1:] == offsets[:-1]).any())
+
+
+def check_out_layout(out: torch.Tensor) -> None:
+    """out must store no element twice: not an expanded (stride-0) view, nor a strided view whose
+    indices share elements, e.g. as_strided((4, 5), (2, 1)) — written by a kernel, or by the copy
+    of a result into a non-unit-stride out, it gave a wrong answer silently. torch itself only
+    refuses the first kind (its internal-overlap test answers "too hard to tell" for the
+    second, and its own out= ops let that through)."""
+    if torch.compiler.is_compiling():
+        # Dynamo cannot trace the test; the ops' custom ops run it at run time on the tensors
+        # their kernels write (check_out_memory)
+        return
+    # 0: none, 1: overlap (a stride-0 dim), 2: too hard for torch to tell
+    overlap = torch._debug_has_internal_overlap(out)
+    if overlap == 1 or (overlap == 2 and _stores_an_element_twice(out)):
+        raise ValueError(
+            "out must not store an element twice (an expanded, stride-0 or self-overlapping "
+            "strided view); pass a tensor with its own memory, e.g. torch.empty_like(x)"
+        )
 
 
 def check_out_memory(out: torch.Tensor, x: torch.Tensor) -> None:
@@ -121,12 +172,7 @@ def check_out_memory(out: torch.Tensor, x: torch.Tensor) -> None:
     view) and be x itself (in place) or not overlap x at all."""
     if out.numel() == 0:
         return
-    # 0: none, 1: overlap, 2: too hard to tell (torch's own out= ops refuse only 1, likewise)
-    if torch._debug_has_internal_overlap(out) == 1:
-        raise ValueError(
-            "out must not store an element twice (an expanded or stride-0 view); pass a tensor "
-            "with its own memory, e.g. torch.empty_like(x)"
-        )
+    check_out_layout(out)
     same_view = out.data_ptr() == x.data_ptr() and out.stride() == x.stride()
     if not same_view:
         (x0, x1), (o0, o1) = _memory_span(x), _memory_span(out)
