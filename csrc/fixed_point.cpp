@@ -13,6 +13,7 @@
 #include "fixed_point.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -128,6 +129,35 @@ SYMKERN_INLINE void vstore_tail(T* p, vec_t<T> v, index_t n) {
   for (index_t i = 0; i < n; ++i) p[i] = tmp[i];
 }
 
+// v with its lanes [0, skip) set to +0 by a lane select (bitwise AND with a compare mask), not a
+// multiply by 0: an inf or NaN on those lanes must vanish, not turn into a NaN product.
+#if defined(__GNUC__) || defined(__clang__)
+typedef std::int32_t vi32 __attribute__((vector_size(32)));
+typedef std::int64_t vi64 __attribute__((vector_size(32)));
+SYMKERN_INLINE vf32 vzero_head(vf32 v, index_t skip) {
+  const vi32 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+  vi32 bits;
+  std::memcpy(&bits, &v, sizeof(v));
+  bits &= lane >= (vi32{} + static_cast<std::int32_t>(skip));
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+SYMKERN_INLINE vf64 vzero_head(vf64 v, index_t skip) {
+  const vi64 lane = {0, 1, 2, 3};
+  vi64 bits;
+  std::memcpy(&bits, &v, sizeof(v));
+  bits &= lane >= (vi64{} + static_cast<std::int64_t>(skip));
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+#else
+template <class T>
+SYMKERN_INLINE vec_t<T> vzero_head(vec_t<T> v, index_t skip) {
+  for (index_t i = 0; i < skip; ++i) v.v[i] = T(0);
+  return v;
+}
+#endif
+
 // y[r][c] = sum_d x[r][d] qt[c*Dp + d] for c < KC, for R rows at once (each Qᵀ vector loaded once
 // feeds R FMAs). qt rows are zero-padded to Dp (a multiple of the vector width), so the partial
 // last vector needs no scalar loop.
@@ -149,12 +179,14 @@ SYMKERN_INLINE void pass1(const T* const* x, const T* SYMKERN_RESTRICT qt,
   }
   if (full < D) {
     // Partial last vector. D >= V: load the last V elements of x (overlapping the previous
-    // vector) against qtail, whose lanes already counted are 0 -- no store-forwarding stall from
-    // assembling a padded copy. D < V: padded copy.
+    // vector) against qtail -- no store-forwarding stall from assembling a padded copy -- with
+    // the lanes already counted selected to 0 in x itself: qtail's 0 there would make an inf of
+    // x a NaN product (0 * inf), a term the formula does not have. D < V: zero-padded copy.
     vec_t<T> xv[R];
     const bool overlap = D >= V;
     for (int r = 0; r < R; ++r)
-      xv[r] = overlap ? vload(x[r] + D - V) : vload_tail(x[r] + full, D - full);
+      xv[r] = overlap ? vzero_head(vload(x[r] + D - V), V - (D - full))
+                      : vload_tail(x[r] + full, D - full);
     for (int c = 0; c < KC; ++c) {
       const vec_t<T> qv = overlap ? vload(qtail + c * V) : vload(qt + c * Dp + full);
       for (int r = 0; r < R; ++r) acc[r][c] += xv[r] * qv;

@@ -760,3 +760,126 @@ def test_jit_trace_of_a_first_call_records_only_the_op():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(getattr(mirror, method), (x,))  # cold plan
         assert_close(traced(2 * x), getattr(mirror, method)(2 * x))
+
+
+# --- ±inf: padded lanes / rank columns never meet x ----------------------------------------------
+
+
+def _rows_with_inf(D: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """(3·D + 2, D) random rows: +inf at i (row i), -inf at i (row D + i), +inf at i and -inf at
+    i + 1 mod D (row 2D + i), then two finite rows."""
+    x = _x((3 * D + 2, D), torch.float64, "cpu", seed=seed)
+    idx = torch.arange(D)
+    x[idx, idx] = math.inf
+    x[D + idx, idx] = -math.inf
+    x[2 * D + idx, idx] = math.inf
+    x[2 * D + idx, (idx + 1) % D] = -math.inf
+    return x.to(dtype)
+
+
+def _q_qt_x_formula(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Q (Qᵀ x) per row in float64 IEEE arithmetic, every product formed (no BLAS, which may
+    skip zero multipliers): the oracle for ±inf."""
+    xd, qd = x.double().cpu(), q.double().cpu()
+    c = (xd[:, :, None] * qd[None]).sum(1)  # (B, k)
+    return (c[:, None, :] * qd[None]).sum(2)  # (B, D)
+
+
+def _assert_same_ieee(out: torch.Tensor, expected: torch.Tensor, x: torch.Tensor, msg: str):
+    """NaN and ±inf exactly where ``expected`` has them; finite entries within tolerance."""
+    out = out.cpu()
+    assert torch.equal(out.isnan(), expected.isnan()), f"{msg}: NaN pattern differs"
+    assert torch.equal(out == math.inf, expected == math.inf), f"{msg}: +inf pattern differs"
+    assert torch.equal(out == -math.inf, expected == -math.inf), f"{msg}: -inf pattern differs"
+    fin = expected.isfinite()
+    scale = x[x.isfinite()].abs().max().item()
+    assert_close(out[fin], expected[fin], scale=scale, msg=f"{msg}: ")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # interpreter
+@pytest.mark.parametrize("n", [5, 9, 17, 33])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_inf_in_matrix_rep_gives_the_formula_on_every_backend(backend_case, n, dtype):
+    """±inf in x for a matrix rep: R x = Q (Qᵀ x) with Q = ones / √n (no zero entry), so a row
+    with +inf is +inf everywhere, -inf is -inf, +inf and -inf together are NaN. The C++ kernel
+    gave NaN when D is not a multiple of its vector width (float32 9, 17, 33; float64 5, 9, 17,
+    33) and the inf sat in the lanes of its overlapping tail load (x times a 0 of the padded Qᵀ);
+    the Triton kernel gave NaN always (x times the zero-padded rank columns). Contiguous, column-
+    strided and every-other-column x; orbit_average, project_fixed and out=."""
+    rep = groups.cyclic(n).to_matrix_rep()
+    dev, be = backend_case.device, backend_case.backend
+    x = _rows_with_inf(n, dtype, seed=n)
+    q = symkern.fixed_point_basis(rep)
+    assert q.shape == (n, 1) and (q != 0).all()
+    expected = _q_qt_x_formula(x, q.to(dtype))
+    assert expected[: 2 * n].isinf().all() and expected[2 * n : 3 * n].isnan().all()
+    assert (expected[:n] > 0).all() and (expected[n : 2 * n] < 0).all()
+    assert expected[3 * n :].isfinite().all()
+    wide = torch.full((x.shape[0], 2 * n), math.nan, dtype=dtype)
+    wide[:, ::2] = x
+    layouts = {
+        "contiguous": x.to(dev),
+        "column-strided": x.T.contiguous().T.to(dev),
+        "every other column": wide.to(dev)[:, ::2],
+    }
+    for layout, xl in layouts.items():
+        msg = f"{be} n={n} {dtype} {layout}"
+        _assert_same_ieee(symkern.orbit_average(xl, rep, backend=be), expected, x, msg)
+        _assert_same_ieee(symkern.project_fixed(xl, rep, backend=be), expected, x, msg + " pf")
+    out = torch.empty_like(layouts["contiguous"])
+    symkern.orbit_average(layouts["contiguous"], rep, backend=be, out=out)
+    _assert_same_ieee(out, expected, x, f"{be} n={n} {dtype} out=")
+    torch_out = symkern.orbit_average(layouts["contiguous"], rep, backend="torch")
+    _assert_same_ieee(torch_out, expected, x, f"torch n={n} {dtype}")  # the reference agrees
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # interpreter
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_project_lowrank_with_inf_and_dense_basis_of_any_rank(backend_case, dtype):
+    """The low-rank kernel Q (Qᵀ x) with ±inf in x and a dense Q (no zero entry, so the formula
+    has one IEEE answer): odd D (a partial last vector in C++) and ranks k = 1, 3, 8, 13 (one or
+    several accumulator chunks in C++; padded rank columns in Triton)."""
+    dev, be = backend_case.device, backend_case.backend
+    g = torch.Generator().manual_seed(11)
+    for D, k in [(9, 1), (23, 3), (23, 8), (37, 13)]:
+        q64, _ = torch.linalg.qr(torch.randn(D, k, generator=g, dtype=torch.float64))
+        q = q64.to(dtype)
+        assert (q != 0).all()
+        x = _rows_with_inf(D, dtype, seed=D + k)
+        expected = _q_qt_x_formula(x, q)
+        assert expected.isinf().any() and expected.isnan().any()  # both kinds occur
+        out = _project_lowrank_op(x.to(dev), q.to(dev), be)
+        _assert_same_ieee(out, expected, x, f"{be} D={D} k={k} {dtype}")
+        xs = x.T.contiguous().T.to(dev)  # non-contiguous rows
+        out = _project_lowrank_op(xs, q.to(dev), be)
+        _assert_same_ieee(out, expected, x, f"{be} D={D} k={k} {dtype} strided")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # interpreter
+@pytest.mark.parametrize("name", ["cyclic7", "B2_T2_signed", "flips4"])
+def test_inf_in_permutation_rep_stays_in_its_orbit(backend_case, name):
+    """±inf in x for a (signed) permutation rep: the signed orbit mean in IEEE arithmetic, so
+    ±inf (sign coef[j]·coef[i]) on the orbit of i, NaN where +inf and -inf meet in an orbit and
+    on an orbit that averages to zero (coef 0 · inf), finite elsewhere. Every C++ row sweep
+    forced as well."""
+    rep = rep_named(name)
+    D, dev, be = rep.dim, backend_case.device, backend_case.backend
+    for dtype in DTYPES:
+        x = _rows_with_inf(D, dtype, seed=D)
+        xd = x.double()
+        expected = torch.empty_like(xd)
+        for o in symkern.orbits(rep):
+            s = o.signs.double()
+            expected[:, o.indices] = s * ((xd[:, o.indices] * s).sum(1, keepdim=True) / len(s))
+        assert expected.isnan().any() and (expected.isinf().any() or name == "flips4")
+        out = symkern.orbit_average(x.to(dev), rep, backend=be)
+        _assert_same_ieee(out, expected, x, f"{be} {name} {dtype}")
+        if be == "cpp":
+            ext = pytest.importorskip("symkern._C")
+            plan = orbit_plan(rep, dtype, torch.device("cpu"))
+            args = [t.numpy() for t in (plan.orbit_id, plan.coef, plan.inv_size, plan.order,
+                                        plan.seg_start)]  # fmt: skip
+            for variant in (1, 2, 3, 4):
+                out = torch.empty_like(x)
+                ext.orbit_mean(x.numpy(), *args, out.numpy(), variant)
+                _assert_same_ieee(out, expected, x, f"cpp variant {variant} {name} {dtype}")

@@ -17,6 +17,11 @@ NaN semantics: the result is the formula in IEEE arithmetic. For permutation rep
 x[..., i] makes the output NaN on the whole orbit of i (including a zero orbit) and nowhere else;
 for matrix reps a NaN anywhere in a row makes that row's output NaN — unless dim E^G = 0, where
 the output is exactly 0 whatever x holds (Q(Qᵀx) with an empty basis Q reads no entry of x).
+±inf in x[..., i]: permutation reps give ±inf on the orbit of i (NaN where +inf and −inf meet in
+one orbit, and on a zero orbit); matrix reps give Q(Qᵀx) in IEEE arithmetic over the D × k
+entries of Q — the kernels' padded vector lanes and rank columns never multiply x — so every
+backend agrees with the torch reference wherever Q has no exact zero in the rows where x is
+infinite (there the formula's 0·inf is NaN, but a BLAS may skip a zero multiplier).
 """
 
 from __future__ import annotations

@@ -28,6 +28,10 @@ float16 / bfloat16 feed their native tensor-core ``tl.dot`` in the first product
 exact, the sum is fp32), and C stays fp32 for the second. Under the Triton interpreter, bf16
 arithmetic is not trustworthy, so every tile is upcast to the accumulation dtype there.
 
+The padded rank columns k >= K of C are x times zero padding of Q: NaN (0 · inf) in a row of x that
+holds ±inf. They are selected to 0 before the second product, so padding never reaches the output
+(the result is the formula over Q's D × k entries, as the torch reference computes it).
+
 Very large k makes C = (BLOCK_B, k) spill out of registers and the op compute-bound, where a
 cuBLAS GEMM pair wins; the kernel declines k > ``MAX_RANK`` through the registry check.
 """
@@ -95,6 +99,9 @@ def _project_lowrank_kernel(
             xt = xt.to(c.dtype)
             qt = qt.to(c.dtype)
         c = tl.dot(xt, qt, c, input_precision="ieee", out_dtype=c.dtype)
+    # Padded rank columns of C hold x times Q's zero padding, NaN where x is ±inf: select them to
+    # 0, or the zero padding of Q^T below would carry the NaN into every output column.
+    c = tl.where(k_ok[None, :], c, 0.0)
 
     # out = C Q^T over D chunks; Q^T tiles are Q tiles read with swapped strides.
     for d0 in range(0, D, BLOCK_D):
