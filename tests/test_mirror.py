@@ -1146,7 +1146,8 @@ def test_constructor_checks_a_dense_o_as_the_dense_classmethod_does():
     """Mirror(None, None, d, dense=O) took O unchecked even with check=True: a non-orthonormal O
     made reflect no involution (R(R(1)) = 25 for O = ones(3, 1)), and a d mismatch failed later
     inside a kernel."""
-    with pytest.raises(ValueError, match=r"dense must have orthonormal columns: max\|OᵀO − I\| = 2"):
+    not_orthonormal = r"dense must have orthonormal columns: max\|OᵀO − I\| = 2"
+    with pytest.raises(ValueError, match=not_orthonormal):
         Mirror(None, None, 3, dense=torch.ones(3, 1, dtype=F64))
     with pytest.raises(ValueError, match=r"dense must have d=5 rows, got shape \(3, 1\)"):
         Mirror(None, None, 5, dense=torch.eye(3, dtype=F64)[:, :1])
