@@ -762,6 +762,33 @@ def test_jit_trace_of_a_first_call_records_only_the_op():
         assert_close(traced(2 * x), getattr(mirror, method)(2 * x))
 
 
+def test_symmetrize_quadrature_caps_the_bytes_of_its_matrices():
+    """The 1e7-node cap let SO(3) T(3) -> T(3) at degree 100 through: 520k nodes, each a pair of
+    27 x 27 matrices kept by the averager (> 5 GB). The cap is on the bytes those matrices take
+    (stored and stacked per call, ~1 KB of tensor object each), raised naming degree before any
+    is built; the node count it reports is the cubature's."""
+    t3 = groups.so3().tensor_power(3)
+    for degree, nodes in ((100, 520251), (39, 32000)):
+        with pytest.raises(ValueError, match=rf"degree: {degree} needs {nodes} SO3 quadrature "
+                           r"nodes.*\(27, 27\) and \(27, 27\).*GB, more than 0.8 GB"):  # fmt: skip
+            symkern.symmetrize(lambda x: x, t3, t3, mode="quadrature", degree=degree)
+    # invariant (no rep_out): one matrix per node, so the cap allows about twice the nodes
+    with pytest.raises(ValueError, match=r"degree: 50 needs 67626 SO3 .* \(\(27, 27\)\) and"):
+        symkern.symmetrize(lambda x: x.sum(-1), t3, mode="quadrature", degree=50)
+    with pytest.raises(ValueError, match="degree must be a non-negative int"):
+        symkern.symmetrize(lambda x: x, t3, t3, mode="quadrature", degree=2.5)
+    f = symkern.symmetrize(lambda x: x.sum(-1, keepdim=True), t3, mode="quadrature", degree=4)
+    x = torch.randn(2, 27, dtype=torch.float64)
+    assert f(x).shape == (2, 1) and f(x).abs().max() < 1e-12  # E^G = span(eps_ijk), ⊥ ones
+    from symkern.ops.orbit import _check_quadrature_size  # its node count: the cubature's
+
+    for rep in (groups.so2(), groups.o2(), groups.so3()):
+        for degree in (0, 3, 10):
+            w, _ = rep.group.quadrature_defining(degree)
+            with pytest.raises(ValueError, match=rf"needs {w.numel()} {rep.group.family.upper()}"):
+                _check_quadrature_size(rep.group, [10**5], degree)
+
+
 # --- ±inf: padded lanes / rank columns never meet x ----------------------------------------------
 
 

@@ -23,7 +23,7 @@ from symkern._checks import as_int
 from . import _native as nat
 from ._native import DEFAULT_MAX_ORDER
 from .group import Group
-from .reps import MatrixRep, PermRep, SignedPermRep
+from .reps import MAX_PERM_DIM, MatrixRep, PermRep, SignedPermRep
 
 __all__ = [
     "cyclic",
@@ -39,15 +39,35 @@ __all__ = [
 ]
 
 
-def _check_n(n: Any, minimum: int, what: str) -> int:
-    return as_int(n, f"n ({what})", minimum=minimum)
+# A permutation rep of n points holds n int64 indices per generator (and its orbit plan a few
+# more per point): the named families stop at MAX_PERM_DIM points, like every permutation rep.
+_POINTS_WHY = "n int64 indices per generator, at most MAX_PERM_DIM points"
+# n! (2^n n! for B_n) is the exact order these families pass to their Group: it has 456,574
+# digits at n = 1e5 and takes ~0.1 s, but ~10 s at 1e6 and ~8 min at 1e7 (Python's factorial
+# is superlinear), so S_n, A_n and B_n stop where their order is still quick to write down.
+_MAX_FACTORIAL_N = 100_000
+_FACTORIAL_WHY = "its exact order is computed: n! takes ~10 s at n = 1e6"
 
 
-def _cycle(n: int, points: list[int]) -> np.ndarray:
-    """Permutation array with ``p[points[j]] = points[j + 1]`` (cyclically)."""
+def _check_n(
+    n: Any, minimum: int, what: str, maximum: int = MAX_PERM_DIM, why: str = _POINTS_WHY
+) -> int:
+    """``n`` as an int in [minimum, maximum]; ValueError naming ``n`` with that range otherwise,
+    before anything of size n is allocated (an n past int64 overflowed inside NumPy, a large one
+    ran out of memory building its generators)."""
+    n = as_int(n, f"n ({what})", minimum=minimum)
+    if n > maximum:
+        raise ValueError(f"n ({what}) must be in [{minimum}, {maximum}] ({why}), got n={n}")
+    return n
+
+
+def _cycle(n: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Permutation array on n points of the cycle ``start -> start + 1 -> ... -> stop - 1 ->
+    start`` (default: all n points), fixing the others: O(n) NumPy, no Python list of n ints."""
+    stop = n if stop is None else stop
     p = np.arange(n, dtype=np.int64)
-    if len(points) > 1:
-        p[points] = np.roll(points, -1)
+    p[start : stop - 1] += 1
+    p[stop - 1] = start
     return p
 
 
@@ -80,7 +100,7 @@ def cyclic(n: int) -> PermRep:
         1
     """
     n = _check_n(n, 1, "cyclic")
-    return _perm_group_rep(f"C{n}", _cycle(n, list(range(n)))[None], n)
+    return _perm_group_rep(f"C{n}", _cycle(n)[None], n)
 
 
 def dihedral(n: int) -> PermRep:
@@ -97,7 +117,7 @@ def dihedral(n: int) -> PermRep:
         3
     """
     n = _check_n(n, 3, "dihedral")
-    rot = _cycle(n, list(range(n)))
+    rot = _cycle(n)
     refl = (-np.arange(n, dtype=np.int64)) % n
     return _perm_group_rep(f"D{n}", np.stack([rot, refl]), 2 * n)
 
@@ -113,11 +133,11 @@ def symmetric(n: int) -> PermRep:
         >>> rep.conjugation().fixed_dim()  # invariant matrices a*I + b*ones
         2
     """
-    n = _check_n(n, 1, "symmetric")
+    n = _check_n(n, 1, "symmetric", _MAX_FACTORIAL_N, _FACTORIAL_WHY)
     if n == 1:
         gens = np.zeros((1, 1), dtype=np.int64)
     else:
-        gens = np.stack([_cycle(n, [0, 1]), _cycle(n, list(range(n)))])
+        gens = np.stack([_cycle(n, 0, 2), _cycle(n)])
     return _perm_group_rep(f"S{n}", gens, math.factorial(n))
 
 
@@ -133,9 +153,9 @@ def alternating(n: int) -> PermRep:
         >>> A4.tensor_power(3).fixed_dim(), S4.tensor_power(3).fixed_dim()  # A4 has one more
         (6, 5)
     """
-    n = _check_n(n, 3, "alternating")
-    long = _cycle(n, list(range(n))) if n % 2 else _cycle(n, list(range(1, n)))
-    return _perm_group_rep(f"A{n}", np.stack([_cycle(n, [0, 1, 2]), long]), math.factorial(n) // 2)
+    n = _check_n(n, 3, "alternating", _MAX_FACTORIAL_N, _FACTORIAL_WHY)
+    long = _cycle(n) if n % 2 else _cycle(n, 1)
+    return _perm_group_rep(f"A{n}", np.stack([_cycle(n, 0, 3), long]), math.factorial(n) // 2)
 
 
 def sign_flips(n: int) -> SignedPermRep:
@@ -149,7 +169,7 @@ def sign_flips(n: int) -> SignedPermRep:
         >>> rep.conjugation().fixed_dim()  # invariant matrices: the diagonal ones
         3
     """
-    n = _check_n(n, 1, "sign_flips")
+    n = as_int(n, "n (sign_flips)", minimum=1)  # its own bound below: n² entries, not n
     if n > nat.MAX_DENSE_DIM:  # n generators of length n (int64 perms, float64 signs): 16 n² B
         raise ValueError(
             f"n: sign_flips stores n generators of length n; n must be <= {nat.MAX_DENSE_DIM} "
@@ -172,7 +192,7 @@ def hyperoctahedral(n: int) -> SignedPermRep:
         >>> rep.conjugation().fixed_dim()  # invariant matrices: multiples of I only
         1
     """
-    n = _check_n(n, 1, "hyperoctahedral")
+    n = _check_n(n, 1, "hyperoctahedral", _MAX_FACTORIAL_N, _FACTORIAL_WHY)
     sym = symmetric(n).permutations()
     perms = np.concatenate([sym, np.arange(n, dtype=np.int64)[None]])
     signs = np.ones(perms.shape)

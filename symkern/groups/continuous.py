@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 
-from symkern._checks import as_int
+from symkern._checks import as_int, float_dtype
 
 from ._native import MAX_DENSE_DIM, check_dense_dim
 from .group import ContinuousGroup
-from .reps import Representation, _round_mean
+from .reps import Representation, _check_k, _round_mean
 
 __all__ = ["ContinuousRep", "so2", "o2", "so3"]
 
@@ -154,7 +154,9 @@ class ContinuousRep(Representation):
         """Discrete generators' images ``(k, D, D)`` (O(2): the reflection; SO(n): ``k = 0``).
 
         A new tensor: for the defining rep the images are the group's own (shared by every rep
-        of the singleton group), which an in-place edit of the result must not change."""
+        of the singleton group), which an in-place edit of the result must not change.
+        ``dtype``: a floating dtype (TypeError otherwise)."""
+        float_dtype(dtype)
         check_dense_dim(self.dim, "generator_matrices")
         return self._matrix_of(self.group.discrete).to(dtype, copy=True)
 
@@ -165,6 +167,16 @@ class ContinuousRep(Representation):
         return self._dlie(self.group.lie_algebra).to(dtype, copy=True)
 
     # ------------------------------------------------------------------ combinations
+    def tensor_power(self, k: int) -> ContinuousRep:
+        """As :meth:`Representation.tensor_power`. A 1-dimensional continuous rep is trivial (the
+        defining reps have d >= 2; only trivial reps have dimension 1), and so is each of its
+        powers: for any ``k`` (``1^k`` never reaches the dimension limit) T(k) is one trivial
+        node, not a tree of k leaves that ``matrix_of`` and the traces would walk."""
+        k = _check_k(k)
+        if self.dim == 1 and k > 1:
+            return ContinuousRep(self.group, ("trivial", 1), f"T{k}({self.name})")
+        return super().tensor_power(k)  # type: ignore[return-value]
+
     def _combine(self, other: Representation, op: str) -> ContinuousRep:
         sym = "(x)" if op == "tensor" else "(+)"
         return ContinuousRep(self.group, (op, self, other), f"{self.name}{sym}{other.name}")  # type: ignore[arg-type]
@@ -173,9 +185,11 @@ class ContinuousRep(Representation):
     def sample(
         self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
     ) -> torch.Tensor:
-        """``n`` Haar-random elements ``(n, D, D)``: SO(2) uniform angle, O(2) angle and a
-        fair-coin reflection, SO(3) uniformly random unit quaternions."""
+        """``n`` Haar-random elements ``(n, D, D)`` of the floating ``dtype`` (TypeError otherwise:
+        an integer dtype truncated every rotation to zeros): SO(2) uniform angle, O(2) angle and
+        a fair-coin reflection, SO(3) uniformly random unit quaternions."""
         n = as_int(n, "n", minimum=0)
+        float_dtype(dtype)
         check_dense_dim(self.dim, "sample")
         return self._matrix_of(self.group.sample_defining(n, generator)).to(dtype)
 
@@ -228,6 +242,7 @@ class ContinuousRep(Representation):
         raise ValueError(f"elements: {self.group.name} is infinite; use sample() or quadrature()")
 
     def element_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        float_dtype(dtype)  # as for every rep: a bad dtype is named first
         raise ValueError(
             f"element_matrices: {self.group.name} is infinite; use sample() or quadrature()"
         )

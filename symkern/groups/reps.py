@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from symkern._checks import as_int
+from symkern._checks import as_int, float_dtype
 
 from . import _native as nat
 from ._native import check_dense_dim
@@ -61,8 +61,41 @@ CHARACTER_TOL = 1e-6
 _CACHED_ELEMENT_ENTRIES = 1 << 16
 
 
+#: Largest dimension of a (signed) permutation representation: its generator arrays hold D int64
+#: indices each (its orbit plan a few more per coordinate), so D is capped like the entries of
+#: ``element_matrices`` (1e8: 800 MB per generator), far below the int64 indices the plans use.
+MAX_PERM_DIM = nat.MAX_ELEMENT_ENTRIES
+# A continuous rep never builds D-sized arrays (dense matrices stop at MAX_DENSE_DIM), but its
+# traces are float64 with |tr rho(g)| <= D: D must stay below float64's overflow (2^1024).
+_MAX_CONTINUOUS_DIM = 2**1023
+
+
 def _check_k(k: Any) -> int:
     return as_int(k, "k (tensor_power)", minimum=1)
+
+
+def _dim_limit(kind: str | None) -> tuple[int, str]:
+    """The largest dimension of a representation of native ``kind`` (None: continuous), and the
+    limit in words for an error message."""
+    if kind is None:
+        return _MAX_CONTINUOUS_DIM, "2^1023 (a continuous rep's float64 traces |tr| <= D)"
+    if kind == "matrix":
+        return nat.MAX_DENSE_DIM, f"{nat.MAX_DENSE_DIM} (a MatrixRep stores dense (D, D) matrices)"
+    return MAX_PERM_DIM, f"MAX_PERM_DIM = {MAX_PERM_DIM} (D int64 indices per generator)"
+
+
+def _tensor_kind(a: Representation, b: Representation) -> str | None:
+    """Native kind of ``a (x) b`` (None: a continuous rep, which has no native kind)."""
+    if not a.is_finite:
+        return None
+    return _join_kind(a._kind, b._kind)  # type: ignore[attr-defined]
+
+
+def _power_text(D: int, k: int) -> str:
+    """``D^k`` in words: also its value when that is short (D^k for k = 1e9 has ~5e8 digits)."""
+    if k * D.bit_length() > 200:
+        return f"{D}^{k}"
+    return f"{D}^{k} = {D**k}"
 
 
 def _round_mean(mean: float, what: str, magnitude: float = 0.0, drift: float = 0.0) -> int:
@@ -131,13 +164,39 @@ class Representation:
         """Number of discrete generators (same as the group's)."""
         return self.group.n_generators
 
+    #: Enumerate a finite group (its elements in native form, and this rep's images of them) only
+    #: while ``|G|`` times the entries of one element stays below this: 400 MB of float64, ~1.7 GB
+    #: at the peak of the BFS closure (the elements, their dedup keys and a frontier's products).
+    #: The same budget as the Reynolds eigh of :mod:`symkern.ops.fixed_point`.
+    _ENUMERATION_ENTRIES = 50_000_000
+
     def order(self) -> int:
-        """``|G|`` (exact int); raises ValueError for continuous groups."""
-        return self.group.order()
+        """``|G|`` (exact int); raises ValueError for continuous groups.
+
+        A group of matrices without an order formula is counted by a BFS closure that keeps every
+        element (``D x D``, the group's ``D``): it raises :class:`GroupTooLargeError` once
+        ``|G| * D^2`` would pass ``_ENUMERATION_ENTRIES``, before ``max_order`` elements (S_60's
+        60 x 60 permutation matrices: 100 000 of them failed to allocate).
+        """
+        group = self.group
+        if group.is_finite and group.kind == "matrix":
+            limit = min(group.max_order, self._ENUMERATION_ENTRIES // group.dim**2)
+            # after _order_at_most, an order formula has been evaluated and a finished BFS
+            # recorded: _order is None only for a closure stopped at the limit
+            if group._order_at_most(limit) is None and group._order is None:
+                if limit < group.max_order:
+                    raise nat.GroupTooLargeError(
+                        f"order: group {group.name!r} of {group.dim} x {group.dim} matrices has "
+                        f"more than {limit} elements: its BFS closure would keep |G| * D^2 > "
+                        f"{self._ENUMERATION_ENTRIES} entries (the enumeration limit for "
+                        f"D = {group.dim}, below max_order = {group.max_order})"
+                    )
+        return group.order()
 
     def generator_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """Dense generator images ``(n_generators, D, D)`` (ValueError if D > 4096); a new tensor
-        (like ``element_matrices``): editing it never changes the representation."""
+        (like ``element_matrices``): editing it never changes the representation. ``dtype``: a
+        floating torch dtype, as for ``element_matrices`` and ``sample`` (TypeError otherwise)."""
         raise NotImplementedError
 
     def lie_algebra_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -157,8 +216,19 @@ class Representation:
             )
 
     def tensor_product(self, other: Representation) -> Representation:
-        """``rho_1 (x) rho_2`` on ``R^{D1 * D2}`` (index ``(i, j) -> i * D2 + j``)."""
+        """``rho_1 (x) rho_2`` on ``R^{D1 * D2}`` (index ``(i, j) -> i * D2 + j``).
+
+        ValueError when ``D1 * D2`` exceeds the dimension limit of the result's kind:
+        :data:`MAX_PERM_DIM` for (signed) permutation reps, ``MAX_DENSE_DIM`` for a MatrixRep,
+        2^1023 for continuous reps (float64 traces)."""
         self._check_same_group(other, "tensor_product")
+        D = self.dim * other.dim
+        limit, text = _dim_limit(_tensor_kind(self, other))
+        if D > limit:
+            raise ValueError(
+                f"other: the tensor product of {self.name} (D={self.dim}) and {other.name} "
+                f"(D={other.dim}) has dimension {D}, above the limit {text}"
+            )
         return self._combine(other, "tensor")
 
     def direct_sum(self, other: Representation) -> Representation:
@@ -167,13 +237,37 @@ class Representation:
         return self._combine(other, "sum")
 
     def tensor_power(self, k: int) -> Representation:
-        """``T(k) = rho^{(x) k}`` on ``R^{D^k}``, flattened row-major over index k-tuples."""
+        """``T(k) = rho^{(x) k}`` on ``R^{D^k}``, flattened row-major over index k-tuples.
+
+        ValueError naming ``k`` when ``D^k`` exceeds the dimension limit of the rep's kind
+        (:data:`MAX_PERM_DIM` for (signed) permutation reps, ``MAX_DENSE_DIM`` for a MatrixRep,
+        2^1023 for continuous reps), checked before anything is built. Built by
+        square-and-multiply (``(x)`` is associative on row-major flattened indices): O(log k)
+        intermediate reps, each named ``T{j}(name)``, so a 1-dimensional rep's power of any k is
+        cheap (a chain kept k reps and names of O(k) characters each).
+        """
         k = _check_k(k)
-        out = self
-        for _ in range(k - 1):
-            out = out._combine(self, "tensor")
-        if k > 1:
-            out.name = f"T{k}({self.name})"
+        D = self.dim
+        limit, text = _dim_limit(_tensor_kind(self, self))
+        # D >= 2 and k > limit.bit_length() give D^k >= 2^k > limit, without computing D^k
+        if D > 1 and (k > limit.bit_length() or D**k > limit):
+            raise ValueError(
+                f"k (tensor_power): T({k}) of {self.name} has dimension {_power_text(D, k)}, "
+                f"above the limit {text}"
+            )
+        if k == 1:
+            return self
+        square, j = self, 1  # square = T(j), j = 2^i over the bits i of k
+        while not k & j:  # the lowest set bit of k starts the product
+            square, j = square._combine(square, "tensor"), 2 * j
+            square.name = f"T{j}({self.name})"
+        out, m = square, j  # out = T(m), m = the bits of k seen so far
+        while 2 * j <= k:
+            square, j = square._combine(square, "tensor"), 2 * j
+            square.name = f"T{j}({self.name})"
+            if k & j:
+                out, m = out._combine(square, "tensor"), m + j
+                out.name = f"T{m}({self.name})"
         return out
 
     def conjugation(self) -> Representation:
@@ -238,6 +332,13 @@ class Representation:
             self._cache["defect"] = sq**0.5
         return self._cache["defect"]
 
+    #: Singular values below this times ``max(1, s_max)`` are re-measured by an SVD of their own
+    #: when :meth:`_constraint_svd` falls back to the Gram matrix's eigenvectors: far above the
+    #: ``NULLSPACE_RTOL`` cut and what that eigensolver resolves (``~1e-8 s_max``), and high
+    #: enough that the eigenvectors left out (``s^2 >= 1e-4 s_max^2``) are each off the null
+    #: space by at most ``~eps s_max^2 / s^2 <= 1e4 eps``.
+    _GRAM_REFINE_RTOL = 1e-2
+
     def _nullspace_tol(self, s: torch.Tensor) -> float:
         """Singular values ``s <= max(NULLSPACE_RTOL * max(1, s_max), 2 * eta)`` of the stacked
         constraints count as zero, ``eta`` the :meth:`_orthogonality_defect`.
@@ -263,7 +364,7 @@ class Representation:
         c = self._constraints("fixed_dim(method='nullspace')")
         if c is None:
             return self.dim
-        s = torch.linalg.svdvals(c)
+        s, _ = self._constraint_svd(c, vectors=False)
         return self.dim - int((s > self._nullspace_tol(s)).sum())
 
     def _nullspace_basis(self) -> torch.Tensor:
@@ -273,9 +374,49 @@ class Representation:
         c = self._constraints("fixed_point_basis")
         if c is None:
             return torch.eye(self.dim, dtype=torch.float64)
-        # c has m * D >= D rows: Vh is (D, D), one right singular vector per singular value
-        _, s, vh = torch.linalg.svd(c, full_matrices=False)
+        s, vh = self._constraint_svd(c, vectors=True)
+        assert vh is not None  # narrowing: vectors=True
         return vh[s <= self._nullspace_tol(s)].T.contiguous()
+
+    def _constraint_svd(
+        self, c: torch.Tensor, vectors: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Singular values ``s`` ``(D,)`` of the stacked constraints ``c`` ``(m * D, D)`` and, if
+        ``vectors``, its right singular vectors as the rows of ``vh`` ``(D, D)`` (``m * D >= D``
+        rows: one right singular vector per singular value).
+
+        LAPACK's divide-and-conquer SVD (``gesdd``, torch's only CPU driver) can fail to converge
+        on matrices with large clusters of equal singular values, depending on the thread count:
+        T(7) of SO(3) (``c`` 6561 x 2187, 36 zero singular values and hundreds of equal ones)
+        raised ``LinAlgError`` after ~10 s with one MKL thread, T(10) of O(2) with two. Then the
+        symmetric eigensolver, which has no such failure, takes over: ``c^T c = V diag(s^2) V^T``.
+        Its eigenvalues are accurate only to about ``eps * s_max^2``, i.e. ``s`` to
+        ``~1e-8 s_max``, too coarse for the zero cut of :meth:`_nullspace_tol` (``1e-9 s_max``);
+        so the eigenvectors ``V_0`` ``(D, k_0)`` with ``s <= _GRAM_REFINE_RTOL * max(1, s_max)``
+        (or 100 times the cut, if larger) are re-measured by an SVD of ``c V_0``
+        ``(m * D, k_0)``, ``k_0 >= dim E^G`` and usually close to it: its singular values are
+        those of ``c`` on span ``V_0`` to ``~eps s_max``, and its right singular vectors ``W``
+        give ``vh = W^T V_0^T`` there (should that small SVD fail too, its ``LinAlgError``
+        propagates: never a wrong basis). The other ``s = sqrt(s^2)`` lie far above the cut.
+        """
+        try:
+            if vectors:
+                _, s, vh = torch.linalg.svd(c, full_matrices=False)
+                return s, vh
+            return torch.linalg.svdvals(c), None
+        except torch.linalg.LinAlgError:
+            pass
+        lam, v = torch.linalg.eigh(c.T @ c)  # ascending
+        s_all = lam.clamp_min(0.0).sqrt()
+        s_max = float(s_all[-1]) if s_all.numel() else 0.0
+        cut = max(self._GRAM_REFINE_RTOL * max(1.0, s_max), 100.0 * self._nullspace_tol(s_all))
+        small = s_all <= cut
+        v0 = v[:, small]
+        _, s0, w0 = torch.linalg.svd(c @ v0, full_matrices=False)  # (k_0,), (k_0, k_0)
+        big = ~small
+        s = torch.cat([s_all[big].flip(0), s0])  # descending, like torch.linalg.svd
+        vh = torch.cat([v[:, big].T.flip(0), w0 @ v0.T]) if vectors else None
+        return s, vh
 
     # ------------------------------------------------------------------ integration
     def quadrature(self, degree: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,6 +478,9 @@ class _FiniteRep(Representation):
         )
 
     def generator_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        # floating dtypes only, as for every rep: an integer one truncated a MatrixRep's
+        # entries (a 60-degree rotation came out 0 / 1) and bool made every entry True
+        float_dtype(dtype)
         check_dense_dim(self.dim, "generator_matrices")
         return nat.to_matrices(self._kind, self._native_gens(), dtype)
 
@@ -421,8 +565,10 @@ class _FiniteRep(Representation):
         Up to :data:`_CACHED_ELEMENT_ENTRIES` entries the float64 images are kept on the
         representation: every particle-engine call asks for them, and building them (group
         enumeration + native batches) cost ~0.35 ms per call, 0.2 µs per step of a 2000-step
-        N = 50 call.
+        N = 50 call. ``dtype``: a floating dtype (TypeError otherwise: an integer one truncated
+        the entries of a rotation to 0 / 1).
         """
+        float_dtype(dtype)
         cached = self._cache.get("element_matrices")
         if cached is not None:
             return cached.to(dtype=dtype, copy=True)
@@ -490,6 +636,16 @@ class _FiniteRep(Representation):
             labels, rel = self.orbit_labels()  # type: ignore[attr-defined]
             return int(((labels == np.arange(self.dim)) & (rel != 0)).sum())
         if method in ("character", "quadrature"):
+            if "character" not in self._cache and not self._enumerable():
+                limit = self._enumeration_limit()
+                if limit >= self.group.max_order:
+                    self.group._enumerate()  # raises GroupTooLargeError (|G| > max_order)
+                raise nat.GroupTooLargeError(
+                    f"fixed_dim(method={method!r}): group {self.group.name!r} has more than "
+                    f"{limit} elements: enumerating them for the character would keep |G| x "
+                    f"{self._element_entries()} entries > {self._ENUMERATION_ENTRIES}; use "
+                    "method='nullspace' (D <= 4096)"
+                )
             return self._character_fixed_dim()
         if method == "nullspace":
             return self._nullspace_dim()
@@ -500,6 +656,31 @@ class _FiniteRep(Representation):
     def _auto_fixed_method(self) -> str:
         return "orbits"
 
+    def _element_entries(self) -> int:
+        """Entries one element takes when the character is computed: its image in every base rep
+        of this rep's tree (dense ``D x D`` for matrix reps, ``2 D`` for permutations: the array
+        and its signs or dedup key; tensor products and sums combine their factors' characters,
+        never ``D^k``-sized images) and in the group's defining form, kept by the BFS closure."""
+        node, group = self._node, self.group
+        if node[0] == "base":
+            own = self.dim**2 if self._kind == "matrix" else 2 * self.dim
+        else:
+            own = max(node[1]._element_entries(), node[2]._element_entries())
+        return max(own, group.dim**2 if group.kind == "matrix" else 2 * group.dim)
+
+    def _enumeration_limit(self) -> int:
+        """The largest ``|G|`` enumerated for the character: ``max_order``, and
+        ``|G| * _element_entries() <= _ENUMERATION_ENTRIES``. Without the second cap a MatrixRep of
+        S_60 on R^60 closed 100 000 dense elements before giving up: ~2.7 GB at D = 30, an
+        allocation failure at D = 60."""
+        return min(self.group.max_order, self._ENUMERATION_ENTRIES // self._element_entries())
+
+    def _enumerable(self) -> bool:
+        """Whether the group has at most :meth:`_enumeration_limit` elements: a bounded BFS, never
+        the exact order of a large group (seconds of Schreier--Sims for a high-degree perm
+        group)."""
+        return self.group._order_at_most(self._enumeration_limit()) is not None
+
     # -------------------------------------------------------------- integration
     def quadrature(self, degree: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Uniform weights ``1/|G|`` over ``element_matrices()`` (exact for any degree)."""
@@ -509,8 +690,10 @@ class _FiniteRep(Representation):
     def sample(
         self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
     ) -> torch.Tensor:
-        """``n`` uniformly random elements (with replacement) as ``(n, D, D)`` matrices."""
+        """``n`` uniformly random elements (with replacement) as ``(n, D, D)`` matrices of the
+        floating ``dtype`` (TypeError otherwise)."""
         n = as_int(n, "n", minimum=0)
+        float_dtype(dtype)
         mats = self.element_matrices(dtype)
         idx = torch.randint(mats.shape[0], (n,), generator=generator)
         return mats[idx]
@@ -644,13 +827,12 @@ class MatrixRep(_FiniteRep):
         self._cache["gens"] = m
 
     def _auto_fixed_method(self) -> str:
-        # enumerable (the character formula) or not: a bounded BFS, never the exact order of a
-        # large group (seconds of Schreier--Sims for a MatrixRep of a high-degree perm group)
+        # enumerable within max_order and the memory budget (the character formula) or not
         try:
-            n = self.group._order_at_most(self.group.max_order)
+            enumerable = self._enumerable()
         except RecursionError:
             return "nullspace"
-        return "nullspace" if n is None else "character"
+        return "character" if enumerable else "nullspace"
 
 
 _CLASSES: dict[str, type[_FiniteRep]] = {

@@ -28,6 +28,14 @@ orbits and parities of the generators (see ``_order_upper_bound``): every level'
 orbit lies in the true basic orbit, so the product of orbit sizes is a lower bound
 on |G|.  That settles S_n, A_n and their direct products at once.
 
+Before any of that, a group with one non-trivial orbit of ``m >= 32`` points is checked for being
+Sym or Alt of it by Jordan's theorem (``_giant_base``: a random element with a cycle of prime
+length in ``(m/2, m - 3]`` proves it): then ``|G| = m!`` or ``m!/2`` exactly, in milliseconds,
+where the chain's explicit transversals would keep ~m^3 / 2 entries (m = 1000: 5.3 GB, then
+MemoryError). Those transversals are capped at ``_TRANSVERSAL_ENTRIES`` (1 GiB with their inverses,
+about S_512's chain): a larger chain raises :class:`GroupTooLargeError` before allocating (the
+signed permutations of a random pair on R^1000, 2000 points: 3.5 s) instead of exhausting memory.
+
 Orbits and transversals grow incrementally (a coset representative never changes
 once chosen), by breadth-first search in numpy over whole frontiers.  Measured on a
 2-core EPYC against the previous deterministic implementation (one Schreier
@@ -35,16 +43,19 @@ generator at a time, every level re-checked after each new strong generator):
 S_n from an n-cycle and a transposition 7.9 s -> 0.04-0.07 s at n = 40, 61 s ->
 0.08-0.14 s at n = 60 (n = 200: 1.0-1.4 s); A_100 from its two generators ~16 s -> 0.2 s; the
 imprimitive S_2 wr S_32 on 64 points, which needs the verification, 1.9 s -> 0.18 s
-(S_2 wr S_64 on 128 points: ~5 s).
+(S_2 wr S_64 on 128 points: ~5 s). Jordan's test: S_200 1.2 s -> 0.01 s, A_100 0.33 s -> 4 ms, a
+random pair of degree 300 3.1 s -> 2 ms, degree 2000 0.01 s.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 
 import numpy as np
 
-from ._native import inverse, validate_perms
+from ._native import GroupTooLargeError, inverse, validate_perms
 from .orbits import point_components
 
 __all__ = ["schreier_sims", "schreier_sims_order"]
@@ -53,14 +64,27 @@ __all__ = ["schreier_sims", "schreier_sims_order"]
 _RANDOM_TRIVIAL_RUN = 20
 # Rows x points of one batch of Schreier generators sifted together (bounds memory).
 _SIFT_BATCH_ELEMENTS = 1 << 21
+# Coset representatives x points kept by all levels' transversals (each with its inverse: 16 bytes
+# per entry, 1 GiB in all). S_n / A_n need ~n^3 / 2 of them (n = 512 fills it; n = 1000 took
+# 5.3 GB and then failed): larger ones are recognised by Jordan's theorem instead (_giant_order).
+_TRANSVERSAL_ENTRIES = 1 << 26
+# Jordan's test runs on a single non-trivial orbit of at least this many points (below it the
+# chain costs milliseconds) and sifts through this many random elements: a random element of S_m
+# or A_m has a cycle of prime length in (m/2, m - 3] with probability ~ln(ln m / ln(m/2)) >= 0.1
+# (m <= 10^4), so a giant goes unrecognised with probability <= 0.9^100 ~ 3e-5 (and then takes
+# the chain's way).
+_GIANT_MIN_POINTS = 32
+_GIANT_TRIES = 100
 
 
 class _Level:
     """One level of the stabiliser chain: base point ``b``, its orbit under the level's
     strong generators and a transversal (``reps[k]`` maps ``b`` to ``points[k]``)."""
 
-    def __init__(self, base_point: int, n: int) -> None:
+    def __init__(self, base_point: int, n: int, chain: _Chain) -> None:
         self.b = base_point
+        self.chain = chain
+        chain.reserve(1)
         self._gen_rows: list[np.ndarray] = []  # S_i
         self._gens: np.ndarray | None = None  # S_i stacked (cached)
         self.pos = np.full(n, -1, dtype=np.int64)  # point -> row of reps, -1 if not in orbit
@@ -73,24 +97,32 @@ class _Level:
         """Add generators (rows) and extend the orbit and transversal by breadth-first search:
         the new generators applied to every known point, then all generators applied to each
         frontier of new points. Only the points' images are computed for the whole frontier;
-        a representative is composed for each new point alone."""
+        a representative is composed for each new point alone. The transversal grows by one
+        concatenation per call, not one per frontier: copying it each time made this quadratic
+        in the orbit (20 s of a 2000-point signed group's chain)."""
         self._gen_rows.extend(new)
         self._gens = None
         frontier, frontier_gens = np.arange(len(self.points)), new
+        frontier_reps = self.reps  # row k: the representative of point self.points[frontier[k]]
+        new_reps = []
         while len(frontier):
             images = frontier_gens[:, self.points[frontier]]  # (gens, frontier) point images
             gen_of, rep_of = np.nonzero(self.pos[images] < 0)
             if not len(gen_of):
                 break
             pts, first = np.unique(images[gen_of, rep_of], return_index=True)
-            gen_of, rep_of = gen_of[first], frontier[rep_of[first]]
-            reps = frontier_gens[gen_of[:, None], self.reps[rep_of]]  # u then s
+            self.chain.reserve(len(pts))  # before allocating their representatives
+            gen_of, rep_of = gen_of[first], rep_of[first]
+            frontier_reps = frontier_gens[gen_of[:, None], frontier_reps[rep_of]]  # u then s
+            new_reps.append(frontier_reps)
             frontier = np.arange(len(self.points), len(self.points) + len(pts))
             self.pos[pts] = frontier
             self.points = np.concatenate([self.points, pts])
+            frontier_gens = self.gens
+        if new_reps:
+            reps = np.concatenate(new_reps)
             self.reps = np.concatenate([self.reps, reps])
             self.inv_reps = np.concatenate([self.inv_reps, inverse("perm", reps)])
-            frontier_gens = self.gens
 
     @property
     def gens(self) -> np.ndarray:
@@ -115,6 +147,20 @@ class _Chain:
         self.n = n
         self.ident = np.arange(n, dtype=np.int64)
         self.levels: list[_Level] = []
+        self.transversal_rows = 0  # coset representatives over all levels
+
+    def reserve(self, rows: int) -> None:
+        """Account for ``rows`` more coset representatives (``n`` entries each, and as many for
+        its inverse); GroupTooLargeError past ``_TRANSVERSAL_ENTRIES``."""
+        self.transversal_rows += rows
+        if self.transversal_rows * self.n > _TRANSVERSAL_ENTRIES:
+            raise GroupTooLargeError(
+                f"schreier_sims: the stabiliser chain of this group of degree {self.n} needs more "
+                f"than {_TRANSVERSAL_ENTRIES // self.n} coset representatives of {self.n} points "
+                f"(limit: {_TRANSVERSAL_ENTRIES} entries, 1 GiB with their inverses; S_n and A_n "
+                "need ~n^3 / 2, n = 512 fills it). Degrees above that work only for the full "
+                "symmetric or alternating group of the generators' one non-trivial orbit"
+            )
 
     def sift(self, h: np.ndarray) -> tuple[np.ndarray, int]:
         """Residue of one element and the level where sifting stopped (len(levels): all)."""
@@ -144,32 +190,33 @@ class _Chain:
         """Add ``g`` (fixing the first ``depth`` base points) to levels ``0..depth``; a new
         level (base point: the first point ``g`` moves) when it fixes every base point."""
         if depth == len(self.levels):
-            self.levels.append(_Level(int(np.flatnonzero(g != self.ident)[0]), self.n))
+            self.levels.append(_Level(int(np.flatnonzero(g != self.ident)[0]), self.n, self))
         for level in self.levels[: depth + 1]:
             level.add_generators(g[None])
 
 
-def _random_phase(chain: _Chain, gens: list[np.ndarray]) -> None:
-    """Sift product-replacement random elements until ``_RANDOM_TRIVIAL_RUN`` in a row are
-    trivial (fixed seed: deterministic)."""
+def _random_elements(gens: list[np.ndarray]) -> Iterator[np.ndarray]:
+    """Product-replacement random elements of ``<gens>`` (fixed seed: deterministic)."""
     rng = np.random.default_rng(0x5EED)
     pool = [gens[i % len(gens)].copy() for i in range(max(10, len(gens)))]
-    acc = chain.ident.copy()
-
-    def next_element() -> np.ndarray:
-        nonlocal acc
+    acc = np.arange(len(gens[0]), dtype=np.int64)
+    for step in itertools.count():
         i, j = int(rng.integers(len(pool))), int(rng.integers(len(pool) - 1))
         j += j >= i  # j != i
         other = pool[j] if rng.random() < 0.5 else inverse("perm", pool[j][None])[0]
         pool[i] = other[pool[i]]  # pool_i then other
         acc = pool[i][acc]  # acc then pool_i
-        return acc
+        if step >= 50:  # the first 50 mix the pool
+            yield acc
 
-    for _ in range(50):  # mix the pool before using it
-        next_element()
+
+def _random_phase(chain: _Chain, gens: list[np.ndarray]) -> None:
+    """Sift product-replacement random elements until ``_RANDOM_TRIVIAL_RUN`` in a row are
+    trivial."""
+    elements = _random_elements(gens)
     trivial_run = 0
     while trivial_run < _RANDOM_TRIVIAL_RUN:
-        residue, depth = chain.sift(next_element())
+        residue, depth = chain.sift(next(elements))
         if depth == len(chain.levels) and np.array_equal(residue, chain.ident):
             trivial_run += 1
         else:
@@ -223,12 +270,55 @@ def _order_upper_bound(gens: np.ndarray) -> int:
     return min(per_orbit, symmetric // 2 if all_even and symmetric > 1 else symmetric)
 
 
+def _giant_base(gens: np.ndarray) -> tuple[list[int], list[int]] | None:
+    """Base and basic-orbit sizes of ``<gens>`` (``(k, n)``, no identity rows) when Jordan's
+    theorem shows it to be the symmetric or alternating group of its one non-trivial orbit ``O``
+    (``m = |O| >= _GIANT_MIN_POINTS``, every other point fixed); None when it is not shown.
+
+    The proof is an element with a cycle of prime length ``p``, ``m/2 < p <= m - 3``: its power
+    ``g^k``, ``k`` the lcm of its other cycle lengths (all ``< p``), is a ``p``-cycle. A transitive
+    group with a ``p``-cycle, ``p > m/2``, is primitive (a block holding a point of the cycle and
+    one it fixes is mapped to itself, so it holds the whole cycle, over half of ``O``; blocks
+    inside the cycle have a size dividing ``p``), and a primitive group with a ``p``-cycle,
+    ``p <= m - 3``, contains Alt(O) (Jordan, 1873). So ``|G| = m!``, or ``m!/2`` when every
+    generator is even. Only finding the element is random (up to ``_GIANT_TRIES`` product-
+    replacement elements): a result is exact, and takes ~1 ms per element at n = 1000 where the
+    stabiliser chain would need ~n^3 / 2 transversal entries.
+    """
+    n = gens.shape[1]
+    orbit = point_components(gens)
+    roots = np.unique(orbit[(gens != np.arange(n)).any(axis=0)])
+    if len(roots) != 1:
+        return None
+    points = np.flatnonzero(orbit == roots[0])
+    m = len(points)
+    if m < _GIANT_MIN_POINTS:
+        return None
+    prime = np.ones(m + 1, dtype=bool)
+    prime[:2] = False
+    for q in range(2, math.isqrt(m) + 1):
+        if prime[q]:
+            prime[q * q :: q] = False
+    wanted = prime & (np.arange(m + 1) > m / 2) & (np.arange(m + 1) <= m - 3)
+    for g in itertools.islice(_random_elements(list(gens)), _GIANT_TRIES):
+        if wanted[np.bincount(point_components(g[None]), minlength=n)].any():  # cycle lengths
+            break
+    else:
+        return None
+    # parity of a permutation: (n - number of cycles) mod 2
+    even = all((n - int((point_components(g[None]) == np.arange(n)).sum())) % 2 == 0 for g in gens)
+    stop = 2 if even else 1  # A_m: basic orbits m, m-1, ..., 3; S_m: ..., 2
+    return [int(b) for b in points[: m - stop]], list(range(m, stop, -1))
+
+
 def schreier_sims(gens: np.ndarray) -> tuple[list[int], list[int]]:
     """Base and basic-orbit sizes of the group generated by ``gens`` (``(k, n)`` int64).
 
     Every row must be a permutation of ``range(n)`` (ValueError naming ``gens`` otherwise): a map
     that is not one generates no group, and the random phase would sift forever. No generators at
-    all (``[]``) is the trivial group: empty base.
+    all (``[]``) is the trivial group: empty base. Raises :class:`GroupTooLargeError` when the
+    stabiliser chain's transversals would exceed ``_TRANSVERSAL_ENTRIES`` (degree ~500 and up,
+    unless the group is Sym or Alt of its one non-trivial orbit: see ``_giant_base``).
     """
     if isinstance(gens, (list, tuple)) and len(gens) == 0:
         return [], []
@@ -237,6 +327,9 @@ def schreier_sims(gens: np.ndarray) -> tuple[list[int], list[int]]:
     nontrivial = [g for g in gens if not np.array_equal(g, chain.ident)]
     if not nontrivial:
         return [], []
+    giant = _giant_base(np.stack(nontrivial))
+    if giant is not None:
+        return giant
     for g in nontrivial:  # each defining generator is in <S> once its residue is
         residue, depth = chain.sift(g)
         if depth < len(chain.levels) or not np.array_equal(residue, chain.ident):
@@ -252,6 +345,10 @@ def schreier_sims(gens: np.ndarray) -> tuple[list[int], list[int]]:
 
 def schreier_sims_order(gens: np.ndarray) -> int:
     """Exact order (Python int) of the permutation group generated by ``gens``.
+
+    Any degree for Sym / Alt of one orbit (a random pair of permutations of 1000 points:
+    ``1000!`` or ``1000! / 2``, ~2568 digits, in milliseconds); otherwise GroupTooLargeError past
+    the transversal limit of :func:`schreier_sims`.
 
     Example::
 

@@ -45,8 +45,9 @@ if TYPE_CHECKING:
 
 __all__ = ["fixed_point_basis", "project_fixed"]
 
-# Enumerate the group for the Reynolds eigh only when it is cheap: |G|·D² multiply-adds.
-_REYNOLDS_ENUMERATION_LIMIT = 5e7
+# Enumerate the group for the Reynolds eigh only when it is cheap: |G|·D² multiply-adds. The same
+# budget caps the enumerations of rep.fixed_dim() and rep.order().
+_REYNOLDS_ENUMERATION_LIMIT = Representation._ENUMERATION_ENTRIES
 # A dense (D, k) basis of a permutation rep above this many entries is almost surely a mistake
 # (project_fixed / orbits never need it).
 _DENSE_BASIS_LIMIT = 5e7

@@ -36,6 +36,7 @@ import torch
 from symkern._checks import as_int
 from symkern.backends.registry import select_kernel
 from symkern.groups import ContinuousRep, PermRep, Representation, SignedPermRep
+from symkern.groups._native import MAX_ELEMENT_ENTRIES
 from symkern.ops._common import (
     as_rows,
     build_cold_cache,
@@ -328,6 +329,35 @@ def _element_inverse_images(rep: Representation, y: torch.Tensor, elements: list
     return torch.einsum("gji,g...j->g...i", mats, y)
 
 
+# symmetrize(mode="quadrature") keeps a (D, D) float64 matrix per cubature node for rep_in (and
+# rep_out), each a tensor object of ~0.9 KB besides its entries, and stacks them again on every
+# call: those bytes are capped like element_matrices' entries (800 MB). The node cap alone (1e7)
+# let SO(3) T(3) -> T(3) at degree 100 build 520k pairs of 27 x 27 matrices (> 5 GB).
+_QUADRATURE_BYTES = 8 * MAX_ELEMENT_ENTRIES
+_TENSOR_OBJECT_BYTES = 1024
+
+
+def _check_quadrature_size(group: Any, dims: list[int], degree: int) -> None:
+    """ValueError naming ``degree`` when the cubature's matrices (``dims``: D_in, and D_out when
+    there is a rep_out) would take more than ``_QUADRATURE_BYTES``, before any is built. The node
+    count is ``ContinuousGroup.quadrature_defining``'s: SO(2) degree + 1, O(2) twice that,
+    SO(3) (degree + 1)^2 (degree // 2 + 1)."""
+    family = group.family
+    if family in ("so2", "o2"):
+        nodes = (degree + 1) * (2 if family == "o2" else 1)
+    else:
+        nodes = (degree + 1) ** 2 * (degree // 2 + 1)
+    per_node = sum(2 * 8 * D * D + _TENSOR_OBJECT_BYTES for D in dims)  # kept + stacked per call
+    if nodes * per_node > _QUADRATURE_BYTES:
+        shapes = " and ".join(f"({D}, {D})" for D in dims)
+        raise ValueError(
+            f"degree: {degree} needs {nodes} {family.upper()} quadrature nodes, and symmetrize "
+            f"keeps a float64 matrix per node for each rep ({shapes}) and stacks them per call: "
+            f"~{nodes * per_node / 1e9:.3g} GB, more than {_QUADRATURE_BYTES / 1e9:.3g} GB; use a "
+            "lower degree or mode='sample'"
+        )
+
+
 def _group_elements(
     rep_in: Representation,
     rep_out: Representation | None,
@@ -356,6 +386,9 @@ def _group_elements(
             # a continuous group's reps (rep_out: the same group object) are ContinuousReps
             cin, cout = cast(ContinuousRep, rep_in), cast("ContinuousRep | None", rep_out)
             degree = cin.degree + (cout.degree if cout is not None else 0)
+        degree = as_int(degree, "degree", minimum=0)
+        dims = [rep_in.dim] + ([rep_out.dim] if rep_out is not None else [])
+        _check_quadrature_size(rep_in.group, dims, degree)
         base = rep_in.group.defining_rep()
         weights, base_mats = base.quadrature(degree)
     elif mode == "sample":
