@@ -1279,6 +1279,8 @@ def test_group_matrices_refuse_non_floating_dtypes(make, dtype):
         rep.element_matrices(dtype)
     with pytest.raises(TypeError, match=want):
         rep.sample(2, dtype=dtype)
+    with pytest.raises(TypeError, match=want):  # (m, D, D), m = 0 for a finite group
+        rep.lie_algebra_matrices(dtype)
     # floating dtypes still give the matrices, rounded only
     for flt in (torch.float16, torch.float32):
         gens = rep.generator_matrices(flt)
@@ -1318,6 +1320,11 @@ def test_tensor_power_and_product_dimension_limits():
         G.so2().tensor_power(1024)
     with pytest.raises(ValueError, match=r"other: .*above the limit 2\^1023"):
         G.so2().tensor_power(1000).tensor_product(G.so2().tensor_power(100))
+    # a direct sum adds dimensions: bounded the same way (repeated self-sums doubled D unchecked)
+    half = G.cyclic(2).tensor_power(26)
+    with pytest.raises(ValueError, match=r"other: the direct sum .*has dimension 134217728, above"):
+        half.direct_sum(half)
+    assert half.direct_sum(G.cyclic(2)).dim == 2**26 + 2
 
 
 def _tree_nodes(rep) -> list:

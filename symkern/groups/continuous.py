@@ -162,7 +162,8 @@ class ContinuousRep(Representation):
 
     def lie_algebra_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """``d rho(A)`` for the Lie-algebra basis, ``(m, D, D)`` (skew-symmetric); a new tensor,
-        as for :meth:`generator_matrices`."""
+        as for :meth:`generator_matrices`; ``dtype`` floating (TypeError otherwise)."""
+        float_dtype(dtype)
         check_dense_dim(self.dim, "lie_algebra_matrices")
         return self._dlie(self.group.lie_algebra).to(dtype, copy=True)
 

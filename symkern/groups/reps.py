@@ -85,7 +85,7 @@ def _dim_limit(kind: str | None) -> tuple[int, str]:
 
 
 def _tensor_kind(a: Representation, b: Representation) -> str | None:
-    """Native kind of ``a (x) b`` (None: a continuous rep, which has no native kind)."""
+    """Native kind of ``a (x) b`` and ``a (+) b`` (None: a continuous rep, which has none)."""
     if not a.is_finite:
         return None
     return _join_kind(a._kind, b._kind)  # type: ignore[attr-defined]
@@ -201,8 +201,8 @@ class Representation:
 
     def lie_algebra_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """Images ``d rho(A)`` of a Lie-algebra basis, ``(m, D, D)``; ``m = 0`` if finite; a new
-        tensor."""
-        return torch.zeros((0, self.dim, self.dim), dtype=dtype)
+        tensor. ``dtype``: a floating torch dtype (TypeError otherwise)."""
+        return torch.zeros((0, self.dim, self.dim), dtype=float_dtype(dtype))
 
     # ------------------------------------------------------------------ combinations
     def _check_same_group(self, other: Any, what: str) -> None:
@@ -232,8 +232,17 @@ class Representation:
         return self._combine(other, "tensor")
 
     def direct_sum(self, other: Representation) -> Representation:
-        """``rho_1 (+) rho_2`` on ``R^{D1 + D2}`` (second block offset by ``D1``)."""
+        """``rho_1 (+) rho_2`` on ``R^{D1 + D2}`` (second block offset by ``D1``); ValueError when
+        ``D1 + D2`` exceeds the dimension limit of the result's kind, as for
+        :meth:`tensor_product`."""
         self._check_same_group(other, "direct_sum")
+        D = self.dim + other.dim
+        limit, text = _dim_limit(_tensor_kind(self, other))
+        if D > limit:
+            raise ValueError(
+                f"other: the direct sum of {self.name} (D={self.dim}) and {other.name} "
+                f"(D={other.dim}) has dimension {D}, above the limit {text}"
+            )
         return self._combine(other, "sum")
 
     def tensor_power(self, k: int) -> Representation:
