@@ -491,14 +491,19 @@ class ContinuousGroup(Group):
         q = q / q.norm(dim=1, keepdim=True)  # uniform on S^3 -> Haar on SO(3)
         return _quat_to_rot(q)
 
+    def quadrature_nodes(self, degree: int) -> int:
+        """The number m of nodes of :meth:`quadrature_defining` at ``degree``: SO(2) degree + 1,
+        O(2) twice that, SO(3) (degree + 1)^2 (degree // 2 + 1); computed without building them
+        (callers size-check first)."""
+        degree = as_int(degree, "degree", minimum=0)
+        if self.family in ("so2", "o2"):
+            return (degree + 1) * (2 if self.family == "o2" else 1)
+        return (degree + 1) ** 2 * (degree // 2 + 1)
+
     def quadrature_defining(self, degree: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact cubature ``(weights (m,), mats (m, d, d))`` for polynomial degree ``<= degree``."""
         degree = as_int(degree, "degree", minimum=0)
-        nodes_needed = (
-            (degree + 1) * (2 if self.family == "o2" else 1)
-            if self.family in ("so2", "o2")
-            else (degree + 1) ** 2 * (degree // 2 + 1)
-        )
+        nodes_needed = self.quadrature_nodes(degree)
         if nodes_needed > MAX_QUADRATURE_NODES:
             raise ValueError(
                 f"degree: {degree} needs {nodes_needed} {self.family.upper()} quadrature nodes, "

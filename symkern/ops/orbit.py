@@ -339,14 +339,10 @@ _TENSOR_OBJECT_BYTES = 1024
 
 def _check_quadrature_size(group: Any, dims: list[int], degree: int) -> None:
     """ValueError naming ``degree`` when the cubature's matrices (``dims``: D_in, and D_out when
-    there is a rep_out) would take more than ``_QUADRATURE_BYTES``, before any is built. The node
-    count is ``ContinuousGroup.quadrature_defining``'s: SO(2) degree + 1, O(2) twice that,
-    SO(3) (degree + 1)^2 (degree // 2 + 1)."""
+    there is a rep_out) would take more than ``_QUADRATURE_BYTES``, before any is built (``group``:
+    a ContinuousGroup; its quadrature_nodes counts them)."""
     family = group.family
-    if family in ("so2", "o2"):
-        nodes = (degree + 1) * (2 if family == "o2" else 1)
-    else:
-        nodes = (degree + 1) ** 2 * (degree // 2 + 1)
+    nodes = group.quadrature_nodes(degree)
     per_node = sum(2 * 8 * D * D + _TENSOR_OBJECT_BYTES for D in dims)  # kept + stacked per call
     if nodes * per_node > _QUADRATURE_BYTES:
         shapes = " and ".join(f"({D}, {D})" for D in dims)
