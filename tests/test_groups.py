@@ -1545,6 +1545,8 @@ def test_matrix_order_refuses_past_the_budget(enumeration_cap):
     budget, naming it (the old code kept up to 100 000 dense elements first)."""
     with pytest.raises(GroupTooLargeError, match=r"order: .*more than 222 elements.*200000"):
         _sym_matrix_rep(30).order()
+    with pytest.raises(GroupTooLargeError, match=r"order: .*more than 222 elements.*200000"):
+        _sym_matrix_rep(30).group.order()  # the group itself: the cap lives in Group.order
     assert _sym_matrix_rep(4).order() == 24  # within it: exact as before
     # orders known without enumeration are unaffected: a formula, or Schreier--Sims of perms
     perm_group = G.symmetric(30).group

@@ -191,8 +191,28 @@ class Group:
                 pts = nat.signed_to_points(*self._gens)
                 self._order = schreier_sims_order(pts) if self.n_generators else 1
             else:
-                self._order = nat.batch_len(self.kind, self._enumerate(self.max_order).elements)
+                self._order = self._matrix_closure_order()
         return self._order
+
+    def _matrix_closure_order(self) -> int:
+        """|G| of a matrix group without an order formula, by a BFS closure that keeps every
+        element (D x D): GroupTooLargeError once |G| * D^2 would pass the enumeration budget
+        (``Representation._ENUMERATION_ENTRIES``), before ``max_order`` elements (S_60's 60 x 60
+        permutation matrices: 100 000 of them failed to allocate)."""
+        from .reps import Representation  # local: reps imports group
+
+        budget = Representation._ENUMERATION_ENTRIES
+        limit = min(self.max_order, budget // self.dim**2)
+        n = self._order_at_most(limit)
+        if n is not None:
+            return n
+        if limit >= self.max_order:  # max_order binds first: its own GroupTooLargeError
+            self._enumerate(self.max_order)
+        raise GroupTooLargeError(
+            f"order: group {self.name!r} of {self.dim} x {self.dim} matrices has more than "
+            f"{limit} elements: its BFS closure would keep |G| * D^2 > {budget} entries (the "
+            f"enumeration limit for D = {self.dim}, below max_order = {self.max_order})"
+        )
 
     def _order_at_most(self, limit: int) -> int | None:
         """|G| when it is at most ``limit``, else None; never slower than O(limit) when |G| is not

@@ -167,31 +167,15 @@ class Representation:
     #: Enumerate a finite group (its elements in native form, and this rep's images of them) only
     #: while ``|G|`` times the entries of one element stays below this: 400 MB of float64, ~1.7 GB
     #: at the peak of the BFS closure (the elements, their dedup keys and a frontier's products).
-    #: The same budget as the Reynolds eigh of :mod:`symkern.ops.fixed_point`.
+    #: The same budget as the Reynolds eigh of :mod:`symkern.ops.fixed_point` and the BFS closure
+    #: of :meth:`Group.order <symkern.groups.Group.order>` for a matrix group.
     _ENUMERATION_ENTRIES = 50_000_000
 
     def order(self) -> int:
-        """``|G|`` (exact int); raises ValueError for continuous groups.
-
-        A group of matrices without an order formula is counted by a BFS closure that keeps every
-        element (``D x D``, the group's ``D``): it raises :class:`GroupTooLargeError` once
-        ``|G| * D^2`` would pass ``_ENUMERATION_ENTRIES``, before ``max_order`` elements (S_60's
-        60 x 60 permutation matrices: 100 000 of them failed to allocate).
+        """``|G|`` (exact int); raises ValueError for continuous groups, GroupTooLargeError for a
+        matrix group past the enumeration budget (:meth:`Group.order <symkern.groups.Group.order>`).
         """
-        group = self.group
-        if group.is_finite and group.kind == "matrix":
-            limit = min(group.max_order, self._ENUMERATION_ENTRIES // group.dim**2)
-            # after _order_at_most, an order formula has been evaluated and a finished BFS
-            # recorded: _order is None only for a closure stopped at the limit
-            if group._order_at_most(limit) is None and group._order is None:
-                if limit < group.max_order:
-                    raise nat.GroupTooLargeError(
-                        f"order: group {group.name!r} of {group.dim} x {group.dim} matrices has "
-                        f"more than {limit} elements: its BFS closure would keep |G| * D^2 > "
-                        f"{self._ENUMERATION_ENTRIES} entries (the enumeration limit for "
-                        f"D = {group.dim}, below max_order = {group.max_order})"
-                    )
-        return group.order()
+        return self.group.order()
 
     def generator_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """Dense generator images ``(n_generators, D, D)`` (ValueError if D > 4096); a new tensor
