@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from symkern.experiments import teacher_student as ts
 
@@ -302,6 +303,43 @@ def test_metrics_do_not_depend_on_metric_threads():
     ]
     assert cells[0]["records"] == cells[1]["records"]
     assert cells[0]["pairwise"] == cells[1]["pairwise"] and len(cells[0]["pairwise"]) == 12
+
+
+def test_equal_laws_share_one_w2_solve(monkeypatch):
+    """Each distinct W₂ problem of a cell is solved once: in float32 from SI init DA and FA end
+    bit for bit equal, so vanilla-DA and vanilla-FA (and DA-EA, FA-EA) are one solve each, and
+    every pair still gets the value of its own direct computation."""
+    from symkern.meanfield import metrics
+
+    calls = []  # the arrays of every W₂ solve (rmd and rmd_to_symmetrized both end there)
+    real = metrics.w2_squared
+
+    def counted(x, y, *args, **kw):
+        calls.append(tuple(np.asarray(a).tobytes() for a in (x, y, *args)))
+        return real(x, y, *args, **kw)
+
+    monkeypatch.setattr(metrics, "w2_squared", counted)
+    cfg = ts.build_config("quick", None, {**TINY_GRID, "dtype": "float32"})
+    grid = ts._Grid(cfg)
+    cell = ts.run_cell(grid, 8)
+    assert len(calls) == len(set(calls))  # no problem solved twice
+    same = [p for p in cell["pairwise"] if p["pair"] == "DA-FA"]
+    assert same and all(p["rmd"] == 0.0 for p in same)  # the premise: DA and FA coincide
+    monkeypatch.undo()
+    by_pair = {(p["teacher"], p["seed"], p["pair"]): p["rmd"] for p in cell["pairwise"]}
+    assert len(by_pair) == 12
+    for (tk, seed, pair), value in by_pair.items():  # each against its own direct solve
+        s1, s2 = pair.split("-")
+        th = {s: cell_final(grid, cell, tk, s, seed) for s in (s1, s2)}
+        want = metrics.rmd(grid.law_particles(s1, th[s1]), grid.law_particles(s2, th[s2]))
+        assert value == want.value, (tk, seed, pair)
+
+
+def cell_final(grid, cell, teacher, scheme, seed):
+    """Final particles of one run of a cell (seed 0 runs are kept in the cell's _particles)."""
+    assert seed == 0
+    runs = list(cell["_particles"]["runs"])
+    return torch.from_numpy(cell["_particles"]["final"][runs.index(f"{teacher}|{scheme}")])
 
 
 # --- input validation: a bad value is a usage error (rc 2) naming the flag, before any work ----
