@@ -343,9 +343,10 @@ def run_cell(grid: _Grid, n: int, on_steps=None) -> dict[str, Any]:
             for s1, s2 in itertools.combinations(cfg.schemes, 2)]  # fmt: skip
     pair_keys = []
     for tk, s, s1, s2 in jobs:
-        a = grid.law_particles(s1, final[index[(tk, s1, s)]])
-        b = grid.law_particles(s2, final[index[(tk, s2, s)]])
-        pair_keys.append(problem("rmd", functools.partial(metrics.rmd, a, b, **w2kw), a, b))
+        law1 = grid.law_particles(s1, final[index[(tk, s1, s)]])
+        law2 = grid.law_particles(s2, final[index[(tk, s2, s)]])
+        solve = functools.partial(metrics.rmd, law1, law2, **w2kw)
+        pair_keys.append(problem("rmd", solve, law1, law2))
 
     def measure(r: int) -> dict[str, Any]:
         """The closed-form metrics of run r (its W₂ solves are among `problems`)."""
