@@ -4,10 +4,11 @@ Integers are accepted in every form a user passes one: a Python int, a NumPy int
 integer 0-d tensor (anything with ``__index__``) — never a bool, a float or a string. Real numbers
 likewise: int, float, NumPy scalars, 0-d real tensors. ``as_int`` / ``as_real`` return a plain
 Python value, which is what the kernels receive; a bad value raises ValueError naming the
-argument. ``float_dtype`` admits a floating torch dtype only. ``as_device`` parses a CPU / CUDA
-device that exists here. ``all_finite`` tests a tensor for NaN / ±inf. ``philox_ids`` checks
-per-run ids against the 32-bit Philox word; ``real_tensor`` reads array-like data without a detour
-through float32.
+argument. ``float_dtype`` admits a floating torch dtype only, ``torch_generator`` a
+torch.Generator or None. ``as_device`` parses a CPU / CUDA device that exists here.
+``all_finite`` tests a tensor for NaN / ±inf, ``require_values`` refuses a meta tensor where
+values are needed. ``philox_ids`` checks per-run ids against the 32-bit Philox word;
+``real_tensor`` reads array-like data without a detour through float32.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ __all__ = [
     "float_dtype",
     "philox_ids",
     "real_tensor",
+    "require_values",
+    "torch_generator",
 ]
 
 PHILOX_WORD = 2**32  # Philox counter words (step, run / model id, element index) are 32-bit
@@ -45,6 +48,17 @@ def all_finite(t: torch.Tensor) -> bool:
     if math.isfinite(t.sum(dtype=torch.float64).item()):
         return True
     return bool(torch.isfinite(t).all())
+
+
+def require_values(t: Any, name: str, why: str) -> None:
+    """ValueError naming ``name`` when ``t`` is a meta tensor — a shape and dtype without values
+    — where ``why`` says what needs them. Reading one (a check's ``.item()``, a copy to the CPU)
+    raised torch's own "cannot be called on meta tensors" / "Cannot copy out of meta tensor",
+    naming no argument. Anything else passes: the caller's own checks judge it."""
+    if isinstance(t, torch.Tensor) and t.is_meta:
+        raise ValueError(
+            f"{name} must hold values, got a meta tensor (shape and dtype only): {why}"
+        )
 
 
 def _is_bool(v: Any) -> bool:
@@ -173,3 +187,12 @@ def float_dtype(dtype: Any, name: str = "dtype") -> torch.dtype:
             f"got {dtype!r}"
         )
     return dtype
+
+
+def torch_generator(generator: Any, name: str = "generator") -> torch.Generator | None:
+    """``generator`` itself when it is a torch.Generator or None (torch's global one); TypeError
+    naming ``name`` otherwise — checked on entry, so a bad one fails even where no draw happens,
+    and not as torch's randint / randn overload listing."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator

@@ -743,6 +743,21 @@ def test_finite_quadrature_and_sample():
             G.cyclic(3).sample(bad)
 
 
+@pytest.mark.parametrize("make", [lambda: G.cyclic(3), G.so2, G.o2, G.so3])
+@pytest.mark.parametrize("bad", [5, "seed", np.random.default_rng(0)], ids=["int", "str", "numpy"])
+def test_sample_refuses_a_generator_that_is_not_a_torch_one(make, bad):
+    """generator=5 (or a NumPy Generator) surfaced torch's randint / randn overload listing: a
+    TypeError naming generator, for the reps' sample and the continuous groups' sampler."""
+    rep = make()
+    want = f"generator must be a torch.Generator or None, got {type(bad).__name__}"
+    with pytest.raises(TypeError, match=want):
+        rep.sample(2, generator=bad)
+    if not rep.is_finite:
+        with pytest.raises(TypeError, match=want):
+            rep.group.sample_defining(2, generator=bad)
+    assert rep.sample(2, generator=torch.Generator().manual_seed(0)).shape == (2, rep.dim, rep.dim)
+
+
 # ----------------------------------------------------------------------------- API surface
 @pytest.mark.parametrize(
     "make",
@@ -889,6 +904,12 @@ def test_empty_generators_trivial_group():
         ([0, 1, 2], "perms.*2-D"),
         ([[[0, 1]]], "perms.*2-D"),
         ([[0, 1], [0, 1, 2]], "perms.*same dimension"),
+        # uint64 entries >= 2^63 are shown as given (the int64 cast showed -9223372036854775808)
+        (
+            torch.tensor([[2**63, 0, 1]], dtype=torch.uint64),
+            r"got range \[0, 9223372036854775808\]",
+        ),
+        (np.array([[0, 2**64 - 1, 1]], dtype=np.uint64), r"range \[0, 18446744073709551615\]"),
     ],
 )
 def test_bad_perms(perms, match):
@@ -1373,6 +1394,46 @@ def test_tensor_power_builds_by_squaring():
         assert huge.dim == 1 and huge.name == f"T{10**18}({rep.name})"
         assert len(_tree_nodes(huge)) <= 2 * 60 + 1
     assert sign.tensor_power(10**18 + 1).character().tolist() == [1.0, -1.0]
+
+
+def test_repeated_sums_and_products_have_short_unambiguous_names():
+    """r = r.direct_sum(r) k times was named with 2^k copies of r's name (a continuous rep can be
+    doubled ~1000 times), and C3(+)C2(x)C3 did not say which operation came first. Copies of one
+    unit now fold into a count (k*name, and T{k}(name) as tensor_power writes it), an operand of
+    the other operation is parenthesised, and any other growing name is capped."""
+    c3 = G.cyclic(3)
+    triv = c3.group.trivial_rep(1)
+    r, s = c3, G.so2()
+    for _ in range(12):
+        r, s = r.direct_sum(r), s.direct_sum(s)
+    assert (r.name, r.dim, s.name) == ("4096*C3", 3 * 4096, "4096*SO(2)")
+    assert c3.direct_sum(c3).direct_sum(c3.direct_sum(c3)).name == "4*C3"
+    assert c3.direct_sum(c3).direct_sum(c3).name == c3.direct_sum(c3.direct_sum(c3)).name == "3*C3"
+    # tensor products of one unit are named as tensor_power names the same rep
+    chain = c3.tensor_product(c3).tensor_product(c3)
+    assert chain.name == c3.tensor_power(3).name == "T3(C3)"
+    assert c3.tensor_power(2).tensor_product(c3.tensor_power(3)).name == "T5(C3)"
+    # mixed operations: the inner one is parenthesised (so is a multiple inside a product)
+    pair = c3.direct_sum(triv)
+    assert pair.name == "C3(+)trivial(C3)"
+    assert pair.tensor_product(c3).name == "(C3(+)trivial(C3))(x)C3"
+    assert c3.tensor_product(c3).direct_sum(triv).name == "T2(C3)(+)trivial(C3)"
+    assert c3.tensor_product(triv).direct_sum(c3).name == "(C3(x)trivial(C3))(+)C3"
+    assert pair.direct_sum(pair).direct_sum(pair).name == "3*(C3(+)trivial(C3))"
+    assert c3.direct_sum(c3).tensor_product(c3).name == "(2*C3)(x)C3"
+    assert pair.tensor_product(pair).name == "T2(C3(+)trivial(C3))"
+    # reps of two groups are not copies of one rep: parenthesised, never folded
+    assert G.direct_product(c3, c3).name == "C3(+)C3"
+    assert G.direct_product(c3.direct_sum(c3), c3, mode="tensor").name == "(2*C3)(x)C3"
+    # distinct operands combined again and again: capped, not doubled each time
+    so3 = G.so3()
+    x = so3
+    for _ in range(16):
+        x = x.direct_sum(x.direct_sum(so3.group.trivial_rep(1)))
+    assert len(x.name) <= G.reps._MAX_NAME_CHARS and "direct sum of dimension" in x.name
+    renamed = c3.direct_sum(c3)
+    renamed.name = "pair"  # a renamed rep is taken by its new name
+    assert renamed.direct_sum(renamed).name == "2*pair"
 
 
 @pytest.mark.parametrize("n", [2**63, 10**12], ids=["2^63", "1e12"])

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import re
 import warnings
 
 import numpy as np
@@ -21,7 +22,9 @@ from symkern.mirror import (
     noise_lyapunov,
     projected_hessian_eigs,
     sample_curvatures,
+    train_sweep,
 )
+from symkern.mirror.sweeps import closed_form_sparsity
 from symkern.testing import assert_close
 
 F64 = torch.float64
@@ -1186,3 +1189,94 @@ def test_group_ids_are_bounded_and_unsigned_ids_work():
         Mirror.coordinates([0, 1], 3, groups=[0, 10**15])
     m = Mirror.coordinates([0, 2], 3, groups=[1, 1])  # ids below k, group 0 empty: fine
     assert m.group_norms(torch.ones(3, dtype=F64)).tolist() == [0.0, math.sqrt(2)]
+
+
+@pytest.mark.parametrize("bad", [5, "seed", np.random.default_rng(0)], ids=["int", "str", "numpy"])
+def test_generator_must_be_a_torch_generator_or_none(bad):
+    """generator=5 (or a NumPy Generator) surfaced torch's randn / randperm overload listing, or
+    passed silently where nothing was drawn (is_symmetric at a given θ with trials=1, detection
+    without a loss): a TypeError naming generator in every function that takes one."""
+    m = Mirror.rescaling_pairs([0], [1], 2)
+    loss = lambda t: (t[0] * t[1] - 2.0) ** 2  # noqa: E731
+    theta = torch.tensor([0.3, -0.7], dtype=F64)
+    model = nn.Sequential(nn.Linear(2, 3), nn.Identity(), nn.Linear(3, 1)).double()
+    y = torch.arange(4, dtype=F64)
+    calls = [
+        lambda: m.is_symmetric(loss, theta, trials=1, generator=bad),
+        lambda: DCS(m, generator=bad),
+        lambda: GroupGateDCS([0, 0, 1], generator=bad),
+        lambda: LowRankDCS(2, 2, 1, generator=bad),
+        lambda: projected_hessian_eigs(loss, theta, m, generator=bad),
+        lambda: critical_decay(loss, theta, m, generator=bad),
+        lambda: sample_curvatures(
+            lambda t, b: loss(t) * b.mean(), theta, m, [y], 2, 1, generator=bad
+        ),
+        lambda: detect.find_mirrors(model, generator=bad),  # no loss: nothing drawn
+        lambda: detect.rotation_mirrors(model, loss=None, generator=bad),
+        lambda: detect.Rescaling(2, torch.tensor([0]), torch.tensor([1])).is_symmetric(
+            loss, generator=bad
+        ),
+    ]
+    want = f"generator must be a torch.Generator or None, got {type(bad).__name__}"
+    for call in calls:
+        with pytest.raises(TypeError, match=want):
+            call()
+
+
+def test_meta_tensors_propagate_shapes_or_are_refused_naming_the_argument():
+    """A meta tensor (a shape and dtype, no values) raised torch's "Tensor.item() cannot be
+    called on meta tensors" / "Cannot copy out of meta tensor" from a validation check. The
+    mirror ops propagate its shape (as orbit_average and project_fixed do), and so do DCS
+    modules built from a meta init; what needs the values — building O from them, a symmetry
+    check, the thresholds, the sweep — refuses it naming the argument."""
+
+    def meta(*shape, dtype=F64):
+        return torch.empty(*shape, dtype=dtype, device="meta")
+
+    for kind in KINDS:
+        m = make_mirror(kind, 7)
+        for out in (m.reflect(meta(5, 7)), m.project(meta(5, 7)), m.expand(meta(5, m.k))):
+            assert out.shape == (5, 7) and out.is_meta
+        c, norm = m.breaking(meta(5, 7))
+        assert c.shape == (5, m.k) and norm.shape == (5,) and c.is_meta
+    for module in (DCS.l1(3, init=meta(3)), GroupGateDCS([0, 0, 1], init=meta(3))):
+        assert module().shape == (3,) and module().is_meta and module.penalty().is_meta
+    idx = meta(2, dtype=torch.long)
+    m = Mirror.rescaling_pairs([0], [1], 2)
+    loss = lambda t: (t[0] * t[1] - 2.0) ** 2  # noqa: E731
+    batch_loss = lambda t, b: loss(t) * b.mean()  # noqa: E731
+    y, u = torch.arange(4, dtype=F64), torch.ones(1, 3, dtype=F64)
+
+    def sweep(params=None, gammas=0.1, target=None):
+        params = {"u": u, "w": u} if params is None else params
+        return train_sweep("rescaling", params, gammas, 0.1, 2, None, target=target)
+
+    refused = [
+        ("O", lambda: Mirror.dense(meta(3, 1))),
+        ("idx", lambda: Mirror.coordinates(idx, 4)),
+        ("u_idx", lambda: Mirror.rescaling_pairs(idx, [2, 3], 4)),
+        ("block_i", lambda: Mirror.neuron_swap(idx, [2, 3], 4)),
+        ("n", lambda: Mirror.householder(meta(2), [(0, (2, 2), 1)], 4)),
+        ("index", lambda: Mirror(idx[:, None], torch.ones(2, 1, dtype=F64), 4)),
+        ("dense", lambda: Mirror(None, None, 3, dense=meta(3, 1))),
+        ("groups", lambda: Mirror.coordinates([0, 1], 4, groups=idx)),
+        ("groups", lambda: GroupGateDCS(idx)),
+        ("theta", lambda: m.is_symmetric(loss, meta(2))),
+        ("theta", lambda: critical_decay(loss, meta(2), m)),
+        ("theta", lambda: sample_curvatures(batch_loss, meta(2), m, [y], 2, 1)),
+        ("data[0]", lambda: sample_curvatures(batch_loss, y[:2], m, [meta(4)], 2, 1)),
+        (
+            "direction",
+            lambda: sample_curvatures(batch_loss, y[:2], m, [y], 2, 1, direction=meta(2)),
+        ),
+        ("curvatures", lambda: noise_lyapunov(meta(4), 0.1, 0.1)),
+        ("beta", lambda: closed_form_sparsity(meta(4), 0.1)),
+        ("params['u']", lambda: sweep({"u": meta(1, 3), "w": meta(1, 3)}, target=u[0])),
+        ("target (beta)", lambda: sweep(target=meta(3))),
+        ("gammas", lambda: sweep(gammas=meta(1), target=u[0])),
+    ]
+    for name, call in refused:
+        with pytest.raises(
+            ValueError, match="^" + re.escape(f"{name} must hold values, got a meta")
+        ):
+            call()

@@ -789,6 +789,57 @@ def test_symmetrize_quadrature_caps_the_bytes_of_its_matrices():
                 _check_quadrature_size(rep.group, [10**5], degree)
 
 
+def test_symmetrize_sample_caps_the_bytes_of_its_elements():
+    """mode="sample" had no cap: samples=10**12 asked torch.randint for 8 TB (the allocator's
+    RuntimeError) and a continuous group's sampler for 32 TB. Its elements are capped like the
+    quadrature's nodes (same budget, same message), raised naming samples before any is drawn:
+    a continuous group's matrices per sample as per node; a finite group's index per sample and
+    its images, stacked per call. augment draws one element per row of its x: not capped."""
+    c3, t3 = groups.cyclic(3), groups.so3().tensor_power(3)
+    finite = (
+        r"samples: 1000000000000 sampled elements, and symmetrize keeps an index per sample .*"
+        r"\(\(3,\) and \(3,\)\): ~1.12e\+05 GB, more than 0.8 GB; use fewer samples or mode='exact'"
+    )
+    with pytest.raises(ValueError, match=finite):
+        symkern.symmetrize(lambda x: x, c3, c3, mode="sample", samples=10**12)
+    with pytest.raises(ValueError, match=r"samples: 1000000000000 .* \(\(3, 3\)\): ~1.36e\+05 GB"):
+        symkern.symmetrize(lambda x: x, c3.to_matrix_rep(), mode="sample", samples=10**12)
+    # the quadrature's bytes per element, 2 (27 x 27 x 8 B + 1 KB) per pair: 31525 pairs fit
+    continuous = (
+        r"samples: 31526 sampled elements, and symmetrize keeps a float64 matrix per sample for "
+        r"each rep \(\(27, 27\) and \(27, 27\)\) and stacks them per call: ~0.8 GB, more than "
+        r"0.8 GB; use fewer samples or mode='quadrature'"
+    )
+    with pytest.raises(ValueError, match=continuous):
+        symkern.symmetrize(lambda x: x, t3, t3, mode="sample", samples=31_526)
+    gen = torch.Generator().manual_seed(0)
+    f = symkern.symmetrize(lambda x: x, t3, t3, mode="sample", samples=8, generator=gen)
+    assert f(torch.randn(2, 27, dtype=torch.float64)).shape == (2, 27)
+    x = torch.randn(100, 3)
+    xs, ys = symkern.augment(x, x, c3, c3, mode="sample", generator=gen)
+    assert torch.equal(xs, ys) and xs.shape == x.shape
+
+
+@pytest.mark.parametrize("bad", [5, "seed", np.random.default_rng(0)], ids=["int", "str", "numpy"])
+def test_symmetrize_and_augment_refuse_a_generator_that_is_not_a_torch_one(bad):
+    """generator=5 surfaced torch's randint overload listing (or, with nothing drawn, passed
+    silently): a TypeError naming generator, in every mode."""
+    c3, so3 = groups.cyclic(3), groups.so3()
+    want = f"generator must be a torch.Generator or None, got {type(bad).__name__}"
+    calls = [
+        lambda: symkern.symmetrize(lambda x: x, c3, mode="sample", samples=3, generator=bad),
+        lambda: symkern.symmetrize(lambda x: x, so3, mode="sample", samples=3, generator=bad),
+        lambda: symkern.symmetrize(lambda x: x, c3, generator=bad),  # exact: draws nothing
+        lambda: symkern.augment(
+            torch.randn(2, 3), torch.randn(2), c3, mode="sample", generator=bad
+        ),
+        lambda: symkern.augment(torch.randn(2, 3), torch.randn(2), c3, generator=bad),  # orbit
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match=want):
+            call()
+
+
 # --- ±inf: padded lanes / rank columns never meet x ----------------------------------------------
 
 

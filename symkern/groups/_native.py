@@ -130,20 +130,21 @@ def validate_perms(perms: Any, name: str = "perms", dim: int | None = None) -> n
         )
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"{name}: expected an integer dtype, got {arr.dtype}")
-    arr = arr.astype(np.int64, copy=True)
     k, D = arr.shape
     if dim is not None and D != dim:
         raise ValueError(f"{name}: expected D={dim} columns, got {D}")
     if k == 0:
         if D == 0 and dim is None:
             raise ValueError(f"{name}: empty generator list; pass dim=D")
-        return arr
+        return arr.astype(np.int64)
     if D == 0:
         raise ValueError(f"{name}: permutations of zero points are not supported (D=0)")
-    if arr.min() < 0 or arr.max() >= D:
-        raise ValueError(
-            f"{name}: entries must be indices in [0, {D}), got range [{arr.min()}, {arr.max()}]"
-        )
+    # the range in the input's own dtype, before the int64 cast: a uint64 entry >= 2^63 wrapped
+    # to a negative one, and the message showed that instead of the value passed
+    lo, hi = arr.min(), arr.max()
+    if lo < 0 or hi >= D:
+        raise ValueError(f"{name}: entries must be indices in [0, {D}), got range [{lo}, {hi}]")
+    arr = arr.astype(np.int64, copy=True)
     # D entries in [0, D) form a permutation iff they hit every index: O(n_gens * D), no sort
     # (orbit_labels validates the perms of tensor powers with D ~ 1e4 on every call).
     hit = np.zeros(arr.shape, dtype=bool)

@@ -32,7 +32,7 @@ from symkern._checks import as_int, float_dtype
 
 from ._native import MAX_DENSE_DIM, check_dense_dim
 from .group import ContinuousGroup
-from .reps import Representation, _check_k, _round_mean
+from .reps import Representation, _check_k, _named, _round_mean
 
 __all__ = ["ContinuousRep", "so2", "o2", "so3"]
 
@@ -179,8 +179,7 @@ class ContinuousRep(Representation):
         return super().tensor_power(k)  # type: ignore[return-value]
 
     def _combine(self, other: Representation, op: str) -> ContinuousRep:
-        sym = "(x)" if op == "tensor" else "(+)"
-        return ContinuousRep(self.group, (op, self, other), f"{self.name}{sym}{other.name}")  # type: ignore[arg-type]
+        return _named(ContinuousRep(self.group, (op, self, other)), self, other, op)
 
     # ------------------------------------------------------------------ integration
     def sample(

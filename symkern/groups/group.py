@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from symkern._checks import as_int
+from symkern._checks import as_int, torch_generator
 
 from . import _native as nat
 from ._native import DEFAULT_MAX_ORDER, GroupTooLargeError
@@ -499,7 +499,9 @@ class ContinuousGroup(Group):
 
     # -------------------------------------------------------------- defining-rep samples
     def sample_defining(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` Haar-random elements as float64 ``(n, d, d)`` defining matrices."""
+        """``n`` Haar-random elements as float64 ``(n, d, d)`` defining matrices (``generator``: a
+        torch.Generator or None, TypeError otherwise)."""
+        generator = torch_generator(generator)
         if self.family in ("so2", "o2"):
             theta = torch.rand(n, generator=generator, dtype=torch.float64) * (2 * math.pi)
             mats = _rot2(theta)

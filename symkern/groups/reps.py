@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from symkern._checks import as_int, float_dtype
+from symkern._checks import as_int, float_dtype, torch_generator
 
 from . import _native as nat
 from ._native import check_dense_dim
@@ -96,6 +96,58 @@ def _power_text(D: int, k: int) -> str:
     if k * D.bit_length() > 200:
         return f"{D}^{k}"
     return f"{D}^{k} = {D**k}"
+
+
+#: A combined rep's name longer than this (distinct operands, combined again and again, can still
+#: double it) is replaced by the operation and the dimension.
+_MAX_NAME_CHARS = 200
+_SYMBOLS = {"sum": "(+)", "tensor": "(x)"}
+_R = TypeVar("_R", bound="Representation")
+
+
+def _name_form(rep: Representation) -> tuple[str, int, str]:
+    """(form, count, unit) of ``rep.name`` as :func:`_named` recorded it: "multiple" for
+    ``count*unit``, "power" for ``T{count}(unit)``, "sum" / "tensor" for ``a(+)b`` / ``a(x)b``;
+    "atom" for any other name, or one changed since (then taken as it is). Count 1 and unit the
+    name itself but for the first two."""
+    form = rep._cache.get("name_form")
+    if form is not None and form[0] == rep.name:
+        return form[1:]
+    return "atom", 1, rep.name
+
+
+def _named(out: _R, a: Representation, b: Representation, op: str, fold: bool = True) -> _R:
+    """``out`` (``a (x) b`` for ``op`` "tensor", ``a (+) b`` for "sum") named from its operands.
+
+    With ``fold``, copies of one unit fold into a count, as :meth:`Representation.tensor_power`
+    names its powers: C3 (x) C3 is ``T2(C3)`` and T2(C3) (x) T3(C3) is ``T5(C3)``; C3 (+) C3 is
+    ``2*C3`` and 2*C3 (+) C3 is ``3*C3`` (r = r (+) r repeated k times wrote 2^k copies of r's
+    name). Otherwise an operand whose top level is the other operation, or a multiple inside a
+    product, is parenthesised — ``(C3(+)C2)(x)C3``, where C3(+)C2(x)C3 was ambiguous — and a name
+    longer than ``_MAX_NAME_CHARS`` becomes ``(direct sum of dimension D)``."""
+    multiple = "multiple" if op == "sum" else "power"
+
+    def count_unit(r: Representation) -> tuple[int, str]:
+        form, count, unit = _name_form(r)
+        if form == multiple:
+            return count, unit
+        # after "k*" a unit with a top-level (+) or (x) needs parentheses; T(...) has its own
+        return 1, f"({r.name})" if op == "sum" and form in _SYMBOLS else r.name
+
+    (ka, ua), (kb, ub) = count_unit(a), count_unit(b)
+    if fold and ua == ub:
+        k = ka + kb
+        out.name = f"{k}*{ua}" if op == "sum" else f"T{k}({ua})"
+        out._cache["name_form"] = (out.name, multiple, k, ua)
+        return out
+    inner = ("tensor",) if op == "sum" else ("sum", "multiple")  # parenthesised inside op
+    na, nb = (f"({r.name})" if _name_form(r)[0] in inner else r.name for r in (a, b))
+    out.name = f"{na}{_SYMBOLS[op]}{nb}"
+    if len(out.name) <= _MAX_NAME_CHARS:
+        out._cache["name_form"] = (out.name, op, 1, out.name)
+    else:  # an atom: parenthesised
+        out.name = f"({'direct sum' if op == 'sum' else 'tensor product'} of dimension {out.dim})"
+    return out
 
 
 def _round_mean(mean: float, what: str, magnitude: float = 0.0, drift: float = 0.0) -> int:
@@ -253,14 +305,11 @@ class Representation:
         square, j = self, 1  # square = T(j), j = 2^i over the bits i of k
         while not k & j:  # the lowest set bit of k starts the product
             square, j = square._combine(square, "tensor"), 2 * j
-            square.name = f"T{j}({self.name})"
-        out, m = square, j  # out = T(m), m = the bits of k seen so far
+        out = square  # out = T(m), m = the bits of k seen so far
         while 2 * j <= k:
             square, j = square._combine(square, "tensor"), 2 * j
-            square.name = f"T{j}({self.name})"
             if k & j:
-                out, m = out._combine(square, "tensor"), m + j
-                out.name = f"T{m}({self.name})"
+                out = out._combine(square, "tensor")
         return out
 
     def conjugation(self) -> Representation:
@@ -465,10 +514,8 @@ class _FiniteRep(Representation):
         D = self.dim * other.dim if op == "tensor" else self.dim + other.dim
         if kind == "matrix":
             check_dense_dim(D, "tensor_product" if op == "tensor" else "direct_sum")
-        sym = "(x)" if op == "tensor" else "(+)"
-        return _CLASSES[kind]._make(
-            self.group, D, f"{self.name}{sym}{other.name}", (op, self, other)
-        )
+        out = _CLASSES[kind]._make(self.group, D, "", (op, self, other))
+        return _named(out, self, other, op)
 
     def generator_matrices(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         # floating dtypes only, as for every rep: an integer one truncated a MatrixRep's
@@ -684,9 +731,11 @@ class _FiniteRep(Representation):
         self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
     ) -> torch.Tensor:
         """``n`` uniformly random elements (with replacement) as ``(n, D, D)`` matrices of the
-        floating ``dtype`` (TypeError otherwise)."""
+        floating ``dtype`` (TypeError otherwise), drawn from ``generator`` (a torch.Generator or
+        None, TypeError otherwise)."""
         n = as_int(n, "n", minimum=0)
         float_dtype(dtype)
+        generator = torch_generator(generator)
         mats = self.element_matrices(dtype)
         idx = torch.randint(mats.shape[0], (n,), generator=generator)
         return mats[idx]
@@ -889,5 +938,6 @@ def direct_product(
     if kind == "matrix":
         check_dense_dim(D, "direct_product")
     gens = nat.concat(kind, [op(kind, ga, ib), op(kind, ia, gb)])
-    sym = "(+)" if mode == "sum" else "(x)"
-    return _CLASSES[kind]._make(group, D, f"{rep_a.name}{sym}{rep_b.name}", ("base",), gens)
+    out = _CLASSES[kind]._make(group, D, "", ("base",), gens)
+    # no folding: two reps of different groups, not two copies of one rep
+    return _named(out, rep_a, rep_b, mode, fold=False)

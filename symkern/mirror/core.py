@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from symkern._checks import as_int, as_real, float_dtype
+from symkern._checks import as_int, as_real, float_dtype, require_values, torch_generator
 from symkern.ops._common import building_constants
 from symkern.ops.mirror import MirrorPlan, make_mirror_plan, mirror_apply
 
@@ -73,6 +73,7 @@ def _as_index(x, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
             raise TypeError(f"{name} must be an integer index tensor, got dtype {x.dtype}")
+        require_values(x, name, "the mirror is built from its values")
         if x.dtype in (torch.uint16, torch.uint32, torch.uint64):
             return _np_index(x.detach().cpu().numpy(), name)
         return x.detach().to("cpu", torch.long).reshape(-1)
@@ -172,6 +173,7 @@ def _dense_columns(O, name: str, tol: float | None, d: int | None = None) -> tor
         raise TypeError(f"{name} must be a torch.Tensor, got {type(O).__name__}")
     if not O.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating tensor, got dtype {O.dtype}")
+    require_values(O, name, "the mirror is built from its values")
     if O.ndim != 2 or O.shape[1] < 1 or O.shape[0] < 1:
         raise ValueError(f"{name} must have shape (d, k) with d, k >= 1, got {tuple(O.shape)}")
     rows, k = O.shape
@@ -247,6 +249,7 @@ class Mirror:
             for name, t in (("index", index), ("value", value)):
                 if not isinstance(t, torch.Tensor):
                     raise TypeError(f"{name} must be a (k, s) torch.Tensor, got {type(t).__name__}")
+                require_values(t, name, "the mirror is built from its values")
             if index.ndim != 2 or value.shape != index.shape:
                 raise ValueError(
                     f"index and value must both be (k, s); got {tuple(index.shape)}, "
@@ -400,6 +403,7 @@ class Mirror:
             raise TypeError(f"n must be a torch.Tensor, got {type(n).__name__}")
         if n.ndim != 1 or n.numel() < 1 or not n.dtype.is_floating_point:
             raise ValueError(f"n must be a 1-D floating vector, got shape {tuple(n.shape)}")
+        require_values(n, "n", "the mirror is built from its values")
         n64 = n.detach().to("cpu", torch.float64)
         if not torch.isfinite(n64).all():
             raise ValueError(f"n must be a finite unit vector, got {_short(n64.tolist())}")
@@ -620,12 +624,14 @@ class Mirror:
         trials = _check_trials(trials)
         rtol = _check_tol(rtol, "rtol")
         float_dtype(dtype)
+        generator = torch_generator(generator)
         points = []
         device: torch.device | str
         if theta is not None:
             self._check_theta(theta)
             if theta.ndim != 1:
                 raise ValueError(f"theta must have shape (d={self.d},), got {tuple(theta.shape)}")
+            require_values(theta, "theta", "is_symmetric compares the loss's values at it")
             theta = theta.detach()
             points.append(theta)
             scale = max(theta.pow(2).mean().sqrt().item(), 1.0)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from symkern._checks import as_int, as_real, float_dtype
+from symkern._checks import as_int, as_real, float_dtype, require_values, torch_generator
 from symkern.mirror.core import Mirror, _as_index
 
 __all__ = ["DCS", "GroupGateDCS", "LowRankDCS"]
@@ -37,7 +37,9 @@ def _check_init(init, d: int) -> torch.Tensor:
         raise ValueError(f"init must be a tensor of shape (d={d},)")
     if init.is_complex() or init.dtype == torch.bool:
         raise TypeError(f"init must be a real numeric tensor, got dtype {init.dtype}")
-    if not torch.isfinite(init).all():
+    # a meta init (a shape only: a model built on the meta device) has no values to check; the
+    # parameters made from it are meta tensors of their shapes, as the mirror ops give
+    if not init.is_meta and not torch.isfinite(init).all():
         raise ValueError("init contains NaN or inf")
     return init
 
@@ -80,6 +82,7 @@ class DCS(nn.Module):
         self.gamma = _check_gamma(gamma)
         dtype = float_dtype(dtype)
         init_scale = _check_init_scale(init_scale)
+        generator = torch_generator(generator)
         d, k = mirror.d, mirror.k
         self.has_w = k < d
         if init is None:
@@ -149,6 +152,7 @@ class GroupGateDCS(nn.Module):
     ):
         super().__init__()
         dtype = float_dtype(dtype)
+        generator = torch_generator(generator)
         try:
             g = torch.as_tensor(groups)
         except (TypeError, ValueError, RuntimeError) as e:
@@ -158,6 +162,7 @@ class GroupGateDCS(nn.Module):
             ) from e
         if g.dtype == torch.bool or g.is_complex():
             raise TypeError(f"groups must hold non-negative ints, got dtype {g.dtype}")
+        require_values(g, "groups", "one gate is made per group id")
         if g.ndim == 1 and g.dtype in (torch.uint16, torch.uint32, torch.uint64):
             g = _as_index(g, "groups")  # torch has no min / max for these dtypes on the CPU
         if g.ndim != 1 or g.numel() == 0 or g.dtype.is_floating_point or g.min() < 0:
@@ -176,7 +181,9 @@ class GroupGateDCS(nn.Module):
         if init is None:
             init = 0.1 * torch.randn(d, generator=generator, dtype=torch.float64)
         init = _check_init(init, d).detach().to(dtype)
-        gn = torch.zeros(G, dtype=dtype).index_add(0, self.groups, init * init).sqrt()
+        # the gates on init's device (a meta init: meta gates, as DCS makes its parameters)
+        sq = torch.zeros(G, dtype=dtype, device=init.device)
+        gn = sq.index_add(0, self.groups.to(init.device), init * init).sqrt()
         s = gn.sqrt()
         self.s = nn.Parameter(s)
         safe = torch.where(s > 0, s, torch.ones_like(s))
@@ -223,6 +230,7 @@ class LowRankDCS(nn.Module):
         self.gamma = _check_gamma(gamma)
         dtype = float_dtype(dtype)
         init_scale = _check_init_scale(init_scale)
+        generator = torch_generator(generator)
         self.U = nn.Parameter(init_scale * torch.randn(m, r, generator=generator, dtype=dtype))
         self.V = nn.Parameter(init_scale * torch.randn(n, r, generator=generator, dtype=dtype))
 

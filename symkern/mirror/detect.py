@@ -60,7 +60,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from symkern._checks import as_int, as_real
+from symkern._checks import as_int, as_real, torch_generator
 from symkern.mirror.core import Mirror, _check_tol, _check_trials, _loss_value, _relative_gap
 
 __all__ = [
@@ -287,6 +287,7 @@ def _check_deterministic(loss, d: int, generator, rtol: float) -> None:
 
 
 def _verify(mirrors, loss, on_fail, trials, generator, rtol):
+    generator = torch_generator(generator)  # also when no loss is given, so never draws from it
     if loss is None:
         for m in mirrors:
             m.meta["verified"] = False
@@ -419,6 +420,7 @@ class Rescaling:
             raise TypeError("loss must be callable: theta (d,) -> scalar")
         trials = _check_trials(trials)
         rtol = _check_tol(rtol, "rtol")
+        generator = torch_generator(generator)
         if isinstance(lambdas, (str, bytes)):
             raise TypeError(f"lambdas must be a sequence of numbers > 0, got {lambdas!r}")
         try:
@@ -507,6 +509,7 @@ def rotation_mirrors(
 ) -> list[Mirror]:
     """Householder mirrors for Linear → [Identity]* → Linear (no nonlinearity). ``normals``: unit
     vectors in R^h to use (default: one random unit n per site, drawn from ``generator``)."""
+    generator = torch_generator(generator)  # before the draws of the normals, not in _verify
     out = []
     for name, first, acts, second in _untied_pairs(model):
         if not all(isinstance(a, nn.Identity) for a in acts):

@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 import torch
 
-from symkern._checks import as_int, philox_ids, real_tensor
+from symkern._checks import as_int, philox_ids, real_tensor, require_values
 from symkern.backends.registry import select_kernel
 from symkern.ops._common import per_item
 
@@ -117,6 +117,7 @@ class SweepResult(NamedTuple):
 def _batched(x, shape: tuple[int, ...], M: int, name: str, dtype, device) -> torch.Tensor:
     """``x`` of shape ``shape`` (shared by all models) or (M, *shape), as (M, *shape)."""
     t = real_tensor(x, name)
+    require_values(t, name, "the models train on its values")
     if not t.is_floating_point():
         t = t.to(torch.float64)
     if tuple(t.shape) == shape:
@@ -154,6 +155,7 @@ def sweep_problem(
         v = params[key]
         if not isinstance(v, torch.Tensor) or not v.is_floating_point():
             raise TypeError(f"params[{key!r}] must be a floating torch.Tensor")
+        require_values(v, f"params[{key!r}]", "the sweep kernels train the models from them")
         if not torch.isfinite(v).all():
             raise ValueError(f"params[{key!r}] contains NaN or inf")
     first = params[keys[0]]
@@ -340,6 +342,7 @@ def soft_threshold(beta: torch.Tensor, gamma: float) -> torch.Tensor:
 
 def closed_form_sparsity(beta: torch.Tensor, gamma: float) -> float:
     """P(|β_i| ≤ γ) on the realised β: the fraction of coordinates the minimiser zeroes."""
+    require_values(beta, "beta", "the sparsity is a fraction of its values")
     return float((beta.abs() <= gamma).double().mean())
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from symkern._checks import as_int, as_real
+from symkern._checks import as_int, as_real, require_values, torch_generator
 from symkern.mirror.core import Mirror, _short
 
 __all__ = [
@@ -128,9 +128,11 @@ def projected_hessian_eigs(
         raise TypeError("loss must be callable: theta (d,) -> scalar")
     iters = _check_iters(iters)
     tol = as_real(tol, "tol", minimum=0)
+    generator = torch_generator(generator)
     mirror._check_theta(theta)
     if theta.ndim != 1:
         raise ValueError(f"theta must have shape (d={mirror.d},), got {tuple(theta.shape)}")
+    require_values(theta, "theta", "the Lanczos iteration reads the loss's Hessian at it")
     th = mirror.project(theta.detach()) if project else theta.detach()
     hvp = _projected_hvp(loss, th, mirror)
     k, m = mirror.k, min(iters, mirror.k)
@@ -255,6 +257,7 @@ def noise_lyapunov(curvatures, eta: float, gamma: float) -> float:
             raise TypeError(f"{expected}, got dtype {curvatures.dtype}")
         if curvatures.ndim > 1:  # a matrix of samples is a caller's mix-up, not a sample set
             raise ValueError(f"{expected}, got shape {tuple(curvatures.shape)}")
+        require_values(curvatures, "curvatures", "the exponent is their mean log-factor")
         h = curvatures.detach().to("cpu", torch.float64).reshape(-1)
     else:
         # read in float64 (numpy), so Python floats are not rounded through float32
@@ -314,6 +317,7 @@ def sample_curvatures(
     mirror._check_theta(theta)
     if theta.ndim != 1:
         raise ValueError(f"theta must have shape (d={mirror.d},), got {tuple(theta.shape)}")
+    require_values(theta, "theta", "the curvatures are the loss's Hessian at it")
     if isinstance(data, torch.Tensor) or not isinstance(data, Sequence) or not data:
         raise TypeError("data must be a non-empty sequence of tensors")
     for i, t in enumerate(data):
@@ -323,6 +327,7 @@ def sample_curvatures(
             raise ValueError(
                 f"data[{i}] must have a leading sample dimension (ndim >= 1), got a 0-d tensor"
             )
+        require_values(t, f"data[{i}]", "the curvatures are the loss's Hessian on its batches")
     N = data[0].shape[0]
     if any(t.shape[0] != N for t in data):
         shapes = [tuple(t.shape) for t in data]
@@ -331,6 +336,7 @@ def sample_curvatures(
     if batch_size > N:
         raise ValueError(f"batch_size must be an int in [1, N={N}], got {batch_size}")
     num_batches = as_int(num_batches, "num_batches", minimum=1)
+    generator = torch_generator(generator)
     th = mirror.project(theta.detach())
     if direction is None:
         if mirror.k > 512:
@@ -342,6 +348,7 @@ def sample_curvatures(
         direction = torch.linalg.eigh(Hk).eigenvectors[:, 0]
     if not isinstance(direction, torch.Tensor) or direction.shape != (mirror.k,):
         raise ValueError(f"direction must be a tensor of shape (k={mirror.k},)")
+    require_values(direction, "direction", "the curvatures are taken along it")
     if direction.is_complex() or not torch.isfinite(direction).all():
         raise ValueError("direction must be a finite real vector")
     v = direction.to(th.device, th.dtype)

@@ -16,7 +16,7 @@ from torch.overrides import _get_current_function_mode_stack
 from torch.utils._device import DeviceContext
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from symkern._checks import all_finite, as_int
+from symkern._checks import all_finite, as_int, require_values
 from symkern.backends.registry import select_kernel, select_kernel_cached
 from symkern.groups import Representation
 
@@ -494,6 +494,7 @@ def per_item(
         raise TypeError(f"{want}, got {value!r}") from None
     if probe.is_complex() or probe.dtype == torch.bool:  # also a bool tensor / array / list
         raise TypeError(f"{want}, got dtype {probe.dtype}")
+    require_values(probe, name, "its values are checked and copied to the run's device")
     t = torch.as_tensor(value, dtype=torch.float64)  # a list of floats: read in float64
     if t.dim() == 0:
         t = t.expand(n)

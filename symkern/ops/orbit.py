@@ -33,7 +33,7 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 import torch
 
-from symkern._checks import as_int
+from symkern._checks import as_int, torch_generator
 from symkern.backends.registry import select_kernel
 from symkern.groups import ContinuousRep, PermRep, Representation, SignedPermRep
 from symkern.groups._native import MAX_ELEMENT_ENTRIES
@@ -333,25 +333,69 @@ def _element_inverse_images(rep: Representation, y: torch.Tensor, elements: list
 # rep_out), each a tensor object of ~0.9 KB besides its entries, and stacks them again on every
 # call: those bytes are capped like element_matrices' entries (800 MB). The node cap alone (1e7)
 # let SO(3) T(3) -> T(3) at degree 100 build 520k pairs of 27 x 27 matrices (> 5 GB).
+# mode="sample" keeps the same matrices per sampled element of a continuous group; for a finite
+# group it keeps each sample's drawn index (an int64 and list slots, ~64 B) and stacks the
+# sampled elements' images per call. Both under the same budget (samples=10**12 was not capped:
+# torch.randint asked for 8 TB).
 _QUADRATURE_BYTES = 8 * MAX_ELEMENT_ENTRIES
 _TENSOR_OBJECT_BYTES = 1024
+_SAMPLE_INDEX_BYTES = 64
+
+
+def _check_element_bytes(arg: str, count: int, per_element: int, what: str, fix: str) -> None:
+    """ValueError naming ``arg`` when ``count`` group elements of ``per_element`` bytes each
+    would take more than ``_QUADRATURE_BYTES`` in symmetrize (``what``: the elements and how
+    symmetrize holds them, in words; ``fix``: what to do instead), before any is built."""
+    if count * per_element > _QUADRATURE_BYTES:
+        raise ValueError(
+            f"{arg}: {what}: ~{count * per_element / 1e9:.3g} GB, more than "
+            f"{_QUADRATURE_BYTES / 1e9:.3g} GB; {fix}"
+        )
 
 
 def _check_quadrature_size(group: Any, dims: list[int], degree: int) -> None:
     """ValueError naming ``degree`` when the cubature's matrices (``dims``: D_in, and D_out when
     there is a rep_out) would take more than ``_QUADRATURE_BYTES``, before any is built (``group``:
     a ContinuousGroup; its quadrature_nodes counts them)."""
-    family = group.family
     nodes = group.quadrature_nodes(degree)
     per_node = sum(2 * 8 * D * D + _TENSOR_OBJECT_BYTES for D in dims)  # kept + stacked per call
-    if nodes * per_node > _QUADRATURE_BYTES:
-        shapes = " and ".join(f"({D}, {D})" for D in dims)
-        raise ValueError(
-            f"degree: {degree} needs {nodes} {family.upper()} quadrature nodes, and symmetrize "
-            f"keeps a float64 matrix per node for each rep ({shapes}) and stacks them per call: "
-            f"~{nodes * per_node / 1e9:.3g} GB, more than {_QUADRATURE_BYTES / 1e9:.3g} GB; use a "
-            "lower degree or mode='sample'"
-        )
+    shapes = " and ".join(f"({D}, {D})" for D in dims)
+    _check_element_bytes(
+        "degree",
+        nodes,
+        per_node,
+        f"{degree} needs {nodes} {group.family.upper()} quadrature nodes, and symmetrize keeps a "
+        f"float64 matrix per node for each rep ({shapes}) and stacks them per call",
+        "use a lower degree or mode='sample'",
+    )
+
+
+def _check_sample_size(reps: list[Representation], samples: int) -> None:
+    """ValueError naming ``samples`` when symmetrize's ``samples`` sampled elements (``reps``:
+    rep_in, and rep_out when given) would take more than ``_QUADRATURE_BYTES``, before any is
+    drawn."""
+    shapes = " and ".join(
+        f"({r.dim},)" if _is_perm_like(r) else f"({r.dim}, {r.dim})" for r in reps
+    )
+    if not reps[0].is_finite:  # matrix_of per sample, as per quadrature node
+        per_sample = sum(2 * 8 * r.dim * r.dim + _TENSOR_OBJECT_BYTES for r in reps)
+        how = f"keeps a float64 matrix per sample for each rep ({shapes}) and stacks them per call"
+        fix = "use fewer samples or mode='quadrature'"
+    else:  # references into the group's element list, their images stacked per call
+        per_sample = _SAMPLE_INDEX_BYTES + sum(8 * _image_entries(r) for r in reps)
+        how = f"keeps an index per sample and stacks each rep's images per call ({shapes})"
+        fix = "use fewer samples or mode='exact'"
+    _check_element_bytes(
+        "samples", samples, per_sample, f"{samples} sampled elements, and symmetrize {how}", fix
+    )
+
+
+def _image_entries(rep: Representation) -> int:
+    """The 8-byte entries of one element's image as _element_images stacks it: an int64
+    permutation (and float64 signs) or a float64 matrix."""
+    if isinstance(rep, SignedPermRep):
+        return 2 * rep.dim
+    return rep.dim if isinstance(rep, PermRep) else rep.dim * rep.dim
 
 
 def _group_elements(
@@ -361,8 +405,11 @@ def _group_elements(
     samples: int | None,
     generator: torch.Generator | None,
     degree: int | None = None,
+    cap_samples: bool = False,
 ) -> tuple[list, list | None, torch.Tensor]:
-    """Paired element images in rep_in / rep_out, with their averaging weights."""
+    """Paired element images in rep_in / rep_out, with their averaging weights. ``cap_samples``:
+    refuse ``samples`` whose elements take more than ``_QUADRATURE_BYTES`` (symmetrize keeps
+    them; augment draws one per row of its x, which already holds that many rows)."""
     if rep_out is not None and rep_out.group is not rep_in.group:
         raise ValueError("rep_in and rep_out must be representations of the same group object")
     if mode == "exact":
@@ -392,6 +439,8 @@ def _group_elements(
             samples = as_int(samples, "samples", minimum=1)
         except ValueError:
             raise ValueError(f"samples: mode='sample' needs an int >= 1, got {samples!r}") from None
+        if cap_samples:
+            _check_sample_size([rep_in] + ([rep_out] if rep_out is not None else []), samples)
         if rep_in.is_finite:
             elems = list(rep_in.elements())
             idx = torch.randint(len(elems), (samples,), generator=generator).tolist()
@@ -463,9 +512,9 @@ def symmetrize(
     check_rep(rep_in, "rep_in")
     if rep_out is not None:
         check_rep(rep_out, "rep_out")
-    averager = _OrbitAverager(
-        rep_in, rep_out, *_group_elements(rep_in, rep_out, mode, samples, generator, degree)
-    )
+    generator = torch_generator(generator)
+    elements = _group_elements(rep_in, rep_out, mode, samples, generator, degree, cap_samples=True)
+    averager = _OrbitAverager(rep_in, rep_out, *elements)
     if isinstance(fn, torch.nn.Module):
         return _SymmetrizedModule(fn, averager)
     return functools.partial(averager, fn)
@@ -559,6 +608,7 @@ def augment(
     """
     check_float_tensor(x)
     check_rep(rep_in, "rep_in")
+    generator = torch_generator(generator)
     if x.dim() != 2 or x.shape[1] != rep_in.dim:
         raise ValueError(f"x must be (B, {rep_in.dim}), got shape {tuple(x.shape)}")
     if not isinstance(y, torch.Tensor) or y.dim() < 1 or y.shape[0] != x.shape[0]:
