@@ -758,6 +758,26 @@ def test_sample_refuses_a_generator_that_is_not_a_torch_one(make, bad):
     assert rep.sample(2, generator=torch.Generator().manual_seed(0)).shape == (2, rep.dim, rep.dim)
 
 
+@pytest.mark.parametrize(
+    "make", [lambda: G.cyclic(3), G.so3, lambda: G.so3().tensor_power(2)], ids=["C3", "SO3", "T2"]
+)
+def test_sample_caps_the_entries_of_its_result(make):
+    """sample(n) builds (n, D, D) matrices: past element_matrices' entry limit a ValueError naming
+    n, before allocating (n = 10**12 asked the allocator for terabytes)."""
+    rep = make()
+    cap = nat.MAX_ELEMENT_ENTRIES // rep.dim**2
+    with pytest.raises(ValueError, match=rf"^n: sample returns \(n, {rep.dim}, {rep.dim}\)"):
+        rep.sample(cap + 1)
+    with pytest.raises(ValueError, match="^n: "):
+        rep.sample(10**12)
+    if not rep.is_finite:
+        with pytest.raises(ValueError, match="^n: "):
+            rep.group.sample_defining(10**12)
+        with pytest.raises(ValueError, match="^n must be a non-negative int"):
+            rep.group.sample_defining(-1)
+    assert rep.sample(3).shape == (3, rep.dim, rep.dim)
+
+
 # ----------------------------------------------------------------------------- API surface
 @pytest.mark.parametrize(
     "make",

@@ -105,6 +105,18 @@ def _check_dim(dim: Any) -> None:
         ) from None
 
 
+def check_sample_entries(n: int, dim: int) -> None:
+    """ValueError naming ``n`` when a sampler's (n, D, D) result (a rep's ``sample``, a continuous
+    group's ``sample_defining``) would hold more than MAX_ELEMENT_ENTRIES entries, the limit
+    element_matrices has (n = 10**12 asked the allocator for terabytes)."""
+    cap = MAX_ELEMENT_ENTRIES
+    if n * dim * dim > cap:
+        raise ValueError(
+            f"n: sample returns (n, {dim}, {dim}) matrices, and n * D^2 = {n * dim * dim} exceeds "
+            f"the limit {cap} entries (n <= {cap // (dim * dim)} at D = {dim}); draw fewer per call"
+        )
+
+
 def validate_perms(perms: Any, name: str = "perms", dim: int | None = None) -> np.ndarray:
     """Validate generator permutations; return int64 array ``(n_gens, D)``.
 

@@ -30,7 +30,7 @@ import torch
 
 from symkern._checks import as_int, float_dtype
 
-from ._native import MAX_DENSE_DIM, check_dense_dim
+from ._native import MAX_DENSE_DIM, check_dense_dim, check_sample_entries
 from .group import ContinuousGroup
 from .reps import Representation, _check_k, _named, _round_mean
 
@@ -191,6 +191,7 @@ class ContinuousRep(Representation):
         n = as_int(n, "n", minimum=0)
         float_dtype(dtype)
         check_dense_dim(self.dim, "sample")
+        check_sample_entries(n, self.dim)
         return self._matrix_of(self.group.sample_defining(n, generator)).to(dtype)
 
     def quadrature(self, degree: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

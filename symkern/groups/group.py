@@ -501,7 +501,9 @@ class ContinuousGroup(Group):
     def sample_defining(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` Haar-random elements as float64 ``(n, d, d)`` defining matrices (``generator``: a
         torch.Generator or None, TypeError otherwise)."""
+        n = as_int(n, "n", minimum=0)
         generator = torch_generator(generator)
+        nat.check_sample_entries(n, 2 if self.family in ("so2", "o2") else 3)
         if self.family in ("so2", "o2"):
             theta = torch.rand(n, generator=generator, dtype=torch.float64) * (2 * math.pi)
             mats = _rot2(theta)

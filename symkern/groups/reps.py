@@ -736,6 +736,7 @@ class _FiniteRep(Representation):
         n = as_int(n, "n", minimum=0)
         float_dtype(dtype)
         generator = torch_generator(generator)
+        nat.check_sample_entries(n, self.dim)
         mats = self.element_matrices(dtype)
         idx = torch.randint(mats.shape[0], (n,), generator=generator)
         return mats[idx]
