@@ -330,12 +330,18 @@ def test_equal_laws_share_one_w2_solve(monkeypatch):
     assert len(by_pair) == 12
     for (tk, seed, pair), value in by_pair.items():  # each against its own direct solve
         s1, s2 = pair.split("-")
-        th = {s: cell_final(grid, cell, tk, s, seed) for s in (s1, s2)}
-        want = metrics.rmd(grid.law_particles(s1, th[s1]), grid.law_particles(s2, th[s2]))
+        th = {s: _final_particles(cell, tk, s, seed) for s in (s1, s2)}
+        want = metrics.rmd(
+            grid.law_particles(s1, th[s1]),
+            grid.law_particles(s2, th[s2]),
+            exact_max=cfg.exact_ot_max,
+            sinkhorn_reg=cfg.sinkhorn_reg,
+            moment_factor=cfg.moment_factor,
+        )
         assert value == want.value, (tk, seed, pair)
 
 
-def cell_final(grid, cell, teacher, scheme, seed):
+def _final_particles(cell, teacher, scheme, seed):
     """Final particles of one run of a cell (seed 0 runs are kept in the cell's _particles)."""
     assert seed == 0
     runs = list(cell["_particles"]["runs"])
