@@ -320,8 +320,8 @@ def run_cell(grid: _Grid, n: int, on_steps=None) -> dict[str, Any]:
     final = snaps[last]
     index = {run: r for r, run in enumerate(grid.runs)}
     # Every W₂ problem of the cell, solved once: keyed by its kind and the values of its laws, so
-    # equal laws share one solve. In the paper preset DA and FA end bit for bit equal, which makes
-    # vanilla-FA vanilla-DA's problem and FA-EA DA-EA's (a third of the pairwise solves).
+    # equal laws share one solve. In the float32 paper preset DA and FA end bit for bit equal, so
+    # vanilla-FA is vanilla-DA's problem and FA-EA DA-EA's (a third of the pairwise solves).
     problems: dict[tuple, Callable[[], metrics.Distance]] = {}
 
     def problem(kind: str, solve: Callable[[], metrics.Distance], *laws: torch.Tensor) -> tuple:
