@@ -146,15 +146,25 @@ def real_tensor(v: Any, name: str) -> torch.Tensor:
         return v
     if isinstance(v, np.ndarray) and v.dtype.kind == "f":
         return torch.from_numpy(np.ascontiguousarray(v))
-    if np.iscomplexobj(v):
-        raise TypeError(f"{name} must be real, got complex data")
+    want = f"{name} must be a tensor or a (nested) sequence of real numbers"
     try:
-        return torch.from_numpy(np.array(v, dtype=np.float64))
+        arr = np.asarray(v)
+    except (TypeError, ValueError, OverflowError):  # ragged nesting: numpy's message names nothing
+        raise TypeError(f"{want} (one shape, not ragged), got {type(v).__name__}") from None
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} must be real, got complex data")
+    # kinds read by value only: np.array(.., float64) turned None into NaN, "1.5" into 1.5, True
+    # into 1.0; an object array (Python ints past int64, Fractions) is checked item by item
+    if arr.dtype.kind == "O":
+        numeric = all(isinstance(e, numbers.Real) and not _is_bool(e) for e in arr.flat)
+    else:
+        numeric = arr.dtype.kind in "iuf"
+    if not numeric:
+        raise TypeError(f"{want}, got {type(v).__name__} of dtype {arr.dtype}")
+    try:
+        return torch.from_numpy(arr.astype(np.float64))
     except (TypeError, ValueError, OverflowError):
-        raise TypeError(
-            f"{name} must be a tensor or a (nested) sequence of real numbers, got "
-            f"{type(v).__name__}"
-        ) from None
+        raise TypeError(f"{want}, got {type(v).__name__}") from None
 
 
 def as_device(device: Any, name: str) -> torch.device:

@@ -195,12 +195,74 @@ def test_dimension_mismatch():
         metrics.w2_squared(np.zeros((2, 2)), np.zeros((2, 3)))
 
 
+def test_malformed_particle_data_named():
+    """Ragged lists raised numpy's "setting an array element with a sequence" (no argument
+    named); None, strings and bools were read as NaN, 1.5 and 1.0 (None got "x must be a (N, D)
+    particle set, got shape (1,)")."""
+    y = np.zeros((2, 2))
+    with pytest.raises(TypeError, match=r"x must be a tensor .* \(one shape, not ragged\)"):
+        metrics.w2_squared([[1.0, 2.0], [3.0]], y)
+    for bad in (None, [[1.0, None]], [["1.5", "2"]], [[True, False]]):
+        with pytest.raises(TypeError, match=r"x must be a tensor or a \(nested\) sequence"):
+            metrics.rmd(bad, y)
+    with pytest.raises(TypeError, match=r"a must be a tensor or a \(nested\) sequence"):
+        metrics.second_moment(y, [0.5, None])
+    with pytest.raises(TypeError, match=r"particles must be a tensor .* not ragged"):
+        Teacher(MatrixUnit(2, 2), [[0.0, 0.0, 0.0, 0.0], [0.0]])
+    # what numpy reads as numbers still is: Python ints past int64, NumPy scalars
+    assert metrics.second_moment([[2**70, 0]]) == 2.0**140
+    assert metrics.second_moment([[np.float32(3.0), 4]]) == 25.0
+
+
+def test_meta_tensors_refused_by_name():
+    """A meta tensor (shape and dtype only) has no values to measure: every metric raised torch's
+    "Cannot copy out of meta tensor" / "not on the expected device" naming no argument."""
+    x, meta = torch.randn(3, 4, dtype=torch.float64), torch.zeros(3, 4, device="meta")
+    m_z, proj = _c2()
+    calls = {
+        "x": lambda: metrics.w2_squared(meta, x),
+        "y": lambda: metrics.rmd(x, meta),
+        "a": lambda: metrics.second_moment(x, torch.full((3,), 1 / 3, device="meta")),
+        "proj": lambda: metrics.rmd_to_projection(x, proj.to("meta")),
+        "m_z": lambda: metrics.rmd_to_symmetrized(x, m_z.to("meta")),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=f"^{name} must hold values, got a meta tensor"):
+            call()
+    unit, teacher = MatrixUnit(2, 2), Teacher.paper("SI")
+    xt = metrics.risk_inputs(5, 2, 4.0)
+    yt = teacher(xt)
+    risk = metrics.monte_carlo_risk
+    for name, kw in (
+        ("x_test", dict(x_test=xt.to("meta"))),
+        ("y_test", dict(y_test=yt.to("meta"))),
+        ("theta", dict(theta=teacher.particles.to("meta"))),
+    ):
+        args = dict(x_test=xt, y_test=yt, unit=unit, theta=teacher.particles) | kw
+        with pytest.raises(ValueError, match=f"^{name} must hold values, got a meta tensor"):
+            risk(None, args.pop("x_test"), args.pop("y_test"), **args)
+    with pytest.raises(ValueError, match="the model's output must hold values"):
+        risk(lambda z: torch.zeros(len(z), 2, device="meta"), xt, yt)
+
+
 def test_risk_inputs_fixed_and_scaled():
     a = metrics.risk_inputs(20_000, 2, 4.0, seed=3)
     b = metrics.risk_inputs(20_000, 2, 4.0, seed=3)
     assert torch.equal(a, b)
     assert not torch.equal(a, metrics.risk_inputs(20_000, 2, 4.0, seed=4))
     assert a.std().item() == pytest.approx(4.0, rel=0.03)
+
+
+def test_risk_inputs_refuses_huge_samples_before_allocating():
+    """n = 10**12 asked the allocator for 16 TB (torch's "can't allocate memory"), and past
+    n·d = 2^32 the 32-bit Philox index would repeat its numbers; the draw's ~120 bytes per
+    number make even 1e9 an out-of-memory kill on a small machine."""
+    from symkern.meanfield import rng
+
+    sizes = [(10**12, 2), (2**31 + 1, 2), (1, 10**15)]
+    for n, d in [*sizes, (rng.MAX_DRAW // 2 + 1, 2)]:  # and the first size past the limit
+        with pytest.raises(ValueError, match=r"n \* d = \d+ random numbers in one call exceeds"):
+            metrics.risk_inputs(n, d, 4.0)
 
 
 def test_monte_carlo_risk():

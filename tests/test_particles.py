@@ -753,6 +753,25 @@ def test_initial_particles_bad_inputs():
         initial_particles(1, 3, 4, 0, proj=torch.eye(3))
 
 
+def test_initial_particles_refuses_huge_draws_and_valueless_projectors():
+    """R·N·D past rng.MAX_DRAW is refused before allocating: n_runs=10**9 asked the allocator
+    for 8 GB (torch's "can't allocate memory"; smaller excesses were an out-of-memory kill, the
+    draw holding ~120 bytes per number). A meta proj gave particles of uninitialised memory, a
+    NaN one all-NaN particles, without an error."""
+    sizes = [(10**9, 10, 4, 0), (1, 2**30 - 1, 4, 0)]
+    for args in [*sizes, (rng.MAX_DRAW // 4 + 1, 1, 4, 0)]:  # and the first R past the limit
+        with pytest.raises(ValueError, match=r"n_runs \* n_particles \* dim = \d+ random numbers"):
+            initial_particles(*args)
+    trainer = ParticleTrainer(MatrixUnit(2, 2))
+    for init in ("SI", "WI"):
+        with pytest.raises(ValueError, match=r"runs \* n_particles \* D = 4000000000 random"):
+            trainer.run(10**6, 1, runs=1000, teacher=Teacher.paper("WI"), init=init)
+    with pytest.raises(ValueError, match="proj must hold values, got a meta tensor"):
+        initial_particles(1, 3, 4, 0, proj=torch.eye(4, device="meta"))
+    with pytest.raises(ValueError, match="proj contains NaN or inf"):
+        initial_particles(1, 3, 4, 0, proj=torch.full((4, 4), float("nan")))
+
+
 def test_particle_steps_rejects_bools_and_bad_numbers():
     unit, _, ok, theta = _bad_input_case()
     for name in ("steps", "batch"):
@@ -933,6 +952,47 @@ def test_unit_outputs_and_teacher_labels_check_their_inputs():
         teacher(torch.ones(4, 2, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"m_z must have shape \(G >= 1, 4, 4\)"):
         teacher.symmetrized(torch.eye(3, dtype=torch.float64)[None])
+
+
+def test_units_and_teachers_refuse_what_they_computed_wrongly_or_raised_raw():
+    """A 0-d θ raised IndexError; leading dims that do not broadcast, einsum's message; an output
+    over N = 0 particles was NaN. param_action did not check ρ, ρ̂: a wrong d raised a raw
+    reshape / expand error, a list AttributeError, and a ρ̂ with fewer elements was broadcast
+    against every ρ_g (M_g of mismatched pairs, returned). A meta teacher raised torch's
+    ".item() cannot be called on meta tensors"; a NaN or meta m_z of symmetrized was reported
+    as "particles contains NaN or inf"."""
+    rho = groups.c2_swap().element_matrices(dtype=torch.float64)
+    for unit in (MatrixUnit(2, 2), StandardUnit(2, 2, "tanh")):
+        D = unit.D
+        x = torch.randn(3, 2, dtype=torch.float64)
+        with pytest.raises(ValueError, match=f"theta must have a last axis of D = {D}"):
+            unit.features(x, torch.tensor(1.0, dtype=torch.float64))
+        with pytest.raises(ValueError, match=r"leading dims of x \(7,\) and theta \(6,\)"):
+            unit.features(torch.randn(7, 3, 2), torch.randn(6, 5, D))
+        assert unit.features(torch.randn(7, 3, 2), torch.randn(1, 5, D)).shape == (7, 3, 5, 2)
+        with pytest.raises(ValueError, match="theta must hold at least one particle"):
+            unit.output(x, torch.zeros(0, D, dtype=torch.float64))
+        assert unit.param_action(rho, rho).shape == (2, D, D)
+        with pytest.raises(ValueError, match=r"rho_x must be \(G >= 1, 2, 2\)"):
+            unit.param_action(torch.eye(3)[None], torch.eye(2)[None])
+        with pytest.raises(ValueError, match=r"rho_y must be \(G >= 1, 2, 2\)"):
+            unit.param_action(rho, rho[0])
+        with pytest.raises(ValueError, match="rho_x and rho_y must hold the same G elements"):
+            unit.param_action(rho, rho[:1])
+        with pytest.raises(TypeError, match=r"rho_x must be a floating torch.Tensor"):
+            unit.param_action(rho.tolist(), rho)
+        with pytest.raises(TypeError, match="must share a dtype"):
+            unit.param_action(rho, rho.float())
+    unit = MatrixUnit(2, 2)
+    for kw, name in ((dict(particles=torch.zeros(2, 4, device="meta")), "particles"),
+                     (dict(weights=torch.zeros(2, device="meta")), "weights")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{name} must hold values, got a meta tensor"):
+            Teacher(unit, **(dict(particles=torch.zeros(2, 4)) | kw))
+    m_z = unit.param_action(rho, rho)
+    with pytest.raises(ValueError, match="m_z contains NaN or inf"):
+        Teacher.paper("arbitrary").symmetrized(torch.full_like(m_z, float("nan")))
+    with pytest.raises(ValueError, match="m_z must hold values, got a meta tensor"):
+        Teacher.paper("arbitrary").symmetrized(m_z.to("meta"))
 
 
 def test_units_compare_by_value_and_trainer_checks_its_teacher():
@@ -1627,6 +1687,31 @@ def test_trainer_checks_its_arguments_when_built():
     assert trainer.run(5, 1, runs=2, teacher=Teacher.paper("WI")).theta.shape == (2, 5, 4)
     with pytest.raises(ValueError, match="alpha must be a scalar or have one value per run"):
         trainer.run(5, 1, runs=3, teacher=Teacher.paper("WI"))
+
+
+def test_trainer_run_normalises_snapshot_every_and_names_init():
+    """A NumPy or tensor snapshot_every (accepted as an int) made snapshot_steps a list of NumPy
+    scalars or 0-d tensors, not of ints; a meta init raised torch's "Cannot copy out of meta
+    tensor", a NaN one was reported as theta's. An alpha past float32's range raised torch's
+    "value cannot be converted to type float without overflow" (a float), or trained with
+    α = inf (a tensor rounded to float32)."""
+    trainer = ParticleTrainer(MatrixUnit(2, 2), dtype=torch.float64)
+    wi = Teacher.paper("WI")
+    for every in (np.int64(2), torch.tensor(2)):
+        steps = trainer.run(3, 4, teacher=wi, snapshot_every=every).snapshot_steps
+        assert steps == [2, 4] and all(type(s) is int for s in steps)
+    with pytest.raises(ValueError, match="init must hold values, got a meta tensor"):
+        trainer.run(3, 2, teacher=wi, init=torch.zeros(1, 3, 4, device="meta"))
+    with pytest.raises(ValueError, match="init contains NaN or inf"):
+        trainer.run(3, 2, teacher=wi, init=torch.full((1, 3, 4), float("nan")))
+    for alpha in (1e308, torch.tensor([1e39], dtype=torch.float64)):
+        with pytest.raises(
+            ValueError, match=r"alpha must be finite in theta's dtype torch.float32"
+        ):
+            symkern.particle_steps(torch.zeros(1, 3, 4), MatrixUnit(2, 2), teacher=wi.particles,
+                                   alpha=alpha)  # fmt: skip
+    with pytest.raises(ValueError, match=r"alpha must be finite in theta's dtype torch.float32"):
+        ParticleTrainer(MatrixUnit(2, 2), alpha=1e308).run(3, 2, teacher=wi)
 
 
 def test_meanfield_exposes_metrics_and_rng():

@@ -48,7 +48,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from symkern._checks import as_int, as_real, real_tensor
+from symkern._checks import as_int, as_real, real_tensor, require_values
 from symkern.ops.particles import model_output
 
 __all__ = [
@@ -87,8 +87,10 @@ class Distance(NamedTuple):
 def _float_array(x, name: str) -> tuple[np.ndarray, float]:
     """``x`` as a float64 array and the machine epsilon of its own floating dtype (float64's when
     not floating); TypeError naming ``name`` for complex or non-numeric data (numpy would drop an
-    imaginary part with only a warning)."""
+    imaginary part with only a warning), ValueError for a meta tensor (torch's "Cannot copy out of
+    meta tensor" named no argument)."""
     t = real_tensor(x, name)
+    require_values(t, name, "a distance or moment is computed from its values")
     eps = torch.finfo(t.dtype).eps if t.is_floating_point() else torch.finfo(torch.float64).eps
     # contiguous: POT's exact solver refuses a strided array (a view such as a[::2])
     return np.ascontiguousarray(t.detach().cpu().to(torch.float64).numpy()), eps
@@ -461,6 +463,8 @@ def rmd_to_symmetrized(x, m_z, a=None, *, moment_factor: float = 1.0, **w2_kwarg
 def risk_inputs(n: int, d: int, sigma_pi: float, seed: int = 0) -> torch.Tensor:
     """The fixed Monte-Carlo test sample x_j ~ N(0, σ_π² I_d), (n, d) float64, drawn from the
     Philox stream :data:`symkern.meanfield.rng.STREAM_TEST` keyed by (seed, run 0, step 0).
+    n, d positive ints with n·d at most :data:`symkern.meanfield.rng.MAX_DRAW` (1e8), else
+    ValueError before anything is allocated.
 
     >>> x = risk_inputs(50, 2, sigma_pi=4.0)
     >>> x.shape, x.dtype
@@ -473,6 +477,7 @@ def risk_inputs(n: int, d: int, sigma_pi: float, seed: int = 0) -> torch.Tensor:
     from symkern.meanfield import rng  # noqa: PLC0415
 
     n, d = as_int(n, "n", minimum=1), as_int(d, "d", minimum=1)
+    rng.check_draw_size(n * d, "n * d")
     sigma_pi = as_real(sigma_pi, "sigma_pi", positive=True)
     seed = as_int(seed, "seed", minimum=0, below=2**64)
     z = rng.normal(seed, torch.zeros(1, dtype=torch.int64), 0, rng.STREAM_TEST, n * d)
@@ -514,6 +519,8 @@ def monte_carlo_risk(
     chunk = as_int(chunk, "chunk", minimum=1)
     x_test = real_tensor(x_test, "x_test").to(torch.float64)
     y_test = real_tensor(y_test, "y_test").to(torch.float64)
+    for t, name in ((x_test, "x_test"), (y_test, "y_test")):
+        require_values(t, name, "the risk is a number computed from the sample's values")
     if x_test.dim() != 2 or x_test.shape[0] < 1:
         raise ValueError(f"x_test must be (n, d) with n >= 1, got {tuple(x_test.shape)}")
     n = x_test.shape[0]
@@ -532,7 +539,9 @@ def monte_carlo_risk(
                 f"x_test / y_test must be (n, {unit.d}) / (n, {unit.c}) for {unit!r}, got "
                 f"{tuple(x_test.shape)} / {tuple(y_test.shape)}"
             )
-        th = real_tensor(theta, "theta").detach().cpu().to(torch.float64)
+        th = real_tensor(theta, "theta")
+        require_values(th, "theta", "the network is evaluated on the CPU from its values")
+        th = th.detach().cpu().to(torch.float64)
         if th.dim() != 2 or th.shape[0] < 1 or th.shape[1] != unit.D:
             raise ValueError(
                 f"theta must be (N, {unit.D}) particles with N >= 1 for {unit!r}, got "
@@ -558,5 +567,6 @@ def monte_carlo_risk(
                 f"model must map a ({ys.shape[0]}, {x_test.shape[1]}) input chunk to "
                 f"({ys.shape[0]}, {ys.shape[1]}) outputs like y_test, got {got}"
             )
+        require_values(out, "the model's output", "the risk is computed from its values")
         total += float(((out.double() - ys) ** 2).sum())
     return total / n

@@ -38,12 +38,16 @@ import math
 
 import torch
 
+from symkern.groups._native import MAX_ELEMENT_ENTRIES
+
 __all__ = [
+    "MAX_DRAW",
     "STREAM_AUGMENT",
     "STREAM_DATA",
     "STREAM_INIT",
     "STREAM_NOISE",
     "STREAM_TEST",
+    "check_draw_size",
     "normal",
     "normal4",
     "philox4x32",
@@ -56,6 +60,25 @@ STREAM_NOISE = 1
 STREAM_AUGMENT = 2
 STREAM_INIT = 3
 STREAM_TEST = 4
+
+# The most numbers one host-side draw (initial particles, the test-risk sample) may return: the
+# entry limit of element_matrices. The torch Philox pass below holds ~120 bytes per number at its
+# peak (int64 words and their temporaries; measured 1.15 GB for 1e7 numbers on the 2-core
+# EPYC), so the cap keeps a call near 12 GB; n_particles=10**9 asked the allocator for 32 GB at
+# the first arange, and a count past 2^32 would repeat the 32-bit index words' numbers.
+MAX_DRAW = MAX_ELEMENT_ENTRIES
+
+
+def check_draw_size(count: int, what: str) -> None:
+    """ValueError when a draw of ``count`` numbers would pass :data:`MAX_DRAW`; ``what`` names
+    the arguments whose product ``count`` is (e.g. "n * d"), checked before anything is
+    allocated."""
+    if count > MAX_DRAW:
+        raise ValueError(
+            f"{what} = {count} random numbers in one call exceeds the limit {MAX_DRAW} (the "
+            "Philox draw holds ~120 bytes per number at its peak); draw fewer per call"
+        )
+
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from symkern._checks import real_tensor
+from symkern._checks import all_finite, real_tensor, require_values
 from symkern.meanfield.units import MatrixUnit, Unit, check_unit
 
 __all__ = ["Teacher"]
@@ -59,6 +59,7 @@ class Teacher:
                  name: str = "teacher"):  # fmt: skip
         check_unit(unit)
         particles = real_tensor(particles, "particles").to(torch.float64)
+        require_values(particles, "particles", "the teacher labels data by their values")
         if particles.dim() != 2:
             raise ValueError(f"particles must be (M, D), got {tuple(particles.shape)}")
         unit.check_theta(particles, "particles")
@@ -70,6 +71,7 @@ class Teacher:
             )
         weights = torch.full((M,), 1.0 / M, dtype=torch.float64) if weights is None else weights
         weights = real_tensor(weights, "weights").to(torch.float64)
+        require_values(weights, "weights", "the teacher labels data by their values")
         if weights.shape != (M,):
             raise ValueError(f"weights must be ({M},), got {tuple(weights.shape)}")
         for t, arg in ((particles, "particles"), (weights, "weights")):
@@ -96,6 +98,10 @@ class Teacher:
             raise TypeError(f"m_z must be a floating torch.Tensor of shape (G, {D}, {D})")
         if m_z.dim() != 3 or m_z.shape[1:] != (D, D) or m_z.shape[0] < 1:
             raise ValueError(f"m_z must have shape (G >= 1, {D}, {D}), got {tuple(m_z.shape)}")
+        # checked here, not as the images' "particles contains NaN or inf" of the constructor
+        require_values(m_z, "m_z", "the images M_g θ* are computed from its values")
+        if not all_finite(m_z):
+            raise ValueError("m_z contains NaN or inf; every image M_g θ* would be NaN")
         imgs = torch.einsum("gij,mj->gmi", m_z.double(), self.particles).reshape(-1, self.unit.D)
         w = (self.weights / m_z.shape[0]).repeat(m_z.shape[0])
         return Teacher(self.unit, imgs, w, name or f"{self.name}-WI")

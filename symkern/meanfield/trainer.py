@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from symkern._checks import as_device, as_real, float_dtype
+from symkern._checks import all_finite, as_device, as_real, float_dtype, require_values
 from symkern.backends.registry import _requested_backend
 from symkern.groups import Representation
 from symkern.meanfield import rng
@@ -43,8 +43,10 @@ def initial_particles(
     """(R, N, D) iid N(0, std²) particles (WI init; the paper's std = 1/4), projected by ``proj``
     (D, D) onto E^G when given (SI init). Keyed by (seed, run id, STREAM_INIT), step 0.
 
-    R, N, D positive ints (N·D < 2^32, the Philox element index); seed an int in [0, 2^64);
-    run_ids R ints in [0, 2^32) (default 0..R−1); std finite and ≥ 0; dtype a floating dtype.
+    R, N, D positive ints with R·N·D at most :data:`~symkern.meanfield.rng.MAX_DRAW` (1e8; so
+    also N·D < 2^32, the Philox element index), refused before anything is allocated; seed an int
+    in [0, 2^64); run_ids R ints in [0, 2^32) (default 0..R−1); std finite and ≥ 0; dtype a
+    floating dtype; proj finite (a meta tensor, which has no values, is refused).
 
     Example::
 
@@ -63,10 +65,7 @@ def initial_particles(
     R = _check_pos_int(n_runs, "n_runs")
     N = _check_pos_int(n_particles, "n_particles")
     D = _check_pos_int(dim, "dim")
-    if N * D >= 2**32:
-        raise ValueError(
-            f"n_particles * dim must be < 2^32 (the Philox element index is 32-bit), got {N * D}"
-        )
+    rng.check_draw_size(R * N * D, "n_runs * n_particles * dim")  # and N·D < 2^32
     seed = _check_seed(seed)
     std = as_real(std, "std", minimum=0.0)
     float_dtype(dtype)
@@ -78,6 +77,10 @@ def initial_particles(
             )
         if proj.shape != (D, D):
             raise ValueError(f"proj must be ({D}, {D}), got {tuple(proj.shape)}")
+        # a meta proj gave particles of uninitialised memory (CPU @ meta returned a CPU tensor)
+        require_values(proj, "proj", "the particles are projected by its values")
+        if not all_finite(proj):
+            raise ValueError("proj contains NaN or inf; every particle would be NaN")
     z = rng.normal(seed, ids, 0, rng.STREAM_INIT, N * D).view(R, N, D)
     theta = std * z
     if proj is not None:
@@ -195,8 +198,10 @@ class ParticleTrainer:
     ) -> TrainResult:
         """Train ``runs`` independent runs (run r uses RNG identity (seed, r)) for ``steps``.
 
-        ``n_particles``, ``steps``, ``runs``: positive ints. ``teacher``: a :class:`Teacher` of
-        this trainer's unit. ``init``: "SI", "WI" or a (runs, n_particles, D) tensor.
+        ``n_particles``, ``steps``, ``runs``: positive ints (runs·n_particles·D at most
+        :data:`~symkern.meanfield.rng.MAX_DRAW` for an "SI" / "WI" init). ``teacher``: a
+        :class:`Teacher` of this trainer's unit. ``init``: "SI", "WI" or a finite
+        (runs, n_particles, D) tensor.
         """
         n_particles = _check_pos_int(n_particles, "n_particles")
         steps = _check_pos_int(steps, "steps")
@@ -220,8 +225,16 @@ class ParticleTrainer:
                 )
             if not init.is_floating_point():
                 raise TypeError(f"init must be a floating tensor, got dtype {init.dtype}")
+            # named here: the engine's checks name its own argument, theta (a meta init raised
+            # torch's "Cannot copy out of meta tensor")
+            require_values(init, "init", "training starts from its values")
+            if not all_finite(init):
+                raise ValueError(
+                    "init contains NaN or inf; particle training would only propagate it"
+                )
             theta0 = init.to(torch.float64)
         elif isinstance(init, str) and init in ("SI", "WI"):
+            rng.check_draw_size(runs * n_particles * self.unit.D, "runs * n_particles * D")
             theta0 = initial_particles(
                 runs, n_particles, self.unit.D, seed, proj=self.proj if init == "SI" else None
             )
@@ -233,7 +246,11 @@ class ParticleTrainer:
         project = (
             (si and self.group is not None) if self.project_noise is None else self.project_noise
         )
-        snapshot_every = steps if snapshot_every is None else snapshot_every
+        # a Python int: snapshot_steps is a list of ints (a NumPy or tensor snapshot_every made
+        # them NumPy scalars or 0-d tensors)
+        snapshot_every = (
+            steps if snapshot_every is None else _check_pos_int(snapshot_every, "snapshot_every")
+        )
         theta0 = theta0.to(device=self.device, dtype=self.dtype)  # what the engine starts from
         out = particle_steps(
             theta0,

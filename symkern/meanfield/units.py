@@ -79,6 +79,13 @@ class Unit:
             )
         if x.dtype != theta.dtype:
             raise TypeError(f"x ({x.dtype}) and theta ({theta.dtype}) must have the same dtype")
+        try:  # the leading dims broadcast: else einsum's message named neither argument
+            torch.broadcast_shapes(x.shape[:-2], theta.shape[:-2])
+        except RuntimeError:
+            raise ValueError(
+                f"the leading dims of x {tuple(x.shape[:-2])} and theta {tuple(theta.shape[:-2])} "
+                "must broadcast"
+            ) from None
         return self._features(x, theta)
 
     def _features(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -86,17 +93,51 @@ class Unit:
         raise NotImplementedError
 
     def output(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """Φ_θ(x) = (1/N) Σ_i σ*(x, θ_i): x (..., B, d), θ (..., N, D) → (..., B, c)."""
-        return self.features(x, theta).mean(-2)
+        """Φ_θ(x) = (1/N) Σ_i σ*(x, θ_i): x (..., B, d), θ (..., N, D) → (..., B, c), N ≥ 1
+        as in :func:`symkern.model_output` (a mean over no particle was NaN)."""
+        feats = self.features(x, theta)
+        if theta.shape[-2] < 1:
+            raise ValueError(f"theta must hold at least one particle, got {tuple(theta.shape)}")
+        return feats.mean(-2)
 
     def param_action(self, rho_x: torch.Tensor, rho_y: torch.Tensor) -> torch.Tensor:
         """M_g (G, D, D) from ρ_g (G, d, d), ρ̂_g (G, c, c): the action on parameters that makes
-        the unit jointly equivariant where any does (see the module docstring)."""
+        the unit jointly equivariant where any does (see the module docstring). ρ and ρ̂ are
+        real tensors of one dtype with the same G ≥ 1 (ValueError / TypeError naming them)."""
+        self._check_action(rho_x, rho_y)
+        return self._param_action(rho_x, rho_y)
+
+    def _param_action(self, rho_x: torch.Tensor, rho_y: torch.Tensor) -> torch.Tensor:
+        """:meth:`param_action` on checked inputs."""
         raise NotImplementedError
+
+    def _check_action(self, rho_x, rho_y) -> None:
+        """Shapes were unchecked: a wrong d gave a raw reshape / expand error, and a ρ̂ with one
+        element broadcast against every ρ_g, pairing elements that are not the same g."""
+        for rho, name, dim in ((rho_x, "rho_x", self.d), (rho_y, "rho_y", self.c)):
+            if not isinstance(rho, torch.Tensor) or not rho.is_floating_point():
+                raise TypeError(
+                    f"{name} must be a floating torch.Tensor of shape (G, {dim}, {dim})"
+                )
+            if rho.dim() != 3 or tuple(rho.shape[1:]) != (dim, dim) or rho.shape[0] < 1:
+                raise ValueError(
+                    f"{name} must be (G >= 1, {dim}, {dim}) for {self!r}, got {tuple(rho.shape)}"
+                )
+        if rho_x.shape[0] != rho_y.shape[0]:
+            raise ValueError(
+                f"rho_x and rho_y must hold the same G elements, got G = {rho_x.shape[0]} and "
+                f"{rho_y.shape[0]}"
+            )
+        if rho_x.dtype != rho_y.dtype:
+            raise TypeError(f"rho_x ({rho_x.dtype}) and rho_y ({rho_y.dtype}) must share a dtype")
 
     def check_theta(self, theta: torch.Tensor, name: str = "theta") -> None:
         if not isinstance(theta, torch.Tensor) or not theta.is_floating_point():
             raise TypeError(f"{name} must be a floating torch.Tensor")
+        if theta.dim() == 0:  # no last axis (reading one raised IndexError)
+            raise ValueError(
+                f"{name} must have a last axis of D = {self.D} parameters, got a 0-d tensor"
+            )
         if theta.shape[-1] != self.D:
             raise ValueError(
                 f"{name} has {theta.shape[-1]} parameters per particle (last axis), but "
@@ -139,7 +180,7 @@ class MatrixUnit(Unit):
         z = theta.reshape(*theta.shape[:-1], self.c, self.d)
         return torch.sigmoid(torch.einsum("...nkd,...bd->...bnk", z, x))
 
-    def param_action(self, rho_x: torch.Tensor, rho_y: torch.Tensor) -> torch.Tensor:
+    def _param_action(self, rho_x: torch.Tensor, rho_y: torch.Tensor) -> torch.Tensor:
         # vec(ρ̂ z ρᵀ) = (ρ̂ ⊗ ρ) vec(z) for row-major vec
         g = rho_x.shape[0]
         return torch.einsum("gij,gkl->gikjl", rho_y, rho_x).reshape(g, self.D, self.D)
@@ -183,7 +224,7 @@ class StandardUnit(Unit):
         pre = torch.einsum("...nd,...bd->...bn", w, x) + b.unsqueeze(-2)
         return _ACT_FN[self.activation](pre).unsqueeze(-1) * a.unsqueeze(-3)
 
-    def param_action(self, rho_x: torch.Tensor, rho_y: torch.Tensor) -> torch.Tensor:
+    def _param_action(self, rho_x: torch.Tensor, rho_y: torch.Tensor) -> torch.Tensor:
         g = rho_x.shape[0]
         m = torch.zeros(g, self.D, self.D, dtype=rho_x.dtype, device=rho_x.device)
         m[:, : self.c, : self.c] = rho_y

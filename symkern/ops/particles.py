@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from symkern._checks import as_int, as_real, philox_ids, real_tensor
+from symkern._checks import all_finite, as_int, as_real, philox_ids, real_tensor
 from symkern.backends.registry import select_kernel, select_kernel_cached
 from symkern.groups import Representation
 from symkern.meanfield.problem import SCHEMES, ParticleProblem
@@ -205,8 +205,20 @@ def _hyper(value, R: int, name: str, dtype, device) -> torch.Tensor:
             v = math.inf
         if not (math.isfinite(v) and v >= 0):  # (an int too large for a float: inf)
             raise ValueError(f"{name} must be finite and >= 0, got {v}")
+        if v > torch.finfo(dtype).max:  # torch.full raised "cannot be converted ... overflow"
+            raise _hyper_overflow(name, v, dtype)
         return torch.full((R,), v + 0.0, dtype=dtype, device=device)  # + 0.0: -0.0 -> 0.0
-    return per_item(value, R, name, dtype, device, item="run")  # bools, strings: TypeError
+    t = per_item(value, R, name, dtype, device, item="run")  # bools, strings: TypeError
+    if not all_finite(t):  # finite in float64, rounded to inf in theta's dtype (was silent)
+        raise _hyper_overflow(name, value, dtype)
+    return t
+
+
+def _hyper_overflow(name: str, value, dtype) -> ValueError:
+    return ValueError(
+        f"{name} must be finite in theta's dtype {dtype} (at most {torch.finfo(dtype).max:.3g}), "
+        f"got {value!r}"
+    )
 
 
 def _check_particles(theta: torch.Tensor, unit: Unit, finite: bool = True) -> tuple[int, int, int]:
