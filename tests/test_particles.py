@@ -772,6 +772,25 @@ def test_initial_particles_refuses_huge_draws_and_valueless_projectors():
         initial_particles(1, 3, 4, 0, proj=torch.full((4, 4), float("nan")))
 
 
+def test_snapshots_past_the_device_memory_are_refused_naming_snapshot_every(monkeypatch):
+    """steps=10**9, snapshot_every=1 raised numpy's MemoryError naming only a shape (or the
+    allocation was an out-of-memory kill): S snapshots of θ past the device's whole memory are a
+    ValueError naming snapshot_every, before any step; within it the call runs."""
+    from symkern.ops import particles as ops_particles
+
+    unit, _, ok, _ = _bad_input_case()
+    theta = torch.randn(1, 1000, 4, dtype=torch.float64)  # 32 kB: 2^32 - 1 snapshots are 137 TB
+    with pytest.raises(ValueError, match=r"^snapshot_every: 1 records 4294967295 snapshots"):
+        symkern.particle_steps(theta, unit, **ok, steps=2**32 - 1, snapshot_every=1)
+    monkeypatch.setattr(ops_particles, "_memory_bytes", lambda device: 10 * 32_000)
+    with pytest.raises(ValueError, match=r"11 snapshots of theta \(1, 1000, 4\), 0.000352 GB"):
+        symkern.particle_steps(theta, unit, **ok, steps=11, snapshot_every=1)
+    assert (
+        symkern.particle_steps(theta, unit, **ok, steps=11, snapshot_every=2).snapshots.shape[1]
+        == 5
+    )
+
+
 def test_particle_steps_rejects_bools_and_bad_numbers():
     unit, _, ok, theta = _bad_input_case()
     for name in ("steps", "batch"):

@@ -10,6 +10,7 @@ with. The math of one step is in :mod:`symkern.meanfield.problem`.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -600,6 +601,7 @@ def particle_steps(
             "recorded)"
         )
     _check_particles(theta, unit, finite=False)  # below: by the kernel or before it
+    _check_snapshot_memory(theta, steps // snapshot_every, snapshot_every)
     problem = _PROBLEM_MEMO.problem(
         theta, unit, dict(
             teacher=teacher, teacher_weights=teacher_weights, group=group, scheme=scheme,
@@ -620,6 +622,32 @@ def particle_steps(
         theta.detach().contiguous(), problem, step0, steps, snapshot_every
     )
     return ParticleStepsResult(*out, kernel.backend)
+
+
+def _memory_bytes(device: torch.device) -> int | None:
+    """The memory of ``device``: physical RAM for the CPU, the GPU's own for CUDA; None where
+    it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        return None
+
+
+def _check_snapshot_memory(theta: torch.Tensor, snapshots: int, snapshot_every: int) -> None:
+    """ValueError naming ``snapshot_every`` when its S snapshots of θ (R, S, N, D) alone would
+    need more than the device's whole memory (steps=10**9, snapshot_every=1 raised numpy's
+    MemoryError naming only a shape, or the allocation was an out-of-memory kill)."""
+    need = snapshots * theta.numel() * theta.element_size()
+    have = _memory_bytes(theta.device)
+    if have is not None and need > have:
+        raise ValueError(
+            f"snapshot_every: {snapshot_every} records {snapshots} snapshots of theta "
+            f"{tuple(theta.shape)}, {need / 1e9:.3g} GB, more than the {have / 1e9:.3g} GB of "
+            f"memory of {theta.device.type}; record fewer (a larger snapshot_every) or split "
+            "the steps over several calls (step0 continues the streams)"
+        )
 
 
 def particle_step(theta: torch.Tensor, unit: Unit, **kwargs) -> ParticleStepsResult:
