@@ -9,6 +9,7 @@ with. The math of one step is in :mod:`symkern.meanfield.problem`.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -624,9 +625,11 @@ def particle_steps(
     return ParticleStepsResult(*out, kernel.backend)
 
 
+@functools.lru_cache(maxsize=16)
 def _memory_bytes(device: torch.device) -> int | None:
     """The memory of ``device``: physical RAM for the CPU, the GPU's own for CUDA; None where
-    it cannot be read."""
+    it cannot be read. Read once per device (two sysconf calls were ~1 µs of a 31 µs
+    once-per-step call)."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     try:
