@@ -1002,6 +1002,8 @@ def test_units_and_teachers_refuse_what_they_computed_wrongly_or_raised_raw():
             unit.param_action(rho.tolist(), rho)
         with pytest.raises(TypeError, match="must share a dtype"):
             unit.param_action(rho, rho.float())
+        with pytest.raises(ValueError, match=r"rho_x \(cpu\) and rho_y \(meta\) must share"):
+            unit.param_action(rho, rho.to("meta"))
     unit = MatrixUnit(2, 2)
     for kw, name in ((dict(particles=torch.zeros(2, 4, device="meta")), "particles"),
                      (dict(weights=torch.zeros(2, device="meta")), "weights")):  # fmt: skip

@@ -130,6 +130,10 @@ class Unit:
             )
         if rho_x.dtype != rho_y.dtype:
             raise TypeError(f"rho_x ({rho_x.dtype}) and rho_y ({rho_y.dtype}) must share a dtype")
+        if rho_x.device != rho_y.device:  # einsum's "Expected all tensors to be on the same device"
+            raise ValueError(
+                f"rho_x ({rho_x.device}) and rho_y ({rho_y.device}) must share a device"
+            )
 
     def check_theta(self, theta: torch.Tensor, name: str = "theta") -> None:
         if not isinstance(theta, torch.Tensor) or not theta.is_floating_point():
