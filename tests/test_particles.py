@@ -770,6 +770,9 @@ def test_initial_particles_refuses_huge_draws_and_valueless_projectors():
         initial_particles(1, 3, 4, 0, proj=torch.eye(4, device="meta"))
     with pytest.raises(ValueError, match="proj contains NaN or inf"):
         initial_particles(1, 3, 4, 0, proj=torch.full((4, 4), float("nan")))
+    for not_a_projector in (2 * torch.eye(4), torch.triu(torch.ones(4, 4))):  # were applied as is
+        with pytest.raises(ValueError, match="proj must be an orthogonal projector"):
+            initial_particles(1, 3, 4, 0, proj=not_a_projector)
 
 
 def test_snapshots_past_the_device_memory_are_refused_naming_snapshot_every(monkeypatch):

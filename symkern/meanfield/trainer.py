@@ -21,6 +21,7 @@ from symkern._checks import all_finite, as_device, as_real, float_dtype, require
 from symkern.backends.registry import _requested_backend
 from symkern.groups import Representation
 from symkern.meanfield import rng
+from symkern.meanfield.metrics import MATRIX_CHECK_TOL
 from symkern.meanfield.problem import SCHEMES
 from symkern.meanfield.teachers import Teacher
 from symkern.meanfield.units import Unit, _check_pos_int, check_unit
@@ -46,7 +47,9 @@ def initial_particles(
     R, N, D positive ints with R·N·D at most :data:`~symkern.meanfield.rng.MAX_DRAW` (1e8; so
     also N·D < 2^32, the Philox element index), refused before anything is allocated; seed an int
     in [0, 2^64); run_ids R ints in [0, 2^32) (default 0..R−1); std finite and ≥ 0; dtype a
-    floating dtype; proj finite (a meta tensor, which has no values, is refused).
+    floating dtype; proj a finite orthogonal projector (symmetric and idempotent to
+    :data:`~symkern.meanfield.metrics.MATRIX_CHECK_TOL`; a meta tensor, which has no values, is
+    refused).
 
     Example::
 
@@ -81,6 +84,14 @@ def initial_particles(
         require_values(proj, "proj", "the particles are projected by its values")
         if not all_finite(proj):
             raise ValueError("proj contains NaN or inf; every particle would be NaN")
+        # the SI init lies on the projector's range only if it is one (any matrix was applied)
+        p, tol = proj.detach().cpu().double(), MATRIX_CHECK_TOL
+        if not (torch.allclose(p, p.T, atol=tol) and torch.allclose(p @ p, p, atol=tol)):
+            raise ValueError(
+                f"proj must be an orthogonal projector (symmetric, P @ P = P, to {tol:g}); got "
+                f"max |P − Pᵀ| = {(p - p.T).abs().max():.3g}, max |P @ P − P| = "
+                f"{(p @ p - p).abs().max():.3g}"
+            )
     z = rng.normal(seed, ids, 0, rng.STREAM_INIT, N * D).view(R, N, D)
     theta = std * z
     if proj is not None:
