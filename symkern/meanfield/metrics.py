@@ -371,6 +371,19 @@ def rmd(x, y, a=None, b=None, *, moment_factor: float = 1.0, **w2_kwargs) -> Dis
     return Distance(_ratio(w2.value, m2), w2.method)
 
 
+def _check_orthogonal_projector(p: np.ndarray, name: str) -> None:
+    """ValueError naming ``name`` unless the float64 matrix ``p`` is symmetric and idempotent to
+    :data:`MATRIX_CHECK_TOL` (rmd_to_projection's closed form holds for orthogonal projections
+    only; initial_particles' SI init lies on a subspace only if it is projected onto one)."""
+    tol = MATRIX_CHECK_TOL
+    if not (np.allclose(p, p.T, atol=tol) and np.allclose(p @ p, p, atol=tol)):
+        raise ValueError(
+            f"{name} must be an orthogonal projector (symmetric, P @ P = P, to {tol:g}); got "
+            f"max |P − Pᵀ| = {np.abs(p - p.T).max():.3g}, max |P @ P − P| = "
+            f"{np.abs(p @ p - p).max():.3g}"
+        )
+
+
 def rmd_to_projection(x, proj, a=None, *, moment_factor: float = 1.0) -> Distance:
     """RMD(ν, P#ν) for an orthogonal projection P (D, D): the distance to the strongly
     invariant laws when P = P_{E^G} (or to any subspace E, P = P_E).
@@ -400,13 +413,7 @@ def rmd_to_projection(x, proj, a=None, *, moment_factor: float = 1.0) -> Distanc
         raise ValueError(f"proj must be ({D}, {D}), got {p.shape}")
     if not np.isfinite(p).all():
         raise ValueError("proj contains NaN or inf")
-    tol = MATRIX_CHECK_TOL
-    if not (np.allclose(p, p.T, atol=tol) and np.allclose(p @ p, p, atol=tol)):
-        raise ValueError(
-            f"proj must be an orthogonal projector (symmetric, P @ P = P, to {tol:g}); got "
-            f"max |P − Pᵀ| = {np.abs(p - p.T).max():.3g}, max |P @ P − P| = "
-            f"{np.abs(p @ p - p).max():.3g}"
-        )
+    _check_orthogonal_projector(p, "proj")
     (x,) = _common_scale(x)  # RMD is scale-free: no overflow / underflow of the moments
     px = x @ p.T
     w2 = float(a @ ((x - px) ** 2).sum(1))

@@ -21,7 +21,7 @@ from symkern._checks import all_finite, as_device, as_real, float_dtype, require
 from symkern.backends.registry import _requested_backend
 from symkern.groups import Representation
 from symkern.meanfield import rng
-from symkern.meanfield.metrics import MATRIX_CHECK_TOL
+from symkern.meanfield.metrics import _check_orthogonal_projector
 from symkern.meanfield.problem import SCHEMES
 from symkern.meanfield.teachers import Teacher
 from symkern.meanfield.units import Unit, _check_pos_int, check_unit
@@ -85,13 +85,7 @@ def initial_particles(
         if not all_finite(proj):
             raise ValueError("proj contains NaN or inf; every particle would be NaN")
         # the SI init lies on the projector's range only if it is one (any matrix was applied)
-        p, tol = proj.detach().cpu().double(), MATRIX_CHECK_TOL
-        if not (torch.allclose(p, p.T, atol=tol) and torch.allclose(p @ p, p, atol=tol)):
-            raise ValueError(
-                f"proj must be an orthogonal projector (symmetric, P @ P = P, to {tol:g}); got "
-                f"max |P − Pᵀ| = {(p - p.T).abs().max():.3g}, max |P @ P − P| = "
-                f"{(p @ p - p).abs().max():.3g}"
-            )
+        _check_orthogonal_projector(proj.detach().cpu().double().numpy(), "proj")
     z = rng.normal(seed, ids, 0, rng.STREAM_INIT, N * D).view(R, N, D)
     theta = std * z
     if proj is not None:
