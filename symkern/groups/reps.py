@@ -258,13 +258,7 @@ class Representation:
         :data:`MAX_PERM_DIM` for (signed) permutation reps, ``MAX_DENSE_DIM`` for a MatrixRep,
         2^1023 for continuous reps (float64 traces)."""
         self._check_same_group(other, "tensor_product")
-        D = self.dim * other.dim
-        limit, text = _dim_limit(_tensor_kind(self, other))
-        if D > limit:
-            raise ValueError(
-                f"other: the tensor product of {self.name} (D={self.dim}) and {other.name} "
-                f"(D={other.dim}) has dimension {D}, above the limit {text}"
-            )
+        self._check_combined_dim(other, self.dim * other.dim, "tensor product")
         return self._combine(other, "tensor")
 
     def direct_sum(self, other: Representation) -> Representation:
@@ -272,14 +266,18 @@ class Representation:
         ``D1 + D2`` exceeds the dimension limit of the result's kind, as for
         :meth:`tensor_product`."""
         self._check_same_group(other, "direct_sum")
-        D = self.dim + other.dim
+        self._check_combined_dim(other, self.dim + other.dim, "direct sum")
+        return self._combine(other, "sum")
+
+    def _check_combined_dim(self, other: Representation, D: int, what: str) -> None:
+        """ValueError naming ``other`` when ``self`` combined with it (``what``: "tensor product"
+        or "direct sum", of dimension ``D``) passes the dimension limit of the result's kind."""
         limit, text = _dim_limit(_tensor_kind(self, other))
         if D > limit:
             raise ValueError(
-                f"other: the direct sum of {self.name} (D={self.dim}) and {other.name} "
+                f"other: the {what} of {self.name} (D={self.dim}) and {other.name} "
                 f"(D={other.dim}) has dimension {D}, above the limit {text}"
             )
-        return self._combine(other, "sum")
 
     def tensor_power(self, k: int) -> Representation:
         """``T(k) = rho^{(x) k}`` on ``R^{D^k}``, flattened row-major over index k-tuples.
@@ -511,9 +509,9 @@ class _FiniteRep(Representation):
 
     def _combine(self, other: Representation, op: str) -> Representation:
         kind = _join_kind(self._kind, other._kind)  # type: ignore[attr-defined]
+        # D is within the kind's limit: tensor_product / direct_sum / tensor_power checked it
+        # (_dim_limit: MAX_DENSE_DIM for a MatrixRep), and a restriction keeps the dimensions
         D = self.dim * other.dim if op == "tensor" else self.dim + other.dim
-        if kind == "matrix":
-            check_dense_dim(D, "tensor_product" if op == "tensor" else "direct_sum")
         out = _CLASSES[kind]._make(self.group, D, "", (op, self, other))
         return _named(out, self, other, op)
 
