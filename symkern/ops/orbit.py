@@ -353,12 +353,19 @@ def _check_element_bytes(arg: str, count: int, per_element: int, what: str, fix:
         )
 
 
+def _matrix_element_bytes(dims: list[int]) -> int:
+    """Bytes symmetrize holds per element of a continuous group: a float64 (D, D) matrix per rep
+    (``dims``: D_in, and D_out when there is a rep_out), kept and stacked again per call, each a
+    tensor object of its own."""
+    return sum(2 * 8 * D * D + _TENSOR_OBJECT_BYTES for D in dims)
+
+
 def _check_quadrature_size(group: Any, dims: list[int], degree: int) -> None:
     """ValueError naming ``degree`` when the cubature's matrices (``dims``: D_in, and D_out when
     there is a rep_out) would take more than ``_QUADRATURE_BYTES``, before any is built (``group``:
     a ContinuousGroup; its quadrature_nodes counts them)."""
     nodes = group.quadrature_nodes(degree)
-    per_node = sum(2 * 8 * D * D + _TENSOR_OBJECT_BYTES for D in dims)  # kept + stacked per call
+    per_node = _matrix_element_bytes(dims)
     shapes = " and ".join(f"({D}, {D})" for D in dims)
     _check_element_bytes(
         "degree",
@@ -378,7 +385,7 @@ def _check_sample_size(reps: list[Representation], samples: int) -> None:
         f"({r.dim},)" if _is_perm_like(r) else f"({r.dim}, {r.dim})" for r in reps
     )
     if not reps[0].is_finite:  # matrix_of per sample, as per quadrature node
-        per_sample = sum(2 * 8 * r.dim * r.dim + _TENSOR_OBJECT_BYTES for r in reps)
+        per_sample = _matrix_element_bytes([r.dim for r in reps])
         how = f"keeps a float64 matrix per sample for each rep ({shapes}) and stacks them per call"
         fix = "use fewer samples or mode='quadrature'"
     else:  # references into the group's element list, their images stacked per call
