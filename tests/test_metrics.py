@@ -290,6 +290,39 @@ def test_monte_carlo_risk():
         metrics.monte_carlo_risk(None, x, y)
 
 
+def test_monte_carlo_risk_feeds_a_module_on_its_parameters_device():
+    """A module is fed each chunk on its parameters' device and its outputs are compared with
+    y_test on y_test's device. Before, a CUDA module got the CPU sample (torch's "Expected all
+    tensors to be on the same device"). Without a GPU the module's parameters are on "meta": the
+    chunk must arrive there; the forward then returns CPU values. The CUDA case is the gpu test
+    below."""
+    seen = []
+
+    class OnMeta(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.empty(2, device="meta", dtype=torch.float32))
+
+        def forward(self, x):
+            seen.append((x.device.type, x.dtype))
+            return torch.full((x.shape[0], 1), 0.5, dtype=torch.float32)
+
+    x = torch.randn(5, 2, dtype=torch.float64)
+    y = torch.ones(5, 1, dtype=torch.float64)
+    assert metrics.monte_carlo_risk(OnMeta(), x, y, chunk=2) == 0.25
+    assert seen == [("meta", torch.float32)] * 3
+
+
+@pytest.mark.gpu
+def test_monte_carlo_risk_cuda_module_cpu_sample():
+    lin = torch.nn.Linear(2, 1).cuda()
+    x = torch.randn(300, 2, dtype=torch.float64)
+    y = torch.randn(300, 1, dtype=torch.float64)
+    want = float(((lin.cpu().double()(x) - y) ** 2).sum() / 300)
+    lin = lin.float().cuda()
+    assert metrics.monte_carlo_risk(lin, x, y, chunk=128) == pytest.approx(want, rel=1e-5)
+
+
 # --- bad input: every argument checked, with a message naming it --------------------------------
 
 
@@ -522,6 +555,11 @@ def test_laws_shapes_and_their_checks():
         laws.symmetrized_law(theta, torch.zeros(0, 2, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"proj must be \(2, 2\)"):
         laws.projected_law(theta, torch.zeros(1, 2, 2, dtype=torch.float64))
+    # a bool matrix was read as 0 / 1 entries (an identity mask passed for the identity action)
+    with pytest.raises(TypeError, match=r"proj must be a real \(not complex or bool\).*torch.bool"):
+        laws.projected_law(theta, torch.eye(2, dtype=torch.bool))
+    with pytest.raises(TypeError, match=r"m_z must be a real \(not complex or bool\)"):
+        laws.symmetrized_law(theta, swap.bool())
 
 
 def test_pot_is_imported_without_its_jax_backend(tmp_path):

@@ -19,8 +19,10 @@ def _check(theta, mat, name: str, want_dim: int) -> int:
     if theta.dim() < 2:
         raise ValueError(f"theta must have shape (..., N, D), got {tuple(theta.shape)}")
     D = theta.shape[-1]
-    if not isinstance(mat, torch.Tensor) or mat.is_complex():
-        raise TypeError(f"{name} must be a real torch.Tensor")
+    if not isinstance(mat, torch.Tensor) or mat.is_complex() or mat.dtype == torch.bool:
+        # a bool matrix would be read as 0 / 1 entries: never a group action or a projector
+        got = mat.dtype if isinstance(mat, torch.Tensor) else type(mat).__name__
+        raise TypeError(f"{name} must be a real (not complex or bool) torch.Tensor, got {got}")
     shape = f"({D}, {D})" if want_dim == 2 else f"(G, {D}, {D}) with G >= 1"
     no_elements = want_dim == 3 and mat.dim() == 3 and mat.shape[0] < 1  # G ≥ 1 for m_z only
     if mat.dim() != want_dim or tuple(mat.shape[-2:]) != (D, D) or no_elements:
