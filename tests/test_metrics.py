@@ -138,12 +138,96 @@ def test_identical_laws_are_at_distance_zero_without_a_solve(monkeypatch):
         assert metrics.rmd(x, x.copy(), w, w.copy(), method=method).value == 0.0
     y = x.copy()
     y[11, 2] = np.nextafter(y[11, 2], np.inf)
-    with pytest.raises(AssertionError, match="POT called"):
-        metrics.w2_squared(x, y)
+    # one ulp apart: not identical, but the identity plan is certified optimal (no solve either;
+    # test_identity_plan_certificate below)
+    one_ulp = metrics.w2_squared(x, y, method="exact")
+    assert one_ulp == metrics.Distance((y[11, 2] - x[11, 2]) ** 2 / 30, "exact")
     with pytest.raises(AssertionError, match="POT called"):
         metrics.w2_squared(x, x.copy(), w)  # weights w against uniform
     with pytest.raises(AssertionError, match="POT called"):
         metrics.w2_squared(x, x[::-1].copy())  # the same law, atoms reordered: solved
+
+
+def _pot_w2(x, y, a=None, b=None):
+    """W₂² straight from POT's network simplex, the reference of the identity-plan shortcut."""
+    import ot
+
+    a = np.full(len(x), 1 / len(x)) if a is None else a
+    b = np.full(len(y), 1 / len(y)) if b is None else b
+    return float(ot.emd2(a, b, metrics._sq_cost(x, y), numItermax=10**8))
+
+
+@pytest.mark.parametrize("n, dim", [(1, 2), (2, 1), (7, 3), (129, 4), (600, 2)])
+@pytest.mark.parametrize("noise", [1e-9, 1e-3, 0.05, 1.0])
+@pytest.mark.parametrize("weights", ["uniform", "equal random"])
+def test_identity_plan_certificate(monkeypatch, n, dim, noise, weights):
+    """Laws with the same weights and atoms in corresponding order (the same particles trained two
+    ways): when "atom i to atom i" is optimal, W₂² is that plan's cost, certified by Bellman-Ford
+    potentials without POT; otherwise POT solves. Either way the value is POT's (to 1e-12) on
+    random laws, from nearly equal to unrelated (noise 1: the identity is rarely optimal)."""
+    rng = np.random.default_rng(n * 1000 + dim)
+    x = rng.normal(size=(n, dim))
+    y = x + noise * rng.normal(size=(n, dim))
+    a = None if weights == "uniform" else rng.uniform(0.2, 1.0, size=n)
+    a = None if a is None else a / a.sum()
+    want = _pot_w2(x, y, a, a)
+    certified = metrics._identity_plan_is_optimal(metrics._sq_cost(x, y))
+    identity = float((np.full(n, 1 / n) if a is None else a) @ ((x - y) ** 2).sum(1))
+    # the certificate is sound: it never accepts a plan costlier than the optimum
+    assert not certified or identity <= want * (1 + 1e-12) + 1e-300
+    if noise == 1e-9:  # max |x_i − y_i| < ½ min |x_i − x_j| (a.s. here): the identity is optimal
+        assert certified
+    got = metrics.w2_squared(x, y, a, a)
+    assert got.method == "exact"
+    assert got.value == pytest.approx(want, rel=1e-12, abs=1e-300)
+    if certified:
+
+        def no_pot():
+            raise AssertionError("POT called")
+
+        monkeypatch.setattr(metrics, "_pot", no_pot)
+        assert metrics.w2_squared(x, y, a, a) == got
+        assert metrics.rmd(x, y, a, a).value > 0
+
+
+def test_identity_plan_certificate_against_every_permutation():
+    """On 400 small random problems (N ≤ 6: Bellman-Ford settles within its 10 rounds) the
+    certificate holds exactly when no permutation beats the identity (uniform laws: an optimal
+    plan is a permutation, Birkhoff)."""
+    import itertools
+
+    rng = np.random.default_rng(7)
+    accepted = rejected = 0
+    for trial in range(400):
+        n = int(rng.integers(1, 7))
+        x = rng.normal(size=(n, 2))
+        y = x + rng.choice([0.01, 0.3, 1.0, 3.0]) * rng.normal(size=(n, 2))
+        cost = metrics._sq_cost(x, y)
+        costs = [cost[np.arange(n), list(p)].sum() for p in itertools.permutations(range(n))]
+        identity, best = costs[0], min(costs)
+        if 0 < identity - best < 1e-9 * (1 + best):
+            continue  # a near tie: either answer is right to rounding
+        optimal = identity <= best
+        assert metrics._identity_plan_is_optimal(cost) == optimal, (trial, n, identity, best)
+        accepted += optimal
+        rejected += not optimal
+    assert accepted > 50 and rejected > 50  # both outcomes exercised
+
+
+@pytest.mark.parametrize("n", [7, 50])
+def test_identity_plan_certificate_sees_long_cycles(n):
+    """Points on a circle and the same points shifted by one place: the optimum moves nothing
+    (cost 0) but swapping any two atoms only makes the identity worse, so only the whole n-cycle
+    improves it. A certificate that looked at pairs would accept the identity."""
+    angle = 2 * np.pi * np.arange(n) / n
+    x = np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    y = np.roll(x, -1, axis=0)  # y_i = x_{i+1}
+    cost = metrics._sq_cost(x, y)
+    diag = np.diagonal(cost)
+    swaps = cost + cost.T - diag[:, None] - diag[None, :]
+    assert (swaps[~np.eye(n, dtype=bool)] > 0).all()  # no improving 2-cycle
+    assert not metrics._identity_plan_is_optimal(cost)
+    assert metrics.w2_squared(x, y).value == pytest.approx(0.0, abs=1e-12)  # POT: the shift
 
 
 def test_sinkhorn_close_to_exact():

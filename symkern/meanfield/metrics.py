@@ -30,11 +30,19 @@ How W₂² is computed (the method is returned with every value, and recorded in
   cost matrix no longer fits in memory for the simplex.
 * Identical laws (the same atoms in the same order, the same weights) give 0 ("exact") without a
   solve; cost matrices are formed from differences, so they would give exactly 0 anyway.
+* Laws of equal size and weights whose plan "atom i to atom i" is optimal (the same particles
+  trained two ways, whose atoms correspond): "exact", that plan's cost, once Bellman-Ford
+  potentials certify it optimal (:func:`_identity_plan_is_optimal`; LP duality, no solve). On the
+  paper preset's N = 5000 laws (2026-11-25, seed 0) this took 0.10-0.13 s per pair, cost matrix
+  included, where POT took 0.7-1.2 s, with the same value to 12 digits: 7 of the 9 distinct pair
+  problems in float32, 15 of 18 in float64. Where the plan is not optimal the check gives up after
+  10 rounds (~0.2 s at N = 5000) and POT solves.
 * ``"projection"``: the closed form for ν versus its image under an orthogonal projection P
   (:func:`rmd_to_projection`): W₂²(ν, P#ν) = Σ_i a_i ‖(I − P) x_i‖² exactly (proof there). No
   solver is needed, at any N.
 
-symkern does not implement an OT solver: every non-closed-form W₂ comes from POT.
+symkern does not implement an OT solver: every W₂ that is neither a closed form nor a certified
+identity plan comes from POT.
 """
 
 from __future__ import annotations
@@ -232,7 +240,9 @@ def w2_squared(
     x (N, D), y (M, D) real and finite; a (N,), b (M,) default uniform. ``method``: "auto"
     (exact when max(N, M) ≤ ``exact_max``, an int ≥ 0, else Sinkhorn), "exact" or
     "sinkhorn" (``sinkhorn_reg`` finite > 0). Returns ``Distance(value, method)``. Raises
-    ValueError when a squared distance ‖x_i − y_j‖² overflows float64.
+    ValueError when a squared distance ‖x_i − y_j‖² overflows float64. With N = M and a = b, the
+    exact method first tries the plan x_i → y_i, certified optimal or not without a solve (see
+    the module docstring).
 
     >>> w2_squared([[0.0, 0.0]], [[3.0, 4.0]]).value
     25.0
@@ -248,13 +258,18 @@ def w2_squared(
         return Distance(0.0, "exact")
     if method == "auto":
         method = "exact" if max(x.shape[0], y.shape[0]) <= exact_max else "sinkhorn"
-    ot = _pot()
     if method == "exact":
+        cost_matrix = _sq_cost(x, y)
+        if x.shape == y.shape and np.array_equal(a, b) and _identity_plan_is_optimal(cost_matrix):
+            # atom i of μ to atom i of ν is an optimal plan (certified by potentials): W₂² is its
+            # cost. The same particles trained two ways (the experiment's schemes from one init)
+            return Distance(max(float(a @ np.diagonal(cost_matrix)), 0.0), "exact")
         # the cost matrix scaled by a power of two to max ~1 (exact): POT's network simplex uses
         # absolute tolerances and stopped early on tiny costs (W₂² off by 4x at ‖x‖ ~ 1e-8)
-        cost_matrix = _sq_cost(x, y)
         shift = -int(np.frexp(cost_matrix.max())[1]) if cost_matrix.size else 0
-        cost, log = ot.emd2(a, b, np.ldexp(cost_matrix, shift), numItermax=100_000_000, log=True)
+        cost, log = _pot().emd2(
+            a, b, np.ldexp(cost_matrix, shift), numItermax=100_000_000, log=True
+        )
         cost = np.ldexp(float(cost), -shift)
         if log["result_code"] != 1:  # 1 = optimal; otherwise the value is not W₂²
             raise RuntimeError(
@@ -279,6 +294,53 @@ def w2_squared(
             - 0.5 * _entropic_transport_cost(y, b, y, b, reg)
         )
     return Distance(max(value, 0.0), method)
+
+
+# Bellman-Ford rounds of _identity_plan_is_optimal before it gives up (and POT solves). On the
+# paper preset's N = 5000 laws (2026-11-25), every certified pair took 1-2 rounds (~25 ms); a law
+# whose identity plan is not optimal kept ~all 5000 potentials moving for 10 rounds (~0.2 s,
+# against 4.4-6.6 s for POT's solve that follows).
+_IDENTITY_CERTIFICATE_ROUNDS = 10
+
+
+def _identity_plan_is_optimal(cost: np.ndarray) -> bool:
+    """Whether the plan π = diag(a) ("atom i goes to atom i") is optimal for the square cost
+    matrix ``cost`` (N, N) between two laws with the same weights a (zero weights included: the
+    potentials below cover every pair).
+
+    LP duality: π is optimal iff there are potentials u, v with u_i + v_j ≤ C_ij for all i, j and
+    u_i + v_i = C_ii (complementary slackness on π's support). They exist iff the graph with arc
+    lengths ℓ(i → j) = C_ij − C_jj (move atom i onto j's target, j's mass moves on) has no
+    negative cycle; then the shortest distances d from a source joined to every node by a 0 arc
+    give u_i = −d_i, v_j = d_j + C_jj: u_i + v_j = d_j − d_i + C_jj ≤ C_ij is d_j ≤ d_i + ℓ(i → j).
+
+    Bellman-Ford from d = 0, each round relaxing only the arcs out of nodes whose d fell in the
+    last round (the others' arcs were checked against their current d and still hold, since d_j
+    only falls): True once a round lowers nothing, False after _IDENTITY_CERTIFICATE_ROUNDS rounds
+    (a negative cycle, or a long chain of improvements; POT then solves the problem). The
+    comparisons are float64 ones, the standard of the network simplex's own reduced-cost test.
+    """
+    n = cost.shape[0]
+    diag = np.diagonal(cost)
+    d = np.zeros(n)
+    moved = np.arange(n)
+    rows = max(1, 65536 // max(n, 1))  # row blocks of ~64k entries, like _sq_cost
+    buf = np.empty((min(rows, n), n))
+    reach = np.empty(n)
+    for _ in range(_IDENTITY_CERTIFICATE_ROUNDS):
+        reach.fill(np.inf)  # reach_j = min over moved i of d_i + C_ij
+        for s in range(0, len(moved), rows):
+            block = moved[s : s + rows]
+            t = buf[: len(block)]
+            np.add(d[block, None], cost[block], out=t)
+            np.minimum(reach, t.min(axis=0), out=reach)
+        candidate = reach - diag
+        lower = candidate < d
+        if not lower.any():
+            return True
+        d = np.where(lower, candidate, d)
+        moved = np.flatnonzero(lower)
+    return False
 
 
 def _entropic_transport_cost(x, a, y, b, reg: float) -> float:
