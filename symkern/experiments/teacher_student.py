@@ -545,12 +545,28 @@ def reference_risks(grid: _Grid) -> dict[str, float]:
     return out
 
 
+def _falls_with_n(v: list[tuple[int, float]]) -> tuple[bool, float]:
+    """Whether the values (N, y) fall as N grows: log-log least-squares slope < 0 and the last
+    below the first; and that slope (NaN when a value is NaN or inf: np.polyfit raises on them,
+    and such data does not show a fall)."""
+    if len(v) < 2 or not common.all_finite([y for _, y in v]):
+        return False, float("nan")
+    ns = np.log([n for n, _ in v])
+    ys = np.log([max(y, 1e-300) for _, y in v])
+    slope = float(np.polyfit(ns, ys, 1)[0])
+    return slope < 0 and v[-1][1] < v[0][1], slope
+
+
 def check_claims(
-    summary: list[dict[str, Any]], cfg: Config, floor: dict[str, float] | None = None
+    summary: list[dict[str, Any]],
+    cfg: Config,
+    floor: dict[str, float] | None = None,
+    pairwise: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """The paper's qualitative claims, evaluated on the final snapshots (thresholds from the
     issue: 1e-6 for "stays in E^G", 0.05 for "leaves E^G"). A claim whose numbers include a
-    NaN or an inf does not hold (``inf >= 0.05`` would)."""
+    NaN or an inf does not hold (``inf >= 0.05`` would). ``pairwise``: the rows of
+    :func:`aggregate_pairwise` (the "approach each other" claim needs them)."""
 
     def rows(tk, sch):
         return sorted(
@@ -579,18 +595,43 @@ def check_claims(
     if cfg.init == "SI" and "WI" in cfg.teachers and "vanilla" in cfg.schemes:
         v = [(r["N"], r["rmd_si_mean"]) for r in rows("WI", "vanilla")]
         if len(v) >= 2:
-            finite = common.all_finite([y for _, y in v])
-            slope = float("nan")
-            if finite:  # np.polyfit raises on NaN / inf
-                ns = np.log([n for n, _ in v])
-                ys = np.log([max(y, 1e-300) for _, y in v])
-                slope = float(np.polyfit(ns, ys, 1)[0])
+            falls, slope = _falls_with_n(v)
             claims.append(
                 {
                     "claim": "WI teacher: vanilla RMD(nu, P#nu) decreases with N "
                     "(log-log slope < 0; last < first)",
                     "value": {"by_N": v, "slope": slope},
-                    "holds": finite and slope < 0 and v[-1][1] < v[0][1],
+                    "holds": falls,
+                }
+            )
+    if cfg.init == "SI" and "WI" in cfg.teachers and len(cfg.n_values) >= 2:
+        # SPEC_MEANFIELD: "all schemes approach the teacher and each other as N grows"
+        risk = {s: [(r["N"], r["test_risk_mean"]) for r in rows("WI", s)] for s in cfg.schemes}
+        falls = {s: _falls_with_n(v) for s, v in risk.items()}
+        claims.append(
+            {
+                "claim": "WI teacher: every scheme approaches the teacher as N grows (its test "
+                "risk: log-log slope < 0; last < first)",
+                "value": {s: {"by_N": risk[s], "slope": falls[s][1]} for s in risk},
+                "holds": all(f for f, _ in falls.values()),
+            }
+        )
+        if pairwise is not None and len(cfg.schemes) >= 2:
+            pairs: dict[str, list[tuple[int, float]]] = {}
+            for r in sorted(pairwise, key=lambda r: r["N"]):
+                if r["teacher"] == "WI":
+                    pairs.setdefault(r["pair"], []).append((r["N"], r["rmd_mean"]))
+            # a pair at rounding level at every N has coincided already: nothing left to fall
+            coincide = {p: common.all_finite([y for _, y in v]) and max(y for _, y in v) <= 1e-6
+                        for p, v in pairs.items()}  # fmt: skip
+            fall = {p: _falls_with_n(v) for p, v in pairs.items()}
+            claims.append(
+                {
+                    "claim": "WI teacher: the schemes approach each other as N grows (pairwise "
+                    "RMD of their final laws: log-log slope < 0 and last < first, or <= 1e-6 at "
+                    "every N)",
+                    "value": {p: {"by_N": pairs[p], "slope": fall[p][1]} for p in pairs},
+                    "holds": bool(pairs) and all(coincide[p] or fall[p][0] for p in pairs),
                 }
             )
     if cfg.init == "SI" and "arbitrary" in cfg.teachers and "vanilla" in cfg.schemes:
@@ -943,7 +984,7 @@ def run(
     summary = aggregate(ordered, cfg)
     pair_rows = aggregate_pairwise(ordered)
     refs = reference_risks(grid)
-    claims = check_claims(summary, cfg, refs)
+    claims = check_claims(summary, cfg, refs, pair_rows)
     backends = sorted({b for c in ordered for b in c["backend"]})
     figures = {}
     if cfg.figures:
