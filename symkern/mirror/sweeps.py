@@ -8,7 +8,7 @@ decayed), step size η_m and label-noise level σ_m; the batch size is fixed per
 
 Data are drawn from the shared Philox stream of :mod:`symkern.meanfield.rng`, keyed by
 (seed, model id, step, stream) — so a model's trajectory does not depend on what it is batched
-with, and the torch reference and future C++/Triton kernels draw the same numbers:
+with, and the torch reference, C++ and Triton kernels draw the same numbers:
 
 * inputs x_b ~ N(0, I_d): ``rng.normal(seed, model_ids, t, STREAM_DATA, B·d)``, x[b, k] at
   index b·d + k;

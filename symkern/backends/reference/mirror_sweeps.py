@@ -1,7 +1,7 @@
 """Pure-torch reference of ``mirror_sweep``: M small models, one vectorised step for all.
 
 Gradients are written out by hand (no autograd), batched over the model dimension M with
-einsum / bmm — no Python loop over models. It is the float64 oracle future C++ / Triton kernels
+einsum / bmm — no Python loop over models. It is the float64 oracle the C++ / Triton kernels
 are tested against; tests/test_mirror_sweeps.py checks it against a per-model autograd loop.
 The math is in :mod:`symkern.mirror.sweeps`.
 """
