@@ -1790,3 +1790,41 @@ def test_default_teacher_weights_are_one_over_m_in_theta_dtype():
         given = symkern.particle_steps(theta, unit, teacher=teacher, teacher_weights=w, steps=3,
                                        backend=backend)  # fmt: skip
         assert torch.equal(default.theta, given.theta), backend
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize(
+    "scheme, project_noise", [("vanilla", False), ("DA", True), ("FA", False), ("EA", False)]
+)
+def test_langevin_noise_is_sqrt_2_beta_alpha_over_n_times_the_philox_normals(
+    backend, scheme, project_noise
+):
+    """SPEC_MEANFIELD's noise term sqrt(2 β s_N) ξ_i, s_N = α/N, checked against the formula
+    rather than against another backend: one step at β and one at β = 0 from the same θ, data
+    and stream differ by exactly sqrt(2 β α / N) ξ, ξ the standard normals of the shared Philox
+    stream (rng.normal4, STREAM_NOISE, keyed by seed, run id and step), projected (P ξ) for EA
+    and project_noise runs. Nothing else in a step depends on β. Per-run α and β, odd N."""
+    if backend == "cpp":
+        pytest.importorskip("symkern._C")
+    unit = MatrixUnit(2, 2)
+    R, N, seed, step0 = 3, 37, 123, 4
+    theta = torch.randn(
+        R, N, unit.D, generator=torch.Generator().manual_seed(5), dtype=torch.float64
+    )
+    alpha = torch.tensor([50.0, 5.0, 0.5], dtype=torch.float64)
+    beta = torch.tensor([1e-2, 3e-4, 1.0], dtype=torch.float64)
+    kw = dict(
+        teacher=Teacher.paper("arbitrary").particles, group=groups.c2_swap(), scheme=scheme,
+        alpha=alpha, tau=1e-4, batch=7, sigma_pi=4.0, seed=seed, step0=step0, steps=1,
+        project_noise=project_noise, backend=backend,
+    )  # fmt: skip
+    hot = symkern.particle_steps(theta, unit, beta=beta, **kw).theta
+    cold = symkern.particle_steps(theta, unit, beta=torch.zeros(R, dtype=torch.float64), **kw).theta
+    xi = rng.normal4(seed, torch.arange(R), step0, rng.STREAM_NOISE, N * unit.D).view(R, N, -1)
+    if scheme == "EA" or project_noise:
+        rho = groups.c2_swap().element_matrices().to(torch.float64)
+        proj = unit.param_action(rho, rho).mean(0)  # P onto E^G
+        xi = xi @ proj.T
+    want = torch.sqrt(2.0 * beta * alpha / N).view(R, 1, 1) * xi
+    assert want.abs().max() > 1e-2  # the noise is not negligible against θ ~ 1
+    assert_close(hot - cold, want, rtol=1e-12, atol=1e-14)

@@ -7,6 +7,7 @@ module.
 """
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,6 +18,9 @@ import pytest
 import torch
 
 from symkern.experiments import teacher_student as ts
+from symkern.meanfield import Teacher
+from symkern.meanfield.trainer import initial_particles
+from symkern.testing import assert_close
 
 CLAIMS_GRID = {"n_values": [5, 10, 50, 100], "seeds": 2, "figures": True}
 TINY_GRID = {
@@ -414,6 +418,36 @@ def _summary(where=None, key=None, bad=None):
                     row[key] = bad
                 rows.append(row)
     return rows
+
+
+def test_the_papers_constants_are_the_specs():
+    """SPEC_MEANFIELD "Teachers" and "Defaults", written out here literally, so a mistyped row,
+    a dropped 0.5 or a changed default fails (the other tests only check structure: SI teacher in
+    E^G, WI = arbitrary + images)."""
+    rows = [[-1, 0, 0, 0.5], [0.5, 1, 0, 1], [-0.5, 0.3, 1, 0], [0, -1, -0.5, 1],
+            [0.7, -0.7, 0.5, 0.7]]  # fmt: skip
+    arbitrary = 0.5 * torch.tensor(rows, dtype=torch.float64)
+    assert torch.equal(Teacher.paper("arbitrary").particles, arbitrary)
+    # M_P z = P z Pᵀ for the swap P: [[a, b], [c, d]] -> [[d, c], [b, a]]
+    images = arbitrary[:, [3, 2, 1, 0]]
+    assert torch.equal(Teacher.paper("WI").particles, torch.cat([arbitrary, images]))
+    # SI: coordinates 0.5 c in the basis {I/√2, P/√2}: z = (c1 I + c2 P)/√2
+    c = 0.5 * torch.tensor(
+        [[1, 0], [0.5, 1], [-0.5, 0.3], [0, -1], [0.7, 0.7]], dtype=torch.float64
+    )
+    si = torch.stack([c[:, 0], c[:, 1], c[:, 1], c[:, 0]], 1) / math.sqrt(2.0)
+    assert_close(Teacher.paper("SI").particles, si, rtol=1e-15, atol=0)
+    for kind, m in (("arbitrary", 5), ("WI", 10), ("SI", 5)):
+        assert torch.equal(
+            Teacher.paper(kind).weights, torch.full((m,), 1.0 / m, dtype=torch.float64)
+        )
+    cfg = ts.build_config("paper")
+    assert (cfg.alpha, cfg.tau, cfg.beta, cfg.batch, cfg.sigma_pi) == (50.0, 1e-4, 1e-6, 20, 4.0)
+    assert (cfg.horizon, cfg.snapshots, cfg.seeds, cfg.init) == (20.0, 5, 10, "SI")
+    assert cfg.n_values == [5, 10, 50, 100, 500, 1000, 5000]
+    # students: WI init iid N(0, 1/16) entries (400k draws: std within 1 % of 1/4, mean ~0)
+    wi = initial_particles(4, 25_000, 4, seed=0)
+    assert abs(float(wi.std()) - 0.25) < 0.0025 and abs(float(wi.mean())) < 0.0025
 
 
 def test_wi_teacher_schemes_approach_the_teacher_and_each_other(claims):
