@@ -1828,3 +1828,25 @@ def test_langevin_noise_is_sqrt_2_beta_alpha_over_n_times_the_philox_normals(
     want = torch.sqrt(2.0 * beta * alpha / N).view(R, 1, 1) * xi
     assert want.abs().max() > 1e-2  # the noise is not negligible against θ ~ 1
     assert_close(hot - cold, want, rtol=1e-12, atol=1e-14)
+
+
+def test_compact_group_is_refused_with_the_projector_route():
+    """The fused kernels sum over a finite group's elements, so SO(2) is refused (naming the
+    representation); the message names the route for EA and projected noise, which need only P:
+    projector= with no group. Under SO(2) rotating x, the standard unit's E^G is {w = 0}
+    (param_action: the rotation acts on w and fixes a, b), P = diag(1, 0, 0, 1); EA then trains
+    a and b only."""
+    unit = StandardUnit(2, activation="tanh")
+    theta = torch.randn(
+        1, 9, unit.D, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+    )
+    teacher = torch.tensor([[0.8, 0.0, 0.0, 0.3]], dtype=torch.float64)
+    kw = dict(teacher=teacher, scheme="EA", steps=20, beta=1e-4, backend="cpp")
+    with pytest.raises(ValueError, match=r"group: rep_x must be a finite group.*projector="):
+        symkern.particle_steps(theta, unit, group=(groups.so2(), groups.so2()), **kw)
+    pytest.importorskip("symkern._C")
+    proj = torch.diag(torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64))
+    out = symkern.particle_steps(theta, unit, projector=proj, **kw)
+    # EA trains P θ (its gradient pulled back by Pᵀ, its noise projected): w is left as it was
+    assert torch.equal(out.theta[..., 1:3], theta[..., 1:3])
+    assert (out.theta[..., [0, 3]] - theta[..., [0, 3]]).abs().max() > 1e-3

@@ -117,7 +117,15 @@ def _build_group_matrices(unit, group, dtype, device):
             if not isinstance(rep, Representation):
                 raise TypeError(f"group: {name} must be a symkern.groups Representation")
             if not rep.is_finite:
-                raise ValueError(f"group: {name} must be a finite group (fused particle kernels)")
+                # the kernels sum over the group's elements (DA / FA orbits, P = mean of M_g);
+                # EA and projected noise need only P, which a compact group's Haar projector gives
+                raise ValueError(
+                    f"group: {name} must be a finite group (the fused particle kernels sum over "
+                    "its elements); for EA or projected noise under a compact group pass no "
+                    "group and projector= the orthogonal projector onto E^G in parameter space "
+                    "(Q Qᵀ for an orthonormal basis Q of E^G, e.g. from symkern.fixed_point_basis "
+                    "of the group's action on the parameters)"
+                )
             if rep.dim != want:
                 raise ValueError(
                     f"group: {name} acts on R^{rep.dim}, but the unit's {what} live in R^{want} "
