@@ -16,6 +16,7 @@ EXPERIMENTS: dict[str, str] = {
     "mirror-ensemble": "symkern.experiments.mirror_ensemble",
     "mirror-plasticity": "symkern.experiments.mirror_plasticity",
     "mirror-dcs": "symkern.experiments.mirror_dcs",
+    "mirror-threshold": "symkern.experiments.mirror_threshold",
 }
 
 
