@@ -1280,3 +1280,602 @@ def test_meta_tensors_propagate_shapes_or_are_refused_naming_the_argument():
             ValueError, match="^" + re.escape(f"{name} must hold values, got a meta")
         ):
             call()
+
+
+# ---------------------------------------------------------------- Theorem 1(2)-(4)
+# Notation: θ = θ_∥ + O c with c = Oᵀθ, θ_∥ = (I − OOᵀ)θ; ℓ_γ = ℓ + γ‖θ‖² (SPEC convention).
+
+
+def _mlp_loss(t, X, Y, h, shift=None):
+    """Flat loss of Sequential(Linear(din, h), Tanh, Linear(h, dout)) in parameters_to_vector
+    order (W₁, b₁, W₂, b₂); ``shift`` (h,) fixed, added inside the tanh: breaks the sign flip and,
+    when its entries differ, the neuron swaps."""
+    din, dout = X.shape[1], Y.shape[1]
+    W1 = t[: h * din].view(h, din)
+    b1 = t[h * din : h * din + h]
+    o = h * din + h
+    W2 = t[o : o + dout * h].view(dout, h)
+    b2 = t[o + dout * h :]
+    z = X @ W1.T + b1
+    if shift is not None:
+        z = z + shift
+    return ((torch.tanh(z) @ W2.T + b2 - Y) ** 2).mean()
+
+
+def _rescaling_data():
+    """X (23, 5) non-whitened, y = Xβ + noise."""
+    g = gen(30)
+    X = torch.randn(23, 5, generator=g, dtype=F64)
+    y = X @ torch.tensor([1.3, -0.7, 0.4, 0.0, 2.1], dtype=F64)
+    return X, y + 0.3 * torch.randn(23, generator=g, dtype=F64)
+
+
+def _factor_A():
+    """A (5, 4) with singular values 3, 1.7, 0.6, 0.25."""
+    g = gen(32)
+    Uq, _ = torch.linalg.qr(torch.randn(5, 4, generator=g, dtype=F64))
+    Vq, _ = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=F64))
+    return Uq @ torch.diag(torch.tensor([3.0, 1.7, 0.6, 0.25], dtype=F64)) @ Vq.T
+
+
+def _theorem_case(kind):
+    """(loss, broken loss, mirror, non-symmetric O, d) for one mirror kind on a model of the
+    paper. ``broken`` is the same model with the mirror broken (a fixed bias / shift / scale);
+    ``wrong`` a mirror of the same kind that is not a symmetry of ``loss``."""
+    g = gen(31)
+    if kind == "rescaling_pairs":  # θ = (u, w), regression on u ⊙ w
+        X, y = _rescaling_data()
+        p = X.shape[1]
+        b = torch.randn(p, generator=g, dtype=F64)
+
+        def loss(t):
+            return ((X @ (t[:p] * t[p:]) - y) ** 2).mean()
+
+        def broken(t):  # fixed bias on u: (u + b) ⊙ w, no (u, w) → (−u, −w) mirror
+            return ((X @ ((t[:p] + b) * t[p:]) - y) ** 2).mean()
+
+        m = Mirror.rescaling_pairs([1, 4], [p + 1, p + 4], 2 * p)
+        wrong = Mirror.coordinates([1], 2 * p)  # u_1 alone flips the sign of θ_1
+        return loss, broken, m, wrong, 2 * p
+    if kind in ("coordinates", "neuron_swap"):  # 2-layer tanh network
+        torch.manual_seed(3)
+        h = 5
+        model = nn.Sequential(nn.Linear(3, h), nn.Tanh(), nn.Linear(h, 2)).double()
+        X = torch.randn(17, 3, generator=g, dtype=F64)
+        Y = torch.randn(17, 2, generator=g, dtype=F64)
+        loss = detect.flat_loss(model, nn.functional.mse_loss, X, Y)
+        d = detect._dim(model)
+        shift = 0.5 * torch.randn(h, generator=g, dtype=F64)
+        th = torch.randn(d, generator=g, dtype=F64)
+        assert_close(loss(th), _mlp_loss(th, X, Y, h), rtol=1e-13, atol=0)
+        W1 = torch.arange(3 * h).view(h, 3)
+        W2 = 4 * h + torch.arange(2 * h).view(2, h)
+        if kind == "coordinates":  # sign flip of neuron 2 (tanh is odd)
+            m = detect.sign_flip_mirrors(model, loss, generator=gen(1))[2]
+            wrong = Mirror.coordinates(torch.cat([W1[2], W2[:, 1]]), d)  # mixes two neurons
+        else:  # swap of neurons 1 and 3
+            m = detect.permutation_mirrors(model, loss, generator=gen(1))[5]
+            assert m.meta["neurons"] == (1, 3)
+            wrong = Mirror.neuron_swap(W1[1], W1[3], d)  # incoming weights only
+        return loss, lambda t: _mlp_loss(t, X, Y, h, shift), m, wrong, d
+    if kind == "householder":  # factorisation U Wᵀ, U (5, 3), W (4, 3)
+        mU, pW, r = 5, 4, 3
+        A = _factor_A()
+        D = torch.tensor([1.0, 1.6, 0.5], dtype=F64)
+
+        def split(t):
+            return t[: mU * r].view(mU, r), t[mU * r :].view(pW, r)
+
+        def loss(t):
+            U, W = split(t)
+            return ((U @ W.T - A) ** 2).sum()
+
+        def broken(t):  # U D Wᵀ with D anisotropic: no rotation of the hidden index
+            U, W = split(t)
+            return ((U @ torch.diag(D) @ W.T - A) ** 2).sum()
+
+        n = torch.randn(r, generator=g, dtype=F64)
+        n = n / n.norm()
+        m = Mirror.householder(n, [(0, (mU, r), 1), (mU * r, (pW, r), 1)], mU * r + pW * r)
+        wrong = Mirror.householder(n, [(0, (mU, r), 1)], mU * r + pW * r)  # U reflected only
+        return loss, broken, m, wrong, mU * r + pW * r
+    if kind == "rotation_detected":  # Linear → Linear, mirror found by detect
+        torch.manual_seed(4)
+        model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)).double()
+        X = torch.randn(19, 3, generator=g, dtype=F64)
+        Y = torch.randn(19, 2, generator=g, dtype=F64)
+        loss = detect.flat_loss(model, nn.functional.mse_loss, X, Y)
+        (m,) = detect.rotation_mirrors(model, loss, generator=gen(2))
+        nonlinear = nn.Sequential(model[0], nn.Tanh(), model[1])  # tanh breaks the rotation
+        broken = detect.flat_loss(nonlinear, nn.functional.mse_loss, X, Y)
+        wrong = detect.hidden_index_mirror(model, [(model[0].weight, 0)], m.meta["n"])
+        return loss, broken, m, wrong, m.d
+    if kind == "dense":  # any loss symmetrised over a dense O: ½(L(θ) + L(R_O θ))
+        d, k = 7, 2
+        Q, _ = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=F64))
+        C = torch.randn(9, d, generator=g, dtype=F64)
+        z = torch.randn(9, generator=g, dtype=F64)
+        a = torch.randn(d, generator=g, dtype=F64)
+
+        def L(t):
+            return ((torch.tanh(C @ t) - z) ** 2).sum() + (a @ t) ** 3 / 10
+
+        def loss(t):
+            return 0.5 * (L(t) + L(t - 2 * Q @ (Q.T @ t)))
+
+        Q2, _ = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=F64))
+        return loss, L, Mirror.dense(Q), Mirror.dense(Q2), d
+    raise AssertionError(kind)
+
+
+THEOREM_KINDS = ["rescaling_pairs", "coordinates", "neuron_swap", "householder",
+                 "rotation_detected", "dense"]  # fmt: skip
+
+
+def _cross_block(loss, m, theta, gamma):
+    """‖(I − OOᵀ) ∇²ℓ_γ(θ) O‖ / ‖∇²ℓ_γ(θ)‖ and ‖Oᵀ∇²ℓ_γ O‖ / ‖∇²ℓ_γ‖ (dense Hessian)."""
+    H = torch.autograd.functional.hessian(
+        lambda t: loss(t) + gamma * t.pow(2).sum(), theta, vectorize=True
+    )
+    O = m.to_dense()
+    P = torch.eye(m.d, dtype=F64) - O @ O.T
+    nH = H.norm().item()
+    return (P @ H @ O).norm().item() / nH, (O.T @ H @ O).norm().item() / nH
+
+
+@pytest.mark.usefixtures("one_torch_thread")  # ~10^4 tiny torch ops
+@pytest.mark.parametrize("kind", THEOREM_KINDS)
+def test_theorem1_2_hessian_block_diagonal_on_constraint(kind):
+    """Theorem 1(2). ℓ(θ) = ℓ(R_O θ) with R_O = I − 2OOᵀ; differentiating twice,
+    ∇²ℓ(θ) = R_O ∇²ℓ(R_O θ) R_O. At Oᵀθ = 0, R_O θ = θ, so H = R H R: with P = I − OOᵀ,
+    R = P − OOᵀ, and the cross block P H O = −P H O vanishes. In the split θ = θ_∥ + O c the
+    Hessian of ℓ_γ (decay adds 2γI) is block-diagonal: blocks PHP and OᵀHO only.
+
+    Can fail: at the same kind of point for the model with the mirror broken (fixed bias, shift,
+    anisotropic scale, or no symmetrisation), for a mirror of the same kind that is not a symmetry
+    (its own constraint point), and for the true mirror off the constraint (Oᵀθ ≠ 0)."""
+    loss, broken, m, wrong, d = _theorem_case(kind)
+    gamma = 0.3
+    assert m.is_symmetric(loss, trials=2, generator=gen(5))[0]
+    assert not m.is_symmetric(broken, trials=2, generator=gen(5))[0]
+    assert not wrong.is_symmetric(loss, trials=2, generator=gen(5))[0]
+    for seed in (6, 7):
+        theta = torch.randn(d, generator=gen(seed), dtype=F64)
+        on = m.project(theta)
+        assert m.breaking(on)[1].item() < 1e-14 * theta.norm().item()
+        assert m.coefficients(torch.func.grad(loss)(on)).abs().max() < 1e-12  # 1(1) too
+        cross, diag = _cross_block(loss, m, on, gamma)
+        assert cross < 1e-12, (kind, cross)
+        assert diag > 1e-3  # the span(O) block itself is not trivial
+        # premises broken: each makes the cross block O(1)
+        assert _cross_block(broken, m, on, gamma)[0] > 1e-3
+        assert _cross_block(loss, wrong, wrong.project(theta), gamma)[0] > 1e-3
+        off = on + m.expand(torch.randn(m.k, generator=gen(seed + 10), dtype=F64))
+        assert _cross_block(loss, m, off, gamma)[0] > 1e-3
+
+
+def _gap(loss, m, theta, gamma):
+    """ℓ_γ(θ) − ℓ_γ((I − OOᵀ)θ) = ℓ(θ) − ℓ(θ_∥) + γ‖Oᵀθ‖²: > 0 iff projecting lowers ℓ_γ."""
+    with torch.no_grad():
+        drop = (loss(theta) - loss(m.project(theta))).item()
+        return drop + gamma * m.coefficients(theta).pow(2).sum().item()
+
+
+def _probes(loss, m, on, g, scales=(1e-3, 3e-2, 0.3, 1.0, 3.0, 30.0), n_random=5):
+    """Points θ_∥ + ε O v, both signs, v: random unit vectors of R^k, the λ_min eigenvector of
+    Oᵀ∇²ℓ(θ_∥)O and the descent direction −Oᵀ∇ℓ(θ_∥) (0 for a symmetric loss, by 1(1))."""
+    O = m.to_dense()
+    H = torch.autograd.functional.hessian(loss, on, vectorize=True)
+    vs = [torch.linalg.eigh(O.T @ H @ O).eigenvectors[:, 0]]
+    gc = m.coefficients(torch.func.grad(loss)(on))
+    if gc.norm() > 1e-12:
+        vs.append(-gc / gc.norm())
+    vs += list(nn.functional.normalize(torch.randn(n_random, m.k, generator=g, dtype=F64), dim=1))
+    return [on + s * eps * m.expand(v) for v in vs for eps in scales for s in (1.0, -1.0)]
+
+
+@pytest.mark.usefixtures("one_torch_thread")  # ~10^4 tiny torch ops
+def test_theorem1_3_projection_rescaling_regression_exact_threshold():
+    """Theorem 1(3), θ = u ⊙ w regression ℓ = mean (xᵀ(u ⊙ w) − y)², per-pair mirror
+    O = [e_{u_j}, e_{w_j}] (:meth:`Mirror.rescaling_pairs`). With r = X(u ⊙ w)_∥ − y the residual
+    at θ_∥ (pair j zeroed), ℓ(θ) − ℓ(θ_∥) = 2 u_j w_j x_jᵀr/N + u_j² w_j² ‖x_j‖²/N
+    ≥ −|x_jᵀr/N| (u_j² + w_j²), so
+        ℓ_γ(θ) − ℓ_γ(θ_∥) ≥ (γ − γ*) ‖c‖²,  γ* = |x_jᵀ r| / N,
+    for every c on the fibre θ_∥ + span(O) (no smallness): γ > γ* ⇒ projecting lowers ℓ_γ.
+    γ* equals the local threshold −½ λ_min(Oᵀ∇²ℓ(θ_∥)O) of :func:`critical_decay` (the block is
+    [[0, 2x_jᵀr/N], [2x_jᵀr/N, 0]]), so the bound is sharp: for γ < γ*, c = ε(1, −sign x_jᵀr)
+    gives ℓ_γ(θ) − ℓ_γ(θ_∥) = 2ε²(γ − γ*) + O(ε⁴) < 0. All pairs at once (O = all pairs,
+    θ_∥ = 0): ℓ(θ) − ℓ(0) ≥ −2 gᵀ(u ⊙ w) ≥ −max|g| ‖θ‖², g = Xᵀy/N: the threshold is max_j |g_j|.
+
+    Can fail: with a fixed bias, (u + b) ⊙ w, and with the non-symmetric O = e_{u_j}, ℓ has a
+    term linear in c, and projecting raises ℓ_γ near θ_∥ for any γ (here 100 γ*)."""
+    loss, broken, _, wrong, d = _theorem_case("rescaling_pairs")
+    p = d // 2
+    whole = Mirror.rescaling_pairs(range(p), range(p, d), d)
+    g = gen(40)
+    for j, m in enumerate(whole.split()):
+        theta = torch.randn(d, generator=g, dtype=F64)
+        on = m.project(theta)
+        gstar = critical_decay(loss, theta, m, generator=gen(41))
+        X, y = _rescaling_data()
+        r = X @ (on[:p] * on[p:]) - y
+        assert gstar == pytest.approx(abs(X[:, j] @ r).item() / X.shape[0], rel=1e-10)
+        probes = _probes(loss, m, on, g)
+        assert min(_gap(loss, m, t, gstar * (1 + 1e-3) + 1e-9) for t in probes) > 0
+        assert min(_gap(loss, m, t, 0.98 * gstar) for t in probes) < 0
+    # all pairs together, around θ_∥ = 0
+    X, y = _rescaling_data()
+    G = (X.T @ y / X.shape[0]).abs().max().item()
+    assert critical_decay(loss, torch.ones(d, dtype=F64), whole) == pytest.approx(G, rel=1e-10)
+    probes = _probes(loss, whole, torch.zeros(d, dtype=F64), g, n_random=20)
+    assert min(_gap(loss, whole, t, G * (1 + 1e-3)) for t in probes) > 0
+    assert min(_gap(loss, whole, t, 0.98 * G) for t in probes) < 0
+    # premises broken: a linear term in c defeats any γ
+    on = torch.randn(d, generator=g, dtype=F64)
+    m1 = whole.split()[1]
+    for lo, mm in ((broken, m1), (loss, wrong)):
+        pts = _probes(lo, mm, mm.project(on), g, scales=(1e-4, 1e-3))
+        assert min(_gap(lo, mm, t, 100 * G) for t in pts) < 0
+
+
+@pytest.mark.usefixtures("one_torch_thread")  # ~10^4 tiny torch ops
+def test_theorem1_3_projection_factorisation_householder_exact_threshold():
+    """Theorem 1(3), ℓ = ‖U Wᵀ − A‖²_F with the Householder mirror U → U(I − 2nnᵀ),
+    W → W(I − 2nnᵀ) (:meth:`Mirror.householder`; Oᵀθ = [U n; W n] =: [a; b]). θ_∥ has
+    U_∥ n = W_∥ n = 0, so U Wᵀ = U_∥W_∥ᵀ + a bᵀ and with E = U_∥W_∥ᵀ − A
+        ℓ(θ) − ℓ(θ_∥) = 2 aᵀE b + ‖a‖²‖b‖² ≥ −σ₁(E)(‖a‖² + ‖b‖²),
+    hence ℓ_γ(θ) − ℓ_γ(θ_∥) ≥ (γ − σ₁(E))‖c‖² for every c: γ > γ* = σ₁(E) ⇒ projecting lowers
+    ℓ_γ on the whole fibre. The block Oᵀ∇²ℓ(θ_∥)O = [[0, 2E], [2Eᵀ, 0]] has λ_min = −2σ₁(E),
+    so γ* is :func:`critical_decay`'s local threshold and sharp: a = ε u₁, b = −ε v₁ (top
+    singular pair of E) gives 2ε²(γ − σ₁(E)) + ε⁴ < 0 for γ < γ*, ε small.
+
+    Can fail: U D Wᵀ with D anisotropic (no rotation symmetry), and the non-symmetric mirror
+    that reflects U alone: both leave a term linear in c, so projecting raises ℓ_γ near θ_∥
+    even at γ = 100 γ*."""
+    loss, broken, _, wrong, d = _theorem_case("householder")
+    mU, pW, r = 5, 4, 3
+    g = gen(42)
+    for seed in (43, 44, 45):
+        n = torch.randn(r, generator=gen(seed), dtype=F64)
+        n = n / n.norm()
+        m = Mirror.householder(n, [(0, (mU, r), 1), (mU * r, (pW, r), 1)], d)
+        theta = torch.randn(d, generator=g, dtype=F64)
+        on = m.project(theta)
+        U, W = on[: mU * r].view(mU, r), on[mU * r :].view(pW, r)
+        E = U @ W.T - _factor_A()
+        sig = torch.linalg.svdvals(E)[0].item()
+        gstar = critical_decay(loss, theta, m, generator=gen(46))
+        assert gstar == pytest.approx(sig, rel=1e-10)
+        # the identity ℓ(θ) − ℓ(θ_∥) = 2aᵀEb + ‖a‖²‖b‖² on the package's coefficients
+        c = m.coefficients(theta)
+        a, b = c[:mU], c[mU:]
+        assert_close(loss(theta) - loss(on), 2 * a @ E @ b + a.pow(2).sum() * b.pow(2).sum())
+        probes = _probes(loss, m, on, g)
+        assert min(_gap(loss, m, t, gstar * (1 + 1e-3)) for t in probes) > 0
+        assert min(_gap(loss, m, t, 0.98 * gstar) for t in probes) < 0
+        for lo, mm in ((broken, m), (loss, wrong)):
+            pts = _probes(lo, mm, mm.project(theta), g, scales=(1e-4, 1e-3))
+            assert min(_gap(lo, mm, t, 100 * gstar) for t in pts) < 0
+
+
+@pytest.mark.usefixtures("one_torch_thread")  # ~10^4 tiny torch ops
+def test_theorem1_3_projection_tanh_neuron_sign_global_bound():
+    """Theorem 1(3), tanh neuron f(x) = u tanh(w x), ℓ = mean (f − y)², sign mirror
+    (u, w) → (−u, −w) (O = I₂, :meth:`Mirror.coordinates`; θ_∥ = 0). Global bound, every θ:
+    |tanh z| ≤ |z| gives |mean y tanh(wx)| ≤ |w| mean|xy|, so
+        ℓ(θ) − ℓ(0) = mean u² tanh²(wx) − 2u mean y tanh(wx) ≥ −Γ ‖θ‖²,  Γ = mean|xy|,
+    and γ > Γ ⇒ ℓ_γ(θ) > ℓ_γ(0) for all θ ≠ 0 (checked on a polar grid from ‖θ‖ = 10⁻³ to 10³).
+    The local threshold γ* = |mean xy| (:func:`critical_decay`) ≤ Γ is where 0 stops being a
+    local minimum: for γ < γ* projecting raises ℓ_γ near 0 along the unstable direction. The
+    exact global threshold on the grid, Γ_ex = sup (ℓ(0) − ℓ(θ))/‖θ‖², lies in [γ*, Γ].
+
+    Can fail: a fixed bias inside the tanh, u tanh(w x + 0.5), has no sign mirror; its
+    ∂ℓ/∂u(0) = −2 tanh(0.5) mean y ≠ 0 makes projecting raise ℓ_γ near 0 at γ = 100 Γ."""
+    x, y = _tanh_data()
+
+    def loss(t):
+        return ((t[..., :1] * torch.tanh(t[..., 1:] * x) - y) ** 2).mean(-1)
+
+    def broken(t):
+        return ((t[..., :1] * torch.tanh(t[..., 1:] * x + 0.5) - y) ** 2).mean(-1)
+
+    m = Mirror.coordinates([0, 1], 2)
+    G = (x * y).abs().mean().item()
+    gstar = critical_decay(loss, torch.tensor([0.3, -0.2], dtype=F64), m)
+    assert gstar == pytest.approx((x * y).mean().abs().item(), rel=1e-10) and gstar < G
+    rad = torch.logspace(-3, 3, 37, dtype=F64)
+    phi = torch.linspace(0, 2 * math.pi, 241, dtype=F64)[:-1]
+    pts = (rad[:, None, None] * torch.stack([phi.cos(), phi.sin()], -1)).reshape(-1, 2)
+    with torch.no_grad():
+        drop = (loss(torch.zeros(2, dtype=F64)) - loss(pts)) / pts.pow(2).sum(-1)
+    # ℓ_γ(θ) − ℓ_γ(0) = ‖θ‖² (γ − drop(θ)): > 0 everywhere iff γ > sup drop
+    assert drop.max().item() < G  # γ = Γ already works, at every radius
+    assert gstar * (1 - 1e-3) < drop.max().item()  # sup drop ≥ γ* (small radii, λ_min direction)
+    assert (drop > 0.98 * gstar).any()  # γ just below γ*: projecting raises ℓ_γ somewhere
+    assert _gap(loss, m, pts[0], G) > 0
+    with torch.no_grad():
+        drop_b = (broken(torch.zeros(2, dtype=F64)) - broken(pts)) / pts.pow(2).sum(-1)
+    assert drop_b.max().item() > 100 * G
+
+
+@pytest.mark.usefixtures("one_torch_thread")  # ~10^4 tiny torch ops
+def test_theorem1_3_projection_tanh_mlp_region_bound():
+    """Theorem 1(3) for the 2-layer tanh network (neuron swap and sign-flip mirrors found by
+    :mod:`detect`), no closed form: a bound over a region. With g(c) = ℓ(θ_∥ + O c), g is even
+    (the mirror), so ∇g(0) = 0 and Taylor with integral remainder gives
+        ℓ(θ) − ℓ(θ_∥) = ∫₀¹ (1 − t) cᵀ ∇²g(t c) c dt ≥ ½ min_t λ_min(Oᵀ∇²ℓ(θ_∥ + t O c)O) ‖c‖²,
+    i.e. the break-even decay γ_be(θ) = (ℓ(θ_∥) − ℓ(θ))/‖c‖² ≤ Γ_seg(θ) := max_t γ*_loc(t),
+    γ*_loc = −½ λ_min(Oᵀ∇²ℓ O) (:func:`projected_hessian_eigs` at the point, unprojected).
+    Over a ball B_R centred on the constraint (segments stay inside), Γ_R = sup Γ_seg bounds
+    every γ_be: γ > Γ_R ⇒ ℓ_γ(θ_∥) < ℓ_γ(θ) on B_R. Checked on sampled θ (Γ_seg on a grid of
+    t); sharp up to sampling: below γ*(θ_∥) of the worst sample projecting raises ℓ_γ.
+
+    Can fail: with a fixed, distinct shift per hidden neuron inside the tanh, neither mirror
+    is a symmetry; ℓ is then not even in c and γ_be exceeds any such bound near θ_∥."""
+    for kind in ("neuron_swap", "coordinates"):
+        loss, broken, m, wrong, d = _theorem_case(kind)
+        g = gen(47)
+        R = 6.0
+        worst, gamma_R = None, -math.inf
+        ts = torch.linspace(0, 1, 7, dtype=F64)
+        thetas = []
+        for _ in range(4):
+            z = torch.randn(d, generator=g, dtype=F64)
+            on = m.project(z)
+            on = on / on.norm() * R * 0.8  # ‖θ_∥‖ = 0.8 R
+            gs = critical_decay(loss, on, m, generator=gen(48))
+            if worst is None or gs > worst[1]:
+                worst = (on, gs)
+            O = m.to_dense()
+            H = torch.autograd.functional.hessian(loss, on, vectorize=True)
+            v_min = torch.linalg.eigh(O.T @ H @ O).eigenvectors[:, 0]  # unit, the worst direction
+            v = torch.randn(m.k, generator=g, dtype=F64)
+            for eps, u in (
+                (0.05, v_min),
+                (-0.05, v_min),
+                (0.6 * R, v_min),
+                (0.05, v),
+                (-0.6 * R, v),
+            ):
+                thetas.append(on + eps * m.expand(u / u.norm()))  # ‖θ‖ ≤ R
+        for theta in thetas:
+            on, c = m.project(theta), m.coefficients(theta)
+            lam = [
+                projected_hessian_eigs(loss, on + t * m.expand(c), m, project=False,
+                                       generator=gen(49)).lambda_min
+                for t in ts
+            ]  # fmt: skip
+            gseg = -0.5 * min(lam)
+            gbe = -(loss(theta) - loss(on)).item() / c.pow(2).sum().item()
+            assert gbe <= gseg + 1e-9 * abs(gseg), (kind, gbe, gseg)
+            gamma_R = max(gamma_R, gseg)
+        assert gamma_R > 0
+        assert min(_gap(loss, m, t, gamma_R * (1 + 1e-6)) for t in thetas) > 0
+        on, gs = worst
+        assert gs > 0.1
+        probes = _probes(loss, m, on, g, scales=(1e-3, 1e-2))
+        assert min(_gap(loss, m, t, gs * (1 + 1e-3)) for t in probes) > 0
+        assert min(_gap(loss, m, t, 0.98 * gs) for t in probes) < 0
+        # premises broken: the shifted network and the non-symmetric O
+        for lo, mm in ((broken, m), (loss, wrong)):
+            pts = _probes(lo, mm, mm.project(thetas[0]), g, scales=(1e-4, 1e-3))
+            assert min(_gap(lo, mm, t, 100 * gamma_R) for t in pts) < 0
+
+
+def _gd_restarts(objective, x0, lr, steps, project=None):
+    """Plain GD on each row of x0 (restarts, γ values, variants in one batch); objective:
+    (R, d) → (R,). ``project``: map back onto constraints after each step; it only removes
+    rounding (on Oᵀθ = 0 the gradient has no O part, 1(1)), which grows where the constraint is
+    unstable."""
+    x = x0.clone().requires_grad_(True)
+    for _ in range(steps):
+        (gx,) = torch.autograd.grad(objective(x).sum(), x)
+        with torch.no_grad():
+            x -= lr * gx
+            if project is not None:
+                x.copy_(project(x))
+    x = x.detach()
+    with torch.no_grad():
+        return x, objective(x)
+
+
+@pytest.mark.usefixtures("one_torch_thread")  # ~10^4 tiny torch ops
+def test_theorem1_4_global_minima_rescaling_regression_soft_threshold():
+    """Theorem 1(4), θ = u ⊙ w regression with whitened data (XᵀX/N = I): mean(xᵀ(u ⊙ w) − y)²
+    = ‖u ⊙ w − β̂‖² + const, β̂ = Xᵀy/N, so ℓ_γ decouples per pair into
+    (u w − β̂_j)² + γ(u² + w²), whose global minima are u w = sign(β̂_j) max(0, |β̂_j| − γ) with
+    |u| = |w| (soft threshold, Lasso with λ = 2γ): pair j lies on its constraint u_j = w_j = 0
+    iff γ ≥ |β̂_j|, i.e. ‖O_jᵀθ*‖² = 2 max(0, |β̂_j| − γ); the mirror of all pairs holds at every
+    global minimum iff γ ≥ Γ = max_j |β̂_j|. Checked with 16 random restarts of GD per γ (their
+    best value equals the closed form, and every restart reaches it).
+
+    Can fail: plain ridge regression θ = β̂/(1 + γ) has no mirror and is never sparse, and the
+    fixed-bias variant (u + b) ⊙ w has ∂ℓ/∂w_j = −2 b_j β̂_j ≠ 0 at u_j = w_j = 0, so its global
+    minimum is off every constraint even at γ = 2Γ."""
+    N, p, R = 41, 5, 16
+    g = gen(60)
+    X, _ = torch.linalg.qr(torch.randn(N, p, generator=g, dtype=F64))
+    X = X * math.sqrt(N)
+    y = X @ torch.tensor([2.0, -1.1, 0.55, 0.2, -0.05], dtype=F64)
+    y = y + 0.2 * torch.randn(N, generator=g, dtype=F64)
+    bhat = X.T @ y / N
+    G = bhat.abs().max().item()
+    gammas = [0.35, 0.8, 1.5, 1.2 * G]  # away from every |β̂_j| (slow GD there)
+    assert min(abs(gm - b) for gm in gammas for b in bhat.abs().tolist()) > 0.15
+    whole = Mirror.rescaling_pairs(range(p), range(p, 2 * p), 2 * p)
+    # rows: R restarts per γ, then R restarts of the fixed-bias variant at γ = 2Γ
+    gam = torch.tensor(gammas + [2 * G], dtype=F64).repeat_interleave(R)
+    bias = torch.zeros(len(gammas) * R + R, p, dtype=F64)
+    bias[-R:] = torch.randn(p, generator=g, dtype=F64)
+
+    def objective(t):
+        prod = (t[:, :p] + bias) * t[:, p:]
+        return ((prod @ X.T - y) ** 2).mean(-1) + gam * t.pow(2).sum(-1)
+
+    theta_all, val_all = _gd_restarts(
+        objective, torch.randn(gam.numel(), 2 * p, generator=g, dtype=F64), 0.1, 1200
+    )
+    for i, gamma in enumerate(gammas):
+        theta, val = theta_all[i * R : (i + 1) * R], val_all[i * R : (i + 1) * R]
+        s = bhat.sign() * (bhat.abs() - gamma).clamp(min=0)
+        best = ((s - bhat) ** 2).sum() + 2 * gamma * s.abs().sum()
+        best = best + ((X @ bhat - y) ** 2).mean()
+        assert val.min().item() == pytest.approx(best.item(), rel=1e-10)
+        assert (val - val.min()).max() < 1e-10  # every restart found a global minimum
+        norms = whole.group_norms(theta)  # ‖O_jᵀθ*‖ per pair, per restart
+        want = (2 * (bhat.abs() - gamma).clamp(min=0)).sqrt()
+        assert_close(norms, want.expand(R, p), atol=1e-7, rtol=1e-7, scale=1.0)
+        on = norms < 1e-7
+        assert torch.equal(on, (bhat.abs() < gamma).expand(R, p))
+        assert bool((whole.breaking(theta)[1] < 1e-7).all()) == (gamma > G)
+        # no mirror: ridge minimum β̂/(1 + γ) has no zero coordinate at any γ
+        assert (bhat / (1 + gamma)).abs().min() > 1e-3
+    theta = theta_all[-R:][val_all[-R:].argmin()]  # fixed bias: every pair off its constraint
+    assert whole.group_norms(theta).min() > 1e-5  # ~ |b_j β̂_j| / γ: 3e-4 for β̂_j = −0.05
+
+
+@pytest.mark.usefixtures("one_torch_thread")  # ~10^4 tiny torch ops
+def test_theorem1_4_global_minima_factorisation_singular_value_threshold():
+    """Theorem 1(4), ‖U Wᵀ − A‖²_F + γ(‖U‖² + ‖W‖²), U (5, 3), W (4, 3), σ(A) = (3, 1.7, 0.6,
+    0.25): the global minima are M = U Wᵀ with σ_i(M) = max(0, σ_i(A) − γ), i ≤ 3 (nuclear norm
+    2γ, rank ≤ 3), and every stationary point is balanced, UᵀU = WᵀW (multiply the two gradient
+    equations by Uᵀ, Wᵀ). For the Householder mirror of a unit n (:meth:`Mirror.householder`),
+    ‖O_nᵀθ‖² = ‖Un‖² + ‖Wn‖² = nᵀ(UᵀU + WᵀW)n, so at a global minimum
+        min_n ‖O_nᵀθ*‖² = λ_min(UᵀU + WᵀW) = 2 σ₃(M) = 2 max(0, σ₃(A) − γ),
+    and the n with O_nᵀθ* = 0 span a space of dimension 3 − rank M. Every mirror O_n holds at
+    every global minimum iff γ ≥ Γ = σ₁(A) (then θ* = 0); for γ < σ₃(A) none does. Checked with
+    12 restarts of GD per γ.
+
+    Can fail: (U + B) Wᵀ with a fixed B has no rotation mirror; its ∂ℓ/∂W = −2AᵀB ≠ 0 at
+    θ = 0 and its global minimum keeps W of full column rank, so no O_n holds even at γ > Γ."""
+    mU, pW, h, R = 5, 4, 3, 12
+    A = _factor_A()
+    sig = torch.linalg.svdvals(A)
+    g = gen(61)
+    d = (mU + pW) * h
+    blocks = [(0, (mU, h), 1), (mU * h, (pW, h), 1)]
+    gammas = [0.4, 1.0, 2.2, 3.4]
+    gam = torch.tensor(gammas + [3.4], dtype=F64).repeat_interleave(R)
+    shift = torch.zeros(gam.numel(), mU, h, dtype=F64)
+    shift[-R:] = torch.randn(mU, h, generator=g, dtype=F64)  # the (U + B) Wᵀ variant
+
+    def split(t):
+        return t[:, : mU * h].view(-1, mU, h), t[:, mU * h :].view(-1, pW, h)
+
+    def objective(t):
+        U, W = split(t)
+        fit = ((U + shift) @ W.transpose(1, 2) - A).pow(2).sum((1, 2))
+        return fit + gam * t.pow(2).sum(-1)
+
+    theta_all, val_all = _gd_restarts(
+        objective, torch.randn(gam.numel(), d, generator=g, dtype=F64), 0.05, 1500
+    )
+    for i, gamma in enumerate(gammas):
+        theta, val = theta_all[i * R : (i + 1) * R], val_all[i * R : (i + 1) * R]
+        s = (sig[:h] - gamma).clamp(min=0)
+        best = ((sig[:h] - s) ** 2).sum() + sig[h:].pow(2).sum() + 2 * gamma * s.sum()
+        assert val.min().item() == pytest.approx(best.item(), rel=1e-10)
+        assert (val - val.min()).max() < 1e-10
+        U, W = split(theta)
+        sv = torch.linalg.svdvals(U @ W.transpose(1, 2))[:, :h]
+        assert_close(sv, s.expand(R, h), atol=1e-8, rtol=0, scale=1.0)
+        assert_close(U.transpose(1, 2) @ U, W.transpose(1, 2) @ W, atol=1e-8, rtol=0, scale=1.0)
+        lam, vec = torch.linalg.eigh(U.transpose(1, 2) @ U + W.transpose(1, 2) @ W)
+        assert_close(lam[:, 0], 2 * s[-1].expand(R), atol=1e-8, rtol=0, scale=1.0)
+        assert ((lam < 1e-8).sum(1) == (s == 0).sum()).all()  # dim of the mirrors that hold
+        for r in range(0, R, 4):  # the package's mirror of the best normal measures the same
+            m = Mirror.householder(vec[r, :, 0], blocks, d)
+            assert m.breaking(theta[r])[1].item() ** 2 == pytest.approx(lam[r, 0].item(), abs=1e-9)
+        if gamma > sig[0]:  # every mirror (random normals) holds at every global minimum
+            for seed in range(3):
+                n = torch.randn(h, generator=gen(seed), dtype=F64)
+                m = Mirror.householder(n / n.norm(), blocks, d)
+                assert m.breaking(theta)[1].max() < 1e-8
+        else:
+            assert lam[:, -1].min() > 0.1  # θ* ≠ 0: some O_n fails
+    U, W = split(theta_all[-R:][val_all[-R:].argmin()][None])
+    lam = torch.linalg.eigvalsh(U.transpose(1, 2) @ U + W.transpose(1, 2) @ W)
+    assert lam[0, 0] > 1e-3  # (U + B) Wᵀ: min over n of ‖O_nᵀθ*‖² > 0, no mirror holds
+
+
+@pytest.mark.usefixtures("one_torch_thread")  # ~10^4 tiny torch ops
+def test_theorem1_4_global_minima_tanh_networks_explicit_bound():
+    """Theorem 1(4) for tanh models, with an explicit global bound. (a) Neuron f = u tanh(w x),
+    sign mirror O = I₂: by 1(3), ℓ_γ(θ) − ℓ_γ(0) ≥ (γ − Γ)‖θ‖², Γ = mean|xy|, so for γ > Γ the
+    unique global minimum is θ = 0 (on the constraint); for γ < γ* = |mean xy| (local
+    threshold) 0 is not even a local minimum, so no global minimum satisfies Oᵀθ = 0.
+    (b) Width-3 network f = Σ_i a_i tanh(w_iᵀx) (no biases), mirrors found by :mod:`detect`:
+    3 neuron swaps (e_{w_i} − e_{w_j})/√2 blocks and 3 sign flips. |mean y tanh(wᵀx)| ≤
+    ‖w‖ mean(|y|‖x‖) gives ℓ(θ) − ℓ(0) ≥ −2 Σ|a_i|‖w_i‖ K ≥ −K‖θ‖², K = mean(|y|‖x‖): for γ > K
+    every global minimum is 0 and satisfies every mirror. Below (γ = 10⁻³, a teacher with three
+    distinct neurons) the best of 24 GD restarts breaks every swap mirror, and beats the best
+    restart held on the constraint of each swap (GD never leaves it, 1(1)).
+
+    Can fail: a fixed, distinct shift per neuron inside the tanh breaks every swap and sign
+    mirror; its global minimum at γ = 1.05 K is off all of their constraints."""
+    # (a) the neuron: 32 restarts at γ = 1.05 Γ, then 32 at γ = 0.8 γ*
+    x, y = _tanh_data()
+    G, gstar = (x * y).abs().mean().item(), (x * y).mean().abs().item()
+    gam = torch.tensor([1.05 * G, 0.8 * gstar], dtype=F64).repeat_interleave(32)
+
+    def neuron(t):
+        fit = ((t[:, :1] * torch.tanh(t[:, 1:] * x) - y) ** 2).mean(-1)
+        return fit + gam * t.pow(2).sum(-1)
+
+    m = Mirror.coordinates([0, 1], 2)
+    g = gen(62)
+    theta, val = _gd_restarts(neuron, 2 * torch.randn(64, 2, generator=g, dtype=F64), 0.1, 3000)
+    assert m.breaking(theta[:32])[1].max() < 1e-8
+    theta, val = theta[32:], val[32:]
+    best = val.min().item()
+    assert best < (y**2).mean().item() - 1e-3  # below ℓ_γ(0)
+    assert m.breaking(theta[val < best + 1e-9])[1].min() > 0.1
+    # (b) the width-3 network
+    din, h, N, R = 3, 3, 61, 24
+    X = torch.randn(N, din, generator=g, dtype=F64)
+    V = torch.tensor([[1.5, 0.0, 0.5], [-0.5, 1.2, 0.0], [0.0, -0.7, -1.4]], dtype=F64)
+    Y = torch.tanh(X @ V.T) @ torch.tensor([1.0, -1.3, 0.8], dtype=F64) + 0.4
+    Y = Y + 0.05 * torch.randn(N, generator=g, dtype=F64)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(din, h, bias=False), nn.Tanh(), nn.Linear(h, 1, bias=False))
+    model = model.double()
+    flat = detect.flat_loss(model, nn.functional.mse_loss, X, Y[:, None])
+    found = detect.find_mirrors(model, flat, generator=gen(63))
+    swaps, flips = found["permutation"], found["sign_flip"]
+    assert len(swaps) == 3 and len(flips) == 3
+    d = h * din + h
+    K = (Y.abs() * X.norm(dim=1)).mean().item()
+    # rows (R each): γ = 1.05 K; γ = 1e-3; γ = 1e-3 on the constraint of each swap; the
+    # shifted (symmetry-broken) network at γ = 1.05 K
+    gam = torch.tensor([1.05 * K, 1e-3, 1e-3, 1e-3, 1e-3, 1.05 * K], dtype=F64)
+    gam = gam.repeat_interleave(R)
+    shift = torch.zeros(gam.numel(), 1, h, dtype=F64)
+    shift[-R:] = torch.tensor([0.3, 0.6, -0.9], dtype=F64)
+    held = [slice((2 + i) * R, (3 + i) * R) for i in range(3)]
+
+    def net(t, gam=gam, shift=shift):
+        W, a = t[:, : h * din].view(-1, h, din), t[:, h * din :]
+        z = torch.einsum("rhd,nd->rnh", W, X) + shift
+        out = (torch.tanh(z) * a[:, None, :]).sum(-1)
+        return ((out - Y) ** 2).mean(-1) + gam * t.pow(2).sum(-1)
+
+    def project(t):
+        t = t.clone()
+        for rows, mm in zip(held, swaps, strict=True):
+            t[rows] = mm.project(t[rows])
+        return t
+
+    t0 = torch.randn(d, generator=g, dtype=F64)
+    plain = net(t0[None], gam=torch.zeros(1, dtype=F64), shift=torch.zeros(1, 1, h, dtype=F64))
+    assert plain.item() == pytest.approx(flat(t0).item(), rel=1e-12)  # the detected model's loss
+    x0 = project(torch.randn(gam.numel(), d, generator=g, dtype=F64))
+    theta, val = _gd_restarts(net, x0, 0.1, 800, project=project)
+    for mm in swaps + flips:  # γ > K: every restart at 0, on every constraint
+        assert mm.breaking(theta[:R])[1].max() < 1e-8
+    top, best = theta[R : 2 * R][val[R : 2 * R].argmin()], val[R : 2 * R].min().item()
+    for rows, mm in zip(held, swaps, strict=True):
+        assert mm.breaking(top)[1].item() > 0.1  # the best minimum is off every swap's constraint
+        assert val[rows].min().item() > best + 1e-3  # and beats the best one held on it
+    top = theta[-R:][val[-R:].argmin()]
+    for mm in swaps + flips:
+        assert mm.breaking(top)[1].item() > 1e-4
