@@ -266,6 +266,7 @@ def rescaling_cell(cfg: Config, s: int) -> dict[str, Any]:
     g_ref = est["gamma_star"]
     per = critical_decay(loss, theta0, mirror, cfg.lanczos_iters, per_group=True,
                          generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    assert isinstance(per, torch.Tensor)  # per_group=True: one γ* per pair
     trials = _trials(cfg, g_ref)
     gammas = torch.tensor([g for _, g in trials], dtype=F64)
     M = len(trials)

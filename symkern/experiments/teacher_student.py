@@ -607,13 +607,13 @@ def check_claims(
     if cfg.init == "SI" and "WI" in cfg.teachers and len(cfg.n_values) >= 2:
         # SPEC_MEANFIELD: "all schemes approach the teacher and each other as N grows"
         risk = {s: [(r["N"], r["test_risk_mean"]) for r in rows("WI", s)] for s in cfg.schemes}
-        falls = {s: _falls_with_n(v) for s, v in risk.items()}
+        risk_falls = {s: _falls_with_n(v) for s, v in risk.items()}
         claims.append(
             {
                 "claim": "WI teacher: every scheme approaches the teacher as N grows (its test "
                 "risk: log-log slope < 0; last < first)",
-                "value": {s: {"by_N": risk[s], "slope": falls[s][1]} for s in risk},
-                "holds": all(f for f, _ in falls.values()),
+                "value": {s: {"by_N": risk[s], "slope": risk_falls[s][1]} for s in risk},
+                "holds": all(f for f, _ in risk_falls.values()),
             }
         )
         if pairwise is not None and len(cfg.schemes) >= 2:
