@@ -33,6 +33,7 @@ __all__ = [
     "TOLERANCES",
     "BackendCase",
     "assert_close",
+    "assert_usage_error",
     "backend_cases",
     "interrupt_long_call",
     "skip_triton_interpreter_repatching",
@@ -301,3 +302,17 @@ def interrupt_long_call(setup: str, seconds: float = 60.0) -> dict:
     if res.returncode != 0:
         raise RuntimeError(f"interrupt_long_call: the script failed:\n{res.stderr}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def assert_usage_error(main, argv: list[str], flag: str, out, capsys) -> None:
+    """An experiment's ``main(argv)`` refuses a bad value of ``flag`` as argparse does: exit
+    status 2, an "error:" line on stderr naming the flag, no traceback, and nothing written to
+    ``out`` (the value is checked before any work). ``capsys``: pytest's fixture."""
+    import pytest  # noqa: PLC0415 (a test helper: pytest is a test dependency only)
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and flag in err and "Traceback" not in err, err
+    assert not out.exists()  # rejected before any work

@@ -20,6 +20,7 @@ from symkern.experiments import (
     mirror_plasticity,
     mirror_sparsity,
 )
+from symkern.testing import assert_usage_error
 
 # small torch ops: one torch thread is faster than two (and keeps timings stable on shared cores)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -246,13 +247,8 @@ _BAD_CASES = [(m, flag, v) for m, cases in BAD_VALUES.items() for flag, v in cas
 )
 def test_bad_value_is_a_usage_error_naming_the_flag(module, flag, value, tmp_path, capsys):
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as e:
-        module.main([flag, value, "--no-progress", "--out", str(out)])
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert "error:" in err and flag in err, err
-    assert "Traceback" not in err
-    assert not out.exists()  # rejected before any work
+    argv = [flag, value, "--no-progress", "--out", str(out)]
+    assert_usage_error(module.main, argv, flag, out, capsys)
 
 
 @pytest.mark.parametrize("module", list(BAD_VALUES), ids=lambda m: m.__name__.rsplit(".", 1)[-1])

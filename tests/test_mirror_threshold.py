@@ -10,6 +10,7 @@ import torch
 from symkern import cli
 from symkern.experiments import common, mirror_threshold
 from symkern.mirror import Mirror, critical_decay
+from symkern.testing import assert_usage_error
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -172,12 +173,8 @@ BAD_VALUES = [
 @pytest.mark.parametrize(("flag", "value"), BAD_VALUES, ids=[f"{f}={v}" for f, v in BAD_VALUES])
 def test_bad_value_is_a_usage_error_naming_the_flag(flag, value, tmp_path, capsys):
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as e:
-        mirror_threshold.main([flag, value, "--no-progress", "--out", str(out)])
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert "error:" in err and flag in err and "Traceback" not in err, err
-    assert not out.exists()  # rejected before any work
+    argv = [flag, value, "--no-progress", "--out", str(out)]
+    assert_usage_error(mirror_threshold.main, argv, flag, out, capsys)
 
 
 def test_bad_config_raises_value_error_naming_the_flag(tmp_path):

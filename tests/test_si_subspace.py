@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from symkern.experiments import si_subspace as si
+from symkern.testing import assert_usage_error
 
 
 def test_principal_angles():
@@ -82,12 +83,9 @@ BAD_VALUES = [
 @pytest.mark.parametrize(("flag", "value"), BAD_VALUES, ids=[f"{f}={v}" for f, v in BAD_VALUES])
 def test_bad_value_is_a_usage_error_naming_the_flag(flag, value, tmp_path, capsys):
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as e:
-        si.main([flag, value, "--no-progress", "--out", str(out)])
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert "error:" in err and flag in err and "Traceback" not in err, err
-    assert not out.exists()  # rejected before any work
+    assert_usage_error(
+        si.main, [flag, value, "--no-progress", "--out", str(out)], flag, out, capsys
+    )
 
 
 def test_presets_pass_validation():
