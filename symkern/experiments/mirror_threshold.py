@@ -199,11 +199,12 @@ def residual_correlation(X, y, h: int, theta: torch.Tensor) -> float:
 
 
 def estimate(cfg: Config, loss, theta: torch.Tensor, mirror: Mirror, seed: int) -> dict[str, Any]:
-    """γ* by critical_decay; the Lanczos iterations it ran; the dense-Hessian value (small d)."""
-    gen = torch.Generator().manual_seed(seed)
-    g = float(critical_decay(loss, theta, mirror, cfg.lanczos_iters, generator=gen))
+    """γ* = −½ λ_min of one Lanczos run (critical_decay's definition, on the run whose
+    iterations are recorded: calling critical_decay too repeated the same Lanczos run, same
+    generator seed); the dense-Hessian value (small d)."""
     res = projected_hessian_eigs(loss, theta, mirror, cfg.lanczos_iters,
                                  generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    g = -0.5 * float(res.lambda_min)
     out: dict[str, Any] = {"gamma_star": g, "lanczos_iters": res.iters,
                            "lanczos_exhausted": res.exhausted, "k": mirror.k}  # fmt: skip
     if mirror.d <= cfg.dense_max:
